@@ -1,0 +1,192 @@
+//! `/v1/actors`: users, admins, service accounts and API clients.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use postern_domain::{Actor, ActorType};
+use postern_store::{ActorFilter, ActorPatch, NewActor, NewTokenRequest};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::error::{ApiError, Problem};
+use crate::extract::{parse_id, ApiJson, ApiQuery, Authed, PageQuery};
+use crate::shapes::{Data, List, TokenWithSecret};
+use crate::AppState;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/actors", get(list_actors).post(create_actor))
+        .route(
+            "/v1/actors/{id}",
+            get(get_actor).patch(update_actor).delete(delete_actor),
+        )
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateActor {
+    #[serde(rename = "type")]
+    pub actor_type: ActorType,
+    pub name: String,
+    /// Users and admins only.
+    pub email: Option<String>,
+    #[serde(default)]
+    pub group_ids: Vec<Uuid>,
+    /// The initial token of a service account or API client; omitted fields take the defaults
+    /// (name `default`, expiry in 365 days).
+    pub token: Option<TokenRequest>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    pub name: Option<String>,
+    /// RFC 3339; in the future and within the account's longest token lifetime.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl From<TokenRequest> for NewTokenRequest {
+    fn from(request: TokenRequest) -> Self {
+        NewTokenRequest {
+            name: request.name,
+            expires_at: request.expires_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateActor {
+    pub name: Option<String>,
+    /// `true` disables the actor: its tokens stop working at once. `false` enables it again.
+    pub disabled: Option<bool>,
+}
+
+/// The created actor, and for a service account or API client its initial token, with the
+/// secret shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedActor {
+    pub data: Actor,
+    pub token: Option<TokenWithSecret>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ActorQuery {
+    /// Only actors of this type.
+    #[serde(rename = "type")]
+    #[param(rename = "type", value_type = Option<ActorType>)]
+    pub actor_type: Option<ActorType>,
+    /// Only actors whose name contains this text (case-insensitive).
+    pub name: Option<String>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/actors", tag = "actors", params(ActorQuery),
+    responses((status = 200, body = List<Actor>), (status = 401, body = Problem)))]
+pub(crate) async fn list_actors(
+    State(state): State<AppState>,
+    auth: Authed,
+    ApiQuery(query): ApiQuery<ActorQuery>,
+) -> Result<Json<List<Actor>>, ApiError> {
+    let page = PageQuery {
+        limit: query.limit,
+        cursor: query.cursor,
+    }
+    .page()?;
+    let filter = ActorFilter {
+        actor_type: query.actor_type,
+        name_contains: query.name,
+    };
+    let actors = state.store.list_actors(auth.account_id(), &filter, page).await?;
+    Ok(List::from_page(actors, page.limit))
+}
+
+#[utoipa::path(post, path = "/v1/actors", tag = "actors", request_body = CreateActor,
+    responses((status = 201, body = CreatedActor), (status = 422, body = Problem)))]
+pub(crate) async fn create_actor(
+    State(state): State<AppState>,
+    auth: Authed,
+    ApiJson(body): ApiJson<CreateActor>,
+) -> Result<(StatusCode, Json<CreatedActor>), ApiError> {
+    let machine = body.actor_type.token_kind().is_some();
+    if !machine && body.token.is_some() {
+        return Err(ApiError::validation(
+            "token",
+            format!("a {} signs in and holds no tokens", body.actor_type.as_str()),
+        ));
+    }
+    let new = NewActor {
+        actor_type: body.actor_type,
+        name: body.name,
+        email: body.email,
+        password_hash: None,
+        group_ids: body.group_ids,
+        token: machine.then(|| body.token.unwrap_or_default().into()),
+    };
+    let (actor, token) = state
+        .store
+        .create_actor(auth.account_id(), new, &auth.acting)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedActor {
+            data: actor,
+            token: token.map(Into::into),
+        }),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/actors/{id}", tag = "actors",
+    responses((status = 200, body = Data<Actor>), (status = 404, body = Problem)))]
+pub(crate) async fn get_actor(
+    State(state): State<AppState>,
+    auth: Authed,
+    Path(id): Path<String>,
+) -> Result<Json<Data<Actor>>, ApiError> {
+    let id = parse_id("actor", &id)?;
+    Ok(Data::new(state.store.get_actor(auth.account_id(), id).await?))
+}
+
+#[utoipa::path(patch, path = "/v1/actors/{id}", tag = "actors", request_body = UpdateActor,
+    responses((status = 200, body = Data<Actor>), (status = 404, body = Problem)))]
+pub(crate) async fn update_actor(
+    State(state): State<AppState>,
+    auth: Authed,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateActor>,
+) -> Result<Json<Data<Actor>>, ApiError> {
+    let id = parse_id("actor", &id)?;
+    let patch = ActorPatch {
+        name: body.name,
+        disabled: body.disabled,
+    };
+    if auth.principal.actor_id == Some(id) && patch.disabled == Some(true) {
+        return Err(ApiError::conflict(
+            "an API client cannot disable itself: use another API token",
+        ));
+    }
+    let actor = state
+        .store
+        .update_actor(auth.account_id(), id, patch, &auth.acting)
+        .await?;
+    Ok(Data::new(actor))
+}
+
+#[utoipa::path(delete, path = "/v1/actors/{id}", tag = "actors",
+    responses((status = 204, description = "Deleted with its tokens and memberships"), (status = 404, body = Problem)))]
+pub(crate) async fn delete_actor(
+    State(state): State<AppState>,
+    auth: Authed,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id("actor", &id)?;
+    state
+        .store
+        .delete_actor(auth.account_id(), id, &auth.acting)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,77 @@
+//! The Postern REST API: routing, authentication, JSON shapes, `application/problem+json`
+//! errors and the OpenAPI document. A thin shell: every rule lives in the domain and the store.
+
+mod account;
+mod actors;
+mod audit;
+mod error;
+mod extract;
+mod groups;
+mod openapi;
+mod policies;
+mod rate_limit;
+mod resources;
+mod shapes;
+mod sites;
+mod tokens;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::Router;
+use postern_store::Store;
+
+pub use error::ApiError;
+pub use openapi::openapi_document;
+
+pub use rate_limit::AuthRateLimiter;
+
+/// Everything a request handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub auth_limiter: Arc<AuthRateLimiter>,
+}
+
+impl AppState {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            auth_limiter: Arc::new(AuthRateLimiter::default()),
+        }
+    }
+}
+
+/// The portal's HTTP routes: `/v1/...` and `/healthz`.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(account::routes())
+        .merge(actors::routes())
+        .merge(tokens::routes())
+        .merge(groups::routes())
+        .merge(sites::routes())
+        .merge(resources::routes())
+        .merge(policies::routes())
+        .merge(audit::routes())
+        .merge(openapi::routes())
+        .fallback(error::not_found_fallback)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Serves the router on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}

@@ -1,0 +1,180 @@
+//! Tokens: `/v1/actors/{id}/tokens` (service accounts, API clients) and
+//! `/v1/sites/{id}/gateway_tokens` (gateways).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use postern_domain::Token;
+use postern_store::TokenHolder;
+
+use crate::actors::TokenRequest;
+use crate::error::{ApiError, Problem};
+use crate::extract::{parse_id, ApiQuery, Authed, MaybeJson, PageQuery};
+use crate::shapes::{Data, List, RevokedCount, TokenWithSecret};
+use crate::AppState;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/v1/actors/{id}/tokens",
+            get(list_actor_tokens)
+                .post(create_actor_token)
+                .delete(revoke_all_actor_tokens),
+        )
+        .route(
+            "/v1/actors/{id}/tokens/{token_id}",
+            get(get_actor_token).delete(revoke_actor_token),
+        )
+        .route(
+            "/v1/sites/{id}/gateway_tokens",
+            get(list_gateway_tokens).post(create_gateway_token),
+        )
+        .route(
+            "/v1/sites/{id}/gateway_tokens/{token_id}",
+            delete(revoke_gateway_token),
+        )
+}
+
+fn actor(id: &str) -> Result<TokenHolder, ApiError> {
+    Ok(TokenHolder::Actor(parse_id("actor", id)?))
+}
+
+fn site(id: &str) -> Result<TokenHolder, ApiError> {
+    Ok(TokenHolder::Site(parse_id("site", id)?))
+}
+
+#[utoipa::path(get, path = "/v1/actors/{id}/tokens", tag = "tokens", params(PageQuery),
+    responses((status = 200, body = List<Token>), (status = 404, body = Problem)))]
+pub(crate) async fn list_actor_tokens(
+    state: State<AppState>,
+    auth: Authed,
+    Path(id): Path<String>,
+    query: ApiQuery<PageQuery>,
+) -> Result<Json<List<Token>>, ApiError> {
+    list(state, auth, actor(&id)?, query).await
+}
+
+#[utoipa::path(post, path = "/v1/actors/{id}/tokens", tag = "tokens", request_body = TokenRequest,
+    responses((status = 201, body = Data<TokenWithSecret>), (status = 422, body = Problem)))]
+pub(crate) async fn create_actor_token(
+    state: State<AppState>,
+    auth: Authed,
+    Path(id): Path<String>,
+    MaybeJson(body): MaybeJson<TokenRequest>,
+) -> Result<(StatusCode, Json<Data<TokenWithSecret>>), ApiError> {
+    create(state, auth, actor(&id)?, body).await
+}
+
+#[utoipa::path(delete, path = "/v1/actors/{id}/tokens", tag = "tokens",
+    responses((status = 200, body = Data<RevokedCount>), (status = 404, body = Problem)))]
+pub(crate) async fn revoke_all_actor_tokens(
+    State(state): State<AppState>,
+    auth: Authed,
+    Path(id): Path<String>,
+) -> Result<Json<Data<RevokedCount>>, ApiError> {
+    let revoked = state
+        .store
+        .revoke_all_tokens(auth.account_id(), actor(&id)?, &auth.acting)
+        .await?;
+    Ok(Data::new(RevokedCount { revoked }))
+}
+
+#[utoipa::path(get, path = "/v1/actors/{id}/tokens/{token_id}", tag = "tokens",
+    responses((status = 200, body = Data<Token>), (status = 404, body = Problem)))]
+pub(crate) async fn get_actor_token(
+    State(state): State<AppState>,
+    auth: Authed,
+    Path((id, token_id)): Path<(String, String)>,
+) -> Result<Json<Data<Token>>, ApiError> {
+    let token_id = parse_id("token", &token_id)?;
+    let token = state
+        .store
+        .get_token(auth.account_id(), actor(&id)?, token_id)
+        .await?;
+    Ok(Data::new(token))
+}
+
+#[utoipa::path(delete, path = "/v1/actors/{id}/tokens/{token_id}", tag = "tokens",
+    responses((status = 200, description = "The revoked token", body = Data<Token>), (status = 404, body = Problem)))]
+pub(crate) async fn revoke_actor_token(
+    state: State<AppState>,
+    auth: Authed,
+    Path((id, token_id)): Path<(String, String)>,
+) -> Result<Json<Data<Token>>, ApiError> {
+    revoke(state, auth, actor(&id)?, &token_id).await
+}
+
+#[utoipa::path(get, path = "/v1/sites/{id}/gateway_tokens", tag = "sites", params(PageQuery),
+    responses((status = 200, body = List<Token>), (status = 404, body = Problem)))]
+pub(crate) async fn list_gateway_tokens(
+    state: State<AppState>,
+    auth: Authed,
+    Path(id): Path<String>,
+    query: ApiQuery<PageQuery>,
+) -> Result<Json<List<Token>>, ApiError> {
+    list(state, auth, site(&id)?, query).await
+}
+
+#[utoipa::path(post, path = "/v1/sites/{id}/gateway_tokens", tag = "sites", request_body = TokenRequest,
+    responses((status = 201, body = Data<TokenWithSecret>), (status = 422, body = Problem)))]
+pub(crate) async fn create_gateway_token(
+    state: State<AppState>,
+    auth: Authed,
+    Path(id): Path<String>,
+    MaybeJson(body): MaybeJson<TokenRequest>,
+) -> Result<(StatusCode, Json<Data<TokenWithSecret>>), ApiError> {
+    create(state, auth, site(&id)?, body).await
+}
+
+#[utoipa::path(delete, path = "/v1/sites/{id}/gateway_tokens/{token_id}", tag = "sites",
+    responses((status = 200, description = "The revoked token", body = Data<Token>), (status = 404, body = Problem)))]
+pub(crate) async fn revoke_gateway_token(
+    state: State<AppState>,
+    auth: Authed,
+    Path((id, token_id)): Path<(String, String)>,
+) -> Result<Json<Data<Token>>, ApiError> {
+    revoke(state, auth, site(&id)?, &token_id).await
+}
+
+async fn list(
+    State(state): State<AppState>,
+    auth: Authed,
+    holder: TokenHolder,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<Json<List<Token>>, ApiError> {
+    let page = query.page()?;
+    let tokens = state
+        .store
+        .list_tokens(auth.account_id(), holder, page)
+        .await?;
+    Ok(List::from_page(tokens, page.limit))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    auth: Authed,
+    holder: TokenHolder,
+    body: Option<TokenRequest>,
+) -> Result<(StatusCode, Json<Data<TokenWithSecret>>), ApiError> {
+    let request = body.unwrap_or_default();
+    let created = state
+        .store
+        .create_token(auth.account_id(), holder, request.into(), &auth.acting)
+        .await?;
+    Ok((StatusCode::CREATED, Data::new(created.into())))
+}
+
+async fn revoke(
+    State(state): State<AppState>,
+    auth: Authed,
+    holder: TokenHolder,
+    token_id: &str,
+) -> Result<Json<Data<Token>>, ApiError> {
+    let token_id = parse_id("token", token_id)?;
+    let token = state
+        .store
+        .revoke_token(auth.account_id(), holder, token_id, &auth.acting)
+        .await?;
+    Ok(Data::new(token))
+}

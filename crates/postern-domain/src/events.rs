@@ -1,0 +1,70 @@
+//! Change events: what an operation changed, as data. Storage emits them after a commit; later
+//! layers push them to connected clients and gateways and to other portal nodes.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ChangeEvent {
+    TokenCreated { account_id: Uuid, token_id: Uuid },
+    /// The tokens no longer authenticate: revoked, or deleted with their actor or site.
+    TokensRevoked { account_id: Uuid, token_ids: Vec<Uuid> },
+    ActorCreated { account_id: Uuid, actor_id: Uuid },
+    ActorUpdated { account_id: Uuid, actor_id: Uuid },
+    ActorDisabled { account_id: Uuid, actor_id: Uuid },
+    ActorEnabled { account_id: Uuid, actor_id: Uuid },
+    ActorDeleted { account_id: Uuid, actor_id: Uuid },
+    GroupCreated { account_id: Uuid, group_id: Uuid },
+    GroupUpdated { account_id: Uuid, group_id: Uuid },
+    GroupDeleted { account_id: Uuid, group_id: Uuid },
+    MembershipChanged {
+        account_id: Uuid,
+        group_id: Uuid,
+        added: Vec<Uuid>,
+        removed: Vec<Uuid>,
+    },
+    SiteCreated { account_id: Uuid, site_id: Uuid },
+    SiteUpdated { account_id: Uuid, site_id: Uuid },
+    SiteDeleted { account_id: Uuid, site_id: Uuid },
+    ResourceCreated { account_id: Uuid, resource_id: Uuid },
+    /// `address_or_site_changed` tells whether existing authorizations must be withdrawn.
+    ResourceUpdated {
+        account_id: Uuid,
+        resource_id: Uuid,
+        address_or_site_changed: bool,
+    },
+    ResourceDeleted { account_id: Uuid, resource_id: Uuid },
+    PolicyCreated { account_id: Uuid, policy_id: Uuid },
+    PolicyUpdated { account_id: Uuid, policy_id: Uuid },
+    PolicyDeleted { account_id: Uuid, policy_id: Uuid },
+    AccountUpdated { account_id: Uuid },
+}
+
+impl ChangeEvent {
+    pub fn account_id(&self) -> Uuid {
+        match self {
+            ChangeEvent::TokenCreated { account_id, .. }
+            | ChangeEvent::TokensRevoked { account_id, .. }
+            | ChangeEvent::ActorCreated { account_id, .. }
+            | ChangeEvent::ActorUpdated { account_id, .. }
+            | ChangeEvent::ActorDisabled { account_id, .. }
+            | ChangeEvent::ActorEnabled { account_id, .. }
+            | ChangeEvent::ActorDeleted { account_id, .. }
+            | ChangeEvent::GroupCreated { account_id, .. }
+            | ChangeEvent::GroupUpdated { account_id, .. }
+            | ChangeEvent::GroupDeleted { account_id, .. }
+            | ChangeEvent::MembershipChanged { account_id, .. }
+            | ChangeEvent::SiteCreated { account_id, .. }
+            | ChangeEvent::SiteUpdated { account_id, .. }
+            | ChangeEvent::SiteDeleted { account_id, .. }
+            | ChangeEvent::ResourceCreated { account_id, .. }
+            | ChangeEvent::ResourceUpdated { account_id, .. }
+            | ChangeEvent::ResourceDeleted { account_id, .. }
+            | ChangeEvent::PolicyCreated { account_id, .. }
+            | ChangeEvent::PolicyUpdated { account_id, .. }
+            | ChangeEvent::PolicyDeleted { account_id, .. }
+            | ChangeEvent::AccountUpdated { account_id } => *account_id,
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! The entities of an account. Every entity carries the `account_id` it belongs to.
+
+use chrono::{DateTime, Utc};
+use postern_policy::{Condition, Filter};
+use postern_token::TokenKind;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// A fresh, time-ordered identifier (UUIDv7), so that ordering by id is ordering by creation.
+pub fn new_id() -> Uuid {
+    Uuid::now_v7()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Account {
+    pub id: Uuid,
+    pub slug: String,
+    pub name: String,
+    pub settings: AccountSettings,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct AccountSettings {
+    /// The longest lifetime, in days, that a new token of this account may have.
+    pub max_token_lifetime_days: u32,
+}
+
+impl Default for AccountSettings {
+    fn default() -> Self {
+        Self {
+            max_token_lifetime_days: crate::rules::DEFAULT_MAX_TOKEN_LIFETIME_DAYS,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum ActorType {
+    User,
+    Admin,
+    ServiceAccount,
+    ApiClient,
+}
+
+impl ActorType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorType::User => "user",
+            ActorType::Admin => "admin",
+            ActorType::ServiceAccount => "service_account",
+            ActorType::ApiClient => "api_client",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "user" => ActorType::User,
+            "admin" => ActorType::Admin,
+            "service_account" => ActorType::ServiceAccount,
+            "api_client" => ActorType::ApiClient,
+            _ => return None,
+        })
+    }
+
+    /// People are members of `Everyone`; machines (service accounts, API clients) never are.
+    pub fn joins_everyone(self) -> bool {
+        matches!(self, ActorType::User | ActorType::Admin)
+    }
+
+    /// The kind of token this actor type authenticates with, if it holds tokens at all.
+    pub fn token_kind(self) -> Option<TokenKind> {
+        match self {
+            ActorType::ServiceAccount => Some(TokenKind::Client),
+            ActorType::ApiClient => Some(TokenKind::Api),
+            ActorType::User | ActorType::Admin => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Actor {
+    pub id: Uuid,
+    pub account_id: Uuid,
+    #[serde(rename = "type")]
+    pub actor_type: ActorType,
+    pub name: String,
+    pub email: Option<String>,
+    pub disabled_at: Option<DateTime<Utc>>,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Actor {
+    pub fn is_disabled(&self) -> bool {
+        self.disabled_at.is_some()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupKind {
+    /// Membership is managed by hand (API, CLI, web UI).
+    Static,
+    /// The built-in `Everyone` group: every user and admin, managed by the portal.
+    Everyone,
+}
+
+impl GroupKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupKind::Static => "static",
+            GroupKind::Everyone => "everyone",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "static" => Some(GroupKind::Static),
+            "everyone" => Some(GroupKind::Everyone),
+            _ => None,
+        }
+    }
+}
+
+pub const EVERYONE_GROUP_NAME: &str = "Everyone";
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Group {
+    pub id: Uuid,
+    pub account_id: Uuid,
+    pub name: String,
+    pub kind: GroupKind,
+    pub member_count: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Membership {
+    pub group_id: Uuid,
+    pub actor_id: Uuid,
+    pub actor_name: String,
+    pub actor_type: ActorType,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Site {
+    pub id: Uuid,
+    pub account_id: Uuid,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ResourceType {
+    Cidr,
+    Ip,
+    Dns,
+}
+
+impl ResourceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceType::Cidr => "cidr",
+            ResourceType::Ip => "ip",
+            ResourceType::Dns => "dns",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "cidr" => Some(ResourceType::Cidr),
+            "ip" => Some(ResourceType::Ip),
+            "dns" => Some(ResourceType::Dns),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Resource {
+    pub id: Uuid,
+    pub account_id: Uuid,
+    pub site_id: Uuid,
+    #[serde(rename = "type")]
+    pub resource_type: ResourceType,
+    pub name: String,
+    pub address: String,
+    pub description: Option<String>,
+    pub filters: Vec<Filter>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Policy {
+    pub id: Uuid,
+    pub account_id: Uuid,
+    pub group_id: Uuid,
+    pub resource_id: Uuid,
+    pub description: Option<String>,
+    pub conditions: Vec<Condition>,
+    pub disabled: bool,
+    pub disabled_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A token's record. The secret is never part of it: only its keyed hash is stored, and the
+/// full token string exists once, in the response that created it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Token {
+    pub id: Uuid,
+    pub account_id: Uuid,
+    /// `client` (service-account headless client), `gateway` or `api`.
+    #[schema(value_type = String)]
+    #[serde(with = "token_kind_serde")]
+    pub kind: TokenKind,
+    pub actor_id: Option<Uuid>,
+    pub site_id: Option<Uuid>,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub created_by: Option<Uuid>,
+    pub expires_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub last_used_ip: Option<String>,
+    pub last_used_user_agent: Option<String>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub revoked_by: Option<Uuid>,
+}
+
+impl Token {
+    pub fn is_active(&self, now: DateTime<Utc>) -> bool {
+        self.revoked_at.is_none() && self.expires_at > now
+    }
+}
+
+mod token_kind_serde {
+    use postern_token::TokenKind;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(kind: &TokenKind, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(kind.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<TokenKind, D::Error> {
+        let s = String::deserialize(d)?;
+        TokenKind::parse_str(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown token kind '{s}'")))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct AuditEvent {
+    pub id: Uuid,
+    pub account_id: Option<Uuid>,
+    pub occurred_at: DateTime<Utc>,
+    /// The actor who acted, when known.
+    pub actor_id: Option<Uuid>,
+    /// The token the actor authenticated with, when known (its id, never its secret).
+    pub token_id: Option<Uuid>,
+    pub source_ip: Option<String>,
+    pub action: String,
+    pub object_type: String,
+    pub object_id: Option<Uuid>,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+}
+
+/// Who performed an operation, as recorded in the audit log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Acting {
+    pub actor_id: Option<Uuid>,
+    pub token_id: Option<Uuid>,
+    pub source_ip: Option<String>,
+}
+
+impl Acting {
+    /// A local administration command run on the portal host (no actor, no token).
+    pub fn local_cli() -> Self {
+        Self {
+            actor_id: None,
+            token_id: None,
+            source_ip: Some("local".to_string()),
+        }
+    }
+}

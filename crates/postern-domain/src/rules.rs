@@ -1,0 +1,216 @@
+//! The rules each operation obeys, as pure functions over plain values.
+
+use chrono::{DateTime, Duration, Utc};
+use uuid::Uuid;
+
+use crate::model::{AccountSettings, Actor, ActorType, GroupKind};
+use crate::validate::ValidationError;
+
+/// A token lives this long unless its creator chooses otherwise.
+pub const DEFAULT_TOKEN_LIFETIME_DAYS: i64 = 365;
+/// The default cap on how long a token may live (ten years): the account setting lowers it.
+pub const DEFAULT_MAX_TOKEN_LIFETIME_DAYS: u32 = 3650;
+/// The lowest and highest cap an account may configure.
+pub const MAX_TOKEN_LIFETIME_RANGE: (u32, u32) = (1, 36500);
+
+/// When a new token expires: the requested instant, or `now` + 365 days (capped by the account's
+/// longest lifetime). A requested expiry must lie in the future and within the cap.
+pub fn token_expiry(
+    now: DateTime<Utc>,
+    requested: Option<DateTime<Utc>>,
+    settings: &AccountSettings,
+) -> Result<DateTime<Utc>, ValidationError> {
+    let cap = now + Duration::days(i64::from(settings.max_token_lifetime_days));
+    let Some(expires_at) = requested else {
+        return Ok(std::cmp::min(
+            now + Duration::days(DEFAULT_TOKEN_LIFETIME_DAYS),
+            cap,
+        ));
+    };
+    if expires_at <= now {
+        return Err(ValidationError::new(
+            "expires_at",
+            format!("must be in the future (it is {})", expires_at.to_rfc3339()),
+        ));
+    }
+    if expires_at > cap {
+        return Err(ValidationError::new(
+            "expires_at",
+            format!(
+                "is later than this account allows: tokens may live at most {} days (until {})",
+                settings.max_token_lifetime_days,
+                cap.to_rfc3339()
+            ),
+        ));
+    }
+    Ok(expires_at)
+}
+
+pub fn validate_settings(settings: &AccountSettings) -> Result<(), ValidationError> {
+    let (low, high) = MAX_TOKEN_LIFETIME_RANGE;
+    if !(low..=high).contains(&settings.max_token_lifetime_days) {
+        return Err(ValidationError::new(
+            "settings.max_token_lifetime_days",
+            format!("must be between {low} and {high}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Which actor types may be created through the API: people are invited by email, machines by
+/// name. `admin` creation with a password is a local command (`postern admin create`).
+pub fn check_creatable(actor_type: ActorType, email: Option<&str>) -> Result<(), ValidationError> {
+    match actor_type {
+        ActorType::User | ActorType::Admin if email.is_none() => Err(ValidationError::new(
+            "email",
+            format!("is required for a {}", actor_type.as_str()),
+        )),
+        ActorType::ServiceAccount | ActorType::ApiClient if email.is_some() => {
+            Err(ValidationError::new(
+                "email",
+                format!("a {} has no email address", actor_type.as_str()),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether a token may be issued to this actor, and of which kind.
+pub fn check_token_holder(actor: &Actor) -> Result<postern_token::TokenKind, ValidationError> {
+    actor.actor_type.token_kind().ok_or_else(|| {
+        ValidationError::new(
+            "actor_id",
+            format!(
+                "a {} signs in and holds no tokens; tokens belong to service accounts and API clients",
+                actor.actor_type.as_str()
+            ),
+        )
+    })
+}
+
+/// Manual membership changes: never on the portal-managed `Everyone` group, and an actor can be
+/// added only once it exists in the same account (the caller resolves ids within the account).
+pub fn check_membership_change(group_kind: GroupKind) -> Result<(), ValidationError> {
+    if group_kind == GroupKind::Everyone {
+        return Err(ValidationError::new(
+            "group_id",
+            "the Everyone group is managed by the portal: every user and admin is a member, service accounts never are",
+        ));
+    }
+    Ok(())
+}
+
+/// Groups that a new actor joins automatically.
+pub fn automatic_groups(actor_type: ActorType, everyone_group: Uuid) -> Vec<Uuid> {
+    if actor_type.joins_everyone() {
+        vec![everyone_group]
+    } else {
+        Vec::new()
+    }
+}
+
+/// Parses a human duration such as `30d`, `12h`, `90m`, `2w` or `1y` (365 days).
+pub fn parse_duration(value: &str) -> Result<Duration, ValidationError> {
+    let value = value.trim();
+    let invalid = || {
+        ValidationError::new(
+            "expires_in",
+            format!("'{value}' is not a duration: use a number and a unit, such as 30d, 12h, 2w or 1y"),
+        )
+    };
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(invalid)?;
+    let (number, unit) = value.split_at(split);
+    let number: i64 = number.parse().map_err(|_| invalid())?;
+    if number <= 0 {
+        return Err(ValidationError::new("expires_in", "must be longer than zero"));
+    }
+    let days_limit = 36_500;
+    let duration = match unit {
+        "m" | "min" => Duration::try_minutes(number),
+        "h" => Duration::try_hours(number),
+        "d" => Duration::try_days(number),
+        "w" => Duration::try_weeks(number),
+        "y" => number.checked_mul(365).and_then(Duration::try_days),
+        _ => return Err(invalid()),
+    }
+    .ok_or_else(invalid)?;
+    if duration > Duration::days(days_limit) {
+        return Err(ValidationError::new("expires_in", "must be at most 100 years"));
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap()
+    }
+
+    #[test]
+    fn default_expiry_is_365_days() {
+        let settings = AccountSettings::default();
+        assert_eq!(
+            token_expiry(now(), None, &settings).unwrap(),
+            now() + Duration::days(365)
+        );
+    }
+
+    #[test]
+    fn default_expiry_respects_a_lower_cap() {
+        let settings = AccountSettings {
+            max_token_lifetime_days: 90,
+        };
+        assert_eq!(
+            token_expiry(now(), None, &settings).unwrap(),
+            now() + Duration::days(90)
+        );
+    }
+
+    #[test]
+    fn explicit_expiry_must_be_future_and_within_cap() {
+        let settings = AccountSettings {
+            max_token_lifetime_days: 30,
+        };
+        let past = token_expiry(now(), Some(now() - Duration::seconds(1)), &settings).unwrap_err();
+        assert_eq!(past.field, "expires_at");
+        assert!(token_expiry(now(), Some(now()), &settings).is_err());
+        assert!(token_expiry(now(), Some(now() + Duration::days(31)), &settings).is_err());
+        let ok = now() + Duration::days(30);
+        assert_eq!(token_expiry(now(), Some(ok), &settings).unwrap(), ok);
+    }
+
+    #[test]
+    fn service_accounts_never_join_everyone() {
+        let everyone = Uuid::now_v7();
+        assert!(automatic_groups(ActorType::ServiceAccount, everyone).is_empty());
+        assert!(automatic_groups(ActorType::ApiClient, everyone).is_empty());
+        assert_eq!(automatic_groups(ActorType::User, everyone), vec![everyone]);
+        assert_eq!(automatic_groups(ActorType::Admin, everyone), vec![everyone]);
+        assert!(check_membership_change(GroupKind::Everyone).is_err());
+        assert!(check_membership_change(GroupKind::Static).is_ok());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30d").unwrap(), Duration::days(30));
+        assert_eq!(parse_duration("12h").unwrap(), Duration::hours(12));
+        assert_eq!(parse_duration("1y").unwrap(), Duration::days(365));
+        assert_eq!(parse_duration("2w").unwrap(), Duration::days(14));
+        for bad in ["", "d", "30", "30x", "-1d", "0d", "999999999999y"] {
+            assert!(parse_duration(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn people_need_an_email_and_machines_have_none() {
+        assert!(check_creatable(ActorType::User, None).is_err());
+        assert!(check_creatable(ActorType::User, Some("a@b.c")).is_ok());
+        assert!(check_creatable(ActorType::ServiceAccount, Some("a@b.c")).is_err());
+        assert!(check_creatable(ActorType::ServiceAccount, None).is_ok());
+    }
+}

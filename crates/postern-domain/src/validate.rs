@@ -1,0 +1,228 @@
+//! Input validation. Every error names the field it is about, so the API can answer a 4xx that
+//! tells the caller exactly what to fix.
+
+use ipnet::IpNet;
+use std::net::IpAddr;
+
+use crate::model::ResourceType;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ValidationError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+pub const MAX_NAME_LEN: usize = 255;
+pub const MAX_DESCRIPTION_LEN: usize = 1024;
+
+/// A display name: trimmed, 1 to 255 characters, no control characters.
+pub fn name(field: &str, value: &str) -> Result<String, ValidationError> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return Err(ValidationError::new(field, "must not be empty"));
+    }
+    if trimmed.chars().count() > MAX_NAME_LEN {
+        return Err(ValidationError::new(
+            field,
+            format!("must be at most {MAX_NAME_LEN} characters"),
+        ));
+    }
+    if trimmed.chars().any(char::is_control) {
+        return Err(ValidationError::new(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(trimmed.to_string())
+}
+
+pub fn description(field: &str, value: Option<&str>) -> Result<Option<String>, ValidationError> {
+    let Some(value) = value else { return Ok(None) };
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return Ok(None);
+    }
+    if trimmed.chars().count() > MAX_DESCRIPTION_LEN {
+        return Err(ValidationError::new(
+            field,
+            format!("must be at most {MAX_DESCRIPTION_LEN} characters"),
+        ));
+    }
+    Ok(Some(trimmed.to_string()))
+}
+
+/// An account slug: 1 to 63 lowercase letters, digits and dashes, starting with a letter.
+pub fn slug(field: &str, value: &str) -> Result<String, ValidationError> {
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && value.starts_with(|c: char| c.is_ascii_lowercase())
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !ok {
+        return Err(ValidationError::new(
+            field,
+            format!("'{value}' is not a valid slug: use 1-63 lowercase letters, digits and dashes, starting with a letter"),
+        ));
+    }
+    Ok(value.to_string())
+}
+
+/// An email address, lowercased: one `@` with something on each side and a dot in the domain.
+pub fn email(field: &str, value: &str) -> Result<String, ValidationError> {
+    let value = value.trim().to_ascii_lowercase();
+    let valid = match value.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !value.chars().any(|c| c.is_whitespace() || c.is_control())
+                && value.len() <= MAX_NAME_LEN
+        }
+        None => false,
+    };
+    if !valid {
+        return Err(ValidationError::new(
+            field,
+            format!("'{value}' is not an email address"),
+        ));
+    }
+    Ok(value)
+}
+
+/// A resource address, checked against its type and returned in canonical form.
+pub fn resource_address(
+    field: &str,
+    resource_type: ResourceType,
+    value: &str,
+) -> Result<String, ValidationError> {
+    let value = value.trim();
+    match resource_type {
+        ResourceType::Ip => value
+            .parse::<IpAddr>()
+            .map(|ip| ip.to_string())
+            .map_err(|_| ValidationError::new(field, format!("'{value}' is not an IP address"))),
+        ResourceType::Cidr => {
+            let net: IpNet = value.parse().map_err(|_| {
+                ValidationError::new(
+                    field,
+                    format!("'{value}' is not a CIDR range such as 10.0.0.0/24"),
+                )
+            })?;
+            if net.trunc() != net {
+                return Err(ValidationError::new(
+                    field,
+                    format!(
+                        "'{value}' has host bits set; did you mean {}?",
+                        net.trunc()
+                    ),
+                ));
+            }
+            Ok(net.to_string())
+        }
+        ResourceType::Dns => dns_name(field, value),
+    }
+}
+
+/// A DNS name, optionally with a leading wildcard label: `*` (any depth) or `?` (one label).
+pub fn dns_name(field: &str, value: &str) -> Result<String, ValidationError> {
+    let lower = value.trim_end_matches('.').to_ascii_lowercase();
+    let invalid = |why: &str| ValidationError::new(field, format!("'{value}' is not a DNS name: {why}"));
+    if lower.is_empty() {
+        return Err(invalid("it is empty"));
+    }
+    if lower.len() > 253 {
+        return Err(invalid("it is longer than 253 characters"));
+    }
+    let labels: Vec<&str> = lower.split('.').collect();
+    for (index, label) in labels.iter().enumerate() {
+        if index == 0 && (*label == "*" || *label == "?") {
+            if labels.len() < 2 {
+                return Err(invalid("a wildcard needs a domain after it, as in *.corp.example"));
+            }
+            continue;
+        }
+        if label.is_empty() {
+            return Err(invalid("it has an empty label"));
+        }
+        if label.len() > 63 {
+            return Err(invalid("a label is longer than 63 characters"));
+        }
+        if label.contains(['*', '?']) {
+            return Err(invalid("a wildcard may only be the whole first label"));
+        }
+        if !label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid("labels may hold only letters, digits, '-' and '_'"));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(invalid("a label may not start or end with '-'"));
+        }
+    }
+    Ok(lower)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_trimmed_and_bounded() {
+        assert_eq!(name("name", "  ci runner ").unwrap(), "ci runner");
+        assert_eq!(name("name", "   ").unwrap_err().field, "name");
+        assert!(name("name", &"x".repeat(256)).is_err());
+        assert!(name("name", "a\u{0}b").is_err());
+    }
+
+    #[test]
+    fn cidr_must_be_a_network_address() {
+        let t = ResourceType::Cidr;
+        assert_eq!(resource_address("address", t, "10.0.0.0/8").unwrap(), "10.0.0.0/8");
+        let err = resource_address("address", t, "10.0.0.1/8").unwrap_err();
+        assert!(err.message.contains("did you mean 10.0.0.0/8"), "{err}");
+        assert!(resource_address("address", t, "10.0.0.0").is_err());
+        assert_eq!(resource_address("address", t, "fd00::/64").unwrap(), "fd00::/64");
+    }
+
+    #[test]
+    fn ip_addresses_are_canonical() {
+        let t = ResourceType::Ip;
+        assert_eq!(resource_address("address", t, " 10.1.2.3 ").unwrap(), "10.1.2.3");
+        assert_eq!(resource_address("address", t, "FD00::0001").unwrap(), "fd00::1");
+        assert!(resource_address("address", t, "10.1.2").is_err());
+    }
+
+    #[test]
+    fn dns_names_and_wildcards() {
+        let t = ResourceType::Dns;
+        assert_eq!(resource_address("address", t, "Git.Corp.Example.").unwrap(), "git.corp.example");
+        assert_eq!(resource_address("address", t, "*.corp.example").unwrap(), "*.corp.example");
+        assert_eq!(resource_address("address", t, "?.corp.example").unwrap(), "?.corp.example");
+        for bad in ["*", "a.*.example", "a..b", "-a.example", "a b.example", "foo*.example"] {
+            assert!(resource_address("address", t, bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn emails_and_slugs() {
+        assert_eq!(email("email", " Ada@Example.COM ").unwrap(), "ada@example.com");
+        assert!(email("email", "ada@example").is_err());
+        assert!(email("email", "example.com").is_err());
+        assert_eq!(slug("slug", "acme-2").unwrap(), "acme-2");
+        assert!(slug("slug", "Acme").is_err());
+        assert!(slug("slug", "2acme").is_err());
+    }
+}

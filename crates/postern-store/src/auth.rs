@@ -1,0 +1,202 @@
+//! Token authentication: parse, checksum, cached lookup, keyed hash, constant-time compare.
+
+use chrono::{DateTime, Utc};
+use postern_token::{TokenError, TokenKind};
+use sqlx::Row;
+use std::time::Instant;
+use uuid::Uuid;
+
+use crate::db::{self, from_ts};
+use crate::token_cache::{CachedToken, PendingUse};
+use crate::{Store, StoreError};
+
+/// Who a valid token speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub account_id: Uuid,
+    pub token_id: Uuid,
+    pub kind: TokenKind,
+    pub actor_id: Option<Uuid>,
+    pub site_id: Option<Uuid>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Where a token was used from, for its "last used" record.
+#[derive(Debug, Clone, Default)]
+pub struct TokenUse {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// Why a token was refused. Never carries any part of the token's secret.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("{0}")]
+    Malformed(TokenError),
+    #[error("this is a {actual} token; a {expected} token is needed here")]
+    WrongKind {
+        expected: &'static str,
+        actual: &'static str,
+    },
+    #[error("the token is not valid")]
+    Invalid { token_id: Option<Uuid> },
+    #[error("the token has been revoked")]
+    Revoked { account_id: Uuid, token_id: Uuid },
+    #[error("the token has expired")]
+    Expired { account_id: Uuid, token_id: Uuid },
+    #[error("the token's holder is disabled")]
+    Disabled { account_id: Uuid, token_id: Uuid },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl AuthError {
+    /// The account and token the failure can be attributed to, when the secret was valid or
+    /// the token id matched a stored token.
+    pub fn attribution(&self) -> (Option<Uuid>, Option<Uuid>) {
+        match self {
+            AuthError::Revoked {
+                account_id,
+                token_id,
+            }
+            | AuthError::Expired {
+                account_id,
+                token_id,
+            }
+            | AuthError::Disabled {
+                account_id,
+                token_id,
+            } => (Some(*account_id), Some(*token_id)),
+            AuthError::Invalid { token_id } => (None, *token_id),
+            _ => (None, None),
+        }
+    }
+
+    /// A short machine-readable reason, for logs and audit events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Malformed(_) => "malformed",
+            AuthError::WrongKind { .. } => "wrong_kind",
+            AuthError::Invalid { .. } => "invalid",
+            AuthError::Revoked { .. } => "revoked",
+            AuthError::Expired { .. } => "expired",
+            AuthError::Disabled { .. } => "disabled",
+            AuthError::Store(_) => "store_error",
+        }
+    }
+}
+
+impl Store {
+    /// Checks a presented token of the `expected` kind and records its use (buffered).
+    pub async fn authenticate(
+        &self,
+        token: &str,
+        expected: TokenKind,
+        usage: TokenUse,
+    ) -> Result<Principal, AuthError> {
+        let principal = self.verify_token(token, expected, Utc::now()).await?;
+        self.inner.tokens.record_use(
+            principal.token_id,
+            PendingUse {
+                at: Utc::now(),
+                ip: usage.ip,
+                user_agent: usage.user_agent,
+                actor_id: principal.actor_id,
+            },
+        );
+        Ok(principal)
+    }
+
+    /// Checks a presented token without recording its use.
+    pub async fn verify_token(
+        &self,
+        token: &str,
+        expected: TokenKind,
+        now: DateTime<Utc>,
+    ) -> Result<Principal, AuthError> {
+        let parsed = postern_token::parse(token).map_err(AuthError::Malformed)?;
+        if parsed.kind != expected {
+            return Err(AuthError::WrongKind {
+                expected: expected.as_str(),
+                actual: parsed.kind.as_str(),
+            });
+        }
+        let record = match self.inner.tokens.get(&parsed.id) {
+            Some(record) => record,
+            None => match self.load_token_record(parsed.id).await? {
+                Some(record) => {
+                    self.inner.tokens.insert(parsed.id, record.clone());
+                    record
+                }
+                None => {
+                    return Err(AuthError::Invalid {
+                        token_id: Some(parsed.id),
+                    })
+                }
+            },
+        };
+        if record.kind != parsed.kind || !parsed.verify(&self.inner.hash_key, &record.hash()) {
+            return Err(AuthError::Invalid {
+                token_id: Some(parsed.id),
+            });
+        }
+        let ids = (record.account_id, parsed.id);
+        if record.revoked {
+            return Err(AuthError::Revoked {
+                account_id: ids.0,
+                token_id: ids.1,
+            });
+        }
+        if record.expires_at <= now {
+            return Err(AuthError::Expired {
+                account_id: ids.0,
+                token_id: ids.1,
+            });
+        }
+        if record.holder_disabled {
+            return Err(AuthError::Disabled {
+                account_id: ids.0,
+                token_id: ids.1,
+            });
+        }
+        Ok(Principal {
+            account_id: record.account_id,
+            token_id: parsed.id,
+            kind: record.kind,
+            actor_id: record.actor_id,
+            site_id: record.site_id,
+            expires_at: record.expires_at,
+        })
+    }
+
+    async fn load_token_record(&self, token_id: Uuid) -> Result<Option<CachedToken>, StoreError> {
+        let row = sqlx::query(
+            "SELECT t.kind, t.account_id, t.actor_id, t.site_id, t.secret_hash, t.expires_at, \
+             t.revoked_at, a.disabled_at AS actor_disabled_at \
+             FROM tokens t LEFT JOIN actors a ON a.id = t.actor_id WHERE t.id = $1",
+        )
+        .bind(token_id.to_string())
+        .fetch_optional(self.pool())
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let kind_text: String = row.try_get("kind")?;
+        let kind = TokenKind::parse_str(&kind_text)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown token kind '{kind_text}'")))?;
+        let hash_hex: String = row.try_get("secret_hash")?;
+        let hash = postern_token::TokenHash::from_hex(&hash_hex)
+            .map_err(|_| StoreError::Corrupt("a stored token hash is not valid".to_string()))?;
+        let revoked_at: Option<i64> = row.try_get("revoked_at")?;
+        let actor_disabled_at: Option<i64> = row.try_get("actor_disabled_at")?;
+        Ok(Some(CachedToken {
+            kind,
+            account_id: db::uuid(&row, "account_id")?,
+            actor_id: db::opt_uuid(&row, "actor_id")?,
+            site_id: db::opt_uuid(&row, "site_id")?,
+            hash: *hash.as_bytes(),
+            expires_at: from_ts(row.try_get("expires_at")?)?,
+            revoked: revoked_at.is_some(),
+            holder_disabled: actor_disabled_at.is_some(),
+            loaded_at: Instant::now(),
+        }))
+    }
+}

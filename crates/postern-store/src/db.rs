@@ -1,0 +1,135 @@
+//! Plumbing shared by the entity modules: write transactions, column codecs, the hash key.
+
+use chrono::{DateTime, TimeZone, Utc};
+use postern_token::HashKey;
+use serde::de::DeserializeOwned;
+use sqlx::any::AnyRow;
+use sqlx::{Any, AnyPool, Row, Transaction};
+use uuid::Uuid;
+
+use crate::{Result, Store, StoreError};
+
+pub(crate) struct WriteTx {
+    pub tx: Transaction<'static, Any>,
+    _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    pub async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl Store {
+    pub(crate) async fn begin_write(&self) -> Result<WriteTx> {
+        let guard = match &self.inner.write_lock {
+            Some(lock) => Some(lock.clone().lock_owned().await),
+            None => None,
+        };
+        let tx = self.pool().begin().await?;
+        Ok(WriteTx { tx, _guard: guard })
+    }
+}
+
+pub(crate) fn ts(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+pub(crate) fn opt_ts(t: Option<DateTime<Utc>>) -> Option<i64> {
+    t.map(ts)
+}
+
+pub(crate) fn from_ts(micros: i64) -> Result<DateTime<Utc>> {
+    Utc.timestamp_micros(micros)
+        .single()
+        .ok_or_else(|| StoreError::Corrupt(format!("timestamp {micros} is out of range")))
+}
+
+pub(crate) fn uuid(row: &AnyRow, column: &str) -> Result<Uuid> {
+    let text: String = row.try_get(column)?;
+    Uuid::parse_str(&text)
+        .map_err(|_| StoreError::Corrupt(format!("column {column} holds a bad id")))
+}
+
+pub(crate) fn opt_uuid(row: &AnyRow, column: &str) -> Result<Option<Uuid>> {
+    let text: Option<String> = row.try_get(column)?;
+    text.map(|t| {
+        Uuid::parse_str(&t)
+            .map_err(|_| StoreError::Corrupt(format!("column {column} holds a bad id")))
+    })
+    .transpose()
+}
+
+pub(crate) fn time(row: &AnyRow, column: &str) -> Result<DateTime<Utc>> {
+    from_ts(row.try_get(column)?)
+}
+
+pub(crate) fn opt_time(row: &AnyRow, column: &str) -> Result<Option<DateTime<Utc>>> {
+    let micros: Option<i64> = row.try_get(column)?;
+    micros.map(from_ts).transpose()
+}
+
+pub(crate) fn text(row: &AnyRow, column: &str) -> Result<String> {
+    Ok(row.try_get(column)?)
+}
+
+pub(crate) fn opt_text(row: &AnyRow, column: &str) -> Result<Option<String>> {
+    Ok(row.try_get(column)?)
+}
+
+pub(crate) fn json<T: DeserializeOwned>(row: &AnyRow, column: &str) -> Result<T> {
+    let text: String = row.try_get(column)?;
+    serde_json::from_str(&text)
+        .map_err(|err| StoreError::Corrupt(format!("column {column} holds bad JSON: {err}")))
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value)
+        .map_err(|err| StoreError::Corrupt(format!("cannot encode JSON: {err}")))
+}
+
+/// Fetches `limit + 1` rows to learn whether another page follows, and returns the page.
+pub(crate) fn paginate<T>(
+    mut items: Vec<T>,
+    limit: u32,
+    id_of: impl Fn(&T) -> Uuid,
+) -> crate::Paged<T> {
+    let limit = limit as usize;
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(&id_of)
+    } else {
+        None
+    };
+    crate::Paged { items, next_cursor }
+}
+
+/// The HMAC key for token hashes: created once, shared by every portal node on the database.
+pub(crate) async fn load_or_create_hash_key(pool: &AnyPool) -> Result<HashKey> {
+    let fresh = HashKey::generate();
+    sqlx::query(
+        "INSERT INTO server_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+    )
+    .bind("token_hash_key")
+    .bind(fresh.to_hex())
+    .execute(pool)
+    .await?;
+    let row = sqlx::query("SELECT value FROM server_secrets WHERE name = $1")
+        .bind("token_hash_key")
+        .fetch_one(pool)
+        .await?;
+    let hex: String = row.try_get("value")?;
+    HashKey::from_hex(&hex)
+        .map_err(|_| StoreError::Corrupt("the stored token hash key is not valid".to_string()))
+}
+
+/// Maps a unique-constraint violation to a conflict that names what is taken.
+pub(crate) fn unique_violation(err: sqlx::Error, what: impl FnOnce() -> String) -> StoreError {
+    if let sqlx::Error::Database(db) = &err {
+        if db.is_unique_violation() {
+            return StoreError::Conflict(what());
+        }
+    }
+    StoreError::Database(err)
+}

@@ -1,0 +1,210 @@
+//! Postern storage: one schema on embedded SQLite or on PostgreSQL, through sqlx's `Any` driver.
+//!
+//! Every query is scoped to one account. Every change is written in one transaction together with
+//! its audit event, and emits [`ChangeEvent`]s after the commit. Token checks run against an
+//! in-memory cache of token records, so the hot path makes no database round trip; last-use
+//! bookkeeping is buffered and flushed in batches.
+
+mod accounts;
+mod actors;
+mod audit;
+mod auth;
+mod db;
+mod groups;
+mod policies;
+mod resources;
+mod sites;
+mod token_cache;
+mod tokens;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use postern_domain::{ChangeEvent, ValidationError};
+use postern_token::HashKey;
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Executor};
+use tokio::sync::broadcast;
+
+pub use actors::{ActorFilter, ActorPatch, NewActor};
+pub use audit::AuditFilter;
+pub use auth::{AuthError, Principal, TokenUse};
+pub use groups::MembershipChange;
+pub use policies::{NewPolicy, PolicyPatch};
+pub use resources::{NewResource, ResourcePatch};
+pub use tokens::{CreatedToken, NewTokenRequest, TokenHolder};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error(transparent)]
+    Validation(#[from] ValidationError),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data could not be read: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Where the data lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A page request: at most `limit` items after `cursor` (an id returned as `next_cursor`).
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    pub limit: u32,
+    pub cursor: Option<uuid::Uuid>,
+}
+
+impl Default for Page {
+    fn default() -> Self {
+        Self {
+            limit: 50,
+            cursor: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Paged<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<uuid::Uuid>,
+}
+
+/// The storage handle: cheap to clone, shared by every request.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: AnyPool,
+    backend: Backend,
+    hash_key: HashKey,
+    /// SQLite allows one writer: write transactions queue here instead of failing with SQLITE_BUSY.
+    write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
+    tokens: token_cache::TokenCache,
+    events: broadcast::Sender<ChangeEvent>,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+impl Store {
+    /// Opens (creating if needed) the SQLite database `postern.db` in `data_dir`.
+    pub async fn open_sqlite(data_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(data_dir).map_err(|err| {
+            StoreError::Corrupt(format!(
+                "cannot create data directory {}: {err}",
+                data_dir.display()
+            ))
+        })?;
+        let path = data_dir.join("postern.db");
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        Self::connect(&url).await
+    }
+
+    /// Connects to `sqlite://…` or `postgres://…` and runs the migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::Validation(ValidationError::new(
+                "database_url",
+                "must start with sqlite:// or postgres://",
+            )));
+        };
+        let mut options = AnyPoolOptions::new();
+        if backend == Backend::Sqlite {
+            options = options
+                .max_connections(8)
+                .after_connect(|conn, _meta| {
+                    Box::pin(async move {
+                        conn.execute(
+                            "PRAGMA foreign_keys = ON; PRAGMA journal_mode = WAL; \
+                             PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;",
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                });
+        } else {
+            options = options.max_connections(16);
+        }
+        let pool = options.connect(url).await?;
+        MIGRATOR.run(&pool).await?;
+        let hash_key = db::load_or_create_hash_key(&pool).await?;
+        let (events, _) = broadcast::channel(65_536);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                write_lock: (backend == Backend::Sqlite)
+                    .then(|| Arc::new(tokio::sync::Mutex::new(()))),
+                backend,
+                hash_key,
+                tokens: token_cache::TokenCache::default(),
+                events,
+            }),
+        })
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.inner.backend
+    }
+
+    /// Change events, in commit order, from this process's writes.
+    pub fn subscribe(&self) -> broadcast::Receiver<ChangeEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Writes buffered token-use records (last used time, IP, user agent) to the database.
+    pub async fn flush_token_usage(&self) -> Result<usize> {
+        tokens::flush_usage(self).await
+    }
+
+    /// Flushes token usage every `period` until the store is dropped.
+    pub fn spawn_usage_flusher(&self, period: std::time::Duration) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(period);
+            loop {
+                ticker.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let store = Store { inner };
+                if let Err(err) = store.flush_token_usage().await {
+                    tracing::warn!(error = %err, "could not record token usage");
+                }
+            }
+        })
+    }
+
+    pub async fn close(&self) {
+        if let Err(err) = self.flush_token_usage().await {
+            tracing::warn!(error = %err, "could not record token usage on shutdown");
+        }
+        self.inner.pool.close().await;
+    }
+
+    fn pool(&self) -> &AnyPool {
+        &self.inner.pool
+    }
+
+    fn publish(&self, events: Vec<ChangeEvent>) {
+        for event in events {
+            // No subscriber is fine: nothing is connected that needs to hear about it.
+            let _ = self.inner.events.send(event);
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! Tokens of service accounts, API clients and sites (gateway tokens).
+
+use chrono::{DateTime, Utc};
+use postern_domain::{new_id, rules, validate, Acting, ChangeEvent, Token};
+use postern_token::{SecretString, TokenKind};
+use sqlx::any::AnyRow;
+use sqlx::AnyConnection;
+use uuid::Uuid;
+
+use crate::audit::{self, snapshot, Entry};
+use crate::db::{self, opt_text, opt_time, opt_uuid, text, time, ts};
+use crate::{Page, Paged, Result, Store, StoreError};
+
+/// Whose tokens: a service account's or API client's, or a site's gateway tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenHolder {
+    Actor(Uuid),
+    Site(Uuid),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NewTokenRequest {
+    pub name: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A token just created: the only moment its secret exists outside the holder's hands.
+#[derive(Debug)]
+pub struct CreatedToken {
+    pub token: Token,
+    pub secret: SecretString,
+}
+
+pub const DEFAULT_TOKEN_NAME: &str = "default";
+
+impl Store {
+    pub async fn create_token(
+        &self,
+        account_id: Uuid,
+        holder: TokenHolder,
+        request: NewTokenRequest,
+        acting: &Acting,
+    ) -> Result<CreatedToken> {
+        let kind = match holder {
+            TokenHolder::Actor(actor_id) => {
+                let actor = self.get_actor(account_id, actor_id).await?;
+                rules::check_token_holder(&actor)?
+            }
+            TokenHolder::Site(site_id) => {
+                self.get_site(account_id, site_id).await?;
+                TokenKind::Gateway
+            }
+        };
+        let settings = self.get_account(account_id).await?.settings;
+        let mut tx = self.begin_write().await?;
+        let created = insert_token(
+            self,
+            &mut tx.tx,
+            account_id,
+            holder,
+            kind,
+            &request,
+            &settings,
+            acting,
+        )
+        .await?;
+        tx.commit().await?;
+        self.publish(vec![ChangeEvent::TokenCreated {
+            account_id,
+            token_id: created.token.id,
+        }]);
+        Ok(created)
+    }
+
+    pub async fn list_tokens(
+        &self,
+        account_id: Uuid,
+        holder: TokenHolder,
+        page: Page,
+    ) -> Result<Paged<Token>> {
+        self.check_holder(account_id, holder).await?;
+        let (column, holder_id) = holder_column(holder);
+        let sql = format!(
+            "SELECT * FROM tokens WHERE account_id = $1 AND {column} = $2 AND id > $3 \
+             ORDER BY id LIMIT {}",
+            page.limit + 1
+        );
+        let rows = sqlx::query(&sql)
+            .bind(account_id.to_string())
+            .bind(holder_id.to_string())
+            .bind(page.cursor.map(|c| c.to_string()).unwrap_or_default())
+            .fetch_all(self.pool())
+            .await?;
+        let items = rows
+            .iter()
+            .map(|row| self.token_from_row(row))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(db::paginate(items, page.limit, |t| t.id))
+    }
+
+    pub async fn get_token(
+        &self,
+        account_id: Uuid,
+        holder: TokenHolder,
+        token_id: Uuid,
+    ) -> Result<Token> {
+        let (column, holder_id) = holder_column(holder);
+        let sql = format!("SELECT * FROM tokens WHERE account_id = $1 AND {column} = $2 AND id = $3");
+        let row = sqlx::query(&sql)
+            .bind(account_id.to_string())
+            .bind(holder_id.to_string())
+            .bind(token_id.to_string())
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref()
+            .map(|row| self.token_from_row(row))
+            .transpose()?
+            .ok_or(StoreError::NotFound("token"))
+    }
+
+    /// Revokes one token. Revoking a revoked token changes nothing and returns it as it is.
+    pub async fn revoke_token(
+        &self,
+        account_id: Uuid,
+        holder: TokenHolder,
+        token_id: Uuid,
+        acting: &Acting,
+    ) -> Result<Token> {
+        let before = self.get_token(account_id, holder, token_id).await?;
+        if before.revoked_at.is_some() {
+            return Ok(before);
+        }
+        let now = Utc::now();
+        let mut after = before.clone();
+        after.revoked_at = Some(now);
+        after.revoked_by = acting.actor_id;
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE tokens SET revoked_at = $1, revoked_by = $2 \
+             WHERE account_id = $3 AND id = $4 AND revoked_at IS NULL",
+        )
+        .bind(ts(now))
+        .bind(acting.actor_id.map(|id| id.to_string()))
+        .bind(account_id.to_string())
+        .bind(token_id.to_string())
+        .execute(&mut *tx.tx)
+        .await?;
+        audit::record(
+            &mut tx.tx,
+            Entry {
+                account_id: Some(account_id),
+                acting,
+                action: "token.revoke",
+                object_type: "token",
+                object_id: Some(token_id),
+                before: snapshot(&before),
+                after: snapshot(&after),
+                now,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        self.inner.tokens.invalidate_tokens(&[token_id]);
+        self.publish(vec![ChangeEvent::TokensRevoked {
+            account_id,
+            token_ids: vec![token_id],
+        }]);
+        Ok(after)
+    }
+
+    /// Revokes every active token of the holder; returns how many were revoked now.
+    pub async fn revoke_all_tokens(
+        &self,
+        account_id: Uuid,
+        holder: TokenHolder,
+        acting: &Acting,
+    ) -> Result<u64> {
+        self.check_holder(account_id, holder).await?;
+        let (column, holder_id) = holder_column(holder);
+        let now = Utc::now();
+        let mut tx = self.begin_write().await?;
+        let ids = active_token_ids(&mut tx.tx, account_id, column, holder_id).await?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let sql = format!(
+            "UPDATE tokens SET revoked_at = $1, revoked_by = $2 \
+             WHERE account_id = $3 AND {column} = $4 AND revoked_at IS NULL"
+        );
+        sqlx::query(&sql)
+            .bind(ts(now))
+            .bind(acting.actor_id.map(|id| id.to_string()))
+            .bind(account_id.to_string())
+            .bind(holder_id.to_string())
+            .execute(&mut *tx.tx)
+            .await?;
+        for token_id in &ids {
+            audit::record(
+                &mut tx.tx,
+                Entry {
+                    account_id: Some(account_id),
+                    acting,
+                    action: "token.revoke",
+                    object_type: "token",
+                    object_id: Some(*token_id),
+                    before: None,
+                    after: Some(serde_json::json!({ "id": token_id, "revoked_at": now })),
+                    now,
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        self.inner.tokens.invalidate_tokens(&ids);
+        self.publish(vec![ChangeEvent::TokensRevoked {
+            account_id,
+            token_ids: ids.clone(),
+        }]);
+        Ok(ids.len() as u64)
+    }
+
+    async fn check_holder(&self, account_id: Uuid, holder: TokenHolder) -> Result<()> {
+        match holder {
+            TokenHolder::Actor(id) => self.get_actor(account_id, id).await.map(|_| ()),
+            TokenHolder::Site(id) => self.get_site(account_id, id).await.map(|_| ()),
+        }
+    }
+
+    /// A stored token with any not-yet-flushed use laid over it, so reads are never behind.
+    fn token_from_row(&self, row: &AnyRow) -> Result<Token> {
+        let mut token = token_from_row(row)?;
+        if let Some(pending) = self.inner.tokens.pending_use(&token.id) {
+            token.last_used_at = Some(pending.at);
+            token.last_used_ip = pending.ip;
+            token.last_used_user_agent = pending.user_agent;
+        }
+        Ok(token)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn insert_token(
+    store: &Store,
+    conn: &mut AnyConnection,
+    account_id: Uuid,
+    holder: TokenHolder,
+    kind: TokenKind,
+    request: &NewTokenRequest,
+    settings: &postern_domain::AccountSettings,
+    acting: &Acting,
+) -> Result<CreatedToken> {
+    let now = Utc::now();
+    let name = match &request.name {
+        Some(name) => validate::name("name", name)?,
+        None => DEFAULT_TOKEN_NAME.to_string(),
+    };
+    let expires_at = rules::token_expiry(now, request.expires_at, settings)?;
+    let id = new_id();
+    let generated = postern_token::generate(kind, id, &store.inner.hash_key);
+    let (actor_id, site_id) = match holder {
+        TokenHolder::Actor(id) => (Some(id), None),
+        TokenHolder::Site(id) => (None, Some(id)),
+    };
+    let token = Token {
+        id,
+        account_id,
+        kind,
+        actor_id,
+        site_id,
+        name,
+        created_at: now,
+        created_by: acting.actor_id,
+        expires_at,
+        last_used_at: None,
+        last_used_ip: None,
+        last_used_user_agent: None,
+        revoked_at: None,
+        revoked_by: None,
+    };
+    sqlx::query(
+        "INSERT INTO tokens (id, account_id, kind, actor_id, site_id, name, secret_hash, \
+         created_at, created_by, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(id.to_string())
+    .bind(account_id.to_string())
+    .bind(kind.as_str())
+    .bind(actor_id.map(|id| id.to_string()))
+    .bind(site_id.map(|id| id.to_string()))
+    .bind(token.name.clone())
+    .bind(generated.hash.to_hex())
+    .bind(ts(now))
+    .bind(acting.actor_id.map(|id| id.to_string()))
+    .bind(ts(expires_at))
+    .execute(&mut *conn)
+    .await?;
+    audit::record(
+        conn,
+        Entry {
+            account_id: Some(account_id),
+            acting,
+            action: "token.create",
+            object_type: "token",
+            object_id: Some(id),
+            before: None,
+            after: snapshot(&token),
+            now,
+        },
+    )
+    .await?;
+    Ok(CreatedToken {
+        token,
+        secret: generated.secret,
+    })
+}
+
+/// Ids of the holder's tokens that still authenticate (not revoked).
+pub(crate) async fn active_token_ids(
+    conn: &mut AnyConnection,
+    account_id: Uuid,
+    column: &str,
+    holder_id: Uuid,
+) -> Result<Vec<Uuid>> {
+    let sql = format!(
+        "SELECT id FROM tokens WHERE account_id = $1 AND {column} = $2 AND revoked_at IS NULL"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(account_id.to_string())
+        .bind(holder_id.to_string())
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(|row| db::uuid(row, "id")).collect()
+}
+
+pub(crate) fn holder_column(holder: TokenHolder) -> (&'static str, Uuid) {
+    match holder {
+        TokenHolder::Actor(id) => ("actor_id", id),
+        TokenHolder::Site(id) => ("site_id", id),
+    }
+}
+
+pub(crate) async fn flush_usage(store: &Store) -> Result<usize> {
+    let pending = store.inner.tokens.take_usage();
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    let mut tx = store.begin_write().await?;
+    for (token_id, used) in &pending {
+        sqlx::query(
+            "UPDATE tokens SET last_used_at = $1, last_used_ip = $2, last_used_user_agent = $3 \
+             WHERE id = $4",
+        )
+        .bind(ts(used.at))
+        .bind(used.ip.clone())
+        .bind(used.user_agent.clone())
+        .bind(token_id.to_string())
+        .execute(&mut *tx.tx)
+        .await?;
+        if let Some(actor_id) = used.actor_id {
+            sqlx::query("UPDATE actors SET last_seen_at = $1 WHERE id = $2")
+                .bind(ts(used.at))
+                .bind(actor_id.to_string())
+                .execute(&mut *tx.tx)
+                .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(pending.len())
+}
+
+fn token_from_row(row: &AnyRow) -> Result<Token> {
+    let kind_text = text(row, "kind")?;
+    Ok(Token {
+        id: db::uuid(row, "id")?,
+        account_id: db::uuid(row, "account_id")?,
+        kind: TokenKind::parse_str(&kind_text)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown token kind '{kind_text}'")))?,
+        actor_id: opt_uuid(row, "actor_id")?,
+        site_id: opt_uuid(row, "site_id")?,
+        name: text(row, "name")?,
+        created_at: time(row, "created_at")?,
+        created_by: opt_uuid(row, "created_by")?,
+        expires_at: time(row, "expires_at")?,
+        last_used_at: opt_time(row, "last_used_at")?,
+        last_used_ip: opt_text(row, "last_used_ip")?,
+        last_used_user_agent: opt_text(row, "last_used_user_agent")?,
+        revoked_at: opt_time(row, "revoked_at")?,
+        revoked_by: opt_uuid(row, "revoked_by")?,
+    })
+}
