@@ -101,7 +101,10 @@ pub(crate) async fn list_actors(
         actor_type: query.actor_type,
         name_contains: query.name,
     };
-    let actors = state.store.list_actors(auth.account_id(), &filter, page).await?;
+    let actors = state
+        .store
+        .list_actors(auth.account_id(), &filter, page)
+        .await?;
     Ok(List::from_page(actors, page.limit))
 }
 
@@ -116,7 +119,10 @@ pub(crate) async fn create_actor(
     if !machine && body.token.is_some() {
         return Err(ApiError::validation(
             "token",
-            format!("a {} signs in and holds no tokens", body.actor_type.as_str()),
+            format!(
+                "a {} signs in and holds no tokens",
+                body.actor_type.as_str()
+            ),
         ));
     }
     let new = NewActor {
@@ -148,7 +154,9 @@ pub(crate) async fn get_actor(
     Path(id): Path<String>,
 ) -> Result<Json<Data<Actor>>, ApiError> {
     let id = parse_id("actor", &id)?;
-    Ok(Data::new(state.store.get_actor(auth.account_id(), id).await?))
+    Ok(Data::new(
+        state.store.get_actor(auth.account_id(), id).await?,
+    ))
 }
 
 #[utoipa::path(patch, path = "/v1/actors/{id}", tag = "actors", request_body = UpdateActor,

@@ -31,7 +31,13 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn bad_request(field: Option<String>, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request", detail).with_field(field)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "Bad request",
+            detail,
+        )
+        .with_field(field)
     }
 
     pub fn validation(field: impl Into<String>, detail: impl Into<String>) -> Self {
@@ -67,7 +73,9 @@ impl ApiError {
             StatusCode::TOO_MANY_REQUESTS,
             "rate-limited",
             "Too many failed authentications",
-            format!("too many failed authentications from this address; retry in {retry_after_secs} s"),
+            format!(
+                "too many failed authentications from this address; retry in {retry_after_secs} s"
+            ),
         );
         err.retry_after = Some(retry_after_secs);
         err
@@ -86,7 +94,12 @@ impl ApiError {
         )
     }
 
-    fn new(status: StatusCode, kind: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
+    fn new(
+        status: StatusCode,
+        kind: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
         Self {
             status,
             kind,

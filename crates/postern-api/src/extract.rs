@@ -70,7 +70,12 @@ impl FromRequestParts<AppState> for Authed {
                 tracing::info!(reason = err.reason(), ?token_id, source_ip = ?ip, "API authentication failed");
                 if let Err(audit_err) = state
                     .store
-                    .record_failed_auth(account_id, token_id, ip.map(|ip| ip.to_string()), err.reason())
+                    .record_failed_auth(
+                        account_id,
+                        token_id,
+                        ip.map(|ip| ip.to_string()),
+                        err.reason(),
+                    )
                     .await
                 {
                     tracing::warn!(error = %audit_err, "could not record a failed authentication");
@@ -147,8 +152,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for MaybeJson<T> {
                         format!("the body is not valid JSON: {inner}"),
                     ));
                 }
-                let field = if path == "." { "body".to_string() } else { path };
-                Err(ApiError::validation(field, strip_position(&inner.to_string())))
+                let field = if path == "." {
+                    "body".to_string()
+                } else {
+                    path
+                };
+                Err(ApiError::validation(
+                    field,
+                    strip_position(&inner.to_string()),
+                ))
             }
         }
     }
@@ -207,8 +219,9 @@ impl PageQuery {
             .as_deref()
             .filter(|c| !c.is_empty())
             .map(|c| {
-                Uuid::parse_str(c)
-                    .map_err(|_| ApiError::validation("cursor", "is not a cursor returned by this API"))
+                Uuid::parse_str(c).map_err(|_| {
+                    ApiError::validation("cursor", "is not a cursor returned by this API")
+                })
             })
             .transpose()?;
         Ok(Page { limit, cursor })

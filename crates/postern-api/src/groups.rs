@@ -79,7 +79,9 @@ pub(crate) async fn get_group(
     Path(id): Path<String>,
 ) -> Result<Json<Data<Group>>, ApiError> {
     let id = parse_id("group", &id)?;
-    Ok(Data::new(state.store.get_group(auth.account_id(), id).await?))
+    Ok(Data::new(
+        state.store.get_group(auth.account_id(), id).await?,
+    ))
 }
 
 #[utoipa::path(patch, path = "/v1/groups/{id}", tag = "groups", request_body = GroupBody,

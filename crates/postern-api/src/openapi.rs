@@ -9,7 +9,10 @@ use utoipa::{Modify, OpenApi};
 use crate::{account, actors, audit, groups, policies, resources, sites, tokens, AppState};
 
 pub(crate) fn routes() -> Router<AppState> {
-    Router::new().route("/v1/openapi.json", get(|| async { Json(openapi_document()) }))
+    Router::new().route(
+        "/v1/openapi.json",
+        get(|| async { Json(openapi_document()) }),
+    )
 }
 
 /// The document as served.

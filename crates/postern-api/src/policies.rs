@@ -92,7 +92,9 @@ pub(crate) async fn get_policy(
     Path(id): Path<String>,
 ) -> Result<Json<Data<Policy>>, ApiError> {
     let id = parse_id("policy", &id)?;
-    Ok(Data::new(state.store.get_policy(auth.account_id(), id).await?))
+    Ok(Data::new(
+        state.store.get_policy(auth.account_id(), id).await?,
+    ))
 }
 
 #[utoipa::path(patch, path = "/v1/policies/{id}", tag = "policies", request_body = UpdatePolicy,

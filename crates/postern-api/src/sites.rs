@@ -62,7 +62,9 @@ pub(crate) async fn get_site(
     Path(id): Path<String>,
 ) -> Result<Json<Data<Site>>, ApiError> {
     let id = parse_id("site", &id)?;
-    Ok(Data::new(state.store.get_site(auth.account_id(), id).await?))
+    Ok(Data::new(
+        state.store.get_site(auth.account_id(), id).await?,
+    ))
 }
 
 #[utoipa::path(patch, path = "/v1/sites/{id}", tag = "sites", request_body = SiteBody,

@@ -44,7 +44,9 @@ async fn service_account_lifecycle(portal: &Portal) {
         .await
         .expect("client token verifies");
     assert_eq!(principal.actor_id.unwrap().to_string(), actor_id);
-    let (status, _) = portal.call_as(secret, Method::GET, "/v1/actors", None).await;
+    let (status, _) = portal
+        .call_as(secret, Method::GET, "/v1/actors", None)
+        .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
     // Default token: 365 days, default name; both listed, without secrets.
@@ -55,7 +57,10 @@ async fn service_account_lifecycle(portal: &Portal) {
     let second_expiry: chrono::DateTime<Utc> =
         second["expires_at"].as_str().unwrap().parse().unwrap();
     let days = (second_expiry - Utc::now()).num_days();
-    assert!((364..=365).contains(&days), "default lifetime was {days} days");
+    assert!(
+        (364..=365).contains(&days),
+        "default lifetime was {days} days"
+    );
     let list = portal.get(&format!("/v1/actors/{actor_id}/tokens")).await;
     let tokens = list["data"].as_array().unwrap();
     assert_eq!(tokens.len(), 2);
@@ -64,7 +69,10 @@ async fn service_account_lifecycle(portal: &Portal) {
 
     // Use is recorded (last used time and IP).
     let one = portal
-        .get(&format!("/v1/actors/{actor_id}/tokens/{}", token["id"].as_str().unwrap()))
+        .get(&format!(
+            "/v1/actors/{actor_id}/tokens/{}",
+            token["id"].as_str().unwrap()
+        ))
         .await;
     assert!(one["data"].get("secret").is_none());
 
@@ -72,7 +80,10 @@ async fn service_account_lifecycle(portal: &Portal) {
     let (status, revoked) = portal
         .call(
             Method::DELETE,
-            &format!("/v1/actors/{actor_id}/tokens/{}", token["id"].as_str().unwrap()),
+            &format!(
+                "/v1/actors/{actor_id}/tokens/{}",
+                token["id"].as_str().unwrap()
+            ),
             None,
         )
         .await;
@@ -88,7 +99,11 @@ async fn service_account_lifecycle(portal: &Portal) {
     // Disable: the remaining token stops; enable: it works again.
     let second_secret = second["secret"].as_str().unwrap();
     let (status, disabled) = portal
-        .call(Method::PATCH, &format!("/v1/actors/{actor_id}"), Some(json!({"disabled": true})))
+        .call(
+            Method::PATCH,
+            &format!("/v1/actors/{actor_id}"),
+            Some(json!({"disabled": true})),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{disabled}");
     assert!(disabled["data"]["disabled_at"].is_string());
@@ -99,7 +114,11 @@ async fn service_account_lifecycle(portal: &Portal) {
         .unwrap_err();
     assert_eq!(err.reason(), "disabled");
     portal
-        .call(Method::PATCH, &format!("/v1/actors/{actor_id}"), Some(json!({"disabled": false})))
+        .call(
+            Method::PATCH,
+            &format!("/v1/actors/{actor_id}"),
+            Some(json!({"disabled": false})),
+        )
         .await;
     portal
         .store
@@ -109,23 +128,37 @@ async fn service_account_lifecycle(portal: &Portal) {
 
     // Revoke all: returns the count of tokens revoked now.
     let (status, count) = portal
-        .call(Method::DELETE, &format!("/v1/actors/{actor_id}/tokens"), None)
+        .call(
+            Method::DELETE,
+            &format!("/v1/actors/{actor_id}/tokens"),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(count["data"]["revoked"], 1);
     let list = portal.get(&format!("/v1/actors/{actor_id}/tokens")).await;
-    assert!(list["data"].as_array().unwrap().iter().all(|t| t["revoked_at"].is_string()));
+    assert!(list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["revoked_at"].is_string()));
 
     // Filter by type and name.
-    let listed = portal.get("/v1/actors?type=service_account&name=RUNNER").await;
+    let listed = portal
+        .get("/v1/actors?type=service_account&name=RUNNER")
+        .await;
     assert_eq!(listed["data"].as_array().unwrap().len(), 1);
     let listed = portal.get("/v1/actors?type=user").await;
     assert_eq!(listed["data"].as_array().unwrap().len(), 0);
 
     // Delete: gone, and so are its tokens.
-    let (status, _) = portal.call(Method::DELETE, &format!("/v1/actors/{actor_id}"), None).await;
+    let (status, _) = portal
+        .call(Method::DELETE, &format!("/v1/actors/{actor_id}"), None)
+        .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, _) = portal.call(Method::GET, &format!("/v1/actors/{actor_id}"), None).await;
+    let (status, _) = portal
+        .call(Method::GET, &format!("/v1/actors/{actor_id}"), None)
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let err = portal
         .store
@@ -145,17 +178,25 @@ async fn groups_and_memberships(portal: &Portal) {
         .expect("Everyone exists")
         .clone();
     let user = portal
-        .post("/v1/actors", json!({"type": "user", "name": "Ada", "email": "ada@example.com"}))
+        .post(
+            "/v1/actors",
+            json!({"type": "user", "name": "Ada", "email": "ada@example.com"}),
+        )
         .await;
     assert!(user.get("token").is_none() || user["token"].is_null());
     let sa = portal
-        .post("/v1/actors", json!({"type": "service_account", "name": "backup"}))
+        .post(
+            "/v1/actors",
+            json!({"type": "service_account", "name": "backup"}),
+        )
         .await;
     let sa_id = sa["data"]["id"].as_str().unwrap().to_string();
     let user_id = user["data"]["id"].as_str().unwrap().to_string();
 
     let everyone_id = everyone["id"].as_str().unwrap();
-    let members = portal.get(&format!("/v1/groups/{everyone_id}/memberships")).await;
+    let members = portal
+        .get(&format!("/v1/groups/{everyone_id}/memberships"))
+        .await;
     let ids: Vec<&str> = members["data"]
         .as_array()
         .unwrap()
@@ -163,7 +204,10 @@ async fn groups_and_memberships(portal: &Portal) {
         .map(|m| m["actor_id"].as_str().unwrap())
         .collect();
     assert!(ids.contains(&user_id.as_str()), "users join Everyone");
-    assert!(!ids.contains(&sa_id.as_str()), "service accounts never join Everyone");
+    assert!(
+        !ids.contains(&sa_id.as_str()),
+        "service accounts never join Everyone"
+    );
     let (status, problem) = portal
         .call(
             Method::PATCH,
@@ -172,12 +216,16 @@ async fn groups_and_memberships(portal: &Portal) {
         )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
-    let (status, _) = portal.call(Method::DELETE, &format!("/v1/groups/{everyone_id}"), None).await;
+    let (status, _) = portal
+        .call(Method::DELETE, &format!("/v1/groups/{everyone_id}"), None)
+        .await;
     assert_eq!(status, StatusCode::CONFLICT);
 
     let ops = portal.post("/v1/groups", json!({"name": "ops"})).await["data"].clone();
     let ops_id = ops["id"].as_str().unwrap();
-    let (status, _) = portal.call(Method::POST, "/v1/groups", Some(json!({"name": "ops"}))).await;
+    let (status, _) = portal
+        .call(Method::POST, "/v1/groups", Some(json!({"name": "ops"})))
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "duplicate group name");
     let (status, members) = portal
         .call(
@@ -198,11 +246,17 @@ async fn groups_and_memberships(portal: &Portal) {
     assert_eq!(members["data"].as_array().unwrap().len(), 1);
     assert_eq!(members["data"][0]["actor_type"], "service_account");
     let renamed = portal
-        .call(Method::PATCH, &format!("/v1/groups/{ops_id}"), Some(json!({"name": "operations"})))
+        .call(
+            Method::PATCH,
+            &format!("/v1/groups/{ops_id}"),
+            Some(json!({"name": "operations"})),
+        )
         .await;
     assert_eq!(renamed.1["data"]["name"], "operations");
     assert_eq!(renamed.1["data"]["member_count"], 1);
-    let (status, _) = portal.call(Method::DELETE, &format!("/v1/groups/{ops_id}"), None).await;
+    let (status, _) = portal
+        .call(Method::DELETE, &format!("/v1/groups/{ops_id}"), None)
+        .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
 }
 
@@ -210,10 +264,18 @@ async fn resources_and_policies(portal: &Portal) {
     let site = portal.post("/v1/sites", json!({"name": "hq"})).await["data"].clone();
     let site_id = site["id"].as_str().unwrap();
     let gw = portal
-        .post(&format!("/v1/sites/{site_id}/gateway_tokens"), json!({"name": "gw"}))
+        .post(
+            &format!("/v1/sites/{site_id}/gateway_tokens"),
+            json!({"name": "gw"}),
+        )
         .await;
-    assert!(gw["data"]["secret"].as_str().unwrap().starts_with("postern_gateway_"));
-    let gw_list = portal.get(&format!("/v1/sites/{site_id}/gateway_tokens")).await;
+    assert!(gw["data"]["secret"]
+        .as_str()
+        .unwrap()
+        .starts_with("postern_gateway_"));
+    let gw_list = portal
+        .get(&format!("/v1/sites/{site_id}/gateway_tokens"))
+        .await;
     assert_eq!(gw_list["data"].as_array().unwrap().len(), 1);
 
     let resource = portal
@@ -234,8 +296,14 @@ async fn resources_and_policies(portal: &Portal) {
         .await;
     assert_eq!(dns["data"]["address"], "*.corp.example");
 
-    let (status, problem) = portal.call(Method::DELETE, &format!("/v1/sites/{site_id}"), None).await;
-    assert_eq!(status, StatusCode::CONFLICT, "a site serving resources is kept: {problem}");
+    let (status, problem) = portal
+        .call(Method::DELETE, &format!("/v1/sites/{site_id}"), None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "a site serving resources is kept: {problem}"
+    );
 
     let group = portal.post("/v1/groups", json!({"name": "dbas"})).await["data"].clone();
     let policy = portal
@@ -250,10 +318,17 @@ async fn resources_and_policies(portal: &Portal) {
         .await["data"]
         .clone();
     assert_eq!(policy["disabled"], false);
-    assert_eq!(policy["conditions"][1]["values"][0], "Mon-Fri 09:00-17:00 Europe/Berlin");
+    assert_eq!(
+        policy["conditions"][1]["values"][0],
+        "Mon-Fri 09:00-17:00 Europe/Berlin"
+    );
     let policy_id = policy["id"].as_str().unwrap();
     let (status, disabled) = portal
-        .call(Method::PATCH, &format!("/v1/policies/{policy_id}"), Some(json!({"disabled": true})))
+        .call(
+            Method::PATCH,
+            &format!("/v1/policies/{policy_id}"),
+            Some(json!({"disabled": true})),
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(disabled["data"]["disabled"], true);
@@ -268,41 +343,140 @@ async fn resources_and_policies(portal: &Portal) {
     assert_eq!(status, StatusCode::OK, "{updated}");
     assert_eq!(updated["data"]["address"], "10.30.0.0/16");
     let (_, cleared) = portal
-        .call(Method::PATCH, &format!("/v1/resources/{resource_id}"), Some(json!({"description": null})))
+        .call(
+            Method::PATCH,
+            &format!("/v1/resources/{resource_id}"),
+            Some(json!({"description": null})),
+        )
         .await;
     assert!(cleared["data"]["description"].is_null());
 
     // Deleting the resource deletes its policies.
-    let (status, _) = portal.call(Method::DELETE, &format!("/v1/resources/{resource_id}"), None).await;
+    let (status, _) = portal
+        .call(
+            Method::DELETE,
+            &format!("/v1/resources/{resource_id}"),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, _) = portal.call(Method::GET, &format!("/v1/policies/{policy_id}"), None).await;
+    let (status, _) = portal
+        .call(Method::GET, &format!("/v1/policies/{policy_id}"), None)
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
 async fn bad_input_is_a_named_4xx(portal: &Portal) {
     let site = portal.post("/v1/sites", json!({"name": "edge"})).await["data"].clone();
     let cases: Vec<(Method, &str, Value, StatusCode, &str)> = vec![
-        (Method::POST, "/v1/actors", json!({"type": "robot", "name": "x"}), StatusCode::UNPROCESSABLE_ENTITY, "type"),
-        (Method::POST, "/v1/actors", json!({"type": "service_account"}), StatusCode::UNPROCESSABLE_ENTITY, "name"),
-        (Method::POST, "/v1/actors", json!({"type": "service_account", "name": " "}), StatusCode::UNPROCESSABLE_ENTITY, "name"),
-        (Method::POST, "/v1/actors", json!({"type": "service_account", "name": "x", "token": {"expires_at": "2001-01-01T00:00:00Z"}}), StatusCode::UNPROCESSABLE_ENTITY, "expires_at"),
-        (Method::POST, "/v1/actors", json!({"type": "service_account", "name": "x", "token": {"expires_at": "tomorrow"}}), StatusCode::UNPROCESSABLE_ENTITY, "token.expires_at"),
-        (Method::POST, "/v1/actors", json!({"type": "service_account", "name": "x", "group_ids": ["0190b6a0-0000-7000-8000-000000000000"]}), StatusCode::UNPROCESSABLE_ENTITY, "group_ids"),
-        (Method::POST, "/v1/actors", json!({"type": "user", "name": "x"}), StatusCode::UNPROCESSABLE_ENTITY, "email"),
-        (Method::POST, "/v1/actors", json!({"type": "service_account", "name": "x", "colour": "red"}), StatusCode::UNPROCESSABLE_ENTITY, "colour"),
-        (Method::POST, "/v1/resources", json!({"type": "cidr", "name": "n", "address": "10.0.0.1/8", "site_id": site["id"]}), StatusCode::UNPROCESSABLE_ENTITY, "address"),
-        (Method::POST, "/v1/resources", json!({"type": "cidr", "name": "n", "address": "10.0.0.0/8", "site_id": site["id"], "filters": [{"protocol": "tcp", "ports": "90-80"}]}), StatusCode::UNPROCESSABLE_ENTITY, "filters[0]"),
-        (Method::POST, "/v1/policies", json!({"group_id": "0190b6a0-0000-7000-8000-000000000000", "resource_id": "0190b6a0-0000-7000-8000-000000000000"}), StatusCode::UNPROCESSABLE_ENTITY, "group_id"),
-        (Method::PATCH, "/v1/account", json!({"settings": {"max_token_lifetime_days": 0}}), StatusCode::UNPROCESSABLE_ENTITY, "settings.max_token_lifetime_days"),
-        (Method::GET, "/v1/actors?limit=501", Value::Null, StatusCode::UNPROCESSABLE_ENTITY, "limit"),
-        (Method::GET, "/v1/actors?cursor=nope", Value::Null, StatusCode::UNPROCESSABLE_ENTITY, "cursor"),
+        (
+            Method::POST,
+            "/v1/actors",
+            json!({"type": "robot", "name": "x"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "type",
+        ),
+        (
+            Method::POST,
+            "/v1/actors",
+            json!({"type": "service_account"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "name",
+        ),
+        (
+            Method::POST,
+            "/v1/actors",
+            json!({"type": "service_account", "name": " "}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "name",
+        ),
+        (
+            Method::POST,
+            "/v1/actors",
+            json!({"type": "service_account", "name": "x", "token": {"expires_at": "2001-01-01T00:00:00Z"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "expires_at",
+        ),
+        (
+            Method::POST,
+            "/v1/actors",
+            json!({"type": "service_account", "name": "x", "token": {"expires_at": "tomorrow"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "token.expires_at",
+        ),
+        (
+            Method::POST,
+            "/v1/actors",
+            json!({"type": "service_account", "name": "x", "group_ids": ["0190b6a0-0000-7000-8000-000000000000"]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "group_ids",
+        ),
+        (
+            Method::POST,
+            "/v1/actors",
+            json!({"type": "user", "name": "x"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "email",
+        ),
+        (
+            Method::POST,
+            "/v1/actors",
+            json!({"type": "service_account", "name": "x", "colour": "red"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "colour",
+        ),
+        (
+            Method::POST,
+            "/v1/resources",
+            json!({"type": "cidr", "name": "n", "address": "10.0.0.1/8", "site_id": site["id"]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "address",
+        ),
+        (
+            Method::POST,
+            "/v1/resources",
+            json!({"type": "cidr", "name": "n", "address": "10.0.0.0/8", "site_id": site["id"], "filters": [{"protocol": "tcp", "ports": "90-80"}]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "filters[0]",
+        ),
+        (
+            Method::POST,
+            "/v1/policies",
+            json!({"group_id": "0190b6a0-0000-7000-8000-000000000000", "resource_id": "0190b6a0-0000-7000-8000-000000000000"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "group_id",
+        ),
+        (
+            Method::PATCH,
+            "/v1/account",
+            json!({"settings": {"max_token_lifetime_days": 0}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "settings.max_token_lifetime_days",
+        ),
+        (
+            Method::GET,
+            "/v1/actors?limit=501",
+            Value::Null,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "limit",
+        ),
+        (
+            Method::GET,
+            "/v1/actors?cursor=nope",
+            Value::Null,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "cursor",
+        ),
     ];
     for (method, path, body, expected, field) in cases {
         let body = (!body.is_null()).then_some(body);
         let (status, problem) = portal.call(method.clone(), path, body.clone()).await;
         assert_eq!(status, expected, "{method} {path} {body:?}: {problem}");
         assert!(
-            problem["type"].as_str().unwrap().starts_with("urn:postern:problem:"),
+            problem["type"]
+                .as_str()
+                .unwrap()
+                .starts_with("urn:postern:problem:"),
             "{problem}"
         );
         assert!(problem["detail"].as_str().is_some_and(|d| !d.is_empty()));
@@ -334,7 +508,9 @@ async fn bad_input_is_a_named_4xx(portal: &Portal) {
 
 async fn pagination_walks_every_item(portal: &Portal) {
     for i in 0..7 {
-        portal.post("/v1/sites", json!({"name": format!("site-{i}")})).await;
+        portal
+            .post("/v1/sites", json!({"name": format!("site-{i}")}))
+            .await;
     }
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
@@ -359,19 +535,29 @@ async fn pagination_walks_every_item(portal: &Portal) {
 
 async fn audit_records_changes_and_failures(portal: &Portal) {
     let created = portal
-        .post("/v1/actors", json!({"type": "service_account", "name": "audited"}))
+        .post(
+            "/v1/actors",
+            json!({"type": "service_account", "name": "audited"}),
+        )
         .await;
     let actor_id = created["data"]["id"].as_str().unwrap();
     let token_id = created["token"]["id"].as_str().unwrap();
     portal
-        .call(Method::DELETE, &format!("/v1/actors/{actor_id}/tokens/{token_id}"), None)
+        .call(
+            Method::DELETE,
+            &format!("/v1/actors/{actor_id}/tokens/{token_id}"),
+            None,
+        )
         .await;
     let events = portal.get("/v1/audit-events?action=token.revoke").await;
     let event = &events["data"][0];
     assert_eq!(event["object_id"], token_id);
     assert!(event["before"]["revoked_at"].is_null());
     assert!(event["after"]["revoked_at"].is_string());
-    assert!(event["token_id"].is_string(), "who did it: the API token's id");
+    assert!(
+        event["token_id"].is_string(),
+        "who did it: the API token's id"
+    );
     assert_eq!(event["source_ip"], "127.0.0.1");
 
     // A wrong secret for an existing token id is recorded against that token's account.
@@ -381,7 +567,9 @@ async fn audit_records_changes_and_failures(portal: &Portal) {
         .store
         .verify_token(&tampered, TokenKind::Client, Utc::now())
         .await;
-    let (status, _) = portal.call_as("postern_api_garbage", Method::GET, "/v1/actors", None).await;
+    let (status, _) = portal
+        .call_as("postern_api_garbage", Method::GET, "/v1/actors", None)
+        .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let newest_first = portal.get("/v1/audit-events").await;
     let times: Vec<&str> = newest_first["data"]
@@ -393,26 +581,44 @@ async fn audit_records_changes_and_failures(portal: &Portal) {
     let mut sorted = times.clone();
     sorted.sort_by(|a, b| b.cmp(a));
     assert_eq!(times, sorted, "newest first");
-    let by_actor = portal.get(&format!("/v1/audit-events?actor_id={actor_id}")).await;
-    assert!(by_actor["data"].as_array().unwrap().is_empty(), "the service account acted on nothing");
+    let by_actor = portal
+        .get(&format!("/v1/audit-events?actor_id={actor_id}"))
+        .await;
+    assert!(
+        by_actor["data"].as_array().unwrap().is_empty(),
+        "the service account acted on nothing"
+    );
 }
 
 async fn account_settings_cap_token_lifetime(portal: &Portal) {
     let (status, account) = portal
-        .call(Method::PATCH, "/v1/account", Some(json!({"settings": {"max_token_lifetime_days": 30}})))
+        .call(
+            Method::PATCH,
+            "/v1/account",
+            Some(json!({"settings": {"max_token_lifetime_days": 30}})),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{account}");
     let created = portal
-        .post("/v1/actors", json!({"type": "service_account", "name": "short-lived"}))
+        .post(
+            "/v1/actors",
+            json!({"type": "service_account", "name": "short-lived"}),
+        )
         .await;
-    let expires: chrono::DateTime<Utc> =
-        created["token"]["expires_at"].as_str().unwrap().parse().unwrap();
+    let expires: chrono::DateTime<Utc> = created["token"]["expires_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((expires - Utc::now()).num_days() <= 30);
     let too_long = (Utc::now() + Duration::days(31)).to_rfc3339();
     let (status, problem) = portal
         .call(
             Method::POST,
-            &format!("/v1/actors/{}/tokens", created["data"]["id"].as_str().unwrap()),
+            &format!(
+                "/v1/actors/{}/tokens",
+                created["data"]["id"].as_str().unwrap()
+            ),
             Some(json!({"expires_at": too_long})),
         )
         .await;

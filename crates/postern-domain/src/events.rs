@@ -7,38 +7,94 @@ use uuid::Uuid;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ChangeEvent {
-    TokenCreated { account_id: Uuid, token_id: Uuid },
+    TokenCreated {
+        account_id: Uuid,
+        token_id: Uuid,
+    },
     /// The tokens no longer authenticate: revoked, or deleted with their actor or site.
-    TokensRevoked { account_id: Uuid, token_ids: Vec<Uuid> },
-    ActorCreated { account_id: Uuid, actor_id: Uuid },
-    ActorUpdated { account_id: Uuid, actor_id: Uuid },
-    ActorDisabled { account_id: Uuid, actor_id: Uuid },
-    ActorEnabled { account_id: Uuid, actor_id: Uuid },
-    ActorDeleted { account_id: Uuid, actor_id: Uuid },
-    GroupCreated { account_id: Uuid, group_id: Uuid },
-    GroupUpdated { account_id: Uuid, group_id: Uuid },
-    GroupDeleted { account_id: Uuid, group_id: Uuid },
+    TokensRevoked {
+        account_id: Uuid,
+        token_ids: Vec<Uuid>,
+    },
+    ActorCreated {
+        account_id: Uuid,
+        actor_id: Uuid,
+    },
+    ActorUpdated {
+        account_id: Uuid,
+        actor_id: Uuid,
+    },
+    ActorDisabled {
+        account_id: Uuid,
+        actor_id: Uuid,
+    },
+    ActorEnabled {
+        account_id: Uuid,
+        actor_id: Uuid,
+    },
+    ActorDeleted {
+        account_id: Uuid,
+        actor_id: Uuid,
+    },
+    GroupCreated {
+        account_id: Uuid,
+        group_id: Uuid,
+    },
+    GroupUpdated {
+        account_id: Uuid,
+        group_id: Uuid,
+    },
+    GroupDeleted {
+        account_id: Uuid,
+        group_id: Uuid,
+    },
     MembershipChanged {
         account_id: Uuid,
         group_id: Uuid,
         added: Vec<Uuid>,
         removed: Vec<Uuid>,
     },
-    SiteCreated { account_id: Uuid, site_id: Uuid },
-    SiteUpdated { account_id: Uuid, site_id: Uuid },
-    SiteDeleted { account_id: Uuid, site_id: Uuid },
-    ResourceCreated { account_id: Uuid, resource_id: Uuid },
+    SiteCreated {
+        account_id: Uuid,
+        site_id: Uuid,
+    },
+    SiteUpdated {
+        account_id: Uuid,
+        site_id: Uuid,
+    },
+    SiteDeleted {
+        account_id: Uuid,
+        site_id: Uuid,
+    },
+    ResourceCreated {
+        account_id: Uuid,
+        resource_id: Uuid,
+    },
     /// `address_or_site_changed` tells whether existing authorizations must be withdrawn.
     ResourceUpdated {
         account_id: Uuid,
         resource_id: Uuid,
         address_or_site_changed: bool,
     },
-    ResourceDeleted { account_id: Uuid, resource_id: Uuid },
-    PolicyCreated { account_id: Uuid, policy_id: Uuid },
-    PolicyUpdated { account_id: Uuid, policy_id: Uuid },
-    PolicyDeleted { account_id: Uuid, policy_id: Uuid },
-    AccountUpdated { account_id: Uuid },
+    ResourceDeleted {
+        account_id: Uuid,
+        resource_id: Uuid,
+    },
+    PolicyCreated {
+        account_id: Uuid,
+        policy_id: Uuid,
+    },
+    PolicyUpdated {
+        account_id: Uuid,
+        policy_id: Uuid,
+    },
+    PolicyDeleted {
+        account_id: Uuid,
+        policy_id: Uuid,
+    },
+    AccountUpdated {
+        account_id: Uuid,
+    },
 }
 
 impl ChangeEvent {

@@ -115,7 +115,9 @@ pub fn parse_duration(value: &str) -> Result<Duration, ValidationError> {
     let invalid = || {
         ValidationError::new(
             "expires_in",
-            format!("'{value}' is not a duration: use a number and a unit, such as 30d, 12h, 2w or 1y"),
+            format!(
+                "'{value}' is not a duration: use a number and a unit, such as 30d, 12h, 2w or 1y"
+            ),
         )
     };
     let split = value
@@ -124,7 +126,10 @@ pub fn parse_duration(value: &str) -> Result<Duration, ValidationError> {
     let (number, unit) = value.split_at(split);
     let number: i64 = number.parse().map_err(|_| invalid())?;
     if number <= 0 {
-        return Err(ValidationError::new("expires_in", "must be longer than zero"));
+        return Err(ValidationError::new(
+            "expires_in",
+            "must be longer than zero",
+        ));
     }
     let days_limit = 36_500;
     let duration = match unit {
@@ -137,7 +142,10 @@ pub fn parse_duration(value: &str) -> Result<Duration, ValidationError> {
     }
     .ok_or_else(invalid)?;
     if duration > Duration::days(days_limit) {
-        return Err(ValidationError::new("expires_in", "must be at most 100 years"));
+        return Err(ValidationError::new(
+            "expires_in",
+            "must be at most 100 years",
+        ));
     }
     Ok(duration)
 }

@@ -123,10 +123,7 @@ pub fn resource_address(
             if net.trunc() != net {
                 return Err(ValidationError::new(
                     field,
-                    format!(
-                        "'{value}' has host bits set; did you mean {}?",
-                        net.trunc()
-                    ),
+                    format!("'{value}' has host bits set; did you mean {}?", net.trunc()),
                 ));
             }
             Ok(net.to_string())
@@ -138,7 +135,8 @@ pub fn resource_address(
 /// A DNS name, optionally with a leading wildcard label: `*` (any depth) or `?` (one label).
 pub fn dns_name(field: &str, value: &str) -> Result<String, ValidationError> {
     let lower = value.trim_end_matches('.').to_ascii_lowercase();
-    let invalid = |why: &str| ValidationError::new(field, format!("'{value}' is not a DNS name: {why}"));
+    let invalid =
+        |why: &str| ValidationError::new(field, format!("'{value}' is not a DNS name: {why}"));
     if lower.is_empty() {
         return Err(invalid("it is empty"));
     }
@@ -149,7 +147,9 @@ pub fn dns_name(field: &str, value: &str) -> Result<String, ValidationError> {
     for (index, label) in labels.iter().enumerate() {
         if index == 0 && (*label == "*" || *label == "?") {
             if labels.len() < 2 {
-                return Err(invalid("a wildcard needs a domain after it, as in *.corp.example"));
+                return Err(invalid(
+                    "a wildcard needs a domain after it, as in *.corp.example",
+                ));
             }
             continue;
         }
@@ -190,35 +190,69 @@ mod tests {
     #[test]
     fn cidr_must_be_a_network_address() {
         let t = ResourceType::Cidr;
-        assert_eq!(resource_address("address", t, "10.0.0.0/8").unwrap(), "10.0.0.0/8");
+        assert_eq!(
+            resource_address("address", t, "10.0.0.0/8").unwrap(),
+            "10.0.0.0/8"
+        );
         let err = resource_address("address", t, "10.0.0.1/8").unwrap_err();
         assert!(err.message.contains("did you mean 10.0.0.0/8"), "{err}");
         assert!(resource_address("address", t, "10.0.0.0").is_err());
-        assert_eq!(resource_address("address", t, "fd00::/64").unwrap(), "fd00::/64");
+        assert_eq!(
+            resource_address("address", t, "fd00::/64").unwrap(),
+            "fd00::/64"
+        );
     }
 
     #[test]
     fn ip_addresses_are_canonical() {
         let t = ResourceType::Ip;
-        assert_eq!(resource_address("address", t, " 10.1.2.3 ").unwrap(), "10.1.2.3");
-        assert_eq!(resource_address("address", t, "FD00::0001").unwrap(), "fd00::1");
+        assert_eq!(
+            resource_address("address", t, " 10.1.2.3 ").unwrap(),
+            "10.1.2.3"
+        );
+        assert_eq!(
+            resource_address("address", t, "FD00::0001").unwrap(),
+            "fd00::1"
+        );
         assert!(resource_address("address", t, "10.1.2").is_err());
     }
 
     #[test]
     fn dns_names_and_wildcards() {
         let t = ResourceType::Dns;
-        assert_eq!(resource_address("address", t, "Git.Corp.Example.").unwrap(), "git.corp.example");
-        assert_eq!(resource_address("address", t, "*.corp.example").unwrap(), "*.corp.example");
-        assert_eq!(resource_address("address", t, "?.corp.example").unwrap(), "?.corp.example");
-        for bad in ["*", "a.*.example", "a..b", "-a.example", "a b.example", "foo*.example"] {
-            assert!(resource_address("address", t, bad).is_err(), "{bad} accepted");
+        assert_eq!(
+            resource_address("address", t, "Git.Corp.Example.").unwrap(),
+            "git.corp.example"
+        );
+        assert_eq!(
+            resource_address("address", t, "*.corp.example").unwrap(),
+            "*.corp.example"
+        );
+        assert_eq!(
+            resource_address("address", t, "?.corp.example").unwrap(),
+            "?.corp.example"
+        );
+        for bad in [
+            "*",
+            "a.*.example",
+            "a..b",
+            "-a.example",
+            "a b.example",
+            "foo*.example",
+        ] {
+            assert!(
+                resource_address("address", t, bad).is_err(),
+                "{bad} accepted"
+            );
         }
     }
 
     #[test]
     fn emails_and_slugs() {
-        assert_eq!(email("email", " Ada@Example.COM ").unwrap(), "ada@example.com");
+        assert_eq!(
+            email("email", " Ada@Example.COM ").unwrap(),
+            "ada@example.com"
+        );
         assert!(email("email", "ada@example").is_err());
         assert!(email("email", "example.com").is_err());
         assert_eq!(slug("slug", "acme-2").unwrap(), "acme-2");

@@ -28,7 +28,9 @@ impl Store {
         {
             Ok(account) => Ok((account, true)),
             // Another portal node created it first.
-            Err(StoreError::Conflict(_)) => Ok((self.account_by_slug(DEFAULT_ACCOUNT_SLUG).await?, false)),
+            Err(StoreError::Conflict(_)) => {
+                Ok((self.account_by_slug(DEFAULT_ACCOUNT_SLUG).await?, false))
+            }
             Err(err) => Err(err),
         }
     }
@@ -59,7 +61,9 @@ impl Store {
         .execute(&mut *tx.tx)
         .await
         .map_err(|err| {
-            db::unique_violation(err, || format!("an account with slug '{}' exists already", account.slug))
+            db::unique_violation(err, || {
+                format!("an account with slug '{}' exists already", account.slug)
+            })
         })?;
         insert_everyone_group(&mut tx.tx, account.id).await?;
         audit::record(

@@ -57,13 +57,18 @@ impl Store {
         let everyone = groups::everyone_group_id(self, account_id).await?;
         let mut group_ids = rules::automatic_groups(new.actor_type, everyone);
         for group_id in &new.group_ids {
-            let group = self.get_group(account_id, *group_id).await.map_err(|err| match err {
-                StoreError::NotFound(_) => StoreError::Validation(validate::ValidationError::new(
-                    "group_ids",
-                    format!("no group with id {group_id} in this account"),
-                )),
-                other => other,
-            })?;
+            let group = self
+                .get_group(account_id, *group_id)
+                .await
+                .map_err(|err| match err {
+                    StoreError::NotFound(_) => {
+                        StoreError::Validation(validate::ValidationError::new(
+                            "group_ids",
+                            format!("no group with id {group_id} in this account"),
+                        ))
+                    }
+                    other => other,
+                })?;
             rules::check_membership_change(group.kind)?;
             if !group_ids.contains(group_id) {
                 group_ids.push(*group_id);
@@ -97,7 +102,9 @@ impl Store {
         .execute(&mut *tx.tx)
         .await
         .map_err(|err| {
-            db::unique_violation(err, || "an actor with this email exists already".to_string())
+            db::unique_violation(err, || {
+                "an actor with this email exists already".to_string()
+            })
         })?;
         for group_id in &group_ids {
             groups::insert_membership(&mut tx.tx, account_id, *group_id, actor.id, now).await?;
@@ -172,7 +179,10 @@ impl Store {
         }
         if let Some(needle) = filter.name_contains.as_deref().filter(|n| !n.is_empty()) {
             binds.push(format!("%{}%", escape_like(&needle.to_lowercase())));
-            sql.push_str(&format!(" AND LOWER(name) LIKE ${} ESCAPE '\\'", binds.len()));
+            sql.push_str(&format!(
+                " AND LOWER(name) LIKE ${} ESCAPE '\\'",
+                binds.len()
+            ));
         }
         sql.push_str(&format!(" ORDER BY id LIMIT {}", page.limit + 1));
         let mut query = sqlx::query(&sql);
@@ -180,20 +190,23 @@ impl Store {
             query = query.bind(bind);
         }
         let rows = query.fetch_all(self.pool()).await?;
-        let items = rows.iter().map(actor_from_row).collect::<Result<Vec<_>>>()?;
+        let items = rows
+            .iter()
+            .map(actor_from_row)
+            .collect::<Result<Vec<_>>>()?;
         Ok(db::paginate(items, page.limit, |a| a.id))
     }
 
     pub async fn get_actor(&self, account_id: Uuid, actor_id: Uuid) -> Result<Actor> {
-        let row = sqlx::query("SELECT * FROM actors WHERE account_id = $1 AND id = $2")
-            .bind(account_id.to_string())
-            .bind(actor_id.to_string())
-            .fetch_optional(self.pool())
-            .await?;
-        row.as_ref()
-            .map(actor_from_row)
-            .transpose()?
-            .ok_or(StoreError::NotFound("actor"))
+        db::get_in_account(
+            self,
+            "actors",
+            account_id,
+            actor_id,
+            "actor",
+            actor_from_row,
+        )
+        .await
     }
 
     /// The actor with this email and its password hash, for sign-in.
@@ -285,7 +298,12 @@ impl Store {
     }
 
     /// Deletes the actor with its tokens and memberships; the audit log keeps the record.
-    pub async fn delete_actor(&self, account_id: Uuid, actor_id: Uuid, acting: &Acting) -> Result<()> {
+    pub async fn delete_actor(
+        &self,
+        account_id: Uuid,
+        actor_id: Uuid,
+        acting: &Acting,
+    ) -> Result<()> {
         let before = self.get_actor(account_id, actor_id).await?;
         let now = Utc::now();
         let mut tx = self.begin_write().await?;

@@ -96,7 +96,10 @@ impl Store {
             };
         }
         let rows = query.fetch_all(self.pool()).await?;
-        let items = rows.iter().map(event_from_row).collect::<Result<Vec<_>>>()?;
+        let items = rows
+            .iter()
+            .map(event_from_row)
+            .collect::<Result<Vec<_>>>()?;
         Ok(db::paginate(items, page.limit, |e| e.id))
     }
 
@@ -162,4 +165,3 @@ fn event_from_row(row: &AnyRow) -> Result<AuditEvent> {
         after: parse("after_state")?,
     })
 }
-

@@ -133,3 +133,46 @@ pub(crate) fn unique_violation(err: sqlx::Error, what: impl FnOnce() -> String) 
     }
     StoreError::Database(err)
 }
+
+/// One page of an account's rows of `table`, in id (creation) order.
+pub(crate) async fn list_in_account<T>(
+    store: &Store,
+    table: &str,
+    account_id: Uuid,
+    page: crate::Page,
+    from_row: fn(&AnyRow) -> Result<T>,
+    id_of: fn(&T) -> Uuid,
+) -> Result<crate::Paged<T>> {
+    let sql = format!(
+        "SELECT * FROM {table} WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT {}",
+        page.limit + 1
+    );
+    let rows = sqlx::query(&sql)
+        .bind(account_id.to_string())
+        .bind(page.cursor.map(|c| c.to_string()).unwrap_or_default())
+        .fetch_all(store.pool())
+        .await?;
+    let items = rows.iter().map(from_row).collect::<Result<Vec<_>>>()?;
+    Ok(paginate(items, page.limit, id_of))
+}
+
+/// The account's row of `table` with this id; `NotFound(what)` when there is none in the account.
+pub(crate) async fn get_in_account<T>(
+    store: &Store,
+    table: &str,
+    account_id: Uuid,
+    id: Uuid,
+    what: &'static str,
+    from_row: fn(&AnyRow) -> Result<T>,
+) -> Result<T> {
+    let sql = format!("SELECT * FROM {table} WHERE account_id = $1 AND id = $2");
+    let row = sqlx::query(&sql)
+        .bind(account_id.to_string())
+        .bind(id.to_string())
+        .fetch_optional(store.pool())
+        .await?;
+    row.as_ref()
+        .map(from_row)
+        .transpose()?
+        .ok_or(StoreError::NotFound(what))
+}

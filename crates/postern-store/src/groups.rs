@@ -19,10 +19,16 @@ pub struct MembershipChange {
     pub remove: Vec<Uuid>,
 }
 
-const GROUP_COLUMNS: &str = "g.*, (SELECT COUNT(*) FROM memberships m WHERE m.group_id = g.id) AS member_count";
+const GROUP_COLUMNS: &str =
+    "g.*, (SELECT COUNT(*) FROM memberships m WHERE m.group_id = g.id) AS member_count";
 
 impl Store {
-    pub async fn create_group(&self, account_id: Uuid, name: &str, acting: &Acting) -> Result<Group> {
+    pub async fn create_group(
+        &self,
+        account_id: Uuid,
+        name: &str,
+        acting: &Acting,
+    ) -> Result<Group> {
         let name = validate::name("name", name)?;
         let now = Utc::now();
         let group = Group {
@@ -81,13 +87,17 @@ impl Store {
             .bind(page.cursor.map(|c| c.to_string()).unwrap_or_default())
             .fetch_all(self.pool())
             .await?;
-        let items = rows.iter().map(group_from_row).collect::<Result<Vec<_>>>()?;
+        let items = rows
+            .iter()
+            .map(group_from_row)
+            .collect::<Result<Vec<_>>>()?;
         Ok(db::paginate(items, page.limit, |g| g.id))
     }
 
     pub async fn get_group(&self, account_id: Uuid, group_id: Uuid) -> Result<Group> {
-        let sql =
-            format!("SELECT {GROUP_COLUMNS} FROM actor_groups g WHERE g.account_id = $1 AND g.id = $2");
+        let sql = format!(
+            "SELECT {GROUP_COLUMNS} FROM actor_groups g WHERE g.account_id = $1 AND g.id = $2"
+        );
         let row = sqlx::query(&sql)
             .bind(account_id.to_string())
             .bind(group_id.to_string())
@@ -108,21 +118,25 @@ impl Store {
     ) -> Result<Group> {
         let before = self.get_group(account_id, group_id).await?;
         if before.kind == GroupKind::Everyone {
-            return Err(ValidationError::new("name", "the Everyone group cannot be renamed").into());
+            return Err(
+                ValidationError::new("name", "the Everyone group cannot be renamed").into(),
+            );
         }
         let mut after = before.clone();
         after.name = validate::name("name", name)?;
         let now = Utc::now();
         after.updated_at = now;
         let mut tx = self.begin_write().await?;
-        sqlx::query("UPDATE actor_groups SET name = $1, updated_at = $2 WHERE account_id = $3 AND id = $4")
-            .bind(after.name.clone())
-            .bind(ts(now))
-            .bind(account_id.to_string())
-            .bind(group_id.to_string())
-            .execute(&mut *tx.tx)
-            .await
-            .map_err(|err| name_taken(err, &after.name))?;
+        sqlx::query(
+            "UPDATE actor_groups SET name = $1, updated_at = $2 WHERE account_id = $3 AND id = $4",
+        )
+        .bind(after.name.clone())
+        .bind(ts(now))
+        .bind(account_id.to_string())
+        .bind(group_id.to_string())
+        .execute(&mut *tx.tx)
+        .await
+        .map_err(|err| name_taken(err, &after.name))?;
         audit::record(
             &mut tx.tx,
             Entry {
@@ -146,7 +160,12 @@ impl Store {
     }
 
     /// Deletes a group with its memberships and the policies that grant it access.
-    pub async fn delete_group(&self, account_id: Uuid, group_id: Uuid, acting: &Acting) -> Result<()> {
+    pub async fn delete_group(
+        &self,
+        account_id: Uuid,
+        group_id: Uuid,
+        acting: &Acting,
+    ) -> Result<()> {
         let before = self.get_group(account_id, group_id).await?;
         if before.kind == GroupKind::Everyone {
             return Err(StoreError::Conflict(
@@ -155,7 +174,8 @@ impl Store {
         }
         let now = Utc::now();
         let mut tx = self.begin_write().await?;
-        let policy_ids = crate::policies::policy_ids_where(&mut tx.tx, account_id, "group_id", group_id).await?;
+        let policy_ids =
+            crate::policies::policy_ids_where(&mut tx.tx, account_id, "group_id", group_id).await?;
         sqlx::query("DELETE FROM actor_groups WHERE account_id = $1 AND id = $2")
             .bind(account_id.to_string())
             .bind(group_id.to_string())
@@ -211,7 +231,10 @@ impl Store {
             .bind(page.cursor.map(|c| c.to_string()).unwrap_or_default())
             .fetch_all(self.pool())
             .await?;
-        let items = rows.iter().map(membership_from_row).collect::<Result<Vec<_>>>()?;
+        let items = rows
+            .iter()
+            .map(membership_from_row)
+            .collect::<Result<Vec<_>>>()?;
         Ok(db::paginate(items, page.limit, |m| m.actor_id))
     }
 
@@ -288,7 +311,14 @@ impl Store {
             }]);
         }
         Ok(self
-            .list_memberships(account_id, group_id, Page { limit: 500, cursor: None })
+            .list_memberships(
+                account_id,
+                group_id,
+                Page {
+                    limit: 500,
+                    cursor: None,
+                },
+            )
             .await?
             .items)
     }
@@ -329,11 +359,12 @@ pub(crate) async fn groups_of_actor(
     account_id: Uuid,
     actor_id: Uuid,
 ) -> Result<Vec<Uuid>> {
-    let rows = sqlx::query("SELECT group_id FROM memberships WHERE account_id = $1 AND actor_id = $2")
-        .bind(account_id.to_string())
-        .bind(actor_id.to_string())
-        .fetch_all(conn)
-        .await?;
+    let rows =
+        sqlx::query("SELECT group_id FROM memberships WHERE account_id = $1 AND actor_id = $2")
+            .bind(account_id.to_string())
+            .bind(actor_id.to_string())
+            .fetch_all(conn)
+            .await?;
     rows.iter().map(|row| db::uuid(row, "group_id")).collect()
 }
 

@@ -128,18 +128,16 @@ impl Store {
         };
         let mut options = AnyPoolOptions::new();
         if backend == Backend::Sqlite {
-            options = options
-                .max_connections(8)
-                .after_connect(|conn, _meta| {
-                    Box::pin(async move {
-                        conn.execute(
-                            "PRAGMA foreign_keys = ON; PRAGMA journal_mode = WAL; \
+            options = options.max_connections(8).after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    conn.execute(
+                        "PRAGMA foreign_keys = ON; PRAGMA journal_mode = WAL; \
                              PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;",
-                        )
-                        .await?;
-                        Ok(())
-                    })
-                });
+                    )
+                    .await?;
+                    Ok(())
+                })
+            });
         } else {
             options = options.max_connections(16);
         }

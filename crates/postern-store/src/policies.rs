@@ -30,8 +30,14 @@ pub struct PolicyPatch {
 }
 
 impl Store {
-    pub async fn create_policy(&self, account_id: Uuid, new: NewPolicy, acting: &Acting) -> Result<Policy> {
-        self.check_policy_refs(account_id, new.group_id, new.resource_id).await?;
+    pub async fn create_policy(
+        &self,
+        account_id: Uuid,
+        new: NewPolicy,
+        acting: &Acting,
+    ) -> Result<Policy> {
+        self.check_policy_refs(account_id, new.group_id, new.resource_id)
+            .await?;
         let now = Utc::now();
         let disabled_at = new.disabled.then_some(now);
         let policy = Policy {
@@ -85,29 +91,22 @@ impl Store {
     }
 
     pub async fn list_policies(&self, account_id: Uuid, page: Page) -> Result<Paged<Policy>> {
-        let sql = format!(
-            "SELECT * FROM policies WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT {}",
-            page.limit + 1
-        );
-        let rows = sqlx::query(&sql)
-            .bind(account_id.to_string())
-            .bind(page.cursor.map(|c| c.to_string()).unwrap_or_default())
-            .fetch_all(self.pool())
-            .await?;
-        let items = rows.iter().map(policy_from_row).collect::<Result<Vec<_>>>()?;
-        Ok(db::paginate(items, page.limit, |p| p.id))
+        db::list_in_account(self, "policies", account_id, page, policy_from_row, |p| {
+            p.id
+        })
+        .await
     }
 
     pub async fn get_policy(&self, account_id: Uuid, policy_id: Uuid) -> Result<Policy> {
-        let row = sqlx::query("SELECT * FROM policies WHERE account_id = $1 AND id = $2")
-            .bind(account_id.to_string())
-            .bind(policy_id.to_string())
-            .fetch_optional(self.pool())
-            .await?;
-        row.as_ref()
-            .map(policy_from_row)
-            .transpose()?
-            .ok_or(StoreError::NotFound("policy"))
+        db::get_in_account(
+            self,
+            "policies",
+            account_id,
+            policy_id,
+            "policy",
+            policy_from_row,
+        )
+        .await
     }
 
     pub async fn update_policy(
@@ -121,7 +120,8 @@ impl Store {
         let mut after = before.clone();
         after.group_id = patch.group_id.unwrap_or(before.group_id);
         after.resource_id = patch.resource_id.unwrap_or(before.resource_id);
-        self.check_policy_refs(account_id, after.group_id, after.resource_id).await?;
+        self.check_policy_refs(account_id, after.group_id, after.resource_id)
+            .await?;
         if let Some(description) = &patch.description {
             after.description = validate::description("description", description.as_deref())?;
         }
@@ -178,7 +178,12 @@ impl Store {
         Ok(after)
     }
 
-    pub async fn delete_policy(&self, account_id: Uuid, policy_id: Uuid, acting: &Acting) -> Result<()> {
+    pub async fn delete_policy(
+        &self,
+        account_id: Uuid,
+        policy_id: Uuid,
+        acting: &Acting,
+    ) -> Result<()> {
         let before = self.get_policy(account_id, policy_id).await?;
         let now = Utc::now();
         let mut tx = self.begin_write().await?;
@@ -209,9 +214,18 @@ impl Store {
         Ok(())
     }
 
-    async fn check_policy_refs(&self, account_id: Uuid, group_id: Uuid, resource_id: Uuid) -> Result<()> {
+    async fn check_policy_refs(
+        &self,
+        account_id: Uuid,
+        group_id: Uuid,
+        resource_id: Uuid,
+    ) -> Result<()> {
         if let Err(StoreError::NotFound(_)) = self.get_group(account_id, group_id).await {
-            return Err(ValidationError::new("group_id", format!("no group with id {group_id} in this account")).into());
+            return Err(ValidationError::new(
+                "group_id",
+                format!("no group with id {group_id} in this account"),
+            )
+            .into());
         }
         if let Err(StoreError::NotFound(_)) = self.get_resource(account_id, resource_id).await {
             return Err(ValidationError::new(

@@ -1,7 +1,9 @@
 //! Resources: the CIDR ranges, IP addresses and DNS names that policies grant access to.
 
 use chrono::Utc;
-use postern_domain::{new_id, validate, Acting, ChangeEvent, Resource, ResourceType, ValidationError};
+use postern_domain::{
+    new_id, validate, Acting, ChangeEvent, Resource, ResourceType, ValidationError,
+};
 use postern_policy::Filter;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
@@ -92,29 +94,27 @@ impl Store {
     }
 
     pub async fn list_resources(&self, account_id: Uuid, page: Page) -> Result<Paged<Resource>> {
-        let sql = format!(
-            "SELECT * FROM resources WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT {}",
-            page.limit + 1
-        );
-        let rows = sqlx::query(&sql)
-            .bind(account_id.to_string())
-            .bind(page.cursor.map(|c| c.to_string()).unwrap_or_default())
-            .fetch_all(self.pool())
-            .await?;
-        let items = rows.iter().map(resource_from_row).collect::<Result<Vec<_>>>()?;
-        Ok(db::paginate(items, page.limit, |r| r.id))
+        db::list_in_account(
+            self,
+            "resources",
+            account_id,
+            page,
+            resource_from_row,
+            |r| r.id,
+        )
+        .await
     }
 
     pub async fn get_resource(&self, account_id: Uuid, resource_id: Uuid) -> Result<Resource> {
-        let row = sqlx::query("SELECT * FROM resources WHERE account_id = $1 AND id = $2")
-            .bind(account_id.to_string())
-            .bind(resource_id.to_string())
-            .fetch_optional(self.pool())
-            .await?;
-        row.as_ref()
-            .map(resource_from_row)
-            .transpose()?
-            .ok_or(StoreError::NotFound("resource"))
+        db::get_in_account(
+            self,
+            "resources",
+            account_id,
+            resource_id,
+            "resource",
+            resource_from_row,
+        )
+        .await
     }
 
     pub async fn update_resource(
@@ -132,7 +132,10 @@ impl Store {
         if let Some(name) = &patch.name {
             after.name = validate::name("name", name)?;
         }
-        let address = patch.address.clone().unwrap_or_else(|| before.address.clone());
+        let address = patch
+            .address
+            .clone()
+            .unwrap_or_else(|| before.address.clone());
         after.address = validate::resource_address("address", after.resource_type, &address)?;
         if let Some(description) = &patch.description {
             after.description = validate::description("description", description.as_deref())?;

@@ -57,29 +57,11 @@ impl Store {
     }
 
     pub async fn list_sites(&self, account_id: Uuid, page: Page) -> Result<Paged<Site>> {
-        let sql = format!(
-            "SELECT * FROM sites WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT {}",
-            page.limit + 1
-        );
-        let rows = sqlx::query(&sql)
-            .bind(account_id.to_string())
-            .bind(page.cursor.map(|c| c.to_string()).unwrap_or_default())
-            .fetch_all(self.pool())
-            .await?;
-        let items = rows.iter().map(site_from_row).collect::<Result<Vec<_>>>()?;
-        Ok(db::paginate(items, page.limit, |s| s.id))
+        db::list_in_account(self, "sites", account_id, page, site_from_row, |s| s.id).await
     }
 
     pub async fn get_site(&self, account_id: Uuid, site_id: Uuid) -> Result<Site> {
-        let row = sqlx::query("SELECT * FROM sites WHERE account_id = $1 AND id = $2")
-            .bind(account_id.to_string())
-            .bind(site_id.to_string())
-            .fetch_optional(self.pool())
-            .await?;
-        row.as_ref()
-            .map(site_from_row)
-            .transpose()?
-            .ok_or(StoreError::NotFound("site"))
+        db::get_in_account(self, "sites", account_id, site_id, "site", site_from_row).await
     }
 
     pub async fn rename_site(
@@ -95,14 +77,16 @@ impl Store {
         let now = Utc::now();
         after.updated_at = now;
         let mut tx = self.begin_write().await?;
-        sqlx::query("UPDATE sites SET name = $1, updated_at = $2 WHERE account_id = $3 AND id = $4")
-            .bind(after.name.clone())
-            .bind(ts(now))
-            .bind(account_id.to_string())
-            .bind(site_id.to_string())
-            .execute(&mut *tx.tx)
-            .await
-            .map_err(|err| name_taken(err, &after.name))?;
+        sqlx::query(
+            "UPDATE sites SET name = $1, updated_at = $2 WHERE account_id = $3 AND id = $4",
+        )
+        .bind(after.name.clone())
+        .bind(ts(now))
+        .bind(account_id.to_string())
+        .bind(site_id.to_string())
+        .execute(&mut *tx.tx)
+        .await
+        .map_err(|err| name_taken(err, &after.name))?;
         audit::record(
             &mut tx.tx,
             Entry {
@@ -127,15 +111,22 @@ impl Store {
 
     /// Deletes a site and its gateway tokens. A site that still serves resources is kept: move or
     /// delete its resources first.
-    pub async fn delete_site(&self, account_id: Uuid, site_id: Uuid, acting: &Acting) -> Result<()> {
+    pub async fn delete_site(
+        &self,
+        account_id: Uuid,
+        site_id: Uuid,
+        acting: &Acting,
+    ) -> Result<()> {
         let before = self.get_site(account_id, site_id).await?;
         let now = Utc::now();
         let mut tx = self.begin_write().await?;
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM resources WHERE account_id = $1 AND site_id = $2")
-            .bind(account_id.to_string())
-            .bind(site_id.to_string())
-            .fetch_one(&mut *tx.tx)
-            .await?;
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM resources WHERE account_id = $1 AND site_id = $2",
+        )
+        .bind(account_id.to_string())
+        .bind(site_id.to_string())
+        .fetch_one(&mut *tx.tx)
+        .await?;
         let resources: i64 = row.try_get("n")?;
         if resources > 0 {
             return Err(StoreError::Conflict(format!(
@@ -143,7 +134,8 @@ impl Store {
                 before.name
             )));
         }
-        let token_ids = tokens::active_token_ids(&mut tx.tx, account_id, "site_id", site_id).await?;
+        let token_ids =
+            tokens::active_token_ids(&mut tx.tx, account_id, "site_id", site_id).await?;
         sqlx::query("DELETE FROM sites WHERE account_id = $1 AND id = $2")
             .bind(account_id.to_string())
             .bind(site_id.to_string())

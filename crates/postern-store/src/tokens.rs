@@ -54,14 +54,7 @@ impl Store {
         let settings = self.get_account(account_id).await?.settings;
         let mut tx = self.begin_write().await?;
         let created = insert_token(
-            self,
-            &mut tx.tx,
-            account_id,
-            holder,
-            kind,
-            &request,
-            &settings,
-            acting,
+            self, &mut tx.tx, account_id, holder, kind, &request, &settings, acting,
         )
         .await?;
         tx.commit().await?;
@@ -105,7 +98,8 @@ impl Store {
         token_id: Uuid,
     ) -> Result<Token> {
         let (column, holder_id) = holder_column(holder);
-        let sql = format!("SELECT * FROM tokens WHERE account_id = $1 AND {column} = $2 AND id = $3");
+        let sql =
+            format!("SELECT * FROM tokens WHERE account_id = $1 AND {column} = $2 AND id = $3");
         let row = sqlx::query(&sql)
             .bind(account_id.to_string())
             .bind(holder_id.to_string())

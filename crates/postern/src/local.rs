@@ -22,10 +22,20 @@ pub const MIN_PASSWORD_LEN: usize = 12;
 #[derive(clap::Args, Debug, Clone)]
 pub struct DbOpts {
     /// Directory of the embedded SQLite database (postern.db)
-    #[arg(long, env = "POSTERN_DATA_DIR", default_value = "./postern-data", value_name = "DIR")]
+    #[arg(
+        long,
+        env = "POSTERN_DATA_DIR",
+        default_value = "./postern-data",
+        value_name = "DIR"
+    )]
     pub data_dir: PathBuf,
     /// PostgreSQL URL (postgres://user:password@host/db); when set, --data-dir is not used
-    #[arg(long, env = "POSTERN_DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "POSTERN_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
 }
 
@@ -179,9 +189,8 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
         };
         let (actor, _) = store
             .create_actor(account.id, new, &Acting::local_cli())
-            .await
-            ?;
-        tracing::info!(actor_id = %actor.id, account = %account.slug, "administrator created");
+            .await?;
+        tracing::debug!(actor_id = %actor.id, account = %account.slug, "administrator created");
         println!("{}", actor.id);
         Ok(())
     }
@@ -197,8 +206,7 @@ pub async fn account_create(args: AccountCreateArgs) -> anyhow::Result<()> {
         let name = args.name.as_deref().unwrap_or(&args.slug);
         let account = store
             .create_account(&args.slug, name, &Acting::local_cli())
-            .await
-            ?;
+            .await?;
         if args.json {
             return output::print_json(&serde_json::to_value(&account)?);
         }
@@ -270,10 +278,9 @@ async fn create_api_token(
     };
     let (actor, created) = store
         .create_actor(account.id, new, &Acting::local_cli())
-        .await
-        ?;
+        .await?;
     let created = created.context("the portal created the API client but no token for it")?;
-    tracing::info!(actor_id = %actor.id, token_id = %created.token.id, account = %account.slug, "API token created");
+    tracing::debug!(actor_id = %actor.id, token_id = %created.token.id, account = %account.slug, "API token created");
     if args.json {
         let mut token = serde_json::to_value(&created.token)?;
         if let Some(fields) = token.as_object_mut() {
@@ -298,8 +305,7 @@ async fn account_for(store: &Store, slug: &str) -> anyhow::Result<Account> {
         Err(StoreError::NotFound(_)) => {
             let slugs: Vec<String> = store
                 .list_accounts()
-                .await
-                ?
+                .await?
                 .into_iter()
                 .map(|a| a.slug)
                 .collect();
@@ -327,8 +333,8 @@ fn read_password() -> anyhow::Result<String> {
     if std::io::stdin().is_terminal() {
         let password = rpassword::prompt_password("Password (at least 12 characters): ")
             .context("cannot read the password")?;
-        let again =
-            rpassword::prompt_password("Repeat the password: ").context("cannot read the password")?;
+        let again = rpassword::prompt_password("Repeat the password: ")
+            .context("cannot read the password")?;
         if password != again {
             bail!("the passwords do not match");
         }
@@ -360,7 +366,10 @@ mod tests {
             redact_url("postgres://app:s3cret@db.example:5432/postern"),
             "postgres://app:***@db.example:5432/postern"
         );
-        assert_eq!(redact_url("postgres://app@db/postern"), "postgres://app@db/postern");
+        assert_eq!(
+            redact_url("postgres://app@db/postern"),
+            "postgres://app@db/postern"
+        );
         assert_eq!(redact_url("postgres://db/postern"), "postgres://db/postern");
     }
 

@@ -44,8 +44,11 @@ enum Command {
     Serve(serve::ServeArgs),
 
     /// Create API tokens for the admin CLI and scripts (local: acts on the database)
-    #[command(name = "api-token", after_help = "Example:\n  \
-        export POSTERN_API_TOKEN=$(postern api-token create --name admin-cli --expires-in 90d)")]
+    #[command(
+        name = "api-token",
+        after_help = "Example:\n  \
+        export POSTERN_API_TOKEN=$(postern api-token create --name admin-cli --expires-in 90d)"
+    )]
     ApiToken(local::ApiTokenArgs),
 
     /// Create administrators who sign in with a password (local: acts on the database)

@@ -59,10 +59,19 @@ pub fn print_json(value: &Value) -> anyhow::Result<()> {
 
 /// Prints `label: value` lines for one object, aligned.
 pub fn print_fields(fields: &[(&str, String)]) -> anyhow::Result<()> {
-    let width = fields.iter().map(|(label, _)| label.len()).max().unwrap_or(0);
+    let width = fields
+        .iter()
+        .map(|(label, _)| label.len())
+        .max()
+        .unwrap_or(0);
     let mut out = std::io::stdout().lock();
     for (label, value) in fields {
-        writeln!(out, "{:<width$}  {value}", format!("{label}:"), width = width + 1)?;
+        writeln!(
+            out,
+            "{:<width$}  {value}",
+            format!("{label}:"),
+            width = width + 1
+        )?;
     }
     Ok(())
 }
@@ -173,7 +182,8 @@ mod tests {
         assert_eq!(date(&token, "expires_at", "-"), "2000-01-01T10:11Z");
         assert_eq!(date(&token, "last_used_at", "never"), "never");
         assert_eq!(token_status(&token, Utc::now()), "expired");
-        let revoked = json!({"expires_at": "2999-01-01T00:00:00Z", "revoked_at": "2000-01-01T00:00:00Z"});
+        let revoked =
+            json!({"expires_at": "2999-01-01T00:00:00Z", "revoked_at": "2000-01-01T00:00:00Z"});
         assert_eq!(token_status(&revoked, Utc::now()), "revoked");
         let active = json!({"expires_at": "2999-01-01T00:00:00Z", "revoked_at": null});
         assert_eq!(token_status(&active, Utc::now()), "active");

@@ -11,7 +11,12 @@ use crate::local::DbOpts;
 #[derive(clap::Args)]
 pub struct ServeArgs {
     /// Address and port to listen on (port 0 picks a free port)
-    #[arg(long, env = "POSTERN_LISTEN", default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "POSTERN_LISTEN",
+        default_value = "127.0.0.1:8080",
+        value_name = "ADDR"
+    )]
     listen: String,
     #[command(flatten)]
     db: DbOpts,
@@ -56,7 +61,12 @@ async fn has_administrators(store: &Store, account_id: uuid::Uuid) -> anyhow::Re
             limit: 1,
             cursor: None,
         };
-        if !store.list_actors(account_id, &filter, page).await?.items.is_empty() {
+        if !store
+            .list_actors(account_id, &filter, page)
+            .await?
+            .items
+            .is_empty()
+        {
             return Ok(true);
         }
     }

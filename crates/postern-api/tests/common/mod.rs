@@ -63,7 +63,9 @@ impl Portal {
             Backend::Postgres => {
                 let admin = postgres_admin_url().await?;
                 let name = format!("postern_test_{}", Uuid::new_v4().simple());
-                let mut conn = sqlx::PgConnection::connect(&admin).await.expect("pg connect");
+                let mut conn = sqlx::PgConnection::connect(&admin)
+                    .await
+                    .expect("pg connect");
                 sqlx::query(&format!("CREATE DATABASE {name}"))
                     .execute(&mut conn)
                     .await
@@ -73,9 +75,14 @@ impl Portal {
                 (store, None, Some(name))
             }
         };
-        let (account, _) = store.ensure_default_account().await.expect("default account");
+        let (account, _) = store
+            .ensure_default_account()
+            .await
+            .expect("default account");
         let token = api_token(&store, account.id, "test-admin").await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let state = AppState::new(store.clone());
         let server = tokio::spawn(async move {
@@ -94,11 +101,16 @@ impl Portal {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.base.trim_start_matches("http://").parse().expect("addr")
+        self.base
+            .trim_start_matches("http://")
+            .parse()
+            .expect("addr")
     }
 
     pub fn sqlite_files(&self) -> Vec<PathBuf> {
-        let Some(dir) = &self.data_dir else { return vec![] };
+        let Some(dir) = &self.data_dir else {
+            return vec![];
+        };
         std::fs::read_dir(dir.path())
             .expect("read data dir")
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -106,7 +118,12 @@ impl Portal {
     }
 
     /// A request with this portal's API token; returns the status and the JSON body (or Null).
-    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         self.call_as(&self.token, method, path, body).await
     }
 

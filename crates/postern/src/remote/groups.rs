@@ -115,7 +115,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 /// The id of the group named or identified by `input`.
 pub async fn resolve(client: &Client, input: &str) -> anyhow::Result<Uuid> {
-    client.resolve(ListQuery::new("/v1/groups"), "group", input).await
+    client
+        .resolve(ListQuery::new("/v1/groups"), "group", input)
+        .await
 }
 
 async fn list(client: &Client, limit: Option<usize>) -> anyhow::Result<()> {

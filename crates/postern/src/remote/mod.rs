@@ -168,7 +168,10 @@ impl Client {
         loop {
             let mut params = query.params.clone();
             if let Some(limit) = query.limit {
-                params.push(("limit", limit.saturating_sub(items.len()).min(MAX_PAGE).to_string()));
+                params.push((
+                    "limit",
+                    limit.saturating_sub(items.len()).min(MAX_PAGE).to_string(),
+                ));
             }
             if let Some(cursor) = &cursor {
                 params.push(("cursor", cursor.clone()));
@@ -176,7 +179,10 @@ impl Client {
             let body = self.request(Method::GET, query.path, &params, None).await?;
             let page = match body.get("data") {
                 Some(Value::Array(page)) => page.clone(),
-                _ => bail!("the portal's answer to GET {} has no list in 'data'", query.path),
+                _ => bail!(
+                    "the portal's answer to GET {} has no list in 'data'",
+                    query.path
+                ),
             };
             let fetched = page.len();
             items.extend(page);

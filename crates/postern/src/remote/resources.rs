@@ -114,7 +114,11 @@ struct UpdateArgs {
     #[arg(long)]
     description: Option<String>,
     /// Replace the filters: tcp:PORTS, udp:PORTS, tcp, udp or icmp (repeatable)
-    #[arg(long = "filter", value_name = "PROTO[:PORTS]", conflicts_with = "clear_filters")]
+    #[arg(
+        long = "filter",
+        value_name = "PROTO[:PORTS]",
+        conflicts_with = "clear_filters"
+    )]
     filters: Vec<String>,
     /// Remove every filter: all traffic to the address is allowed
     #[arg(long)]
@@ -238,7 +242,7 @@ async fn update(client: &Client, args: UpdateArgs) -> anyhow::Result<()> {
         ("name", args.name.map(Value::String)),
         ("address", address.map(Value::String)),
         ("site_id", site_id),
-        ("description", args.description.map(Value::String)),
+        ("description", args.description.map(nullable)),
         ("filters", filters),
     ]);
     if body.as_object().is_some_and(|fields| fields.is_empty()) {
@@ -313,6 +317,15 @@ fn format_filters(resource: &Value) -> String {
         .join(" ")
 }
 
+/// An empty `--description ""` clears the description.
+fn nullable(text: String) -> Value {
+    if text.trim().is_empty() {
+        Value::Null
+    } else {
+        Value::String(text)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,7 +337,10 @@ mod tests {
             Some(json!({"protocol": "tcp", "ports": "80,443"}))
         );
         assert_eq!(parse_filter("icmp").ok(), Some(json!({"protocol": "icmp"})));
-        assert_eq!(parse_filter("UDP:53").ok(), Some(json!({"protocol": "udp", "ports": "53"})));
+        assert_eq!(
+            parse_filter("UDP:53").ok(),
+            Some(json!({"protocol": "udp", "ports": "53"}))
+        );
         assert!(parse_filter("icmp:8").is_err());
         assert!(parse_filter("tcp:0").is_err());
         assert!(parse_filter("tcp:99999").is_err());

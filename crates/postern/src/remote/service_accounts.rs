@@ -109,7 +109,11 @@ async fn create_account(client: &Client, args: CreateArgs) -> anyhow::Result<()>
     let expires_at = args.expiry.resolve(Utc::now())?;
     let mut group_ids = Vec::new();
     for group in &args.groups {
-        group_ids.push(client.resolve(ListQuery::new("/v1/groups"), "group", group).await?);
+        group_ids.push(
+            client
+                .resolve(ListQuery::new("/v1/groups"), "group", group)
+                .await?,
+        );
     }
     let token = object(vec![
         ("name", args.token_name.map(Value::String)),
@@ -121,7 +125,9 @@ async fn create_account(client: &Client, args: CreateArgs) -> anyhow::Result<()>
         "group_ids": group_ids,
         "token": token,
     });
-    let response = client.request(Method::POST, "/v1/actors", &[], Some(&body)).await?;
+    let response = client
+        .request(Method::POST, "/v1/actors", &[], Some(&body))
+        .await?;
     if client.json {
         return output::print_json(&response);
     }
@@ -180,7 +186,10 @@ async fn show(client: &Client, input: &str) -> anyhow::Result<()> {
 async fn set_disabled(client: &Client, input: &str, disabled: bool) -> anyhow::Result<()> {
     let id = resolve(client, input).await?;
     let actor = client
-        .patch(&format!("/v1/actors/{id}"), &json!({ "disabled": disabled }))
+        .patch(
+            &format!("/v1/actors/{id}"),
+            &json!({ "disabled": disabled }),
+        )
         .await?;
     if client.json {
         return output::print_json(&actor);

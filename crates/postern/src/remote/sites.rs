@@ -69,7 +69,9 @@ enum GatewayCommand {
         site_id: String,
     },
     /// Create a gateway token (the secret is printed last, once)
-    #[command(after_help = "Example:\n  postern sites gateway-tokens create office-berlin --name gw-1 --expires-in 1y")]
+    #[command(
+        after_help = "Example:\n  postern sites gateway-tokens create office-berlin --name gw-1 --expires-in 1y"
+    )]
     Create {
         /// Id or name of the site
         site_id: String,
@@ -80,7 +82,9 @@ enum GatewayCommand {
         expiry: ExpiryArgs,
     },
     /// Revoke a gateway token
-    #[command(after_help = "Example:\n  postern sites gateway-tokens revoke office-berlin <TOKEN_ID>")]
+    #[command(
+        after_help = "Example:\n  postern sites gateway-tokens revoke office-berlin <TOKEN_ID>"
+    )]
     Revoke {
         /// Id or name of the site
         site_id: String,
@@ -124,7 +128,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 /// The id of the site named or identified by `input`.
 pub async fn resolve(client: &Client, input: &str) -> anyhow::Result<Uuid> {
-    client.resolve(ListQuery::new("/v1/sites"), "site", input).await
+    client
+        .resolve(ListQuery::new("/v1/sites"), "site", input)
+        .await
 }
 
 async fn gateway_tokens(client: &Client, command: GatewayCommand) -> anyhow::Result<()> {

@@ -49,7 +49,10 @@ enum Command {
         token_id: Uuid,
     },
     /// Revoke every active token of an actor
-    #[command(name = "revoke-all", after_help = "Example:\n  postern tokens revoke-all --actor <ACTOR_ID> --yes")]
+    #[command(
+        name = "revoke-all",
+        after_help = "Example:\n  postern tokens revoke-all --actor <ACTOR_ID> --yes"
+    )]
     RevokeAll {
         /// Id of the service account or API client
         #[arg(long)]
