@@ -74,6 +74,7 @@ pub struct CreatedActor {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ActorQuery {
     /// Only actors of this type.
     #[serde(rename = "type")]

@@ -60,7 +60,9 @@ const ROUTES: &[(&str, &str)] = &[
 /// Served but deliberately not part of the API document: liveness and the document itself.
 const INFRASTRUCTURE_ROUTES: &[(&str, &str)] = &[("get", "/healthz"), ("get", "/v1/openapi.json")];
 
-const HTTP_METHODS: &[&str] = &["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+const HTTP_METHODS: &[&str] = &[
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
 
 async fn start() -> Portal {
     Portal::start(Backend::Sqlite).await.expect("sqlite portal")
@@ -152,7 +154,10 @@ async fn every_route_is_documented() {
         }
     }
     let undocumented: Vec<_> = listed.difference(&documented).collect();
-    assert!(undocumented.is_empty(), "served but not documented: {undocumented:?}");
+    assert!(
+        undocumented.is_empty(),
+        "served but not documented: {undocumented:?}"
+    );
     let unlisted: Vec<_> = documented.difference(&listed).collect();
     assert!(
         unlisted.is_empty(),
@@ -176,7 +181,11 @@ async fn every_route_is_documented() {
             .unwrap();
         let status = response.status();
         let body = response.text().await.unwrap();
-        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path} is not routed");
+        assert_ne!(
+            status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path} is not routed"
+        );
         assert!(
             !body.contains("no such endpoint"),
             "{method} {path} reaches the router's fallback: {status} {body}"
@@ -191,7 +200,12 @@ async fn every_route_is_documented() {
             .as_array()
             .into_iter()
             .flatten()
-            .chain(doc["paths"][*template]["parameters"].as_array().into_iter().flatten())
+            .chain(
+                doc["paths"][*template]["parameters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten(),
+            )
             .filter(|p| p["in"] == "path")
             .collect();
         for name in template_params(template) {
@@ -201,13 +215,43 @@ async fn every_route_is_documented() {
                 .unwrap_or_else(|| {
                     panic!("{method} {template}: path parameter '{name}' is not declared")
                 });
-            assert_eq!(parameter["required"], true, "{method} {template}: '{name}' must be required");
+            assert_eq!(
+                parameter["required"], true,
+                "{method} {template}: '{name}' must be required"
+            );
         }
         assert_eq!(
             declared.len(),
             template_params(template).len(),
             "{method} {template}: declares path parameters that are not in the path"
         );
+        // Every other parameter is an optional query parameter (filters and pagination).
+        for parameter in operation["parameters"].as_array().into_iter().flatten() {
+            if parameter["in"] != "path" {
+                assert_eq!(parameter["in"], "query", "{method} {template}: {parameter}");
+                assert_ne!(
+                    parameter["required"], true,
+                    "{method} {template}: {parameter}"
+                );
+            }
+        }
+        // Lists document their pagination.
+        let list_schema = operation
+            .pointer("/responses/200/content/application~1json/schema/$ref")
+            .and_then(Value::as_str)
+            .is_some_and(|r| r.starts_with("#/components/schemas/List_"));
+        if list_schema {
+            for name in ["limit", "cursor"] {
+                assert!(
+                    operation["parameters"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|p| p["name"] == name && p["in"] == "query"),
+                    "{method} {template}: the query parameter '{name}' is not documented"
+                );
+            }
+        }
     }
     portal.stop().await;
 }
@@ -258,7 +302,8 @@ impl Checker {
         let json: Value = if text.is_empty() {
             Value::Null
         } else {
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"))
+            serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"))
         };
         let method_key = method.as_str().to_lowercase();
         if status.is_client_error() || status.is_server_error() {
@@ -268,12 +313,23 @@ impl Checker {
             );
         }
         self.validate(&method_key, template, status.as_u16(), &media, &json, &text);
-        self.checked
-            .push(format!("{} {template} {}", method.as_str(), status.as_u16()));
+        self.checked.push(format!(
+            "{} {template} {}",
+            method.as_str(),
+            status.as_u16()
+        ));
         json
     }
 
-    fn validate(&self, method: &str, template: &str, status: u16, media: &str, json: &Value, text: &str) {
+    fn validate(
+        &self,
+        method: &str,
+        template: &str,
+        status: u16,
+        media: &str,
+        json: &Value,
+        text: &str,
+    ) {
         let response_pointer = format!(
             "/paths/{}/{method}/responses/{status}",
             escape_pointer(template)
@@ -300,7 +356,10 @@ impl Checker {
             "{method} {template} {status}: served as '{media}', documented as {:?}",
             content.keys().collect::<Vec<_>>()
         );
-        let schema_pointer = format!("{response_pointer}/content/{}/schema", escape_pointer(media));
+        let schema_pointer = format!(
+            "{response_pointer}/content/{}/schema",
+            escape_pointer(media)
+        );
         assert!(
             self.doc.pointer(&schema_pointer).is_some(),
             "{method} {template} {status}: no schema for {media}"
@@ -326,12 +385,17 @@ fn validation_errors(doc: &Value, schema_pointer: &str, instance: &Value) -> Vec
         "$schema".to_string(),
         json!("https://json-schema.org/draft/2020-12/schema"),
     );
-    object.insert("$ref".to_string(), json!(format!("#{}", uri_fragment(schema_pointer))));
+    object.insert(
+        "$ref".to_string(),
+        json!(format!("#{}", uri_fragment(schema_pointer))),
+    );
     let validator = jsonschema::options()
         .with_draft(jsonschema::Draft::Draft202012)
         .should_validate_formats(true)
         .build(&root)
-        .unwrap_or_else(|e| panic!("the document does not compile as a schema at {schema_pointer}: {e}"));
+        .unwrap_or_else(|e| {
+            panic!("the document does not compile as a schema at {schema_pointer}: {e}")
+        });
     validator
         .iter_errors(instance)
         .map(|e| format!("{e} (at '{}', schema '{}')", e.instance_path, e.schema_path))
@@ -412,16 +476,50 @@ async fn responses_match_the_document() {
     let none = None;
 
     // Account.
-    c.call(p, Method::GET, "/v1/account", &[], "", none.clone(), StatusCode::OK).await;
+    c.call(
+        p,
+        Method::GET,
+        "/v1/account",
+        &[],
+        "",
+        none.clone(),
+        StatusCode::OK,
+    )
+    .await;
 
     // Groups.
     let group = c
-        .call(p, Method::POST, "/v1/groups", &[], "", Some(json!({"name": "ops"})), StatusCode::CREATED)
+        .call(
+            p,
+            Method::POST,
+            "/v1/groups",
+            &[],
+            "",
+            Some(json!({"name": "ops"})),
+            StatusCode::CREATED,
+        )
         .await;
     let group_id = group["data"]["id"].as_str().unwrap().to_string();
-    c.call(p, Method::GET, "/v1/groups", &[], "", none.clone(), StatusCode::OK).await;
-    c.call(p, Method::GET, "/v1/groups/{id}", &[&group_id], "", none.clone(), StatusCode::OK)
-        .await;
+    c.call(
+        p,
+        Method::GET,
+        "/v1/groups",
+        &[],
+        "",
+        none.clone(),
+        StatusCode::OK,
+    )
+    .await;
+    c.call(
+        p,
+        Method::GET,
+        "/v1/groups/{id}",
+        &[&group_id],
+        "",
+        none.clone(),
+        StatusCode::OK,
+    )
+    .await;
 
     // Actors: a service account with its initial token and a group; a user without a token.
     let expires = (Utc::now() + Duration::days(30)).to_rfc3339();
@@ -432,8 +530,10 @@ async fn responses_match_the_document() {
             "/v1/actors",
             &[],
             "",
-            Some(json!({"type": "service_account", "name": "ci", "group_ids": [group_id],
-                        "token": {"name": "fleet", "expires_at": expires}})),
+            Some(
+                json!({"type": "service_account", "name": "ci", "group_ids": [group_id],
+                        "token": {"name": "fleet", "expires_at": expires}}),
+            ),
             StatusCode::CREATED,
         )
         .await;
@@ -451,11 +551,36 @@ async fn responses_match_the_document() {
         )
         .await;
     let user_id = user["data"]["id"].as_str().unwrap().to_string();
-    c.call(p, Method::GET, "/v1/actors", &[], "", none.clone(), StatusCode::OK).await;
-    c.call(p, Method::GET, "/v1/actors", &[], "?type=service_account&name=c&limit=10", none.clone(), StatusCode::OK)
-        .await;
-    c.call(p, Method::GET, "/v1/actors/{id}", &[&actor_id], "", none.clone(), StatusCode::OK)
-        .await;
+    c.call(
+        p,
+        Method::GET,
+        "/v1/actors",
+        &[],
+        "",
+        none.clone(),
+        StatusCode::OK,
+    )
+    .await;
+    c.call(
+        p,
+        Method::GET,
+        "/v1/actors",
+        &[],
+        "?type=service_account&name=c&limit=10",
+        none.clone(),
+        StatusCode::OK,
+    )
+    .await;
+    c.call(
+        p,
+        Method::GET,
+        "/v1/actors/{id}",
+        &[&actor_id],
+        "",
+        none.clone(),
+        StatusCode::OK,
+    )
+    .await;
     c.call(
         p,
         Method::PATCH,
@@ -478,8 +603,16 @@ async fn responses_match_the_document() {
         StatusCode::OK,
     )
     .await;
-    c.call(p, Method::GET, "/v1/groups/{id}/memberships", &[&group_id], "", none.clone(), StatusCode::OK)
-        .await;
+    c.call(
+        p,
+        Method::GET,
+        "/v1/groups/{id}/memberships",
+        &[&group_id],
+        "",
+        none.clone(),
+        StatusCode::OK,
+    )
+    .await;
 
     // Tokens: create (with and without a body), list — after a use, so last_used_* are set —
     // get, revoke one, revoke all.
@@ -495,8 +628,16 @@ async fn responses_match_the_document() {
         )
         .await;
     let token_id = token["data"]["id"].as_str().unwrap().to_string();
-    c.call(p, Method::POST, "/v1/actors/{id}/tokens", &[&actor_id], "", none.clone(), StatusCode::CREATED)
-        .await;
+    c.call(
+        p,
+        Method::POST,
+        "/v1/actors/{id}/tokens",
+        &[&actor_id],
+        "",
+        none.clone(),
+        StatusCode::CREATED,
+    )
+    .await;
     let api_client = c
         .call(
             p,
@@ -510,15 +651,36 @@ async fn responses_match_the_document() {
         .await;
     let api_client_id = api_client["data"]["id"].as_str().unwrap().to_string();
     let (status, _) = p
-        .call_as(api_client["token"]["secret"].as_str().unwrap(), Method::GET, "/v1/account", None)
+        .call_as(
+            api_client["token"]["secret"].as_str().unwrap(),
+            Method::GET,
+            "/v1/account",
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     let used = c
-        .call(p, Method::GET, "/v1/actors/{id}/tokens", &[&api_client_id], "", none.clone(), StatusCode::OK)
+        .call(
+            p,
+            Method::GET,
+            "/v1/actors/{id}/tokens",
+            &[&api_client_id],
+            "",
+            none.clone(),
+            StatusCode::OK,
+        )
         .await;
     assert!(used["data"][0]["last_used_at"].is_string(), "{used}");
-    c.call(p, Method::GET, "/v1/actors/{id}/tokens", &[&actor_id], "?limit=2", none.clone(), StatusCode::OK)
-        .await;
+    c.call(
+        p,
+        Method::GET,
+        "/v1/actors/{id}/tokens",
+        &[&actor_id],
+        "?limit=2",
+        none.clone(),
+        StatusCode::OK,
+    )
+    .await;
     c.call(
         p,
         Method::GET,
@@ -540,16 +702,41 @@ async fn responses_match_the_document() {
     )
     .await;
     let revoked = c
-        .call(p, Method::DELETE, "/v1/actors/{id}/tokens", &[&actor_id], "", none.clone(), StatusCode::OK)
+        .call(
+            p,
+            Method::DELETE,
+            "/v1/actors/{id}/tokens",
+            &[&actor_id],
+            "",
+            none.clone(),
+            StatusCode::OK,
+        )
         .await;
     assert_eq!(revoked["data"]["revoked"], 2);
 
     // Sites and gateway tokens.
     let site = c
-        .call(p, Method::POST, "/v1/sites", &[], "", Some(json!({"name": "hq"})), StatusCode::CREATED)
+        .call(
+            p,
+            Method::POST,
+            "/v1/sites",
+            &[],
+            "",
+            Some(json!({"name": "hq"})),
+            StatusCode::CREATED,
+        )
         .await;
     let site_id = site["data"]["id"].as_str().unwrap().to_string();
-    c.call(p, Method::GET, "/v1/sites", &[], "", none.clone(), StatusCode::OK).await;
+    c.call(
+        p,
+        Method::GET,
+        "/v1/sites",
+        &[],
+        "",
+        none.clone(),
+        StatusCode::OK,
+    )
+    .await;
     let gateway = c
         .call(
             p,
@@ -562,8 +749,16 @@ async fn responses_match_the_document() {
         )
         .await;
     let gateway_token_id = gateway["data"]["id"].as_str().unwrap().to_string();
-    c.call(p, Method::GET, "/v1/sites/{id}/gateway_tokens", &[&site_id], "", none.clone(), StatusCode::OK)
-        .await;
+    c.call(
+        p,
+        Method::GET,
+        "/v1/sites/{id}/gateway_tokens",
+        &[&site_id],
+        "",
+        none.clone(),
+        StatusCode::OK,
+    )
+    .await;
     c.call(
         p,
         Method::DELETE,
@@ -583,10 +778,12 @@ async fn responses_match_the_document() {
             "/v1/resources",
             &[],
             "",
-            Some(json!({"type": "cidr", "name": "db net", "address": "10.20.0.0/24",
+            Some(
+                json!({"type": "cidr", "name": "db net", "address": "10.20.0.0/24",
                         "description": "databases", "site_id": site_id,
                         "filters": [{"protocol": "tcp", "ports": "5432, 8000-8100"},
-                                    {"protocol": "udp"}, {"protocol": "icmp"}]})),
+                                    {"protocol": "udp"}, {"protocol": "icmp"}]}),
+            ),
             StatusCode::CREATED,
         )
         .await;
@@ -597,11 +794,22 @@ async fn responses_match_the_document() {
         "/v1/resources",
         &[],
         "",
-        Some(json!({"type": "dns", "name": "corp", "address": "*.corp.example", "site_id": site_id})),
+        Some(
+            json!({"type": "dns", "name": "corp", "address": "*.corp.example", "site_id": site_id}),
+        ),
         StatusCode::CREATED,
     )
     .await;
-    c.call(p, Method::GET, "/v1/resources", &[], "", none.clone(), StatusCode::OK).await;
+    c.call(
+        p,
+        Method::GET,
+        "/v1/resources",
+        &[],
+        "",
+        none.clone(),
+        StatusCode::OK,
+    )
+    .await;
     c.call(
         p,
         Method::PATCH,
@@ -630,7 +838,16 @@ async fn responses_match_the_document() {
         )
         .await;
     let policy_id = policy["data"]["id"].as_str().unwrap().to_string();
-    c.call(p, Method::GET, "/v1/policies", &[], "", none.clone(), StatusCode::OK).await;
+    c.call(
+        p,
+        Method::GET,
+        "/v1/policies",
+        &[],
+        "",
+        none.clone(),
+        StatusCode::OK,
+    )
+    .await;
     c.call(
         p,
         Method::PATCH,
@@ -644,17 +861,35 @@ async fn responses_match_the_document() {
 
     // The audit log (with token.create, token.revoke, group.memberships, ... events) and a
     // failed authentication in it.
-    let (status, _) = p.call_as("postern_api_garbage", Method::GET, "/v1/account", None).await;
+    let (status, _) = p
+        .call_as("postern_api_garbage", Method::GET, "/v1/account", None)
+        .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let events = c
-        .call(p, Method::GET, "/v1/audit-events", &[], "?limit=500", none.clone(), StatusCode::OK)
+        .call(
+            p,
+            Method::GET,
+            "/v1/audit-events",
+            &[],
+            "?limit=500",
+            none.clone(),
+            StatusCode::OK,
+        )
         .await;
     assert!(events["data"].as_array().unwrap().len() > 10);
 
     // Problems: 404, 422, 409, and a 204 without a body.
     let unknown = Uuid::now_v7().to_string();
     let problem = c
-        .call(p, Method::GET, "/v1/actors/{id}", &[&unknown], "", none.clone(), StatusCode::NOT_FOUND)
+        .call(
+            p,
+            Method::GET,
+            "/v1/actors/{id}",
+            &[&unknown],
+            "",
+            none.clone(),
+            StatusCode::NOT_FOUND,
+        )
         .await;
     assert_eq!(problem["type"], "urn:postern:problem:not-found");
     let problem = c
@@ -679,12 +914,32 @@ async fn responses_match_the_document() {
         StatusCode::CONFLICT,
     )
     .await;
-    c.call(p, Method::DELETE, "/v1/policies/{id}", &[&policy_id], "", none.clone(), StatusCode::NO_CONTENT)
-        .await;
-    c.call(p, Method::GET, "/v1/policies/{id}", &[&policy_id], "", none.clone(), StatusCode::NOT_FOUND)
-        .await;
+    c.call(
+        p,
+        Method::DELETE,
+        "/v1/policies/{id}",
+        &[&policy_id],
+        "",
+        none.clone(),
+        StatusCode::NO_CONTENT,
+    )
+    .await;
+    c.call(
+        p,
+        Method::GET,
+        "/v1/policies/{id}",
+        &[&policy_id],
+        "",
+        none.clone(),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
 
-    eprintln!("validated {} responses:\n  {}", c.checked.len(), c.checked.join("\n  "));
+    eprintln!(
+        "validated {} responses:\n  {}",
+        c.checked.len(),
+        c.checked.join("\n  ")
+    );
     portal.stop().await;
 }
 
@@ -721,8 +976,14 @@ fn the_checker_rejects_disagreements() {
         "id": "0190b6a0-0000-7000-8000-000000000000", "account_id": "0190b6a0-0000-7000-8000-000000000001",
         "type": "service_account", "name": "x", "email": null, "disabled_at": null, "last_seen_at": null,
         "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"}});
-    assert_eq!(validation_errors(&checker.doc, pointer, &good), Vec::<String>::new());
-    assert_eq!(validation_errors(&checker.closed, pointer, &good), Vec::<String>::new());
+    assert_eq!(
+        validation_errors(&checker.doc, pointer, &good),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        validation_errors(&checker.closed, pointer, &good),
+        Vec::<String>::new()
+    );
     let mut wrong_type = good.clone();
     wrong_type["data"]["type"] = json!("robot");
     assert!(!validation_errors(&checker.doc, pointer, &wrong_type).is_empty());
@@ -741,14 +1002,18 @@ fn the_checker_rejects_disagreements() {
     );
     // allOf composition (a token with its secret) stays valid when closed, and still rejects
     // fields neither part declares.
-    let created = "/paths/~1v1~1actors~1{id}~1tokens/post/responses/201/content/application~1json/schema";
+    let created =
+        "/paths/~1v1~1actors~1{id}~1tokens/post/responses/201/content/application~1json/schema";
     let token = json!({"data": {
         "id": "0190b6a0-0000-7000-8000-000000000000", "account_id": "0190b6a0-0000-7000-8000-000000000001",
         "kind": "client", "actor_id": null, "site_id": null, "name": "t",
         "created_at": "2026-01-01T00:00:00Z", "created_by": null, "expires_at": "2027-01-01T00:00:00Z",
         "last_used_at": null, "last_used_ip": null, "last_used_user_agent": null,
         "revoked_at": null, "revoked_by": null, "secret": "postern_client_x"}});
-    assert_eq!(validation_errors(&checker.closed, created, &token), Vec::<String>::new());
+    assert_eq!(
+        validation_errors(&checker.closed, created, &token),
+        Vec::<String>::new()
+    );
     let mut token_extra = token.clone();
     token_extra["data"]["hash"] = json!("abc");
     assert!(!validation_errors(&checker.closed, created, &token_extra).is_empty());

@@ -279,7 +279,6 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        self.inner.tokens.invalidate_holder(actor_id);
         self.publish(vec![match action {
             "actor.disable" => ChangeEvent::ActorDisabled {
                 account_id,
@@ -330,7 +329,6 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        self.inner.tokens.invalidate_holder(actor_id);
         let mut events = vec![ChangeEvent::ActorDeleted {
             account_id,
             actor_id,

@@ -11,6 +11,7 @@ mod audit;
 mod auth;
 mod db;
 mod groups;
+mod notify;
 mod policies;
 mod resources;
 mod sites;
@@ -53,7 +54,7 @@ pub enum StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Where the data lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
     Postgres,
@@ -95,6 +96,10 @@ struct Inner {
     write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
     tokens: token_cache::TokenCache,
     events: broadcast::Sender<ChangeEvent>,
+    /// Set for PostgreSQL: where to LISTEN for other nodes' changes.
+    database_url: Option<String>,
+    /// Tells this node's notifications from the others'.
+    node_id: uuid::Uuid,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -154,6 +159,8 @@ impl Store {
                 hash_key,
                 tokens: token_cache::TokenCache::default(),
                 events,
+                database_url: (backend == Backend::Postgres).then(|| url.to_string()),
+                node_id: uuid::Uuid::new_v4(),
             }),
         })
     }
@@ -199,7 +206,13 @@ impl Store {
         &self.inner.pool
     }
 
+    /// Makes committed changes take effect: stale token records are dropped at once, other
+    /// portal nodes are told, and subscribers hear of them.
     fn publish(&self, events: Vec<ChangeEvent>) {
+        for event in &events {
+            self.inner.tokens.apply(event);
+        }
+        self.notify_other_nodes(&events);
         for event in events {
             // No subscriber is fine: nothing is connected that needs to hear about it.
             let _ = self.inner.events.send(event);

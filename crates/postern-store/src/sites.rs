@@ -156,7 +156,6 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        self.inner.tokens.invalidate_holder(site_id);
         let mut events = vec![ChangeEvent::SiteDeleted {
             account_id,
             site_id,

@@ -6,11 +6,12 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use parking_lot::{Mutex, RwLock};
+use postern_domain::ChangeEvent;
 use postern_token::{TokenHash, TokenKind};
 use uuid::Uuid;
 
-/// How long a cached record is trusted before it is read again. Changes made through this
-/// process invalidate at once; the bound covers changes made by another portal node.
+/// How long a cached record is trusted before it is read again. Changes invalidate at once, from
+/// this process or (PostgreSQL) from other nodes via NOTIFY; the bound covers a lost notification.
 const RECORD_TTL: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
@@ -55,6 +56,24 @@ impl TokenCache {
 
     pub fn insert(&self, token_id: Uuid, record: CachedToken) {
         self.records.write().insert(token_id, record);
+    }
+
+    /// Forgets what a change made stale. Every change to tokens and their holders comes through
+    /// here, whether it was made by this process or announced by another portal node.
+    pub fn apply(&self, event: &ChangeEvent) {
+        match event {
+            ChangeEvent::TokensRevoked { token_ids, .. } => self.invalidate_tokens(token_ids),
+            ChangeEvent::ActorDisabled { actor_id, .. }
+            | ChangeEvent::ActorEnabled { actor_id, .. }
+            | ChangeEvent::ActorDeleted { actor_id, .. } => self.invalidate_holder(*actor_id),
+            ChangeEvent::SiteDeleted { site_id, .. } => self.invalidate_holder(*site_id),
+            _ => {}
+        }
+    }
+
+    /// Forgets every record: after a gap in the change feed, nothing cached can be trusted.
+    pub fn clear(&self) {
+        self.records.write().clear();
     }
 
     pub fn invalidate_tokens(&self, token_ids: &[Uuid]) {

@@ -154,7 +154,6 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        self.inner.tokens.invalidate_tokens(&[token_id]);
         self.publish(vec![ChangeEvent::TokensRevoked {
             account_id,
             token_ids: vec![token_id],
@@ -205,7 +204,6 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        self.inner.tokens.invalidate_tokens(&ids);
         self.publish(vec![ChangeEvent::TokensRevoked {
             account_id,
             token_ids: ids.clone(),

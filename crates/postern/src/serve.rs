@@ -38,13 +38,14 @@ async fn serve(args: &ServeArgs, store: &Store) -> anyhow::Result<()> {
         );
     }
     let _flusher = store.spawn_usage_flusher(Duration::from_secs(2));
+    let shutdown = shutdown_signal()?;
     let listener = bind(&args.listen).await?;
     let address = listener
         .local_addr()
         .context("cannot read the address the portal listens on")?;
     tracing::info!("listening on http://{address}");
     let state = postern_api::AppState::new(store.clone());
-    postern_api::serve(listener, state, shutdown_signal())
+    postern_api::serve(listener, state, shutdown)
         .await
         .context("the HTTP server failed")?;
     tracing::info!("shut down");
@@ -83,26 +84,16 @@ async fn bind(listen: &str) -> anyhow::Result<tokio::net::TcpListener> {
     }
 }
 
-async fn shutdown_signal() {
-    let interrupt = async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            tracing::warn!(error = %err, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
+/// Resolves on SIGINT or SIGTERM. The handlers are installed before this returns, so a signal
+/// sent right after "listening on" is already seen as a shutdown request.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("SIGINT received, shutting down"),
+            _ = terminate.recv() => tracing::info!("SIGTERM received, shutting down"),
         }
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        () = interrupt => tracing::info!("SIGINT received, shutting down"),
-        () = terminate => tracing::info!("SIGTERM received, shutting down"),
-    }
+    })
 }

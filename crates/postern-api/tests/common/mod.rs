@@ -107,6 +107,12 @@ impl Portal {
             .expect("addr")
     }
 
+    /// The URL of this portal's PostgreSQL database, to open a second portal node on it.
+    pub async fn postgres_url(&self) -> Option<String> {
+        let name = self.database.as_ref()?;
+        Some(replace_database(&postgres_admin_url().await?, name))
+    }
+
     pub fn sqlite_files(&self) -> Vec<PathBuf> {
         let Some(dir) = &self.data_dir else {
             return vec![];

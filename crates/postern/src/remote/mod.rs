@@ -9,6 +9,7 @@ pub mod service_accounts;
 pub mod sites;
 pub mod tokens;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io::{BufRead, IsTerminal, Write};
 
@@ -202,6 +203,21 @@ impl Client {
         }
     }
 
+    /// Names by id of every object in the list at `path`, to show names instead of ids.
+    pub async fn names(&self, path: &str) -> anyhow::Result<Names> {
+        let items = self.list(ListQuery::new(path)).await?;
+        Ok(Names(
+            items
+                .iter()
+                .filter_map(|item| {
+                    let id = item.get("id")?.as_str()?;
+                    let name = item.get("name")?.as_str()?;
+                    Some((id.to_string(), name.to_string()))
+                })
+                .collect(),
+        ))
+    }
+
     /// The id of the object named or identified by `input` in the list at `path`.
     pub async fn resolve(
         &self,
@@ -263,6 +279,18 @@ impl Client {
             );
         }
         anyhow!("request to the portal at {} failed: {err}", self.base)
+    }
+}
+
+/// Object names by id.
+#[derive(Default)]
+pub struct Names(HashMap<String, String>);
+
+impl Names {
+    /// The name of the object whose id is in `value[key]`, or the id when it is unknown.
+    pub fn of(&self, value: &Value, key: &str) -> String {
+        let id = crate::output::text(value, key);
+        self.0.get(&id).cloned().unwrap_or(id)
     }
 }
 

@@ -5,7 +5,7 @@ use clap::Subcommand;
 use postern_policy::Condition;
 use serde_json::{json, Value};
 
-use super::{confirm, groups, object, resources, Client, ListQuery, RemoteOpts};
+use super::{confirm, groups, object, resources, Client, ListQuery, Names, RemoteOpts};
 use crate::output::{self, Table};
 
 #[derive(clap::Args)]
@@ -170,7 +170,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Command::List { limit } => list(&client, limit).await,
         Command::Show { id } => {
             let policy = client.get(&format!("/v1/policies/{id}")).await?;
-            print_policy(&client, &policy)
+            if client.json {
+                return output::print_json(&policy);
+            }
+            let (groups, resources) = names(&client).await?;
+            print_policy(&policy, &groups, &resources)
         }
         Command::Create(create) => {
             let body = json!({
@@ -259,6 +263,7 @@ async fn list(client: &Client, limit: Option<usize>) -> anyhow::Result<()> {
     if client.json {
         return output::print_json(&Value::Array(policies));
     }
+    let (groups, resources) = names(client).await?;
     let mut table = Table::new(&[
         "ID",
         "GROUP",
@@ -270,8 +275,8 @@ async fn list(client: &Client, limit: Option<usize>) -> anyhow::Result<()> {
     for policy in &policies {
         table.row(vec![
             output::text(policy, "id"),
-            output::text(policy, "group_id"),
-            output::text(policy, "resource_id"),
+            groups.of(policy, "group_id"),
+            resources.of(policy, "resource_id"),
             policy_status(policy).to_string(),
             format_conditions(policy),
             output::text(policy, "description"),
@@ -280,14 +285,18 @@ async fn list(client: &Client, limit: Option<usize>) -> anyhow::Result<()> {
     table.print()
 }
 
-fn print_policy(client: &Client, policy: &Value) -> anyhow::Result<()> {
-    if client.json {
-        return output::print_json(policy);
-    }
+async fn names(client: &Client) -> anyhow::Result<(Names, Names)> {
+    Ok((
+        client.names("/v1/groups").await?,
+        client.names("/v1/resources").await?,
+    ))
+}
+
+fn print_policy(policy: &Value, groups: &Names, resources: &Names) -> anyhow::Result<()> {
     output::print_fields(&[
         ("id", output::text(policy, "id")),
-        ("group", output::text(policy, "group_id")),
-        ("resource", output::text(policy, "resource_id")),
+        ("group", groups.of(policy, "group_id")),
+        ("resource", resources.of(policy, "resource_id")),
         ("status", policy_status(policy).to_string()),
         ("conditions", format_conditions(policy)),
         ("description", output::text(policy, "description")),

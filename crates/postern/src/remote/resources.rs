@@ -7,7 +7,7 @@ use postern_policy::Filter;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{confirm, object, sites, Client, ListQuery, RemoteOpts};
+use super::{confirm, object, sites, Client, ListQuery, Names, RemoteOpts};
 use crate::output::{self, Table};
 
 #[derive(clap::Args)]
@@ -136,7 +136,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Command::Show { id } => {
             let id = resolve(&client, &id).await?;
             let resource = client.get(&format!("/v1/resources/{id}")).await?;
-            print_resource(&client, &resource)
+            if client.json {
+                return output::print_json(&resource);
+            }
+            print_resource(&resource, &client.names("/v1/sites").await?)
         }
         Command::Create(create) => {
             let site_id = sites::resolve(&client, &create.site).await?;
@@ -263,6 +266,7 @@ async fn list(client: &Client, limit: Option<usize>) -> anyhow::Result<()> {
     if client.json {
         return output::print_json(&Value::Array(resources));
     }
+    let sites = client.names("/v1/sites").await?;
     let mut table = Table::new(&["ID", "NAME", "TYPE", "ADDRESS", "SITE", "FILTERS"]);
     for resource in &resources {
         table.row(vec![
@@ -270,23 +274,20 @@ async fn list(client: &Client, limit: Option<usize>) -> anyhow::Result<()> {
             output::text(resource, "name"),
             output::text(resource, "type"),
             output::text(resource, "address"),
-            output::text(resource, "site_id"),
+            sites.of(resource, "site_id"),
             format_filters(resource),
         ]);
     }
     table.print()
 }
 
-fn print_resource(client: &Client, resource: &Value) -> anyhow::Result<()> {
-    if client.json {
-        return output::print_json(resource);
-    }
+fn print_resource(resource: &Value, sites: &Names) -> anyhow::Result<()> {
     output::print_fields(&[
         ("id", output::text(resource, "id")),
         ("name", output::text(resource, "name")),
         ("type", output::text(resource, "type")),
         ("address", output::text(resource, "address")),
-        ("site", output::text(resource, "site_id")),
+        ("site", sites.of(resource, "site_id")),
         ("description", output::text(resource, "description")),
         ("filters", format_filters(resource)),
         ("created", output::date(resource, "created_at", "-")),
