@@ -2,7 +2,8 @@
 # HTTP load run of the portal on SQLite, with wrk.
 #
 # Builds `postern` in release, starts `postern serve` on a fresh SQLite data directory,
-# creates an API token, a service account and two tokens for it, then runs wrk against:
+# creates an API token, a service account (which comes with its first token) and two more
+# tokens for it, then runs wrk against:
 #   1. GET  /healthz                       (no auth, no database: the in-run baseline)
 #   2. GET  /v1/actors/{id}/tokens         (bearer auth + list of the account's 3 tokens)
 #   3. POST /v1/actors/{id}/tokens  '{}'   (bearer auth + token creation: a write)
@@ -114,7 +115,7 @@ for _ in 1 2; do
     api POST "/v1/actors/$ACTOR_ID/tokens" '{}' | jq -e '.data' >/dev/null
 done
 TOKENS_PATH="/v1/actors/$ACTOR_ID/tokens"
-log "service account $ACTOR_ID with 2 tokens"
+log "service account $ACTOR_ID, plus 2 tokens"
 
 count_tokens() { # all tokens of the service account, following the cursor
     local total=0 cursor="" page n
@@ -176,10 +177,11 @@ run_scenario() {
 
 # A single request of each kind first, so that a broken endpoint fails loudly instead of
 # being load-tested as a stream of errors.
-api GET "$TOKENS_PATH" | jq -e '.data | length == 2' >/dev/null || die "listing the tokens failed"
+FIXTURE_TOKENS="$(api GET "$TOKENS_PATH" | jq -er '.data | length')" || die "listing the tokens failed"
+[[ "$FIXTURE_TOKENS" -ge 2 ]] || die "expected at least 2 tokens, the list has $FIXTURE_TOKENS"
 
 run_scenario 'baseline: GET /healthz (no auth, no DB)' GET /healthz '' ''
-run_scenario 'GET /v1/actors/{id}/tokens (3 tokens)' GET "$TOKENS_PATH" "$API_TOKEN" ''
+run_scenario "GET /v1/actors/{id}/tokens ($FIXTURE_TOKENS tokens)" GET "$TOKENS_PATH" "$API_TOKEN" ''
 run_scenario 'POST /v1/actors/{id}/tokens `{}` (create)' POST "$TOKENS_PATH" "$API_TOKEN" '{}'
 run_scenario 'GET /v1/actors/{id}/tokens (page of 50, after creation)' GET "$TOKENS_PATH" "$API_TOKEN" ''
 
@@ -199,5 +201,5 @@ echo "|---|---:|---:|---:|---:|---:|---:|---:|"
 printf '%s\n' "${ROWS[@]}"
 echo
 echo "Tokens of the service account at the end: $TOKEN_COUNT" \
-    "(2 fixtures + $CREATED answered by the creation run; requests still in flight when wrk" \
+    "($FIXTURE_TOKENS before the load + $CREATED answered by the creation run; requests still in flight when wrk" \
     "stopped can add up to $CONNECTIONS)"

@@ -165,6 +165,9 @@ impl Client {
     /// Every item of a paginated list, following `metadata.next_cursor`.
     pub async fn list(&self, query: ListQuery<'_>) -> anyhow::Result<Vec<Value>> {
         let mut items = Vec::new();
+        if query.limit == Some(0) {
+            return Ok(items);
+        }
         let mut cursor: Option<String> = None;
         loop {
             let mut params = query.params.clone();

@@ -1,0 +1,222 @@
+//! The messages. Each direction has its own enum, tagged by `"type"`.
+
+use chrono::{DateTime, Utc};
+use postern_policy::Filter;
+use serde::{Deserialize, Serialize};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use uuid::Uuid;
+
+/// Query parameters of the WebSocket upgrade (never secret: the token travels in the
+/// `Authorization` header).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectParams {
+    /// Stable device id chosen by the device (kept in its state directory).
+    pub id: String,
+    pub name: String,
+    /// The device's software version, for the admin's view.
+    pub version: String,
+    /// The device's WireGuard public key (base64), when it has a data plane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+}
+
+pub const MAX_DEVICE_ID_LEN: usize = 128;
+pub const MAX_DEVICE_NAME_LEN: usize = 255;
+
+impl ConnectParams {
+    /// Checks the fields a device chose, naming the first one that is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        let id_ok = !self.id.is_empty()
+            && self.id.len() <= MAX_DEVICE_ID_LEN
+            && self
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+        if !id_ok {
+            return Err(format!(
+                "id must be 1-{MAX_DEVICE_ID_LEN} letters, digits, '-', '_', '.' or ':'"
+            ));
+        }
+        if self.name.trim().is_empty()
+            || self.name.chars().count() > MAX_DEVICE_NAME_LEN
+            || self.name.chars().any(char::is_control)
+        {
+            return Err(format!(
+                "name must be 1-{MAX_DEVICE_NAME_LEN} printable characters"
+            ));
+        }
+        if self.version.len() > 64 || self.version.chars().any(char::is_control) {
+            return Err("version must be at most 64 printable characters".to_string());
+        }
+        Ok(())
+    }
+}
+
+/// The addresses a device uses inside the tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelAddresses {
+    pub ipv4: Ipv4Addr,
+    pub ipv6: Ipv6Addr,
+}
+
+/// A resource as a client sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceView {
+    pub id: Uuid,
+    pub name: String,
+    /// `cidr`, `ip` or `dns`.
+    #[serde(rename = "type")]
+    pub resource_type: String,
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+    pub site_id: Uuid,
+    /// When access ends on its own (end of the allowing time window), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_until: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInit {
+    pub account_id: Uuid,
+    pub account_slug: String,
+    pub actor_id: Uuid,
+    pub actor_name: String,
+    pub token_id: Uuid,
+    pub token_expires_at: DateTime<Utc>,
+    pub device_id: String,
+    pub addresses: TunnelAddresses,
+    pub resources: Vec<ResourceView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayInfo {
+    pub id: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    pub addresses: TunnelAddresses,
+}
+
+/// Why the portal ends a session. The `*_fatal` ones mean the credentials will not work again:
+/// the device must stop, not reconnect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisconnectReason {
+    TokenRevoked,
+    TokenExpired,
+    ActorDisabled,
+    ActorDeleted,
+    SiteDeleted,
+    ProtocolError,
+    ServerShutdown,
+}
+
+impl DisconnectReason {
+    /// The token or its holder can no longer authenticate.
+    pub fn is_fatal(self) -> bool {
+        matches!(
+            self,
+            DisconnectReason::TokenRevoked
+                | DisconnectReason::TokenExpired
+                | DisconnectReason::ActorDisabled
+                | DisconnectReason::ActorDeleted
+                | DisconnectReason::SiteDeleted
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PortalToClient {
+    /// The full state, first message of every session.
+    Init(ClientInit),
+    /// A resource became reachable, or changed.
+    ResourceUpserted {
+        resource: ResourceView,
+    },
+    /// A resource is no longer reachable.
+    ResourceRemoved {
+        id: Uuid,
+    },
+    AccessGranted {
+        resource_id: Uuid,
+        authorization_id: Uuid,
+        gateway: GatewayInfo,
+        expires_at: DateTime<Utc>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        preshared_key: Option<String>,
+    },
+    AccessDenied {
+        resource_id: Uuid,
+        reason: String,
+    },
+    Disconnect {
+        reason: DisconnectReason,
+        message: String,
+    },
+    Heartbeat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientToPortal {
+    RequestAccess { resource_id: Uuid },
+    Heartbeat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayInit {
+    pub account_id: Uuid,
+    pub site_id: Uuid,
+    pub site_name: String,
+    pub token_id: Uuid,
+    pub token_expires_at: DateTime<Utc>,
+    pub device_id: String,
+    pub addresses: TunnelAddresses,
+    /// Authorizations still valid from before a reconnect.
+    pub authorizations: Vec<Authorization>,
+}
+
+/// A client's permission to reach one resource through this gateway, until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Authorization {
+    pub id: Uuid,
+    pub client_device_id: String,
+    pub actor_id: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_public_key: Option<String>,
+    pub client_addresses: TunnelAddresses,
+    pub resource: ResourceView,
+    pub expires_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preshared_key: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PortalToGateway {
+    Init(GatewayInit),
+    Authorize {
+        authorization: Authorization,
+    },
+    Revoke {
+        authorization_ids: Vec<Uuid>,
+        reason: String,
+    },
+    Disconnect {
+        reason: DisconnectReason,
+        message: String,
+    },
+    Heartbeat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum GatewayToPortal {
+    Heartbeat,
+}
