@@ -86,6 +86,9 @@ impl Modify for PathParameters {
                     Some((name, format!("The {what}'s id")))
                 })
                 .collect();
+            if names.is_empty() {
+                continue;
+            }
             let operations = [
                 &mut item.get,
                 &mut item.put,
