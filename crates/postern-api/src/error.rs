@@ -81,6 +81,27 @@ impl ApiError {
         err
     }
 
+    pub fn upgrade_required(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade-required",
+            "Upgrade required",
+            detail,
+        )
+    }
+
+    /// 503 with `Retry-After`: a passing condition; clients retry.
+    pub fn unavailable(detail: impl Into<String>, retry_after_secs: u64) -> Self {
+        let mut err = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Service unavailable",
+            detail,
+        );
+        err.retry_after = Some(retry_after_secs);
+        err
+    }
+
     pub fn conflict(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", "Conflict", detail)
     }

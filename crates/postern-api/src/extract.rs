@@ -37,53 +37,68 @@ impl FromRequestParts<AppState> for Authed {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|info| info.0.ip());
-        let limiter_key = ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        if let Some(retry_after) = state.auth_limiter.check(limiter_key) {
-            return Err(ApiError::too_many_requests(retry_after));
-        }
-        let token = bearer_token(parts)?;
-        let usage = TokenUse {
-            ip: ip.map(|ip| ip.to_string()),
-            user_agent: parts
-                .headers
-                .get(USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .map(|ua| ua.chars().take(256).collect()),
-        };
-        match state.store.authenticate(token, TokenKind::Api, usage).await {
-            Ok(principal) => Ok(Authed {
-                acting: Acting {
-                    actor_id: principal.actor_id,
-                    token_id: Some(principal.token_id),
-                    source_ip: ip.map(|ip| ip.to_string()),
-                },
-                principal,
-            }),
-            Err(postern_store::AuthError::Store(err)) => Err(err.into()),
-            Err(err) => {
-                state.auth_limiter.record_failure(limiter_key);
-                let (account_id, token_id) = err.attribution();
-                tracing::info!(reason = err.reason(), ?token_id, source_ip = ?ip, "API authentication failed");
-                if let Err(audit_err) = state
-                    .store
-                    .record_failed_auth(
-                        account_id,
-                        token_id,
-                        ip.map(|ip| ip.to_string()),
-                        err.reason(),
-                    )
-                    .await
-                {
-                    tracing::warn!(error = %audit_err, "could not record a failed authentication");
-                }
-                Err(err.into())
+        let (principal, ip) = authenticate(parts, state, TokenKind::Api).await?;
+        Ok(Authed {
+            acting: Acting {
+                actor_id: principal.actor_id,
+                token_id: Some(principal.token_id),
+                source_ip: ip.map(|ip| ip.to_string()),
+            },
+            principal,
+        })
+    }
+}
+
+/// Authenticates the request's bearer token as a token of `kind`: rate limits failures per
+/// source address and records them in the audit log. Returns the principal and source address.
+pub async fn authenticate(
+    parts: &Parts,
+    state: &AppState,
+    kind: TokenKind,
+) -> Result<(Principal, Option<IpAddr>), ApiError> {
+    let ip = source_ip(parts);
+    let limiter_key = ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    if let Some(retry_after) = state.auth_limiter.check(limiter_key) {
+        return Err(ApiError::too_many_requests(retry_after));
+    }
+    let token = bearer_token(parts)?;
+    let usage = TokenUse {
+        ip: ip.map(|ip| ip.to_string()),
+        user_agent: parts
+            .headers
+            .get(USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.chars().take(256).collect()),
+    };
+    match state.store.authenticate(token, kind, usage).await {
+        Ok(principal) => Ok((principal, ip)),
+        Err(postern_store::AuthError::Store(err)) => Err(err.into()),
+        Err(err) => {
+            state.auth_limiter.record_failure(limiter_key);
+            let (account_id, token_id) = err.attribution();
+            tracing::info!(reason = err.reason(), ?token_id, source_ip = ?ip, kind = kind.as_str(), "authentication failed");
+            if let Err(audit_err) = state
+                .store
+                .record_failed_auth(
+                    account_id,
+                    token_id,
+                    ip.map(|ip| ip.to_string()),
+                    err.reason(),
+                )
+                .await
+            {
+                tracing::warn!(error = %audit_err, "could not record a failed authentication");
             }
+            Err(err.into())
         }
     }
+}
+
+pub fn source_ip(parts: &Parts) -> Option<IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip())
 }
 
 fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {

@@ -4,6 +4,7 @@
 mod account;
 mod actors;
 mod audit;
+mod devices;
 mod error;
 mod extract;
 mod groups;
@@ -14,6 +15,7 @@ mod resources;
 mod shapes;
 mod sites;
 mod tokens;
+mod ws;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,11 +35,13 @@ pub use rate_limit::AuthRateLimiter;
 pub struct AppState {
     pub store: Store,
     pub auth_limiter: Arc<AuthRateLimiter>,
+    pub hub: postern_sessions::Hub,
 }
 
 impl AppState {
     pub fn new(store: Store) -> Self {
         Self {
+            hub: postern_sessions::Hub::new(store.clone()),
             store,
             auth_limiter: Arc::new(AuthRateLimiter::default()),
         }
@@ -57,6 +61,8 @@ pub fn router(state: AppState) -> Router {
         .merge(policies::routes())
         .merge(audit::routes())
         .merge(openapi::routes())
+        .merge(ws::routes())
+        .merge(devices::routes())
         .fallback(error::not_found_fallback)
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)

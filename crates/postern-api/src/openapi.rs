@@ -9,7 +9,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{RefOr, Required};
 use utoipa::{Modify, OpenApi};
 
-use crate::{account, actors, audit, groups, policies, resources, sites, tokens, AppState};
+use crate::{
+    account, actors, audit, devices, groups, policies, resources, sites, tokens, AppState,
+};
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new().route(
@@ -47,6 +49,7 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
         policies::update_policy, policies::delete_policy,
         account::get_account, account::update_account,
         audit::list_audit_events,
+        devices::list_clients, devices::list_gateways,
     ),
 )]
 struct ApiDoc;

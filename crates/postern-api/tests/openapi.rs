@@ -55,10 +55,18 @@ const ROUTES: &[(&str, &str)] = &[
     ("patch", "/v1/policies/{id}"),
     ("delete", "/v1/policies/{id}"),
     ("get", "/v1/audit-events"),
+    ("get", "/v1/clients"),
+    ("get", "/v1/sites/{id}/gateways"),
 ];
 
-/// Served but deliberately not part of the API document: liveness and the document itself.
-const INFRASTRUCTURE_ROUTES: &[(&str, &str)] = &[("get", "/healthz"), ("get", "/v1/openapi.json")];
+/// Served but deliberately not part of the API document: liveness, the document itself, and the
+/// WebSocket endpoints of clients and gateways (their protocol is `postern-protocol`).
+const INFRASTRUCTURE_ROUTES: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("get", "/v1/openapi.json"),
+    ("get", "/v1/client/websocket"),
+    ("get", "/v1/gateway/websocket"),
+];
 
 const HTTP_METHODS: &[&str] = &[
     "get", "put", "post", "delete", "options", "head", "patch", "trace",

@@ -228,7 +228,13 @@ async fn sqlite_files_and_trace_logs_hold_no_secret() {
     );
     let mut total = 0;
     for file in &files {
-        let bytes = std::fs::read(file).unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
+        // SQLite removes its -wal and -shm files as its last connection closes; a file that
+        // is gone holds nothing.
+        let bytes = match std::fs::read(file) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("read {}: {e}", file.display()),
+        };
         total += bytes.len();
         assert_no_secret(&traffic.secrets, &bytes, &file.display().to_string());
     }
@@ -236,7 +242,7 @@ async fn sqlite_files_and_trace_logs_hold_no_secret() {
     // The check is not vacuous: what the database does hold can be found the same way.
     let all: Vec<u8> = files
         .iter()
-        .flat_map(|f| std::fs::read(f).unwrap())
+        .flat_map(|f| std::fs::read(f).unwrap_or_default())
         .collect();
     assert!(
         contains(&all, "robot"),
@@ -251,7 +257,7 @@ async fn sqlite_files_and_trace_logs_hold_no_secret() {
         "the failed authentication is logged with its token id"
     );
     assert!(
-        text.contains("API authentication failed"),
+        text.contains("authentication failed"),
         "the failed authentications are logged"
     );
     assert!(text.contains("/v1/actors"), "request lines are logged");

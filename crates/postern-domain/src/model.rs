@@ -257,6 +257,54 @@ mod token_kind_serde {
     }
 }
 
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    Client,
+    Gateway,
+}
+
+impl DeviceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceKind::Client => "client",
+            DeviceKind::Gateway => "gateway",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "client" => Some(DeviceKind::Client),
+            "gateway" => Some(DeviceKind::Gateway),
+            _ => None,
+        }
+    }
+}
+
+/// A headless client or gateway that has opened a session with the portal.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Device {
+    pub id: Uuid,
+    pub account_id: Uuid,
+    pub kind: DeviceKind,
+    /// The id the device chose (`--id`), stable across its restarts.
+    pub device_id: String,
+    pub actor_id: Option<Uuid>,
+    pub site_id: Option<Uuid>,
+    /// The token of its latest session.
+    pub token_id: Option<Uuid>,
+    pub name: String,
+    pub version: Option<String>,
+    pub public_key: Option<String>,
+    #[schema(value_type = String)]
+    pub ipv4: std::net::Ipv4Addr,
+    #[schema(value_type = String)]
+    pub ipv6: std::net::Ipv6Addr,
+    pub last_seen_ip: Option<String>,
+    pub last_seen_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct AuditEvent {
     pub id: Uuid,

@@ -10,6 +10,7 @@ mod actors;
 mod audit;
 mod auth;
 mod db;
+mod devices;
 mod groups;
 mod notify;
 mod policies;
@@ -30,6 +31,7 @@ use tokio::sync::broadcast;
 pub use actors::{ActorFilter, ActorPatch, NewActor};
 pub use audit::AuditFilter;
 pub use auth::{AuthError, Principal, TokenUse};
+pub use devices::{AccessData, DeviceFilter};
 pub use groups::MembershipChange;
 pub use policies::{NewPolicy, PolicyPatch};
 pub use resources::{NewResource, ResourcePatch};
@@ -100,6 +102,13 @@ struct Inner {
     database_url: Option<String>,
     /// Tells this node's notifications from the others'.
     node_id: uuid::Uuid,
+    /// Device sightings not yet written, by (account, kind, device id).
+    devices: parking_lot::Mutex<
+        std::collections::HashMap<
+            (uuid::Uuid, postern_domain::DeviceKind, String),
+            postern_domain::Device,
+        >,
+    >,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -161,6 +170,7 @@ impl Store {
                 events,
                 database_url: (backend == Backend::Postgres).then(|| url.to_string()),
                 node_id: uuid::Uuid::new_v4(),
+                devices: Default::default(),
             }),
         })
     }
@@ -174,9 +184,10 @@ impl Store {
         self.inner.events.subscribe()
     }
 
-    /// Writes buffered token-use records (last used time, IP, user agent) to the database.
+    /// Writes buffered token-use records (last used time, IP, user agent) and device sightings
+    /// to the database.
     pub async fn flush_token_usage(&self) -> Result<usize> {
-        tokens::flush_usage(self).await
+        Ok(tokens::flush_usage(self).await? + self.flush_devices().await?)
     }
 
     /// Flushes token usage every `period` until the store is dropped.

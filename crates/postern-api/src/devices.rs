@@ -1,0 +1,105 @@
+//! `/v1/clients` and `/v1/sites/{id}/gateways`: devices that opened a session, and whether
+//! they are online now.
+
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use postern_domain::{Device, DeviceKind};
+use postern_store::DeviceFilter;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::error::{ApiError, Problem};
+use crate::extract::{parse_id, ApiQuery, Authed, PageQuery};
+use crate::shapes::List;
+use crate::AppState;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/clients", get(list_clients))
+        .route("/v1/sites/{id}/gateways", get(list_gateways))
+}
+
+/// A device, and whether it has a session open with the portal now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeviceStatus {
+    #[serde(flatten)]
+    pub device: Device,
+    pub online: bool,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ClientQuery {
+    /// Only clients of this service account.
+    pub actor_id: Option<Uuid>,
+    /// Only clients whose latest session used this token.
+    pub token_id: Option<Uuid>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/clients", tag = "devices", params(ClientQuery),
+    responses((status = 200, body = List<DeviceStatus>), (status = 401, body = Problem)))]
+pub(crate) async fn list_clients(
+    State(state): State<AppState>,
+    auth: Authed,
+    ApiQuery(query): ApiQuery<ClientQuery>,
+) -> Result<Json<List<DeviceStatus>>, ApiError> {
+    let page = PageQuery {
+        limit: query.limit,
+        cursor: query.cursor,
+    }
+    .page()?;
+    let filter = DeviceFilter {
+        actor_id: query.actor_id,
+        token_id: query.token_id,
+        site_id: None,
+    };
+    list(&state, &auth, DeviceKind::Client, &filter, page).await
+}
+
+#[utoipa::path(get, path = "/v1/sites/{id}/gateways", tag = "sites", params(PageQuery),
+    responses((status = 200, body = List<DeviceStatus>), (status = 404, body = Problem)))]
+pub(crate) async fn list_gateways(
+    State(state): State<AppState>,
+    auth: Authed,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<Json<List<DeviceStatus>>, ApiError> {
+    let site_id = parse_id("site", &id)?;
+    state.store.get_site(auth.account_id(), site_id).await?;
+    let filter = DeviceFilter {
+        site_id: Some(site_id),
+        ..Default::default()
+    };
+    list(&state, &auth, DeviceKind::Gateway, &filter, query.page()?).await
+}
+
+async fn list(
+    state: &AppState,
+    auth: &Authed,
+    kind: DeviceKind,
+    filter: &DeviceFilter,
+    page: postern_store::Page,
+) -> Result<Json<List<DeviceStatus>>, ApiError> {
+    let devices = state
+        .store
+        .list_devices(auth.account_id(), kind, filter, page)
+        .await?;
+    let statuses = postern_store::Paged {
+        next_cursor: devices.next_cursor,
+        items: devices
+            .items
+            .into_iter()
+            .map(|device| DeviceStatus {
+                online: state
+                    .hub
+                    .is_online(device.account_id, kind, &device.device_id),
+                device,
+            })
+            .collect(),
+    };
+    Ok(List::from_page(statuses, page.limit))
+}

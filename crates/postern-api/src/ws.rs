@@ -1,0 +1,194 @@
+//! The WebSocket endpoints of headless clients and gateways: check the protocol version, the
+//! device's parameters and its token, then run the session until the device leaves, the token
+//! expires, or the hub ends it.
+
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use chrono::Utc;
+use futures_util::{SinkExt, StreamExt};
+use postern_domain::DeviceKind;
+use postern_protocol::{
+    decode, encode, ClientToPortal, ConnectParams, DisconnectReason, GatewayToPortal,
+    PortalToClient, PortalToGateway, CLIENT_PATH, GATEWAY_PATH, HEARTBEAT_INTERVAL,
+    MAX_MESSAGE_BYTES, PEER_TIMEOUT, PROTOCOL_HEADER, PROTOCOL_VERSION,
+};
+use postern_sessions::{Hello, Outbound, SessionHandle};
+use postern_token::TokenKind;
+
+use crate::error::ApiError;
+use crate::extract::authenticate;
+use crate::AppState;
+
+/// Small socket buffers: a portal holds many idle sessions, each with its own.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route(CLIENT_PATH, get(client_socket))
+        .route(GATEWAY_PATH, get(gateway_socket))
+}
+
+async fn client_socket(State(state): State<AppState>, request: Request) -> Response {
+    upgrade(state, request, DeviceKind::Client).await
+}
+
+async fn gateway_socket(State(state): State<AppState>, request: Request) -> Response {
+    upgrade(state, request, DeviceKind::Gateway).await
+}
+
+async fn upgrade(state: AppState, request: Request, kind: DeviceKind) -> Response {
+    let (mut parts, _body) = request.into_parts();
+    let hello = match admit(&parts, &state, kind).await {
+        Ok(hello) => hello,
+        Err(err) => return err.into_response(),
+    };
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
+        Ok(upgrade) => upgrade,
+        Err(_) => {
+            return ApiError::bad_request(None, "expected a WebSocket upgrade request")
+                .into_response()
+        }
+    };
+    let session = match kind {
+        DeviceKind::Client => state.hub.connect_client(hello.clone()).await,
+        DeviceKind::Gateway => state.hub.connect_gateway(hello.clone()).await,
+    };
+    let handle = match session {
+        Ok(handle) => handle,
+        Err(err) => {
+            tracing::warn!(error = %err, "could not open a session");
+            return ApiError::unavailable(err.to_string(), 1).into_response();
+        }
+    };
+    let expires_at = hello.principal.expires_at;
+    tracing::debug!(device = %hello.params.id, kind = kind.as_str(), "session opened");
+    upgrade
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_message_size(MAX_MESSAGE_BYTES)
+        .on_upgrade(move |socket| async move {
+            run(socket, handle, kind, expires_at).await;
+        })
+}
+
+/// Protocol version (426), device parameters (400), token (401): in that order, so an outdated
+/// device learns that it must be upgraded whatever else is wrong.
+async fn admit(parts: &Parts, state: &AppState, kind: DeviceKind) -> Result<Hello, ApiError> {
+    let version = parts
+        .headers
+        .get(PROTOCOL_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u32>().ok());
+    if version != Some(PROTOCOL_VERSION) {
+        return Err(ApiError::upgrade_required(format!(
+            "this portal speaks protocol version {PROTOCOL_VERSION} (header {PROTOCOL_HEADER}); \
+             the device sent {}: upgrade the {}",
+            version.map_or("none".to_string(), |v| v.to_string()),
+            kind.as_str()
+        )));
+    }
+    let query = parts.uri.query().unwrap_or_default();
+    let params: ConnectParams = serde_urlencoded_params(query)?;
+    params
+        .validate()
+        .map_err(|message| ApiError::bad_request(Some("query".to_string()), message))?;
+    let token_kind = match kind {
+        DeviceKind::Client => TokenKind::Client,
+        DeviceKind::Gateway => TokenKind::Gateway,
+    };
+    let (principal, source_ip) = authenticate(parts, state, token_kind).await?;
+    Ok(Hello {
+        principal,
+        params,
+        source_ip,
+    })
+}
+
+fn serde_urlencoded_params(query: &str) -> Result<ConnectParams, ApiError> {
+    axum::extract::Query::<ConnectParams>::try_from_uri(
+        &format!("/?{query}")
+            .parse()
+            .map_err(|_| ApiError::bad_request(Some("query".into()), "malformed query"))?,
+    )
+    .map(|q| q.0)
+    .map_err(|err| ApiError::bad_request(Some("query".to_string()), err.body_text()))
+}
+
+async fn run(
+    socket: WebSocket,
+    mut handle: SessionHandle,
+    kind: DeviceKind,
+    expires_at: chrono::DateTime<Utc>,
+) {
+    let (mut sink, mut stream) = socket.split();
+    let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+    heartbeat.tick().await;
+    let mut last_heard = tokio::time::Instant::now();
+    let until_expiry = (expires_at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+    let expiry = tokio::time::sleep(until_expiry);
+    tokio::pin!(expiry);
+    let heartbeat_text = encode(&PortalToClient::Heartbeat);
+    let ending: Option<(DisconnectReason, String)> = loop {
+        tokio::select! {
+            outbound = handle.outbound.recv() => match outbound {
+                Some(Outbound::Text(text)) => {
+                    if sink.send(Message::Text(text.as_ref().into())).await.is_err() {
+                        break None;
+                    }
+                }
+                Some(Outbound::Close { reason, message }) => break Some((reason, message)),
+                None => break None,
+            },
+            incoming = stream.next() => match incoming {
+                Some(Ok(Message::Text(text))) => {
+                    last_heard = tokio::time::Instant::now();
+                    if let Err(problem) = handle_incoming(&handle, kind, text.as_str()) {
+                        break Some((DisconnectReason::ProtocolError, problem));
+                    }
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => last_heard = tokio::time::Instant::now(),
+                Some(Ok(Message::Binary(_))) => {
+                    break Some((DisconnectReason::ProtocolError, "binary frames are not part of the protocol".to_string()));
+                }
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break None,
+            },
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() >= PEER_TIMEOUT {
+                    tracing::debug!(session = handle.id, "device silent for too long; closing");
+                    break None;
+                }
+                if sink.send(Message::Text(heartbeat_text.as_str().into())).await.is_err() {
+                    break None;
+                }
+            },
+            _ = &mut expiry => break Some((DisconnectReason::TokenExpired, "the token expired".to_string())),
+        }
+    };
+    if let Some((reason, message)) = ending {
+        let text = match kind {
+            DeviceKind::Client => encode(&PortalToClient::Disconnect { reason, message }),
+            DeviceKind::Gateway => encode(&PortalToGateway::Disconnect { reason, message }),
+        };
+        let _ = sink.send(Message::Text(text.into())).await;
+    }
+    let _ = sink.close().await;
+}
+
+fn handle_incoming(handle: &SessionHandle, kind: DeviceKind, text: &str) -> Result<(), String> {
+    match kind {
+        DeviceKind::Client => match decode::<ClientToPortal>(text).map_err(|e| e.to_string())? {
+            ClientToPortal::RequestAccess { resource_id } => handle.request_access(resource_id),
+            ClientToPortal::Heartbeat => {}
+        },
+        DeviceKind::Gateway => match decode::<GatewayToPortal>(text).map_err(|e| e.to_string())? {
+            GatewayToPortal::Heartbeat => {}
+        },
+    }
+    Ok(())
+}

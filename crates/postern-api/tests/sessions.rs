@@ -1,0 +1,313 @@
+//! Client and gateway sessions over real WebSockets: the initial state, live changes,
+//! authorizations, and revocation reaching every session at once.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Portal;
+use futures_util::{SinkExt, StreamExt};
+use postern_protocol::{
+    decode, encode, ClientToPortal, DisconnectReason, PortalToClient, PortalToGateway, CLIENT_PATH,
+    GATEWAY_PATH, PROTOCOL_HEADER,
+};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+on_both_backends!(
+    a_client_gets_its_resources_and_live_changes,
+    access_requests_reach_a_gateway_and_revocation_ends_everything,
+);
+
+struct World {
+    group_id: String,
+    actor_id: String,
+    token_id: String,
+    secret: String,
+    site_id: String,
+    gateway_secret: String,
+    resource_id: String,
+}
+
+async fn world(portal: &Portal) -> World {
+    let group = portal.post("/v1/groups", json!({"name": "fleet"})).await["data"].clone();
+    let sa = portal
+        .post(
+            "/v1/actors",
+            json!({"type": "service_account", "name": "runner", "group_ids": [group["id"]]}),
+        )
+        .await;
+    let site = portal.post("/v1/sites", json!({"name": "dc"})).await["data"].clone();
+    let site_id = site["id"].as_str().unwrap().to_string();
+    let gateway = portal
+        .post(&format!("/v1/sites/{site_id}/gateway_tokens"), json!({}))
+        .await;
+    let resource = portal
+        .post(
+            "/v1/resources",
+            json!({"type": "cidr", "name": "db", "address": "10.20.0.0/24", "site_id": site_id}),
+        )
+        .await["data"]
+        .clone();
+    portal
+        .post(
+            "/v1/policies",
+            json!({"group_id": group["id"], "resource_id": resource["id"]}),
+        )
+        .await;
+    World {
+        group_id: group["id"].as_str().unwrap().to_string(),
+        actor_id: sa["data"]["id"].as_str().unwrap().to_string(),
+        token_id: sa["token"]["id"].as_str().unwrap().to_string(),
+        secret: sa["token"]["secret"].as_str().unwrap().to_string(),
+        site_id,
+        gateway_secret: gateway["data"]["secret"].as_str().unwrap().to_string(),
+        resource_id: resource["id"].as_str().unwrap().to_string(),
+    }
+}
+
+async fn connect(
+    portal: &Portal,
+    path: &str,
+    token: &str,
+    device: &str,
+) -> Result<Socket, StatusCode> {
+    let url = format!(
+        "ws://{}{path}?id={device}&name={device}&version=test",
+        portal.addr()
+    );
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+        .headers_mut()
+        .insert(PROTOCOL_HEADER, "1".parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(response.status()),
+        Err(err) => panic!("connect: {err}"),
+    }
+}
+
+/// The next message that is not a heartbeat, within 5 s.
+async fn next<T: serde::de::DeserializeOwned>(socket: &mut Socket) -> T {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    if text.as_str().contains("\"heartbeat\"") {
+                        continue;
+                    }
+                    return decode::<T>(text.as_str()).expect("decodes");
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("session ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a message within 5 s")
+}
+
+async fn a_client_gets_its_resources_and_live_changes(portal: &Portal) {
+    let w = world(portal).await;
+    let mut client = connect(portal, CLIENT_PATH, &w.secret, "laptop-1")
+        .await
+        .expect("connects");
+    let PortalToClient::Init(init) = next(&mut client).await else {
+        panic!("Init first")
+    };
+    assert_eq!(init.actor_id.to_string(), w.actor_id);
+    assert_eq!(init.token_id.to_string(), w.token_id);
+    assert_eq!(init.resources.len(), 1);
+    assert_eq!(init.resources[0].address, "10.20.0.0/24");
+    assert_eq!(init.addresses.ipv4.octets()[0], 100);
+
+    // A new resource granted to the group arrives live.
+    let extra = portal
+        .post("/v1/resources", json!({"type": "dns", "name": "git", "address": "git.corp.example", "site_id": w.site_id}))
+        .await["data"]
+        .clone();
+    portal
+        .post(
+            "/v1/policies",
+            json!({"group_id": w.group_id, "resource_id": extra["id"]}),
+        )
+        .await;
+    let PortalToClient::ResourceUpserted { resource } = next(&mut client).await else {
+        panic!("upsert")
+    };
+    assert_eq!(resource.address, "git.corp.example");
+
+    // The client is listed as online with its token.
+    let clients = portal
+        .get(&format!("/v1/clients?token_id={}", w.token_id))
+        .await;
+    let listed = &clients["data"][0];
+    assert_eq!(listed["device_id"], "laptop-1");
+    assert_eq!(listed["online"], true);
+    assert_eq!(listed["actor_id"].as_str().unwrap(), w.actor_id);
+
+    // Leaving the group withdraws both resources.
+    portal
+        .call(
+            Method::PATCH,
+            &format!("/v1/groups/{}/memberships", w.group_id),
+            Some(json!({"remove": [w.actor_id]})),
+        )
+        .await;
+    let mut removed = Vec::new();
+    for _ in 0..2 {
+        let PortalToClient::ResourceRemoved { id } = next(&mut client).await else {
+            panic!("removed")
+        };
+        removed.push(id.to_string());
+    }
+    removed.sort();
+    let mut expected = vec![
+        w.resource_id.clone(),
+        extra["id"].as_str().unwrap().to_string(),
+    ];
+    expected.sort();
+    assert_eq!(removed, expected);
+
+    // A malformed message ends this one session with a protocol error.
+    client
+        .send(Message::Text("{\"type\":\"nonsense\"}".into()))
+        .await
+        .unwrap();
+    let PortalToClient::Disconnect { reason, .. } = next(&mut client).await else {
+        panic!("disconnect")
+    };
+    assert_eq!(reason, DisconnectReason::ProtocolError);
+}
+
+async fn access_requests_reach_a_gateway_and_revocation_ends_everything(portal: &Portal) {
+    let w = world(portal).await;
+    // Refusals before the upgrade: bad token 401, client token on the gateway path 401,
+    // missing protocol header 426.
+    assert_eq!(
+        connect(portal, CLIENT_PATH, "postern_client_nope", "x")
+            .await
+            .err(),
+        Some(StatusCode::UNAUTHORIZED)
+    );
+    assert_eq!(
+        connect(portal, GATEWAY_PATH, &w.secret, "x").await.err(),
+        Some(StatusCode::UNAUTHORIZED)
+    );
+    let mut request = format!("ws://{}{CLIENT_PATH}?id=x&name=x&version=0", portal.addr())
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", w.secret).parse().unwrap(),
+    );
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::UPGRADE_REQUIRED)
+        }
+        other => panic!("expected 426, got {other:?}"),
+    }
+
+    let resource_id: uuid::Uuid = w.resource_id.parse().unwrap();
+    let mut first = connect(portal, CLIENT_PATH, &w.secret, "runner-a")
+        .await
+        .unwrap();
+    let mut second = connect(portal, CLIENT_PATH, &w.secret, "runner-b")
+        .await
+        .unwrap();
+    let _: PortalToClient = next(&mut first).await;
+    let _: PortalToClient = next(&mut second).await;
+
+    // No gateway online yet: denied, with the reason.
+    first
+        .send(Message::Text(
+            encode(&ClientToPortal::RequestAccess { resource_id }).into(),
+        ))
+        .await
+        .unwrap();
+    let PortalToClient::AccessDenied { reason, .. } = next(&mut first).await else {
+        panic!("denied")
+    };
+    assert!(reason.contains("no gateway"), "{reason}");
+
+    let mut gateway = connect(portal, GATEWAY_PATH, &w.gateway_secret, "gw-1")
+        .await
+        .unwrap();
+    let PortalToGateway::Init(init) = next(&mut gateway).await else {
+        panic!("gateway Init")
+    };
+    assert_eq!(init.site_id.to_string(), w.site_id);
+    let gateways = portal
+        .get(&format!("/v1/sites/{}/gateways", w.site_id))
+        .await;
+    assert_eq!(gateways["data"][0]["online"], true);
+
+    first
+        .send(Message::Text(
+            encode(&ClientToPortal::RequestAccess { resource_id }).into(),
+        ))
+        .await
+        .unwrap();
+    let PortalToClient::AccessGranted {
+        gateway: info,
+        authorization_id,
+        ..
+    } = next(&mut first).await
+    else {
+        panic!("granted")
+    };
+    assert_eq!(info.id, "gw-1");
+    let PortalToGateway::Authorize { authorization } = next(&mut gateway).await else {
+        panic!("authorize")
+    };
+    assert_eq!(authorization.id, authorization_id);
+    assert_eq!(authorization.client_device_id, "runner-a");
+    assert_eq!(authorization.resource.address, "10.20.0.0/24");
+
+    // Revoking the token ends both client sessions and withdraws the authorization; the
+    // gateway stays.
+    let (status, _) = portal
+        .call(
+            Method::DELETE,
+            &format!("/v1/actors/{}/tokens/{}", w.actor_id, w.token_id),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    for client in [&mut first, &mut second] {
+        let PortalToClient::Disconnect { reason, .. } = next(client).await else {
+            panic!("disconnect")
+        };
+        assert_eq!(reason, DisconnectReason::TokenRevoked);
+    }
+    let PortalToGateway::Revoke {
+        authorization_ids, ..
+    } = next(&mut gateway).await
+    else {
+        panic!("revoke")
+    };
+    assert_eq!(authorization_ids, vec![authorization_id]);
+    assert_eq!(
+        connect(portal, CLIENT_PATH, &w.secret, "runner-a")
+            .await
+            .err(),
+        Some(StatusCode::UNAUTHORIZED)
+    );
+
+    // Offline once the sessions are gone.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let clients = portal
+        .get(&format!("/v1/clients?actor_id={}", w.actor_id))
+        .await;
+    let rows: &Vec<Value> = clients["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|c| c["online"] == false), "{clients}");
+}

@@ -1,0 +1,300 @@
+//! `postern-client`: the headless client. Holds a control session with the portal using a
+//! service-account token and keeps the list of resources it may reach. The data plane (the
+//! tunnel) is not built yet: run with `--no-tunnel`.
+
+mod role;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use postern_device::cli::{CommonArgs, EXIT_CODES_HELP};
+use postern_device::status::{read_status, StatusReport};
+use postern_device::{DeviceConfig, DeviceSettings};
+use postern_protocol::connection::exit_code;
+use postern_token::{SecretString, TokenKind};
+
+use crate::role::{describe_filters, ClientDetails, ClientRole};
+
+const PROGRAM: &str = "postern-client";
+const DEFAULT_STATE_DIR: &str = "/var/lib/postern-client";
+
+#[derive(Parser)]
+#[command(
+    name = "postern-client",
+    version,
+    about = "Postern headless client: connects to the portal with a service-account token",
+    long_about = "Postern headless client: connects to the portal with a service-account token.\n\n\
+        The token is read from the POSTERN_TOKEN environment variable (removed from the \
+        environment at start) or else from --token-path (mode 600 or stricter).\n\n\
+        Examples:\n  \
+        postern-client --no-tunnel --api-url https://portal.example.com\n  \
+        postern-client status",
+    args_conflicts_with_subcommands = true,
+    after_help = EXIT_CODES_HELP,
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Connect to the portal and keep the session (the default)
+    #[command(after_help = EXIT_CODES_HELP)]
+    Run(RunArgs),
+    /// Show what the running client is doing; exit 1 when none is running
+    Status(StatusArgs),
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+
+    /// Where the device id and status.json are kept (created with mode 700)
+    #[arg(long, env = "POSTERN_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+
+    /// Only hold the control session, without a tunnel (required in this version)
+    #[arg(long)]
+    no_tunnel: bool,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// Print status.json as it is
+    #[arg(long)]
+    json: bool,
+
+    #[arg(long, env = "POSTERN_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    // First, while this is the only thread (see take_token_from_env).
+    let env_token = postern_device::take_token_from_env();
+    let cli = Cli::parse();
+    postern_device::init_logging();
+    match cli.command {
+        Some(Command::Status(args)) => status(args),
+        Some(Command::Run(args)) => run(args, env_token),
+        None => run(cli.run, env_token),
+    }
+}
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn run(args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
+    if !args.no_tunnel {
+        eprintln!(
+            "error: the tunnel (data plane) is not available in this version yet; run with \
+             --no-tunnel"
+        );
+        return exit(exit_code::BAD_CONFIG);
+    }
+    let config = DeviceConfig::load(DeviceSettings {
+        program: PROGRAM,
+        kind: TokenKind::Client,
+        env_token,
+        token_path: &args.common.token_path,
+        api_url: &args.common.api_url,
+        insecure: args.common.insecure,
+        state_dir: &args.state_dir,
+        id: args.common.id.as_deref(),
+        name: args.common.name.as_deref(),
+        version: env!("CARGO_PKG_VERSION"),
+        public_key: None,
+        max_partition: args.common.max_partition_time,
+    });
+    let config = match config {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return exit(exit_code::BAD_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return exit(exit_code::FAILURE);
+        }
+    };
+    let outcome = runtime.block_on(async {
+        let shutdown = postern_device::shutdown_signal()
+            .context("cannot install the SIGTERM/SIGINT handlers")?;
+        tracing::info!(
+            token_id = %config.token.id,
+            token_from = %config.token.origin,
+            device_id = %config.params.id,
+            device_name = %config.params.name,
+            "starting postern-client {} (control session only, no tunnel)",
+            env!("CARGO_PKG_VERSION")
+        );
+        let mut role = ClientRole::new(config.token.id, false);
+        anyhow::Ok(postern_device::run(config, &mut role, shutdown).await)
+    });
+    match outcome {
+        Ok(outcome) => {
+            if let Some(message) = &outcome.message {
+                eprintln!("error: {message}");
+            }
+            exit(outcome.code)
+        }
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            exit(exit_code::FAILURE)
+        }
+    }
+}
+
+fn status(args: StatusArgs) -> ExitCode {
+    let report = match read_status::<ClientDetails>(&args.state_dir, PROGRAM) {
+        Ok(report) => report,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !report.running {
+        eprintln!("{}", not_running(&report));
+        return ExitCode::FAILURE;
+    }
+    if args.json {
+        match serde_json::to_string_pretty(&report.raw) {
+            Ok(json) => println!("{json}"),
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::FAILURE;
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    print!("{}", human(&report));
+    ExitCode::SUCCESS
+}
+
+fn not_running(report: &StatusReport<ClientDetails>) -> String {
+    let status = &report.status;
+    let mut text = format!(
+        "no postern-client is running (the last one, pid {}, was {} at {})",
+        status.pid,
+        status.state.as_str(),
+        status.updated_at.format("%Y-%m-%d %H:%M:%S UTC")
+    );
+    if let Some(error) = &status.last_error {
+        text.push_str(&format!("\nlast error: {error}"));
+    }
+    text
+}
+
+fn human(report: &StatusReport<ClientDetails>) -> String {
+    let status = &report.status;
+    let details = &status.details;
+    let mut out = format!(
+        "postern-client {} (pid {}): {} to {}\n",
+        status.version,
+        status.pid,
+        status.state.as_str(),
+        status.portal
+    );
+    if let Some(retry_at) = status.retry_at {
+        out.push_str(&format!(
+            "  next attempt: {}\n",
+            retry_at.format("%Y-%m-%d %H:%M:%S UTC")
+        ));
+    }
+    if let Some(error) = &status.last_error {
+        out.push_str(&format!("  last error:   {error}\n"));
+    }
+    out.push_str(&format!(
+        "  device:       {} ({})\n",
+        status.device_name, status.device_id
+    ));
+    if let (Some(actor), Some(account)) = (&details.actor, &details.account) {
+        out.push_str(&format!(
+            "  actor:        {} ({}) in account {}\n",
+            actor.name, actor.id, account.slug
+        ));
+    }
+    let expiry = details.token.expires_at.map_or_else(
+        || "expiry not known yet".to_string(),
+        |at| format!("expires {}", at.format("%Y-%m-%d %H:%M:%S UTC")),
+    );
+    out.push_str(&format!(
+        "  token:        {} ({expiry})\n",
+        details.token.id
+    ));
+    if let Some(addresses) = &details.addresses {
+        out.push_str(&format!(
+            "  addresses:    {}, {}\n",
+            addresses.ipv4, addresses.ipv6
+        ));
+    }
+    out.push_str(&format!(
+        "  tunnel:       {}\n",
+        if details.tunnel {
+            "on"
+        } else {
+            "off (--no-tunnel)"
+        }
+    ));
+    if details.resources.is_empty() {
+        out.push_str("\nno resources\n");
+        return out;
+    }
+    let rows: Vec<[String; 5]> = details
+        .resources
+        .iter()
+        .map(|r| {
+            [
+                r.name.clone(),
+                r.resource_type.clone(),
+                r.address.clone(),
+                describe_filters(&r.filters),
+                r.access_until.map_or_else(
+                    || "-".to_string(),
+                    |at| at.format("%Y-%m-%d %H:%M UTC").to_string(),
+                ),
+            ]
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&table(
+        ["NAME", "TYPE", "ADDRESS", "FILTERS", "ACCESS UNTIL"],
+        &rows,
+    ));
+    out
+}
+
+fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(|h| h.chars().count());
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        format!("{}\n", padded.join("  ").trim_end())
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}

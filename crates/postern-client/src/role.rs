@@ -1,0 +1,252 @@
+//! The client's side of the session: keeps [`ClientState`] in step with the portal, logs what
+//! changes, and describes itself for the status file.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use postern_device::Role;
+use postern_policy::{format_ports, Filter, Protocol};
+use postern_protocol::client::{ClientState, ClientUpdate};
+use postern_protocol::{
+    ClientToPortal, DisconnectReason, PortalToClient, ResourceView, TunnelAddresses, CLIENT_PATH,
+};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+pub struct ClientRole {
+    state: ClientState,
+    token_id: Uuid,
+    tunnel: bool,
+}
+
+impl ClientRole {
+    pub fn new(token_id: Uuid, tunnel: bool) -> Self {
+        Self {
+            state: ClientState::default(),
+            token_id,
+            tunnel,
+        }
+    }
+}
+
+/// The client's part of `status.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientDetails {
+    pub role: String,
+    pub tunnel: bool,
+    pub actor: Option<Named>,
+    pub account: Option<AccountInfo>,
+    pub token: TokenInfo,
+    pub addresses: Option<TunnelAddresses>,
+    pub resources: Vec<ResourceStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Named {
+    pub id: Uuid,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountInfo {
+    pub id: Uuid,
+    pub slug: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: Uuid,
+    /// Known once the portal has sent `Init`.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResourceStatus {
+    pub id: Uuid,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub resource_type: String,
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub filters: Vec<Filter>,
+    pub site_id: Uuid,
+    pub access_until: Option<DateTime<Utc>>,
+    /// The current grant, when access was requested and granted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granted_until: Option<DateTime<Utc>>,
+}
+
+/// `tcp:22,443 udp icmp`, or `all traffic` with no filters.
+pub fn describe_filters(filters: &[Filter]) -> String {
+    if filters.is_empty() {
+        return "all traffic".to_string();
+    }
+    filters
+        .iter()
+        .map(|filter| {
+            let protocol = match filter.protocol {
+                Protocol::Tcp => "tcp",
+                Protocol::Udp => "udp",
+                Protocol::Icmp => "icmp",
+            };
+            if filter.ports.is_empty() {
+                return protocol.to_string();
+            }
+            format!("{protocol}:{}", format_ports(&filter.ports))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn describe(resource: &ResourceView) -> String {
+    format!("{} ({})", resource.name, resource.address)
+}
+
+impl ClientRole {
+    fn log_update(&self, update: &ClientUpdate, before: &BTreeMap<Uuid, ResourceView>) {
+        let current = |id: &Uuid| self.state.resources.get(id);
+        match update {
+            ClientUpdate::Synced { resources } => {
+                if let Some(identity) = &self.state.identity {
+                    info!(
+                        actor = %identity.actor_name,
+                        account = %identity.account_slug,
+                        token_id = %identity.token_id,
+                        token_expires_at = %identity.token_expires_at,
+                        "session ready: {resources} resource(s) available"
+                    );
+                }
+                for (id, resource) in &self.state.resources {
+                    match before.get(id) {
+                        None => info!("resource added: {}", describe(resource)),
+                        Some(old) if old != resource => {
+                            info!("resource changed: {}", describe(resource));
+                        }
+                        Some(_) => {}
+                    }
+                }
+                for (id, resource) in before {
+                    if !self.state.resources.contains_key(id) {
+                        info!("resource removed: {}", describe(resource));
+                    }
+                }
+            }
+            ClientUpdate::ResourceAdded(id) => {
+                if let Some(resource) = current(id) {
+                    info!("resource added: {}", describe(resource));
+                }
+            }
+            ClientUpdate::ResourceChanged(id) => {
+                if let Some(resource) = current(id) {
+                    info!("resource changed: {}", describe(resource));
+                }
+            }
+            ClientUpdate::ResourceRemoved(id) => match before.get(id) {
+                Some(resource) => info!("resource removed: {}", describe(resource)),
+                None => info!("resource removed: {id}"),
+            },
+            ClientUpdate::AccessGranted(id) => {
+                let name = current(id).map_or_else(|| id.to_string(), |r| r.name.clone());
+                info!("access granted: {name}");
+            }
+            ClientUpdate::AccessDenied {
+                resource_id,
+                reason,
+            } => {
+                let name = current(resource_id)
+                    .map_or_else(|| resource_id.to_string(), |r| r.name.clone());
+                warn!("access denied: {name}: {reason}");
+            }
+        }
+    }
+}
+
+impl Role for ClientRole {
+    type Incoming = PortalToClient;
+    type Outgoing = ClientToPortal;
+    type Details = ClientDetails;
+
+    const PATH: &'static str = CLIENT_PATH;
+    const PROGRAM: &'static str = "postern-client";
+
+    fn heartbeat() -> ClientToPortal {
+        ClientToPortal::Heartbeat
+    }
+
+    fn disconnect(message: &PortalToClient) -> Option<(DisconnectReason, String)> {
+        match message {
+            PortalToClient::Disconnect { reason, message } => Some((*reason, message.clone())),
+            _ => None,
+        }
+    }
+
+    fn on_message(&mut self, message: PortalToClient) -> bool {
+        let before = match &message {
+            PortalToClient::Init(_) | PortalToClient::ResourceRemoved { .. } => {
+                self.state.resources.clone()
+            }
+            _ => BTreeMap::new(),
+        };
+        let updates = self.state.apply(message);
+        for update in &updates {
+            self.log_update(update, &before);
+        }
+        !updates.is_empty()
+    }
+
+    fn next_wakeup(&self) -> Option<DateTime<Utc>> {
+        self.state.grants.values().map(|g| g.expires_at).min()
+    }
+
+    fn on_wakeup(&mut self, now: DateTime<Utc>) -> bool {
+        let expired = self.state.expire(now);
+        for id in &expired {
+            let name = self
+                .state
+                .resources
+                .get(id)
+                .map_or_else(|| id.to_string(), |r| r.name.clone());
+            info!("access expired: {name}");
+        }
+        !expired.is_empty()
+    }
+
+    fn details(&self) -> ClientDetails {
+        let identity = self.state.identity.as_ref();
+        ClientDetails {
+            role: "client".to_string(),
+            tunnel: self.tunnel,
+            actor: identity.map(|i| Named {
+                id: i.actor_id,
+                name: i.actor_name.clone(),
+            }),
+            account: identity.map(|i| AccountInfo {
+                id: i.account_id,
+                slug: i.account_slug.clone(),
+            }),
+            token: TokenInfo {
+                id: identity.map_or(self.token_id, |i| i.token_id),
+                expires_at: identity.map(|i| i.token_expires_at),
+            },
+            addresses: identity.map(|i| i.addresses),
+            resources: self
+                .state
+                .resources
+                .values()
+                .map(|r| ResourceStatus {
+                    id: r.id,
+                    name: r.name.clone(),
+                    resource_type: r.resource_type.clone(),
+                    address: r.address.clone(),
+                    description: r.description.clone(),
+                    filters: r.filters.clone(),
+                    site_id: r.site_id,
+                    access_until: r.access_until,
+                    granted_until: self.state.grants.get(&r.id).map(|g| g.expires_at),
+                })
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! Command-line settings common to the client and the gateway.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::parse_duration;
+
+/// Text for `--help`: the exit codes supervisors act on.
+pub const EXIT_CODES_HELP: &str = "Exit codes:\n  \
+    0  stopped by SIGTERM or SIGINT\n  \
+    1  other failure (portal unreachable for longer than --max-partition-time, protocol \
+    version no longer supported, ...)\n  \
+    2  bad configuration (missing or unsafe token file, wrong token kind, bad flags)\n  \
+    3  token rejected (unknown, expired, revoked, holder disabled or deleted): do not restart";
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// The portal's URL (https://; plain http:// only to loopback addresses or with --insecure)
+    #[arg(long, env = "POSTERN_API_URL", default_value = "http://127.0.0.1:8080")]
+    pub api_url: String,
+
+    /// Allow plain http:// to a non-loopback portal (the token travels unencrypted: testing only)
+    #[arg(long)]
+    pub insecure: bool,
+
+    /// File holding the token (mode 600 or stricter); the POSTERN_TOKEN environment variable,
+    /// when set, takes precedence and is removed from the environment at start
+    #[arg(long, env = "POSTERN_TOKEN_PATH", default_value = "/etc/postern/token")]
+    pub token_path: PathBuf,
+
+    /// Device id (default: a random id generated once and kept in the state directory)
+    #[arg(long, env = "POSTERN_ID")]
+    pub id: Option<String>,
+
+    /// Device name shown to administrators (default: the host name)
+    #[arg(long, env = "POSTERN_NAME")]
+    pub name: Option<String>,
+
+    /// Exit with code 1 after this long without a session with the portal, e.g. 30s, 5m, 1h
+    /// (default: retry forever)
+    #[arg(long, env = "POSTERN_MAX_PARTITION_TIME", value_parser = parse_duration)]
+    pub max_partition_time: Option<Duration>,
+}

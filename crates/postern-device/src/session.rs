@@ -1,0 +1,621 @@
+//! The I/O shell around [`Connection`]: opens the WebSocket, feeds the state machine with what
+//! happens and the clock, carries out its actions, and hands the portal's messages to the role
+//! (client or gateway). Decisions stay in `postern-protocol`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures_util::{SinkExt, StreamExt};
+use postern_protocol::connection::{exit_code, Action, ConnectFailure, Connection};
+use postern_protocol::{DisconnectReason, PROTOCOL_HEADER, PROTOCOL_VERSION};
+use postern_token::SecretString;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::header::{AUTHORIZATION, RETRY_AFTER, USER_AGENT};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tracing::{debug, info, warn};
+use url::Url;
+use zeroize::Zeroizing;
+
+use crate::config::{session_url, DeviceConfig};
+use crate::status::{write_status, ConnectionState, Status};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long a connection attempt (TCP, TLS, upgrade) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long to wait for the portal to answer our close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How much of an error body goes into a message.
+const MAX_DETAIL_CHARS: usize = 300;
+
+/// What a client or gateway does with its session; the loop does the rest.
+pub trait Role {
+    /// Messages from the portal.
+    type Incoming: DeserializeOwned;
+    /// Messages to the portal.
+    type Outgoing: Serialize;
+    /// The role's part of the status file.
+    type Details: Serialize;
+
+    /// The endpoint path (`CLIENT_PATH` or `GATEWAY_PATH`).
+    const PATH: &'static str;
+    /// The program name, for `User-Agent` and the status file check.
+    const PROGRAM: &'static str;
+
+    fn heartbeat() -> Self::Outgoing;
+    /// `Some` when the message is the portal's `Disconnect`.
+    fn disconnect(message: &Self::Incoming) -> Option<(DisconnectReason, String)>;
+    /// Applies a message (never a `Disconnect`); returns whether the state changed.
+    fn on_message(&mut self, message: Self::Incoming) -> bool;
+    /// When `on_wakeup` is next due (an expiry), if ever.
+    fn next_wakeup(&self) -> Option<DateTime<Utc>>;
+    /// Returns whether the state changed.
+    fn on_wakeup(&mut self, now: DateTime<Utc>) -> bool;
+    fn details(&self) -> Self::Details;
+}
+
+/// How the session ended: the process exit code and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub code: i32,
+    pub message: Option<String>,
+}
+
+/// Resolves on the first SIGTERM or SIGINT. Must be called inside the runtime.
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        info!("{name} received: closing the session");
+    })
+}
+
+/// Runs the session with the portal until the state machine says to exit or `shutdown`
+/// resolves (then the socket is closed cleanly and the outcome is exit code 0).
+pub async fn run<R: Role>(
+    config: DeviceConfig,
+    role: &mut R,
+    shutdown: impl Future<Output = ()>,
+) -> Outcome {
+    // Several rustls providers may be compiled in; pick one explicitly instead of panicking.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::pin!(shutdown);
+    let mut shutdown: Pin<&mut _> = shutdown;
+    let url = session_url(&config.base_url, R::PATH, &config.params);
+    let mut status = StatusWriter::new(&config);
+    let mut conn = Connection::new(Instant::now(), config.max_partition);
+    let mut rng = StdRng::from_entropy();
+    let mut next = Action::Connect;
+    loop {
+        next = match next {
+            Action::Connect => {
+                status.set(ConnectionState::Connecting, None);
+                status.write(role);
+                debug!(portal = %config.base_url, "connecting");
+                let attempt = connect(&url, &config.token.secret, R::PROGRAM);
+                let Some(result) = with_timers(attempt, role, &mut status, shutdown.as_mut()).await
+                else {
+                    return status.stopped(role);
+                };
+                match result {
+                    Err(failure) => conn.on_connect_failed(Instant::now(), failure, &mut rng),
+                    Ok(ws) => {
+                        conn.on_connected(Instant::now());
+                        status.last_error = None;
+                        status.set(ConnectionState::Connected, None);
+                        status.write(role);
+                        info!(portal = %config.base_url, "connected to the portal");
+                        let end = session(
+                            ws,
+                            &mut conn,
+                            role,
+                            &mut status,
+                            shutdown.as_mut(),
+                            &mut rng,
+                        )
+                        .await;
+                        match end {
+                            Some(action) => action,
+                            None => return status.stopped(role),
+                        }
+                    }
+                }
+            }
+            Action::Reconnect { after, why } => {
+                warn!("{why}; reconnecting in {:.1} s", after.as_secs_f64());
+                status.last_error = Some(why);
+                let retry_at = chrono::Duration::from_std(after)
+                    .ok()
+                    .map(|after| Utc::now() + after);
+                status.set(ConnectionState::Waiting, retry_at);
+                status.write(role);
+                let Some(action) =
+                    wait(&mut conn, role, &mut status, shutdown.as_mut(), &mut rng).await
+                else {
+                    return status.stopped(role);
+                };
+                action
+            }
+            // Only asked for while connected, which `session` handles; never here.
+            Action::SendHeartbeat => Action::Connect,
+            Action::Exit { code, message } => {
+                status.last_error = Some(message.clone());
+                status.exit_code = Some(code);
+                status.set(ConnectionState::Stopped, None);
+                status.write(role);
+                return Outcome {
+                    code,
+                    message: Some(message),
+                };
+            }
+        };
+    }
+}
+
+/// Waits out a reconnect delay; `None` on shutdown.
+async fn wait<R: Role, S: Future<Output = ()>>(
+    conn: &mut Connection,
+    role: &mut R,
+    status: &mut StatusWriter,
+    mut shutdown: Pin<&mut S>,
+    rng: &mut StdRng,
+) -> Option<Action> {
+    loop {
+        let Some(deadline) = conn.poll_timeout() else {
+            return Some(Action::Connect);
+        };
+        let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
+        with_timers(sleep, role, status, shutdown.as_mut()).await?;
+        let action = conn.handle_timeout(Instant::now(), rng);
+        if let Some(action @ (Action::Connect | Action::Exit { .. })) = action {
+            return Some(action);
+        }
+    }
+}
+
+/// Awaits `future` while keeping the role's expiry timer; `None` on shutdown.
+async fn with_timers<R: Role, F: Future, S: Future<Output = ()>>(
+    future: F,
+    role: &mut R,
+    status: &mut StatusWriter,
+    mut shutdown: Pin<&mut S>,
+) -> Option<F::Output> {
+    tokio::pin!(future);
+    loop {
+        tokio::select! {
+            _ = shutdown.as_mut() => return None,
+            output = &mut future => return Some(output),
+            _ = sleep_until_wakeup(role.next_wakeup()) => {
+                if role.on_wakeup(Utc::now()) {
+                    status.write(role);
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until_wakeup(at: Option<DateTime<Utc>>) {
+    let Some(at) = at else {
+        return std::future::pending().await;
+    };
+    let delay = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+    tokio::time::sleep(delay).await;
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await,
+        None => std::future::pending().await,
+    }
+}
+
+enum Event {
+    Shutdown,
+    Timer,
+    Wakeup,
+    Frame(Option<Result<Message, WsError>>),
+}
+
+/// Runs one open session; returns the next action, or `None` on shutdown.
+async fn session<R: Role, S: Future<Output = ()>>(
+    ws: Ws,
+    conn: &mut Connection,
+    role: &mut R,
+    status: &mut StatusWriter,
+    mut shutdown: Pin<&mut S>,
+    rng: &mut StdRng,
+) -> Option<Action> {
+    let (mut sink, mut stream) = ws.split();
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.as_mut() => Event::Shutdown,
+            _ = sleep_until_opt(conn.poll_timeout()) => Event::Timer,
+            _ = sleep_until_wakeup(role.next_wakeup()) => Event::Wakeup,
+            frame = stream.next() => Event::Frame(frame),
+        };
+        let now = Instant::now();
+        let text = match event {
+            Event::Shutdown => {
+                close(&mut sink, &mut stream).await;
+                return None;
+            }
+            Event::Wakeup => {
+                if role.on_wakeup(Utc::now()) {
+                    status.write(role);
+                }
+                continue;
+            }
+            Event::Timer => match conn.handle_timeout(now, rng) {
+                Some(Action::SendHeartbeat) => {
+                    let heartbeat = postern_protocol::encode(&R::heartbeat());
+                    if let Err(err) = sink.send(Message::text(heartbeat)).await {
+                        debug!("sending a heartbeat failed: {err}");
+                        return Some(conn.on_disconnected(Instant::now(), None, rng));
+                    }
+                    continue;
+                }
+                Some(action @ (Action::Reconnect { .. } | Action::Exit { .. })) => {
+                    close(&mut sink, &mut stream).await;
+                    return Some(action);
+                }
+                Some(Action::Connect) | None => continue,
+            },
+            Event::Frame(None) => {
+                debug!("the portal closed the connection");
+                return Some(conn.on_disconnected(now, None, rng));
+            }
+            Event::Frame(Some(Err(err))) => {
+                debug!("the connection failed: {err}");
+                return Some(conn.on_disconnected(now, None, rng));
+            }
+            Event::Frame(Some(Ok(Message::Close(frame)))) => {
+                debug!(?frame, "the portal closed the session");
+                return Some(conn.on_disconnected(now, None, rng));
+            }
+            Event::Frame(Some(Ok(Message::Text(text)))) => {
+                conn.on_received(now);
+                text
+            }
+            Event::Frame(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => {
+                conn.on_received(now);
+                continue;
+            }
+            Event::Frame(Some(Ok(Message::Binary(_)))) => {
+                warn!("the portal sent a binary frame; this protocol only uses text");
+                close(&mut sink, &mut stream).await;
+                let why = "the portal sent a binary frame".to_string();
+                return Some(conn.on_disconnected(
+                    now,
+                    Some((DisconnectReason::ProtocolError, why)),
+                    rng,
+                ));
+            }
+        };
+        let message = match postern_protocol::decode::<R::Incoming>(text.as_str()) {
+            Ok(message) => message,
+            Err(err) => {
+                warn!("malformed message from the portal: {err}");
+                close(&mut sink, &mut stream).await;
+                let why = format!("the portal sent a malformed message ({err})");
+                return Some(conn.on_disconnected(
+                    now,
+                    Some((DisconnectReason::ProtocolError, why)),
+                    rng,
+                ));
+            }
+        };
+        if let Some((reason, text)) = R::disconnect(&message) {
+            let reason_name = serde_json::to_value(reason)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            info!(reason = %reason_name, "the portal ended the session: {text}");
+            close(&mut sink, &mut stream).await;
+            return Some(conn.on_disconnected(now, Some((reason, text)), rng));
+        }
+        if role.on_message(message) {
+            status.write(role);
+        }
+    }
+}
+
+/// Sends a close frame and waits briefly for the portal's, so neither side sees an abrupt end.
+async fn close<K, St>(sink: &mut K, stream: &mut St)
+where
+    K: futures_util::Sink<Message, Error = WsError> + Unpin,
+    St: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        if sink.send(Message::Close(None)).await.is_err() {
+            return;
+        }
+        while let Some(Ok(message)) = stream.next().await {
+            if message.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Opens the WebSocket: the token in the `Authorization` header, never in the URL.
+async fn connect(url: &Url, token: &SecretString, program: &str) -> Result<Ws, ConnectFailure> {
+    let transient = |message: String| ConnectFailure::Transient {
+        message,
+        retry_after: None,
+    };
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|err| transient(format!("cannot build the request: {err}")))?;
+    let bearer = Zeroizing::new(format!("Bearer {}", token.expose()));
+    let mut authorization = HeaderValue::from_str(&bearer)
+        .map_err(|_| transient("the token cannot be sent in a header".to_string()))?;
+    authorization.set_sensitive(true);
+    let headers = request.headers_mut();
+    headers.insert(AUTHORIZATION, authorization);
+    headers.insert(PROTOCOL_HEADER, HeaderValue::from(PROTOCOL_VERSION));
+    if let Ok(agent) = HeaderValue::from_str(&format!("{program}/{}", env!("CARGO_PKG_VERSION"))) {
+        headers.insert(USER_AGENT, agent);
+    }
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(postern_protocol::MAX_MESSAGE_BYTES + 1024))
+        .max_frame_size(Some(postern_protocol::MAX_MESSAGE_BYTES + 1024));
+    let attempt = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true);
+    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+        Err(_) => Err(transient(format!(
+            "no answer from the portal within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        ))),
+        Ok(Err(WsError::Http(response))) => Err(failure_from_response(&response, Utc::now())),
+        Ok(Err(err)) => Err(transient(format!("cannot connect to the portal: {err}"))),
+        Ok(Ok((ws, _))) => Ok(ws),
+    }
+}
+
+fn failure_from_response(
+    response: &Response<Option<Vec<u8>>>,
+    now: DateTime<Utc>,
+) -> ConnectFailure {
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|value| value.to_str().ok());
+    classify_refusal(
+        response.status().as_u16(),
+        response.body().as_deref(),
+        retry_after,
+        now,
+    )
+}
+
+/// What an HTTP answer instead of the upgrade means for the device (the portal's contract).
+pub fn classify_refusal(
+    status: u16,
+    body: Option<&[u8]>,
+    retry_after: Option<&str>,
+    now: DateTime<Utc>,
+) -> ConnectFailure {
+    let message = format!("{} (HTTP {status})", problem_detail(status, body));
+    match status {
+        401 | 403 => ConnectFailure::Unauthorized(message),
+        426 => ConnectFailure::UpgradeRequired(message),
+        400 => ConnectFailure::BadRequest(message),
+        _ => ConnectFailure::Transient {
+            message: format!("the portal refused the connection: {message}"),
+            retry_after: retry_after.and_then(|value| parse_retry_after(value, now)),
+        },
+    }
+}
+
+/// The `detail` (or `title`) of a problem+json body, else the body's text, else the reason.
+fn problem_detail(status: u16, body: Option<&[u8]>) -> String {
+    let body = body.unwrap_or_default();
+    if let Ok(problem) = serde_json::from_slice::<serde_json::Value>(body) {
+        let field = |name: &str| {
+            problem
+                .get(name)
+                .and_then(|v| v.as_str())
+                .filter(|s| !s.trim().is_empty())
+                .map(str::to_string)
+        };
+        if let Some(text) = field("detail").or_else(|| field("title")) {
+            return truncate(&text);
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if !text.is_empty() && !text.starts_with('<') {
+        return truncate(text);
+    }
+    tokio_tungstenite::tungstenite::http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("refused")
+        .to_string()
+}
+
+fn truncate(text: &str) -> String {
+    let cleaned: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if cleaned.chars().count() <= MAX_DETAIL_CHARS {
+        return cleaned;
+    }
+    let mut cut: String = cleaned.chars().take(MAX_DETAIL_CHARS).collect();
+    cut.push('…');
+    cut
+}
+
+/// `Retry-After`: delay seconds, or an HTTP date.
+pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = DateTime::parse_from_rfc2822(value).ok()?;
+    Some(
+        (at.with_timezone(&Utc) - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// Keeps the status file in step; a failed write is logged once, never fatal.
+struct StatusWriter {
+    state_dir: std::path::PathBuf,
+    portal: String,
+    device_id: String,
+    device_name: String,
+    version: String,
+    state: ConnectionState,
+    retry_at: Option<DateTime<Utc>>,
+    last_error: Option<String>,
+    exit_code: Option<i32>,
+    warned: bool,
+}
+
+impl StatusWriter {
+    fn new(config: &DeviceConfig) -> Self {
+        Self {
+            state_dir: config.state_dir.clone(),
+            portal: config.base_url.to_string(),
+            device_id: config.params.id.clone(),
+            device_name: config.params.name.clone(),
+            version: config.params.version.clone(),
+            state: ConnectionState::Connecting,
+            retry_at: None,
+            last_error: None,
+            exit_code: None,
+            warned: false,
+        }
+    }
+
+    fn set(&mut self, state: ConnectionState, retry_at: Option<DateTime<Utc>>) {
+        self.state = state;
+        self.retry_at = retry_at;
+    }
+
+    fn write<R: Role>(&mut self, role: &R) {
+        let status = Status {
+            pid: std::process::id(),
+            state: self.state,
+            retry_at: self.retry_at,
+            last_error: self.last_error.clone(),
+            exit_code: self.exit_code,
+            updated_at: Utc::now(),
+            portal: self.portal.clone(),
+            device_id: self.device_id.clone(),
+            device_name: self.device_name.clone(),
+            version: self.version.clone(),
+            details: role.details(),
+        };
+        match write_status(&self.state_dir, &status) {
+            Ok(()) => self.warned = false,
+            Err(err) if !self.warned => {
+                warn!(
+                    "cannot write the status file in {}: {err}",
+                    self.state_dir.display()
+                );
+                self.warned = true;
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn stopped<R: Role>(&mut self, role: &R) -> Outcome {
+        self.exit_code = Some(exit_code::STOPPED);
+        self.set(ConnectionState::Stopped, None);
+        self.write(role);
+        Outcome {
+            code: exit_code::STOPPED,
+            message: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        "2026-03-01T12:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn refusals_map_to_the_contract() {
+        let problem = br#"{"type":"about:blank","title":"Unauthorized","status":401,"detail":"the token was revoked"}"#;
+        assert_eq!(
+            classify_refusal(401, Some(problem), None, now()),
+            ConnectFailure::Unauthorized("the token was revoked (HTTP 401)".into())
+        );
+        assert!(matches!(
+            classify_refusal(426, Some(br#"{"title":"Upgrade Required"}"#), None, now()),
+            ConnectFailure::UpgradeRequired(m) if m == "Upgrade Required (HTTP 426)"
+        ));
+        assert!(matches!(
+            classify_refusal(400, None, None, now()),
+            ConnectFailure::BadRequest(m) if m == "Bad Request (HTTP 400)"
+        ));
+        assert_eq!(
+            classify_refusal(429, Some(b"slow down"), Some("7"), now()),
+            ConnectFailure::Transient {
+                message: "the portal refused the connection: slow down (HTTP 429)".into(),
+                retry_after: Some(Duration::from_secs(7)),
+            }
+        );
+        assert!(matches!(
+            classify_refusal(503, Some(b"<html>"), Some("Sun, 01 Mar 2026 12:00:30 GMT"), now()),
+            ConnectFailure::Transient { retry_after: Some(d), message }
+                if d == Duration::from_secs(30) && message.contains("Service Unavailable")
+        ));
+        assert!(matches!(
+            classify_refusal(502, None, None, now()),
+            ConnectFailure::Transient {
+                retry_after: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(
+            parse_retry_after(" 12 ", now()),
+            Some(Duration::from_secs(12))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 01 Mar 2026 11:00:00 GMT", now()),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now()), None);
+    }
+
+    #[test]
+    fn long_or_control_laden_details_are_tamed() {
+        let body = format!(
+            "{{\"detail\":\"{}\\n{}\"}}",
+            "a".repeat(10),
+            "b".repeat(400)
+        );
+        let detail = problem_detail(401, Some(body.as_bytes()));
+        assert!(!detail.contains('\n'));
+        assert_eq!(detail.chars().count(), MAX_DETAIL_CHARS + 1);
+    }
+}

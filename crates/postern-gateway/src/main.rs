@@ -1,0 +1,296 @@
+//! `postern-gateway`: the gateway of a site. Holds a control session with the portal using a
+//! gateway token and keeps the authorizations of clients to reach the site's resources. The
+//! data plane (WireGuard on `--listen`) is not built yet.
+
+mod role;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use postern_device::cli::{CommonArgs, EXIT_CODES_HELP};
+use postern_device::status::{read_status, StatusReport};
+use postern_device::{DeviceConfig, DeviceSettings};
+use postern_protocol::connection::exit_code;
+use postern_token::{SecretString, TokenKind};
+
+use crate::role::{GatewayDetails, GatewayRole};
+
+const PROGRAM: &str = "postern-gateway";
+const DEFAULT_STATE_DIR: &str = "/var/lib/postern-gateway";
+
+#[derive(Parser)]
+#[command(
+    name = "postern-gateway",
+    version,
+    about = "Postern gateway: connects to the portal with a gateway token",
+    long_about = "Postern gateway: connects to the portal with a gateway token and keeps the \
+        authorizations of clients to reach its site's resources.\n\n\
+        The token is read from the POSTERN_TOKEN environment variable (removed from the \
+        environment at start) or else from --token-path (mode 600 or stricter).\n\n\
+        Examples:\n  \
+        postern-gateway --api-url https://portal.example.com --public-endpoint gw.example.com:51820\n  \
+        postern-gateway status",
+    args_conflicts_with_subcommands = true,
+    after_help = EXIT_CODES_HELP,
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Connect to the portal and keep the session (the default)
+    #[command(after_help = EXIT_CODES_HELP)]
+    Run(RunArgs),
+    /// Show what the running gateway is doing; exit 1 when none is running
+    Status(StatusArgs),
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+
+    /// Where the device id and status.json are kept (created with mode 700)
+    #[arg(long, env = "POSTERN_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+
+    /// UDP address the data plane will listen on (accepted and reported; not used yet)
+    #[arg(long, env = "POSTERN_LISTEN", default_value = "0.0.0.0:51820")]
+    listen: std::net::SocketAddr,
+
+    /// host:port clients will reach the data plane at (accepted and reported; not used yet)
+    #[arg(long, env = "POSTERN_PUBLIC_ENDPOINT")]
+    public_endpoint: Option<String>,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// Print status.json as it is
+    #[arg(long)]
+    json: bool,
+
+    #[arg(long, env = "POSTERN_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    // First, while this is the only thread (see take_token_from_env).
+    let env_token = postern_device::take_token_from_env();
+    let cli = Cli::parse();
+    postern_device::init_logging();
+    match cli.command {
+        Some(Command::Status(args)) => status(args),
+        Some(Command::Run(args)) => run(args, env_token),
+        None => run(cli.run, env_token),
+    }
+}
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn run(args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
+    let config = DeviceConfig::load(DeviceSettings {
+        program: PROGRAM,
+        kind: TokenKind::Gateway,
+        env_token,
+        token_path: &args.common.token_path,
+        api_url: &args.common.api_url,
+        insecure: args.common.insecure,
+        state_dir: &args.state_dir,
+        id: args.common.id.as_deref(),
+        name: args.common.name.as_deref(),
+        version: env!("CARGO_PKG_VERSION"),
+        public_key: None,
+        max_partition: args.common.max_partition_time,
+    });
+    let config = match config {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return exit(exit_code::BAD_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return exit(exit_code::FAILURE);
+        }
+    };
+    let outcome = runtime.block_on(async {
+        let shutdown = postern_device::shutdown_signal()
+            .context("cannot install the SIGTERM/SIGINT handlers")?;
+        tracing::info!(
+            token_id = %config.token.id,
+            token_from = %config.token.origin,
+            device_id = %config.params.id,
+            device_name = %config.params.name,
+            listen = %args.listen,
+            public_endpoint = args.public_endpoint.as_deref().unwrap_or("-"),
+            "starting postern-gateway {} (control session only, no data plane yet)",
+            env!("CARGO_PKG_VERSION")
+        );
+        let mut role = GatewayRole::new(
+            config.token.id,
+            args.listen.to_string(),
+            args.public_endpoint.clone(),
+        );
+        anyhow::Ok(postern_device::run(config, &mut role, shutdown).await)
+    });
+    match outcome {
+        Ok(outcome) => {
+            if let Some(message) = &outcome.message {
+                eprintln!("error: {message}");
+            }
+            exit(outcome.code)
+        }
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            exit(exit_code::FAILURE)
+        }
+    }
+}
+
+fn status(args: StatusArgs) -> ExitCode {
+    let report = match read_status::<GatewayDetails>(&args.state_dir, PROGRAM) {
+        Ok(report) => report,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !report.running {
+        eprintln!("{}", not_running(&report));
+        return ExitCode::FAILURE;
+    }
+    if args.json {
+        match serde_json::to_string_pretty(&report.raw) {
+            Ok(json) => println!("{json}"),
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::FAILURE;
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    print!("{}", human(&report));
+    ExitCode::SUCCESS
+}
+
+fn not_running(report: &StatusReport<GatewayDetails>) -> String {
+    let status = &report.status;
+    let mut text = format!(
+        "no postern-gateway is running (the last one, pid {}, was {} at {})",
+        status.pid,
+        status.state.as_str(),
+        status.updated_at.format("%Y-%m-%d %H:%M:%S UTC")
+    );
+    if let Some(error) = &status.last_error {
+        text.push_str(&format!("\nlast error: {error}"));
+    }
+    text
+}
+
+fn human(report: &StatusReport<GatewayDetails>) -> String {
+    let status = &report.status;
+    let details = &status.details;
+    let mut out = format!(
+        "postern-gateway {} (pid {}): {} to {}\n",
+        status.version,
+        status.pid,
+        status.state.as_str(),
+        status.portal
+    );
+    if let Some(retry_at) = status.retry_at {
+        out.push_str(&format!(
+            "  next attempt: {}\n",
+            retry_at.format("%Y-%m-%d %H:%M:%S UTC")
+        ));
+    }
+    if let Some(error) = &status.last_error {
+        out.push_str(&format!("  last error:   {error}\n"));
+    }
+    out.push_str(&format!(
+        "  device:       {} ({})\n",
+        status.device_name, status.device_id
+    ));
+    if let Some(site) = &details.site {
+        out.push_str(&format!("  site:         {} ({})\n", site.name, site.id));
+    }
+    let expiry = details.token.expires_at.map_or_else(
+        || "expiry not known yet".to_string(),
+        |at| format!("expires {}", at.format("%Y-%m-%d %H:%M:%S UTC")),
+    );
+    out.push_str(&format!(
+        "  token:        {} ({expiry})\n",
+        details.token.id
+    ));
+    if let Some(addresses) = &details.addresses {
+        out.push_str(&format!(
+            "  addresses:    {}, {}\n",
+            addresses.ipv4, addresses.ipv6
+        ));
+    }
+    out.push_str(&format!(
+        "  listen:       {} (data plane not built yet)\n",
+        details.listen
+    ));
+    if let Some(endpoint) = &details.public_endpoint {
+        out.push_str(&format!("  endpoint:     {endpoint}\n"));
+    }
+    if details.authorizations.is_empty() {
+        out.push_str("\nno authorizations\n");
+        return out;
+    }
+    let rows: Vec<[String; 4]> = details
+        .authorizations
+        .iter()
+        .map(|a| {
+            [
+                a.client_device_id.clone(),
+                a.resource_name.clone(),
+                a.resource_address.clone(),
+                a.expires_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            ]
+        })
+        .collect();
+    out.push_str(&format!(
+        "\n{} authorization(s)\n",
+        details.authorizations_count
+    ));
+    out.push_str(&table(["DEVICE", "RESOURCE", "ADDRESS", "EXPIRES"], &rows));
+    out
+}
+
+fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(|h| h.chars().count());
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        format!("{}\n", padded.join("  ").trim_end())
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}

@@ -1,0 +1,192 @@
+//! The gateway's side of the session: keeps [`GatewayState`] in step with the portal, expires
+//! authorizations on time, logs grants and revocations, and describes itself for the status
+//! file (never with preshared keys).
+
+use chrono::{DateTime, Utc};
+use postern_device::Role;
+use postern_protocol::gateway::{GatewayState, GatewayUpdate};
+use postern_protocol::{
+    Authorization, DisconnectReason, GatewayToPortal, PortalToGateway, TunnelAddresses,
+    GATEWAY_PATH,
+};
+use serde::{Deserialize, Serialize};
+use tracing::info;
+use uuid::Uuid;
+
+pub struct GatewayRole {
+    state: GatewayState,
+    token_id: Uuid,
+    listen: String,
+    public_endpoint: Option<String>,
+}
+
+impl GatewayRole {
+    pub fn new(token_id: Uuid, listen: String, public_endpoint: Option<String>) -> Self {
+        Self {
+            state: GatewayState::default(),
+            token_id,
+            listen,
+            public_endpoint,
+        }
+    }
+}
+
+/// The gateway's part of `status.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GatewayDetails {
+    pub role: String,
+    pub site: Option<Site>,
+    pub token: TokenInfo,
+    pub addresses: Option<TunnelAddresses>,
+    /// Where the data plane will listen (not used yet).
+    pub listen: String,
+    pub public_endpoint: Option<String>,
+    pub authorizations_count: usize,
+    pub authorizations: Vec<AuthorizationStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Site {
+    pub id: Uuid,
+    pub name: String,
+    pub account_id: Uuid,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: Uuid,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuthorizationStatus {
+    pub id: Uuid,
+    pub client_device_id: String,
+    pub actor_id: Uuid,
+    pub client_addresses: TunnelAddresses,
+    pub resource_id: Uuid,
+    pub resource_name: String,
+    pub resource_address: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+fn describe(authorization: &Authorization) -> String {
+    format!(
+        "{} for device {} to {} ({}) until {}",
+        authorization.id,
+        authorization.client_device_id,
+        authorization.resource.name,
+        authorization.resource.address,
+        authorization.expires_at.format("%Y-%m-%d %H:%M:%S UTC")
+    )
+}
+
+impl Role for GatewayRole {
+    type Incoming = PortalToGateway;
+    type Outgoing = GatewayToPortal;
+    type Details = GatewayDetails;
+
+    const PATH: &'static str = GATEWAY_PATH;
+    const PROGRAM: &'static str = "postern-gateway";
+
+    fn heartbeat() -> GatewayToPortal {
+        GatewayToPortal::Heartbeat
+    }
+
+    fn disconnect(message: &PortalToGateway) -> Option<(DisconnectReason, String)> {
+        match message {
+            PortalToGateway::Disconnect { reason, message } => Some((*reason, message.clone())),
+            _ => None,
+        }
+    }
+
+    fn on_message(&mut self, message: PortalToGateway) -> bool {
+        let revoke_reason = match &message {
+            PortalToGateway::Revoke { reason, .. } => Some(reason.clone()),
+            _ => None,
+        };
+        let before = self.state.authorizations.clone();
+        let updates = self.state.apply(message);
+        for update in &updates {
+            match update {
+                GatewayUpdate::Synced { authorizations } => {
+                    if let Some(identity) = &self.state.identity {
+                        info!(
+                            site = %identity.site_name,
+                            token_id = %identity.token_id,
+                            token_expires_at = %identity.token_expires_at,
+                            "session ready: {authorizations} authorization(s)"
+                        );
+                    }
+                }
+                GatewayUpdate::Authorized(id) => {
+                    if let Some(authorization) = self.state.authorizations.get(id) {
+                        info!("authorization granted: {}", describe(authorization));
+                    }
+                }
+                GatewayUpdate::Revoked(ids) => {
+                    let reason = revoke_reason.as_deref().unwrap_or("");
+                    for id in ids {
+                        match before.get(id) {
+                            Some(a) => info!("authorization revoked: {} ({reason})", describe(a)),
+                            None => info!("authorization revoked: {id} ({reason})"),
+                        }
+                    }
+                }
+            }
+        }
+        !updates.is_empty()
+    }
+
+    fn next_wakeup(&self) -> Option<DateTime<Utc>> {
+        self.state.next_expiry()
+    }
+
+    fn on_wakeup(&mut self, now: DateTime<Utc>) -> bool {
+        let before = self.state.authorizations.clone();
+        let expired = self.state.expire(now);
+        for id in &expired {
+            if let Some(authorization) = before.get(id) {
+                info!("authorization expired: {}", describe(authorization));
+            }
+        }
+        !expired.is_empty()
+    }
+
+    fn details(&self) -> GatewayDetails {
+        let identity = self.state.identity.as_ref();
+        let mut authorizations: Vec<AuthorizationStatus> = self
+            .state
+            .authorizations
+            .values()
+            .map(|a| AuthorizationStatus {
+                id: a.id,
+                client_device_id: a.client_device_id.clone(),
+                actor_id: a.actor_id,
+                client_addresses: a.client_addresses,
+                resource_id: a.resource.id,
+                resource_name: a.resource.name.clone(),
+                resource_address: a.resource.address.clone(),
+                expires_at: a.expires_at,
+            })
+            .collect();
+        authorizations.sort_by_key(|a| (a.expires_at, a.id));
+        GatewayDetails {
+            role: "gateway".to_string(),
+            site: identity.map(|i| Site {
+                id: i.site_id,
+                name: i.site_name.clone(),
+                account_id: i.account_id,
+            }),
+            token: TokenInfo {
+                id: identity.map_or(self.token_id, |i| i.token_id),
+                expires_at: identity.map(|i| i.token_expires_at),
+            },
+            addresses: identity.map(|i| i.addresses),
+            listen: self.listen.clone(),
+            public_endpoint: self.public_endpoint.clone(),
+            authorizations_count: authorizations.len(),
+            authorizations,
+        }
+    }
+}

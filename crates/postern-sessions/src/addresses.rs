@@ -1,0 +1,57 @@
+//! Tunnel addresses: each device of an account gets a stable IPv4 address from the shared
+//! address space 100.64.0.0/10 and the matching IPv6 address in a ULA /64.
+
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use postern_protocol::TunnelAddresses;
+
+const IPV4_BASE: u32 = u32::from_be_bytes([100, 64, 0, 0]);
+/// Host numbers 1 ..= 2^22 - 2 of 100.64.0.0/10.
+const IPV4_HOSTS: u32 = (1 << 22) - 2;
+/// fd70:6f73:7465:726e::/64 ("postern" in the global id), low 32 bits = the IPv4 address.
+const IPV6_PREFIX: u128 = 0xfd70_6f73_7465_726e_0000_0000_0000_0000;
+
+/// Picks a free address pair for `device_key`: a hash of the key, then the next free host.
+/// `None` only when all four million addresses are taken.
+pub fn allocate(device_key: &str, used: &HashSet<Ipv4Addr>) -> Option<TunnelAddresses> {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    device_key.hash(&mut hasher);
+    let start = (hasher.finish() % u64::from(IPV4_HOSTS)) as u32;
+    (0..IPV4_HOSTS)
+        .map(|step| IPV4_BASE + 1 + (start + step) % IPV4_HOSTS)
+        .map(Ipv4Addr::from)
+        .find(|ip| !used.contains(ip))
+        .map(pair)
+}
+
+/// The IPv6 address that goes with an IPv4 tunnel address.
+pub fn pair(ipv4: Ipv4Addr) -> TunnelAddresses {
+    TunnelAddresses {
+        ipv4,
+        ipv6: Ipv6Addr::from(IPV6_PREFIX | u128::from(u32::from(ipv4))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stable_distinct_and_in_range() {
+        let mut used = HashSet::new();
+        let first = allocate("client:a", &used).unwrap();
+        assert_eq!(allocate("client:a", &used), Some(first), "stable");
+        used.insert(first.ipv4);
+        let again = allocate("client:a", &used).unwrap();
+        assert_ne!(again.ipv4, first.ipv4, "a taken address is skipped");
+        for ip in [first.ipv4, again.ipv4] {
+            let octets = ip.octets();
+            assert_eq!(octets[0], 100);
+            assert!((64..128).contains(&octets[1]));
+            assert_ne!(ip, Ipv4Addr::new(100, 64, 0, 0));
+        }
+        assert!(first.ipv6.to_string().starts_with("fd70:6f73:7465:726e:"));
+    }
+}

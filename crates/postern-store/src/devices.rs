@@ -1,0 +1,199 @@
+//! Devices (headless clients and gateways), and the account snapshot that access decisions
+//! read. Device sightings are buffered and written in batches: a fleet reconnecting at once
+//! costs one transaction a second, not one per session.
+
+use postern_domain::{Device, DeviceKind, Policy, Resource};
+use sqlx::any::AnyRow;
+use uuid::Uuid;
+
+use crate::db::{self, opt_text, opt_uuid, text, time, ts};
+use crate::{Page, Paged, Result, Store, StoreError};
+
+/// Which devices to list.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceFilter {
+    pub actor_id: Option<Uuid>,
+    pub token_id: Option<Uuid>,
+    pub site_id: Option<Uuid>,
+}
+
+/// What an account's access decisions need, read in one go.
+#[derive(Debug, Clone, Default)]
+pub struct AccessData {
+    pub resources: Vec<Resource>,
+    pub policies: Vec<Policy>,
+    /// `(group_id, actor_id)`.
+    pub memberships: Vec<(Uuid, Uuid)>,
+    pub disabled_actors: Vec<Uuid>,
+}
+
+impl Store {
+    /// Buffers a device's sighting (created on first sight); written by the usage flusher.
+    pub fn record_device(&self, device: Device) {
+        self.inner.devices.lock().insert(
+            (device.account_id, device.kind, device.device_id.clone()),
+            device,
+        );
+    }
+
+    /// Every device of the account, for address allocation and lookups.
+    pub async fn load_devices(&self, account_id: Uuid) -> Result<Vec<Device>> {
+        let rows = sqlx::query("SELECT * FROM devices WHERE account_id = $1")
+            .bind(account_id.to_string())
+            .fetch_all(self.pool())
+            .await?;
+        let mut devices = rows
+            .iter()
+            .map(device_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        let pending = self.inner.devices.lock();
+        for device in &mut devices {
+            if let Some(newer) = pending.get(&(account_id, device.kind, device.device_id.clone())) {
+                *device = Device {
+                    id: device.id,
+                    created_at: device.created_at,
+                    ..newer.clone()
+                };
+            }
+        }
+        Ok(devices)
+    }
+
+    pub async fn list_devices(
+        &self,
+        account_id: Uuid,
+        kind: DeviceKind,
+        filter: &DeviceFilter,
+        page: Page,
+    ) -> Result<Paged<Device>> {
+        self.flush_devices().await?;
+        let mut sql =
+            String::from("SELECT * FROM devices WHERE account_id = $1 AND kind = $2 AND id > $3");
+        let mut binds = vec![
+            account_id.to_string(),
+            kind.as_str().to_string(),
+            page.cursor.map(|c| c.to_string()).unwrap_or_default(),
+        ];
+        for (column, value) in [
+            ("actor_id", filter.actor_id),
+            ("token_id", filter.token_id),
+            ("site_id", filter.site_id),
+        ] {
+            if let Some(value) = value {
+                binds.push(value.to_string());
+                sql.push_str(&format!(" AND {column} = ${}", binds.len()));
+            }
+        }
+        sql.push_str(&format!(" ORDER BY id LIMIT {}", page.limit + 1));
+        let mut query = sqlx::query(&sql);
+        for bind in binds {
+            query = query.bind(bind);
+        }
+        let rows = query.fetch_all(self.pool()).await?;
+        let items = rows
+            .iter()
+            .map(device_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(db::paginate(items, page.limit, |d| d.id))
+    }
+
+    /// The account's resources, enabled and disabled policies, memberships and disabled actors.
+    pub async fn access_data(&self, account_id: Uuid) -> Result<AccessData> {
+        let all = Page {
+            limit: u32::MAX - 1,
+            cursor: None,
+        };
+        let resources = self.list_resources(account_id, all).await?.items;
+        let policies = self.list_policies(account_id, all).await?.items;
+        let rows = sqlx::query("SELECT group_id, actor_id FROM memberships WHERE account_id = $1")
+            .bind(account_id.to_string())
+            .fetch_all(self.pool())
+            .await?;
+        let memberships = rows
+            .iter()
+            .map(|row| Ok((db::uuid(row, "group_id")?, db::uuid(row, "actor_id")?)))
+            .collect::<Result<Vec<_>>>()?;
+        let rows =
+            sqlx::query("SELECT id FROM actors WHERE account_id = $1 AND disabled_at IS NOT NULL")
+                .bind(account_id.to_string())
+                .fetch_all(self.pool())
+                .await?;
+        let disabled_actors = rows
+            .iter()
+            .map(|row| db::uuid(row, "id"))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(AccessData {
+            resources,
+            policies,
+            memberships,
+            disabled_actors,
+        })
+    }
+
+    /// Writes buffered device sightings.
+    pub async fn flush_devices(&self) -> Result<usize> {
+        let pending: Vec<Device> = std::mem::take(&mut *self.inner.devices.lock())
+            .into_values()
+            .collect();
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.begin_write().await?;
+        for device in &pending {
+            sqlx::query(
+                "INSERT INTO devices (id, account_id, kind, device_id, actor_id, site_id, token_id, name, \
+                 version, public_key, ipv4, ipv6, last_seen_ip, last_seen_at, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+                 ON CONFLICT (account_id, kind, device_id) DO UPDATE SET actor_id = $5, site_id = $6, \
+                 token_id = $7, name = $8, version = $9, public_key = $10, last_seen_ip = $13, \
+                 last_seen_at = $14",
+            )
+            .bind(device.id.to_string())
+            .bind(device.account_id.to_string())
+            .bind(device.kind.as_str())
+            .bind(device.device_id.clone())
+            .bind(device.actor_id.map(|id| id.to_string()))
+            .bind(device.site_id.map(|id| id.to_string()))
+            .bind(device.token_id.map(|id| id.to_string()))
+            .bind(device.name.clone())
+            .bind(device.version.clone())
+            .bind(device.public_key.clone())
+            .bind(device.ipv4.to_string())
+            .bind(device.ipv6.to_string())
+            .bind(device.last_seen_ip.clone())
+            .bind(ts(device.last_seen_at))
+            .bind(ts(device.created_at))
+            .execute(&mut *tx.tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(pending.len())
+    }
+}
+
+pub(crate) fn device_from_row(row: &AnyRow) -> Result<Device> {
+    let kind_text = text(row, "kind")?;
+    let parse_ip = |column: &str| -> Result<String> { text(row, column) };
+    Ok(Device {
+        id: db::uuid(row, "id")?,
+        account_id: db::uuid(row, "account_id")?,
+        kind: DeviceKind::parse(&kind_text)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown device kind '{kind_text}'")))?,
+        device_id: text(row, "device_id")?,
+        actor_id: opt_uuid(row, "actor_id")?,
+        site_id: opt_uuid(row, "site_id")?,
+        token_id: opt_uuid(row, "token_id")?,
+        name: text(row, "name")?,
+        version: opt_text(row, "version")?,
+        public_key: opt_text(row, "public_key")?,
+        ipv4: parse_ip("ipv4")?
+            .parse()
+            .map_err(|_| StoreError::Corrupt("a device's ipv4 is not an address".to_string()))?,
+        ipv6: parse_ip("ipv6")?
+            .parse()
+            .map_err(|_| StoreError::Corrupt("a device's ipv6 is not an address".to_string()))?,
+        last_seen_ip: opt_text(row, "last_seen_ip")?,
+        last_seen_at: time(row, "last_seen_at")?,
+        created_at: time(row, "created_at")?,
+    })
+}
