@@ -36,6 +36,24 @@ pub(crate) fn routes() -> Router<AppState> {
         )
 }
 
+/// A token with what only the live sessions know: how many clients or gateways use it now.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct TokenStatus {
+    #[serde(flatten)]
+    pub token: Token,
+    /// Sessions open with this token on this portal node right now.
+    pub online_sessions: u32,
+}
+
+impl TokenStatus {
+    fn of(token: Token, state: &AppState) -> Self {
+        Self {
+            online_sessions: state.hub.sessions_with_token(token.id),
+            token,
+        }
+    }
+}
+
 fn actor(id: &str) -> Result<TokenHolder, ApiError> {
     Ok(TokenHolder::Actor(parse_id("actor", id)?))
 }
@@ -45,13 +63,13 @@ fn site(id: &str) -> Result<TokenHolder, ApiError> {
 }
 
 #[utoipa::path(get, path = "/v1/actors/{id}/tokens", tag = "tokens", params(PageQuery),
-    responses((status = 200, body = List<Token>), (status = 404, body = Problem)))]
+    responses((status = 200, body = List<TokenStatus>), (status = 404, body = Problem)))]
 pub(crate) async fn list_actor_tokens(
     state: State<AppState>,
     auth: Authed,
     Path(id): Path<String>,
     query: ApiQuery<PageQuery>,
-) -> Result<Json<List<Token>>, ApiError> {
+) -> Result<Json<List<TokenStatus>>, ApiError> {
     list(state, auth, actor(&id)?, query).await
 }
 
@@ -81,18 +99,18 @@ pub(crate) async fn revoke_all_actor_tokens(
 }
 
 #[utoipa::path(get, path = "/v1/actors/{id}/tokens/{token_id}", tag = "tokens",
-    responses((status = 200, body = Data<Token>), (status = 404, body = Problem)))]
+    responses((status = 200, body = Data<TokenStatus>), (status = 404, body = Problem)))]
 pub(crate) async fn get_actor_token(
     State(state): State<AppState>,
     auth: Authed,
     Path((id, token_id)): Path<(String, String)>,
-) -> Result<Json<Data<Token>>, ApiError> {
+) -> Result<Json<Data<TokenStatus>>, ApiError> {
     let token_id = parse_id("token", &token_id)?;
     let token = state
         .store
         .get_token(auth.account_id(), actor(&id)?, token_id)
         .await?;
-    Ok(Data::new(token))
+    Ok(Data::new(TokenStatus::of(token, &state)))
 }
 
 #[utoipa::path(delete, path = "/v1/actors/{id}/tokens/{token_id}", tag = "tokens",
@@ -106,13 +124,13 @@ pub(crate) async fn revoke_actor_token(
 }
 
 #[utoipa::path(get, path = "/v1/sites/{id}/gateway_tokens", tag = "sites", params(PageQuery),
-    responses((status = 200, body = List<Token>), (status = 404, body = Problem)))]
+    responses((status = 200, body = List<TokenStatus>), (status = 404, body = Problem)))]
 pub(crate) async fn list_gateway_tokens(
     state: State<AppState>,
     auth: Authed,
     Path(id): Path<String>,
     query: ApiQuery<PageQuery>,
-) -> Result<Json<List<Token>>, ApiError> {
+) -> Result<Json<List<TokenStatus>>, ApiError> {
     list(state, auth, site(&id)?, query).await
 }
 
@@ -142,13 +160,21 @@ async fn list(
     auth: Authed,
     holder: TokenHolder,
     ApiQuery(query): ApiQuery<PageQuery>,
-) -> Result<Json<List<Token>>, ApiError> {
+) -> Result<Json<List<TokenStatus>>, ApiError> {
     let page = query.page()?;
     let tokens = state
         .store
         .list_tokens(auth.account_id(), holder, page)
         .await?;
-    Ok(List::from_page(tokens, page.limit))
+    let statuses = postern_store::Paged {
+        next_cursor: tokens.next_cursor,
+        items: tokens
+            .items
+            .into_iter()
+            .map(|token| TokenStatus::of(token, &state))
+            .collect(),
+    };
+    Ok(List::from_page(statuses, page.limit))
 }
 
 async fn create(

@@ -225,6 +225,13 @@ async fn access_requests_reach_a_gateway_and_revocation_ends_everything(portal: 
         .unwrap();
     let _: PortalToClient = next(&mut first).await;
     let _: PortalToClient = next(&mut second).await;
+    let tokens = portal
+        .get(&format!("/v1/actors/{}/tokens", w.actor_id))
+        .await;
+    assert_eq!(
+        tokens["data"][0]["online_sessions"], 2,
+        "one token, two machines: {tokens}"
+    );
 
     // No gateway online yet: denied, with the reason.
     first
