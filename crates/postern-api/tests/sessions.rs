@@ -77,10 +77,27 @@ async fn connect(
     token: &str,
     device: &str,
 ) -> Result<Socket, StatusCode> {
-    let url = format!(
-        "ws://{}{path}?id={device}&name={device}&version=test",
-        portal.addr()
-    );
+    connect_to(&portal.addr(), path, token, device).await
+}
+
+/// A second portal process's worth of state (a new session hub) on the same database.
+async fn restarted_portal(portal: &Portal) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = postern_api::AppState::new(portal.store.clone());
+    tokio::spawn(async move {
+        let _ = postern_api::serve(listener, state, std::future::pending()).await;
+    });
+    addr
+}
+
+async fn connect_to(
+    addr: &std::net::SocketAddr,
+    path: &str,
+    token: &str,
+    device: &str,
+) -> Result<Socket, StatusCode> {
+    let url = format!("ws://{addr}{path}?id={device}&name={device}&version=test");
     let mut request = url.into_client_request().unwrap();
     request
         .headers_mut()
@@ -278,6 +295,27 @@ async fn access_requests_reach_a_gateway_and_revocation_ends_everything(portal: 
     assert_eq!(authorization.id, authorization_id);
     assert_eq!(authorization.client_device_id, "runner-a");
     assert_eq!(authorization.resource.address, "10.20.0.0/24");
+
+    // A restarted portal (a new hub on the same database) still knows the authorization: the
+    // gateway's Init carries it, so tunnels survive the restart.
+    let restarted = restarted_portal(portal).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut again = connect_to(&restarted, GATEWAY_PATH, &w.gateway_secret, "gw-1")
+            .await
+            .unwrap();
+        let PortalToGateway::Init(init) = next(&mut again).await else {
+            panic!("gateway Init")
+        };
+        if init.authorizations.iter().any(|a| a.id == authorization_id) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the authorization was not kept"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Revoking the token ends both client sessions and withdraws the authorization; the
     // gateway stays.

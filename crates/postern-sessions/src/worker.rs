@@ -86,9 +86,18 @@ struct Session {
 
 struct Grant {
     authorization: Authorization,
+    /// The client's session when it was granted (0 after a portal restart).
     client_session: u64,
+    client_ip: Option<IpAddr>,
     token_id: Uuid,
     gateway_device: String,
+}
+
+/// What is stored of a grant, so that a restarted portal still knows (and can withdraw) it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredGrant {
+    authorization: Authorization,
+    client_ip: Option<IpAddr>,
 }
 
 type ViewKey = (Uuid, Option<IpAddr>);
@@ -201,6 +210,26 @@ impl Worker {
         };
         loaded.snapshot = snapshot_of(data);
         self.loaded = Some(loaded);
+        for stored in self
+            .store
+            .load_authorizations(self.account_id, Utc::now())
+            .await?
+        {
+            let Ok(grant) = serde_json::from_value::<StoredGrant>(stored.body) else {
+                tracing::warn!(id = %stored.id, "ignoring a stored authorization that cannot be read");
+                continue;
+            };
+            self.authorizations.insert(
+                stored.id,
+                Grant {
+                    authorization: grant.authorization,
+                    client_session: 0,
+                    client_ip: grant.client_ip,
+                    token_id: stored.token_id,
+                    gateway_device: stored.gateway_device_id,
+                },
+            );
+        }
         Ok(())
     }
 
@@ -553,15 +582,36 @@ impl Worker {
         let _ = client
             .outbound
             .try_send(Outbound::Text(encode(&granted).into()));
-        self.authorizations.insert(
-            authorization.id,
-            Grant {
-                client_session: session,
-                token_id: client.token_id,
-                gateway_device: gateway.device.device_id.clone(),
-                authorization,
-            },
-        );
+        let grant = Grant {
+            client_session: session,
+            client_ip: client.source_ip,
+            token_id: client.token_id,
+            gateway_device: gateway.device.device_id.clone(),
+            authorization,
+        };
+        self.persist(&grant);
+        self.authorizations.insert(grant.authorization.id, grant);
+    }
+
+    /// Stores a grant in the background: the worker does not wait for the database.
+    fn persist(&self, grant: &Grant) {
+        let stored = postern_store::StoredAuthorization {
+            id: grant.authorization.id,
+            token_id: grant.token_id,
+            gateway_device_id: grant.gateway_device.clone(),
+            expires_at: grant.authorization.expires_at,
+            body: serde_json::to_value(StoredGrant {
+                authorization: grant.authorization.clone(),
+                client_ip: grant.client_ip,
+            })
+            .unwrap_or_default(),
+        };
+        let (store, account_id) = (self.store.clone(), self.account_id);
+        tokio::spawn(async move {
+            if let Err(err) = store.save_authorization(account_id, &stored).await {
+                tracing::warn!(error = %err, "could not store an authorization");
+            }
+        });
     }
 
     /// Withdraws authorizations whose client may no longer reach the resource as authorized,
@@ -581,7 +631,12 @@ impl Worker {
                     .unwrap_or_else(|| {
                         loaded
                             .snapshot
-                            .authorize(grant.authorization.actor_id, authorized.id, None, now)
+                            .authorize(
+                                grant.authorization.actor_id,
+                                authorized.id,
+                                grant.client_ip,
+                                now,
+                            )
                             .is_ok()
                     });
                 grant.authorization.expires_at <= now
