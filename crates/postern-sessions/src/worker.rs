@@ -448,13 +448,16 @@ impl Worker {
             .map(|(id, s)| (*id, (s.actor_id.unwrap_or_default(), s.source_ip)))
             .collect();
         let mut stalled = Vec::new();
+        // Replaced views stay alive until the loop ends: `encoded` is keyed by their addresses,
+        // which must not be reused by a view allocated meanwhile.
+        let mut retired: Vec<Arc<View>> = Vec::new();
         for (session, key) in keys {
             let new = self.view_for(key, now);
             let Some(entry) = self.clients.get_mut(&session) else {
                 continue;
             };
             if Arc::ptr_eq(&entry.view, &new) || *entry.view == *new {
-                entry.view = new;
+                retired.push(std::mem::replace(&mut entry.view, new));
                 continue;
             }
             let pair = (
@@ -477,8 +480,9 @@ impl Worker {
                     break;
                 }
             }
-            entry.view = new;
+            retired.push(std::mem::replace(&mut entry.view, new));
         }
+        drop(retired);
         for session in stalled {
             self.drop_stalled(session);
         }
