@@ -241,6 +241,9 @@ pub fn session_url(base: &Url, path: &str, params: &ConnectParams) -> Url {
         if let Some(key) = &params.public_key {
             query.append_pair("public_key", key);
         }
+        if let Some(endpoint) = &params.endpoint {
+            query.append_pair("endpoint", endpoint);
+        }
     }
     url
 }
@@ -357,6 +360,8 @@ pub struct DeviceSettings<'a> {
     pub name: Option<&'a str>,
     pub version: &'a str,
     pub public_key: Option<String>,
+    /// Gateways: where clients reach the WireGuard listener.
+    pub endpoint: Option<String>,
     pub max_partition: Option<Duration>,
 }
 
@@ -380,6 +385,7 @@ impl DeviceConfig {
             name,
             version: settings.version.to_string(),
             public_key: settings.public_key,
+            endpoint: settings.endpoint,
         };
         params.validate().map_err(ConfigError::Params)?;
         Ok(Self {
@@ -550,6 +556,7 @@ mod tests {
             name: "build box #1".into(),
             version: "0.1.0".into(),
             public_key: None,
+            endpoint: None,
         };
         let base = portal_base_url("https://portal.example.com/postern/", false).unwrap();
         let url = session_url(&base, "/v1/client/websocket", &params);

@@ -109,6 +109,7 @@ fn run(args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
         name: args.common.name.as_deref(),
         version: env!("CARGO_PKG_VERSION"),
         public_key: None,
+        endpoint: args.public_endpoint.clone(),
         max_partition: args.common.max_partition_time,
     });
     let config = match config {

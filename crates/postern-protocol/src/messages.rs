@@ -18,6 +18,9 @@ pub struct ConnectParams {
     /// The device's WireGuard public key (base64), when it has a data plane.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
+    /// Gateways: the `host:port` where clients reach its WireGuard listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
 }
 
 pub const MAX_DEVICE_ID_LEN: usize = 128;
@@ -47,6 +50,24 @@ impl ConnectParams {
         }
         if self.version.len() > 64 || self.version.chars().any(char::is_control) {
             return Err("version must be at most 64 printable characters".to_string());
+        }
+        if let Some(key) = &self.public_key {
+            if key.len() > 64
+                || !key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c))
+            {
+                return Err("public_key must be a base64 WireGuard key".to_string());
+            }
+        }
+        if let Some(endpoint) = &self.endpoint {
+            if endpoint.len() > 255
+                || endpoint
+                    .chars()
+                    .any(|c| c.is_control() || c.is_whitespace())
+            {
+                return Err("endpoint must be a host:port of at most 255 characters".to_string());
+            }
         }
         Ok(())
     }

@@ -79,6 +79,8 @@ struct Session {
     token_id: Uuid,
     token_expires_at: DateTime<Utc>,
     source_ip: Option<IpAddr>,
+    /// Gateways: where clients reach their WireGuard listener.
+    endpoint: Option<String>,
     outbound: mpsc::Sender<Outbound>,
     /// Clients: what they were last told they may reach.
     view: Arc<View>,
@@ -274,6 +276,7 @@ impl Worker {
             token_id: principal.token_id,
             token_expires_at: principal.expires_at,
             source_ip: hello.source_ip,
+            endpoint: hello.params.endpoint.clone(),
             outbound,
             view: Arc::new(View::new()),
         };
@@ -554,6 +557,7 @@ impl Worker {
             Some(until) => until.min(client.token_expires_at),
             None => client.token_expires_at,
         };
+        let preshared_key = Some(preshared_key());
         let authorization = Authorization {
             id: Uuid::new_v4(),
             client_device_id: client.device.device_id.clone(),
@@ -562,7 +566,7 @@ impl Worker {
             client_addresses: addresses_of(&client.device),
             resource: postern_access::resource_view(resource, until),
             expires_at,
-            preshared_key: None,
+            preshared_key: preshared_key.clone(),
         };
         let granted = PortalToClient::AccessGranted {
             resource_id,
@@ -571,11 +575,11 @@ impl Worker {
                 id: gateway.device.device_id.clone(),
                 name: gateway.device.name.clone(),
                 public_key: gateway.device.public_key.clone(),
-                endpoint: None,
+                endpoint: gateway.endpoint.clone(),
                 addresses: addresses_of(&gateway.device),
             },
             expires_at,
-            preshared_key: None,
+            preshared_key,
         };
         let authorize = PortalToGateway::Authorize {
             authorization: authorization.clone(),
@@ -826,6 +830,15 @@ impl Worker {
         }
         Ok(site.name)
     }
+}
+
+/// A fresh 256-bit WireGuard preshared key for one client–gateway authorization (base64).
+fn preshared_key() -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut key = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut key);
+    base64::engine::general_purpose::STANDARD.encode(key)
 }
 
 fn snapshot_of(data: postern_store::AccessData) -> AccessSnapshot {
