@@ -124,7 +124,16 @@ pub fn token_status(token: &Value, now: DateTime<Utc>) -> &'static str {
 /// Prints a table of tokens (of an actor or a site).
 pub fn print_tokens(tokens: &[Value]) -> anyhow::Result<()> {
     let now = Utc::now();
-    let mut table = Table::new(&["ID", "NAME", "STATUS", "EXPIRES", "LAST USED", "CREATED"]);
+    let mut table = Table::new(&[
+        "ID",
+        "NAME",
+        "STATUS",
+        "EXPIRES",
+        "LAST USED",
+        "FROM",
+        "ONLINE",
+        "CREATED",
+    ]);
     for token in tokens {
         table.row(vec![
             text(token, "id"),
@@ -132,6 +141,8 @@ pub fn print_tokens(tokens: &[Value]) -> anyhow::Result<()> {
             token_status(token, now).to_string(),
             date(token, "expires_at", "-"),
             date(token, "last_used_at", "never"),
+            token["last_used_ip"].as_str().unwrap_or("-").to_string(),
+            token["online_sessions"].as_u64().unwrap_or(0).to_string(),
             date(token, "created_at", "-"),
         ]);
     }
