@@ -1,0 +1,522 @@
+//! Control sessions end to end, with real processes only: a `postern serve` portal (on SQLite
+//! and on a fresh PostgreSQL database), real `postern-client --no-tunnel` and `postern-gateway`
+//! processes, and the REST API over a real socket.
+//!
+//! The binaries `postern-client` and `postern-gateway` must have been built next to `postern`:
+//! `cargo build --workspace --bins` (scripts/test does it).
+//!
+//! Waits are deadlines (generous, for a loaded machine), not timing assertions; the one timing
+//! assertion is the issue's: revoking a token ends its clients within 2 s.
+
+mod common;
+#[path = "common/e2e.rs"]
+mod e2e;
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use common::Portal;
+use e2e::{connected, shows_exactly, wait_for_all, Api, Backend, Database, Device};
+use serde_json::{json, Value};
+
+/// How long a fleet of freshly started processes may take to connect (debug builds, a busy
+/// machine running other tests).
+const START: Duration = Duration::from_secs(30);
+/// How long a change may take to reach every client (the issue asks for 1 s; this is a
+/// deadline, not the measurement).
+const PROPAGATION: Duration = Duration::from_secs(10);
+/// The issue's bound: from the revoke call returning to the last client exiting.
+const REVOCATION_BOUND: Duration = Duration::from_secs(2);
+/// Exit code of a device whose token was rejected.
+const TOKEN_REJECTED: i32 = 3;
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test] fn $name() { super::$name(super::Backend::Sqlite) })*
+        }
+        mod postgres {
+            $(#[test] fn $name() { super::$name(super::Backend::Postgres) })*
+        }
+    };
+}
+
+on_both_backends!(
+    twenty_clients_on_one_token_all_see_a_new_resource,
+    revoking_a_token_ends_its_twenty_clients_with_code_3_within_2_s_and_spares_the_other_token,
+    an_expired_or_revoked_token_is_refused_with_code_3,
+    leaving_the_policy_group_withdraws_the_resource_and_the_client_keeps_running,
+    clients_and_gateways_reconnect_through_a_portal_restart,
+);
+
+struct Token {
+    id: String,
+    secret: String,
+}
+
+/// A portal on a fresh database with: a group `fleet`, a service account `runner` in it with
+/// token A (its initial one) and token B, a site `dc` with a gateway token, a resource `db` in
+/// that site and a policy granting it to `fleet`. Fields drop in order: the portal first, then
+/// the database, then the temporary directory of the devices.
+struct World {
+    portal: Option<Portal>,
+    api: Api,
+    db: Database,
+    root: tempfile::TempDir,
+    group_id: String,
+    actor_id: String,
+    token_a: Token,
+    token_b: Token,
+    site_id: String,
+    gateway_secret: String,
+    resource_id: String,
+}
+
+impl World {
+    /// `None` when the backend is skipped.
+    fn new(backend: Backend) -> Option<World> {
+        let db = Database::create(backend)?;
+        let api_token = db.api_token();
+        let portal = Portal::start(&db.args());
+        let api = Api::new(&portal.url, &api_token);
+
+        let group = api.post("/v1/groups", json!({"name": "fleet"}));
+        let group_id = string(&group["data"], "id");
+        let created = api.post(
+            "/v1/actors",
+            json!({"type": "service_account", "name": "runner", "group_ids": [group_id]}),
+        );
+        let actor_id = string(&created["data"], "id");
+        let token_a = Token {
+            id: string(&created["token"], "id"),
+            secret: string(&created["token"], "secret"),
+        };
+        let second = api.post(
+            &format!("/v1/actors/{actor_id}/tokens"),
+            json!({"name": "second"}),
+        );
+        let token_b = Token {
+            id: string(&second["data"], "id"),
+            secret: string(&second["data"], "secret"),
+        };
+        let site = api.post("/v1/sites", json!({"name": "dc"}));
+        let site_id = string(&site["data"], "id");
+        let gateway = api.post(&format!("/v1/sites/{site_id}/gateway_tokens"), json!({}));
+        let gateway_secret = string(&gateway["data"], "secret");
+        let world = World {
+            portal: Some(portal),
+            api,
+            db,
+            root: tempfile::tempdir().expect("temp dir"),
+            group_id,
+            actor_id,
+            token_a,
+            token_b,
+            site_id,
+            gateway_secret,
+            resource_id: String::new(),
+        };
+        let resource_id = world.grant("db", "10.20.0.0/24");
+        Some(World {
+            resource_id,
+            ..world
+        })
+    }
+
+    fn url(&self) -> String {
+        self.portal.as_ref().expect("the portal runs").url.clone()
+    }
+
+    /// Creates a CIDR resource in the site and a policy granting it to the group; returns the
+    /// resource's id.
+    fn grant(&self, name: &str, address: &str) -> String {
+        let resource = self.api.post(
+            "/v1/resources",
+            json!({"type": "cidr", "name": name, "address": address, "site_id": self.site_id}),
+        );
+        let resource_id = string(&resource["data"], "id");
+        self.api.post(
+            "/v1/policies",
+            json!({"group_id": self.group_id, "resource_id": resource_id}),
+        );
+        resource_id
+    }
+
+    fn client(&self, id: &str, token: &Token, args: &[&str]) -> Device {
+        Device::client(self.root.path(), &self.url(), id, &token.secret, args)
+    }
+
+    fn gateway(&self, id: &str) -> Device {
+        Device::gateway(self.root.path(), &self.url(), id, &self.gateway_secret)
+    }
+
+    /// Twenty clients with token A and two with token B, each with its own state directory and
+    /// device id.
+    fn fleet(&self) -> (Vec<Device>, Vec<Device>) {
+        let on_a = (1..=20)
+            .map(|n| self.client(&format!("fleet-a-{n:02}"), &self.token_a, &[]))
+            .collect();
+        let on_b = (1..=2)
+            .map(|n| self.client(&format!("fleet-b-{n:02}"), &self.token_b, &[]))
+            .collect();
+        (on_a, on_b)
+    }
+
+    fn online_sessions(&self, token: &Token) -> u64 {
+        let token = self
+            .api
+            .get(&format!("/v1/actors/{}/tokens/{}", self.actor_id, token.id));
+        token["data"]["online_sessions"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no online_sessions in {token}"))
+    }
+
+    fn revoke(&self, token: &Token) {
+        self.api
+            .delete(&format!("/v1/actors/{}/tokens/{}", self.actor_id, token.id));
+    }
+}
+
+#[track_caller]
+fn string(value: &Value, key: &str) -> String {
+    value[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("no string '{key}' in {value}"))
+        .to_string()
+}
+
+/// Checks, through `postern-client status --json` as an operator would run it, that each
+/// client is connected with `token` and lists exactly `resources`.
+#[track_caller]
+fn assert_status(devices: &[Device], token: &Token, resources: &[&str]) {
+    for device in devices {
+        let status = device.status();
+        assert!(
+            shows_exactly(&status, resources),
+            "{}: expected connected with {resources:?}, status --json says:\n{status:#}",
+            device.id
+        );
+        assert_eq!(status["token"]["id"], token.id.as_str(), "{status:#}");
+        assert_eq!(status["device_id"], device.id.as_str(), "{status:#}");
+    }
+}
+
+/// 20 clients on one token (and 2 on a second token of the same account) all get the resource
+/// at connect, then all get a resource granted while they run.
+fn twenty_clients_on_one_token_all_see_a_new_resource(backend: Backend) {
+    let Some(w) = World::new(backend) else { return };
+    let (mut on_a, mut on_b) = w.fleet();
+    let first = w.resource_id.as_str();
+    wait_for_all(&mut on_a, START, "connected with the first resource", |s| {
+        shows_exactly(s, &[first])
+    });
+    wait_for_all(&mut on_b, START, "connected with the first resource", |s| {
+        shows_exactly(s, &[first])
+    });
+    assert_eq!(w.online_sessions(&w.token_a), 20);
+    assert_eq!(w.online_sessions(&w.token_b), 2);
+
+    let second = w.grant("git", "10.30.0.0/24");
+    let both = [first, second.as_str()];
+    let took = wait_for_all(&mut on_a, PROPAGATION, "showing the new resource", |s| {
+        shows_exactly(s, &both)
+    });
+    eprintln!(
+        "propagation: all 20 clients showed the new resource {took:?} after the policy was created"
+    );
+    wait_for_all(&mut on_b, PROPAGATION, "showing the new resource", |s| {
+        shows_exactly(s, &both)
+    });
+    assert_status(&on_a, &w.token_a, &both);
+    assert_status(&on_b, &w.token_b, &both);
+
+    // Every device is listed online with its token.
+    let clients = w
+        .api
+        .get(&format!("/v1/clients?token_id={}&limit=100", w.token_a.id));
+    let rows = clients["data"].as_array().expect("a list");
+    assert_eq!(rows.len(), 20, "{clients:#}");
+    assert!(rows.iter().all(|row| row["online"] == true), "{clients:#}");
+}
+
+/// Revoking token A ends all 20 of its clients with exit code 3, the last within 2 s of the
+/// revoke call returning; the 2 clients on token B stay connected.
+fn revoking_a_token_ends_its_twenty_clients_with_code_3_within_2_s_and_spares_the_other_token(
+    backend: Backend,
+) {
+    let Some(w) = World::new(backend) else { return };
+    let (mut on_a, mut on_b) = w.fleet();
+    let first = w.resource_id.as_str();
+    wait_for_all(&mut on_a, START, "connected", |s| {
+        shows_exactly(s, &[first])
+    });
+    wait_for_all(&mut on_b, START, "connected", |s| {
+        shows_exactly(s, &[first])
+    });
+
+    w.revoke(&w.token_a);
+    let revoked = Instant::now();
+    let deadline = revoked + Duration::from_secs(15);
+    let mut last_exit = Duration::ZERO;
+    while on_a.iter_mut().any(Device::running) {
+        assert!(
+            Instant::now() < deadline,
+            "clients of the revoked token still run after 15 s:\n{}",
+            on_a.iter_mut()
+                .filter_map(|d| d.running().then(|| d.describe()))
+                .collect::<String>()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        last_exit = revoked.elapsed();
+    }
+    for device in &mut on_a {
+        let code = device.exit_status().and_then(|status| status.code());
+        assert_eq!(
+            code,
+            Some(TOKEN_REJECTED),
+            "a client of the revoked token must exit 3:\n{}",
+            device.describe()
+        );
+        let status = device.status_file().expect("a status file");
+        assert_eq!(status["state"], "stopped", "{status:#}");
+        assert_eq!(status["exit_code"], TOKEN_REJECTED, "{status:#}");
+        assert_eq!(
+            status["last_error"], "the portal ended the session: the token was revoked",
+            "the reason is recorded: {status:#}"
+        );
+    }
+    assert!(
+        last_exit <= REVOCATION_BOUND,
+        "the last of 20 clients exited {last_exit:?} after the revoke call returned (bound: {REVOCATION_BOUND:?})"
+    );
+    eprintln!(
+        "revocation: the last of 20 clients exited {last_exit:?} after the revoke call returned"
+    );
+
+    // Token B's clients are untouched: still running, still connected, still with the resource.
+    std::thread::sleep(Duration::from_millis(500));
+    for device in &mut on_b {
+        assert!(
+            device.running(),
+            "a client of the other token stopped:\n{}",
+            device.describe()
+        );
+    }
+    assert_status(&on_b, &w.token_b, &[first]);
+    assert_eq!(w.online_sessions(&w.token_b), 2);
+    assert_eq!(w.online_sessions(&w.token_a), 0);
+    let clients = w
+        .api
+        .get(&format!("/v1/clients?token_id={}&limit=100", w.token_a.id));
+    let rows = clients["data"].as_array().expect("a list");
+    assert_eq!(rows.len(), 20, "{clients:#}");
+    assert!(rows.iter().all(|row| row["online"] == false), "{clients:#}");
+}
+
+/// A token that expires while in use ends its session at the expiry (the client exits 3); an
+/// expired token and a revoked token are refused at connect (exit 3).
+fn an_expired_or_revoked_token_is_refused_with_code_3(backend: Backend) {
+    let Some(w) = World::new(backend) else { return };
+    // Long enough for the client to connect first on a busy machine.
+    let lifetime = Duration::from_secs(5);
+    let expires_at = Utc::now() + chrono::Duration::from_std(lifetime).expect("a duration");
+    let short = w.api.post(
+        &format!("/v1/actors/{}/tokens", w.actor_id),
+        json!({"name": "short", "expires_at": expires_at.to_rfc3339()}),
+    );
+    let short = Token {
+        id: string(&short["data"], "id"),
+        secret: string(&short["data"], "secret"),
+    };
+    let mut client = [w.client("short-lived", &short, &[])];
+    let first = w.resource_id.as_str();
+    wait_for_all(&mut client, lifetime, "connected before the expiry", |s| {
+        shows_exactly(s, &[first])
+    });
+    let [mut client] = client;
+    let status = client.status();
+    assert_eq!(status["token"]["id"], short.id.as_str(), "{status:#}");
+    let shown: chrono::DateTime<Utc> = status["token"]["expires_at"]
+        .as_str()
+        .and_then(|at| at.parse().ok())
+        .unwrap_or_else(|| panic!("the status shows the token's expiry: {status:#}"));
+    assert!(
+        (shown - expires_at).num_milliseconds().abs() < 1000,
+        "expiry shown {shown}, set {expires_at}"
+    );
+
+    let status = client.wait_exit(Duration::from_secs(20));
+    let exited_at = Utc::now();
+    assert_eq!(
+        status.and_then(|status| status.code()),
+        Some(TOKEN_REJECTED),
+        "the client of an expiring token must exit 3 once it expires:\n{}",
+        client.describe()
+    );
+    assert!(
+        exited_at >= expires_at,
+        "the client exited at {exited_at}, before the token's expiry {expires_at}"
+    );
+    let recorded = client.status_file().expect("a status file");
+    // The portal ended the session (`token_expired`); the client did not just give up.
+    assert_eq!(
+        recorded["last_error"], "the portal ended the session: the token expired",
+        "the reason is recorded: {recorded:#}"
+    );
+    eprintln!(
+        "expiry: the client exited {} ms after the token's expiry",
+        (exited_at - expires_at).num_milliseconds()
+    );
+
+    // Starting again with the expired token, or with a revoked one: refused at connect.
+    let mut again = w.client("short-lived-again", &short, &[]);
+    assert_refused_at_connect(&mut again, "an expired token");
+    w.revoke(&w.token_b);
+    let mut revoked = w.client("revoked", &w.token_b, &[]);
+    assert_refused_at_connect(&mut revoked, "a revoked token");
+    for device in [&client, &again, &revoked] {
+        let log = device.log();
+        assert!(
+            !log.contains(&short.secret) && !log.contains(&w.token_b.secret),
+            "a token was logged:\n{log}"
+        );
+    }
+}
+
+/// The device exits 3 because the portal refused its token when connecting.
+#[track_caller]
+fn assert_refused_at_connect(device: &mut Device, what: &str) {
+    let status = device.wait_exit(Duration::from_secs(20));
+    assert_eq!(
+        status.and_then(|status| status.code()),
+        Some(TOKEN_REJECTED),
+        "a client with {what} must exit 3:\n{}",
+        device.describe()
+    );
+    let recorded = device.status_file().expect("a status file");
+    assert!(
+        recorded["last_error"]
+            .as_str()
+            .is_some_and(|error| error.starts_with("the portal refused the token")),
+        "a client with {what}: {recorded:#}"
+    );
+}
+
+/// Taking the service account out of the policy's group withdraws the resource from its running
+/// client, which stays connected; putting it back grants the resource again.
+fn leaving_the_policy_group_withdraws_the_resource_and_the_client_keeps_running(backend: Backend) {
+    let Some(w) = World::new(backend) else { return };
+    let mut client = [w.client("member", &w.token_a, &[])];
+    let first = w.resource_id.as_str();
+    wait_for_all(&mut client, START, "connected", |s| {
+        shows_exactly(s, &[first])
+    });
+
+    let memberships = format!("/v1/groups/{}/memberships", w.group_id);
+    w.api.patch(&memberships, json!({"remove": [w.actor_id]}));
+    wait_for_all(&mut client, PROPAGATION, "without the resource", |s| {
+        shows_exactly(s, &[])
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(client[0].running(), "{}", client[0].describe());
+    assert_status(&client, &w.token_a, &[]);
+
+    w.api.patch(&memberships, json!({"add": [w.actor_id]}));
+    wait_for_all(&mut client, PROPAGATION, "with the resource again", |s| {
+        shows_exactly(s, &[first])
+    });
+    assert_status(&client, &w.token_a, &[first]);
+}
+
+/// Stopping the portal (SIGTERM) and starting it again on the same port and database: the
+/// client (with a long enough --max-partition-time) and the gateway reconnect by themselves,
+/// the client shows its resources again and the gateway is online again.
+fn clients_and_gateways_reconnect_through_a_portal_restart(backend: Backend) {
+    let Some(mut w) = World::new(backend) else {
+        return;
+    };
+    let mut clients = [w.client("survivor", &w.token_a, &["--max-partition-time", "60s"])];
+    let mut gateways = [w.gateway("gw-1")];
+    let first = w.resource_id.as_str();
+    wait_for_all(&mut clients, START, "connected", |s| {
+        shows_exactly(s, &[first])
+    });
+    wait_for_all(&mut gateways, START, "connected", connected);
+    assert_gateway_online(&w, "gw-1");
+    let client_pid = clients[0].pid();
+    let addresses = clients[0].status()["addresses"].clone();
+    assert!(addresses.is_object(), "tunnel addresses: {addresses}");
+
+    // Stop the portal.
+    let portal = w.portal.take().expect("the portal runs");
+    let url = portal.url.clone();
+    let port = url.rsplit(':').next().expect("a port").to_string();
+    let log = portal.log();
+    let code = portal.terminate();
+    assert_eq!(code, Some(0), "postern serve exits 0 on SIGTERM:\n{log}");
+    wait_for_all(
+        &mut clients,
+        PROPAGATION,
+        "noticing the portal is gone",
+        |s| !connected(s),
+    );
+    wait_for_all(
+        &mut gateways,
+        PROPAGATION,
+        "noticing the portal is gone",
+        |s| !connected(s),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    for device in clients.iter_mut().chain(gateways.iter_mut()) {
+        assert!(device.running(), "{}", device.describe());
+    }
+
+    // Start it again on the same port and database.
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["serve", "--listen", &listen];
+    args.extend(w.db.args());
+    let portal =
+        Portal::try_start(&args).unwrap_or_else(|log| panic!("the portal did not restart:\n{log}"));
+    assert_eq!(portal.url, url);
+    w.portal = Some(portal);
+
+    wait_for_all(&mut clients, START, "reconnected with the resource", |s| {
+        shows_exactly(s, &[first])
+    });
+    wait_for_all(&mut gateways, START, "reconnected", connected);
+    assert_eq!(clients[0].pid(), client_pid);
+    assert!(clients[0].running(), "{}", clients[0].describe());
+    assert_status(&clients, &w.token_a, &[first]);
+    // The device keeps its tunnel addresses: the portal stored them before it stopped.
+    assert_eq!(clients[0].status()["addresses"], addresses);
+    assert_eq!(gateways[0].status()["state"], "connected");
+    assert_gateway_online(&w, "gw-1");
+
+    // The restarted portal still pushes changes to the reconnected client.
+    let second = w.grant("git", "10.30.0.0/24");
+    wait_for_all(&mut clients, PROPAGATION, "showing the new resource", |s| {
+        shows_exactly(s, &[first, second.as_str()])
+    });
+}
+
+/// `GET /v1/sites/{id}/gateways` lists `device` as online (polled: the listing follows the
+/// session registration).
+#[track_caller]
+fn assert_gateway_online(w: &World, device: &str) {
+    let deadline = Instant::now() + PROPAGATION;
+    loop {
+        let gateways = w.api.get(&format!("/v1/sites/{}/gateways", w.site_id));
+        let online = gateways["data"].as_array().is_some_and(|rows| {
+            rows.iter()
+                .any(|row| row["device_id"] == device && row["online"] == true)
+        });
+        if online {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gateway {device} not listed online within {PROPAGATION:?}:\n{gateways:#}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
