@@ -74,9 +74,24 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let hub = state.hub.clone();
+    let shutdown = async move {
+        shutdown.await;
+        hub.shutdown(std::time::Duration::from_secs(2)).await;
+    };
+    serve_with(listener, router(state), shutdown).await
+}
+
+/// Serves any router (for example the API merged with the web portal) on `listener` until
+/// `shutdown` completes, with the peer address available to extractors.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     axum::serve(
         listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+        router.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await

@@ -122,6 +122,21 @@ impl Hub {
         self.connect(DeviceKind::Gateway, hello).await
     }
 
+    /// Tells every session that the portal is stopping and waits (at most `grace`) until they
+    /// have closed, so devices learn it is a restart and not a network failure.
+    pub async fn shutdown(&self, grace: std::time::Duration) {
+        let workers: Vec<mpsc::UnboundedSender<worker::Command>> =
+            self.inner.workers.lock().values().cloned().collect();
+        for worker in &workers {
+            let _ = worker.send(worker::Command::Shutdown);
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.inner.online.read().devices.is_empty() && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Whether a device has at least one open session on this portal.
     pub fn is_online(&self, account_id: Uuid, kind: DeviceKind, device_id: &str) -> bool {
         self.inner

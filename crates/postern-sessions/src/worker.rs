@@ -34,6 +34,8 @@ pub(crate) enum Command {
     },
     Change(ChangeEvent),
     Resync,
+    /// The portal is stopping: tell every session, so devices know to reconnect.
+    Shutdown,
 }
 
 /// How far ahead the worker looks for a time window opening or closing.
@@ -173,6 +175,22 @@ impl Worker {
                 false
             }
             Command::Change(event) => self.on_change(event),
+            Command::Shutdown => {
+                let sessions: Vec<u64> = self
+                    .clients
+                    .keys()
+                    .chain(self.gateways.keys())
+                    .copied()
+                    .collect();
+                for session in sessions {
+                    self.close(
+                        session,
+                        DisconnectReason::ServerShutdown,
+                        "the portal is restarting; reconnect",
+                    );
+                }
+                false
+            }
             Command::Resync => {
                 let sessions: Vec<u64> = self
                     .clients
@@ -557,7 +575,18 @@ impl Worker {
             Some(until) => until.min(client.token_expires_at),
             None => client.token_expires_at,
         };
-        let preshared_key = Some(preshared_key());
+        // One preshared key per client–gateway pair: a WireGuard peer has a single one, so a
+        // second resource through the same gateway reuses the pair's key.
+        let preshared_key = self
+            .authorizations
+            .values()
+            .find(|g| {
+                g.gateway_device == gateway.device.device_id
+                    && g.authorization.client_device_id == client.device.device_id
+                    && g.authorization.client_public_key == client.device.public_key
+            })
+            .and_then(|g| g.authorization.preshared_key.clone())
+            .or_else(|| Some(preshared_key()));
         let authorization = Authorization {
             id: Uuid::new_v4(),
             client_device_id: client.device.device_id.clone(),

@@ -469,6 +469,12 @@ fn clients_and_gateways_reconnect_through_a_portal_restart(backend: Backend) {
     std::thread::sleep(Duration::from_secs(1));
     for device in clients.iter_mut().chain(gateways.iter_mut()) {
         assert!(device.running(), "{}", device.describe());
+        // The portal said goodbye: the device knows it is a restart, not a network failure.
+        let described = device.describe();
+        assert!(
+            described.contains("the portal is restarting"),
+            "{described}"
+        );
     }
 
     // Start it again on the same port and database.
