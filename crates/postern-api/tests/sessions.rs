@@ -295,7 +295,10 @@ async fn access_requests_reach_a_gateway_and_revocation_ends_everything(portal: 
     assert_eq!(authorization.id, authorization_id);
     assert_eq!(authorization.client_device_id, "runner-a");
     assert_eq!(authorization.resource.address, "10.20.0.0/24");
-    let psk = authorization.preshared_key.as_deref().expect("a preshared key per pair");
+    let psk = authorization
+        .preshared_key
+        .as_deref()
+        .expect("a preshared key per pair");
     assert_eq!(psk.len(), 44, "32 bytes, base64");
 
     // A restarted portal (a new hub on the same database) still knows the authorization: the

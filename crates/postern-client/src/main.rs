@@ -1,8 +1,9 @@
 //! `postern-client`: the headless client. Holds a control session with the portal using a
-//! service-account token and keeps the list of resources it may reach. The data plane (the
-//! tunnel) is not built yet: run with `--no-tunnel`.
+//! service-account token, keeps the list of resources it may reach and, unless `--no-tunnel`,
+//! routes them through a TUN device and WireGuard tunnels to the gateways.
 
 mod role;
+mod tunnel;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +30,7 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/postern-client";
         The token is read from the POSTERN_TOKEN environment variable (removed from the \
         environment at start) or else from --token-path (mode 600 or stricter).\n\n\
         Examples:\n  \
+        postern-client --api-url https://portal.example.com\n  \
         postern-client --no-tunnel --api-url https://portal.example.com\n  \
         postern-client status",
     args_conflicts_with_subcommands = true,
@@ -60,9 +62,17 @@ struct RunArgs {
     #[arg(long, env = "POSTERN_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
 
-    /// Only hold the control session, without a tunnel (required in this version)
+    /// Only hold the control session, without a tunnel (no root or CAP_NET_ADMIN needed)
     #[arg(long)]
     no_tunnel: bool,
+
+    /// Name of the TUN device
+    #[arg(long, env = "POSTERN_TUN_NAME", default_value = "postern0")]
+    tun_name: String,
+
+    /// MTU of the TUN device (WireGuard adds 80 bytes on the path to the gateway)
+    #[arg(long, env = "POSTERN_MTU", default_value_t = 1280)]
+    mtu: u16,
 }
 
 #[derive(Args)]
@@ -93,11 +103,10 @@ fn exit(code: i32) -> ExitCode {
 
 fn run(args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
     if !args.no_tunnel {
-        eprintln!(
-            "error: the tunnel (data plane) is not available in this version yet; run with \
-             --no-tunnel"
-        );
-        return exit(exit_code::BAD_CONFIG);
+        if let Err(err) = postern_device::net::check_mtu(args.mtu) {
+            eprintln!("error: --mtu: {err}");
+            return exit(exit_code::BAD_CONFIG);
+        }
     }
     let config = DeviceConfig::load(DeviceSettings {
         program: PROGRAM,
@@ -114,11 +123,25 @@ fn run(args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
         endpoint: None,
         max_partition: args.common.max_partition_time,
     });
-    let config = match config {
+    let mut config = match config {
         Ok(config) => config,
         Err(err) => {
             eprintln!("error: {err}");
             return exit(exit_code::BAD_CONFIG);
+        }
+    };
+    let keys = if args.no_tunnel {
+        None
+    } else {
+        match postern_device::keys::load_or_create(&config.state_dir) {
+            Ok(keys) => {
+                config.params.public_key = Some(keys.public_base64());
+                Some(keys)
+            }
+            Err(err) => {
+                eprintln!("error: {err}");
+                return exit(exit_code::BAD_CONFIG);
+            }
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -134,16 +157,50 @@ fn run(args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
     let outcome = runtime.block_on(async {
         let shutdown = postern_device::shutdown_signal()
             .context("cannot install the SIGTERM/SIGINT handlers")?;
+        let Some(keys) = keys else {
+            tracing::info!(
+                token_id = %config.token.id,
+                token_from = %config.token.origin,
+                device_id = %config.params.id,
+                device_name = %config.params.name,
+                "starting postern-client {} (control session only, no tunnel)",
+                env!("CARGO_PKG_VERSION")
+            );
+            let mut role = ClientRole::new(config.token.id, false);
+            return anyhow::Ok(postern_device::run(config, &mut role, shutdown).await);
+        };
+        let public_key = keys.public_base64();
+        let (requests_tx, requests_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (plan_tx, plan_rx) = tokio::sync::watch::channel(tunnel::Plan::default());
+        let tunnel =
+            match tunnel::ClientTunnel::create(&args.tun_name, args.mtu, keys.private, requests_tx)
+                .await
+            {
+                Ok(tunnel) => tunnel,
+                Err(err) => {
+                    return anyhow::Ok(postern_device::Outcome {
+                        code: exit_code::BAD_CONFIG,
+                        message: Some(err.to_string()),
+                    })
+                }
+            };
         tracing::info!(
             token_id = %config.token.id,
             token_from = %config.token.origin,
             device_id = %config.params.id,
             device_name = %config.params.name,
-            "starting postern-client {} (control session only, no tunnel)",
+            public_key = %public_key,
+            tun = %args.tun_name,
+            "starting postern-client {}",
             env!("CARGO_PKG_VERSION")
         );
-        let mut role = ClientRole::new(config.token.id, false);
-        anyhow::Ok(postern_device::run(config, &mut role, shutdown).await)
+        let data_plane = tokio::spawn(tunnel.run(plan_rx));
+        let mut role = ClientRole::with_tunnel(config.token.id, plan_tx, requests_rx);
+        let outcome = postern_device::run(config, &mut role, shutdown).await;
+        // Dropping the role closes the plan: the tunnel removes its routes and stops.
+        drop(role);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), data_plane).await;
+        anyhow::Ok(outcome)
     });
     match outcome {
         Ok(outcome) => {

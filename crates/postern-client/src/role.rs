@@ -11,6 +11,9 @@ use postern_protocol::{
     ClientToPortal, DisconnectReason, PortalToClient, ResourceView, TunnelAddresses, CLIENT_PATH,
 };
 use serde::{Deserialize, Serialize};
+
+use crate::tunnel::{Plan, PlannedGrant};
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 use uuid::Uuid;
 
@@ -18,6 +21,9 @@ pub struct ClientRole {
     state: ClientState,
     token_id: Uuid,
     tunnel: bool,
+    /// The data plane, when there is a tunnel: what it must know, and its access requests.
+    plan: Option<watch::Sender<Plan>>,
+    requests: Option<mpsc::UnboundedReceiver<ClientToPortal>>,
 }
 
 impl ClientRole {
@@ -26,7 +32,50 @@ impl ClientRole {
             state: ClientState::default(),
             token_id,
             tunnel,
+            plan: None,
+            requests: None,
         }
+    }
+
+    /// A role that keeps the tunnel's plan up to date and forwards its access requests.
+    pub fn with_tunnel(
+        token_id: Uuid,
+        plan: watch::Sender<Plan>,
+        requests: mpsc::UnboundedReceiver<ClientToPortal>,
+    ) -> Self {
+        Self {
+            plan: Some(plan),
+            requests: Some(requests),
+            ..Self::new(token_id, true)
+        }
+    }
+
+    fn publish(&self) {
+        let Some(sender) = &self.plan else { return };
+        let plan = Plan {
+            addresses: self.state.identity.as_ref().map(|i| i.addresses),
+            resources: self.state.resources.values().cloned().collect(),
+            grants: self
+                .state
+                .grants
+                .iter()
+                .map(|(resource_id, grant)| PlannedGrant {
+                    resource_id: *resource_id,
+                    gateway_name: grant.gateway.name.clone(),
+                    gateway_key: grant.gateway.public_key.clone(),
+                    endpoint: grant.gateway.endpoint.clone(),
+                    preshared_key: grant.preshared_key.clone(),
+                    expires_at: grant.expires_at,
+                })
+                .collect(),
+        };
+        sender.send_if_modified(|current| {
+            if *current == plan {
+                return false;
+            }
+            *current = plan;
+            true
+        });
     }
 }
 
@@ -193,6 +242,7 @@ impl Role for ClientRole {
         for update in &updates {
             self.log_update(update, &before);
         }
+        self.publish();
         !updates.is_empty()
     }
 
@@ -210,7 +260,14 @@ impl Role for ClientRole {
                 .map_or_else(|| id.to_string(), |r| r.name.clone());
             info!("access expired: {name}");
         }
+        if !expired.is_empty() {
+            self.publish();
+        }
         !expired.is_empty()
+    }
+
+    fn outbox(&mut self) -> Option<&mut mpsc::UnboundedReceiver<ClientToPortal>> {
+        self.requests.as_mut()
     }
 
     fn details(&self) -> ClientDetails {

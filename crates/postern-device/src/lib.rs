@@ -5,6 +5,8 @@
 
 pub mod cli;
 pub mod config;
+pub mod keys;
+pub mod net;
 pub mod session;
 pub mod status;
 

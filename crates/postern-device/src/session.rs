@@ -62,6 +62,18 @@ pub trait Role {
     /// Returns whether the state changed.
     fn on_wakeup(&mut self, now: DateTime<Utc>) -> bool;
     fn details(&self) -> Self::Details;
+    /// Messages the role sends on its own initiative (a client's access requests), if any.
+    /// They wait while there is no session and go out once connected.
+    fn outbox(&mut self) -> Option<&mut tokio::sync::mpsc::UnboundedReceiver<Self::Outgoing>> {
+        None
+    }
+}
+
+async fn next_outgoing<R: Role>(role: &mut R) -> Option<R::Outgoing> {
+    match role.outbox() {
+        Some(outbox) => outbox.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How the session ended: the process exit code and why.
@@ -228,6 +240,7 @@ enum Event {
     Shutdown,
     Timer,
     Wakeup,
+    Outgoing(String),
     Frame(Option<Result<Message, WsError>>),
 }
 
@@ -242,10 +255,14 @@ async fn session<R: Role, S: Future<Output = ()>>(
 ) -> Option<Action> {
     let (mut sink, mut stream) = ws.split();
     loop {
+        let wakeup = role.next_wakeup();
         let event = tokio::select! {
             _ = shutdown.as_mut() => Event::Shutdown,
             _ = sleep_until_opt(conn.poll_timeout()) => Event::Timer,
-            _ = sleep_until_wakeup(role.next_wakeup()) => Event::Wakeup,
+            _ = sleep_until_wakeup(wakeup) => Event::Wakeup,
+            Some(message) = next_outgoing(role) => {
+                Event::Outgoing(postern_protocol::encode(&message))
+            }
             frame = stream.next() => Event::Frame(frame),
         };
         let now = Instant::now();
@@ -257,6 +274,13 @@ async fn session<R: Role, S: Future<Output = ()>>(
             Event::Wakeup => {
                 if role.on_wakeup(Utc::now()) {
                     status.write(role);
+                }
+                continue;
+            }
+            Event::Outgoing(text) => {
+                if let Err(err) = sink.send(Message::text(text)).await {
+                    debug!("sending a message failed: {err}");
+                    return Some(conn.on_disconnected(Instant::now(), None, rng));
                 }
                 continue;
             }

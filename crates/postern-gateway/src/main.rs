@@ -1,7 +1,9 @@
 //! `postern-gateway`: the gateway of a site. Holds a control session with the portal using a
-//! gateway token and keeps the authorizations of clients to reach the site's resources. The
-//! data plane (WireGuard on `--listen`) is not built yet.
+//! gateway token, keeps the authorizations of clients to reach the site's resources and,
+//! unless `--no-tunnel`, serves them: WireGuard on `--listen`, per-packet checks, forwarding
+//! with source NAT through its own TUN device.
 
+mod dataplane;
 mod role;
 
 use std::path::PathBuf;
@@ -61,13 +63,25 @@ struct RunArgs {
     #[arg(long, env = "POSTERN_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
 
-    /// UDP address the data plane will listen on (accepted and reported; not used yet)
+    /// UDP address the data plane (WireGuard) listens on
     #[arg(long, env = "POSTERN_LISTEN", default_value = "0.0.0.0:51820")]
     listen: std::net::SocketAddr,
 
-    /// host:port clients will reach the data plane at (accepted and reported; not used yet)
+    /// host:port clients reach the data plane at (default: --listen, unless it is 0.0.0.0)
     #[arg(long, env = "POSTERN_PUBLIC_ENDPOINT")]
     public_endpoint: Option<String>,
+
+    /// Only hold the control session, without the data plane (no root or CAP_NET_ADMIN needed)
+    #[arg(long)]
+    no_tunnel: bool,
+
+    /// Name of the TUN device toward the site's network
+    #[arg(long, env = "POSTERN_TUN_NAME", default_value = "postern-gw0")]
+    tun_name: String,
+
+    /// MTU of the TUN device
+    #[arg(long, env = "POSTERN_MTU", default_value_t = 1280)]
+    mtu: u16,
 }
 
 #[derive(Args)]
@@ -96,7 +110,16 @@ fn exit(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
-fn run(args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
+fn run(mut args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
+    if args.public_endpoint.is_none() && !args.listen.ip().is_unspecified() && !args.no_tunnel {
+        args.public_endpoint = Some(args.listen.to_string());
+    }
+    if !args.no_tunnel {
+        if let Err(err) = postern_device::net::check_mtu(args.mtu) {
+            eprintln!("error: --mtu: {err}");
+            return exit(exit_code::BAD_CONFIG);
+        }
+    }
     let config = DeviceConfig::load(DeviceSettings {
         program: PROGRAM,
         kind: TokenKind::Gateway,
@@ -112,11 +135,25 @@ fn run(args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
         endpoint: args.public_endpoint.clone(),
         max_partition: args.common.max_partition_time,
     });
-    let config = match config {
+    let mut config = match config {
         Ok(config) => config,
         Err(err) => {
             eprintln!("error: {err}");
             return exit(exit_code::BAD_CONFIG);
+        }
+    };
+    let keys = if args.no_tunnel {
+        None
+    } else {
+        match postern_device::keys::load_or_create(&config.state_dir) {
+            Ok(keys) => {
+                config.params.public_key = Some(keys.public_base64());
+                Some(keys)
+            }
+            Err(err) => {
+                eprintln!("error: {err}");
+                return exit(exit_code::BAD_CONFIG);
+            }
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -139,15 +176,50 @@ fn run(args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
             device_name = %config.params.name,
             listen = %args.listen,
             public_endpoint = args.public_endpoint.as_deref().unwrap_or("-"),
-            "starting postern-gateway {} (control session only, no data plane yet)",
-            env!("CARGO_PKG_VERSION")
+            "starting postern-gateway {}{}",
+            env!("CARGO_PKG_VERSION"),
+            if keys.is_none() { " (control session only, no data plane)" } else { "" }
         );
-        let mut role = GatewayRole::new(
+        let role = GatewayRole::new(
             config.token.id,
             args.listen.to_string(),
             args.public_endpoint.clone(),
         );
-        anyhow::Ok(postern_device::run(config, &mut role, shutdown).await)
+        let Some(keys) = keys else {
+            let mut role = role;
+            return anyhow::Ok(postern_device::run(config, &mut role, shutdown).await);
+        };
+        if args.public_endpoint.is_none() {
+            tracing::warn!(
+                "no --public-endpoint: clients cannot reach this gateway's data plane until one \
+                 is set (HOST:PORT they can send UDP to)"
+            );
+        }
+        let counters = std::sync::Arc::new(parking_lot::Mutex::new(Default::default()));
+        let data_plane = match dataplane::GatewayDataPlane::create(
+            args.listen,
+            &args.tun_name,
+            args.mtu,
+            keys.private,
+            counters.clone(),
+        )
+        .await
+        {
+            Ok(data_plane) => data_plane,
+            Err(err) => {
+                return anyhow::Ok(postern_device::Outcome {
+                    code: exit_code::BAD_CONFIG,
+                    message: Some(err.to_string()),
+                })
+            }
+        };
+        let (plan_tx, plan_rx) = tokio::sync::watch::channel(Vec::new());
+        let task = tokio::spawn(data_plane.run(plan_rx));
+        let mut role = role.with_data_plane(plan_tx, counters);
+        let outcome = postern_device::run(config, &mut role, shutdown).await;
+        drop(role);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), task).await;
+        anyhow::Ok(outcome)
     });
     match outcome {
         Ok(outcome) => {

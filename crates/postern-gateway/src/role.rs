@@ -10,6 +10,12 @@ use postern_protocol::{
     GATEWAY_PATH,
 };
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use postern_dataplane::gateway::DropCounters;
+use tokio::sync::watch;
 use tracing::info;
 use uuid::Uuid;
 
@@ -18,6 +24,9 @@ pub struct GatewayRole {
     token_id: Uuid,
     listen: String,
     public_endpoint: Option<String>,
+    /// The data plane, when there is one: the authorizations it enforces, its drop counters.
+    plan: Option<watch::Sender<Vec<Authorization>>>,
+    dropped: Option<Arc<Mutex<DropCounters>>>,
 }
 
 impl GatewayRole {
@@ -27,7 +36,33 @@ impl GatewayRole {
             token_id,
             listen,
             public_endpoint,
+            plan: None,
+            dropped: None,
         }
+    }
+
+    pub fn with_data_plane(
+        mut self,
+        plan: watch::Sender<Vec<Authorization>>,
+        dropped: Arc<Mutex<DropCounters>>,
+    ) -> Self {
+        self.plan = Some(plan);
+        self.dropped = Some(dropped);
+        self
+    }
+
+    fn publish(&self) {
+        let Some(sender) = &self.plan else { return };
+        let mut authorizations: Vec<Authorization> =
+            self.state.authorizations.values().cloned().collect();
+        authorizations.sort_by_key(|a| a.id);
+        sender.send_if_modified(|current| {
+            if *current == authorizations {
+                return false;
+            }
+            *current = authorizations;
+            true
+        });
     }
 }
 
@@ -43,6 +78,12 @@ pub struct GatewayDetails {
     pub public_endpoint: Option<String>,
     pub authorizations_count: usize,
     pub authorizations: Vec<AuthorizationStatus>,
+    /// Whether the data plane runs (not with `--no-tunnel`).
+    #[serde(default)]
+    pub data_plane: bool,
+    /// Packets the data plane dropped, by reason.
+    #[serde(default)]
+    pub dropped_packets: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -135,6 +176,7 @@ impl Role for GatewayRole {
                 }
             }
         }
+        self.publish();
         !updates.is_empty()
     }
 
@@ -149,6 +191,9 @@ impl Role for GatewayRole {
             if let Some(authorization) = before.get(id) {
                 info!("authorization expired: {}", describe(authorization));
             }
+        }
+        if !expired.is_empty() {
+            self.publish();
         }
         !expired.is_empty()
     }
@@ -187,6 +232,19 @@ impl Role for GatewayRole {
             public_endpoint: self.public_endpoint.clone(),
             authorizations_count: authorizations.len(),
             authorizations,
+            data_plane: self.plan.is_some(),
+            dropped_packets: self
+                .dropped
+                .as_ref()
+                .map(|counters| {
+                    counters
+                        .lock()
+                        .non_zero()
+                        .into_iter()
+                        .map(|(reason, count)| (reason.to_string(), count))
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 }

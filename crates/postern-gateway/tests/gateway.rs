@@ -127,6 +127,7 @@ async fn authorizations_arrive_expire_and_are_revoked_then_sigterm_exits_0() {
         &api_url,
         "--public-endpoint",
         "gw.example.com:51820",
+        "--no-tunnel",
     ])
     .spawn()
     .unwrap();

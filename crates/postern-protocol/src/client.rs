@@ -15,6 +15,9 @@ pub struct AccessGrant {
     pub authorization_id: Uuid,
     pub gateway: GatewayInfo,
     pub expires_at: DateTime<Utc>,
+    /// The WireGuard preshared key of this client–gateway pair (never written to status files).
+    #[serde(default, skip_serializing)]
+    pub preshared_key: Option<String>,
 }
 
 /// What changed, for logs and for the data plane (routes).
@@ -75,7 +78,7 @@ impl ClientState {
                 authorization_id,
                 gateway,
                 expires_at,
-                ..
+                preshared_key,
             } => {
                 if !self.resources.contains_key(&resource_id) {
                     return vec![];
@@ -86,6 +89,7 @@ impl ClientState {
                         authorization_id,
                         gateway,
                         expires_at,
+                        preshared_key,
                     },
                 );
                 vec![ClientUpdate::AccessGranted(resource_id)]

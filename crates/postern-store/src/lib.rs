@@ -19,6 +19,7 @@ mod resources;
 mod sites;
 mod token_cache;
 mod tokens;
+mod web_sessions;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -38,6 +39,7 @@ pub use groups::MembershipChange;
 pub use policies::{NewPolicy, PolicyPatch};
 pub use resources::{NewResource, ResourcePatch};
 pub use tokens::{CreatedToken, NewTokenRequest, TokenHolder};
+pub use web_sessions::WebSession;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -1,4 +1,5 @@
-//! `postern serve`: opens the database, serves the REST API, shuts down gracefully.
+//! `postern serve`: opens the database, serves the REST API and the admin web portal on one
+//! listener, shuts down gracefully.
 
 use std::time::Duration;
 
@@ -18,11 +19,39 @@ pub struct ServeArgs {
         value_name = "ADDR"
     )]
     listen: String,
+    /// How long an administrator stays signed in to the web portal (e.g. 12h, 7d)
+    #[arg(
+        long,
+        env = "POSTERN_WEB_SESSION_LIFETIME",
+        default_value = "12h",
+        value_name = "DURATION"
+    )]
+    web_session_lifetime: String,
+    /// The URL users reach the portal at; https://… marks the session cookie Secure
+    #[arg(long, env = "POSTERN_PUBLIC_URL", value_name = "URL")]
+    public_url: Option<String>,
     #[command(flatten)]
     db: DbOpts,
 }
 
+impl ServeArgs {
+    fn web_config(&self) -> anyhow::Result<postern_web::WebConfig> {
+        let lifetime = postern_domain::rules::parse_duration(&self.web_session_lifetime)
+            .map_err(|err| anyhow!("--web-session-lifetime: {}", err.message))?
+            .to_std()
+            .context("--web-session-lifetime is out of range")?;
+        Ok(postern_web::WebConfig {
+            session_lifetime: lifetime,
+            secure_cookies: self
+                .public_url
+                .as_deref()
+                .is_some_and(|url| url.to_ascii_lowercase().starts_with("https://")),
+        })
+    }
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    args.web_config()?;
     let store = args.db.open().await?;
     let result = serve(&args, &store).await;
     store.close().await;
@@ -46,7 +75,16 @@ async fn serve(args: &ServeArgs, store: &Store) -> anyhow::Result<()> {
         .context("cannot read the address the portal listens on")?;
     tracing::info!("listening on http://{address}");
     let state = postern_api::AppState::new(store.clone());
-    postern_api::serve(listener, state, shutdown)
+    let hub = state.hub.clone();
+    let router =
+        postern_api::router(state.clone()).merge(postern_web::router(state, args.web_config()?));
+    tracing::info!("admin web portal on http://{address}/");
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("shutting down: telling connected clients and gateways");
+        hub.shutdown(Duration::from_secs(2)).await;
+    };
+    postern_api::serve_with(listener, router, shutdown)
         .await
         .context("the HTTP server failed")?;
     tracing::info!("shut down");

@@ -307,7 +307,8 @@ impl Device {
         Self::start("postern-client", root, api_url, id, token, &all)
     }
 
-    /// `postern-gateway ...` (the data-plane listen address is only reported, never bound).
+    /// `postern-gateway --no-tunnel ...` (the data-plane listen address is only reported, never
+    /// bound).
     pub fn gateway(root: &Path, api_url: &str, id: &str, token: &str) -> Device {
         Self::start(
             "postern-gateway",
@@ -315,7 +316,7 @@ impl Device {
             api_url,
             id,
             token,
-            &["--listen", "127.0.0.1:51820"],
+            &["--no-tunnel", "--listen", "127.0.0.1:51820"],
         )
     }
 

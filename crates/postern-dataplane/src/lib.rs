@@ -1,0 +1,83 @@
+//! The data plane's decisions, without I/O: IP packet parsing ([`packet`]), the gateway's
+//! per-packet verdict ([`gateway`]) and the client's routing with its hold queue ([`client`]).
+//! The binaries own the sockets, the TUN devices and WireGuard (boringtun's sans-IO `Tunn`).
+
+pub mod client;
+pub mod gateway;
+pub mod packet;
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use postern_protocol::ResourceView;
+
+/// A WireGuard public key (raw X25519 bytes).
+pub type PeerKey = [u8; 32];
+
+/// Decodes a base64 WireGuard key (public or preshared).
+pub fn decode_key(text: &str) -> Option<[u8; 32]> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .ok()?;
+    bytes.try_into().ok()
+}
+
+pub fn encode_key(key: &[u8; 32]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(key)
+}
+
+/// The network a resource covers: a `cidr` resource's range, an `ip` resource's single
+/// address. `dns` resources have no fixed network (not routed by this version).
+pub fn resource_network(resource: &ResourceView) -> Option<IpNet> {
+    match resource.resource_type.as_str() {
+        "cidr" => resource
+            .address
+            .parse::<IpNet>()
+            .ok()
+            .map(|net| net.trunc()),
+        "ip" => resource.address.parse::<IpAddr>().ok().map(IpNet::from),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn resource(id: u128, kind: &str, address: &str) -> ResourceView {
+        ResourceView {
+            id: uuid::Uuid::from_u128(id),
+            name: format!("r{id}"),
+            resource_type: kind.into(),
+            address: address.into(),
+            description: None,
+            filters: vec![],
+            site_id: uuid::Uuid::nil(),
+            access_until: None,
+        }
+    }
+
+    #[test]
+    fn networks_of_resources() {
+        assert_eq!(
+            resource_network(&resource(1, "cidr", "10.0.0.7/24")),
+            Some("10.0.0.0/24".parse().unwrap())
+        );
+        assert_eq!(
+            resource_network(&resource(1, "ip", "fd00::5")),
+            Some("fd00::5/128".parse().unwrap())
+        );
+        assert_eq!(resource_network(&resource(1, "dns", "db.internal")), None);
+        assert_eq!(resource_network(&resource(1, "cidr", "nonsense")), None);
+    }
+
+    #[test]
+    fn keys_round_trip() {
+        let key = [7u8; 32];
+        assert_eq!(decode_key(&encode_key(&key)), Some(key));
+        assert_eq!(decode_key("c2hvcnQ="), None);
+        assert_eq!(decode_key("!!"), None);
+    }
+}

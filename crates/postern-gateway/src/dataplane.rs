@@ -1,0 +1,326 @@
+//! The gateway's data plane: one task owns the UDP listener and the TUN device, keeps one
+//! WireGuard peer (boringtun's sans-IO `Tunn`) per authorized client, and lets a decrypted
+//! packet into the site's network only when `postern_dataplane::gateway::GatewayPolicy` says so.
+//! The kernel forwards it with source NAT (nftables masquerade, set up here), so resources need
+//! no route back; replies come back through the TUN and the same tunnel.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::x25519::{PublicKey, StaticSecret};
+use chrono::Utc;
+use ipnet::IpNet;
+use parking_lot::Mutex;
+use postern_dataplane::gateway::{DropCounters, DropReason, GatewayPolicy};
+use postern_dataplane::{encode_key, PeerKey};
+use postern_device::net::{self, NetError};
+use postern_protocol::Authorization;
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+const TICK: Duration = Duration::from_millis(250);
+const COUNTER_LOG: Duration = Duration::from_secs(10);
+const BUFFER: usize = 65_536 + 148;
+
+struct Peer {
+    tunn: Tunn,
+    /// Where the client last sent from (clients roam; WireGuard authenticates, not the address).
+    endpoint: Option<SocketAddr>,
+    preshared_key: Option<[u8; 32]>,
+    index: u32,
+    routes: Vec<IpNet>,
+}
+
+pub struct GatewayDataPlane {
+    tun: tun_rs::AsyncDevice,
+    tun_name: String,
+    nft_table: String,
+    udp: UdpSocket,
+    private: StaticSecret,
+    public: PublicKey,
+    policy: GatewayPolicy,
+    peers: HashMap<PeerKey, Peer>,
+    by_index: HashMap<u32, PeerKey>,
+    next_index: u32,
+    counters: DropCounters,
+    shared_counters: Arc<Mutex<DropCounters>>,
+}
+
+impl GatewayDataPlane {
+    /// Binds the UDP listener, creates the TUN device and sets up forwarding and NAT.
+    pub async fn create(
+        listen: SocketAddr,
+        tun_name: &str,
+        mtu: u16,
+        private: StaticSecret,
+        shared_counters: Arc<Mutex<DropCounters>>,
+    ) -> Result<Self, NetError> {
+        let udp = UdpSocket::bind(listen)
+            .await
+            .map_err(|err| NetError::Command {
+                command: format!("listen on UDP {listen}"),
+                detail: err.to_string(),
+            })?;
+        let tun = net::create_tun(tun_name, mtu)?;
+        net::sysctl("net/ipv4/ip_forward", "1")?;
+        if let Err(err) = net::sysctl("net/ipv6/conf/all/forwarding", "1") {
+            warn!("IPv6 forwarding is off (IPv6 resources will not work): {err}");
+        }
+        // Packets from clients arrive on the TUN with sources only routed back through it.
+        let _ = net::sysctl(&format!("net/ipv4/conf/{tun_name}/rp_filter"), "0");
+        let nft_table = format!(
+            "postern_{}",
+            tun_name
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect::<String>()
+        );
+        let rules = format!(
+            "table inet {nft_table} {{}}\n\
+             delete table inet {nft_table}\n\
+             table inet {nft_table} {{\n\
+               chain postrouting {{\n\
+                 type nat hook postrouting priority srcnat; policy accept;\n\
+                 iifname \"{tun_name}\" masquerade\n\
+               }}\n\
+             }}\n"
+        );
+        net::run_with_input("nft", &["-f", "-"], Some(&rules)).await?;
+        let public = PublicKey::from(&private);
+        Ok(Self {
+            tun,
+            tun_name: tun_name.to_string(),
+            nft_table,
+            udp,
+            private,
+            public,
+            policy: GatewayPolicy::default(),
+            peers: HashMap::new(),
+            by_index: HashMap::new(),
+            next_index: rand::random::<u32>() & 0x00ff_ffff,
+            counters: DropCounters::default(),
+            shared_counters,
+        })
+    }
+
+    pub async fn run(mut self, mut plans: watch::Receiver<Vec<Authorization>>) {
+        let mut tun_buf = vec![0u8; BUFFER];
+        let mut udp_buf = vec![0u8; BUFFER];
+        let mut out = vec![0u8; BUFFER];
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut logged = DropCounters::default();
+        let mut last_log = tokio::time::Instant::now();
+        if let Ok(address) = self.udp.local_addr() {
+            info!(tun = %self.tun_name, "data plane listening on UDP {address}");
+        }
+        loop {
+            tokio::select! {
+                read = self.udp.recv_from(&mut udp_buf) => match read {
+                    Ok((n, from)) => self.on_udp(&udp_buf[..n], from, &mut out).await,
+                    Err(err) => debug!("UDP receive error: {err}"),
+                },
+                read = self.tun.recv(&mut tun_buf) => match read {
+                    Ok(n) => self.on_tun(&tun_buf[..n], &mut out).await,
+                    Err(err) => {
+                        warn!("reading the TUN device failed: {err}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                _ = tick.tick() => {
+                    self.on_tick(&mut out).await;
+                    *self.shared_counters.lock() = self.counters;
+                    if self.counters != logged && last_log.elapsed() >= COUNTER_LOG {
+                        let counts: Vec<String> = self
+                            .counters
+                            .non_zero()
+                            .into_iter()
+                            .map(|(reason, count)| format!("{reason}={count}"))
+                            .collect();
+                        info!("packets dropped so far: {}", counts.join(" "));
+                        logged = self.counters;
+                        last_log = tokio::time::Instant::now();
+                    }
+                }
+                changed = plans.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let authorizations = plans.borrow_and_update().clone();
+                    self.apply(&authorizations).await;
+                }
+            }
+        }
+        let _ = net::run("nft", &["delete", "table", "inet", &self.nft_table]).await;
+    }
+
+    async fn apply(&mut self, authorizations: &[Authorization]) {
+        let (policy, skipped) = GatewayPolicy::new(authorizations);
+        for skip in skipped {
+            warn!(
+                "authorization {} cannot be served: {}",
+                skip.authorization_id, skip.why
+            );
+        }
+        let gone: Vec<PeerKey> = self
+            .peers
+            .keys()
+            .filter(|key| policy.peer(key).is_none())
+            .copied()
+            .collect();
+        for key in gone {
+            if let Some(peer) = self.peers.remove(&key) {
+                self.by_index.remove(&peer.index);
+                for route in &peer.routes {
+                    let _ = net::delete_route(route, &self.tun_name).await;
+                }
+                info!("client {} removed", encode_key(&key));
+            }
+        }
+        for client in policy.peers() {
+            let routes = vec![
+                IpNet::from(std::net::IpAddr::V4(client.addresses.ipv4)),
+                IpNet::from(std::net::IpAddr::V6(client.addresses.ipv6)),
+            ];
+            if let Some(peer) = self.peers.get_mut(&client.key) {
+                if peer.preshared_key == client.preshared_key && peer.routes == routes {
+                    continue;
+                }
+            }
+            let endpoint = self.peers.get(&client.key).and_then(|p| p.endpoint);
+            if let Some(old) = self.peers.remove(&client.key) {
+                self.by_index.remove(&old.index);
+            }
+            for route in &routes {
+                if let Err(err) = net::add_route(route, &self.tun_name).await {
+                    warn!("{err}");
+                }
+            }
+            let index = self.next_index;
+            self.next_index = (self.next_index + 1) & 0x00ff_ffff;
+            let tunn = Tunn::new(
+                self.private.clone(),
+                PublicKey::from(client.key),
+                client.preshared_key,
+                None,
+                index,
+                None,
+            );
+            info!(
+                "client {} ({}) added",
+                encode_key(&client.key),
+                client.addresses.ipv4
+            );
+            self.by_index.insert(index, client.key);
+            self.peers.insert(
+                client.key,
+                Peer {
+                    tunn,
+                    endpoint,
+                    preshared_key: client.preshared_key,
+                    index,
+                    routes,
+                },
+            );
+        }
+        self.policy = policy;
+    }
+
+    fn peer_of(&mut self, datagram: &[u8]) -> Option<PeerKey> {
+        match Tunn::parse_incoming_packet(datagram).ok()? {
+            Packet::HandshakeInit(init) => {
+                let half = parse_handshake_anon(&self.private, &self.public, &init).ok()?;
+                Some(half.peer_static_public)
+            }
+            Packet::HandshakeResponse(p) => self.by_index.get(&(p.receiver_idx >> 8)).copied(),
+            Packet::PacketCookieReply(p) => self.by_index.get(&(p.receiver_idx >> 8)).copied(),
+            Packet::PacketData(p) => self.by_index.get(&(p.receiver_idx >> 8)).copied(),
+        }
+    }
+
+    async fn on_udp(&mut self, datagram: &[u8], from: SocketAddr, out: &mut [u8]) {
+        let Some(key) = self.peer_of(datagram) else {
+            debug!(%from, "datagram that is no WireGuard message of a known client dropped");
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&key) else {
+            self.counters.record(DropReason::UnknownPeer);
+            debug!(%from, "handshake from a client with no authorization dropped");
+            return;
+        };
+        let mut result = peer.tunn.decapsulate(Some(from.ip()), datagram, out);
+        loop {
+            match result {
+                TunnResult::WriteToNetwork(reply) => {
+                    peer.endpoint = Some(from);
+                    if let Err(err) = self.udp.send_to(reply, from).await {
+                        debug!(%from, "sending to a client failed: {err}");
+                    }
+                    result = peer.tunn.decapsulate(None, &[], out);
+                }
+                TunnResult::WriteToTunnelV4(packet, _) | TunnResult::WriteToTunnelV6(packet, _) => {
+                    peer.endpoint = Some(from);
+                    match self.policy.check_inbound(&key, packet, Utc::now()) {
+                        Ok(()) => {
+                            if let Err(err) = self.tun.send(packet).await {
+                                debug!("writing to the TUN device failed: {err}");
+                            }
+                        }
+                        Err(reason) => {
+                            self.counters.record(reason);
+                            debug!(reason = reason.as_str(), "packet from a client dropped");
+                        }
+                    }
+                    return;
+                }
+                TunnResult::Done => {
+                    peer.endpoint = Some(from);
+                    return;
+                }
+                TunnResult::Err(err) => {
+                    debug!(%from, ?err, "WireGuard refused a datagram");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn on_tun(&mut self, packet: &[u8], out: &mut [u8]) {
+        let key = match self.policy.route_reply(packet, Utc::now()) {
+            Ok(key) => key,
+            Err(reason) => {
+                self.counters.record(reason);
+                debug!(reason = reason.as_str(), "reply dropped");
+                return;
+            }
+        };
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        let Some(endpoint) = peer.endpoint else {
+            debug!("reply for a client that never connected dropped");
+            return;
+        };
+        if let TunnResult::WriteToNetwork(datagram) = peer.tunn.encapsulate(packet, out) {
+            if let Err(err) = self.udp.send_to(datagram, endpoint).await {
+                debug!(%endpoint, "sending to a client failed: {err}");
+            }
+        }
+    }
+
+    async fn on_tick(&mut self, out: &mut [u8]) {
+        for peer in self.peers.values_mut() {
+            let Some(endpoint) = peer.endpoint else {
+                continue;
+            };
+            if let TunnResult::WriteToNetwork(datagram) = peer.tunn.update_timers(out) {
+                let _ = self.udp.send_to(datagram, endpoint).await;
+            }
+        }
+    }
+}

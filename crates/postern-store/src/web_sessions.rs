@@ -1,0 +1,138 @@
+//! Sessions of administrators signed in to the web portal. The caller hashes the random session
+//! id; only that hash is stored, with the session's CSRF token and expiry.
+
+use chrono::{DateTime, Utc};
+use postern_domain::Acting;
+use sqlx::any::AnyRow;
+use uuid::Uuid;
+
+use crate::audit::{self, Entry};
+use crate::db::{self, opt_text, text, time, ts};
+use crate::{Result, Store};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebSession {
+    /// Hex SHA-256 of the session id held in the cookie.
+    pub id_hash: String,
+    pub account_id: Uuid,
+    pub actor_id: Uuid,
+    pub csrf_token: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub source_ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl Store {
+    /// Stores a new session and records the sign-in in the audit log.
+    pub async fn create_web_session(&self, session: &WebSession) -> Result<()> {
+        let acting = Acting {
+            actor_id: Some(session.actor_id),
+            token_id: None,
+            source_ip: session.source_ip.clone(),
+        };
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO web_sessions (id_hash, account_id, actor_id, csrf_token, created_at, \
+             expires_at, source_ip, user_agent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(session.id_hash.clone())
+        .bind(session.account_id.to_string())
+        .bind(session.actor_id.to_string())
+        .bind(session.csrf_token.clone())
+        .bind(ts(session.created_at))
+        .bind(ts(session.expires_at))
+        .bind(session.source_ip.clone())
+        .bind(session.user_agent.clone())
+        .execute(&mut *tx.tx)
+        .await?;
+        audit::record(
+            &mut tx.tx,
+            Entry {
+                account_id: Some(session.account_id),
+                acting: &acting,
+                action: "web.sign_in",
+                object_type: "actor",
+                object_id: Some(session.actor_id),
+                before: None,
+                after: Some(serde_json::json!({
+                    "expires_at": session.expires_at,
+                    "user_agent": session.user_agent,
+                })),
+                now: session.created_at,
+            },
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    /// The unexpired session with this id hash.
+    pub async fn web_session(
+        &self,
+        id_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<WebSession>> {
+        let row = sqlx::query("SELECT * FROM web_sessions WHERE id_hash = $1 AND expires_at > $2")
+            .bind(id_hash.to_string())
+            .bind(ts(now))
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(session_from_row).transpose()
+    }
+
+    /// Ends a session (sign-out) and records it in the audit log. Ending an unknown session
+    /// changes nothing.
+    pub async fn delete_web_session(&self, id_hash: &str, acting: &Acting) -> Result<()> {
+        let row = sqlx::query("SELECT * FROM web_sessions WHERE id_hash = $1")
+            .bind(id_hash.to_string())
+            .fetch_optional(self.pool())
+            .await?;
+        let Some(session) = row.as_ref().map(session_from_row).transpose()? else {
+            return Ok(());
+        };
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM web_sessions WHERE id_hash = $1")
+            .bind(id_hash.to_string())
+            .execute(&mut *tx.tx)
+            .await?;
+        audit::record(
+            &mut tx.tx,
+            Entry {
+                account_id: Some(session.account_id),
+                acting,
+                action: "web.sign_out",
+                object_type: "actor",
+                object_id: Some(session.actor_id),
+                before: None,
+                after: None,
+                now: Utc::now(),
+            },
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    /// Deletes sessions that expired before `now`; returns how many.
+    pub async fn delete_expired_web_sessions(&self, now: DateTime<Utc>) -> Result<u64> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query("DELETE FROM web_sessions WHERE expires_at <= $1")
+            .bind(ts(now))
+            .execute(&mut *tx.tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+}
+
+fn session_from_row(row: &AnyRow) -> Result<WebSession> {
+    Ok(WebSession {
+        id_hash: text(row, "id_hash")?,
+        account_id: db::uuid(row, "account_id")?,
+        actor_id: db::uuid(row, "actor_id")?,
+        csrf_token: text(row, "csrf_token")?,
+        created_at: time(row, "created_at")?,
+        expires_at: time(row, "expires_at")?,
+        source_ip: opt_text(row, "source_ip")?,
+        user_agent: opt_text(row, "user_agent")?,
+    })
+}

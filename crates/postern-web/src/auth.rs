@@ -1,0 +1,409 @@
+//! Sign-in, sessions and CSRF.
+//!
+//! A session id is 256 random bits, sent only in an `HttpOnly; SameSite=Strict` cookie; the
+//! database holds its SHA-256. Each session has a random CSRF token that every state-changing
+//! form carries (synchronizer pattern). The sign-in form itself uses a double-submit cookie.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::header::{CACHE_CONTROL, COOKIE, SET_COOKIE, USER_AGENT};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use chrono::Utc;
+use maud::{html, Markup};
+use parking_lot::Mutex;
+use postern_domain::{Acting, Actor, ActorType};
+use postern_store::{StoreError, WebSession};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use crate::error::{WebError, WebResult};
+use crate::form::{FieldErrors, Fields, Post};
+use crate::{ui, WebState};
+
+const SESSION_COOKIE: &str = "postern_session";
+const LOGIN_CSRF_COOKIE: &str = "postern_login_csrf";
+/// Failed sign-ins allowed per source IP and per email within [`FAILURE_WINDOW`].
+pub const MAX_FAILURES: usize = 5;
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// The signed-in administrator of a request.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub actor: Actor,
+    pub session: WebSession,
+    pub source_ip: Option<IpAddr>,
+}
+
+impl Admin {
+    pub fn account_id(&self) -> Uuid {
+        self.session.account_id
+    }
+
+    pub fn csrf(&self) -> &str {
+        &self.session.csrf_token
+    }
+
+    /// Who acts, for the audit log.
+    pub fn acting(&self) -> Acting {
+        Acting {
+            actor_id: Some(self.actor.id),
+            token_id: None,
+            source_ip: self.source_ip.map(|ip| ip.to_string()),
+        }
+    }
+
+    pub fn check_csrf(&self, submitted: &str) -> Result<(), WebError> {
+        let expected = self.session.csrf_token.as_bytes();
+        if submitted.is_empty() || !bool::from(submitted.as_bytes().ct_eq(expected)) {
+            return Err(WebError::Csrf);
+        }
+        Ok(())
+    }
+}
+
+impl FromRequestParts<WebState> for Admin {
+    type Rejection = WebError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &WebState) -> Result<Self, WebError> {
+        let Some(id) = cookie(&parts.headers, SESSION_COOKIE) else {
+            return Err(WebError::SignIn);
+        };
+        let Some(session) = state.store().web_session(&hash_id(&id), Utc::now()).await? else {
+            return Err(WebError::SignIn);
+        };
+        let actor = match state
+            .store()
+            .get_actor(session.account_id, session.actor_id)
+            .await
+        {
+            Ok(actor) => actor,
+            Err(StoreError::NotFound(_)) => return Err(WebError::SignIn),
+            Err(err) => return Err(err.into()),
+        };
+        // Disabling an admin (or changing their type) ends their sessions at once.
+        if actor.actor_type != ActorType::Admin || actor.is_disabled() {
+            return Err(WebError::SignIn);
+        }
+        Ok(Admin {
+            actor,
+            session,
+            source_ip: source_ip(parts),
+        })
+    }
+}
+
+fn source_ip(parts: &Parts) -> Option<IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip())
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.to_string())
+        .filter(|value| !value.is_empty())
+}
+
+fn random_hex() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+fn hash_id(id: &str) -> String {
+    hex::encode(Sha256::digest(id.as_bytes()))
+}
+
+fn set_cookie(state: &WebState, name: &str, value: &str, max_age: Option<u64>) -> String {
+    let mut cookie = format!("{name}={value}; HttpOnly; SameSite=Strict; Path=/");
+    match max_age {
+        Some(seconds) => cookie.push_str(&format!("; Max-Age={seconds}")),
+        None => cookie.push_str("; Max-Age=0"),
+    }
+    if state.config.secure_cookies {
+        cookie.push_str("; Secure");
+    }
+    cookie
+}
+
+/// Failed sign-ins per source IP and per email, in a sliding window.
+#[derive(Default)]
+pub struct SignInLimiter {
+    failures: Mutex<HashMap<String, Vec<Instant>>>,
+}
+
+impl SignInLimiter {
+    fn blocked(&self, keys: &[String], now: Instant) -> bool {
+        let mut failures = self.failures.lock();
+        failures.retain(|_, times| {
+            times.retain(|t| now.duration_since(*t) < FAILURE_WINDOW);
+            !times.is_empty()
+        });
+        keys.iter()
+            .any(|key| failures.get(key).is_some_and(|t| t.len() >= MAX_FAILURES))
+    }
+
+    fn record_failure(&self, keys: &[String], now: Instant) {
+        let mut failures = self.failures.lock();
+        for key in keys {
+            failures.entry(key.clone()).or_default().push(now);
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub struct LoginQuery {
+    #[serde(default)]
+    signed_out: Option<String>,
+}
+
+pub async fn login_page(
+    State(state): State<WebState>,
+    axum::extract::Query(query): axum::extract::Query<LoginQuery>,
+) -> Response {
+    let notice = query.signed_out.is_some().then_some("You have signed out.");
+    login_response(&state, StatusCode::OK, &LoginForm::default(), notice)
+}
+
+#[derive(Default)]
+struct LoginForm {
+    email: String,
+    account: String,
+    errors: FieldErrors,
+}
+
+fn login_response(
+    state: &WebState,
+    status: StatusCode,
+    form: &LoginForm,
+    notice: Option<&str>,
+) -> Response {
+    let csrf = random_hex();
+    let account = if form.account.is_empty() {
+        "default"
+    } else {
+        form.account.as_str()
+    };
+    let body: Markup = html! {
+        main.auth {
+            div.auth-card {
+                div.auth-brand { (ui::logo()) span { "Postern" } }
+                h1 { "Sign in to the admin portal" }
+                @if let Some(notice) = notice { p.notice role="status" { (notice) } }
+                @if let Some(error) = form.errors.get("") {
+                    div.alert.alert-error role="alert" data-testid="login-error" { (error) }
+                }
+                form method="post" action="/login" novalidate {
+                    input type="hidden" name="_csrf" value=(csrf);
+                    (ui::text_field("email", "Email", &form.email, &form.errors, "email", true, Some("username")))
+                    (ui::password_field("password", "Password", &form.errors, "current-password"))
+                    details.more {
+                        summary { "Another account" }
+                        (ui::text_field("account", "Account", account, &form.errors, "text", false, None))
+                        p.hint { "The account (tenant) slug. Most portals have only " code { "default" } "." }
+                    }
+                    button.btn.btn-primary.btn-block type="submit" data-testid="sign-in" { "Sign in" }
+                }
+            }
+        }
+    };
+    let mut response = (status, ui::bare_page("Sign in", &body)).into_response();
+    if let Ok(value) = set_cookie(state, LOGIN_CSRF_COOKIE, &csrf, Some(3600)).parse() {
+        response.headers_mut().insert(SET_COOKIE, value);
+    }
+    response.headers_mut().insert(
+        CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
+/// A hash to verify against when the email is unknown, so that an unknown email takes as long
+/// as a wrong password.
+fn dummy_hash() -> &'static str {
+    static HASH: OnceLock<String> = OnceLock::new();
+    HASH.get_or_init(|| {
+        let salt = SaltString::generate(&mut rand::rngs::OsRng);
+        Argon2::default()
+            .hash_password(b"postern-dummy-password", &salt)
+            .map(|hash| hash.to_string())
+            .unwrap_or_default()
+    })
+}
+
+fn verify_password(password: &str, hash: Option<&str>) -> bool {
+    let hash = hash.unwrap_or_else(|| dummy_hash());
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok()
+}
+
+pub async fn login(
+    State(state): State<WebState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(fields): Form<Vec<(String, String)>>,
+) -> WebResult<Response> {
+    let fields = Fields::new(fields);
+    let expected = cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or_default();
+    let submitted = fields.get("_csrf");
+    if expected.is_empty() || !bool::from(submitted.as_bytes().ct_eq(expected.as_bytes())) {
+        return Err(WebError::Csrf);
+    }
+    let email = fields.get("email").trim().to_ascii_lowercase();
+    let account_slug = match fields.get("account").trim() {
+        "" => "default",
+        slug => slug,
+    };
+    let mut form = LoginForm {
+        email: email.clone(),
+        account: account_slug.to_string(),
+        errors: FieldErrors::default(),
+    };
+    if email.is_empty() {
+        form.errors.add("email", "Enter your email address");
+    }
+    if fields.get("password").is_empty() {
+        form.errors.add("password", "Enter your password");
+    }
+    if !form.errors.is_empty() {
+        return Ok(login_response(
+            &state,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &form,
+            None,
+        ));
+    }
+    let ip = peer.ip();
+    let keys = [format!("ip:{ip}"), format!("email:{email}")];
+    let now = Instant::now();
+    if state.limiter.blocked(&keys, now) {
+        tracing::warn!(source_ip = %ip, "web sign-in rate limited");
+        let body = ui::message(
+            "Too many failed sign-ins",
+            "Sign-in is paused for this address or email after repeated failures. Try again in 15 minutes.",
+        );
+        let mut response = (
+            StatusCode::TOO_MANY_REQUESTS,
+            ui::bare_page("Too many attempts", &body),
+        )
+            .into_response();
+        if let Ok(value) = FAILURE_WINDOW.as_secs().to_string().parse() {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, value);
+        }
+        return Ok(response);
+    }
+    let account = match state.store().account_by_slug(account_slug).await {
+        Ok(account) => Some(account),
+        Err(StoreError::NotFound(_)) => None,
+        Err(err) => return Err(err.into()),
+    };
+    let found = match &account {
+        Some(account) => state.store().actor_by_email(account.id, &email).await?,
+        None => None,
+    };
+    let password = fields.get("password").to_string();
+    let hash = found.as_ref().and_then(|(_, hash)| hash.clone());
+    let verified = tokio::task::spawn_blocking(move || verify_password(&password, hash.as_deref()))
+        .await
+        .unwrap_or(false);
+    let admin = match found {
+        Some((actor, _))
+            if verified && actor.actor_type == ActorType::Admin && !actor.is_disabled() =>
+        {
+            actor
+        }
+        _ => {
+            state.limiter.record_failure(&keys, now);
+            tracing::info!(source_ip = %ip, "web sign-in failed");
+            if let Err(err) = state
+                .store()
+                .record_failed_auth(
+                    account.as_ref().map(|a| a.id),
+                    None,
+                    Some(ip.to_string()),
+                    "web_sign_in",
+                )
+                .await
+            {
+                tracing::warn!(error = %err, "could not record a failed sign-in");
+            }
+            form.errors.add(
+                "",
+                "The email or password is not right, or this account may not sign in here.",
+            );
+            return Ok(login_response(
+                &state,
+                StatusCode::UNAUTHORIZED,
+                &form,
+                None,
+            ));
+        }
+    };
+    let id = random_hex();
+    let created_at = Utc::now();
+    let lifetime = chrono::Duration::from_std(state.config.session_lifetime)
+        .unwrap_or_else(|_| chrono::Duration::hours(12));
+    let session = WebSession {
+        id_hash: hash_id(&id),
+        account_id: admin.account_id,
+        actor_id: admin.id,
+        csrf_token: random_hex(),
+        created_at,
+        expires_at: created_at + lifetime,
+        source_ip: Some(ip.to_string()),
+        user_agent: headers
+            .get(USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.chars().take(255).collect()),
+    };
+    state.store().create_web_session(&session).await?;
+    tracing::info!(actor_id = %admin.id, source_ip = %ip, "web sign-in");
+    let mut response = Redirect::to("/actors").into_response();
+    let max_age = state.config.session_lifetime.as_secs();
+    for cookie in [
+        set_cookie(&state, SESSION_COOKIE, &id, Some(max_age)),
+        set_cookie(&state, LOGIN_CSRF_COOKIE, "", None),
+    ] {
+        if let Ok(value) = cookie.parse() {
+            response.headers_mut().append(SET_COOKIE, value);
+        }
+    }
+    Ok(response)
+}
+
+pub async fn logout(State(state): State<WebState>, post: Post) -> WebResult<Response> {
+    let admin = post.admin;
+    state
+        .store()
+        .delete_web_session(&admin.session.id_hash, &admin.acting())
+        .await?;
+    let mut response = Redirect::to("/login?signed_out=1").into_response();
+    if let Ok(value) = set_cookie(&state, SESSION_COOKIE, "", None).parse() {
+        response.headers_mut().insert(SET_COOKIE, value);
+    }
+    Ok(response)
+}

@@ -1,0 +1,362 @@
+// Browser tests of the admin web portal: a real `postern serve` over a fresh SQLite database,
+// driven through Debian's Chromium with playwright-core. The steps run in order and share one
+// signed-in browser page, like an administrator working through the service-account flows.
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
+import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+import WebSocket from "ws";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = resolve(here, "../../..");
+const binary = process.env.POSTERN_BIN || join(root, "target/debug/postern");
+// Screenshots of the main pages; `POSTERN_SCREENSHOTS_DIR=$PWD/docs/screenshots` refreshes the
+// README's.
+const shots = process.env.POSTERN_SCREENSHOTS_DIR
+  ? resolve(process.env.POSTERN_SCREENSHOTS_DIR)
+  : join(tmpdir(), "postern-e2e-screenshots");
+const EMAIL = "ada@example.com";
+const PASSWORD = "correct-horse-battery-staple";
+
+let dataDir;
+let server;
+let base;
+let apiToken;
+let browser;
+let page;
+const state = {};
+
+function postern(args, input) {
+  const result = spawnSync(binary, [...args, "--data-dir", dataDir], {
+    input,
+    encoding: "utf8",
+  });
+  assert.equal(result.status, 0, `postern ${args.join(" ")} failed: ${result.stderr}`);
+  return result.stdout.trim();
+}
+
+function startServer() {
+  return new Promise((resolveAddr, reject) => {
+    server = spawn(binary, ["serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir], {
+      env: { ...process.env, RUST_LOG: "info" },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let output = "";
+    const timer = setTimeout(() => reject(new Error(`portal did not start:\n${output}`)), 30000);
+    const onData = (chunk) => {
+      output += chunk.toString();
+      const match = output.match(/listening on (http:\/\/[0-9.:]+)/);
+      if (match) {
+        clearTimeout(timer);
+        resolveAddr(match[1]);
+      }
+    };
+    server.stdout.on("data", onData);
+    server.stderr.on("data", onData);
+    server.on("exit", (code) => reject(new Error(`portal exited with ${code}:\n${output}`)));
+  });
+}
+
+function dateInDays(days) {
+  const d = new Date(Date.now() + days * 86400000);
+  return d.toISOString().slice(0, 10);
+}
+
+// Opens the client WebSocket with a service-account token; resolves with the first message, or
+// with {status} when the upgrade is refused.
+function connectClient(token, id = "e2e-client") {
+  const host = base.replace(/^http/, "ws");
+  return new Promise((resolveConn) => {
+    const ws = new WebSocket(`${host}/v1/client/websocket?id=${id}&name=${id}&version=1`, {
+      headers: { Authorization: `Bearer ${token}`, "x-postern-protocol": "1" },
+    });
+    ws.on("message", (data) => resolveConn({ ws, message: JSON.parse(data.toString()) }));
+    ws.on("unexpected-response", (_req, res) => {
+      resolveConn({ status: res.statusCode });
+      ws.terminate();
+    });
+    ws.on("error", () => {});
+  });
+}
+
+async function api(path) {
+  const res = await fetch(`${base}${path}`, { headers: { Authorization: `Bearer ${apiToken}` } });
+  assert.equal(res.status, 200, `GET ${path}`);
+  return res.json();
+}
+
+async function shot(name) {
+  await page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
+}
+
+before(async () => {
+  dataDir = mkdtempSync(join(tmpdir(), "postern-e2e-"));
+  mkdirSync(shots, { recursive: true });
+  postern(["admin", "create", "--email", EMAIL, "--name", "Ada Lovelace"], `${PASSWORD}\n`);
+  apiToken = postern(["api-token", "create", "--name", "e2e-api"]);
+  base = await startServer();
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+  });
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  page = await context.newPage();
+  page.setDefaultTimeout(15000);
+});
+
+after(async () => {
+  await browser?.close();
+  server?.removeAllListeners("exit");
+  server?.kill("SIGTERM");
+  if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+});
+
+test("a wrong password is refused with an error on the page", async () => {
+  await page.goto(`${base}/actors`);
+  assert.match(page.url(), /\/login$/);
+  await shot("sign-in");
+  await page.fill("#email", EMAIL);
+  await page.fill("#password", "not-the-password");
+  await page.click("[data-testid=sign-in]");
+  await page.waitForSelector("[data-testid=login-error]");
+  assert.match(await page.textContent("[data-testid=login-error]"), /not right/);
+  assert.match(page.url(), /\/login$/);
+});
+
+test("the right password signs in to the actors list", async () => {
+  await page.fill("#email", EMAIL);
+  await page.fill("#password", PASSWORD);
+  await page.click("[data-testid=sign-in]");
+  await page.waitForURL(/\/actors$/);
+  assert.equal(await page.textContent("[data-testid=page-title]"), "Actors");
+  const cookies = await page.context().cookies();
+  const session = cookies.find((c) => c.name === "postern_session");
+  assert.ok(session, "session cookie set");
+  assert.equal(session.httpOnly, true);
+  assert.equal(session.sameSite, "Strict");
+});
+
+test("a group is created from the Groups page", async () => {
+  await page.click("[data-testid=nav-groups]");
+  await page.fill("#name", "engineering");
+  await page.click("[data-testid=create-group]");
+  await page.waitForSelector("[data-testid=page-title]:has-text('engineering')");
+  await page.click("[data-testid=nav-groups]");
+  await page.fill("#name", "fleet");
+  await page.click("[data-testid=create-group]");
+  await page.waitForSelector("[data-testid=page-title]:has-text('fleet')");
+});
+
+test("Add Actor → Service Account shows the token once, with the chosen expiry", async () => {
+  await page.click("[data-testid=nav-actors]");
+  await page.click("[data-testid=add-actor]");
+  await page.click("[data-testid=type-service-account]");
+  const defaultExpiry = await page.inputValue("#expires_at");
+  assert.equal(defaultExpiry, dateInDays(365), "expiry defaults to today + 365 days");
+  // Validation errors appear next to the field.
+  await page.fill("#expires_at", "2001-01-01");
+  await page.click("[data-testid=create-service-account]");
+  await page.waitForSelector("[data-testid=error-name]");
+  await page.waitForSelector("[data-testid=error-expires_at]");
+  state.expiry = dateInDays(90);
+  await page.fill("#name", "ci-runner");
+  await page.check("[data-testid='check-engineering']");
+  await page.fill("#expires_at", state.expiry);
+  await shot("add-service-account");
+  await page.click("[data-testid=create-service-account]");
+  await page.waitForSelector("[data-testid=token-once]");
+  state.actorUrl = page.url().replace(/\/token$/, "");
+  state.actorId = state.actorUrl.split("/").pop();
+  state.token = await page.inputValue("[data-testid=token-secret]");
+  assert.match(state.token, /^postern_client_[0-9A-Za-z]{71}$/);
+  assert.match(await page.textContent("[data-testid=token-once]"), /will not be shown again/);
+  assert.ok(await page.isVisible("[data-testid=copy-token]"));
+  await shot("token-shown-once");
+});
+
+test("after a reload the token is not shown again", async () => {
+  await page.reload();
+  await page.waitForSelector("[data-testid=token-gone]");
+  assert.equal(await page.locator("[data-testid=token-secret]").count(), 0);
+  assert.ok(!(await page.content()).includes(state.token), "the secret is gone from the page");
+});
+
+test("the token read from the page authenticates a headless client", async () => {
+  const { ws, message } = await connectClient(state.token);
+  assert.equal(message.type, "init");
+  state.ws = ws;
+  const tokens = await api(`/v1/actors/${state.actorId}/tokens`);
+  const used = tokens.data.find((t) => t.name === "default");
+  assert.ok(used.last_used_at, "the API lists the token as used");
+  await page.goto(state.actorUrl);
+  const row = page.locator("[data-testid=token-row][data-name=default]");
+  assert.equal((await row.locator("[data-testid=token-online]").textContent()).trim(), "1");
+  assert.match(await row.textContent(), new RegExp(state.expiry));
+  assert.match(await page.textContent("[data-testid=clients-table]"), /e2e-client/);
+});
+
+test("a second token is added from the ⋮ menu", async () => {
+  await page.click("[data-testid=actor-menu-button]");
+  await page.click("[data-testid=menu-add-token]");
+  await page.fill("#name", "rotation-2");
+  await page.fill("#expires_at", dateInDays(30));
+  await page.click("[data-testid=create-token]");
+  await page.waitForSelector("[data-testid=token-once]");
+  const second = await page.inputValue("[data-testid=token-secret]");
+  assert.match(second, /^postern_client_/);
+  assert.notEqual(second, state.token);
+  state.second = second;
+  await page.click("[data-testid=token-done]");
+  await page.waitForSelector("[data-testid=token-row][data-name=rotation-2]");
+  assert.equal(await page.locator("[data-testid=token-row]").count(), 2);
+});
+
+test("the trash icon revokes a token after confirmation; the row stays as revoked", async () => {
+  const row = page.locator("[data-testid=token-row][data-name=default]");
+  await row.locator("[data-testid=revoke-token]").click();
+  const dialog = row.locator("dialog");
+  await dialog.waitFor({ state: "visible" });
+  await shot("confirm-revoke");
+  await dialog.locator("[data-testid=confirm-revoke]").click();
+  await page.waitForSelector("[data-testid=token-row][data-name=default][data-state=revoked]");
+  assert.match(await row.locator("[data-testid=token-status]").textContent(), /Revoked/);
+  assert.equal(await row.locator("[data-testid=revoke-token]").count(), 0);
+  const active = page.locator("[data-testid=token-row][data-name=rotation-2]");
+  assert.match(await active.locator("[data-testid=token-status]").textContent(), /Active/);
+  await shot("service-account-detail");
+  state.ws.terminate();
+  const refused = await connectClient(state.token, "e2e-client-2");
+  assert.equal(refused.status, 401, "a revoked token is refused");
+  const { ws, message } = await connectClient(state.second, "e2e-client-3");
+  assert.equal(message.type, "init", "the other token still works");
+  ws.terminate();
+});
+
+test("the service account is added to a group from the group page", async () => {
+  await page.click("[data-testid=nav-groups]");
+  await page.click("[data-testid=group-row][data-name=fleet] a");
+  await page.selectOption("#actor_id", state.actorId);
+  await page.click("[data-testid=add-member]");
+  await page.waitForSelector("[data-testid=member-row][data-name=ci-runner]");
+  await shot("group-detail");
+  await page.click("[data-testid=nav-groups]");
+  await shot("groups");
+  await page.goto(state.actorUrl);
+  const groups = await page.textContent("[data-testid=actor-groups]");
+  assert.match(groups, /engineering/);
+  assert.match(groups, /fleet/);
+});
+
+test("a site, a resource and a policy with conditions are created", async () => {
+  await page.click("[data-testid=nav-sites]");
+  await page.fill("#name", "office");
+  await page.click("[data-testid=create-site]");
+  await page.waitForSelector("[data-testid=gateway-token-form]");
+  await page.fill("#name", "gw-1");
+  await page.click("[data-testid=create-gateway-token]");
+  await page.waitForSelector("[data-testid=token-once]");
+  assert.match(await page.inputValue("[data-testid=token-secret]"), /^postern_gateway_/);
+  await page.click("[data-testid=token-done]");
+  await page.waitForSelector("[data-testid=token-row][data-name=gw-1]");
+  await shot("site-detail");
+  await page.click("[data-testid=nav-sites]");
+  await shot("sites");
+
+  await page.click("[data-testid=nav-resources]");
+  await page.click("[data-testid=add-resource]");
+  await page.fill("#name", "office-lan");
+  await page.selectOption("#type", "cidr");
+  await page.fill("#address", "10.20.0.5/16");
+  await page.selectOption("#site_id", { label: "office" });
+  await page.check("[data-testid=filter-tcp]");
+  await page.fill("[data-testid=filter-tcp-ports]", "22, 443");
+  await page.click("[data-testid=save-resource]");
+  await page.waitForSelector("[data-testid=error-address]");
+  assert.match(await page.textContent("[data-testid=error-address]"), /10\.20\.0\.0\/16/);
+  await page.fill("#address", "10.20.0.0/16");
+  await page.click("[data-testid=save-resource]");
+  await page.waitForSelector("[data-testid=resource-row][data-name=office-lan]");
+  assert.match(await page.textContent("[data-testid=resource-row]"), /TCP 22,443/);
+  await shot("resources");
+
+  await page.click("[data-testid=nav-policies]");
+  await page.click("[data-testid=add-policy]");
+  await page.selectOption("#group_id", { label: "fleet" });
+  await page.selectOption("#resource_id", { label: "office-lan" });
+  await page.fill("#ip_ranges", "10.0.0.0/8, 203.0.113.7");
+  await page.fill("#time_windows", "Mon-Fri 09:00-17:00 Europe/Berlin");
+  await page.click("[data-testid=save-policy]");
+  await page.waitForSelector("[data-testid=policy-row][data-group=fleet]");
+  const text = await page.textContent("[data-testid=policy-row]");
+  assert.match(text, /Source IP in 10\.0\.0\.0\/8, 203\.0\.113\.7\/32/);
+  assert.match(text, /Mon-Fri 09:00-17:00 Europe\/Berlin/);
+  await shot("policies");
+  const policies = await api("/v1/policies");
+  assert.equal(policies.data.length, 1);
+});
+
+test("the audit log lists the admin's actions, newest first, filterable", async () => {
+  await page.click("[data-testid=nav-audit-log]");
+  const first = page.locator("[data-testid=audit-row]").first();
+  assert.equal(await first.getAttribute("data-action"), "policy.create");
+  assert.match(await first.textContent(), /Ada Lovelace/);
+  await shot("audit");
+  await page.selectOption("[data-testid=filter-action]", "token.revoke");
+  await page.waitForURL(/action=token.revoke/);
+  const rows = page.locator("[data-testid=audit-row]");
+  assert.equal(await rows.count(), 1);
+});
+
+test("the actors list filters by type and searches by name", async () => {
+  await page.click("[data-testid=nav-actors]");
+  await shot("actors");
+  await page.selectOption("[data-testid=filter-type]", "service_account");
+  await page.waitForURL(/type=service_account/);
+  assert.equal(await page.locator("[data-testid=actor-row]").count(), 1);
+  await page.fill("[data-testid=filter-q]", "nomatch");
+  await page.press("[data-testid=filter-q]", "Enter");
+  await page.waitForSelector("[data-testid=empty-state]");
+});
+
+test("the narrow (390px) layout renders the service account", async () => {
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.goto(state.actorUrl);
+  await page.waitForSelector("[data-testid=tokens-table]");
+  await shot("service-account-mobile");
+  await page.setViewportSize({ width: 1280, height: 800 });
+});
+
+test("forms without the session's CSRF token are refused", async () => {
+  const res = await page.request.post(`${base}/groups`, {
+    form: { name: "csrf-test", _csrf: "0".repeat(64) },
+    maxRedirects: 0,
+  });
+  assert.equal(res.status(), 403);
+});
+
+test("signing out ends the session", async () => {
+  await page.click("[data-testid=sign-out]");
+  await page.waitForURL(/\/login\?signed_out=1$/);
+  await page.goto(`${base}/actors`);
+  assert.match(page.url(), /\/login$/);
+});
+
+test("repeated failed sign-ins are rate limited", async () => {
+  let last;
+  for (let i = 0; i < 6; i += 1) {
+    await page.goto(`${base}/login`);
+    await page.fill("#email", "mallory@example.com");
+    await page.fill("#password", "wrong-password-123");
+    [last] = await Promise.all([
+      page.waitForResponse((r) => r.url().endsWith("/login") && r.request().method() === "POST"),
+      page.click("[data-testid=sign-in]"),
+    ]);
+  }
+  assert.equal(last.status(), 429);
+  assert.match(await page.textContent("body"), /Too many failed sign-ins/);
+});
