@@ -729,7 +729,7 @@ async fn token_once(
         &format!("Token for {}", actor.name),
         (&format!("/actors/{}", actor.id), "go to the service account"),
         shown.as_ref(),
-        "Give it to the headless client: POSTERN_TOKEN=<token> postern-client --portal <URL>. One token may be used by many clients at once.",
+        "Give it to the headless client: POSTERN_TOKEN=<token> postern-client --no-tunnel --api-url <portal URL> (or put it in /etc/postern/token, mode 0600). One token may be used by many clients at once.",
     );
     Ok(([(axum::http::header::CACHE_CONTROL, "no-store")], markup).into_response())
 }

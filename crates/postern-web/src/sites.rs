@@ -379,7 +379,7 @@ async fn token_once(
         &format!("Gateway token for {}", site.name),
         (&format!("/sites/{}", site.id), "back to the site"),
         shown.as_ref(),
-        "Give it to the gateway: POSTERN_TOKEN=<token> postern-gateway --portal <URL>.",
+        "Give it to the gateway: POSTERN_TOKEN=<token> postern-gateway --api-url <portal URL>.",
     );
     Ok(([(axum::http::header::CACHE_CONTROL, "no-store")], markup).into_response())
 }
