@@ -89,12 +89,58 @@ fn a_gateway_token_is_refused_by_the_client() {
 }
 
 #[test]
-fn without_no_tunnel_the_client_says_the_tunnel_is_not_built() {
-    let finished = run(&mut command(&[]), LIMIT);
+fn an_mtu_outside_the_range_is_refused() {
+    let finished = run(&mut command(&["--mtu", "100"]), LIMIT);
+    assert_exit(&finished, 2, &["--mtu", "1280", "9000"]);
+}
+
+/// Without CAP_NET_ADMIN the TUN cannot be created: the error says what is needed and
+/// suggests `--no-tunnel`. As root the client is started without privileges via `setpriv`.
+#[test]
+fn without_permission_for_a_tun_the_client_says_root_or_cap_net_admin_is_needed() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let state = dir.path().join("state");
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let mut cmd = if root {
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(BIN);
+        cmd
+    } else {
+        std::process::Command::new(BIN)
+    };
+    cmd.args([
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--tun-name",
+        "postern-t0",
+    ])
+    .env_clear()
+    .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+    .env("POSTERN_TOKEN", token(TokenKind::Client))
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let finished = run(&mut cmd, LIMIT);
     assert_exit(
         &finished,
         2,
-        &["the tunnel (data plane) is not available in this version yet; run with --no-tunnel"],
+        &[
+            "TUN device postern-t0",
+            "root or the CAP_NET_ADMIN capability",
+            "--no-tunnel",
+        ],
     );
 }
 

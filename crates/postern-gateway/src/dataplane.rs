@@ -293,6 +293,9 @@ impl GatewayDataPlane {
     async fn on_tun(&mut self, packet: &[u8], out: &mut [u8]) {
         let key = match self.policy.route_reply(packet, Utc::now()) {
             Ok(key) => key,
+            // The kernel's own traffic on the TUN (IPv6 neighbour discovery, multicast) is
+            // for no client: not worth counting.
+            Err(DropReason::UnknownPeer) => return,
             Err(reason) => {
                 self.counters.record(reason);
                 debug!(reason = reason.as_str(), "reply dropped");
