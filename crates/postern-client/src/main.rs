@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use postern_device::cli::{CommonArgs, EXIT_CODES_HELP};
-use postern_device::status::{read_status, StatusReport};
+use postern_device::status::{status_command, table};
 use postern_device::{DeviceConfig, DeviceSettings};
 use postern_protocol::connection::exit_code;
 use postern_token::{SecretString, TokenKind};
@@ -217,68 +217,12 @@ fn run(args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
 }
 
 fn status(args: StatusArgs) -> ExitCode {
-    let report = match read_status::<ClientDetails>(&args.state_dir, PROGRAM) {
-        Ok(report) => report,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if !report.running {
-        eprintln!("{}", not_running(&report));
-        return ExitCode::FAILURE;
-    }
-    if args.json {
-        match serde_json::to_string_pretty(&report.raw) {
-            Ok(json) => println!("{json}"),
-            Err(err) => {
-                eprintln!("error: {err}");
-                return ExitCode::FAILURE;
-            }
-        }
-        return ExitCode::SUCCESS;
-    }
-    print!("{}", human(&report));
-    ExitCode::SUCCESS
+    status_command::<ClientDetails>(&args.state_dir, PROGRAM, args.json, details)
 }
 
-fn not_running(report: &StatusReport<ClientDetails>) -> String {
-    let status = &report.status;
-    let mut text = format!(
-        "no postern-client is running (the last one, pid {}, was {} at {})",
-        status.pid,
-        status.state.as_str(),
-        status.updated_at.format("%Y-%m-%d %H:%M:%S UTC")
-    );
-    if let Some(error) = &status.last_error {
-        text.push_str(&format!("\nlast error: {error}"));
-    }
-    text
-}
-
-fn human(report: &StatusReport<ClientDetails>) -> String {
-    let status = &report.status;
-    let details = &status.details;
-    let mut out = format!(
-        "postern-client {} (pid {}): {} to {}\n",
-        status.version,
-        status.pid,
-        status.state.as_str(),
-        status.portal
-    );
-    if let Some(retry_at) = status.retry_at {
-        out.push_str(&format!(
-            "  next attempt: {}\n",
-            retry_at.format("%Y-%m-%d %H:%M:%S UTC")
-        ));
-    }
-    if let Some(error) = &status.last_error {
-        out.push_str(&format!("  last error:   {error}\n"));
-    }
-    out.push_str(&format!(
-        "  device:       {} ({})\n",
-        status.device_name, status.device_id
-    ));
+/// The role's own lines of `status`, after those every device has.
+fn details(details: &ClientDetails) -> String {
+    let mut out = String::new();
     if let (Some(actor), Some(account)) = (&details.actor, &details.account) {
         out.push_str(&format!(
             "  actor:        {} ({}) in account {}\n",
@@ -332,27 +276,5 @@ fn human(report: &StatusReport<ClientDetails>) -> String {
         ["NAME", "TYPE", "ADDRESS", "FILTERS", "ACCESS UNTIL"],
         &rows,
     ));
-    out
-}
-
-fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
-    let mut widths = header.map(|h| h.chars().count());
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        format!("{}\n", padded.join("  ").trim_end())
-    };
-    let mut out = line(header.to_vec());
-    for row in rows {
-        out.push_str(&line(row.iter().map(String::as_str).collect()));
-    }
     out
 }

@@ -170,6 +170,106 @@ pub fn process_is(pid: u32, program: &str) -> bool {
     }
 }
 
+/// The `status` subcommand of a device binary: the running device's status file as JSON, or for
+/// people the lines every device has followed by `details` (the role's own lines). Exit 1 when
+/// no device runs.
+pub fn status_command<T: DeserializeOwned>(
+    state_dir: &Path,
+    program: &str,
+    json: bool,
+    details: impl Fn(&T) -> String,
+) -> std::process::ExitCode {
+    let report = match read_status::<T>(state_dir, program) {
+        Ok(report) => report,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    if !report.running {
+        eprintln!("{}", not_running(program, &report.status));
+        return std::process::ExitCode::FAILURE;
+    }
+    if json {
+        return match serde_json::to_string_pretty(&report.raw) {
+            Ok(json) => {
+                println!("{json}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("error: {err}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    print!(
+        "{}{}",
+        header(program, &report.status),
+        details(&report.status.details)
+    );
+    std::process::ExitCode::SUCCESS
+}
+
+/// A left-aligned text table with a header row.
+pub fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(|h| h.chars().count());
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        format!("{}\n", padded.join("  ").trim_end())
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+fn not_running<T>(program: &str, status: &Status<T>) -> String {
+    let mut text = format!(
+        "no {program} is running (the last one, pid {}, was {} at {})",
+        status.pid,
+        status.state.as_str(),
+        status.updated_at.format("%Y-%m-%d %H:%M:%S UTC")
+    );
+    if let Some(error) = &status.last_error {
+        text.push_str(&format!("\nlast error: {error}"));
+    }
+    text
+}
+
+fn header<T>(program: &str, status: &Status<T>) -> String {
+    let mut out = format!(
+        "{program} {} (pid {}): {} to {}\n",
+        status.version,
+        status.pid,
+        status.state.as_str(),
+        status.portal
+    );
+    if let Some(retry_at) = status.retry_at {
+        out.push_str(&format!(
+            "  next attempt: {}\n",
+            retry_at.format("%Y-%m-%d %H:%M:%S UTC")
+        ));
+    }
+    if let Some(error) = &status.last_error {
+        out.push_str(&format!("  last error:   {error}\n"));
+    }
+    out.push_str(&format!(
+        "  device:       {} ({})\n",
+        status.device_name, status.device_id
+    ));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

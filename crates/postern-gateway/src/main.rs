@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use postern_device::cli::{CommonArgs, EXIT_CODES_HELP};
-use postern_device::status::{read_status, StatusReport};
+use postern_device::status::{status_command, table};
 use postern_device::{DeviceConfig, DeviceSettings};
 use postern_protocol::connection::exit_code;
 use postern_token::{SecretString, TokenKind};
@@ -236,68 +236,12 @@ fn run(mut args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
 }
 
 fn status(args: StatusArgs) -> ExitCode {
-    let report = match read_status::<GatewayDetails>(&args.state_dir, PROGRAM) {
-        Ok(report) => report,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if !report.running {
-        eprintln!("{}", not_running(&report));
-        return ExitCode::FAILURE;
-    }
-    if args.json {
-        match serde_json::to_string_pretty(&report.raw) {
-            Ok(json) => println!("{json}"),
-            Err(err) => {
-                eprintln!("error: {err}");
-                return ExitCode::FAILURE;
-            }
-        }
-        return ExitCode::SUCCESS;
-    }
-    print!("{}", human(&report));
-    ExitCode::SUCCESS
+    status_command::<GatewayDetails>(&args.state_dir, PROGRAM, args.json, details)
 }
 
-fn not_running(report: &StatusReport<GatewayDetails>) -> String {
-    let status = &report.status;
-    let mut text = format!(
-        "no postern-gateway is running (the last one, pid {}, was {} at {})",
-        status.pid,
-        status.state.as_str(),
-        status.updated_at.format("%Y-%m-%d %H:%M:%S UTC")
-    );
-    if let Some(error) = &status.last_error {
-        text.push_str(&format!("\nlast error: {error}"));
-    }
-    text
-}
-
-fn human(report: &StatusReport<GatewayDetails>) -> String {
-    let status = &report.status;
-    let details = &status.details;
-    let mut out = format!(
-        "postern-gateway {} (pid {}): {} to {}\n",
-        status.version,
-        status.pid,
-        status.state.as_str(),
-        status.portal
-    );
-    if let Some(retry_at) = status.retry_at {
-        out.push_str(&format!(
-            "  next attempt: {}\n",
-            retry_at.format("%Y-%m-%d %H:%M:%S UTC")
-        ));
-    }
-    if let Some(error) = &status.last_error {
-        out.push_str(&format!("  last error:   {error}\n"));
-    }
-    out.push_str(&format!(
-        "  device:       {} ({})\n",
-        status.device_name, status.device_id
-    ));
+/// The role's own lines of `status`, after those every device has.
+fn details(details: &GatewayDetails) -> String {
+    let mut out = String::new();
     if let Some(site) = &details.site {
         out.push_str(&format!("  site:         {} ({})\n", site.name, site.id));
     }
@@ -315,10 +259,7 @@ fn human(report: &StatusReport<GatewayDetails>) -> String {
             addresses.ipv4, addresses.ipv6
         ));
     }
-    out.push_str(&format!(
-        "  listen:       {} (data plane not built yet)\n",
-        details.listen
-    ));
+    out.push_str(&format!("  listen:       {}\n", details.listen));
     if let Some(endpoint) = &details.public_endpoint {
         out.push_str(&format!("  endpoint:     {endpoint}\n"));
     }
@@ -343,27 +284,5 @@ fn human(report: &StatusReport<GatewayDetails>) -> String {
         details.authorizations_count
     ));
     out.push_str(&table(["DEVICE", "RESOURCE", "ADDRESS", "EXPIRES"], &rows));
-    out
-}
-
-fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
-    let mut widths = header.map(|h| h.chars().count());
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        format!("{}\n", padded.join("  ").trim_end())
-    };
-    let mut out = line(header.to_vec());
-    for row in rows {
-        out.push_str(&line(row.iter().map(String::as_str).collect()));
-    }
     out
 }
