@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::auth::Admin;
 use crate::error::{WebError, WebResult};
-use crate::form::{self, FieldErrors, Fields, Post};
+use crate::form::{self, FieldErrors, Fields, Post, TokenForm};
 use crate::once::Shown;
 use crate::ui::{self, Confirm, Nav};
 use crate::WebState;
@@ -734,12 +734,6 @@ async fn token_once(
     Ok(([(axum::http::header::CACHE_CONTROL, "no-store")], markup).into_response())
 }
 
-struct TokenForm {
-    name: String,
-    expires: String,
-    errors: FieldErrors,
-}
-
 fn token_page(admin: &Admin, actor: &Actor, form: &TokenForm) -> Response {
     let content = html! {
         form.card.form method="post" action={ "/actors/" (actor.id) "/tokens/new" } novalidate data-testid="token-form" {
@@ -780,11 +774,7 @@ async fn new_token(
     Path(id): Path<String>,
 ) -> WebResult<Response> {
     let actor = load_actor(&state, &admin, &id).await?;
-    let form = TokenForm {
-        name: String::new(),
-        expires: form::default_expiry_date(),
-        errors: FieldErrors::default(),
-    };
+    let form = TokenForm::blank();
     Ok(token_page(&admin, &actor, &form))
 }
 
@@ -794,27 +784,11 @@ async fn create_token(
     Post { admin, fields }: Post,
 ) -> WebResult<Response> {
     let actor = load_actor(&state, &admin, &id).await?;
-    let mut form = TokenForm {
-        name: fields.get("name").to_string(),
-        expires: fields.get("expires_at").to_string(),
-        errors: FieldErrors::default(),
-    };
-    let expires_at = form::parse_expiry(&mut form.errors, "expires_at", &form.expires);
-    form::precheck_token(
-        &state,
-        admin.account_id(),
-        &mut form.errors,
-        Some(("name", &form.name)),
-        expires_at,
-    )
-    .await?;
-    if !form.errors.is_empty() {
+    let (mut form, request) = TokenForm::read(&state, admin.account_id(), &fields).await?;
+    let Some(request) = request else {
         return Ok(token_page(&admin, &actor, &form));
-    }
-    let request = NewTokenRequest {
-        name: Some(form.name.clone()),
-        expires_at,
     };
+
     match state
         .store()
         .create_token(

@@ -159,6 +159,54 @@ pub fn parse_path_id(value: &str, what: &'static str) -> Result<Uuid, WebError> 
     Uuid::parse_str(value).map_err(|_| WebError::NotFound(what))
 }
 
+/// The "add token" form of a service account or a site.
+pub struct TokenForm {
+    pub name: String,
+    pub expires: String,
+    pub errors: FieldErrors,
+}
+
+impl TokenForm {
+    /// An empty form whose expiry defaults to a year from today.
+    pub fn blank() -> Self {
+        Self {
+            name: String::new(),
+            expires: default_expiry_date(),
+            errors: FieldErrors::default(),
+        }
+    }
+
+    /// Reads a posted form and checks it; the request is `Some` when the form holds no error.
+    pub async fn read(
+        state: &crate::WebState,
+        account_id: Uuid,
+        fields: &Fields,
+    ) -> Result<(Self, Option<postern_store::NewTokenRequest>), WebError> {
+        let mut form = Self {
+            name: fields.get("name").to_string(),
+            expires: fields.get("expires_at").to_string(),
+            errors: FieldErrors::default(),
+        };
+        let expires_at = parse_expiry(&mut form.errors, "expires_at", &form.expires);
+        precheck_token(
+            state,
+            account_id,
+            &mut form.errors,
+            Some(("name", &form.name)),
+            expires_at,
+        )
+        .await?;
+        let request = form
+            .errors
+            .is_empty()
+            .then(|| postern_store::NewTokenRequest {
+                name: Some(form.name.clone()),
+                expires_at,
+            });
+        Ok((form, request))
+    }
+}
+
 /// Runs the domain's checks on a token name and expiry up front, so that the form shows every
 /// error at once rather than the first one the store meets.
 pub async fn precheck_token(

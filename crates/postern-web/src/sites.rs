@@ -8,11 +8,11 @@ use axum::routing::{get, post};
 use axum::Router;
 use maud::html;
 use postern_domain::{DeviceKind, Site};
-use postern_store::{DeviceFilter, NewTokenRequest, Page, TokenHolder};
+use postern_store::{DeviceFilter, Page, TokenHolder};
 
 use crate::auth::Admin;
 use crate::error::WebResult;
-use crate::form::{self, FieldErrors, Post};
+use crate::form::{self, FieldErrors, Post, TokenForm};
 use crate::once::Shown;
 use crate::ui::{self, Confirm, Nav};
 use crate::WebState;
@@ -145,12 +145,6 @@ async fn create(
 async fn load(state: &WebState, admin: &Admin, id: &str) -> WebResult<Site> {
     let id = form::parse_path_id(id, "site")?;
     Ok(state.store().get_site(admin.account_id(), id).await?)
-}
-
-struct TokenForm {
-    name: String,
-    expires: String,
-    errors: FieldErrors,
 }
 
 async fn detail_page(
@@ -290,11 +284,7 @@ async fn detail(
     Path(id): Path<String>,
 ) -> WebResult<Response> {
     let site = load(&state, &admin, &id).await?;
-    let form = TokenForm {
-        name: String::new(),
-        expires: form::default_expiry_date(),
-        errors: FieldErrors::default(),
-    };
+    let form = TokenForm::blank();
     detail_page(&state, &admin, &site, &form).await
 }
 
@@ -317,27 +307,11 @@ async fn create_token(
     Post { admin, fields }: Post,
 ) -> WebResult<Response> {
     let site = load(&state, &admin, &id).await?;
-    let mut form = TokenForm {
-        name: fields.get("name").to_string(),
-        expires: fields.get("expires_at").to_string(),
-        errors: FieldErrors::default(),
-    };
-    let expires_at = form::parse_expiry(&mut form.errors, "expires_at", &form.expires);
-    form::precheck_token(
-        &state,
-        admin.account_id(),
-        &mut form.errors,
-        Some(("name", &form.name)),
-        expires_at,
-    )
-    .await?;
-    if !form.errors.is_empty() {
+    let (mut form, request) = TokenForm::read(&state, admin.account_id(), &fields).await?;
+    let Some(request) = request else {
         return detail_page(&state, &admin, &site, &form).await;
-    }
-    let request = NewTokenRequest {
-        name: Some(form.name.clone()),
-        expires_at,
     };
+
     match state
         .store()
         .create_token(
