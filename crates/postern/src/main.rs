@@ -110,6 +110,12 @@ enum Command {
         postern policies disable <POLICY_ID>")]
     Policies(remote::policies::Args),
 
+    /// Headless clients that opened a session with the portal, and whether they are online
+    #[command(after_help = "Examples:\n  \
+        postern clients --online\n  \
+        postern clients --actor ci-runner --json")]
+    Clients(remote::clients::Args),
+
     /// The audit log: who changed what, and when
     #[command(after_help = "Examples:\n  \
         postern audit --limit 20\n  \
@@ -178,6 +184,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sites(args) => remote::sites::run(args).await,
         Command::Resources(args) => remote::resources::run(args).await,
         Command::Policies(args) => remote::policies::run(args).await,
+        Command::Clients(args) => remote::clients::run(args).await,
         Command::Audit(args) => remote::audit::run(args).await,
     }
 }

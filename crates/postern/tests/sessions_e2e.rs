@@ -15,7 +15,7 @@ mod e2e;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common::Portal;
+use common::{postern, Portal};
 use e2e::{connected, shows_exactly, wait_for_all, Api, Backend, Database, Device};
 use serde_json::{json, Value};
 
@@ -237,6 +237,19 @@ fn twenty_clients_on_one_token_all_see_a_new_resource(backend: Backend) {
     let rows = clients["data"].as_array().expect("a list");
     assert_eq!(rows.len(), 20, "{clients:#}");
     assert!(rows.iter().all(|row| row["online"] == true), "{clients:#}");
+
+    // The CLI lists the same 22 online clients of the service account.
+    let env = [
+        ("POSTERN_API_URL", w.api.url.as_str()),
+        ("POSTERN_API_TOKEN", w.api.token()),
+    ];
+    let listed = postern(
+        &["clients", "--online", "--actor", "runner", "--json"],
+        &env,
+    )
+    .ok();
+    let listed: serde_json::Value = serde_json::from_str(&listed.stdout).expect("JSON");
+    assert_eq!(listed.as_array().map(Vec::len), Some(22), "{listed:#}");
 }
 
 /// Revoking token A ends all 20 of its clients with exit code 3, the last within 2 s of the

@@ -2,6 +2,7 @@
 
 pub mod account;
 pub mod audit;
+pub mod clients;
 pub mod groups;
 pub mod policies;
 pub mod resources;

@@ -214,7 +214,8 @@ async fn delete(client: &Client, input: &str, yes: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn resolve(client: &Client, input: &str) -> anyhow::Result<uuid::Uuid> {
+/// The id of the service account named or identified by `input`.
+pub async fn resolve(client: &Client, input: &str) -> anyhow::Result<uuid::Uuid> {
     let mut query = ListQuery::new("/v1/actors");
     query.params.push(("type", "service_account".to_string()));
     client.resolve(query, "service account", input).await

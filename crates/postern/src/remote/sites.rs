@@ -58,6 +58,12 @@ enum Command {
             postern sites gateway-tokens list office-berlin"
     )]
     GatewayTokens(GatewayCommand),
+    /// Gateways of a site that opened a session, and whether they are online
+    #[command(after_help = "Example:\n  postern sites gateways office-berlin")]
+    Gateways {
+        /// Id or name of the site
+        site_id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -123,6 +129,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Command::GatewayTokens(command) => gateway_tokens(&client, command).await,
+        Command::Gateways { site_id } => {
+            let id = resolve(&client, &site_id).await?;
+            let gateways = client
+                .list(ListQuery::new(&format!("/v1/sites/{id}/gateways")))
+                .await?;
+            super::clients::print_devices(&client, gateways)
+        }
     }
 }
 

@@ -173,6 +173,11 @@ pub struct Api {
 }
 
 impl Api {
+    /// The API token, for running the CLI against the same portal.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     pub fn new(url: &str, token: &str) -> Api {
         Api {
             runtime: tokio::runtime::Builder::new_current_thread()
