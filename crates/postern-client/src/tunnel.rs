@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 use postern_dataplane::client::{ClientRouter, Route, RouteGrant};
 use postern_dataplane::{decode_key, PeerKey};
-use postern_device::net::{self, NetError};
+use postern_device::net::{self, DataPlaneRuntime, NetError, TunReader, TunWriter, UdpBatch};
 use postern_protocol::{ClientToPortal, ResourceView, TunnelAddresses};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
@@ -43,6 +43,10 @@ const TICK: Duration = Duration::from_millis(250);
 /// How long a gateway may stay silent after the first packet before the user is told.
 const HANDSHAKE_WARNING: Duration = Duration::from_secs(5);
 const BUFFER: usize = 65_536 + 148;
+/// Reads from one source before the others are polled again (each is one system call;
+/// draining a burst spares a trip through the reactor per packet, and gathers the packets
+/// written to the TUN device into one batch).
+const BATCH: usize = 64;
 
 struct Peer {
     name: String,
@@ -56,10 +60,16 @@ struct Peer {
 }
 
 pub struct ClientTunnel {
+    /// The thread that runs `run`; the TUN device and the socket are registered with it.
+    runtime: DataPlaneRuntime,
     tun: tun_rs::AsyncDevice,
+    /// Packets for the TUN device, written after each burst of datagrams.
+    tun_out: TunWriter,
     tun_name: String,
     mtu: u16,
     udp: UdpSocket,
+    /// Datagrams from one burst of TUN packets, sent together (UDP GSO).
+    udp_out: UdpBatch,
     /// The socket is dual-stack: IPv4 endpoints are written as mapped addresses.
     dual_stack: bool,
     private: StaticSecret,
@@ -82,25 +92,32 @@ impl ClientTunnel {
         private: StaticSecret,
         requests: mpsc::UnboundedSender<ClientToPortal>,
     ) -> Result<Self, NetError> {
+        let runtime = DataPlaneRuntime::start("postern-tunnel")?;
+        let entered = runtime.enter();
         let tun = net::create_tun(tun_name, mtu)?;
-        let (udp, dual_stack) = match UdpSocket::bind("[::]:0").await {
+        let (udp, dual_stack) = match net::bind_udp((std::net::Ipv6Addr::UNSPECIFIED, 0).into()) {
             Ok(udp) => (udp, true),
             Err(_) => (
-                UdpSocket::bind("0.0.0.0:0")
-                    .await
-                    .map_err(|err| NetError::Command {
+                net::bind_udp((std::net::Ipv4Addr::UNSPECIFIED, 0).into()).map_err(|err| {
+                    NetError::Command {
                         command: "bind a UDP socket".into(),
                         detail: err.to_string(),
-                    })?,
+                    }
+                })?,
                 false,
             ),
         };
+        drop(entered);
+        net::grow_socket_buffers(&udp, net::UDP_BUFFER);
         let public = PublicKey::from(&private);
         Ok(Self {
+            runtime,
             tun,
+            tun_out: TunWriter::default(),
             tun_name: tun_name.to_string(),
             mtu,
             udp,
+            udp_out: UdpBatch::default(),
             dual_stack,
             private,
             public,
@@ -115,8 +132,14 @@ impl ClientTunnel {
         })
     }
 
-    pub async fn run(mut self, mut plans: watch::Receiver<Plan>) {
-        let mut tun_buf = vec![0u8; BUFFER];
+    /// Runs the data plane on its own thread until the plan's sender is dropped.
+    pub async fn run(self, plans: watch::Receiver<Plan>) {
+        let handle = self.runtime.handle().clone();
+        let _ = handle.spawn(self.run_here(plans)).await;
+    }
+
+    async fn run_here(mut self, mut plans: watch::Receiver<Plan>) {
+        let mut tun_in = TunReader::new(self.mtu);
         let mut udp_buf = vec![0u8; BUFFER];
         let mut out = vec![0u8; BUFFER];
         let mut tick = tokio::time::interval(TICK);
@@ -124,15 +147,37 @@ impl ClientTunnel {
         info!(tun = %self.tun_name, mtu = self.mtu, "tunnel device ready");
         loop {
             tokio::select! {
-                read = self.tun.recv(&mut tun_buf) => match read {
-                    Ok(n) => self.on_tun(&tun_buf[..n], &mut out).await,
+                read = tun_in.recv(&self.tun) => match read {
+                    Ok(count) => {
+                        for i in 0..count {
+                            self.on_tun(tun_in.packet(i), &mut out).await;
+                        }
+                        for _ in 1..BATCH {
+                            let Ok(count) = tun_in.try_recv(&self.tun) else { break };
+                            for i in 0..count {
+                                self.on_tun(tun_in.packet(i), &mut out).await;
+                            }
+                        }
+                        self.flush_udp().await;
+                    }
+                    // A segment the offload could not split: not a failing device.
+                    Err(err) if err.raw_os_error().is_none() => {
+                        debug!("packet from the TUN device dropped: {err}");
+                    }
                     Err(err) => {
                         warn!("reading the TUN device failed: {err}");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
                 read = self.udp.recv_from(&mut udp_buf) => match read {
-                    Ok((n, from)) => self.on_udp(&udp_buf[..n], from, &mut out).await,
+                    Ok((n, from)) => {
+                        self.on_udp(&udp_buf[..n], from, &mut out).await;
+                        for _ in 1..BATCH {
+                            let Ok((n, from)) = self.udp.try_recv_from(&mut udp_buf) else { break };
+                            self.on_udp(&udp_buf[..n], from, &mut out).await;
+                        }
+                        self.flush_tun().await;
+                    }
                     Err(err) => debug!("UDP receive error: {err}"),
                 },
                 _ = tick.tick() => self.on_tick(&mut out).await,
@@ -142,6 +187,7 @@ impl ClientTunnel {
                     }
                     let plan = plans.borrow_and_update().clone();
                     self.apply(plan, &mut out).await;
+                    self.flush_udp().await;
                 }
             }
         }
@@ -336,11 +382,30 @@ impl ClientTunnel {
         };
         peer.first_send.get_or_insert_with(Instant::now);
         let result = peer.tunn.encapsulate(packet, out);
-        let endpoint = peer.endpoint;
+        let endpoint = socket_address(self.dual_stack, peer.endpoint);
         if let TunnResult::WriteToNetwork(datagram) = result {
-            let len = datagram.len();
-            if let Err(err) = send(&self.udp, self.dual_stack, datagram, endpoint).await {
-                report_send_error(peer, len, self.mtu, &err);
+            if !self.udp_out.fits(endpoint, datagram.len()) {
+                self.flush_udp().await;
+            }
+            self.udp_out.push(endpoint, datagram);
+        }
+    }
+
+    /// Sends the datagrams queued by `send_to_peer`.
+    async fn flush_udp(&mut self) {
+        if self.udp_out.is_empty() {
+            return;
+        }
+        let to = self.udp_out.destination();
+        if let Err((err, len)) = net::send_batch(&self.udp, &mut self.udp_out).await {
+            let dual_stack = self.dual_stack;
+            let peer = self
+                .peers
+                .values_mut()
+                .find(|peer| Some(socket_address(dual_stack, peer.endpoint)) == to);
+            match peer {
+                Some(peer) => report_send_error(peer, len, self.mtu, &err),
+                None => debug!("sending to a gateway failed: {err}"),
             }
         }
     }
@@ -363,12 +428,12 @@ impl ClientTunnel {
                 }
                 TunnResult::WriteToTunnelV4(packet, src) => {
                     let src = IpAddr::V4(src);
-                    self.to_tun(&key, src, packet).await;
+                    self.write_to_tun(&key, src, packet).await;
                     return;
                 }
                 TunnResult::WriteToTunnelV6(packet, src) => {
                     let src = IpAddr::V6(src);
-                    self.to_tun(&key, src, packet).await;
+                    self.write_to_tun(&key, src, packet).await;
                     return;
                 }
                 TunnResult::Done => return,
@@ -381,7 +446,7 @@ impl ClientTunnel {
     }
 
     /// Only packets from a resource granted through this gateway reach the TUN.
-    async fn to_tun(&self, from_peer: &PeerKey, src: IpAddr, packet: &[u8]) {
+    async fn write_to_tun(&mut self, from_peer: &PeerKey, src: IpAddr, packet: &[u8]) {
         let granted = self
             .router
             .gateway_of(src, Utc::now())
@@ -390,7 +455,13 @@ impl ClientTunnel {
             debug!(%src, "packet from a gateway for a resource it does not serve dropped");
             return;
         }
-        if let Err(err) = self.tun.send(packet).await {
+        if self.tun_out.push(packet) {
+            self.flush_tun().await;
+        }
+    }
+
+    async fn flush_tun(&mut self) {
+        if let Err(err) = self.tun_out.flush(&self.tun).await {
             debug!("writing to the TUN device failed: {err}");
         }
     }
@@ -467,17 +538,23 @@ fn report_send_error(peer: &mut Peer, len: usize, mtu: u16, err: &std::io::Error
     }
 }
 
+/// `to` as the socket wants it: on the dual-stack socket, IPv4 as a mapped address.
+fn socket_address(dual_stack: bool, to: SocketAddr) -> SocketAddr {
+    match (dual_stack, to) {
+        (true, SocketAddr::V4(v4)) => {
+            SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+        }
+        _ => to,
+    }
+}
+
 async fn send(
     udp: &UdpSocket,
     dual_stack: bool,
     datagram: &[u8],
     to: SocketAddr,
 ) -> std::io::Result<()> {
-    let to = match (dual_stack, to) {
-        (true, SocketAddr::V4(v4)) => {
-            SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
-        }
-        _ => to,
-    };
-    udp.send_to(datagram, to).await.map(|_| ())
+    udp.send_to(datagram, socket_address(dual_stack, to))
+        .await
+        .map(|_| ())
 }

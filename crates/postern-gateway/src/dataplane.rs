@@ -17,7 +17,7 @@ use ipnet::IpNet;
 use parking_lot::Mutex;
 use postern_dataplane::gateway::{DropCounters, DropReason, GatewayPolicy};
 use postern_dataplane::{encode_key, PeerKey};
-use postern_device::net::{self, NetError};
+use postern_device::net::{self, DataPlaneRuntime, NetError, TunReader, TunWriter, UdpBatch};
 use postern_protocol::Authorization;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
@@ -26,6 +26,10 @@ use tracing::{debug, info, warn};
 const TICK: Duration = Duration::from_millis(250);
 const COUNTER_LOG: Duration = Duration::from_secs(10);
 const BUFFER: usize = 65_536 + 148;
+/// Reads from one source before the others are polled again (each is one system call;
+/// draining a burst spares a trip through the reactor per packet, and gathers the packets
+/// written to the TUN device into one batch).
+const BATCH: usize = 64;
 
 struct Peer {
     tunn: Tunn,
@@ -37,10 +41,17 @@ struct Peer {
 }
 
 pub struct GatewayDataPlane {
+    /// The thread that runs `run`; the TUN device and the socket are registered with it.
+    runtime: DataPlaneRuntime,
     tun: tun_rs::AsyncDevice,
+    /// Packets for the TUN device, written after each burst of datagrams.
+    tun_out: TunWriter,
+    mtu: u16,
     tun_name: String,
     nft_table: String,
     udp: UdpSocket,
+    /// Datagrams from one burst of TUN packets, sent together (UDP GSO).
+    udp_out: UdpBatch,
     private: StaticSecret,
     public: PublicKey,
     policy: GatewayPolicy,
@@ -60,13 +71,15 @@ impl GatewayDataPlane {
         private: StaticSecret,
         shared_counters: Arc<Mutex<DropCounters>>,
     ) -> Result<Self, NetError> {
-        let udp = UdpSocket::bind(listen)
-            .await
-            .map_err(|err| NetError::Command {
-                command: format!("listen on UDP {listen}"),
-                detail: err.to_string(),
-            })?;
+        let runtime = DataPlaneRuntime::start("postern-dataplane")?;
+        let entered = runtime.enter();
+        let udp = net::bind_udp(listen).map_err(|err| NetError::Command {
+            command: format!("listen on UDP {listen}"),
+            detail: err.to_string(),
+        })?;
+        net::grow_socket_buffers(&udp, net::UDP_BUFFER);
         let tun = net::create_tun(tun_name, mtu)?;
+        drop(entered);
         net::sysctl("net/ipv4/ip_forward", "1")?;
         if let Err(err) = net::sysctl("net/ipv6/conf/all/forwarding", "1") {
             warn!("IPv6 forwarding is off (IPv6 resources will not work): {err}");
@@ -93,10 +106,14 @@ impl GatewayDataPlane {
         net::run_with_input("nft", &["-f", "-"], Some(&rules)).await?;
         let public = PublicKey::from(&private);
         Ok(Self {
+            runtime,
             tun,
+            tun_out: TunWriter::default(),
+            mtu,
             tun_name: tun_name.to_string(),
             nft_table,
             udp,
+            udp_out: UdpBatch::default(),
             private,
             public,
             policy: GatewayPolicy::default(),
@@ -108,8 +125,14 @@ impl GatewayDataPlane {
         })
     }
 
-    pub async fn run(mut self, mut plans: watch::Receiver<Vec<Authorization>>) {
-        let mut tun_buf = vec![0u8; BUFFER];
+    /// Runs the data plane on its own thread until the plan's sender is dropped.
+    pub async fn run(self, plans: watch::Receiver<Vec<Authorization>>) {
+        let handle = self.runtime.handle().clone();
+        let _ = handle.spawn(self.run_here(plans)).await;
+    }
+
+    async fn run_here(mut self, mut plans: watch::Receiver<Vec<Authorization>>) {
+        let mut tun_in = TunReader::new(self.mtu);
         let mut udp_buf = vec![0u8; BUFFER];
         let mut out = vec![0u8; BUFFER];
         let mut tick = tokio::time::interval(TICK);
@@ -122,11 +145,33 @@ impl GatewayDataPlane {
         loop {
             tokio::select! {
                 read = self.udp.recv_from(&mut udp_buf) => match read {
-                    Ok((n, from)) => self.on_udp(&udp_buf[..n], from, &mut out).await,
+                    Ok((n, from)) => {
+                        self.on_udp(&udp_buf[..n], from, &mut out).await;
+                        for _ in 1..BATCH {
+                            let Ok((n, from)) = self.udp.try_recv_from(&mut udp_buf) else { break };
+                            self.on_udp(&udp_buf[..n], from, &mut out).await;
+                        }
+                        self.flush_tun().await;
+                    }
                     Err(err) => debug!("UDP receive error: {err}"),
                 },
-                read = self.tun.recv(&mut tun_buf) => match read {
-                    Ok(n) => self.on_tun(&tun_buf[..n], &mut out).await,
+                read = tun_in.recv(&self.tun) => match read {
+                    Ok(count) => {
+                        for i in 0..count {
+                            self.on_tun(tun_in.packet(i), &mut out).await;
+                        }
+                        for _ in 1..BATCH {
+                            let Ok(count) = tun_in.try_recv(&self.tun) else { break };
+                            for i in 0..count {
+                                self.on_tun(tun_in.packet(i), &mut out).await;
+                            }
+                        }
+                        self.flush_udp().await;
+                    }
+                    // A segment the offload could not split: not a failing device.
+                    Err(err) if err.raw_os_error().is_none() => {
+                        debug!("packet from the TUN device dropped: {err}");
+                    }
                     Err(err) => {
                         warn!("reading the TUN device failed: {err}");
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -267,8 +312,10 @@ impl GatewayDataPlane {
                     peer.endpoint = Some(from);
                     match self.policy.check_inbound(&key, packet, Utc::now()) {
                         Ok(()) => {
-                            if let Err(err) = self.tun.send(packet).await {
-                                debug!("writing to the TUN device failed: {err}");
+                            if self.tun_out.push(packet) {
+                                if let Err(err) = self.tun_out.flush(&self.tun).await {
+                                    debug!("writing to the TUN device failed: {err}");
+                                }
                             }
                         }
                         Err(reason) => {
@@ -310,9 +357,24 @@ impl GatewayDataPlane {
             return;
         };
         if let TunnResult::WriteToNetwork(datagram) = peer.tunn.encapsulate(packet, out) {
-            if let Err(err) = self.udp.send_to(datagram, endpoint).await {
-                debug!(%endpoint, "sending to a client failed: {err}");
+            if !self.udp_out.fits(endpoint, datagram.len()) {
+                self.flush_udp().await;
             }
+            self.udp_out.push(endpoint, datagram);
+        }
+    }
+
+    /// Sends the datagrams queued by `on_tun`.
+    async fn flush_udp(&mut self) {
+        let endpoint = self.udp_out.destination();
+        if let Err((err, _)) = net::send_batch(&self.udp, &mut self.udp_out).await {
+            debug!(?endpoint, "sending to a client failed: {err}");
+        }
+    }
+
+    async fn flush_tun(&mut self) {
+        if let Err(err) = self.tun_out.flush(&self.tun).await {
+            debug!("writing to the TUN device failed: {err}");
         }
     }
 
