@@ -13,6 +13,46 @@ pub mod status;
 pub use config::{take_token_from_env, ConfigError, DeviceConfig, DeviceSettings};
 pub use session::{run, shutdown_signal, Outcome, Role};
 
+/// What a device binary prepares before it starts its runtime: with a tunnel (`tunnel_mtu`),
+/// the MTU check and the WireGuard key pair (its public key joins the connect parameters); the
+/// configuration in any case. On a problem it prints why and returns the exit code.
+pub fn prepare(
+    settings: DeviceSettings<'_>,
+    tunnel_mtu: Option<u16>,
+) -> Result<(DeviceConfig, Option<keys::KeyPair>), i32> {
+    use postern_protocol::connection::exit_code::BAD_CONFIG;
+    if let Some(mtu) = tunnel_mtu {
+        if let Err(err) = net::check_mtu(mtu) {
+            eprintln!("error: --mtu: {err}");
+            return Err(BAD_CONFIG);
+        }
+    }
+    let mut config = DeviceConfig::load(settings).map_err(|err| {
+        eprintln!("error: {err}");
+        BAD_CONFIG
+    })?;
+    if tunnel_mtu.is_none() {
+        return Ok((config, None));
+    }
+    let keys = keys::load_or_create(&config.state_dir).map_err(|err| {
+        eprintln!("error: {err}");
+        BAD_CONFIG
+    })?;
+    config.params.public_key = Some(keys.public_base64());
+    Ok((config, Some(keys)))
+}
+
+/// The multi-threaded tokio runtime of a device binary, or the exit code after saying why not.
+pub fn runtime() -> Result<tokio::runtime::Runtime, i32> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| {
+            eprintln!("error: cannot start the async runtime: {err}");
+            postern_protocol::connection::exit_code::FAILURE
+        })
+}
+
 /// Logs to stderr, level from `RUST_LOG` (default `info`).
 ///
 /// The `log` records of dependencies are deliberately not bridged into `tracing`: tungstenite

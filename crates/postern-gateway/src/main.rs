@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use postern_device::cli::{CommonArgs, EXIT_CODES_HELP};
 use postern_device::status::{status_command, table};
-use postern_device::{DeviceConfig, DeviceSettings};
+use postern_device::DeviceSettings;
 use postern_protocol::connection::exit_code;
 use postern_token::{SecretString, TokenKind};
 
@@ -114,57 +114,31 @@ fn run(mut args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
     if args.public_endpoint.is_none() && !args.listen.ip().is_unspecified() && !args.no_tunnel {
         args.public_endpoint = Some(args.listen.to_string());
     }
-    if !args.no_tunnel {
-        if let Err(err) = postern_device::net::check_mtu(args.mtu) {
-            eprintln!("error: --mtu: {err}");
-            return exit(exit_code::BAD_CONFIG);
-        }
-    }
-    let config = DeviceConfig::load(DeviceSettings {
-        program: PROGRAM,
-        kind: TokenKind::Gateway,
-        env_token,
-        token_path: &args.common.token_path,
-        api_url: &args.common.api_url,
-        insecure: args.common.insecure,
-        state_dir: &args.state_dir,
-        id: args.common.id.as_deref(),
-        name: args.common.name.as_deref(),
-        version: env!("CARGO_PKG_VERSION"),
-        public_key: None,
-        endpoint: args.public_endpoint.clone(),
-        max_partition: args.common.max_partition_time,
-    });
-    let mut config = match config {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return exit(exit_code::BAD_CONFIG);
-        }
+    let prepared = postern_device::prepare(
+        DeviceSettings {
+            program: PROGRAM,
+            kind: TokenKind::Gateway,
+            env_token,
+            token_path: &args.common.token_path,
+            api_url: &args.common.api_url,
+            insecure: args.common.insecure,
+            state_dir: &args.state_dir,
+            id: args.common.id.as_deref(),
+            name: args.common.name.as_deref(),
+            version: env!("CARGO_PKG_VERSION"),
+            public_key: None,
+            endpoint: args.public_endpoint.clone(),
+            max_partition: args.common.max_partition_time,
+        },
+        (!args.no_tunnel).then_some(args.mtu),
+    );
+    let (config, keys) = match prepared {
+        Ok(prepared) => prepared,
+        Err(code) => return exit(code),
     };
-    let keys = if args.no_tunnel {
-        None
-    } else {
-        match postern_device::keys::load_or_create(&config.state_dir) {
-            Ok(keys) => {
-                config.params.public_key = Some(keys.public_base64());
-                Some(keys)
-            }
-            Err(err) => {
-                eprintln!("error: {err}");
-                return exit(exit_code::BAD_CONFIG);
-            }
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match postern_device::runtime() {
         Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
-            return exit(exit_code::FAILURE);
-        }
+        Err(code) => return exit(code),
     };
     let outcome = runtime.block_on(async {
         let shutdown = postern_device::shutdown_signal()
