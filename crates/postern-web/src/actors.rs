@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -272,11 +271,7 @@ async fn service_account_page(
             }
         }
     };
-    let status = if form.errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::UNPROCESSABLE_ENTITY
-    };
+    let status = form.errors.status();
     Ok((
         status,
         ui::page(
@@ -415,11 +410,7 @@ async fn user_page(state: &WebState, admin: &Admin, form: &UserForm) -> WebResul
             }
         }
     };
-    let status = if form.errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::UNPROCESSABLE_ENTITY
-    };
+    let status = form.errors.status();
     Ok((
         status,
         ui::page(
@@ -749,11 +740,7 @@ fn token_page(admin: &Admin, actor: &Actor, form: &TokenForm) -> Response {
             }
         }
     };
-    let status = if form.errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::UNPROCESSABLE_ENTITY
-    };
+    let status = form.errors.status();
     (
         status,
         ui::page(
@@ -862,11 +849,7 @@ async fn edit_page(
             }
         }
     };
-    let status = if form.errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::UNPROCESSABLE_ENTITY
-    };
+    let status = form.errors.status();
     Ok((
         status,
         ui::page(

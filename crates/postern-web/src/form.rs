@@ -80,6 +80,15 @@ impl FieldErrors {
         self.0.get(field).map(String::as_str)
     }
 
+    /// The HTTP status of a page showing this form: 422 when it holds errors.
+    pub fn status(&self) -> axum::http::StatusCode {
+        if self.is_empty() {
+            axum::http::StatusCode::OK
+        } else {
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -1,7 +1,6 @@
 //! Groups: list, create, rename, delete, and their members.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -68,11 +67,7 @@ async fn list_page(
             }
         }
     };
-    let status = if errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::UNPROCESSABLE_ENTITY
-    };
+    let status = errors.status();
     Ok((
         status,
         ui::page(admin, Nav::Groups, "Groups", None, html! {}, content),
@@ -205,11 +200,7 @@ async fn detail_page(
             }))
         }
     };
-    let status = if errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::UNPROCESSABLE_ENTITY
-    };
+    let status = errors.status();
     Ok((
         status,
         ui::page(

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -335,11 +334,7 @@ async fn form_page(
     } else {
         "Add policy"
     };
-    let status = if form.errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::UNPROCESSABLE_ENTITY
-    };
+    let status = form.errors.status();
     Ok((
         status,
         ui::page(

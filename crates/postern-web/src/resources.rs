@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -291,11 +290,7 @@ async fn form_page(
         Some(r) => format!("Edit {}", r.name),
         None => "Add resource".to_string(),
     };
-    let status = if form.errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::UNPROCESSABLE_ENTITY
-    };
+    let status = form.errors.status();
     Ok((
         status,
         ui::page(

@@ -2,7 +2,6 @@
 //! are online.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -108,11 +107,7 @@ async fn list_page(
             }
         }
     };
-    let status = if errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::UNPROCESSABLE_ENTITY
-    };
+    let status = errors.status();
     Ok((
         status,
         ui::page(admin, Nav::Sites, "Sites", None, html! {}, content),
@@ -259,11 +254,7 @@ async fn detail_page(
             testid: "delete-site",
         }))
     };
-    let status = if form.errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::UNPROCESSABLE_ENTITY
-    };
+    let status = form.errors.status();
     Ok((
         status,
         ui::page(
