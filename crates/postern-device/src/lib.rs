@@ -42,6 +42,11 @@ pub fn prepare(
     Ok((config, Some(keys)))
 }
 
+/// A process exit code (from `postern_protocol::connection::exit_code`) as `main`'s return value.
+pub fn exit(code: i32) -> std::process::ExitCode {
+    std::process::ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
 /// The multi-threaded tokio runtime of a device binary, or the exit code after saying why not.
 pub fn runtime() -> Result<tokio::runtime::Runtime, i32> {
     tokio::runtime::Builder::new_multi_thread()

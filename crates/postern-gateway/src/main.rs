@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use postern_device::cli::{CommonArgs, EXIT_CODES_HELP};
 use postern_device::status::{status_command, table};
-use postern_device::DeviceSettings;
+use postern_device::{exit, DeviceSettings};
 use postern_protocol::connection::exit_code;
 use postern_token::{SecretString, TokenKind};
 
@@ -104,10 +104,6 @@ fn main() -> ExitCode {
         Some(Command::Run(args)) => run(args, env_token),
         None => run(cli.run, env_token),
     }
-}
-
-fn exit(code: i32) -> ExitCode {
-    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 fn run(mut args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
