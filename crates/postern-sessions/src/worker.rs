@@ -176,35 +176,11 @@ impl Worker {
             }
             Command::Change(event) => self.on_change(event),
             Command::Shutdown => {
-                let sessions: Vec<u64> = self
-                    .clients
-                    .keys()
-                    .chain(self.gateways.keys())
-                    .copied()
-                    .collect();
-                for session in sessions {
-                    self.close(
-                        session,
-                        DisconnectReason::ServerShutdown,
-                        "the portal is restarting; reconnect",
-                    );
-                }
+                self.close_all("the portal is restarting; reconnect");
                 false
             }
             Command::Resync => {
-                let sessions: Vec<u64> = self
-                    .clients
-                    .keys()
-                    .chain(self.gateways.keys())
-                    .copied()
-                    .collect();
-                for session in sessions {
-                    self.close(
-                        session,
-                        DisconnectReason::ServerShutdown,
-                        "the portal is resynchronising; reconnect",
-                    );
-                }
+                self.close_all("the portal is resynchronising; reconnect");
                 true
             }
         }
@@ -750,6 +726,19 @@ impl Worker {
             .map(|(id, _)| *id)
             .collect();
         self.revoke_authorizations(&grants, message);
+    }
+
+    /// Ends every session of the account without blaming its credentials: devices reconnect.
+    fn close_all(&mut self, message: &str) {
+        let sessions: Vec<u64> = self
+            .clients
+            .keys()
+            .chain(self.gateways.keys())
+            .copied()
+            .collect();
+        for session in sessions {
+            self.close(session, DisconnectReason::ServerShutdown, message);
+        }
     }
 
     /// Tells the session to end; it unregisters itself as it closes.
