@@ -18,7 +18,7 @@ use postern_protocol::{
     PortalToClient, PortalToGateway, CLIENT_PATH, GATEWAY_PATH, HEARTBEAT_INTERVAL,
     MAX_MESSAGE_BYTES, PEER_TIMEOUT, PROTOCOL_HEADER, PROTOCOL_VERSION,
 };
-use postern_sessions::{Hello, Outbound, SessionHandle};
+use postern_sessions::{Hello, Outbound, SessionError, SessionHandle};
 use postern_token::TokenKind;
 
 use crate::error::ApiError;
@@ -27,6 +27,9 @@ use crate::AppState;
 
 /// Small socket buffers: a portal holds many idle sessions, each with its own.
 const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// How long one write to a device may take: a device that stops reading is dropped, and its
+/// session task ends, instead of holding its queue (and the portal's memory) forever.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
@@ -62,8 +65,8 @@ async fn upgrade(state: AppState, request: Request, kind: DeviceKind) -> Respons
     let handle = match session {
         Ok(handle) => handle,
         Err(err) => {
-            tracing::warn!(error = %err, "could not open a session");
-            return ApiError::unavailable(err.to_string(), 1).into_response();
+            tracing::warn!(device = %hello.params.id, kind = kind.as_str(), error = %err, "could not open a session");
+            return refusal(err).into_response();
         }
     };
     let expires_at = hello.principal.expires_at;
@@ -72,9 +75,22 @@ async fn upgrade(state: AppState, request: Request, kind: DeviceKind) -> Respons
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(0)
         .max_message_size(MAX_MESSAGE_BYTES)
+        .max_frame_size(MAX_MESSAGE_BYTES)
         .on_upgrade(move |socket| async move {
             run(socket, handle, kind, expires_at).await;
         })
+}
+
+/// The answer to a device whose session was not opened. Only passing conditions are a 503
+/// with `Retry-After`; a refusal that will not go away says so, and devices stop.
+fn refusal(err: SessionError) -> ApiError {
+    match err {
+        SessionError::Unauthorized(auth) => ApiError::unauthorized(auth.to_string()),
+        SessionError::Conflict(why) => ApiError::conflict(why),
+        SessionError::Forbidden(why) => ApiError::forbidden(why),
+        SessionError::Unavailable(why) => ApiError::unavailable(why, 1),
+        SessionError::Closed => ApiError::unavailable(err.to_string(), 1),
+    }
 }
 
 /// Protocol version (426), device parameters (400), token (401): in that order, so an outdated
@@ -138,7 +154,7 @@ async fn run(
         tokio::select! {
             outbound = handle.outbound.recv() => match outbound {
                 Some(Outbound::Text(text)) => {
-                    if sink.send(Message::Text(text.as_ref().into())).await.is_err() {
+                    if !send(&mut sink, Message::Text(text.as_ref().into())).await {
                         break None;
                     }
                 }
@@ -148,7 +164,7 @@ async fn run(
             incoming = stream.next() => match incoming {
                 Some(Ok(Message::Text(text))) => {
                     last_heard = tokio::time::Instant::now();
-                    if let Err(problem) = handle_incoming(&handle, kind, text.as_str()) {
+                    if let Err(problem) = handle_incoming(&handle, kind, text.as_str()).await {
                         break Some((DisconnectReason::ProtocolError, problem));
                     }
                 }
@@ -160,10 +176,10 @@ async fn run(
             },
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() >= PEER_TIMEOUT {
-                    tracing::debug!(session = handle.id, "device silent for too long; closing");
+                    tracing::debug!(session = %handle.id, "device silent for too long; closing");
                     break None;
                 }
-                if sink.send(Message::Text(heartbeat_text.as_str().into())).await.is_err() {
+                if !send(&mut sink, Message::Text(heartbeat_text.as_str().into())).await {
                     break None;
                 }
             },
@@ -175,15 +191,32 @@ async fn run(
             DeviceKind::Client => encode(&PortalToClient::Disconnect { reason, message }),
             DeviceKind::Gateway => encode(&PortalToGateway::Disconnect { reason, message }),
         };
-        let _ = sink.send(Message::Text(text.into())).await;
+        let _ = send(&mut sink, Message::Text(text.into())).await;
     }
-    let _ = sink.close().await;
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.close()).await;
 }
 
-fn handle_incoming(handle: &SessionHandle, kind: DeviceKind, text: &str) -> Result<(), String> {
+/// Sends one frame within [`WRITE_TIMEOUT`]; false when the device is gone or too slow.
+async fn send(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    message: Message,
+) -> bool {
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, sink.send(message)).await,
+        Ok(Ok(()))
+    )
+}
+
+async fn handle_incoming(
+    handle: &SessionHandle,
+    kind: DeviceKind,
+    text: &str,
+) -> Result<(), String> {
     match kind {
         DeviceKind::Client => match decode::<ClientToPortal>(text).map_err(|e| e.to_string())? {
-            ClientToPortal::RequestAccess { resource_id } => handle.request_access(resource_id),
+            ClientToPortal::RequestAccess { resource_id } => {
+                handle.request_access(resource_id).await
+            }
             ClientToPortal::Heartbeat => {}
         },
         DeviceKind::Gateway => match decode::<GatewayToPortal>(text).map_err(|e| e.to_string())? {

@@ -439,7 +439,8 @@ pub fn classify_refusal(
     match status {
         401 | 403 => ConnectFailure::Unauthorized(message),
         426 => ConnectFailure::UpgradeRequired(message),
-        400 => ConnectFailure::BadRequest(message),
+        // 409: the device's id or key is bound to someone else; its settings must change.
+        400 | 409 => ConnectFailure::BadRequest(message),
         _ => ConnectFailure::Transient {
             message: format!("the portal refused the connection: {message}"),
             retry_after: retry_after.and_then(|value| parse_retry_after(value, now)),

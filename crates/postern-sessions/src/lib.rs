@@ -4,6 +4,7 @@
 //! ends sessions whose token was revoked. No per-session database round trip: a worker reads
 //! the account once and again only when something in it changed.
 
+pub mod account;
 mod addresses;
 mod worker;
 
@@ -12,14 +13,19 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
+use chrono::Utc;
 use parking_lot::{Mutex, RwLock};
 use postern_domain::DeviceKind;
 use postern_protocol::{ConnectParams, DisconnectReason};
-use postern_store::{Principal, Store};
+use postern_store::{AuthError, Principal, Store};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+pub use account::{Refusal, SessionId, SessionsConfig};
 pub use addresses::allocate;
+
+use account::{Presence, Registration};
+use worker::{Command, WorkerHandle};
 
 /// What a session sends to its device.
 #[derive(Debug, Clone)]
@@ -33,17 +39,43 @@ pub enum Outbound {
     },
 }
 
-/// How many messages may wait for a slow device before its session is dropped.
-pub const OUTBOUND_QUEUE: usize = 64;
+/// How many messages may wait for a slow client before its session is ended (and the client
+/// resyncs from a fresh `Init` when it reconnects).
+pub const CLIENT_QUEUE: usize = 256;
+/// The same for a gateway, which hears of every grant at its site.
+pub const GATEWAY_QUEUE: usize = 4096;
+/// How often a registration may be sent back to have its token checked again.
+const RECHECKS: usize = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    #[error("the portal could not load the account: {0}")]
-    Store(#[from] postern_store::StoreError),
+    /// The token no longer authenticates (checked again after a revocation).
+    #[error("{0}")]
+    Unauthorized(#[from] AuthError),
+    /// The device's identity belongs to someone else: retrying cannot help.
+    #[error("{0}")]
+    Conflict(String),
+    /// The token cannot open this kind of session.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Passing: retry.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("the portal is shutting down")]
     Closed,
-    #[error("{0}")]
-    Refused(String),
+}
+
+impl From<Refusal> for SessionError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Conflict(why) => SessionError::Conflict(why),
+            Refusal::Forbidden(why) => SessionError::Forbidden(why),
+            Refusal::Unavailable(why) => SessionError::Unavailable(why),
+            Refusal::Recheck => {
+                SessionError::Unavailable("the token is being checked again; retry".into())
+            }
+        }
+    }
 }
 
 /// A device asking for a session.
@@ -56,26 +88,29 @@ pub struct Hello {
 
 /// A registered session: receive what to send; dropping it ends the registration.
 pub struct SessionHandle {
-    pub id: u64,
+    pub id: SessionId,
     pub outbound: mpsc::Receiver<Outbound>,
-    account: mpsc::UnboundedSender<worker::Command>,
+    worker: WorkerHandle,
 }
 
 impl SessionHandle {
-    /// A client asks for access to a resource; the answer comes through `outbound`.
-    pub fn request_access(&self, resource_id: Uuid) {
-        let _ = self.account.send(worker::Command::RequestAccess {
-            session: self.id,
-            resource_id,
-        });
+    /// A client asks for access to a resource; the answer comes through `outbound`. Waits
+    /// while the account's worker is busy, which slows only this session's reading.
+    pub async fn request_access(&self, resource_id: Uuid) {
+        let _ = self
+            .worker
+            .commands
+            .send(Command::RequestAccess {
+                session: self.id,
+                resource_id,
+            })
+            .await;
     }
 }
 
 impl Drop for SessionHandle {
     fn drop(&mut self) {
-        let _ = self
-            .account
-            .send(worker::Command::Unregister { session: self.id });
+        let _ = self.worker.departures.send(self.id);
     }
 }
 
@@ -87,7 +122,8 @@ pub struct Hub {
 
 pub(crate) struct HubInner {
     store: Store,
-    workers: Mutex<HashMap<Uuid, mpsc::UnboundedSender<worker::Command>>>,
+    config: SessionsConfig,
+    workers: Mutex<HashMap<Uuid, WorkerHandle>>,
     next_session: AtomicU64,
     online: RwLock<Online>,
 }
@@ -100,11 +136,17 @@ pub(crate) struct Online {
 }
 
 impl Hub {
-    /// Creates the hub and starts forwarding the store's change events to the account workers.
+    /// Creates the hub with the default limits and starts forwarding the store's change
+    /// events to the account workers.
     pub fn new(store: Store) -> Self {
+        Self::with_config(store, SessionsConfig::default())
+    }
+
+    pub fn with_config(store: Store, config: SessionsConfig) -> Self {
         let hub = Hub {
             inner: Arc::new(HubInner {
                 store: store.clone(),
+                config,
                 workers: Mutex::new(HashMap::new()),
                 next_session: AtomicU64::new(1),
                 online: RwLock::new(Online::default()),
@@ -125,10 +167,9 @@ impl Hub {
     /// Tells every session that the portal is stopping and waits (at most `grace`) until they
     /// have closed, so devices learn it is a restart and not a network failure.
     pub async fn shutdown(&self, grace: std::time::Duration) {
-        let workers: Vec<mpsc::UnboundedSender<worker::Command>> =
-            self.inner.workers.lock().values().cloned().collect();
+        let workers: Vec<WorkerHandle> = self.inner.workers.lock().values().cloned().collect();
         for worker in &workers {
-            let _ = worker.send(worker::Command::Shutdown);
+            let _ = worker.commands.send(Command::Shutdown).await;
         }
         let deadline = tokio::time::Instant::now() + grace;
         while !self.inner.online.read().devices.is_empty() && tokio::time::Instant::now() < deadline
@@ -157,108 +198,128 @@ impl Hub {
             .unwrap_or(0)
     }
 
+    /// Registers a session with its account's worker. A registration whose token check may
+    /// predate a revocation comes back to be checked again, so that no revoked token leaves a
+    /// live session behind.
     async fn connect(&self, kind: DeviceKind, hello: Hello) -> Result<SessionHandle, SessionError> {
-        let account = self.worker(hello.principal.account_id);
-        let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
-        let (outbound_tx, outbound) = mpsc::channel(OUTBOUND_QUEUE);
-        let (reply, answer) = oneshot::channel();
-        account
-            .send(worker::Command::Register {
-                session: id,
+        let worker = self.worker(hello.principal.account_id);
+        let Hello {
+            mut principal,
+            params,
+            source_ip,
+        } = hello;
+        for _ in 0..RECHECKS {
+            let session = SessionId(self.inner.next_session.fetch_add(1, Ordering::Relaxed));
+            let capacity = match kind {
+                DeviceKind::Client => CLIENT_QUEUE,
+                DeviceKind::Gateway => GATEWAY_QUEUE,
+            };
+            let (outbound_tx, outbound) = mpsc::channel(capacity);
+            let (reply, answer) = oneshot::channel();
+            let registration = Registration {
+                session,
                 kind,
-                hello,
-                outbound: outbound_tx,
-                reply,
-            })
-            .map_err(|_| SessionError::Closed)?;
-        answer.await.map_err(|_| SessionError::Closed)??;
-        Ok(SessionHandle {
-            id,
-            outbound,
-            account,
-        })
+                principal: principal.clone(),
+                params: params.clone(),
+                source_ip,
+            };
+            worker
+                .commands
+                .send(Command::Register {
+                    registration: Box::new(registration),
+                    outbound: outbound_tx,
+                    reply,
+                })
+                .await
+                .map_err(|_| SessionError::Closed)?;
+            match answer.await.map_err(|_| SessionError::Closed)? {
+                Ok(()) => {
+                    return Ok(SessionHandle {
+                        id: session,
+                        outbound,
+                        worker,
+                    })
+                }
+                Err(Refusal::Recheck) => {
+                    principal = self
+                        .inner
+                        .store
+                        .recheck_token(principal.token_id, Utc::now())
+                        .await?;
+                }
+                Err(refusal) => return Err(refusal.into()),
+            }
+        }
+        Err(Refusal::Recheck.into())
     }
 
-    fn worker(&self, account_id: Uuid) -> mpsc::UnboundedSender<worker::Command> {
+    fn worker(&self, account_id: Uuid) -> WorkerHandle {
         let mut workers = self.inner.workers.lock();
-        if let Some(sender) = workers.get(&account_id).filter(|s| !s.is_closed()) {
-            return sender.clone();
+        if let Some(worker) = workers.get(&account_id).filter(|w| !w.is_closed()) {
+            return worker.clone();
         }
-        let sender = worker::spawn(
+        let worker = worker::spawn(
             account_id,
             self.inner.store.clone(),
             Arc::downgrade(&self.inner),
+            self.inner.config.clone(),
         );
-        workers.insert(account_id, sender.clone());
-        sender
+        workers.insert(account_id, worker.clone());
+        worker
     }
 }
 
 impl HubInner {
-    pub(crate) fn mark_online(
-        &self,
-        account_id: Uuid,
-        kind: DeviceKind,
-        device_id: &str,
-        token_id: Uuid,
-    ) {
+    pub(crate) fn mark_online(&self, account_id: Uuid, presence: &Presence) {
         let mut online = self.online.write();
         *online
             .devices
-            .entry((account_id, kind, device_id.to_string()))
+            .entry((account_id, presence.kind, presence.device_id.clone()))
             .or_default() += 1;
-        *online.tokens.entry(token_id).or_default() += 1;
+        *online.tokens.entry(presence.token_id).or_default() += 1;
     }
 
-    pub(crate) fn mark_offline(
-        &self,
-        account_id: Uuid,
-        kind: DeviceKind,
-        device_id: &str,
-        token_id: Uuid,
-    ) {
+    pub(crate) fn mark_offline(&self, account_id: Uuid, presence: &Presence) {
         let mut online = self.online.write();
-        let key = (account_id, kind, device_id.to_string());
+        let key = (account_id, presence.kind, presence.device_id.clone());
         if let Some(count) = online.devices.get_mut(&key) {
             *count -= 1;
             if *count == 0 {
                 online.devices.remove(&key);
             }
         }
-        if let Some(count) = online.tokens.get_mut(&token_id) {
+        if let Some(count) = online.tokens.get_mut(&presence.token_id) {
             *count -= 1;
             if *count == 0 {
-                online.tokens.remove(&token_id);
+                online.tokens.remove(&presence.token_id);
             }
         }
     }
 }
 
+/// Hands every committed change to its account's worker, with the revocation generation read
+/// after it was applied to the token cache. A feed that lags makes every worker resync.
 async fn forward_events(store: Store, hub: Weak<HubInner>) {
     let mut events = store.subscribe();
     loop {
         let received = events.recv().await;
         let Some(hub) = hub.upgrade() else { return };
-        let workers: Vec<(Uuid, mpsc::UnboundedSender<worker::Command>)> = hub
-            .workers
-            .lock()
-            .iter()
-            .map(|(id, tx)| (*id, tx.clone()))
-            .collect();
+        let generation = store.revocation_generation();
         match received {
             Ok(event) => {
-                let account_id = event.account_id();
-                if let Some((_, tx)) = workers.iter().find(|(id, _)| *id == account_id) {
-                    let _ = tx.send(worker::Command::Change(event));
+                let worker = hub.workers.lock().get(&event.account_id()).cloned();
+                if let Some(worker) = worker {
+                    worker.change(event, generation);
                 }
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                 tracing::warn!(
                     missed,
-                    "session hub fell behind the change feed; resynchronising every session"
+                    "session hub fell behind the change feed; resynchronising every account"
                 );
-                for (_, tx) in workers {
-                    let _ = tx.send(worker::Command::Resync);
+                let workers: Vec<WorkerHandle> = hub.workers.lock().values().cloned().collect();
+                for worker in workers {
+                    worker.resync(generation);
                 }
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,

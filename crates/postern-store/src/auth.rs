@@ -18,7 +18,12 @@ pub struct Principal {
     pub kind: TokenKind,
     pub actor_id: Option<Uuid>,
     pub site_id: Option<Uuid>,
+    /// The name of the holder (service account or site) when the token was checked.
+    pub holder_name: String,
     pub expires_at: DateTime<Utc>,
+    /// The store's revocation generation before the token was checked: when a revocation has
+    /// been applied since, the check may predate it and must be repeated (`recheck_token`).
+    pub generation: u64,
 }
 
 /// Where a token was used from, for its "last used" record.
@@ -121,59 +126,62 @@ impl Store {
                 actual: parsed.kind.as_str(),
             });
         }
-        let record = match self.inner.tokens.get(&parsed.id) {
-            Some(record) => record,
-            None => match self.load_token_record(parsed.id).await? {
-                Some(record) => {
-                    self.inner.tokens.insert(parsed.id, record.clone());
-                    record
-                }
-                None => {
-                    return Err(AuthError::Invalid {
-                        token_id: Some(parsed.id),
-                    })
-                }
-            },
+        let (record, generation) = self.token_record(parsed.id).await?;
+        let invalid = AuthError::Invalid {
+            token_id: Some(parsed.id),
         };
+        let record = record.ok_or(invalid)?;
         if record.kind != parsed.kind || !parsed.verify(&self.inner.hash_key, &record.hash()) {
             return Err(AuthError::Invalid {
                 token_id: Some(parsed.id),
             });
         }
-        let ids = (record.account_id, parsed.id);
-        if record.revoked {
-            return Err(AuthError::Revoked {
-                account_id: ids.0,
-                token_id: ids.1,
-            });
+        principal_of(parsed.id, record, generation, now)
+    }
+
+    /// Checks again, by id, a token whose secret was verified before (a session being admitted
+    /// while a revocation was applied): revoked, expired, holder disabled, deleted.
+    pub async fn recheck_token(
+        &self,
+        token_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<Principal, AuthError> {
+        let (record, generation) = self.token_record(token_id).await?;
+        let record = record.ok_or(AuthError::Invalid {
+            token_id: Some(token_id),
+        })?;
+        principal_of(token_id, record, generation, now)
+    }
+
+    /// The store's revocation generation now (see [`Principal::generation`]).
+    pub fn revocation_generation(&self) -> u64 {
+        self.inner.tokens.generation()
+    }
+
+    /// A token's record from the cache or the database, and the revocation generation read
+    /// before it. A record read from the database is cached only if no invalidation happened
+    /// meanwhile, so the cache never holds a record older than a revocation.
+    async fn token_record(&self, token_id: Uuid) -> Result<(Option<CachedToken>, u64), StoreError> {
+        let (cached, generation) = self.inner.tokens.get(&token_id);
+        if let Some(record) = cached {
+            return Ok((Some(record), generation));
         }
-        if record.expires_at <= now {
-            return Err(AuthError::Expired {
-                account_id: ids.0,
-                token_id: ids.1,
-            });
-        }
-        if record.holder_disabled {
-            return Err(AuthError::Disabled {
-                account_id: ids.0,
-                token_id: ids.1,
-            });
-        }
-        Ok(Principal {
-            account_id: record.account_id,
-            token_id: parsed.id,
-            kind: record.kind,
-            actor_id: record.actor_id,
-            site_id: record.site_id,
-            expires_at: record.expires_at,
-        })
+        let Some(record) = self.load_token_record(token_id).await? else {
+            return Ok((None, generation));
+        };
+        self.inner
+            .tokens
+            .insert(token_id, record.clone(), generation);
+        Ok((Some(record), generation))
     }
 
     async fn load_token_record(&self, token_id: Uuid) -> Result<Option<CachedToken>, StoreError> {
         let row = sqlx::query(
             "SELECT t.kind, t.account_id, t.actor_id, t.site_id, t.secret_hash, t.expires_at, \
-             t.revoked_at, a.disabled_at AS actor_disabled_at \
-             FROM tokens t LEFT JOIN actors a ON a.id = t.actor_id WHERE t.id = $1",
+             t.revoked_at, a.disabled_at AS actor_disabled_at, a.name AS actor_name, \
+             s.name AS site_name \
+             FROM tokens t LEFT JOIN actors a ON a.id = t.actor_id \
+             LEFT JOIN sites s ON s.id = t.site_id WHERE t.id = $1",
         )
         .bind(token_id.to_string())
         .fetch_optional(self.pool())
@@ -187,16 +195,57 @@ impl Store {
             .map_err(|_| StoreError::Corrupt("a stored token hash is not valid".to_string()))?;
         let revoked_at: Option<i64> = row.try_get("revoked_at")?;
         let actor_disabled_at: Option<i64> = row.try_get("actor_disabled_at")?;
+        let actor_name: Option<String> = row.try_get("actor_name")?;
+        let site_name: Option<String> = row.try_get("site_name")?;
         Ok(Some(CachedToken {
             kind,
             account_id: db::uuid(&row, "account_id")?,
             actor_id: db::opt_uuid(&row, "actor_id")?,
             site_id: db::opt_uuid(&row, "site_id")?,
             hash: *hash.as_bytes(),
+            holder_name: actor_name.or(site_name).unwrap_or_default(),
             expires_at: from_ts(row.try_get("expires_at")?)?,
             revoked: revoked_at.is_some(),
             holder_disabled: actor_disabled_at.is_some(),
             loaded_at: Instant::now(),
         }))
     }
+}
+
+/// The principal of a token record whose secret matched, or why the token no longer works.
+fn principal_of(
+    token_id: Uuid,
+    record: CachedToken,
+    generation: u64,
+    now: DateTime<Utc>,
+) -> Result<Principal, AuthError> {
+    let account_id = record.account_id;
+    if record.revoked {
+        return Err(AuthError::Revoked {
+            account_id,
+            token_id,
+        });
+    }
+    if record.expires_at <= now {
+        return Err(AuthError::Expired {
+            account_id,
+            token_id,
+        });
+    }
+    if record.holder_disabled {
+        return Err(AuthError::Disabled {
+            account_id,
+            token_id,
+        });
+    }
+    Ok(Principal {
+        account_id,
+        token_id,
+        kind: record.kind,
+        actor_id: record.actor_id,
+        site_id: record.site_id,
+        holder_name: record.holder_name,
+        expires_at: record.expires_at,
+        generation,
+    })
 }

@@ -1,9 +1,12 @@
-//! Authorizations given to gateways, as opaque JSON documents owned by the session hub.
+//! Authorizations given to gateways, as opaque JSON documents owned by the session hub. The hub
+//! writes them in batches (saves and deletes in one transaction, in the order it decided them)
+//! and reads them back, with the state of their tokens, when an account's sessions start.
 
 use chrono::{DateTime, Utc};
+use sqlx::Row;
 use uuid::Uuid;
 
-use crate::db::{self, ts};
+use crate::db::{self, from_ts, ts};
 use crate::{Result, Store};
 
 /// A stored authorization: who holds it, where it applies, until when, and its document.
@@ -16,68 +19,161 @@ pub struct StoredAuthorization {
     pub body: serde_json::Value,
 }
 
+/// A stored authorization read back, with what its token is now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadedAuthorization {
+    pub authorization: StoredAuthorization,
+    /// `None` when the token no longer exists.
+    pub token: Option<TokenState>,
+}
+
+/// What a token is now, for checking what was granted with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenState {
+    pub revoked: bool,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl TokenState {
+    /// Whether the token still authenticates at `now` (its holder aside).
+    pub fn is_usable(&self, now: DateTime<Utc>) -> bool {
+        !self.revoked && self.expires_at > now
+    }
+}
+
+/// Authorization changes to write together: every save is an upsert, deletes of unknown ids
+/// change nothing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuthorizationWrites {
+    pub save: Vec<StoredAuthorization>,
+    pub delete: Vec<Uuid>,
+}
+
+impl AuthorizationWrites {
+    pub fn is_empty(&self) -> bool {
+        self.save.is_empty() && self.delete.is_empty()
+    }
+}
+
+/// Ids per `… IN (…)`: well under SQLite's and PostgreSQL's bind limits.
+const IDS_PER_QUERY: usize = 500;
+
 impl Store {
-    pub async fn save_authorization(
+    /// Writes a batch of authorization changes in one transaction.
+    pub async fn write_authorizations(
         &self,
         account_id: Uuid,
-        authorization: &StoredAuthorization,
+        writes: &AuthorizationWrites,
     ) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO authorizations (id, account_id, token_id, gateway_device_id, expires_at, body) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(authorization.id.to_string())
-        .bind(account_id.to_string())
-        .bind(authorization.token_id.to_string())
-        .bind(authorization.gateway_device_id.clone())
-        .bind(ts(authorization.expires_at))
-        .bind(db::to_json(&authorization.body)?)
-        .execute(&mut *tx.tx)
-        .await?;
-        tx.commit().await
-    }
-
-    pub async fn delete_authorizations(&self, account_id: Uuid, ids: &[Uuid]) -> Result<()> {
-        if ids.is_empty() {
+        if writes.is_empty() {
             return Ok(());
         }
         let mut tx = self.begin_write().await?;
-        for id in ids {
-            sqlx::query("DELETE FROM authorizations WHERE account_id = $1 AND id = $2")
-                .bind(account_id.to_string())
-                .bind(id.to_string())
-                .execute(&mut *tx.tx)
-                .await?;
+        for chunk in writes.delete.chunks(IDS_PER_QUERY) {
+            let sql = format!(
+                "DELETE FROM authorizations WHERE account_id = $1 AND id IN ({})",
+                db::placeholders(2, chunk.len())
+            );
+            let mut query = sqlx::query(&sql).bind(account_id.to_string());
+            for id in chunk {
+                query = query.bind(id.to_string());
+            }
+            query.execute(&mut *tx.tx).await?;
+        }
+        for authorization in &writes.save {
+            sqlx::query(
+                "INSERT INTO authorizations (id, account_id, token_id, gateway_device_id, expires_at, body) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (id) DO UPDATE SET token_id = $3, gateway_device_id = $4, \
+                 expires_at = $5, body = $6 WHERE authorizations.account_id = $2",
+            )
+            .bind(authorization.id.to_string())
+            .bind(account_id.to_string())
+            .bind(authorization.token_id.to_string())
+            .bind(authorization.gateway_device_id.clone())
+            .bind(ts(authorization.expires_at))
+            .bind(db::to_json(&authorization.body)?)
+            .execute(&mut *tx.tx)
+            .await?;
         }
         tx.commit().await
     }
 
-    /// The account's authorizations that have not expired by `now` (expired ones are deleted).
+    /// The account's authorizations that have not expired by `now` (expired ones are deleted),
+    /// each with the current state of its token.
     pub async fn load_authorizations(
         &self,
         account_id: Uuid,
         now: DateTime<Utc>,
-    ) -> Result<Vec<StoredAuthorization>> {
+    ) -> Result<Vec<LoadedAuthorization>> {
         sqlx::query("DELETE FROM authorizations WHERE account_id = $1 AND expires_at <= $2")
             .bind(account_id.to_string())
             .bind(ts(now))
             .execute(self.pool())
             .await?;
-        let rows = sqlx::query("SELECT * FROM authorizations WHERE account_id = $1")
-            .bind(account_id.to_string())
-            .fetch_all(self.pool())
-            .await?;
+        let rows = sqlx::query(
+            "SELECT a.id, a.token_id, a.gateway_device_id, a.expires_at, a.body, \
+             t.id AS token_found, t.revoked_at AS token_revoked_at, \
+             t.expires_at AS token_expires_at \
+             FROM authorizations a \
+             LEFT JOIN tokens t ON t.id = a.token_id AND t.account_id = a.account_id \
+             WHERE a.account_id = $1",
+        )
+        .bind(account_id.to_string())
+        .fetch_all(self.pool())
+        .await?;
         rows.iter()
             .map(|row| {
-                Ok(StoredAuthorization {
-                    id: db::uuid(row, "id")?,
-                    token_id: db::uuid(row, "token_id")?,
-                    gateway_device_id: db::text(row, "gateway_device_id")?,
-                    expires_at: db::time(row, "expires_at")?,
-                    body: db::json(row, "body")?,
+                let found: Option<String> = row.try_get("token_found")?;
+                let token = match found {
+                    None => None,
+                    Some(_) => Some(TokenState {
+                        revoked: row.try_get::<Option<i64>, _>("token_revoked_at")?.is_some(),
+                        expires_at: from_ts(row.try_get("token_expires_at")?)?,
+                    }),
+                };
+                Ok(LoadedAuthorization {
+                    authorization: StoredAuthorization {
+                        id: db::uuid(row, "id")?,
+                        token_id: db::uuid(row, "token_id")?,
+                        gateway_device_id: db::text(row, "gateway_device_id")?,
+                        expires_at: db::time(row, "expires_at")?,
+                        body: db::json(row, "body")?,
+                    },
+                    token,
                 })
             })
             .collect()
+    }
+
+    /// The current state of these tokens of the account; tokens that do not exist are missing
+    /// from the answer.
+    pub async fn token_states(
+        &self,
+        account_id: Uuid,
+        token_ids: &[Uuid],
+    ) -> Result<std::collections::HashMap<Uuid, TokenState>> {
+        let mut states = std::collections::HashMap::new();
+        for chunk in token_ids.chunks(IDS_PER_QUERY) {
+            let sql = format!(
+                "SELECT id, revoked_at, expires_at FROM tokens WHERE account_id = $1 AND id IN ({})",
+                db::placeholders(2, chunk.len())
+            );
+            let mut query = sqlx::query(&sql).bind(account_id.to_string());
+            for id in chunk {
+                query = query.bind(id.to_string());
+            }
+            for row in query.fetch_all(self.pool()).await? {
+                let revoked_at: Option<i64> = row.try_get("revoked_at")?;
+                states.insert(
+                    db::uuid(&row, "id")?,
+                    TokenState {
+                        revoked: revoked_at.is_some(),
+                        expires_at: from_ts(row.try_get("expires_at")?)?,
+                    },
+                );
+            }
+        }
+        Ok(states)
     }
 }

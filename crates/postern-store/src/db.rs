@@ -32,6 +32,14 @@ impl Store {
     }
 }
 
+/// `$first, $first+1, …` for `count` bind parameters (an `IN (…)` list).
+pub(crate) fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub(crate) fn ts(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }

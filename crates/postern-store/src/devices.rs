@@ -25,6 +25,8 @@ pub struct AccessData {
     /// `(group_id, actor_id)`.
     pub memberships: Vec<(Uuid, Uuid)>,
     pub disabled_actors: Vec<Uuid>,
+    /// Site names, for the reasons given to devices.
+    pub site_names: std::collections::HashMap<Uuid, String>,
 }
 
 impl Store {
@@ -122,11 +124,20 @@ impl Store {
             .iter()
             .map(|row| db::uuid(row, "id"))
             .collect::<Result<Vec<_>>>()?;
+        let rows = sqlx::query("SELECT id, name FROM sites WHERE account_id = $1")
+            .bind(account_id.to_string())
+            .fetch_all(self.pool())
+            .await?;
+        let site_names = rows
+            .iter()
+            .map(|row| Ok((db::uuid(row, "id")?, db::text(row, "name")?)))
+            .collect::<Result<_>>()?;
         Ok(AccessData {
             resources,
             policies,
             memberships,
             disabled_actors,
+            site_names,
         })
     }
 
@@ -144,9 +155,11 @@ impl Store {
                 "INSERT INTO devices (id, account_id, kind, device_id, actor_id, site_id, token_id, name, \
                  version, public_key, ipv4, ipv6, last_seen_ip, last_seen_at, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
-                 ON CONFLICT (account_id, kind, device_id) DO UPDATE SET actor_id = $5, site_id = $6, \
+                 ON CONFLICT (account_id, kind, device_id) DO UPDATE SET \
                  token_id = $7, name = $8, version = $9, public_key = $10, last_seen_ip = $13, \
-                 last_seen_at = $14",
+                 last_seen_at = $14 \
+                 WHERE COALESCE(devices.actor_id, '') = COALESCE($5, '') \
+                 AND COALESCE(devices.site_id, '') = COALESCE($6, '')",
             )
             .bind(device.id.to_string())
             .bind(device.account_id.to_string())

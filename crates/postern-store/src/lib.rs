@@ -33,7 +33,9 @@ use tokio::sync::broadcast;
 pub use actors::{ActorFilter, ActorPatch, NewActor};
 pub use audit::AuditFilter;
 pub use auth::{AuthError, Principal, TokenUse};
-pub use authorizations::StoredAuthorization;
+pub use authorizations::{
+    AuthorizationWrites, LoadedAuthorization, StoredAuthorization, TokenState,
+};
 pub use devices::{AccessData, DeviceFilter};
 pub use groups::MembershipChange;
 pub use policies::{NewPolicy, PolicyPatch};

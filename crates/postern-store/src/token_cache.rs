@@ -21,6 +21,8 @@ pub(crate) struct CachedToken {
     pub actor_id: Option<Uuid>,
     pub site_id: Option<Uuid>,
     pub hash: [u8; 32],
+    /// The holder's name (service account or site), for the device's `Init`.
+    pub holder_name: String,
     pub expires_at: DateTime<Utc>,
     pub revoked: bool,
     pub holder_disabled: bool,
@@ -43,19 +45,44 @@ pub(crate) struct PendingUse {
 
 #[derive(Default)]
 pub(crate) struct TokenCache {
-    records: RwLock<HashMap<Uuid, CachedToken>>,
+    records: RwLock<Records>,
     usage: Mutex<HashMap<Uuid, PendingUse>>,
 }
 
+#[derive(Default)]
+struct Records {
+    by_id: HashMap<Uuid, CachedToken>,
+    /// The revocation generation: raised by every invalidation, under the same lock. A record
+    /// read from the database at an older generation may predate a revocation and is not cached;
+    /// a principal checked at an older generation is checked again before its session is kept.
+    generation: u64,
+}
+
 impl TokenCache {
-    pub fn get(&self, token_id: &Uuid) -> Option<CachedToken> {
+    /// The record if cached and fresh, with the generation it was read at.
+    pub fn get(&self, token_id: &Uuid) -> (Option<CachedToken>, u64) {
         let records = self.records.read();
-        let record = records.get(token_id)?;
-        (record.loaded_at.elapsed() < RECORD_TTL).then(|| record.clone())
+        let record = records
+            .by_id
+            .get(token_id)
+            .filter(|record| record.loaded_at.elapsed() < RECORD_TTL)
+            .cloned();
+        (record, records.generation)
     }
 
-    pub fn insert(&self, token_id: Uuid, record: CachedToken) {
-        self.records.write().insert(token_id, record);
+    pub fn generation(&self) -> u64 {
+        self.records.read().generation
+    }
+
+    /// Caches a record read from the database when `read_at` (the generation before the read)
+    /// is still current; returns whether it was cached.
+    pub fn insert(&self, token_id: Uuid, record: CachedToken, read_at: u64) -> bool {
+        let mut records = self.records.write();
+        if records.generation != read_at {
+            return false;
+        }
+        records.by_id.insert(token_id, record);
+        true
     }
 
     /// Forgets what a change made stale. Every change to tokens and their holders comes through
@@ -73,21 +100,26 @@ impl TokenCache {
 
     /// Forgets every record: after a gap in the change feed, nothing cached can be trusted.
     pub fn clear(&self) {
-        self.records.write().clear();
+        let mut records = self.records.write();
+        records.by_id.clear();
+        records.generation += 1;
     }
 
     pub fn invalidate_tokens(&self, token_ids: &[Uuid]) {
         let mut records = self.records.write();
         for id in token_ids {
-            records.remove(id);
+            records.by_id.remove(id);
         }
+        records.generation += 1;
     }
 
     /// Drops every record of tokens held by this actor or site.
     pub fn invalidate_holder(&self, holder_id: Uuid) {
-        self.records
-            .write()
+        let mut records = self.records.write();
+        records
+            .by_id
             .retain(|_, r| r.actor_id != Some(holder_id) && r.site_id != Some(holder_id));
+        records.generation += 1;
     }
 
     pub fn record_use(&self, token_id: Uuid, pending: PendingUse) {
