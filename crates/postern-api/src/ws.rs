@@ -10,7 +10,6 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use chrono::Utc;
 use futures_util::{SinkExt, StreamExt};
 use postern_domain::DeviceKind;
 use postern_protocol::{
@@ -69,7 +68,6 @@ async fn upgrade(state: AppState, request: Request, kind: DeviceKind) -> Respons
             return refusal(err).into_response();
         }
     };
-    let expires_at = hello.principal.expires_at;
     tracing::debug!(device = %hello.params.id, kind = kind.as_str(), "session opened");
     upgrade
         .read_buffer_size(READ_BUFFER_BYTES)
@@ -77,7 +75,7 @@ async fn upgrade(state: AppState, request: Request, kind: DeviceKind) -> Respons
         .max_message_size(MAX_MESSAGE_BYTES)
         .max_frame_size(MAX_MESSAGE_BYTES)
         .on_upgrade(move |socket| async move {
-            run(socket, handle, kind, expires_at).await;
+            run(socket, handle, kind).await;
         })
 }
 
@@ -136,19 +134,14 @@ fn serde_urlencoded_params(query: &str) -> Result<ConnectParams, ApiError> {
     .map_err(|err| ApiError::bad_request(Some("query".to_string()), err.body_text()))
 }
 
-async fn run(
-    socket: WebSocket,
-    mut handle: SessionHandle,
-    kind: DeviceKind,
-    expires_at: chrono::DateTime<Utc>,
-) {
+/// Carries one session: the hub's messages out (each write bounded by [`WRITE_TIMEOUT`]), the
+/// device's messages in, heartbeats both ways. The hub ends it (revocation, the token's
+/// expiry, shutdown) by queueing `Close` or dropping the queue.
+async fn run(socket: WebSocket, mut handle: SessionHandle, kind: DeviceKind) {
     let (mut sink, mut stream) = socket.split();
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
     heartbeat.tick().await;
     let mut last_heard = tokio::time::Instant::now();
-    let until_expiry = (expires_at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-    let expiry = tokio::time::sleep(until_expiry);
-    tokio::pin!(expiry);
     let heartbeat_text = encode(&PortalToClient::Heartbeat);
     let ending: Option<(DisconnectReason, String)> = loop {
         tokio::select! {
@@ -183,7 +176,6 @@ async fn run(
                     break None;
                 }
             },
-            _ = &mut expiry => break Some((DisconnectReason::TokenExpired, "the token expired".to_string())),
         }
     };
     if let Some((reason, message)) = ending {

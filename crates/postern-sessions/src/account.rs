@@ -134,6 +134,25 @@ pub struct Transmit {
     pub message: Outbound,
 }
 
+/// The sessions' outbound queues, as the caller holds them: bounded, never waited on.
+pub trait Queues {
+    /// Queues a message for a session without waiting.
+    fn try_queue(&mut self, session: SessionId, message: Outbound) -> Queued;
+    /// The core is done with the session: drop its queue (what is queued is still delivered,
+    /// then the session's connection closes).
+    fn release(&mut self, session: SessionId);
+}
+
+/// What became of a message handed to [`Queues::try_queue`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    Yes,
+    /// The queue is full: the device does not keep up.
+    Full,
+    /// Nobody reads the queue any more (the session's task ended).
+    Gone,
+}
+
 /// What the core needs from the store.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StoreOp {
@@ -432,6 +451,8 @@ pub struct AccountSessions {
     gateways: HashMap<SessionId, Session>,
     by_token: HashMap<Uuid, HashSet<SessionId>>,
     by_device: HashMap<(DeviceKind, String), HashSet<SessionId>>,
+    /// Sessions by their token's expiry: they end then.
+    expiries: BTreeSet<(DateTime<Utc>, SessionId)>,
     grants: Grants,
     /// Views computed since the snapshot last changed, shared by sessions with the same key.
     view_cache: HashMap<(Uuid, Option<IpAddr>), Arc<View>>,
@@ -469,6 +490,7 @@ impl AccountSessions {
             gateways: HashMap::new(),
             by_token: HashMap::new(),
             by_device: HashMap::new(),
+            expiries: BTreeSet::new(),
             grants: Grants::default(),
             view_cache: HashMap::new(),
             writes: HashMap::new(),
@@ -485,9 +507,20 @@ impl AccountSessions {
         self.account_id
     }
 
+    /// Whether the account has been read (it is, from the first session on).
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.is_some()
+    }
+
     /// How many sessions are registered.
     pub fn session_count(&self) -> usize {
         self.clients.len() + self.gateways.len()
+    }
+
+    /// Authorization writes decided but not yet known to be stored (queued, in flight, or
+    /// waiting to be retried).
+    pub fn pending_writes(&self) -> usize {
+        self.writes.len() + usize::from(self.write_in_flight)
     }
 
     /// The authorizations currently given to gateways, in id order (for tests and status).
@@ -804,15 +837,52 @@ impl AccountSessions {
         if boundary_due && self.is_current() {
             self.refresh(now);
         }
+        while let Some(&(at, session)) = self.expiries.first() {
+            if at > now {
+                break;
+            }
+            self.close(
+                session,
+                DisconnectReason::TokenExpired,
+                "the token expired",
+                now,
+            );
+        }
         self.wake_grants(now);
     }
 
     // ----- outputs -----
 
     /// The next message for a session. Deliver it without waiting; when the session's queue
-    /// is full, call [`Self::handle_stalled`].
+    /// is full, call [`Self::handle_stalled`] ([`Self::deliver`] does all of this).
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
+    }
+
+    /// Whether messages wait to be delivered.
+    pub fn has_transmits(&self) -> bool {
+        !self.transmits.is_empty()
+    }
+
+    /// Hands every pending message to its session's queue. A full queue ends its session
+    /// ([`Self::handle_stalled`]), so no message is ever dropped while the session lives on; a
+    /// queue nobody reads ends it as gone. A `Close` releases the queue once queued.
+    pub fn deliver(&mut self, queues: &mut impl Queues, now: DateTime<Utc>) {
+        while let Some(Transmit { session, message }) = self.poll_transmit() {
+            let closing = matches!(message, Outbound::Close { .. });
+            match queues.try_queue(session, message) {
+                Queued::Yes if closing => queues.release(session),
+                Queued::Yes => {}
+                Queued::Full => {
+                    queues.release(session);
+                    self.handle_stalled(session, now);
+                }
+                Queued::Gone => {
+                    queues.release(session);
+                    self.handle_unregister(session, now);
+                }
+            }
+        }
     }
 
     /// The next session outcome.
@@ -860,6 +930,9 @@ impl AccountSessions {
             consider(at);
         }
         if let Some((at, _)) = self.grants.wakeups.first() {
+            consider(*at);
+        }
+        if let Some((at, _)) = self.expiries.first() {
             consider(*at);
         }
         if let Some(loaded) = &self.loaded {
@@ -1089,6 +1162,7 @@ impl AccountSessions {
             .entry((kind, entry.device_id.clone()))
             .or_default()
             .insert(session);
+        self.expiries.insert((entry.token_expires_at, session));
         let token_id = entry.token_id;
         match kind {
             DeviceKind::Client => self.clients.insert(session, entry),
@@ -1260,6 +1334,7 @@ impl AccountSessions {
             return;
         };
         remove_from(&mut self.by_token, &entry.token_id, &session);
+        self.expiries.remove(&(entry.token_expires_at, session));
         let device_key = (entry.kind, entry.device_id.clone());
         remove_from(&mut self.by_device, &device_key, &session);
         if entry.kind == DeviceKind::Client {
@@ -1370,6 +1445,15 @@ impl AccountSessions {
         let Some(client) = self.clients.get_mut(&session) else {
             return;
         };
+        if client.token_expires_at <= now {
+            self.close(
+                session,
+                DisconnectReason::TokenExpired,
+                "the token expired",
+                now,
+            );
+            return;
+        }
         if !client.requests.take(burst, rate, now) {
             let why = format!(
                 "too many access requests from this session (at most {burst} at once and \

@@ -16,8 +16,8 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::account::{
-    AccessLoad, AccountLoad, AccountSessions, Event, Refusal, Registration, SessionId,
-    SessionsConfig, StoreOp, Transmit,
+    AccessLoad, AccountLoad, AccountSessions, Event, Queued, Queues, Refusal, Registration,
+    SessionId, SessionsConfig, StoreOp,
 };
 use crate::{HubInner, Outbound};
 
@@ -205,9 +205,8 @@ impl Worker {
     /// for nothing more.
     async fn carry_out(&mut self) {
         loop {
-            while let Some(transmit) = self.core.poll_transmit() {
-                self.deliver(transmit);
-            }
+            self.core
+                .deliver(&mut SessionQueues(&mut self.queues), Utc::now());
             while let Some(event) = self.core.poll_event() {
                 self.on_event(event);
             }
@@ -247,31 +246,6 @@ impl Worker {
                             .handle_load_failed(StoreOp::LoadAccess { tokens }, Utc::now());
                     }
                 },
-            }
-        }
-    }
-
-    /// Queues a message without waiting. A session whose queue is full is ended rather than
-    /// left behind: its device reconnects and gets the whole truth in a fresh `Init`.
-    fn deliver(&mut self, transmit: Transmit) {
-        let Transmit { session, message } = transmit;
-        let Some(queue) = self.queues.get(&session) else {
-            return;
-        };
-        let closing = matches!(message, Outbound::Close { .. });
-        match queue.try_send(message) {
-            Ok(()) if closing => {
-                self.queues.remove(&session);
-            }
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                tracing::warn!(%session, "ending a session whose device does not keep up; it resyncs on reconnect");
-                self.queues.remove(&session);
-                self.core.handle_stalled(session, Utc::now());
-            }
-            Err(TrySendError::Closed(_)) => {
-                self.queues.remove(&session);
-                self.core.handle_unregister(session, Utc::now());
             }
         }
     }
@@ -335,6 +309,29 @@ impl Worker {
             access,
             tokens,
         })
+    }
+}
+
+/// The sessions' tokio queues, as the core delivers to them.
+struct SessionQueues<'a>(&'a mut HashMap<SessionId, mpsc::Sender<Outbound>>);
+
+impl Queues for SessionQueues<'_> {
+    fn try_queue(&mut self, session: SessionId, message: Outbound) -> Queued {
+        let Some(queue) = self.0.get(&session) else {
+            return Queued::Gone;
+        };
+        match queue.try_send(message) {
+            Ok(()) => Queued::Yes,
+            Err(TrySendError::Full(_)) => {
+                tracing::warn!(%session, "ending a session whose device does not keep up; it resyncs on reconnect");
+                Queued::Full
+            }
+            Err(TrySendError::Closed(_)) => Queued::Gone,
+        }
+    }
+
+    fn release(&mut self, session: SessionId) {
+        self.0.remove(&session);
     }
 }
 
