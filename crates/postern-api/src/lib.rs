@@ -40,8 +40,13 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(store: Store) -> Self {
+        Self::with_sessions(store, postern_sessions::SessionsConfig::default())
+    }
+
+    /// With the limits and lifetimes of device sessions set (`postern serve` flags).
+    pub fn with_sessions(store: Store, sessions: postern_sessions::SessionsConfig) -> Self {
         Self {
-            hub: postern_sessions::Hub::new(store.clone()),
+            hub: postern_sessions::Hub::with_config(store.clone(), sessions),
             store,
             auth_limiter: Arc::new(AuthRateLimiter::default()),
         }

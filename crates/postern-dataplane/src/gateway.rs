@@ -3,7 +3,7 @@
 //! client's unexpired authorizations, and its protocol and port pass that resource's filters.
 //! Replies go back only to a client still authorized for the resource they come from.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
@@ -129,64 +129,117 @@ pub struct Skipped {
     pub why: &'static str,
 }
 
-/// The decision table, rebuilt from the gateway's authorizations whenever they change.
-#[derive(Debug, Clone, Default)]
+/// The decision table. One authorization change is applied on its own ([`Self::upsert`],
+/// [`Self::remove`]), touching only its client's peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GatewayPolicy {
     peers: HashMap<PeerKey, ClientPeer>,
     by_address: HashMap<IpAddr, PeerKey>,
+    /// Which peer each authorization's rule belongs to.
+    by_id: HashMap<Uuid, PeerKey>,
 }
 
 impl GatewayPolicy {
+    /// The table of these authorizations (the latest of a pair decides its preshared key).
     pub fn new<'a>(
         authorizations: impl IntoIterator<Item = &'a Authorization>,
     ) -> (Self, Vec<Skipped>) {
         let mut policy = GatewayPolicy::default();
         let mut skipped = Vec::new();
         let mut sorted: Vec<&Authorization> = authorizations.into_iter().collect();
-        // The latest authorization of a pair decides its preshared key.
         sorted.sort_by_key(|a| (a.expires_at, a.id));
+        let mut touched = BTreeSet::new();
         for authorization in sorted {
-            let skip = |why| Skipped {
-                authorization_id: authorization.id,
-                why,
-            };
-            let Some(key) = authorization
-                .client_public_key
-                .as_deref()
-                .and_then(decode_key)
-            else {
-                skipped.push(skip("the client sent no valid WireGuard public key"));
-                continue;
-            };
-            let Some(network) = resource_network(&authorization.resource) else {
-                skipped.push(skip(
-                    "the resource has no fixed address (dns resources are not routed yet)",
-                ));
-                continue;
-            };
-            let preshared_key = authorization.preshared_key.as_deref().and_then(decode_key);
-            let peer = policy.peers.entry(key).or_insert_with(|| ClientPeer {
-                key,
-                addresses: authorization.client_addresses,
-                preshared_key,
-                rules: Vec::new(),
-            });
-            peer.addresses = authorization.client_addresses;
-            if preshared_key.is_some() {
-                peer.preshared_key = preshared_key;
+            if let Err(skip) = policy.upsert(authorization, &mut touched) {
+                skipped.push(skip);
             }
-            peer.rules.push(Rule {
-                authorization_id: authorization.id,
-                network,
-                filters: authorization.resource.filters.clone(),
-                expires_at: authorization.expires_at,
-            });
-        }
-        for (key, peer) in &policy.peers {
-            policy.by_address.insert(peer.addresses.ipv4.into(), *key);
-            policy.by_address.insert(peer.addresses.ipv6.into(), *key);
         }
         (policy, skipped)
+    }
+
+    /// Adds an authorization, or replaces the one with its id. The peers whose tunnel may
+    /// have to change (created, re-keyed, emptied) are added to `touched`.
+    pub fn upsert(
+        &mut self,
+        authorization: &Authorization,
+        touched: &mut BTreeSet<PeerKey>,
+    ) -> Result<(), Skipped> {
+        // An update that cannot be served must not leave its old rule behind.
+        self.remove(authorization.id, touched);
+        let skip = |why| Skipped {
+            authorization_id: authorization.id,
+            why,
+        };
+        let key = authorization
+            .client_public_key
+            .as_deref()
+            .and_then(decode_key)
+            .ok_or_else(|| skip("the client sent no valid WireGuard public key"))?;
+        let network = resource_network(&authorization.resource).ok_or_else(|| {
+            skip("the resource has no fixed address (dns resources are not routed yet)")
+        })?;
+        let preshared_key = authorization.preshared_key.as_deref().and_then(decode_key);
+        let peer = self.peers.entry(key).or_insert_with(|| ClientPeer {
+            key,
+            addresses: authorization.client_addresses,
+            preshared_key,
+            rules: Vec::new(),
+        });
+        if peer.addresses != authorization.client_addresses {
+            let old = peer.addresses;
+            peer.addresses = authorization.client_addresses;
+            for address in [IpAddr::V4(old.ipv4), IpAddr::V6(old.ipv6)] {
+                if self.by_address.get(&address) == Some(&key) {
+                    self.by_address.remove(&address);
+                }
+            }
+        }
+        if preshared_key.is_some() {
+            peer.preshared_key = preshared_key;
+        }
+        let rule = Rule {
+            authorization_id: authorization.id,
+            network,
+            filters: authorization.resource.filters.clone(),
+            expires_at: authorization.expires_at,
+        };
+        let at = peer
+            .rules
+            .partition_point(|r| r.authorization_id < authorization.id);
+        peer.rules.insert(at, rule);
+        self.by_address.insert(peer.addresses.ipv4.into(), key);
+        self.by_address.insert(peer.addresses.ipv6.into(), key);
+        self.by_id.insert(authorization.id, key);
+        touched.insert(key);
+        Ok(())
+    }
+
+    /// Removes an authorization; its peer goes with its last one. The peer is added to
+    /// `touched`.
+    pub fn remove(&mut self, id: Uuid, touched: &mut BTreeSet<PeerKey>) {
+        let Some(key) = self.by_id.remove(&id) else {
+            return;
+        };
+        touched.insert(key);
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        peer.rules.retain(|r| r.authorization_id != id);
+        if !peer.rules.is_empty() {
+            return;
+        }
+        let addresses = peer.addresses;
+        self.peers.remove(&key);
+        for address in [IpAddr::V4(addresses.ipv4), IpAddr::V6(addresses.ipv6)] {
+            if self.by_address.get(&address) == Some(&key) {
+                self.by_address.remove(&address);
+            }
+        }
+    }
+
+    /// Every authorization in the table, by id.
+    pub fn authorization_ids(&self) -> impl Iterator<Item = Uuid> + '_ {
+        self.by_id.keys().copied()
     }
 
     pub fn peers(&self) -> impl Iterator<Item = &ClientPeer> {
@@ -434,6 +487,37 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Applying changes one by one gives the table a full rebuild from what remains would.
+        #[test]
+        fn one_change_at_a_time_equals_a_rebuild(
+            changes in proptest::collection::vec((0u128..12, 0u8..4, proptest::prelude::any::<bool>(), 0u8..3), 0..60)
+        ) {
+            let mut incremental = GatewayPolicy::default();
+            let mut current: std::collections::BTreeMap<Uuid, Authorization> = Default::default();
+            let mut touched = BTreeSet::new();
+            for (id, key, keep, variant) in changes {
+                if keep {
+                    // The portal keeps one preshared key and one address pair per client.
+                    let address = format!("100.64.0.{}", key + 1);
+                    let kind = if variant == 2 { "dns" } else { "cidr" };
+                    let target = if variant == 2 { "db.internal".to_string() } else { format!("10.{variant}.{id}.0/24") };
+                    let mut a = authorization(id, key + 1, &address, kind, &target, vec![], 5 + variant as i64);
+                    a.preshared_key = Some(encode_key(&[key + 1; 32]));
+                    if variant == 1 {
+                        a.resource.filters = vec![tcp_filter(443)];
+                    }
+                    let served = incremental.upsert(&a, &mut touched).is_ok();
+                    proptest::prop_assert_eq!(served, kind != "dns");
+                    current.insert(a.id, a);
+                } else {
+                    incremental.remove(Uuid::from_u128(id), &mut touched);
+                    current.remove(&Uuid::from_u128(id));
+                }
+            }
+            let (rebuilt, _) = GatewayPolicy::new(current.values());
+            proptest::prop_assert_eq!(incremental, rebuilt);
+        }
+
         #[test]
         fn arbitrary_bytes_never_pass(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..100)) {
             let auths = [authorization(1, 1, "100.64.0.1", "cidr", "0.0.0.0/0", vec![], 5)];

@@ -4,7 +4,7 @@
 //! The kernel forwards it with source NAT (nftables masquerade, set up here), so resources need
 //! no route back; replies come back through the TUN and the same tunnel.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,10 +18,10 @@ use parking_lot::Mutex;
 use postern_dataplane::gateway::{DropCounters, DropReason, GatewayPolicy};
 use postern_dataplane::{encode_key, PeerKey};
 use postern_device::net::{self, DataPlaneRuntime, NetError, TunReader, TunWriter, UdpBatch};
-use postern_protocol::Authorization;
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
 use tracing::{debug, info, warn};
+
+use crate::plan::{PlanBatch, PlanReceiver};
 
 const TICK: Duration = Duration::from_millis(250);
 const COUNTER_LOG: Duration = Duration::from_secs(10);
@@ -126,12 +126,12 @@ impl GatewayDataPlane {
     }
 
     /// Runs the data plane on its own thread until the plan's sender is dropped.
-    pub async fn run(self, plans: watch::Receiver<Vec<Authorization>>) {
+    pub async fn run(self, plans: PlanReceiver) {
         let handle = self.runtime.handle().clone();
         let _ = handle.spawn(self.run_here(plans)).await;
     }
 
-    async fn run_here(mut self, mut plans: watch::Receiver<Vec<Authorization>>) {
+    async fn run_here(mut self, mut plans: PlanReceiver) {
         let mut tun_in = TunReader::new(self.mtu);
         let mut udp_buf = vec![0u8; BUFFER];
         let mut out = vec![0u8; BUFFER];
@@ -192,33 +192,52 @@ impl GatewayDataPlane {
                         last_log = tokio::time::Instant::now();
                     }
                 }
-                changed = plans.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                    let authorizations = plans.borrow_and_update().clone();
-                    self.apply(&authorizations).await;
+                batch = plans.next() => {
+                    let Some(batch) = batch else { break };
+                    self.apply(batch).await;
                 }
             }
         }
         let _ = net::run("nft", &["delete", "table", "inet", &self.nft_table]).await;
     }
 
-    async fn apply(&mut self, authorizations: &[Authorization]) {
-        let (policy, skipped) = GatewayPolicy::new(authorizations);
-        for skip in skipped {
-            warn!(
-                "authorization {} cannot be served: {}",
-                skip.authorization_id, skip.why
-            );
+    /// Applies each authorization change on its own, then brings the tunnels of the clients
+    /// it touched in line: a new client gets a peer, a re-keyed one a new peer, one left with
+    /// nothing loses its peer and routes.
+    async fn apply(&mut self, batch: PlanBatch) {
+        let PlanBatch { reset, changes } = batch;
+        let mut touched = BTreeSet::new();
+        if reset {
+            let stale: Vec<uuid::Uuid> = self
+                .policy
+                .authorization_ids()
+                .filter(|id| !matches!(changes.get(id), Some(Some(_))))
+                .collect();
+            for id in stale {
+                self.policy.remove(id, &mut touched);
+            }
         }
-        let gone: Vec<PeerKey> = self
-            .peers
-            .keys()
-            .filter(|key| policy.peer(key).is_none())
-            .copied()
-            .collect();
-        for key in gone {
+        for (id, change) in changes {
+            match change {
+                Some(authorization) => {
+                    if let Err(skip) = self.policy.upsert(&authorization, &mut touched) {
+                        warn!(
+                            "authorization {} cannot be served: {}",
+                            skip.authorization_id, skip.why
+                        );
+                    }
+                }
+                None => self.policy.remove(id, &mut touched),
+            }
+        }
+        for key in touched {
+            self.reconcile(key).await;
+        }
+    }
+
+    /// Makes the peer of one client match the policy's view of it.
+    async fn reconcile(&mut self, key: PeerKey) {
+        let Some(client) = self.policy.peer(&key) else {
             if let Some(peer) = self.peers.remove(&key) {
                 self.by_index.remove(&peer.index);
                 for route in &peer.routes {
@@ -226,54 +245,52 @@ impl GatewayDataPlane {
                 }
                 info!("client {} removed", encode_key(&key));
             }
+            return;
+        };
+        let routes = vec![
+            IpNet::from(std::net::IpAddr::V4(client.addresses.ipv4)),
+            IpNet::from(std::net::IpAddr::V6(client.addresses.ipv6)),
+        ];
+        let (preshared_key, ipv4) = (client.preshared_key, client.addresses.ipv4);
+        if let Some(peer) = self.peers.get(&key) {
+            if peer.preshared_key == preshared_key && peer.routes == routes {
+                return;
+            }
         }
-        for client in policy.peers() {
-            let routes = vec![
-                IpNet::from(std::net::IpAddr::V4(client.addresses.ipv4)),
-                IpNet::from(std::net::IpAddr::V6(client.addresses.ipv6)),
-            ];
-            if let Some(peer) = self.peers.get_mut(&client.key) {
-                if peer.preshared_key == client.preshared_key && peer.routes == routes {
-                    continue;
-                }
+        let endpoint = self.peers.get(&key).and_then(|p| p.endpoint);
+        if let Some(old) = self.peers.remove(&key) {
+            self.by_index.remove(&old.index);
+            for route in old.routes.iter().filter(|r| !routes.contains(r)) {
+                let _ = net::delete_route(route, &self.tun_name).await;
             }
-            let endpoint = self.peers.get(&client.key).and_then(|p| p.endpoint);
-            if let Some(old) = self.peers.remove(&client.key) {
-                self.by_index.remove(&old.index);
+        }
+        for route in &routes {
+            if let Err(err) = net::add_route(route, &self.tun_name).await {
+                warn!("{err}");
             }
-            for route in &routes {
-                if let Err(err) = net::add_route(route, &self.tun_name).await {
-                    warn!("{err}");
-                }
-            }
-            let index = self.next_index;
-            self.next_index = (self.next_index + 1) & 0x00ff_ffff;
-            let tunn = Tunn::new(
-                self.private.clone(),
-                PublicKey::from(client.key),
-                client.preshared_key,
-                None,
+        }
+        let index = self.next_index;
+        self.next_index = (self.next_index + 1) & 0x00ff_ffff;
+        let tunn = Tunn::new(
+            self.private.clone(),
+            PublicKey::from(key),
+            preshared_key,
+            None,
+            index,
+            None,
+        );
+        info!("client {} ({ipv4}) added", encode_key(&key));
+        self.by_index.insert(index, key);
+        self.peers.insert(
+            key,
+            Peer {
+                tunn,
+                endpoint,
+                preshared_key,
                 index,
-                None,
-            );
-            info!(
-                "client {} ({}) added",
-                encode_key(&client.key),
-                client.addresses.ipv4
-            );
-            self.by_index.insert(index, client.key);
-            self.peers.insert(
-                client.key,
-                Peer {
-                    tunn,
-                    endpoint,
-                    preshared_key: client.preshared_key,
-                    index,
-                    routes,
-                },
-            );
-        }
-        self.policy = policy;
+                routes,
+            },
+        );
     }
 
     fn peer_of(&mut self, datagram: &[u8]) -> Option<PeerKey> {

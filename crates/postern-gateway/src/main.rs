@@ -4,6 +4,7 @@
 //! with source NAT through its own TUN device.
 
 mod dataplane;
+mod plan;
 mod role;
 
 use std::path::PathBuf;
@@ -183,7 +184,7 @@ fn run(mut args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
                 })
             }
         };
-        let (plan_tx, plan_rx) = tokio::sync::watch::channel(Vec::new());
+        let (plan_tx, plan_rx) = plan::channel();
         let task = tokio::spawn(data_plane.run(plan_rx));
         let mut role = role.with_data_plane(plan_tx, counters);
         let outcome = postern_device::run(config, &mut role, shutdown).await;

@@ -15,17 +15,18 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use postern_dataplane::gateway::DropCounters;
-use tokio::sync::watch;
 use tracing::info;
 use uuid::Uuid;
+
+use crate::plan::PlanSender;
 
 pub struct GatewayRole {
     state: GatewayState,
     token_id: Uuid,
     listen: String,
     public_endpoint: Option<String>,
-    /// The data plane, when there is one: the authorizations it enforces, its drop counters.
-    plan: Option<watch::Sender<Vec<Authorization>>>,
+    /// The data plane, when there is one: where authorization changes go, its drop counters.
+    plan: Option<PlanSender>,
     dropped: Option<Arc<Mutex<DropCounters>>>,
 }
 
@@ -41,28 +42,10 @@ impl GatewayRole {
         }
     }
 
-    pub fn with_data_plane(
-        mut self,
-        plan: watch::Sender<Vec<Authorization>>,
-        dropped: Arc<Mutex<DropCounters>>,
-    ) -> Self {
+    pub fn with_data_plane(mut self, plan: PlanSender, dropped: Arc<Mutex<DropCounters>>) -> Self {
         self.plan = Some(plan);
         self.dropped = Some(dropped);
         self
-    }
-
-    fn publish(&self) {
-        let Some(sender) = &self.plan else { return };
-        let mut authorizations: Vec<Authorization> =
-            self.state.authorizations.values().cloned().collect();
-        authorizations.sort_by_key(|a| a.id);
-        sender.send_if_modified(|current| {
-            if *current == authorizations {
-                return false;
-            }
-            *current = authorizations;
-            true
-        });
     }
 }
 
@@ -143,10 +126,9 @@ impl Role for GatewayRole {
 
     fn on_message(&mut self, message: PortalToGateway) -> bool {
         let revoke_reason = match &message {
-            PortalToGateway::Revoke { reason, .. } => Some(reason.clone()),
-            _ => None,
+            PortalToGateway::Revoke { reason, .. } => reason.clone(),
+            _ => String::new(),
         };
-        let before = self.state.authorizations.clone();
         let updates = self.state.apply(message);
         for update in &updates {
             match update {
@@ -159,24 +141,31 @@ impl Role for GatewayRole {
                             "session ready: {authorizations} authorization(s)"
                         );
                     }
-                }
-                GatewayUpdate::Authorized(id) => {
-                    if let Some(authorization) = self.state.authorizations.get(id) {
-                        info!("authorization granted: {}", describe(authorization));
+                    if let Some(plan) = &self.plan {
+                        plan.replace(self.state.authorizations().values().cloned());
                     }
                 }
-                GatewayUpdate::Revoked(ids) => {
-                    let reason = revoke_reason.as_deref().unwrap_or("");
-                    for id in ids {
-                        match before.get(id) {
-                            Some(a) => info!("authorization revoked: {} ({reason})", describe(a)),
-                            None => info!("authorization revoked: {id} ({reason})"),
+                GatewayUpdate::Authorized(id) => {
+                    if let Some(authorization) = self.state.authorizations().get(id) {
+                        info!("authorization granted: {}", describe(authorization));
+                        if let Some(plan) = &self.plan {
+                            plan.upsert(authorization.clone());
                         }
+                    }
+                }
+                GatewayUpdate::Revoked(gone) => {
+                    for authorization in gone {
+                        info!(
+                            "authorization revoked: {} ({revoke_reason})",
+                            describe(authorization)
+                        );
+                    }
+                    if let Some(plan) = &self.plan {
+                        plan.remove(gone.iter().map(|a| a.id));
                     }
                 }
             }
         }
-        self.publish();
         !updates.is_empty()
     }
 
@@ -185,15 +174,12 @@ impl Role for GatewayRole {
     }
 
     fn on_wakeup(&mut self, now: DateTime<Utc>) -> bool {
-        let before = self.state.authorizations.clone();
         let expired = self.state.expire(now);
-        for id in &expired {
-            if let Some(authorization) = before.get(id) {
-                info!("authorization expired: {}", describe(authorization));
-            }
+        for authorization in &expired {
+            info!("authorization expired: {}", describe(authorization));
         }
-        if !expired.is_empty() {
-            self.publish();
+        if let Some(plan) = &self.plan {
+            plan.remove(expired.iter().map(|a| a.id));
         }
         !expired.is_empty()
     }
@@ -202,7 +188,7 @@ impl Role for GatewayRole {
         let identity = self.state.identity.as_ref();
         let mut authorizations: Vec<AuthorizationStatus> = self
             .state
-            .authorizations
+            .authorizations()
             .values()
             .map(|a| AuthorizationStatus {
                 id: a.id,

@@ -1,6 +1,6 @@
 //! What a gateway knows: which client may reach which resource, until when.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -10,22 +10,38 @@ use crate::messages::{Authorization, GatewayInit, PortalToGateway};
 #[derive(Debug, Clone, Default)]
 pub struct GatewayState {
     pub identity: Option<GatewayInit>,
-    pub authorizations: HashMap<Uuid, Authorization>,
+    authorizations: HashMap<Uuid, Authorization>,
+    /// The authorizations by expiry, so that the next one is found without a scan.
+    expiries: BTreeSet<(DateTime<Utc>, Uuid)>,
 }
 
+/// What one message changed, each authorization change on its own (a gateway applies it
+/// without rebuilding its table).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GatewayUpdate {
+    /// The table was replaced by a session's `Init`.
     Synced { authorizations: usize },
+    /// Added, renewed or changed in place (same id).
     Authorized(Uuid),
-    Revoked(Vec<Uuid>),
+    /// Removed, as they were.
+    Revoked(Vec<Authorization>),
 }
 
 impl GatewayState {
+    /// The authorizations in force, by id.
+    pub fn authorizations(&self) -> &HashMap<Uuid, Authorization> {
+        &self.authorizations
+    }
+
     pub fn apply(&mut self, message: PortalToGateway) -> Vec<GatewayUpdate> {
         match message {
             PortalToGateway::Init(mut init) => {
                 let authorizations = std::mem::take(&mut init.authorizations);
-                self.authorizations = authorizations.into_iter().map(|a| (a.id, a)).collect();
+                self.authorizations.clear();
+                self.expiries.clear();
+                for authorization in authorizations {
+                    self.insert(authorization);
+                }
                 self.identity = Some(init);
                 vec![GatewayUpdate::Synced {
                     authorizations: self.authorizations.len(),
@@ -33,15 +49,15 @@ impl GatewayState {
             }
             PortalToGateway::Authorize { authorization } => {
                 let id = authorization.id;
-                self.authorizations.insert(id, authorization);
+                self.insert(authorization);
                 vec![GatewayUpdate::Authorized(id)]
             }
             PortalToGateway::Revoke {
                 authorization_ids, ..
             } => {
-                let removed: Vec<Uuid> = authorization_ids
+                let removed: Vec<Authorization> = authorization_ids
                     .into_iter()
-                    .filter(|id| self.authorizations.remove(id).is_some())
+                    .filter_map(|id| self.remove(id))
                     .collect();
                 if removed.is_empty() {
                     return vec![];
@@ -62,23 +78,34 @@ impl GatewayState {
         })
     }
 
-    /// Removes expired authorizations and returns their ids.
-    pub fn expire(&mut self, now: DateTime<Utc>) -> Vec<Uuid> {
-        let expired: Vec<Uuid> = self
-            .authorizations
-            .values()
-            .filter(|a| a.expires_at <= now)
-            .map(|a| a.id)
-            .collect();
-        for id in &expired {
-            self.authorizations.remove(id);
+    /// Removes expired authorizations and returns them.
+    pub fn expire(&mut self, now: DateTime<Utc>) -> Vec<Authorization> {
+        let mut expired = Vec::new();
+        while let Some(&(at, id)) = self.expiries.first() {
+            if at > now {
+                break;
+            }
+            expired.extend(self.remove(id));
         }
         expired
     }
 
     /// The earliest expiry, to wake up for.
     pub fn next_expiry(&self) -> Option<DateTime<Utc>> {
-        self.authorizations.values().map(|a| a.expires_at).min()
+        self.expiries.first().map(|(at, _)| *at)
+    }
+
+    fn insert(&mut self, authorization: Authorization) {
+        self.remove(authorization.id);
+        self.expiries
+            .insert((authorization.expires_at, authorization.id));
+        self.authorizations.insert(authorization.id, authorization);
+    }
+
+    fn remove(&mut self, id: Uuid) -> Option<Authorization> {
+        let authorization = self.authorizations.remove(&id)?;
+        self.expiries.remove(&(authorization.expires_at, id));
+        Some(authorization)
     }
 }
 
@@ -143,17 +170,18 @@ mod tests {
             state.next_expiry(),
             Some(now + chrono::Duration::minutes(1))
         );
+        let expired = state.expire(now + chrono::Duration::minutes(2));
         assert_eq!(
-            state.expire(now + chrono::Duration::minutes(2)),
+            expired.iter().map(|a| a.id).collect::<Vec<_>>(),
             vec![Uuid::from_u128(2)]
         );
         let updates = state.apply(PortalToGateway::Revoke {
             authorization_ids: vec![Uuid::from_u128(1), Uuid::from_u128(7)],
             reason: "token revoked".into(),
         });
-        assert_eq!(
-            updates,
-            vec![GatewayUpdate::Revoked(vec![Uuid::from_u128(1)])]
+        assert!(
+            matches!(&updates[..], [GatewayUpdate::Revoked(gone)] if gone.len() == 1 && gone[0].id == Uuid::from_u128(1)),
+            "{updates:?}"
         );
         assert!(!state.allows("a", Uuid::from_u128(100), now));
     }

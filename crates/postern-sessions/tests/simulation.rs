@@ -1579,9 +1579,10 @@ impl Sim {
         }
         Some(
             state
-                .authorizations
-                .into_iter()
+                .authorizations()
+                .iter()
                 .filter(|(_, a)| a.expires_at > self.now)
+                .map(|(id, a)| (*id, a.clone()))
                 .collect(),
         )
     }

@@ -134,3 +134,61 @@ impl TokenCache {
         std::mem::take(&mut *self.usage.lock())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(revoked: bool) -> CachedToken {
+        CachedToken {
+            kind: TokenKind::Client,
+            account_id: Uuid::nil(),
+            actor_id: Some(Uuid::from_u128(7)),
+            site_id: None,
+            hash: [0; 32],
+            holder_name: "ci".into(),
+            expires_at: Utc::now() + chrono::Duration::days(1),
+            revoked,
+            holder_disabled: false,
+            loaded_at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn a_record_read_before_a_revocation_is_not_cached_after_it() {
+        let cache = TokenCache::default();
+        let token = Uuid::from_u128(1);
+        // A check misses the cache and starts reading the database...
+        let (cached, read_at) = cache.get(&token);
+        assert!(cached.is_none());
+        // ...the revocation commits and clears the cache meanwhile...
+        cache.invalidate_tokens(&[token]);
+        // ...and the record it read (still valid) must not go back in.
+        assert!(!cache.insert(token, record(false), read_at));
+        assert!(cache.get(&token).0.is_none());
+        // A read that started after the revocation is cached.
+        let (_, now) = cache.get(&token);
+        assert!(cache.insert(token, record(true), now));
+        assert!(cache.get(&token).0.is_some_and(|r| r.revoked));
+    }
+
+    #[test]
+    fn every_invalidation_raises_the_generation() {
+        let cache = TokenCache::default();
+        let start = cache.generation();
+        cache.invalidate_tokens(&[Uuid::from_u128(1)]);
+        cache.invalidate_holder(Uuid::from_u128(7));
+        cache.clear();
+        assert_eq!(cache.generation(), start + 3);
+        cache.apply(&ChangeEvent::ActorDisabled {
+            account_id: Uuid::nil(),
+            actor_id: Uuid::from_u128(7),
+        });
+        assert_eq!(cache.generation(), start + 4);
+        cache.apply(&ChangeEvent::ResourceCreated {
+            account_id: Uuid::nil(),
+            resource_id: Uuid::from_u128(9),
+        });
+        assert_eq!(cache.generation(), start + 4, "other changes leave it");
+    }
+}

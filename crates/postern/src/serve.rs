@@ -30,11 +30,37 @@ pub struct ServeArgs {
     /// The URL users reach the portal at; https://… marks the session cookie Secure
     #[arg(long, env = "POSTERN_PUBLIC_URL", value_name = "URL")]
     public_url: Option<String>,
+    /// The longest an authorization at a gateway lasts before the portal must renew it (it
+    /// also ends with the token and the allowing time window). Renewed while the client's
+    /// session and policy hold; bounds how long a withdrawal lost in a partition can live,
+    /// and how long tunnels survive a portal outage (5m to 30d)
+    #[arg(
+        long,
+        env = "POSTERN_AUTHORIZATION_LIFETIME",
+        default_value = "24h",
+        value_name = "DURATION"
+    )]
+    authorization_lifetime: String,
     #[command(flatten)]
     db: DbOpts,
 }
 
 impl ServeArgs {
+    fn sessions_config(&self) -> anyhow::Result<postern_sessions::SessionsConfig> {
+        let lifetime = postern_domain::rules::parse_duration(&self.authorization_lifetime)
+            .map_err(|err| anyhow!("--authorization-lifetime: {}", err.message))?;
+        if lifetime < chrono::Duration::minutes(5) || lifetime > chrono::Duration::days(30) {
+            return Err(anyhow!(
+                "--authorization-lifetime must be between 5m and 30d, got {}",
+                self.authorization_lifetime
+            ));
+        }
+        Ok(postern_sessions::SessionsConfig {
+            authorization_lifetime: lifetime,
+            ..Default::default()
+        })
+    }
+
     fn web_config(&self) -> anyhow::Result<postern_web::WebConfig> {
         let lifetime = postern_domain::rules::parse_duration(&self.web_session_lifetime)
             .map_err(|err| anyhow!("--web-session-lifetime: {}", err.message))?
@@ -52,6 +78,7 @@ impl ServeArgs {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     args.web_config()?;
+    args.sessions_config()?;
     let store = args.db.open().await?;
     let result = serve(&args, &store).await;
     store.close().await;
@@ -74,7 +101,7 @@ async fn serve(args: &ServeArgs, store: &Store) -> anyhow::Result<()> {
         .local_addr()
         .context("cannot read the address the portal listens on")?;
     tracing::info!("listening on http://{address}");
-    let state = postern_api::AppState::new(store.clone());
+    let state = postern_api::AppState::with_sessions(store.clone(), args.sessions_config()?);
     let hub = state.hub.clone();
     let router =
         postern_api::router(state.clone()).merge(postern_web::router(state, args.web_config()?));
