@@ -334,6 +334,9 @@ struct Session {
     view: Arc<View>,
     /// Clients: the access-request allowance.
     requests: Bucket,
+    /// Clients: until when a throttled session is not told again that it is throttled (one
+    /// notice a second, so that a flood cannot fill its own queue with refusals).
+    throttle_notice_until: Option<DateTime<Utc>>,
 }
 
 impl Session {
@@ -1110,6 +1113,7 @@ impl AccountSessions {
             endpoint: params.endpoint.clone(),
             view: Arc::new(View::new()),
             requests: Bucket::full(self.config.access_request_burst, now),
+            throttle_notice_until: None,
         };
         let slug = self
             .loaded
@@ -1455,6 +1459,13 @@ impl AccountSessions {
             return;
         }
         if !client.requests.take(burst, rate, now) {
+            if client
+                .throttle_notice_until
+                .is_some_and(|until| now < until)
+            {
+                return;
+            }
+            client.throttle_notice_until = Some(now + Duration::seconds(1));
             let why = format!(
                 "too many access requests from this session (at most {burst} at once and \
                  {rate} a second); retry later"

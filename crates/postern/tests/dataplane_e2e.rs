@@ -648,6 +648,114 @@ fn revoking_the_token_cuts_traffic_within_1_s() {
     });
 }
 
+/// The report's first defect, as packets show it. The client is cut off from the portal (its
+/// control connection dropped by nftables in its namespace), so it keeps running with its
+/// tunnel and its grant. Its token is revoked: the gateway drops the grant and the client's
+/// packets stop. The portal restarts and the gateway reconnects: before the fix, the gateway's
+/// fresh `Init` carried the revoked grant again and the packets flowed once more.
+#[test]
+fn a_revoked_client_passes_no_packet_after_a_portal_restart() {
+    if !can_run() {
+        return;
+    }
+    let mut w = World::new(1);
+    let token = w.client_token.clone();
+    let client = w.client(1, "runner-1", &token);
+    let ns = w.client_ns(1);
+    assert_reaches(&w, &ns);
+    let udp = udp_socket(&ns);
+    assert!(udp_echo(&udp, b"before", Duration::from_secs(1)));
+
+    let rules = "table inet postern_test_partition {\n\
+                   chain output { type filter hook output priority 0; tcp dport 8080 drop; }\n\
+                   chain input { type filter hook input priority 0; tcp sport 8080 drop; }\n\
+                 }\n";
+    let mut nft = Command::new("ip")
+        .args(["netns", "exec", &ns, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("nft runs");
+    nft.stdin
+        .take()
+        .expect("stdin")
+        .write_all(rules.as_bytes())
+        .expect("rules written");
+    assert!(
+        nft.wait().expect("nft").success(),
+        "the partition is set up"
+    );
+    assert!(
+        udp_echo(&udp, b"partitioned", Duration::from_secs(1)),
+        "the tunnel works without the control connection"
+    );
+
+    w.api
+        .delete(&format!("/v1/actors/{}/tokens/{}", w.actor_id, w.token_id));
+    let cut = time_to_cut(&udp, Instant::now());
+    eprintln!("revoking the partitioned client's token cut its traffic after {cut:?}");
+    w.wait_status(0, "without authorizations", |s| {
+        s["authorizations_count"] == 0
+    });
+    assert!(
+        w.procs[client].exited().is_none(),
+        "the partitioned client does not know and keeps running"
+    );
+
+    let empty_inits = |w: &World| {
+        w.procs[0]
+            .log()
+            .matches("session ready: 0 authorization(s)")
+            .count()
+    };
+    let (sessions, empty_before) = (
+        w.procs[0].log().matches("session ready").count(),
+        empty_inits(&w),
+    );
+    let portal = w.portal.take().expect("portal");
+    assert_eq!(portal.terminate(), Some(0));
+    let args = [
+        "serve",
+        "--listen",
+        &w.portal_addr,
+        "--data-dir",
+        w.data_dir.path().to_str().expect("utf-8"),
+    ];
+    w.portal = Some(Portal::try_start(&args).expect("the portal restarts"));
+    let deadline = Instant::now() + START;
+    while w.procs[0].log().matches("session ready").count() <= sessions {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never reconnected\n{}",
+            logs(&w)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        empty_inits(&w),
+        empty_before + 1,
+        "the reconnected gateway got the revoked grant back\n{}",
+        logs(&w)
+    );
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut n = 0;
+    while Instant::now() < until {
+        n += 1;
+        assert!(
+            !udp_echo(
+                &udp,
+                format!("after restart {n}").as_bytes(),
+                Duration::from_millis(100)
+            ),
+            "a packet of the revoked client passed after the restart\n{}",
+            logs(&w)
+        );
+    }
+    assert_eq!(
+        w.procs[0].status().expect("status")["authorizations_count"],
+        0
+    );
+}
+
 #[test]
 fn removing_the_policy_cuts_traffic_within_1_s_and_the_client_keeps_running() {
     if !can_run() {
