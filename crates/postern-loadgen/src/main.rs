@@ -11,6 +11,7 @@
 //!
 //! Everything is bounded: session count, handshake timeout, hold time, fan-out timeout.
 
+mod grants;
 mod http;
 mod stats;
 
@@ -73,29 +74,37 @@ enum Command {
     Sessions(SessionsArgs),
     /// Baseline: TCP connect + GET /healthz per connection, and single-request round trips.
     Healthz(HealthzArgs),
+    /// Grants across gateways, then one revocation: how long until the last gateway has
+    /// dropped every grant of the token.
+    #[command(
+        after_help = "Example:\n  postern-loadgen grants --api-url http://127.0.0.1:8080 \
+        --token-file client.token --gateway-token-file gateway.token --resource-id $RESOURCE \
+        --gateways 10 --clients 1000 --api-token-file api.token --revoke $ACTOR_ID/$TOKEN_ID --json"
+    )]
+    Grants(grants::GrantsArgs),
 }
 
 #[derive(clap::Args, Clone)]
-struct Common {
+pub(crate) struct Common {
     /// The portal's base URL (http only), e.g. http://127.0.0.1:8080
     #[arg(long, value_name = "URL")]
-    api_url: String,
+    pub(crate) api_url: String,
     /// Handshakes (or baseline connections) in flight at once
     #[arg(long, default_value_t = 256)]
-    concurrency: usize,
+    pub(crate) concurrency: usize,
     /// Loopback source addresses to bind client sockets to, round-robin: a range
     /// 127.0.0.2-127.0.0.40 and/or a comma-separated list
     #[arg(long, default_value = "127.0.0.1", value_name = "IPS")]
-    source_ips: String,
+    pub(crate) source_ips: String,
     /// Runtime worker threads of this process
     #[arg(long, default_value_t = 1)]
-    threads: usize,
+    pub(crate) threads: usize,
     /// Print one JSON summary line on stdout (the human summary always goes to stderr)
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// A label copied into the JSON output (for aggregation by a script)
     #[arg(long, default_value = "")]
-    label: String,
+    pub(crate) label: String,
 }
 
 #[derive(clap::Args, Clone)]
@@ -159,7 +168,7 @@ struct HealthzArgs {
     rtt_samples: usize,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, unit) = match text.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
         Some(at) => text.split_at(at),
@@ -178,7 +187,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
-fn parse_ips(text: &str) -> anyhow::Result<Vec<IpAddr>> {
+pub(crate) fn parse_ips(text: &str) -> anyhow::Result<Vec<IpAddr>> {
     let mut ips = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         if let Some((from, to)) = part.split_once('-') {
@@ -209,7 +218,7 @@ fn parse_ips(text: &str) -> anyhow::Result<Vec<IpAddr>> {
 }
 
 /// `http://HOST:PORT[/]` -> the socket address (a literal IP is required: no DNS here).
-fn parse_api_url(url: &str) -> anyhow::Result<SocketAddr> {
+pub(crate) fn parse_api_url(url: &str) -> anyhow::Result<SocketAddr> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| anyhow!("--api-url must start with http://"))?;
@@ -219,7 +228,7 @@ fn parse_api_url(url: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("--api-url must be http://IP:PORT, got '{url}'"))
 }
 
-fn read_secret(path: &PathBuf) -> anyhow::Result<String> {
+pub(crate) fn read_secret(path: &PathBuf) -> anyhow::Result<String> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let text = text.trim().to_string();
@@ -240,6 +249,7 @@ fn main() -> anyhow::Result<()> {
     let threads = match &cli.command {
         Command::Sessions(a) => a.common.threads,
         Command::Healthz(a) => a.common.threads,
+        Command::Grants(a) => a.common.threads,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
@@ -249,6 +259,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Sessions(args) => run_sessions(args).await,
             Command::Healthz(args) => run_healthz(args).await,
+            Command::Grants(args) => grants::run(args).await,
         }
     })?;
     // Leave the remaining (already closed) tasks behind without waiting for them.
@@ -593,27 +604,45 @@ pub(crate) fn client_socket(source: IpAddr, buffer: u32) -> std::io::Result<TcpS
 async fn handshake(
     spec: &SessionSpec,
 ) -> Result<tokio_tungstenite::WebSocketStream<TcpStream>, String> {
-    let socket = client_socket(spec.source, spec.socket_buffer)
-        .map_err(|e| format!("bind: {}", e.kind()))?;
+    open_socket(
+        spec.server,
+        spec.source,
+        spec.socket_buffer,
+        &spec.url,
+        &spec.token,
+        spec.config,
+    )
+    .await
+}
+
+/// Opens a device WebSocket from `source`: TCP connect, then the upgrade with the token in
+/// the `Authorization` header and the protocol version header.
+pub(crate) async fn open_socket(
+    server: SocketAddr,
+    source: IpAddr,
+    socket_buffer: u32,
+    url: &str,
+    token: &str,
+    config: WebSocketConfig,
+) -> Result<tokio_tungstenite::WebSocketStream<TcpStream>, String> {
+    let socket = client_socket(source, socket_buffer).map_err(|e| format!("bind: {}", e.kind()))?;
     let stream = socket
-        .connect(spec.server)
+        .connect(server)
         .await
         .map_err(|e| format!("connect: {}", e.kind()))?;
     let _ = stream.set_nodelay(true);
-    let mut request = spec
-        .url
-        .as_str()
+    let mut request = url
         .into_client_request()
         .map_err(|e| format!("request: {e}"))?;
     let headers = request.headers_mut();
     headers.insert(
         "authorization",
-        format!("Bearer {}", spec.token)
+        format!("Bearer {token}")
             .parse()
             .map_err(|_| "bad token".to_string())?,
     );
     headers.insert("x-postern-protocol", "1".parse().expect("static"));
-    match tokio_tungstenite::client_async_with_config(request, stream, Some(spec.config)).await {
+    match tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await {
         Ok((socket, _)) => Ok(socket),
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             Err(format!("http_{}", response.status().as_u16()))

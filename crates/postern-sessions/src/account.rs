@@ -1376,12 +1376,13 @@ impl AccountSessions {
         message: &str,
         now: DateTime<Utc>,
     ) {
+        // The gateways first: their cut is what stops traffic; the sessions end right after.
+        let ids = Grants::ids_of(&self.grants.by_token, &token_id);
+        self.withdraw(&ids, message, Withdrawal::Quietly);
         let sessions = sorted(self.by_token.get(&token_id).into_iter().flatten().copied());
         for session in sessions {
             self.close(session, reason, message, now);
         }
-        let ids = Grants::ids_of(&self.grants.by_token, &token_id);
-        self.withdraw(&ids, message, Withdrawal::TellClient);
     }
 
     fn end_actor(
@@ -1391,6 +1392,14 @@ impl AccountSessions {
         message: &str,
         now: DateTime<Utc>,
     ) {
+        let ids = sorted(
+            self.grants
+                .by_id
+                .values()
+                .filter(|g| g.authorization.actor_id == actor_id)
+                .map(Grant::id),
+        );
+        self.withdraw(&ids, message, Withdrawal::Quietly);
         let sessions = sorted(
             self.clients
                 .iter()
@@ -1400,14 +1409,6 @@ impl AccountSessions {
         for session in sessions {
             self.close(session, reason, message, now);
         }
-        let ids = sorted(
-            self.grants
-                .by_id
-                .values()
-                .filter(|g| g.authorization.actor_id == actor_id)
-                .map(Grant::id),
-        );
-        self.withdraw(&ids, message, Withdrawal::TellClient);
     }
 
     fn all_sessions(&self) -> Vec<SessionId> {
