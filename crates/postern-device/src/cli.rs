@@ -10,7 +10,8 @@ pub const EXIT_CODES_HELP: &str = "Exit codes:\n  \
     0  stopped by SIGTERM or SIGINT\n  \
     1  other failure (portal unreachable for longer than --max-partition-time, protocol \
     version no longer supported, ...)\n  \
-    2  bad configuration (missing or unsafe token file, wrong token kind, bad flags)\n  \
+    2  bad configuration (missing or unsafe token file, wrong token kind, bad flags; a device \
+    id or key the portal says is bound to another service account or site)\n  \
     3  token rejected (unknown, expired, revoked, holder disabled or deleted): do not restart";
 
 #[derive(clap::Args, Debug, Clone)]

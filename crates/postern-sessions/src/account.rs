@@ -391,8 +391,19 @@ struct Loaded {
 }
 
 impl Loaded {
-    fn forget_device(&mut self, key: &(DeviceKind, String)) {
-        if let Some(device) = self.devices.remove(key) {
+    /// Forgets the devices the database deleted with their actor or site (their addresses and
+    /// keys are free again); returns their device ids.
+    fn forget_devices(&mut self, gone: impl Fn(&Device) -> bool) -> Vec<String> {
+        let keys: Vec<(DeviceKind, String)> = self
+            .devices
+            .iter()
+            .filter(|(_, d)| gone(d))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &keys {
+            let Some(device) = self.devices.remove(key) else {
+                continue;
+            };
             self.used_ipv4.remove(&device.ipv4);
             if let Some(public_key) = &device.public_key {
                 if self.keys.get(public_key) == Some(key) {
@@ -400,6 +411,7 @@ impl Loaded {
                 }
             }
         }
+        keys.into_iter().map(|(_, id)| id).collect()
     }
 }
 
@@ -624,15 +636,7 @@ impl AccountSessions {
                     now,
                 );
                 if let Some(loaded) = &mut self.loaded {
-                    let gone: Vec<(DeviceKind, String)> = loaded
-                        .devices
-                        .iter()
-                        .filter(|(_, d)| d.actor_id == Some(*actor_id))
-                        .map(|(key, _)| key.clone())
-                        .collect();
-                    for key in gone {
-                        loaded.forget_device(&key);
-                    }
+                    loaded.forget_devices(|d| d.actor_id == Some(*actor_id));
                 }
                 self.want_reload();
             }
@@ -651,19 +655,10 @@ impl AccountSessions {
                         now,
                     );
                 }
-                let mut gone_devices = Vec::new();
-                if let Some(loaded) = &mut self.loaded {
-                    let gone: Vec<(DeviceKind, String)> = loaded
-                        .devices
-                        .iter()
-                        .filter(|(_, d)| d.site_id == Some(*site_id))
-                        .map(|(key, _)| key.clone())
-                        .collect();
-                    for key in gone {
-                        loaded.forget_device(&key);
-                        gone_devices.push(key.1);
-                    }
-                }
+                let gone_devices = match &mut self.loaded {
+                    Some(loaded) => loaded.forget_devices(|d| d.site_id == Some(*site_id)),
+                    None => Vec::new(),
+                };
                 for device in gone_devices {
                     let ids = Grants::ids_of(&self.grants.by_gateway, &device);
                     self.withdraw(
@@ -1069,6 +1064,13 @@ impl AccountSessions {
     // ----- sessions -----
 
     fn register(&mut self, registration: Registration, now: DateTime<Utc>) {
+        let device = match self.admit(&registration, now) {
+            Ok(device) => device,
+            Err(refusal) => {
+                self.refuse(registration.session, refusal);
+                return;
+            }
+        };
         let Registration {
             session,
             kind,
@@ -1076,32 +1078,7 @@ impl AccountSessions {
             params,
             source_ip,
         } = registration;
-        if principal.generation < self.revocations_seen || principal.expires_at <= now {
-            self.refuse(session, Refusal::Recheck);
-            return;
-        }
-        let (actor_id, site_id) = match (kind, principal.actor_id, principal.site_id) {
-            (DeviceKind::Client, Some(actor_id), _) => (Some(actor_id), None),
-            (DeviceKind::Gateway, _, Some(site_id)) => (None, Some(site_id)),
-            (DeviceKind::Client, None, _) => {
-                let why = "a client token must belong to a service account";
-                self.refuse(session, Refusal::Forbidden(why.into()));
-                return;
-            }
-            (DeviceKind::Gateway, _, None) => {
-                let why = "a gateway token must belong to a site";
-                self.refuse(session, Refusal::Forbidden(why.into()));
-                return;
-            }
-        };
-        let device =
-            match self.sight_device(kind, actor_id, site_id, &principal, &params, source_ip, now) {
-                Ok(device) => device,
-                Err(refusal) => {
-                    self.refuse(session, refusal);
-                    return;
-                }
-            };
+        let (actor_id, site_id) = (principal.actor_id, principal.site_id);
         let mut entry = Session {
             kind,
             device_id: device.device_id.clone(),
@@ -1188,19 +1165,47 @@ impl AccountSessions {
         }
     }
 
-    /// Finds or creates the device record of a registering device, refusing identities that
-    /// belong to someone else. A changed key withdraws what was granted under the old one.
-    #[allow(clippy::too_many_arguments)]
-    fn sight_device(
+    /// Whether a registration may become a session: its token checked after the last
+    /// revocation seen, of the right kind, its device identity its own. Its device record if so.
+    fn admit(
         &mut self,
-        kind: DeviceKind,
-        actor_id: Option<Uuid>,
-        site_id: Option<Uuid>,
-        principal: &Principal,
-        params: &ConnectParams,
-        source_ip: Option<IpAddr>,
+        registration: &Registration,
         now: DateTime<Utc>,
     ) -> Result<Device, Refusal> {
+        let principal = &registration.principal;
+        if principal.generation < self.revocations_seen || principal.expires_at <= now {
+            return Err(Refusal::Recheck);
+        }
+        match (registration.kind, principal.actor_id, principal.site_id) {
+            (DeviceKind::Client, Some(_), _) | (DeviceKind::Gateway, _, Some(_)) => {}
+            (DeviceKind::Client, None, _) => {
+                let why = "a client token must belong to a service account";
+                return Err(Refusal::Forbidden(why.into()));
+            }
+            (DeviceKind::Gateway, _, None) => {
+                let why = "a gateway token must belong to a site";
+                return Err(Refusal::Forbidden(why.into()));
+            }
+        }
+        self.sight_device(registration, now)
+    }
+
+    /// Finds or creates the device record of a registering device, refusing identities that
+    /// belong to someone else. A changed key withdraws what was granted under the old one.
+    fn sight_device(
+        &mut self,
+        registration: &Registration,
+        now: DateTime<Utc>,
+    ) -> Result<Device, Refusal> {
+        let Registration {
+            kind,
+            principal,
+            params,
+            source_ip,
+            ..
+        } = registration;
+        let (kind, source_ip) = (*kind, *source_ip);
+        let (actor_id, site_id) = (principal.actor_id, principal.site_id);
         let Some(loaded) = self.loaded.as_mut() else {
             return Err(Refusal::Unavailable("the account is not loaded".into()));
         };

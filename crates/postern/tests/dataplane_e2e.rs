@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::Portal;
+use common::{string, Portal};
 use e2e::{sibling_binary, Api};
 use serde_json::{json, Value};
 
@@ -264,7 +264,7 @@ impl World {
         relay(&gw, portal_addr.clone(), relay_stop.clone());
         let api = Api::new(&portal.url, &api_token);
 
-        let group_id = str_of(
+        let group_id = string(
             &api.post("/v1/groups", json!({"name": "fleet"}))["data"],
             "id",
         );
@@ -272,13 +272,13 @@ impl World {
             "/v1/actors",
             json!({"type": "service_account", "name": "runner", "group_ids": [group_id]}),
         );
-        let actor_id = str_of(&runner["data"], "id");
+        let actor_id = string(&runner["data"], "id");
         let outsider = api.post(
             "/v1/actors",
             json!({"type": "service_account", "name": "outsider"}),
         );
-        let site_id = str_of(&api.post("/v1/sites", json!({"name": "dc"}))["data"], "id");
-        let gateway_token = str_of(
+        let site_id = string(&api.post("/v1/sites", json!({"name": "dc"}))["data"], "id");
+        let gateway_token = string(
             &api.post(&format!("/v1/sites/{site_id}/gateway_tokens"), json!({}))["data"],
             "secret",
         );
@@ -289,7 +289,7 @@ impl World {
                                {"protocol": "udp", "ports": UDP_PORT.to_string()},
                                {"protocol": "icmp"}]}),
         );
-        let resource_id = str_of(&resource["data"], "id");
+        let resource_id = string(&resource["data"], "id");
         let policy = api.post(
             "/v1/policies",
             json!({"group_id": group_id, "resource_id": resource_id}),
@@ -302,10 +302,10 @@ impl World {
             api,
             group_id,
             actor_id,
-            token_id: str_of(&runner["token"], "id"),
-            client_token: str_of(&runner["token"], "secret"),
-            outsider_token: str_of(&outsider["token"], "secret"),
-            policy_id: str_of(&policy["data"], "id"),
+            token_id: string(&runner["token"], "id"),
+            client_token: string(&runner["token"], "secret"),
+            outsider_token: string(&outsider["token"], "secret"),
+            policy_id: string(&policy["data"], "id"),
             _ns: ns,
             prefix,
             relay_stop,
@@ -396,14 +396,6 @@ impl World {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-}
-
-#[track_caller]
-fn str_of(value: &Value, key: &str) -> String {
-    value[key]
-        .as_str()
-        .unwrap_or_else(|| panic!("no string '{key}' in {value}"))
-        .to_string()
 }
 
 /// TCP and UDP echo servers on every address of namespace `ns`, plus a TCP one on the port
@@ -712,15 +704,8 @@ fn a_revoked_client_passes_no_packet_after_a_portal_restart() {
         empty_inits(&w),
     );
     let portal = w.portal.take().expect("portal");
-    assert_eq!(portal.terminate(), Some(0));
-    let args = [
-        "serve",
-        "--listen",
-        &w.portal_addr,
-        "--data-dir",
-        w.data_dir.path().to_str().expect("utf-8"),
-    ];
-    w.portal = Some(Portal::try_start(&args).expect("the portal restarts"));
+    let data_dir = w.data_dir.path().to_str().expect("utf-8").to_string();
+    w.portal = Some(portal.restart(&["--data-dir", &data_dir]));
     let deadline = Instant::now() + START;
     while w.procs[0].log().matches("session ready").count() <= sessions {
         assert!(

@@ -9,37 +9,23 @@
 //! assertion is the issue's: revoking a token ends its clients within 2 s.
 
 mod common;
+#[macro_use]
 #[path = "common/e2e.rs"]
 mod e2e;
 
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common::{postern, Portal};
-use e2e::{connected, shows_exactly, wait_for_all, Api, Backend, Database, Device};
-use serde_json::{json, Value};
+use common::{postern, string, Portal};
+use e2e::{
+    connected, shows_exactly, wait_for_all, Api, Backend, Database, Device, PROPAGATION, START,
+};
+use serde_json::json;
 
-/// How long a fleet of freshly started processes may take to connect (debug builds, a busy
-/// machine running other tests).
-const START: Duration = Duration::from_secs(30);
-/// How long a change may take to reach every client (the issue asks for 1 s; this is a
-/// deadline, not the measurement).
-const PROPAGATION: Duration = Duration::from_secs(10);
 /// The issue's bound: from the revoke call returning to the last client exiting.
 const REVOCATION_BOUND: Duration = Duration::from_secs(2);
 /// Exit code of a device whose token was rejected.
 const TOKEN_REJECTED: i32 = 3;
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test] fn $name() { super::$name(super::Backend::Sqlite) })*
-        }
-        mod postgres {
-            $(#[test] fn $name() { super::$name(super::Backend::Postgres) })*
-        }
-    };
-}
 
 on_both_backends!(
     twenty_clients_on_one_token_all_see_a_new_resource,
@@ -175,14 +161,6 @@ impl World {
         self.api
             .delete(&format!("/v1/actors/{}/tokens/{}", self.actor_id, token.id));
     }
-}
-
-#[track_caller]
-fn string(value: &Value, key: &str) -> String {
-    value[key]
-        .as_str()
-        .unwrap_or_else(|| panic!("no string '{key}' in {value}"))
-        .to_string()
 }
 
 /// Checks, through `postern-client status --json` as an operator would run it, that each

@@ -10,36 +10,24 @@
 //!   gateway of another site claiming a gateway's id: exit code 2, with the reason.
 
 mod common;
+#[macro_use]
 #[path = "common/e2e.rs"]
 mod e2e;
 
 use std::time::{Duration, Instant};
 
-use common::Portal;
-use e2e::{connected, wait_for_all, Api, Backend, Database, Device};
+use common::{string, Portal};
+use e2e::{connected, wait_for_all, Api, Backend, Database, Device, PROPAGATION, START};
 use futures_util::{SinkExt, StreamExt};
 use postern_protocol::{
     decode, encode, ClientToPortal, DisconnectReason, PortalToClient, CLIENT_PATH, PROTOCOL_HEADER,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-const START: Duration = Duration::from_secs(30);
-const PROPAGATION: Duration = Duration::from_secs(10);
 /// Exit code of a device whose settings the portal refused (here: an id bound elsewhere).
 const BAD_CONFIG: i32 = 2;
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test] fn $name() { super::$name(super::Backend::Sqlite) })*
-        }
-        mod postgres {
-            $(#[test] fn $name() { super::$name(super::Backend::Postgres) })*
-        }
-    };
-}
 
 on_both_backends!(
     revoked_grants_stay_gone_after_a_portal_restart_and_a_flood_leaves_one_grant,
@@ -106,29 +94,11 @@ impl World {
         )
     }
 
-    /// Stops the portal (SIGTERM) and starts it again on the same port and database.
+    /// Stops the portal and starts it again on the same port and database.
     fn restart_portal(&mut self) {
         let portal = self.portal.take().expect("the portal runs");
-        let url = portal.url.clone();
-        let port = url.rsplit(':').next().expect("a port").to_string();
-        let log = portal.log();
-        assert_eq!(portal.terminate(), Some(0), "postern serve exits 0:\n{log}");
-        let listen = format!("127.0.0.1:{port}");
-        let mut args = vec!["serve", "--listen", &listen];
-        args.extend(self.db.args());
-        let portal = Portal::try_start(&args)
-            .unwrap_or_else(|log| panic!("the portal did not restart:\n{log}"));
-        assert_eq!(portal.url, url);
-        self.portal = Some(portal);
+        self.portal = Some(portal.restart(&self.db.args()));
     }
-}
-
-#[track_caller]
-fn string(value: &Value, key: &str) -> String {
-    value[key]
-        .as_str()
-        .unwrap_or_else(|| panic!("no string '{key}' in {value}"))
-        .to_string()
 }
 
 /// The client devices the gateway holds authorizations for, as its `status --json` says.

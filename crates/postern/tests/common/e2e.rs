@@ -18,6 +18,26 @@ use sqlx::{Connection, Executor, PgConnection};
 use crate::common::{postern, BIN};
 
 pub const DATABASE_URL_ENV: &str = "POSTERN_TEST_DATABASE_URL";
+
+/// How long freshly started processes may take to connect (debug builds, a busy machine
+/// running other tests). A deadline, not a measurement.
+pub const START: Duration = Duration::from_secs(30);
+/// How long a change may take to reach every device (the targets are far lower; this is a
+/// deadline, not the measurement).
+pub const PROPAGATION: Duration = Duration::from_secs(10);
+
+/// `sqlite::NAME` and `postgres::NAME` tests calling `NAME(Backend)` for each listed function.
+#[allow(unused_macros)] // not every test file runs on both backends
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test] fn $name() { super::$name(super::Backend::Sqlite) })*
+        }
+        mod postgres {
+            $(#[test] fn $name() { super::$name(super::Backend::Postgres) })*
+        }
+    };
+}
 pub const BUILD_HINT: &str = "run `cargo build --workspace --bins` first (scripts/test does)";
 
 /// The path of a sibling binary of `postern` (`postern-client`, `postern-gateway`); fails the

@@ -194,6 +194,25 @@ impl Portal {
         panic!("postern serve did not stop on SIGTERM:\n{}", self.log());
     }
 
+    /// Stops the portal (SIGTERM; it must exit 0) and starts it again on the same address with
+    /// `db_args`, as an operator restarts it.
+    pub fn restart(self, db_args: &[&str]) -> Portal {
+        let url = self.url.clone();
+        let listen = url.trim_start_matches("http://").to_string();
+        let log = self.log();
+        assert_eq!(
+            self.terminate(),
+            Some(0),
+            "postern serve exits 0 on SIGTERM:\n{log}"
+        );
+        let mut args = vec!["serve", "--listen", &listen];
+        args.extend_from_slice(db_args);
+        let portal = Self::try_start(&args)
+            .unwrap_or_else(|log| panic!("the portal did not restart:\n{log}"));
+        assert_eq!(portal.url, url, "the portal restarts on the same address");
+        portal
+    }
+
     /// Runs a remote CLI command against this portal with `token`.
     pub fn cli(&self, token: &str, args: &[&str]) -> Run {
         postern(
@@ -228,6 +247,13 @@ pub fn api_token(data_dir: &Path) -> String {
     run.stdout.trim().to_string()
 }
 
+/// The string at `key`, owned.
+#[track_caller]
+pub fn string(value: &Value, key: &str) -> String {
+    str_of(value, key).to_string()
+}
+
+#[track_caller]
 pub fn str_of<'a>(value: &'a Value, key: &str) -> &'a str {
     value
         .get(key)
