@@ -449,35 +449,53 @@ enum Withdrawal {
 
 /// One account's live sessions. See the module documentation.
 pub struct AccountSessions {
+    /// The account these sessions belong to; every store operation is scoped to it.
     account_id: Uuid,
+    /// Limits and lifetimes, fixed at creation.
     config: SessionsConfig,
+    /// Draws authorization ids, preshared keys and device row ids (injected: tests seed it).
     rng: Box<dyn RngCore + Send + Sync>,
     /// The highest revocation generation among the changes handled: a registration whose
     /// token was checked at an older generation is sent back to be checked again.
     revocations_seen: u64,
+    /// The account as last read: snapshot, devices, keys, addresses; `None` before the first
+    /// session.
     loaded: Option<Loaded>,
+    /// Whether a read is wanted, out with the caller, or waiting to be retried.
     load: LoadState,
     /// Tokens to check with the next access load (after a gap in the change feed).
     tokens_to_check: HashSet<Uuid>,
     /// A change arrived while a read was in flight: that read may predate it.
     reload_after_flight: bool,
+    /// Registrations and access requests waiting for a current read, in arrival order.
     deferred: VecDeque<Deferred>,
+    /// Registered client sessions.
     clients: HashMap<SessionId, Session>,
+    /// Registered gateway sessions.
     gateways: HashMap<SessionId, Session>,
+    /// Sessions by token, so that a revocation ends them without a scan.
     by_token: HashMap<Uuid, HashSet<SessionId>>,
+    /// Sessions by device: the gateway sessions a grant goes to, the client sessions it serves.
     by_device: HashMap<(DeviceKind, String), HashSet<SessionId>>,
     /// Sessions by their token's expiry: they end then.
     expiries: BTreeSet<(DateTime<Utc>, SessionId)>,
+    /// The authorizations given to gateways, with their indexes.
     grants: Grants,
     /// Views computed since the snapshot last changed, shared by sessions with the same key.
     view_cache: HashMap<(Uuid, Option<IpAddr>), Arc<View>>,
     /// Authorization writes decided and not yet handed out, by id: the last decision wins.
     writes: HashMap<Uuid, Option<StoredAuthorization>>,
+    /// A `StoreOp::Write` is out with the caller: the next waits for its answer.
     write_in_flight: bool,
+    /// A write failed: the next is asked for at this instant.
     write_retry_at: Option<DateTime<Utc>>,
+    /// Messages for sessions, in the order decided ([`Self::poll_transmit`]).
     transmits: VecDeque<Transmit>,
+    /// Session outcomes ([`Self::poll_event`]).
     events: VecDeque<Event>,
+    /// Device sightings to record ([`Self::poll_store`]).
     store_ops: VecDeque<StoreOp>,
+    /// Set by [`Self::handle_shutdown`]: registrations are refused from then on.
     shutting_down: bool,
 }
 

@@ -144,6 +144,8 @@ impl Worker {
         loop {
             self.carry_out().await;
             let timeout = self.core.poll_timeout();
+            // Biased toward the rare, cheap inputs (departures, a finished write, a missed
+            // change, a due timer), so that a stream of commands cannot starve them.
             tokio::select! {
                 biased;
                 Some(session) = departures.recv() => {
@@ -152,13 +154,9 @@ impl Worker {
                         self.core.handle_unregister(session, Utc::now());
                     }
                 }
-                command = commands.recv() => {
-                    let Some(command) = command else { return };
-                    self.handle(command);
-                    for _ in 1..COMMANDS_PER_ROUND {
-                        let Ok(command) = commands.try_recv() else { break };
-                        self.handle(command);
-                    }
+                failed = finished(&mut self.write) => {
+                    self.write = None;
+                    self.core.handle_write_done(failed, Utc::now());
                 }
                 _ = missed.notify.notified() => {
                     if let Some(generation) = missed.generation.lock().take() {
@@ -169,11 +167,15 @@ impl Worker {
                         self.core.handle_resync(generation);
                     }
                 }
-                failed = finished(&mut self.write) => {
-                    self.write = None;
-                    self.core.handle_write_done(failed, Utc::now());
-                }
                 _ = sleep_until(timeout) => self.core.handle_timeout(Utc::now()),
+                command = commands.recv() => {
+                    let Some(command) = command else { return };
+                    self.handle(command);
+                    for _ in 1..COMMANDS_PER_ROUND {
+                        let Ok(command) = commands.try_recv() else { break };
+                        self.handle(command);
+                    }
+                }
             }
         }
     }
