@@ -327,6 +327,20 @@ impl World {
         world
     }
 
+    /// One client namespace with `runner-1` (the group's member) connected and its UDP echo
+    /// through the tunnel working: the world, the client's index in `procs`, its namespace and
+    /// a UDP socket in it.
+    fn with_runner_reaching_the_resource() -> (World, usize, String, UdpSocket) {
+        let mut w = World::new(1);
+        let token = w.client_token.clone();
+        let client = w.client(1, "runner-1", &token);
+        let ns = w.client_ns(1);
+        assert_reaches(&w, &ns);
+        let udp = udp_socket(&ns);
+        assert!(udp_echo(&udp, b"before", Duration::from_secs(1)));
+        (w, client, ns, udp)
+    }
+
     fn client_ns(&self, i: usize) -> String {
         format!("{}c{i}", self.prefix)
     }
@@ -620,13 +634,7 @@ fn revoking_the_token_cuts_traffic_within_1_s() {
     if !can_run() {
         return;
     }
-    let mut w = World::new(1);
-    let token = w.client_token.clone();
-    w.client(1, "runner-1", &token);
-    let ns = w.client_ns(1);
-    assert_reaches(&w, &ns);
-    let udp = udp_socket(&ns);
-    assert!(udp_echo(&udp, b"before", Duration::from_secs(1)));
+    let (mut w, _, _, udp) = World::with_runner_reaching_the_resource();
     w.api
         .delete(&format!("/v1/actors/{}/tokens/{}", w.actor_id, w.token_id));
     let cut = time_to_cut(&udp, Instant::now());
@@ -650,13 +658,7 @@ fn a_revoked_client_passes_no_packet_after_a_portal_restart() {
     if !can_run() {
         return;
     }
-    let mut w = World::new(1);
-    let token = w.client_token.clone();
-    let client = w.client(1, "runner-1", &token);
-    let ns = w.client_ns(1);
-    assert_reaches(&w, &ns);
-    let udp = udp_socket(&ns);
-    assert!(udp_echo(&udp, b"before", Duration::from_secs(1)));
+    let (mut w, client, ns, udp) = World::with_runner_reaching_the_resource();
 
     let rules = "table inet postern_test_partition {\n\
                    chain output { type filter hook output priority 0; tcp dport 8080 drop; }\n\
@@ -746,13 +748,7 @@ fn removing_the_policy_cuts_traffic_within_1_s_and_the_client_keeps_running() {
     if !can_run() {
         return;
     }
-    let mut w = World::new(1);
-    let token = w.client_token.clone();
-    let client = w.client(1, "runner-1", &token);
-    let ns = w.client_ns(1);
-    assert_reaches(&w, &ns);
-    let udp = udp_socket(&ns);
-    assert!(udp_echo(&udp, b"before", Duration::from_secs(1)));
+    let (mut w, client, ns, udp) = World::with_runner_reaching_the_resource();
     w.api.delete(&format!("/v1/policies/{}", w.policy_id));
     let cut = time_to_cut(&udp, Instant::now());
     eprintln!("removing the policy cut the traffic after {cut:?}");
