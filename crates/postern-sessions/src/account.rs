@@ -1959,6 +1959,7 @@ impl AccountSessions {
             grant.authorization.resource.id,
         );
         let Ok((until, resource)) = self.may_reach(actor_id, resource_id, source_ip, now) else {
+            self.grants.set_wake(id, current_end);
             return;
         };
         let extended = expiry(

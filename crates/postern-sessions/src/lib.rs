@@ -1,8 +1,11 @@
-//! The portal's live sessions. Every connected headless client and gateway registers here; one
-//! worker task per account owns that account's sessions, its access snapshot and its
-//! authorizations, turns change events into messages for exactly the affected sessions, and
-//! ends sessions whose token was revoked. No per-session database round trip: a worker reads
-//! the account once and again only when something in it changed.
+//! The portal's live sessions. Every connected headless client and gateway registers here.
+//! Each account's sessions, access snapshot, devices and authorizations belong to one
+//! [`account::AccountSessions`], a sans-IO state machine that decides everything (what a device
+//! is told, who may reach what through which gateway until when, what is withdrawn, what the
+//! store must save or delete); a tokio worker per account (`worker.rs`) feeds it and carries out
+//! its outputs; the [`Hub`] routes sessions and change events to the workers. No per-session
+//! database round trip: a worker reads the account once and again only when something in it
+//! changed.
 
 pub mod account;
 mod addresses;
@@ -22,7 +25,6 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 pub use account::{Refusal, SessionId, SessionsConfig};
-pub use addresses::allocate;
 
 use account::{Presence, Registration};
 use worker::{Command, WorkerHandle};
