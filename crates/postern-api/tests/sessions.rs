@@ -22,6 +22,7 @@ type Socket =
 on_both_backends!(
     a_client_gets_its_resources_and_live_changes,
     access_requests_reach_a_gateway_and_revocation_ends_everything,
+    the_database_does_not_rebind_a_device_to_another_service_account,
 );
 
 struct World {
@@ -360,4 +361,57 @@ async fn access_requests_reach_a_gateway_and_revocation_ends_everything(portal: 
     let rows: &Vec<Value> = clients["data"].as_array().unwrap();
     assert_eq!(rows.len(), 2);
     assert!(rows.iter().all(|c| c["online"] == false), "{clients}");
+}
+
+/// Defence in depth under the session core's own check: a device sighting that names another
+/// service account than the stored row's is not written over it (two portal nodes could each
+/// see a claim the other did not).
+async fn the_database_does_not_rebind_a_device_to_another_service_account(portal: &Portal) {
+    let w = world(portal).await;
+    let other = portal
+        .post(
+            "/v1/actors",
+            json!({"type": "service_account", "name": "other"}),
+        )
+        .await["data"]["id"]
+        .as_str()
+        .unwrap()
+        .parse::<uuid::Uuid>()
+        .unwrap();
+    let owner: uuid::Uuid = w.actor_id.parse().unwrap();
+    let now = chrono::Utc::now();
+    let device = postern_domain::Device {
+        id: uuid::Uuid::now_v7(),
+        account_id: portal.account_id,
+        kind: postern_domain::DeviceKind::Client,
+        device_id: "box-1".into(),
+        actor_id: Some(owner),
+        site_id: None,
+        token_id: None,
+        name: "box-1".into(),
+        version: None,
+        public_key: Some("owner-key".into()),
+        ipv4: "100.64.0.9".parse().unwrap(),
+        ipv6: "fd70:6f73:7465:726e::6440:9".parse().unwrap(),
+        last_seen_ip: None,
+        last_seen_at: now,
+        created_at: now,
+    };
+    portal.store.record_device(device.clone());
+    portal.store.flush_devices().await.unwrap();
+    portal.store.record_device(postern_domain::Device {
+        id: uuid::Uuid::now_v7(),
+        actor_id: Some(other),
+        public_key: Some("claimer-key".into()),
+        ..device
+    });
+    portal.store.flush_devices().await.unwrap();
+    let stored = portal.store.load_devices(portal.account_id).await.unwrap();
+    let row = stored.iter().find(|d| d.device_id == "box-1").unwrap();
+    assert_eq!(
+        row.actor_id,
+        Some(owner),
+        "the row keeps its service account"
+    );
+    assert_eq!(row.public_key.as_deref(), Some("owner-key"));
 }
