@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -75,6 +76,291 @@ async fn revocation_on_one_node_reaches_the_others_cache() {
     .await
     .expect("event reaches node B");
     assert_eq!(event[0].to_string(), token_id);
+
+    listener.abort();
+    node_b.close().await;
+    node_a.stop().await;
+}
+
+/// A second portal node on the database at `url`: its own store (listening to the feed), hub
+/// and HTTP server on a fresh port.
+async fn second_node(url: &str) -> (Store, std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let store = Store::connect(url).await.expect("second node");
+    let listener_task = store.spawn_change_listener().expect("postgres listens");
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let state = postern_api::AppState::new(store.clone());
+    tokio::spawn(async move {
+        let _ = postern_api::serve(socket, state, std::future::pending()).await;
+    });
+    (store, addr, listener_task)
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn client_session(addr: std::net::SocketAddr, token: &str, device: &str) -> Socket {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!(
+        "ws://{addr}{}?id={device}&name={device}&version=test",
+        postern_protocol::CLIENT_PATH
+    );
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+        .headers_mut()
+        .insert(postern_protocol::PROTOCOL_HEADER, "1".parse().unwrap());
+    tokio_tungstenite::connect_async(request)
+        .await
+        .expect("the client connects to node B")
+        .0
+}
+
+/// The next protocol message that is not a heartbeat, within `limit`.
+async fn next_message(socket: &mut Socket, limit: Duration) -> postern_protocol::PortalToClient {
+    use futures_util::StreamExt;
+    tokio::time::timeout(limit, async {
+        loop {
+            match socket.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => {
+                    let message: postern_protocol::PortalToClient =
+                        postern_protocol::decode(text.as_str()).expect("decodes");
+                    if message != postern_protocol::PortalToClient::Heartbeat {
+                        return message;
+                    }
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("the session ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a message in time")
+}
+
+/// A change of any size reaches the other nodes: removing 1 000 service accounts from a group
+/// on node A (one event of about 40 KB, far over PostgreSQL's 8 000-byte notification limit)
+/// withdraws the resource from a client whose session is on node B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_membership_change_of_a_thousand_actors_reaches_the_other_node() {
+    let Some(node_a) = Portal::start(Backend::Postgres).await else {
+        return;
+    };
+    let url = node_a.postgres_url().await.expect("postgres url");
+    let (node_b, addr_b, listener) = second_node(&url).await;
+
+    let group = node_a.post("/v1/groups", json!({"name": "fleet"})).await["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let site = node_a.post("/v1/sites", json!({"name": "dc"})).await["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let resource = node_a
+        .post(
+            "/v1/resources",
+            json!({"type": "cidr", "name": "db", "address": "10.20.0.0/24", "site_id": site}),
+        )
+        .await["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    node_a
+        .post(
+            "/v1/policies",
+            json!({"group_id": group, "resource_id": resource}),
+        )
+        .await;
+    let mut members = Vec::new();
+    let watched = node_a
+        .post(
+            "/v1/actors",
+            json!({"type": "service_account", "name": "watched", "group_ids": [group]}),
+        )
+        .await;
+    members.push(watched["data"]["id"].as_str().unwrap().to_string());
+    let secret = watched["token"]["secret"].as_str().unwrap().to_string();
+    for n in 0..999 {
+        let created = node_a
+            .store
+            .create_actor(
+                node_a.account_id,
+                postern_store::NewActor {
+                    actor_type: postern_domain::ActorType::ServiceAccount,
+                    name: format!("runner-{n}"),
+                    email: None,
+                    password_hash: None,
+                    group_ids: vec![group.parse().unwrap()],
+                    token: None,
+                },
+                &postern_domain::Acting::local_cli(),
+            )
+            .await
+            .expect("actor");
+        members.push(created.0.id.to_string());
+    }
+
+    let mut client = client_session(addr_b, &secret, "watched-1").await;
+    let postern_protocol::PortalToClient::Init(init) =
+        next_message(&mut client, Duration::from_secs(5)).await
+    else {
+        panic!("Init first");
+    };
+    assert_eq!(init.resources.len(), 1, "the member sees the resource");
+
+    let (status, _) = node_a
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/groups/{group}/memberships"),
+            Some(json!({"remove": members})),
+        )
+        .await;
+    assert!(status.is_success(), "{status}");
+    match next_message(&mut client, Duration::from_secs(10)).await {
+        postern_protocol::PortalToClient::ResourceRemoved { id } => {
+            assert_eq!(id.to_string(), resource)
+        }
+        other => panic!("expected the resource to be withdrawn on node B, got {other:?}"),
+    }
+
+    listener.abort();
+    node_b.close().await;
+    node_a.stop().await;
+}
+
+/// A TCP proxy in front of PostgreSQL that a test can cut (every connection through it is
+/// dropped and new ones are refused) and restore.
+struct Cuttable {
+    addr: std::net::SocketAddr,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    generation: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Cuttable {
+    async fn start(target: std::net::SocketAddr) -> Cuttable {
+        use std::sync::atomic::Ordering;
+        let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (open_, generation_) = (open.clone(), generation.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = socket.accept().await else {
+                    return;
+                };
+                if !open_.load(Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let born = generation_.load(Ordering::SeqCst);
+                let (open, generation) = (open_.clone(), generation_.clone());
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let cut = async {
+                        while open.load(Ordering::SeqCst)
+                            && generation.load(Ordering::SeqCst) == born
+                        {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut => {}
+                    }
+                });
+            }
+        });
+        Cuttable {
+            addr,
+            open,
+            generation,
+        }
+    }
+
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Changes made while a node's listener is cut off are not lost: node B reaches the database
+/// through a proxy the test cuts; a token is revoked on node A meanwhile (its notification
+/// reaches no listener of B); once the proxy is back, B catches up from the feed, drops the
+/// token from its cache and tells its subscribers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_listener_was_cut_off_catches_up_from_the_feed() {
+    let Some(node_a) = Portal::start(Backend::Postgres).await else {
+        return;
+    };
+    let url = node_a.postgres_url().await.expect("postgres url");
+    let target: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
+    if !url.contains("127.0.0.1:5432") {
+        eprintln!("skipped: the proxy test needs PostgreSQL at 127.0.0.1:5432, not {url}");
+        return;
+    }
+    let proxy = Cuttable::start(target).await;
+    let via_proxy = url.replace("127.0.0.1:5432", &proxy.addr.to_string());
+    let node_b = Store::connect(&via_proxy)
+        .await
+        .expect("node B through the proxy");
+    let listener = node_b.spawn_change_listener().expect("postgres listens");
+    let mut events_on_b = node_b.subscribe();
+    let created = node_a
+        .post(
+            "/v1/actors",
+            json!({"type": "service_account", "name": "fleet"}),
+        )
+        .await;
+    let secret = created["token"]["secret"].as_str().unwrap().to_string();
+    node_b
+        .verify_token(&secret, TokenKind::Client, Utc::now())
+        .await
+        .expect("valid on node B");
+    // Let B's listener hear something first (its own ping), so that it is surely up.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let actor_id = created["data"]["id"].as_str().unwrap();
+    let token_id = created["token"]["id"].as_str().unwrap();
+    let (status, _) = node_a
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/actors/{actor_id}/tokens/{token_id}"),
+            None,
+        )
+        .await;
+    assert!(status.is_success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.restore();
+
+    let revoked = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Ok(postern_domain::ChangeEvent::TokensRevoked { token_ids, .. }) =
+                events_on_b.recv().await
+            {
+                return token_ids;
+            }
+        }
+    })
+    .await
+    .expect("node B catches up with the revocation it missed");
+    assert_eq!(revoked[0].to_string(), token_id);
+    let err = node_b
+        .verify_token(&secret, TokenKind::Client, Utc::now())
+        .await
+        .expect_err("node B refuses the token now");
+    assert_eq!(err.reason(), "revoked");
 
     listener.abort();
     node_b.close().await;

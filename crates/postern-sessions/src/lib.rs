@@ -300,11 +300,24 @@ impl HubInner {
 }
 
 /// Hands every committed change to its account's worker, with the revocation generation read
-/// after it was applied to the token cache. A feed that lags makes every worker resync.
+/// after it was applied to the token cache. A feed that lags, or changes of other nodes that
+/// were missed beyond recovery, make every worker resync.
 async fn forward_events(store: Store, hub: Weak<HubInner>) {
     let mut events = store.subscribe();
+    let mut gaps = store.gaps();
     loop {
-        let received = events.recv().await;
+        let received = tokio::select! {
+            received = events.recv() => received,
+            changed = gaps.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let Some(hub) = hub.upgrade() else { return };
+                tracing::warn!("changes of other portal nodes were missed; resynchronising every account");
+                resync_all(&hub, store.revocation_generation());
+                continue;
+            }
+        };
         let Some(hub) = hub.upgrade() else { return };
         let generation = store.revocation_generation();
         match received {
@@ -319,12 +332,16 @@ async fn forward_events(store: Store, hub: Weak<HubInner>) {
                     missed,
                     "session hub fell behind the change feed; resynchronising every account"
                 );
-                let workers: Vec<WorkerHandle> = hub.workers.lock().values().cloned().collect();
-                for worker in workers {
-                    worker.resync(generation);
-                }
+                resync_all(&hub, generation);
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
+    }
+}
+
+fn resync_all(hub: &HubInner, generation: u64) {
+    let workers: Vec<WorkerHandle> = hub.workers.lock().values().cloned().collect();
+    for worker in workers {
+        worker.resync(generation);
     }
 }

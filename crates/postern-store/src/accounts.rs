@@ -148,8 +148,8 @@ impl Store {
             },
         )
         .await?;
-        tx.commit().await?;
-        self.publish(vec![ChangeEvent::AccountUpdated { account_id }]);
+        self.commit_publishing(tx, vec![ChangeEvent::AccountUpdated { account_id }])
+            .await?;
         Ok(after)
     }
 

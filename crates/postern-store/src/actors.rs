@@ -139,7 +139,6 @@ impl Store {
             ),
             _ => None,
         };
-        tx.commit().await?;
         let mut events = vec![ChangeEvent::ActorCreated {
             account_id,
             actor_id: actor.id,
@@ -158,7 +157,7 @@ impl Store {
                 token_id: created.token.id,
             });
         }
-        self.publish(events);
+        self.commit_publishing(tx, events).await?;
         Ok((actor, token))
     }
 
@@ -278,21 +277,24 @@ impl Store {
             },
         )
         .await?;
-        tx.commit().await?;
-        self.publish(vec![match action {
-            "actor.disable" => ChangeEvent::ActorDisabled {
-                account_id,
-                actor_id,
-            },
-            "actor.enable" => ChangeEvent::ActorEnabled {
-                account_id,
-                actor_id,
-            },
-            _ => ChangeEvent::ActorUpdated {
-                account_id,
-                actor_id,
-            },
-        }]);
+        self.commit_publishing(
+            tx,
+            vec![match action {
+                "actor.disable" => ChangeEvent::ActorDisabled {
+                    account_id,
+                    actor_id,
+                },
+                "actor.enable" => ChangeEvent::ActorEnabled {
+                    account_id,
+                    actor_id,
+                },
+                _ => ChangeEvent::ActorUpdated {
+                    account_id,
+                    actor_id,
+                },
+            }],
+        )
+        .await?;
         Ok(after)
     }
 
@@ -328,7 +330,6 @@ impl Store {
             },
         )
         .await?;
-        tx.commit().await?;
         let mut events = vec![ChangeEvent::ActorDeleted {
             account_id,
             actor_id,
@@ -347,7 +348,7 @@ impl Store {
                 removed: vec![actor_id],
             });
         }
-        self.publish(events);
+        self.commit_publishing(tx, events).await?;
         Ok(())
     }
 }

@@ -68,11 +68,14 @@ impl Store {
             },
         )
         .await?;
-        tx.commit().await?;
-        self.publish(vec![ChangeEvent::GroupCreated {
-            account_id,
-            group_id: group.id,
-        }]);
+        self.commit_publishing(
+            tx,
+            vec![ChangeEvent::GroupCreated {
+                account_id,
+                group_id: group.id,
+            }],
+        )
+        .await?;
         Ok(group)
     }
 
@@ -151,11 +154,14 @@ impl Store {
             },
         )
         .await?;
-        tx.commit().await?;
-        self.publish(vec![ChangeEvent::GroupUpdated {
-            account_id,
-            group_id,
-        }]);
+        self.commit_publishing(
+            tx,
+            vec![ChangeEvent::GroupUpdated {
+                account_id,
+                group_id,
+            }],
+        )
+        .await?;
         Ok(after)
     }
 
@@ -195,7 +201,6 @@ impl Store {
             },
         )
         .await?;
-        tx.commit().await?;
         let mut events: Vec<ChangeEvent> = policy_ids
             .into_iter()
             .map(|policy_id| ChangeEvent::PolicyDeleted {
@@ -207,7 +212,7 @@ impl Store {
             account_id,
             group_id,
         });
-        self.publish(events);
+        self.commit_publishing(tx, events).await?;
         Ok(())
     }
 
@@ -301,15 +306,16 @@ impl Store {
             )
             .await?;
         }
-        tx.commit().await?;
+        let mut events = Vec::new();
         if !added.is_empty() || !removed.is_empty() {
-            self.publish(vec![ChangeEvent::MembershipChanged {
+            events.push(ChangeEvent::MembershipChanged {
                 account_id,
                 group_id,
                 added,
                 removed,
-            }]);
+            });
         }
+        self.commit_publishing(tx, events).await?;
         Ok(self
             .list_memberships(
                 account_id,

@@ -12,8 +12,8 @@ mod auth;
 mod authorizations;
 mod db;
 mod devices;
+mod feed;
 mod groups;
-mod notify;
 mod policies;
 mod resources;
 mod sites;
@@ -108,6 +108,8 @@ struct Inner {
     database_url: Option<String>,
     /// Tells this node's notifications from the others'.
     node_id: uuid::Uuid,
+    /// Raised when changes from other nodes were missed beyond recovery (`Store::gaps`).
+    gaps: tokio::sync::watch::Sender<u64>,
     /// Device sightings not yet written, by (account, kind, device id).
     devices: parking_lot::Mutex<
         std::collections::HashMap<
@@ -176,6 +178,7 @@ impl Store {
                 events,
                 database_url: (backend == Backend::Postgres).then(|| url.to_string()),
                 node_id: uuid::Uuid::new_v4(),
+                gaps: tokio::sync::watch::Sender::new(0),
                 devices: Default::default(),
             }),
         })
@@ -185,9 +188,16 @@ impl Store {
         &self.inner.backend
     }
 
-    /// Change events, in commit order, from this process's writes.
+    /// Change events, in commit order: this process's writes and (PostgreSQL) the other
+    /// nodes'.
     pub fn subscribe(&self) -> broadcast::Receiver<ChangeEvent> {
         self.inner.events.subscribe()
+    }
+
+    /// Counts the times changes of other nodes were missed beyond recovery: whoever holds state
+    /// derived from changes must then check it against the database.
+    pub fn gaps(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.gaps.subscribe()
     }
 
     /// Writes buffered token-use records (last used time, IP, user agent) and device sightings
@@ -223,13 +233,12 @@ impl Store {
         &self.inner.pool
     }
 
-    /// Makes committed changes take effect: stale token records are dropped at once, other
-    /// portal nodes are told, and subscribers hear of them.
+    /// Makes committed changes take effect in this process: stale token records are dropped at
+    /// once and subscribers hear of them (other nodes heard through the feed at commit).
     fn publish(&self, events: Vec<ChangeEvent>) {
         for event in &events {
             self.inner.tokens.apply(event);
         }
-        self.notify_other_nodes(&events);
         for event in events {
             // No subscriber is fine: nothing is connected that needs to hear about it.
             let _ = self.inner.events.send(event);

@@ -82,11 +82,14 @@ impl Store {
             },
         )
         .await?;
-        tx.commit().await?;
-        self.publish(vec![ChangeEvent::PolicyCreated {
-            account_id,
-            policy_id: policy.id,
-        }]);
+        self.commit_publishing(
+            tx,
+            vec![ChangeEvent::PolicyCreated {
+                account_id,
+                policy_id: policy.id,
+            }],
+        )
+        .await?;
         Ok(policy)
     }
 
@@ -170,11 +173,14 @@ impl Store {
             },
         )
         .await?;
-        tx.commit().await?;
-        self.publish(vec![ChangeEvent::PolicyUpdated {
-            account_id,
-            policy_id,
-        }]);
+        self.commit_publishing(
+            tx,
+            vec![ChangeEvent::PolicyUpdated {
+                account_id,
+                policy_id,
+            }],
+        )
+        .await?;
         Ok(after)
     }
 
@@ -206,11 +212,14 @@ impl Store {
             },
         )
         .await?;
-        tx.commit().await?;
-        self.publish(vec![ChangeEvent::PolicyDeleted {
-            account_id,
-            policy_id,
-        }]);
+        self.commit_publishing(
+            tx,
+            vec![ChangeEvent::PolicyDeleted {
+                account_id,
+                policy_id,
+            }],
+        )
+        .await?;
         Ok(())
     }
 

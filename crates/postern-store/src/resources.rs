@@ -85,11 +85,14 @@ impl Store {
             },
         )
         .await?;
-        tx.commit().await?;
-        self.publish(vec![ChangeEvent::ResourceCreated {
-            account_id,
-            resource_id: resource.id,
-        }]);
+        self.commit_publishing(
+            tx,
+            vec![ChangeEvent::ResourceCreated {
+                account_id,
+                resource_id: resource.id,
+            }],
+        )
+        .await?;
         Ok(resource)
     }
 
@@ -179,14 +182,17 @@ impl Store {
             },
         )
         .await?;
-        tx.commit().await?;
-        self.publish(vec![ChangeEvent::ResourceUpdated {
-            account_id,
-            resource_id,
-            address_or_site_changed: before.address != after.address
-                || before.site_id != after.site_id
-                || before.resource_type != after.resource_type,
-        }]);
+        self.commit_publishing(
+            tx,
+            vec![ChangeEvent::ResourceUpdated {
+                account_id,
+                resource_id,
+                address_or_site_changed: before.address != after.address
+                    || before.site_id != after.site_id
+                    || before.resource_type != after.resource_type,
+            }],
+        )
+        .await?;
         Ok(after)
     }
 
@@ -222,7 +228,6 @@ impl Store {
             },
         )
         .await?;
-        tx.commit().await?;
         let mut events: Vec<ChangeEvent> = policy_ids
             .into_iter()
             .map(|policy_id| ChangeEvent::PolicyDeleted {
@@ -234,7 +239,7 @@ impl Store {
             account_id,
             resource_id,
         });
-        self.publish(events);
+        self.commit_publishing(tx, events).await?;
         Ok(())
     }
 

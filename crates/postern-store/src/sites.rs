@@ -48,11 +48,14 @@ impl Store {
             },
         )
         .await?;
-        tx.commit().await?;
-        self.publish(vec![ChangeEvent::SiteCreated {
-            account_id,
-            site_id: site.id,
-        }]);
+        self.commit_publishing(
+            tx,
+            vec![ChangeEvent::SiteCreated {
+                account_id,
+                site_id: site.id,
+            }],
+        )
+        .await?;
         Ok(site)
     }
 
@@ -101,11 +104,14 @@ impl Store {
             },
         )
         .await?;
-        tx.commit().await?;
-        self.publish(vec![ChangeEvent::SiteUpdated {
-            account_id,
-            site_id,
-        }]);
+        self.commit_publishing(
+            tx,
+            vec![ChangeEvent::SiteUpdated {
+                account_id,
+                site_id,
+            }],
+        )
+        .await?;
         Ok(after)
     }
 
@@ -155,7 +161,6 @@ impl Store {
             },
         )
         .await?;
-        tx.commit().await?;
         let mut events = vec![ChangeEvent::SiteDeleted {
             account_id,
             site_id,
@@ -166,7 +171,7 @@ impl Store {
                 token_ids,
             });
         }
-        self.publish(events);
+        self.commit_publishing(tx, events).await?;
         Ok(())
     }
 }

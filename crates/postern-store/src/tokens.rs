@@ -57,11 +57,14 @@ impl Store {
             self, &mut tx.tx, account_id, holder, kind, &request, &settings, acting,
         )
         .await?;
-        tx.commit().await?;
-        self.publish(vec![ChangeEvent::TokenCreated {
-            account_id,
-            token_id: created.token.id,
-        }]);
+        self.commit_publishing(
+            tx,
+            vec![ChangeEvent::TokenCreated {
+                account_id,
+                token_id: created.token.id,
+            }],
+        )
+        .await?;
         Ok(created)
     }
 
@@ -153,11 +156,14 @@ impl Store {
             },
         )
         .await?;
-        tx.commit().await?;
-        self.publish(vec![ChangeEvent::TokensRevoked {
-            account_id,
-            token_ids: vec![token_id],
-        }]);
+        self.commit_publishing(
+            tx,
+            vec![ChangeEvent::TokensRevoked {
+                account_id,
+                token_ids: vec![token_id],
+            }],
+        )
+        .await?;
         Ok(after)
     }
 
@@ -203,11 +209,14 @@ impl Store {
             )
             .await?;
         }
-        tx.commit().await?;
-        self.publish(vec![ChangeEvent::TokensRevoked {
-            account_id,
-            token_ids: ids.clone(),
-        }]);
+        self.commit_publishing(
+            tx,
+            vec![ChangeEvent::TokensRevoked {
+                account_id,
+                token_ids: ids.clone(),
+            }],
+        )
+        .await?;
         Ok(ids.len() as u64)
     }
 
