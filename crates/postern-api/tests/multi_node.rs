@@ -366,3 +366,87 @@ async fn a_node_whose_listener_was_cut_off_catches_up_from_the_feed() {
     node_b.close().await;
     node_a.stop().await;
 }
+
+/// Tunnel addresses are unique in an account whichever node hands them out: 100 pairs of
+/// device ids whose first-choice addresses collide, each pair's devices connecting to different
+/// nodes (both of which read the account before), get 200 distinct addresses, and the
+/// database holds 200 distinct rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_on_two_nodes_get_distinct_tunnel_addresses() {
+    let Some(node_a) = Portal::start(Backend::Postgres).await else {
+        return;
+    };
+    let url = node_a.postgres_url().await.expect("postgres url");
+    let (node_b, addr_b, listener) = second_node(&url).await;
+    let created = node_a
+        .post(
+            "/v1/actors",
+            json!({"type": "service_account", "name": "fleet"}),
+        )
+        .await;
+    let secret = created["token"]["secret"].as_str().unwrap().to_string();
+
+    // Pairs of ids offered the same address first.
+    let mut by_address: std::collections::HashMap<std::net::Ipv4Addr, String> =
+        std::collections::HashMap::new();
+    let mut pairs = Vec::new();
+    let empty = std::collections::HashSet::new();
+    for n in 0.. {
+        let id = format!("runner-{n}");
+        let first = postern_sessions::allocate(&format!("client:{id}"), &empty)
+            .expect("an address")
+            .ipv4;
+        if let Some(other) = by_address.remove(&first) {
+            pairs.push((other, id));
+            if pairs.len() == 100 {
+                break;
+            }
+        } else {
+            by_address.insert(first, id);
+        }
+    }
+
+    // Both nodes read the account before the pairs arrive.
+    let mut held = vec![
+        client_session(node_a.addr(), &secret, "warm-a").await,
+        client_session(addr_b, &secret, "warm-b").await,
+    ];
+    for socket in &mut held {
+        assert!(matches!(
+            next_message(socket, Duration::from_secs(5)).await,
+            postern_protocol::PortalToClient::Init(_)
+        ));
+    }
+    let mut addresses = std::collections::HashSet::new();
+    for (on_a, on_b) in &pairs {
+        for (addr, device) in [(node_a.addr(), on_a), (addr_b, on_b)] {
+            let mut socket = client_session(addr, &secret, device).await;
+            let postern_protocol::PortalToClient::Init(init) =
+                next_message(&mut socket, Duration::from_secs(10)).await
+            else {
+                panic!("Init first");
+            };
+            assert!(
+                addresses.insert(init.addresses.ipv4),
+                "{device} got {} which another device holds",
+                init.addresses.ipv4
+            );
+            held.push(socket);
+        }
+    }
+    assert_eq!(addresses.len(), 200);
+    node_a.store.flush_devices().await.unwrap();
+    let rows = node_a.store.load_devices(node_a.account_id).await.unwrap();
+    let distinct: std::collections::HashSet<_> = rows.iter().map(|d| d.ipv4).collect();
+    assert_eq!(
+        distinct.len(),
+        rows.len(),
+        "the database holds one row per address"
+    );
+    assert_eq!(rows.len(), 202);
+
+    drop(held);
+    listener.abort();
+    node_b.close().await;
+    node_a.stop().await;
+}

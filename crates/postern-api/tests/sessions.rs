@@ -363,9 +363,9 @@ async fn access_requests_reach_a_gateway_and_revocation_ends_everything(portal: 
     assert!(rows.iter().all(|c| c["online"] == false), "{clients}");
 }
 
-/// Defence in depth under the session core's own check: a device sighting that names another
-/// service account than the stored row's is not written over it (two portal nodes could each
-/// see a claim the other did not).
+/// The database decides device ids and tunnel addresses between portal nodes: a claim on a
+/// taken id finds the row, a claim on a taken address is told so, and a sighting that names
+/// another service account than the row's is not written over it.
 async fn the_database_does_not_rebind_a_device_to_another_service_account(portal: &Portal) {
     let w = world(portal).await;
     let other = portal
@@ -397,8 +397,40 @@ async fn the_database_does_not_rebind_a_device_to_another_service_account(portal
         last_seen_at: now,
         created_at: now,
     };
-    portal.store.record_device(device.clone());
-    portal.store.flush_devices().await.unwrap();
+    let claimed = portal
+        .store
+        .claim_devices(std::slice::from_ref(&device))
+        .await
+        .unwrap();
+    assert_eq!(claimed, vec![postern_store::DeviceClaim::Claimed]);
+    // Another holder's claim on the id finds the row; its sighting does not rebind it.
+    let claimer = postern_domain::Device {
+        id: uuid::Uuid::now_v7(),
+        actor_id: Some(other),
+        ipv4: "100.64.0.10".parse().unwrap(),
+        ..device.clone()
+    };
+    let again = portal
+        .store
+        .claim_devices(std::slice::from_ref(&claimer))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&again[..], [postern_store::DeviceClaim::IdTaken(row)] if row.actor_id == Some(owner)),
+        "{again:?}"
+    );
+    // Another device claiming the same address is told so.
+    let squatter = postern_domain::Device {
+        id: uuid::Uuid::now_v7(),
+        device_id: "box-2".into(),
+        ..device.clone()
+    };
+    let taken = portal
+        .store
+        .claim_devices(std::slice::from_ref(&squatter))
+        .await
+        .unwrap();
+    assert_eq!(taken, vec![postern_store::DeviceClaim::AddressTaken]);
     portal.store.record_device(postern_domain::Device {
         id: uuid::Uuid::now_v7(),
         actor_id: Some(other),

@@ -15,7 +15,7 @@
 //! checked against the current token, actor, policy, resource and device state before any
 //! gateway hears of it.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
@@ -27,8 +27,8 @@ use postern_protocol::{
     PortalToClient, PortalToGateway, ResourceView, TunnelAddresses,
 };
 use postern_store::{
-    AccessData, AuthorizationWrites, LoadedAuthorization, Principal, StoredAuthorization,
-    TokenState,
+    AccessData, AuthorizationWrites, DeviceClaim, LoadedAuthorization, Principal,
+    StoredAuthorization, TokenState,
 };
 use rand::RngCore;
 use uuid::Uuid;
@@ -167,6 +167,10 @@ pub enum StoreOp {
     Write(AuthorizationWrites),
     /// Record a device sighting; nothing to report back.
     RecordDevice(Device),
+    /// Claim these new devices' rows (their ids and tunnel addresses), each on its own, then
+    /// call [`AccountSessions::handle_devices_claimed`] with the outcomes in the same order (or
+    /// [`AccountSessions::handle_claims_failed`]). The next claim waits for that answer.
+    ClaimDevices(Vec<Device>),
 }
 
 /// The account as stored, read when its first session arrives.
@@ -415,6 +419,29 @@ impl Loaded {
     }
 }
 
+/// How often a new device's claim may find its address taken (by another node) before the
+/// registration is refused as unavailable.
+const CLAIM_ATTEMPTS: u32 = 8;
+
+/// A new device's row being claimed, with the registrations waiting for it.
+#[derive(Debug)]
+struct Claim {
+    device: Device,
+    waiting: Vec<Registration>,
+    attempts: u32,
+    /// Handed to the caller in a `StoreOp::ClaimDevices`.
+    sent: bool,
+}
+
+/// Where a registering device stands.
+#[derive(Debug)]
+enum Sighting {
+    /// Its row is known: the session can start.
+    Ready(Box<Device>),
+    /// Its row is being claimed: the registration waits for the outcome.
+    Claiming((DeviceKind, String)),
+}
+
 /// An input that waits for the account to be read.
 #[derive(Debug)]
 enum Deferred {
@@ -497,6 +524,10 @@ pub struct AccountSessions {
     store_ops: VecDeque<StoreOp>,
     /// Set by [`Self::handle_shutdown`]: registrations are refused from then on.
     shutting_down: bool,
+    /// New devices whose rows are being claimed, by device.
+    claims: BTreeMap<(DeviceKind, String), Claim>,
+    /// The devices of the `StoreOp::ClaimDevices` out with the caller, in its order.
+    claims_in_flight: Vec<(DeviceKind, String)>,
 }
 
 impl AccountSessions {
@@ -533,6 +564,8 @@ impl AccountSessions {
             events: VecDeque::new(),
             store_ops: VecDeque::new(),
             shutting_down: false,
+            claims: BTreeMap::new(),
+            claims_in_flight: Vec::new(),
         }
     }
 
@@ -739,6 +772,15 @@ impl AccountSessions {
                 );
             }
         }
+        for (_, claim) in std::mem::take(&mut self.claims) {
+            for registration in claim.waiting {
+                self.refuse(
+                    registration.session,
+                    Refusal::Unavailable("the portal is shutting down".into()),
+                );
+            }
+        }
+        self.claims_in_flight.clear();
     }
 
     /// The answer to [`StoreOp::LoadAccount`].
@@ -829,6 +871,87 @@ impl AccountSessions {
         self.write_retry_at = Some(now + self.config.store_retry);
     }
 
+    /// The outcomes of the last [`StoreOp::ClaimDevices`], in its order. A claimed row admits
+    /// the registrations waiting for it; an address another node took is replaced and claimed
+    /// again; a row another node wrote for the same id is adopted (and its holder decides).
+    pub fn handle_devices_claimed(&mut self, outcomes: Vec<DeviceClaim>, now: DateTime<Utc>) {
+        let keys = std::mem::take(&mut self.claims_in_flight);
+        let mut outcomes = outcomes.into_iter();
+        let mut admitted: Vec<Registration> = Vec::new();
+        let mut refused: Vec<(Registration, Refusal)> = Vec::new();
+        for key in keys {
+            let Some(mut claim) = self.claims.remove(&key) else {
+                continue;
+            };
+            let Some(loaded) = self.loaded.as_mut() else {
+                continue;
+            };
+            match outcomes.next() {
+                Some(DeviceClaim::Claimed) => {
+                    loaded.devices.insert(key, claim.device);
+                    admitted.extend(claim.waiting);
+                }
+                Some(DeviceClaim::IdTaken(existing)) => {
+                    loaded.used_ipv4.remove(&claim.device.ipv4);
+                    loaded.used_ipv4.insert(existing.ipv4);
+                    if let Some(public_key) = &existing.public_key {
+                        loaded
+                            .keys
+                            .entry(public_key.clone())
+                            .or_insert_with(|| key.clone());
+                    }
+                    loaded.devices.insert(key, *existing);
+                    admitted.extend(claim.waiting);
+                }
+                Some(DeviceClaim::AddressTaken) => {
+                    // The address stays marked used: another device of the account holds it.
+                    claim.attempts += 1;
+                    let device_key = format!("{}:{}", key.0.as_str(), key.1);
+                    let next = (claim.attempts < CLAIM_ATTEMPTS)
+                        .then(|| addresses::allocate(&device_key, &loaded.used_ipv4))
+                        .flatten();
+                    let Some(tunnel) = next else {
+                        let why = "no free tunnel address could be claimed for the device; retry";
+                        refused.extend(
+                            claim
+                                .waiting
+                                .into_iter()
+                                .map(|r| (r, Refusal::Unavailable(why.into()))),
+                        );
+                        continue;
+                    };
+                    loaded.used_ipv4.insert(tunnel.ipv4);
+                    claim.device.ipv4 = tunnel.ipv4;
+                    claim.device.ipv6 = tunnel.ipv6;
+                    claim.sent = false;
+                    self.claims.insert(key, claim);
+                }
+                None => {
+                    loaded.used_ipv4.remove(&claim.device.ipv4);
+                    let why = "the portal could not record the device; retry";
+                    refused.extend(
+                        claim
+                            .waiting
+                            .into_iter()
+                            .map(|r| (r, Refusal::Unavailable(why.into()))),
+                    );
+                }
+            }
+        }
+        for (registration, refusal) in refused {
+            self.refuse(registration.session, refusal);
+        }
+        for registration in admitted {
+            self.register(registration, now);
+        }
+    }
+
+    /// The last [`StoreOp::ClaimDevices`] failed: its registrations are refused as unavailable
+    /// (the devices retry), and the addresses they reserved are free again.
+    pub fn handle_claims_failed(&mut self, now: DateTime<Utc>) {
+        self.handle_devices_claimed(Vec::new(), now);
+    }
+
     /// Time passed: time windows open and close, grants are renewed or expire, failed store
     /// operations are retried. Call at (or after) [`Self::poll_timeout`].
     pub fn handle_timeout(&mut self, now: DateTime<Utc>) {
@@ -916,6 +1039,17 @@ impl AccountSessions {
             let op = op.clone();
             self.load = LoadState::InFlight;
             return Some(op);
+        }
+        if self.claims_in_flight.is_empty() {
+            let mut devices = Vec::new();
+            for (key, claim) in self.claims.iter_mut().filter(|(_, c)| !c.sent) {
+                claim.sent = true;
+                devices.push(claim.device.clone());
+                self.claims_in_flight.push(key.clone());
+            }
+            if !devices.is_empty() {
+                return Some(StoreOp::ClaimDevices(devices));
+            }
         }
         if self.write_in_flight || self.write_retry_at.is_some() || self.writes.is_empty() {
             return None;
@@ -1083,7 +1217,13 @@ impl AccountSessions {
 
     fn register(&mut self, registration: Registration, now: DateTime<Utc>) {
         let device = match self.admit(&registration, now) {
-            Ok(device) => device,
+            Ok(Sighting::Ready(device)) => *device,
+            Ok(Sighting::Claiming(key)) => {
+                if let Some(claim) = self.claims.get_mut(&key) {
+                    claim.waiting.push(registration);
+                }
+                return;
+            }
             Err(refusal) => {
                 self.refuse(registration.session, refusal);
                 return;
@@ -1189,7 +1329,7 @@ impl AccountSessions {
         &mut self,
         registration: &Registration,
         now: DateTime<Utc>,
-    ) -> Result<Device, Refusal> {
+    ) -> Result<Sighting, Refusal> {
         let principal = &registration.principal;
         if principal.generation < self.revocations_seen || principal.expires_at <= now {
             return Err(Refusal::Recheck);
@@ -1214,7 +1354,7 @@ impl AccountSessions {
         &mut self,
         registration: &Registration,
         now: DateTime<Utc>,
-    ) -> Result<Device, Refusal> {
+    ) -> Result<Sighting, Refusal> {
         let Registration {
             kind,
             principal,
@@ -1263,28 +1403,15 @@ impl AccountSessions {
                 )));
             }
         }
-        let (id, created_at, tunnel, old_key) = match known {
-            Some(known) => (
-                known.id,
-                known.created_at,
-                addresses_of(known),
-                Some(known.public_key.clone()),
-            ),
-            None => {
-                let device_key = format!("{}:{}", kind.as_str(), params.id);
-                let Some(tunnel) = addresses::allocate(&device_key, &loaded.used_ipv4) else {
-                    return Err(Refusal::Unavailable(
-                        "the account has no tunnel addresses left".into(),
-                    ));
-                };
-                loaded.used_ipv4.insert(tunnel.ipv4);
-                let mut random = [0u8; 10];
-                self.rng.fill_bytes(&mut random);
-                let millis = u64::try_from(now.timestamp_millis()).unwrap_or_default();
-                let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
-                (id, now, tunnel, None)
-            }
+        let Some(known) = known else {
+            return self.claim_new_device(registration, now);
         };
+        let (id, created_at, tunnel, old_key) = (
+            known.id,
+            known.created_at,
+            addresses_of(known),
+            Some(known.public_key.clone()),
+        );
         if let Some(Some(old)) = &old_key {
             if loaded.keys.get(old) == Some(&key) {
                 loaded.keys.remove(old);
@@ -1322,7 +1449,67 @@ impl AccountSessions {
             let why = format!("the {}'s WireGuard key changed", kind.as_str());
             self.withdraw(&ids, &why, Withdrawal::TellClient);
         }
-        Ok(device)
+        Ok(Sighting::Ready(Box::new(device)))
+    }
+
+    /// A device seen for the first time: reserves a tunnel address and asks for its row to be
+    /// claimed in the database (which decides between nodes); the registration waits.
+    fn claim_new_device(
+        &mut self,
+        registration: &Registration,
+        now: DateTime<Utc>,
+    ) -> Result<Sighting, Refusal> {
+        let Registration {
+            kind,
+            principal,
+            params,
+            source_ip,
+            ..
+        } = registration;
+        let key = (*kind, params.id.clone());
+        if self.claims.contains_key(&key) {
+            return Ok(Sighting::Claiming(key));
+        }
+        let Some(loaded) = self.loaded.as_mut() else {
+            return Err(Refusal::Unavailable("the account is not loaded".into()));
+        };
+        let device_key = format!("{}:{}", kind.as_str(), params.id);
+        let Some(tunnel) = addresses::allocate(&device_key, &loaded.used_ipv4) else {
+            return Err(Refusal::Unavailable(
+                "the account has no tunnel addresses left".into(),
+            ));
+        };
+        loaded.used_ipv4.insert(tunnel.ipv4);
+        let mut random = [0u8; 10];
+        self.rng.fill_bytes(&mut random);
+        let millis = u64::try_from(now.timestamp_millis()).unwrap_or_default();
+        let device = Device {
+            id: uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid(),
+            account_id: self.account_id,
+            kind: *kind,
+            device_id: params.id.clone(),
+            actor_id: principal.actor_id,
+            site_id: principal.site_id,
+            token_id: Some(principal.token_id),
+            name: params.name.clone(),
+            version: Some(params.version.clone()),
+            public_key: params.public_key.clone(),
+            ipv4: tunnel.ipv4,
+            ipv6: tunnel.ipv6,
+            last_seen_ip: source_ip.map(|ip| ip.to_string()),
+            last_seen_at: now,
+            created_at: now,
+        };
+        self.claims.insert(
+            key.clone(),
+            Claim {
+                device,
+                waiting: Vec::new(),
+                attempts: 0,
+                sent: false,
+            },
+        );
+        Ok(Sighting::Claiming(key))
     }
 
     fn refuse(&mut self, session: SessionId, refusal: Refusal) {

@@ -25,6 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 pub use account::{Refusal, SessionId, SessionsConfig};
+/// The tunnel addresses a new device would be offered first (for tests and tools).
+pub use addresses::allocate;
 
 use account::{Presence, Registration};
 use worker::{Command, WorkerHandle};

@@ -9,7 +9,7 @@ use std::sync::{Arc, Weak};
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use postern_domain::ChangeEvent;
-use postern_store::{AuthorizationWrites, Store, StoreError};
+use postern_store::{AuthorizationWrites, DeviceClaim, Store, StoreError};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
@@ -111,6 +111,7 @@ pub(crate) fn spawn(
         queues: HashMap::new(),
         replies: HashMap::new(),
         write: None,
+        claim: None,
     };
     tokio::spawn(worker.run(command_rx, departure_rx, missed.clone()));
     WorkerHandle {
@@ -132,6 +133,8 @@ struct Worker {
     /// The write the core asked for last, while it runs: the task (true on success) and what
     /// it writes, to hand back to the core if it fails.
     write: Option<(JoinHandle<bool>, Arc<AuthorizationWrites>)>,
+    /// The device claims the core asked for last, while they run.
+    claim: Option<JoinHandle<Option<Vec<DeviceClaim>>>>,
 }
 
 impl Worker {
@@ -157,6 +160,13 @@ impl Worker {
                 failed = finished(&mut self.write) => {
                     self.write = None;
                     self.core.handle_write_done(failed, Utc::now());
+                }
+                outcomes = claimed(&mut self.claim) => {
+                    self.claim = None;
+                    match outcomes {
+                        Some(outcomes) => self.core.handle_devices_claimed(outcomes, Utc::now()),
+                        None => self.core.handle_claims_failed(Utc::now()),
+                    }
                 }
                 _ = missed.notify.notified() => {
                     if let Some(generation) = missed.generation.lock().take() {
@@ -217,6 +227,18 @@ impl Worker {
             };
             match op {
                 StoreOp::RecordDevice(device) => self.store.record_device(device),
+                StoreOp::ClaimDevices(devices) => {
+                    let store = self.store.clone();
+                    self.claim = Some(tokio::spawn(async move {
+                        match store.claim_devices(&devices).await {
+                            Ok(outcomes) => Some(outcomes),
+                            Err(err) => {
+                                tracing::warn!(error = %err, "could not record new devices");
+                                None
+                            }
+                        }
+                    }));
+                }
                 StoreOp::Write(writes) => {
                     let (store, account_id) = (self.store.clone(), self.core.account_id());
                     let writes = Arc::new(writes);
@@ -335,6 +357,16 @@ impl Queues for SessionQueues<'_> {
     fn release(&mut self, session: SessionId) {
         self.0.remove(&session);
     }
+}
+
+/// Resolves when the running claims end: their outcomes, or `None` if they failed.
+async fn claimed(
+    claim: &mut Option<JoinHandle<Option<Vec<DeviceClaim>>>>,
+) -> Option<Vec<DeviceClaim>> {
+    let Some(task) = claim else {
+        return std::future::pending().await;
+    };
+    task.await.ok().flatten()
 }
 
 /// Resolves when the running write ends: `Some(writes)` if they failed (or the task died).

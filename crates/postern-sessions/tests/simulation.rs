@@ -28,15 +28,17 @@ use postern_domain::{ChangeEvent, Device, DeviceKind, Policy, Resource, Resource
 use postern_policy::{evaluate, Condition, Decision, EvalContext, Filter, IpOperator, Protocol};
 use postern_protocol::client::ClientState;
 use postern_protocol::gateway::GatewayState;
-use postern_protocol::{decode, Authorization, ConnectParams, PortalToClient, PortalToGateway};
+use postern_protocol::{
+    decode, Authorization, ConnectParams, PortalToClient, PortalToGateway, TunnelAddresses,
+};
 use postern_sessions::account::{
     AccessLoad, AccountLoad, AccountSessions, Event, Queued, Queues, Refusal, Registration,
     SessionId, SessionsConfig, StoreOp,
 };
 use postern_sessions::Outbound;
 use postern_store::{
-    AccessData, AuthorizationWrites, LoadedAuthorization, Principal, StoredAuthorization,
-    TokenState,
+    AccessData, AuthorizationWrites, DeviceClaim, LoadedAuthorization, Principal,
+    StoredAuthorization, TokenState,
 };
 use postern_token::TokenKind;
 use rand::rngs::StdRng;
@@ -87,6 +89,10 @@ fn access_stays_withdrawn_under_random_histories() {
         assert!(total.denied > cases, "too few denials: {total:?}");
         assert!(total.at_cap > 0, "no device reached its cap: {total:?}");
         assert!(total.lost_in_crash > 0, "no crash lost a write: {total:?}");
+        assert!(
+            total.claims_contested > cases / 2,
+            "too few contested claims: {total:?}"
+        );
     }
 }
 
@@ -104,6 +110,7 @@ struct Coverage {
     restarts_with_grants: u64,
     at_cap: u64,
     lost_in_crash: u64,
+    claims_contested: u64,
 }
 
 impl Coverage {
@@ -119,6 +126,7 @@ impl Coverage {
         self.restarts_with_grants += other.restarts_with_grants;
         self.at_cap += other.at_cap;
         self.lost_in_crash += other.lost_in_crash;
+        self.claims_contested += other.claims_contested;
     }
 }
 
@@ -265,9 +273,31 @@ impl Db {
         }
     }
 
+    /// Sightings update the rows their devices claimed (never create one, never rebind one).
     fn flush_devices(&mut self) {
-        let pending = std::mem::take(&mut self.pending_devices);
-        self.devices.extend(pending);
+        for (key, seen) in std::mem::take(&mut self.pending_devices) {
+            if let Some(row) = self.devices.get_mut(&key) {
+                if row.actor_id == seen.actor_id && row.site_id == seen.site_id {
+                    row.public_key = seen.public_key;
+                    row.name = seen.name;
+                    row.token_id = seen.token_id;
+                    row.last_seen_at = seen.last_seen_at;
+                }
+            }
+        }
+    }
+
+    /// The database's unique indexes on (kind, device id) and (account, address) decide.
+    fn claim(&mut self, device: &Device) -> DeviceClaim {
+        let key = (device.kind, device.device_id.clone());
+        if let Some(existing) = self.devices.get(&key) {
+            return DeviceClaim::IdTaken(Box::new(existing.clone()));
+        }
+        if self.devices.values().any(|d| d.ipv4 == device.ipv4) {
+            return DeviceClaim::AddressTaken;
+        }
+        self.devices.insert(key, device.clone());
+        DeviceClaim::Claimed
     }
 }
 
@@ -342,6 +372,8 @@ struct Sim {
     refusals: Vec<Refusal>,
     /// The token each grant was given under (the requesting session's).
     grant_tokens: BTreeMap<Uuid, Uuid>,
+    /// c5's id was bound to another service account by "another node": it never gets a session.
+    c5_bound_elsewhere: bool,
     /// The last authorization each gateway was told of, by id, to tell renewals and updates.
     told: BTreeMap<Uuid, Authorization>,
     coverage: Coverage,
@@ -434,6 +466,7 @@ impl Sim {
             ("c2", 0, id(41), "192.168.1.5"),
             ("c3", 1, id(42), "10.0.0.3"),
             ("c4", 2, id(43), "172.16.0.4"),
+            ("c5", 0, id(40), "10.0.0.5"),
         ]
         .into_iter()
         .map(|(name, actor, token_id, ip)| SimClient {
@@ -462,6 +495,7 @@ impl Sim {
             slow: false,
         })
         .collect();
+        let c5_bound_elsewhere = rng.gen_bool(0.5);
         let core = AccountSessions::new(
             account_id,
             config(),
@@ -469,6 +503,7 @@ impl Sim {
             Box::new(StdRng::seed_from_u64(seed ^ 0x5eed)),
         );
         let mut sim = Sim {
+            c5_bound_elsewhere,
             seed,
             step: 0,
             rng,
@@ -502,6 +537,27 @@ impl Sim {
                 .expect("token");
             sim.register(Who::Gateway(j), principal);
         }
+        sim.drive();
+        // Once this node has read the account, another portal node gets there first: it takes
+        // the address c2 is offered first (sometimes the next one too), sometimes registers c4
+        // itself (same holder), and sometimes binds c5's id to another service account.
+        let mut taken = std::collections::HashSet::new();
+        for _ in 0..sim.rng.gen_range(1..=2) {
+            let tunnel = postern_sessions::allocate("client:c2", &taken).expect("an address");
+            taken.insert(tunnel.ipv4);
+            let name = format!("elsewhere-{}", taken.len());
+            sim.foreign_device(&name, sim.actors[0], tunnel);
+        }
+        if sim.rng.gen_bool(0.5) {
+            let tunnel =
+                postern_sessions::allocate("client:c4-elsewhere", &taken).expect("an address");
+            sim.foreign_device("c4", sim.actors[2], tunnel);
+        }
+        if sim.c5_bound_elsewhere {
+            let tunnel =
+                postern_sessions::allocate("client:c5-elsewhere", &taken).expect("an address");
+            sim.foreign_device("c5", sim.actors[1], tunnel);
+        }
         for i in 0..sim.clients.len() {
             let principal = sim
                 .db
@@ -511,6 +567,30 @@ impl Sim {
         }
         sim.drive();
         sim
+    }
+
+    /// A client device row another portal node wrote, unknown to this node's core.
+    fn foreign_device(&mut self, device_id: &str, actor_id: Uuid, tunnel: TunnelAddresses) {
+        let device = Device {
+            id: Uuid::from_u128(9000 + self.db.devices.len() as u128),
+            account_id: self.db.account_id,
+            kind: DeviceKind::Client,
+            device_id: device_id.to_string(),
+            actor_id: Some(actor_id),
+            site_id: None,
+            token_id: None,
+            name: device_id.to_string(),
+            version: None,
+            public_key: None,
+            ipv4: tunnel.ipv4,
+            ipv6: tunnel.ipv6,
+            last_seen_ip: None,
+            last_seen_at: self.now,
+            created_at: self.now,
+        };
+        self.db
+            .devices
+            .insert((DeviceKind::Client, device_id.to_string()), device);
     }
 
     fn log(&mut self, what: String) {
@@ -597,6 +677,18 @@ impl Sim {
                 self.db
                     .pending_devices
                     .insert((device.kind, device.device_id.clone()), device);
+            }
+            StoreOp::ClaimDevices(devices) => {
+                if std::mem::take(&mut self.fail_next_write) {
+                    self.core.handle_claims_failed(self.now);
+                    return;
+                }
+                let outcomes: Vec<DeviceClaim> = devices.iter().map(|d| self.db.claim(d)).collect();
+                self.coverage.claims_contested += outcomes
+                    .iter()
+                    .filter(|o| !matches!(o, DeviceClaim::Claimed))
+                    .count() as u64;
+                self.core.handle_devices_claimed(outcomes, self.now);
             }
             StoreOp::Write(writes) => {
                 assert!(
@@ -1335,10 +1427,16 @@ impl Sim {
             0 => {
                 let i = self.rng.gen_range(0..self.clients.len());
                 let victim = &self.clients[i];
+                // Another holder than the one the database binds the id to.
+                let owner = self
+                    .db
+                    .device(DeviceKind::Client, &victim.device_id)
+                    .and_then(|d| d.actor_id)
+                    .unwrap_or(victim.actor_id);
                 let token = self
                     .clients
                     .iter()
-                    .find(|c| c.actor_id != victim.actor_id)
+                    .find(|c| c.actor_id != owner)
                     .map(|c| c.token_id)
                     .expect("another actor");
                 let id = victim.device_id.clone();
@@ -1789,6 +1887,52 @@ impl Sim {
                     stored.token_id
                 );
             }
+        }
+        // Tunnel addresses are unique in the account, whichever node allocated them.
+        let mut addresses = BTreeSet::new();
+        for device in self.db.devices.values() {
+            assert!(
+                addresses.insert(device.ipv4),
+                "two devices hold {} in the database",
+                device.ipv4
+            );
+        }
+        // A connected client was told its own row's address.
+        for client in &self.clients {
+            let (Some(session), Some(identity)) = (client.session, &client.state.identity) else {
+                continue;
+            };
+            if !self
+                .queues
+                .get(&session)
+                .is_some_and(|q| q.live && !q.closed)
+            {
+                continue;
+            }
+            let row = self
+                .db
+                .devices
+                .get(&(DeviceKind::Client, client.device_id.clone()));
+            assert_eq!(
+                row.map(|d| d.ipv4),
+                Some(identity.addresses.ipv4),
+                "client {} was told an address that is not its row's",
+                client.device_id
+            );
+        }
+        if self.c5_bound_elsewhere {
+            let c5 = &self.clients[5];
+            assert!(
+                c5.session.is_none(),
+                "c5's id belongs to another service account"
+            );
+            assert_eq!(
+                self.db
+                    .device(DeviceKind::Client, "c5")
+                    .and_then(|d| d.actor_id),
+                Some(self.actors[1]),
+                "c5's row was rebound"
+            );
         }
         // No live session holds a revoked or expired token.
         for (session, queue) in &self.queues {

@@ -17,6 +17,18 @@ pub struct DeviceFilter {
     pub site_id: Option<Uuid>,
 }
 
+/// What became of a new device's claim on its id and tunnel address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceClaim {
+    /// The row is the device's: its id and address are unique in the account.
+    Claimed,
+    /// Another device of the account holds this tunnel address (another node allocated it).
+    AddressTaken,
+    /// A row with this device id exists already (another node registered it meanwhile): it is
+    /// the device's truth, whoever it belongs to.
+    IdTaken(Box<Device>),
+}
+
 /// What an account's access decisions need, read in one go.
 #[derive(Debug, Clone, Default)]
 pub struct AccessData {
@@ -30,7 +42,8 @@ pub struct AccessData {
 }
 
 impl Store {
-    /// Buffers a device's sighting (created on first sight); written by the usage flusher.
+    /// Buffers a sighting of a claimed device (name, version, key, token, last seen); written by
+    /// the usage flusher.
     pub fn record_device(&self, device: Device) {
         self.inner.devices.lock().insert(
             (device.account_id, device.kind, device.device_id.clone()),
@@ -141,25 +154,18 @@ impl Store {
         })
     }
 
-    /// Writes buffered device sightings.
-    pub async fn flush_devices(&self) -> Result<usize> {
-        let pending: Vec<Device> = std::mem::take(&mut *self.inner.devices.lock())
-            .into_values()
-            .collect();
-        if pending.is_empty() {
-            return Ok(0);
-        }
+    /// Claims new devices' rows, each on its own (one transaction for the batch): the database's
+    /// unique indexes on (account, kind, device id) and (account, tunnel address) decide, so two
+    /// portal nodes never hand out one address or bind one id twice.
+    pub async fn claim_devices(&self, devices: &[Device]) -> Result<Vec<DeviceClaim>> {
+        let mut outcomes = Vec::with_capacity(devices.len());
         let mut tx = self.begin_write().await?;
-        for device in &pending {
-            sqlx::query(
-                "INSERT INTO devices (id, account_id, kind, device_id, actor_id, site_id, token_id, name, \
-                 version, public_key, ipv4, ipv6, last_seen_ip, last_seen_at, created_at) \
+        for device in devices {
+            let inserted = sqlx::query(
+                "INSERT INTO devices (id, account_id, kind, device_id, actor_id, site_id, token_id, \
+                 name, version, public_key, ipv4, ipv6, last_seen_ip, last_seen_at, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
-                 ON CONFLICT (account_id, kind, device_id) DO UPDATE SET \
-                 token_id = $7, name = $8, version = $9, public_key = $10, last_seen_ip = $13, \
-                 last_seen_at = $14 \
-                 WHERE COALESCE(devices.actor_id, '') = COALESCE($5, '') \
-                 AND COALESCE(devices.site_id, '') = COALESCE($6, '')",
+                 ON CONFLICT DO NOTHING",
             )
             .bind(device.id.to_string())
             .bind(device.account_id.to_string())
@@ -176,6 +182,59 @@ impl Store {
             .bind(device.last_seen_ip.clone())
             .bind(ts(device.last_seen_at))
             .bind(ts(device.created_at))
+            .execute(&mut *tx.tx)
+            .await?;
+            if inserted.rows_affected() == 1 {
+                outcomes.push(DeviceClaim::Claimed);
+                continue;
+            }
+            let existing = sqlx::query(
+                "SELECT * FROM devices WHERE account_id = $1 AND kind = $2 AND device_id = $3",
+            )
+            .bind(device.account_id.to_string())
+            .bind(device.kind.as_str())
+            .bind(device.device_id.clone())
+            .fetch_optional(&mut *tx.tx)
+            .await?;
+            outcomes.push(match existing {
+                Some(row) => DeviceClaim::IdTaken(Box::new(device_from_row(&row)?)),
+                None => DeviceClaim::AddressTaken,
+            });
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    /// Writes buffered device sightings.
+    pub async fn flush_devices(&self) -> Result<usize> {
+        let pending: Vec<Device> = std::mem::take(&mut *self.inner.devices.lock())
+            .into_values()
+            .collect();
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.begin_write().await?;
+        // Rows are created by `claim_devices`; a sighting only updates its device's row, and
+        // never one that now belongs to another holder.
+        for device in &pending {
+            sqlx::query(
+                "UPDATE devices SET token_id = $1, name = $2, version = $3, public_key = $4, \
+                 last_seen_ip = $5, last_seen_at = $6 \
+                 WHERE account_id = $7 AND kind = $8 AND device_id = $9 \
+                 AND COALESCE(actor_id, '') = COALESCE($10, '') \
+                 AND COALESCE(site_id, '') = COALESCE($11, '')",
+            )
+            .bind(device.token_id.map(|id| id.to_string()))
+            .bind(device.name.clone())
+            .bind(device.version.clone())
+            .bind(device.public_key.clone())
+            .bind(device.last_seen_ip.clone())
+            .bind(ts(device.last_seen_at))
+            .bind(device.account_id.to_string())
+            .bind(device.kind.as_str())
+            .bind(device.device_id.clone())
+            .bind(device.actor_id.map(|id| id.to_string()))
+            .bind(device.site_id.map(|id| id.to_string()))
             .execute(&mut *tx.tx)
             .await?;
         }

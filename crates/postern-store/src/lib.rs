@@ -36,7 +36,7 @@ pub use auth::{AuthError, Principal, TokenUse};
 pub use authorizations::{
     AuthorizationWrites, LoadedAuthorization, StoredAuthorization, TokenState,
 };
-pub use devices::{AccessData, DeviceFilter};
+pub use devices::{AccessData, DeviceClaim, DeviceFilter};
 pub use groups::MembershipChange;
 pub use policies::{NewPolicy, PolicyPatch};
 pub use resources::{NewResource, ResourcePatch};
