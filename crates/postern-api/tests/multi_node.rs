@@ -369,8 +369,8 @@ async fn a_node_whose_listener_was_cut_off_catches_up_from_the_feed() {
 
 /// Tunnel addresses are unique in an account whichever node hands them out: 100 pairs of
 /// device ids whose first-choice addresses collide, each pair's devices connecting to different
-/// nodes (both of which read the account before), get 200 distinct addresses, and the
-/// database holds 200 distinct rows.
+/// nodes (both of which read the account before). A device that lost the race is told to
+/// reconnect; in the end the 200 devices hold 200 distinct addresses, as do the database's rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_on_two_nodes_get_distinct_tunnel_addresses() {
     let Some(node_a) = Portal::start(Backend::Postgres).await else {
@@ -417,7 +417,9 @@ async fn devices_on_two_nodes_get_distinct_tunnel_addresses() {
             postern_protocol::PortalToClient::Init(_)
         ));
     }
-    let mut addresses = std::collections::HashSet::new();
+    // Every device connects; one that lost the race for its address is told to reconnect
+    // (its session was admitted on the reserved address, granted nothing), and does.
+    let mut sessions: Vec<(std::net::SocketAddr, String, Socket, std::net::Ipv4Addr)> = Vec::new();
     for (on_a, on_b) in &pairs {
         for (addr, device) in [(node_a.addr(), on_a), (addr_b, on_b)] {
             let mut socket = client_session(addr, &secret, device).await;
@@ -426,14 +428,43 @@ async fn devices_on_two_nodes_get_distinct_tunnel_addresses() {
             else {
                 panic!("Init first");
             };
-            assert!(
-                addresses.insert(init.addresses.ipv4),
-                "{device} got {} which another device holds",
-                init.addresses.ipv4
-            );
-            held.push(socket);
+            sessions.push((addr, device.clone(), socket, init.addresses.ipv4));
         }
     }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut reconnected = 0;
+    for (addr, device, socket, address) in &mut sessions {
+        use futures_util::StreamExt;
+        let told = tokio::time::timeout(Duration::from_millis(50), socket.next()).await;
+        let Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text)))) = told else {
+            continue;
+        };
+        let message: postern_protocol::PortalToClient =
+            postern_protocol::decode(text.as_str()).expect("decodes");
+        let postern_protocol::PortalToClient::Disconnect { reason, message } = message else {
+            panic!("{device}: unexpected {message:?}");
+        };
+        assert_eq!(
+            reason,
+            postern_protocol::DisconnectReason::ServerShutdown,
+            "{message}"
+        );
+        assert!(message.contains("reconnect"), "{message}");
+        let mut again = client_session(*addr, &secret, device).await;
+        let postern_protocol::PortalToClient::Init(init) =
+            next_message(&mut again, Duration::from_secs(10)).await
+        else {
+            panic!("Init first");
+        };
+        *socket = again;
+        *address = init.addresses.ipv4;
+        reconnected += 1;
+    }
+    assert!(
+        reconnected > 0,
+        "no device lost the race: the test did not make two nodes offer one address"
+    );
+    let addresses: std::collections::HashSet<_> = sessions.iter().map(|s| s.3).collect();
     assert_eq!(addresses.len(), 200);
     node_a.store.flush_devices().await.unwrap();
     let rows = node_a.store.load_devices(node_a.account_id).await.unwrap();
@@ -446,6 +477,7 @@ async fn devices_on_two_nodes_get_distinct_tunnel_addresses() {
     assert_eq!(rows.len(), 202);
 
     drop(held);
+    drop(sessions);
     listener.abort();
     node_b.close().await;
     node_a.stop().await;

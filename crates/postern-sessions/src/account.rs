@@ -419,27 +419,15 @@ impl Loaded {
     }
 }
 
-/// How often a new device's claim may find its address taken (by another node) before the
-/// registration is refused as unavailable.
-const CLAIM_ATTEMPTS: u32 = 8;
-
-/// A new device's row being claimed, with the registrations waiting for it.
+/// A new device's row being claimed. The device's sessions run meanwhile, with the address
+/// reserved here, but nothing is granted to it until the row is its own.
 #[derive(Debug)]
 struct Claim {
     device: Device,
-    waiting: Vec<Registration>,
-    attempts: u32,
+    /// Access requests of the device's sessions, answered once the claim succeeds.
+    requests: Vec<(SessionId, Uuid)>,
     /// Handed to the caller in a `StoreOp::ClaimDevices`.
     sent: bool,
-}
-
-/// Where a registering device stands.
-#[derive(Debug)]
-enum Sighting {
-    /// Its row is known: the session can start.
-    Ready(Box<Device>),
-    /// Its row is being claimed: the registration waits for the outcome.
-    Claiming((DeviceKind, String)),
 }
 
 /// An input that waits for the account to be read.
@@ -571,6 +559,12 @@ impl AccountSessions {
 
     pub fn account_id(&self) -> Uuid {
         self.account_id
+    }
+
+    /// Whether this device's row is still being claimed (its sessions run on a reserved
+    /// address and are granted nothing meanwhile).
+    pub fn is_claiming(&self, kind: DeviceKind, device_id: &str) -> bool {
+        self.claims.contains_key(&(kind, device_id.to_string()))
     }
 
     /// Whether the account has been read (it is, from the first session on).
@@ -772,14 +766,7 @@ impl AccountSessions {
                 );
             }
         }
-        for (_, claim) in std::mem::take(&mut self.claims) {
-            for registration in claim.waiting {
-                self.refuse(
-                    registration.session,
-                    Refusal::Unavailable("the portal is shutting down".into()),
-                );
-            }
-        }
+        self.claims.clear();
         self.claims_in_flight.clear();
     }
 
@@ -871,26 +858,37 @@ impl AccountSessions {
         self.write_retry_at = Some(now + self.config.store_retry);
     }
 
-    /// The outcomes of the last [`StoreOp::ClaimDevices`], in its order. A claimed row admits
-    /// the registrations waiting for it; an address another node took is replaced and claimed
-    /// again; a row another node wrote for the same id is adopted (and its holder decides).
+    /// The outcomes of the last [`StoreOp::ClaimDevices`], in its order. A claimed row lets
+    /// the device's waiting access requests through. When another node won the race — it took
+    /// the address, or wrote a row for the same id — the device's sessions are told to
+    /// reconnect: the next registration finds a fresh address, or the other node's row (whose
+    /// holder decides, a different service account being refused as a conflict).
     pub fn handle_devices_claimed(&mut self, outcomes: Vec<DeviceClaim>, now: DateTime<Utc>) {
         let keys = std::mem::take(&mut self.claims_in_flight);
         let mut outcomes = outcomes.into_iter();
-        let mut admitted: Vec<Registration> = Vec::new();
-        let mut refused: Vec<(Registration, Refusal)> = Vec::new();
         for key in keys {
-            let Some(mut claim) = self.claims.remove(&key) else {
+            let Some(claim) = self.claims.remove(&key) else {
                 continue;
             };
+            let outcome = outcomes.next();
+            if outcome == Some(DeviceClaim::Claimed) {
+                for (session, resource_id) in claim.requests {
+                    self.handle_request_access(session, resource_id, now);
+                }
+                continue;
+            }
             let Some(loaded) = self.loaded.as_mut() else {
                 continue;
             };
-            match outcomes.next() {
-                Some(DeviceClaim::Claimed) => {
-                    loaded.devices.insert(key, claim.device);
-                    admitted.extend(claim.waiting);
+            if loaded.devices.get(&key).map(|d| d.id) == Some(claim.device.id) {
+                loaded.devices.remove(&key);
+            }
+            if let Some(public_key) = &claim.device.public_key {
+                if loaded.keys.get(public_key) == Some(&key) {
+                    loaded.keys.remove(public_key);
                 }
+            }
+            let why = match outcome {
                 Some(DeviceClaim::IdTaken(existing)) => {
                     loaded.used_ipv4.remove(&claim.device.ipv4);
                     loaded.used_ipv4.insert(existing.ipv4);
@@ -900,54 +898,26 @@ impl AccountSessions {
                             .entry(public_key.clone())
                             .or_insert_with(|| key.clone());
                     }
-                    loaded.devices.insert(key, *existing);
-                    admitted.extend(claim.waiting);
+                    loaded.devices.insert(key.clone(), *existing);
+                    "another portal node registered this device meanwhile; reconnect"
                 }
+                // The address stays marked used: another device of the account holds it.
                 Some(DeviceClaim::AddressTaken) => {
-                    // The address stays marked used: another device of the account holds it.
-                    claim.attempts += 1;
-                    let device_key = format!("{}:{}", key.0.as_str(), key.1);
-                    let next = (claim.attempts < CLAIM_ATTEMPTS)
-                        .then(|| addresses::allocate(&device_key, &loaded.used_ipv4))
-                        .flatten();
-                    let Some(tunnel) = next else {
-                        let why = "no free tunnel address could be claimed for the device; retry";
-                        refused.extend(
-                            claim
-                                .waiting
-                                .into_iter()
-                                .map(|r| (r, Refusal::Unavailable(why.into()))),
-                        );
-                        continue;
-                    };
-                    loaded.used_ipv4.insert(tunnel.ipv4);
-                    claim.device.ipv4 = tunnel.ipv4;
-                    claim.device.ipv6 = tunnel.ipv6;
-                    claim.sent = false;
-                    self.claims.insert(key, claim);
+                    "another portal node gave this device's address away meanwhile; reconnect"
                 }
-                None => {
+                Some(DeviceClaim::Claimed) | None => {
                     loaded.used_ipv4.remove(&claim.device.ipv4);
-                    let why = "the portal could not record the device; retry";
-                    refused.extend(
-                        claim
-                            .waiting
-                            .into_iter()
-                            .map(|r| (r, Refusal::Unavailable(why.into()))),
-                    );
+                    "the portal could not record this device; reconnect"
                 }
+            };
+            for session in self.sessions_of(key.0, &key.1) {
+                self.close(session, DisconnectReason::ServerShutdown, why, now);
             }
-        }
-        for (registration, refusal) in refused {
-            self.refuse(registration.session, refusal);
-        }
-        for registration in admitted {
-            self.register(registration, now);
         }
     }
 
-    /// The last [`StoreOp::ClaimDevices`] failed: its registrations are refused as unavailable
-    /// (the devices retry), and the addresses they reserved are free again.
+    /// The last [`StoreOp::ClaimDevices`] failed: the devices' sessions are told to reconnect
+    /// (they claim again), and the addresses they reserved are free again.
     pub fn handle_claims_failed(&mut self, now: DateTime<Utc>) {
         self.handle_devices_claimed(Vec::new(), now);
     }
@@ -1217,13 +1187,7 @@ impl AccountSessions {
 
     fn register(&mut self, registration: Registration, now: DateTime<Utc>) {
         let device = match self.admit(&registration, now) {
-            Ok(Sighting::Ready(device)) => *device,
-            Ok(Sighting::Claiming(key)) => {
-                if let Some(claim) = self.claims.get_mut(&key) {
-                    claim.waiting.push(registration);
-                }
-                return;
-            }
+            Ok(device) => device,
             Err(refusal) => {
                 self.refuse(registration.session, refusal);
                 return;
@@ -1329,7 +1293,7 @@ impl AccountSessions {
         &mut self,
         registration: &Registration,
         now: DateTime<Utc>,
-    ) -> Result<Sighting, Refusal> {
+    ) -> Result<Device, Refusal> {
         let principal = &registration.principal;
         if principal.generation < self.revocations_seen || principal.expires_at <= now {
             return Err(Refusal::Recheck);
@@ -1354,7 +1318,7 @@ impl AccountSessions {
         &mut self,
         registration: &Registration,
         now: DateTime<Utc>,
-    ) -> Result<Sighting, Refusal> {
+    ) -> Result<Device, Refusal> {
         let Registration {
             kind,
             principal,
@@ -1437,9 +1401,15 @@ impl AccountSessions {
             last_seen_at: now,
             created_at,
         };
+        let news = loaded
+            .devices
+            .get(&key)
+            .is_none_or(|before| sighting_is_news(before, &device));
         loaded.devices.insert(key, device.clone());
-        self.store_ops
-            .push_back(StoreOp::RecordDevice(device.clone()));
+        if news {
+            self.store_ops
+                .push_back(StoreOp::RecordDevice(device.clone()));
+        }
         if old_key.is_some_and(|old| old != params.public_key) {
             let index = match kind {
                 DeviceKind::Client => &self.grants.by_client,
@@ -1449,16 +1419,18 @@ impl AccountSessions {
             let why = format!("the {}'s WireGuard key changed", kind.as_str());
             self.withdraw(&ids, &why, Withdrawal::TellClient);
         }
-        Ok(Sighting::Ready(Box::new(device)))
+        Ok(device)
     }
 
     /// A device seen for the first time: reserves a tunnel address and asks for its row to be
-    /// claimed in the database (which decides between nodes); the registration waits.
+    /// claimed in the database, which decides between portal nodes. The session starts at once
+    /// with the reserved address; if another node wins the race, the device's sessions are told
+    /// to reconnect (see [`Self::handle_devices_claimed`]).
     fn claim_new_device(
         &mut self,
         registration: &Registration,
         now: DateTime<Utc>,
-    ) -> Result<Sighting, Refusal> {
+    ) -> Result<Device, Refusal> {
         let Registration {
             kind,
             principal,
@@ -1467,9 +1439,6 @@ impl AccountSessions {
             ..
         } = registration;
         let key = (*kind, params.id.clone());
-        if self.claims.contains_key(&key) {
-            return Ok(Sighting::Claiming(key));
-        }
         let Some(loaded) = self.loaded.as_mut() else {
             return Err(Refusal::Unavailable("the account is not loaded".into()));
         };
@@ -1500,16 +1469,19 @@ impl AccountSessions {
             last_seen_at: now,
             created_at: now,
         };
+        if let Some(public_key) = &device.public_key {
+            loaded.keys.insert(public_key.clone(), key.clone());
+        }
+        loaded.devices.insert(key.clone(), device.clone());
         self.claims.insert(
-            key.clone(),
+            key,
             Claim {
-                device,
-                waiting: Vec::new(),
-                attempts: 0,
+                device: device.clone(),
+                requests: Vec::new(),
                 sent: false,
             },
         );
-        Ok(Sighting::Claiming(key))
+        Ok(device)
     }
 
     fn refuse(&mut self, session: SessionId, refusal: Refusal) {
@@ -1693,6 +1665,14 @@ impl AccountSessions {
             client.token_id,
             client.token_expires_at,
         );
+        // Nothing is granted to a device whose row is not yet its own.
+        if let Some(claim) = self
+            .claims
+            .get_mut(&(DeviceKind::Client, device_id.clone()))
+        {
+            claim.requests.push((session, resource_id));
+            return;
+        }
         let (until, resource) = match self.may_reach(actor_id, resource_id, source_ip, now) {
             Ok(allowed) => allowed,
             Err(reason) => {
@@ -2281,6 +2261,22 @@ fn expiry(
 ) -> DateTime<Utc> {
     let end = lifetime_end.min(token_expires_at);
     until.map_or(end, |until| end.min(until))
+}
+
+/// How stale a stored "last seen" may be before a sighting that changes nothing else is
+/// written anyway.
+const LAST_SEEN_PRECISION: Duration = Duration::minutes(1);
+
+/// Whether a sighting tells the store anything: a changed name, version, key, token or source,
+/// or a last sighting more than a minute old. A device that reconnects at once, or registers
+/// right after its row was claimed, costs no write.
+fn sighting_is_news(before: &Device, now: &Device) -> bool {
+    before.name != now.name
+        || before.version != now.version
+        || before.public_key != now.public_key
+        || before.token_id != now.token_id
+        || before.last_seen_ip != now.last_seen_ip
+        || now.last_seen_at - before.last_seen_at >= LAST_SEEN_PRECISION
 }
 
 fn sorted<T: Ord>(items: impl IntoIterator<Item = T>) -> Vec<T> {

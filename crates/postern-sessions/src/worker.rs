@@ -230,7 +230,14 @@ impl Worker {
                 StoreOp::ClaimDevices(devices) => {
                     let store = self.store.clone();
                     self.claim = Some(tokio::spawn(async move {
-                        match store.claim_devices(&devices).await {
+                        let started = std::time::Instant::now();
+                        let result = store.claim_devices(&devices).await;
+                        tracing::debug!(
+                            devices = devices.len(),
+                            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                            "claimed devices"
+                        );
+                        match result {
                             Ok(outcomes) => Some(outcomes),
                             Err(err) => {
                                 tracing::warn!(error = %err, "could not record new devices");

@@ -360,6 +360,8 @@ struct Sim {
     next_session: u64,
     /// A write handed out by the core and not yet answered.
     write_in_flight: Option<AuthorizationWrites>,
+    /// Device claims handed out by the core and not yet answered.
+    claims_in_flight: Option<Vec<Device>>,
     fail_next_write: bool,
     fail_next_load: bool,
     /// Writes stay in flight across steps (a crash may lose them).
@@ -374,6 +376,9 @@ struct Sim {
     grant_tokens: BTreeMap<Uuid, Uuid>,
     /// c5's id was bound to another service account by "another node": it never gets a session.
     c5_bound_elsewhere: bool,
+    /// Device ids clients used before they restarted as new devices (their grants live on
+    /// until they end): actor and source address.
+    retired: BTreeMap<String, (Uuid, IpAddr)>,
     /// The last authorization each gateway was told of, by id, to tell renewals and updates.
     told: BTreeMap<Uuid, Authorization>,
     coverage: Coverage,
@@ -504,6 +509,7 @@ impl Sim {
         );
         let mut sim = Sim {
             c5_bound_elsewhere,
+            retired: BTreeMap::new(),
             seed,
             step: 0,
             rng,
@@ -515,6 +521,7 @@ impl Sim {
             queues: BTreeMap::new(),
             next_session: 1,
             write_in_flight: None,
+            claims_in_flight: None,
             fail_next_write: false,
             fail_next_load: false,
             slow_store: false,
@@ -636,6 +643,10 @@ impl Sim {
                     busy = true;
                     self.finish_write(writes);
                 }
+                if let Some(devices) = self.claims_in_flight.take() {
+                    busy = true;
+                    self.finish_claims(devices);
+                }
             }
             if !busy {
                 // Devices reading their queues gives the core nothing new to do.
@@ -644,6 +655,19 @@ impl Sim {
             }
         }
         panic!("the core never became idle");
+    }
+
+    fn finish_claims(&mut self, devices: Vec<Device>) {
+        if std::mem::take(&mut self.fail_next_write) {
+            self.core.handle_claims_failed(self.now);
+            return;
+        }
+        let outcomes: Vec<DeviceClaim> = devices.iter().map(|d| self.db.claim(d)).collect();
+        self.coverage.claims_contested += outcomes
+            .iter()
+            .filter(|o| !matches!(o, DeviceClaim::Claimed))
+            .count() as u64;
+        self.core.handle_devices_claimed(outcomes, self.now);
     }
 
     fn finish_write(&mut self, writes: AuthorizationWrites) {
@@ -679,16 +703,11 @@ impl Sim {
                     .insert((device.kind, device.device_id.clone()), device);
             }
             StoreOp::ClaimDevices(devices) => {
-                if std::mem::take(&mut self.fail_next_write) {
-                    self.core.handle_claims_failed(self.now);
-                    return;
-                }
-                let outcomes: Vec<DeviceClaim> = devices.iter().map(|d| self.db.claim(d)).collect();
-                self.coverage.claims_contested += outcomes
-                    .iter()
-                    .filter(|o| !matches!(o, DeviceClaim::Claimed))
-                    .count() as u64;
-                self.core.handle_devices_claimed(outcomes, self.now);
+                assert!(
+                    self.claims_in_flight.is_none(),
+                    "the core asked for a second claim while one was in flight"
+                );
+                self.claims_in_flight = Some(devices);
             }
             StoreOp::Write(writes) => {
                 assert!(
@@ -979,7 +998,8 @@ impl Sim {
             54..=56 => self.revoke_random_token(),
             57 => self.admission_race(),
             58..=59 => self.toggle_actor(),
-            60..=61 => self.rotate_client_key(),
+            60 => self.rotate_client_key(),
+            61 => self.restart_as_new_device(),
             62 => self.rotate_gateway_key(),
             63..=64 => self.intrude(),
             65..=67 => self.toggle_slow_gateway(),
@@ -1378,6 +1398,35 @@ impl Sim {
         }
     }
 
+    /// A client comes back as a new device (a CI runner with a fresh id): its row is claimed
+    /// anew, maybe while the store is slow and while it already asks for access.
+    fn restart_as_new_device(&mut self) {
+        let i = self.rng.gen_range(0..5); // c5 keeps its id bound elsewhere
+        let old = self.clients[i].device_id.clone();
+        let new = format!("{}-{}", old.split('-').next().unwrap_or("c"), self.step);
+        self.log(format!("client {old} restarts as new device {new}"));
+        if let Some(session) = self.clients[i].session.take() {
+            self.queues.remove(&session);
+            self.core.handle_unregister(session, self.now);
+        }
+        let client = &mut self.clients[i];
+        self.retired
+            .insert(old, (client.actor_id, client.source_ip));
+        client.device_id = new.clone();
+        client.key = format!("key-{new}");
+        client.state = ClientState::default();
+        self.drive();
+        if let Ok(principal) = self.db.verify(self.clients[i].token_id, self.now) {
+            self.register(Who::Client(i), principal);
+            self.drive();
+            let known: Vec<Uuid> = self.db.resources.keys().copied().collect();
+            if let (Some(session), Some(resource)) = (self.clients[i].session, known.first()) {
+                self.core
+                    .handle_request_access(session, *resource, self.now);
+            }
+        }
+    }
+
     fn rotate_client_key(&mut self) {
         let i = self.rng.gen_range(0..self.clients.len());
         let generation: u32 = self.rng.gen_range(1..1000);
@@ -1572,18 +1621,15 @@ impl Sim {
     /// loses what was not written (buffered device sightings, queued and in-flight writes).
     fn restart(&mut self, graceful: bool) {
         self.log(format!("restart (graceful: {graceful})"));
-        let before: Vec<Option<BTreeMap<Uuid, Authorization>>> = (0..self.gateways.len())
-            .map(|j| self.effective_gateway_grants(j))
-            .collect();
-        if before.iter().flatten().any(|grants| !grants.is_empty()) {
-            self.coverage.restarts_with_grants += 1;
-        }
         if graceful {
             self.fail_next_write = false;
             self.slow_store = false;
             for _ in 0..100 {
                 self.drive();
-                if self.core.pending_writes() == 0 && self.write_in_flight.is_none() {
+                if self.core.pending_writes() == 0
+                    && self.write_in_flight.is_none()
+                    && self.claims_in_flight.is_none()
+                {
                     break;
                 }
                 self.advance(Duration::seconds(1));
@@ -1599,7 +1645,21 @@ impl Sim {
                     self.coverage.lost_in_crash += 1;
                 }
             }
+            if let Some(devices) = self.claims_in_flight.take() {
+                if self.rng.gen_bool(0.5) {
+                    for device in &devices {
+                        self.db.claim(device);
+                    }
+                }
+            }
             self.db.pending_devices.clear();
+        }
+        // What the gateways hold once everything decided before the stop is out.
+        let before: Vec<Option<BTreeMap<Uuid, Authorization>>> = (0..self.gateways.len())
+            .map(|j| self.effective_gateway_grants(j))
+            .collect();
+        if before.iter().flatten().any(|grants| !grants.is_empty()) {
+            self.coverage.restarts_with_grants += 1;
         }
         self.queues.clear();
         for client in &mut self.clients {
@@ -1699,12 +1759,15 @@ impl Sim {
         gateway: &SimGateway,
         current: bool,
     ) -> Result<(), String> {
-        let client = self
+        let (device_id, actor_id, source_ip) = self
             .clients
             .iter()
-            .find(|c| c.device_id == authorization.client_device_id)
+            .map(|c| (&c.device_id, c.actor_id, c.source_ip))
+            .chain(self.retired.iter().map(|(id, (a, ip))| (id, *a, *ip)))
+            .find(|(id, _, _)| **id == authorization.client_device_id)
+            .map(|(id, a, ip)| (id.clone(), a, ip))
             .ok_or("no such client")?;
-        if client.actor_id != authorization.actor_id {
+        if actor_id != authorization.actor_id {
             return Err("granted to another actor".into());
         }
         let token_id = self
@@ -1718,12 +1781,12 @@ impl Sim {
         if token.expires_at <= self.now || authorization.expires_at > token.expires_at {
             return Err(format!("it outlives its token {token_id}"));
         }
-        if self.db.disabled_actors.contains(&client.actor_id) {
+        if self.db.disabled_actors.contains(&actor_id) {
             return Err("the actor is disabled".into());
         }
         let device = self
             .db
-            .device(DeviceKind::Client, &client.device_id)
+            .device(DeviceKind::Client, &device_id)
             .ok_or("no device record")?;
         if device.public_key != authorization.client_public_key {
             return Err("the client's key changed".into());
@@ -1755,13 +1818,13 @@ impl Sim {
             return Err("the gateway does not serve the resource's site".into());
         }
         let ctx = EvalContext {
-            source_ip: Some(client.source_ip),
+            source_ip: Some(source_ip),
             now: self.now,
         };
         let allowed = self.db.policies.values().any(|p| {
             !p.disabled
                 && p.resource_id == resource.id
-                && self.db.memberships.contains(&(p.group_id, client.actor_id))
+                && self.db.memberships.contains(&(p.group_id, actor_id))
                 && match evaluate(&p.conditions, &ctx) {
                     Decision::Allow { until } => {
                         until.is_none_or(|u| authorization.expires_at <= u)
@@ -1897,11 +1960,14 @@ impl Sim {
                 device.ipv4
             );
         }
-        // A connected client was told its own row's address.
+        // A connected client was told its own row's address, once its row is claimed.
         for client in &self.clients {
             let (Some(session), Some(identity)) = (client.session, &client.state.identity) else {
                 continue;
             };
+            if self.core.is_claiming(DeviceKind::Client, &client.device_id) {
+                continue;
+            }
             if !self
                 .queues
                 .get(&session)

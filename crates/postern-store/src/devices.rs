@@ -9,6 +9,10 @@ use uuid::Uuid;
 use crate::db::{self, opt_text, opt_uuid, text, time, ts};
 use crate::{Page, Paged, Result, Store, StoreError};
 
+/// Devices per claiming `INSERT` (15 bind parameters each: well under SQLite's and
+/// PostgreSQL's limits).
+const CLAIMS_PER_QUERY: usize = 500;
+
 /// Which devices to list.
 #[derive(Debug, Clone, Default)]
 pub struct DeviceFilter {
@@ -158,33 +162,45 @@ impl Store {
     /// unique indexes on (account, kind, device id) and (account, tunnel address) decide, so two
     /// portal nodes never hand out one address or bind one id twice.
     pub async fn claim_devices(&self, devices: &[Device]) -> Result<Vec<DeviceClaim>> {
-        let mut outcomes = Vec::with_capacity(devices.len());
         let mut tx = self.begin_write().await?;
-        for device in devices {
-            let inserted = sqlx::query(
+        let mut inserted: std::collections::HashSet<(String, String)> = Default::default();
+        for chunk in devices.chunks(CLAIMS_PER_QUERY) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| format!("({})", db::placeholders(i * 15 + 1, 15)))
+                .collect();
+            let sql = format!(
                 "INSERT INTO devices (id, account_id, kind, device_id, actor_id, site_id, token_id, \
                  name, version, public_key, ipv4, ipv6, last_seen_ip, last_seen_at, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(device.id.to_string())
-            .bind(device.account_id.to_string())
-            .bind(device.kind.as_str())
-            .bind(device.device_id.clone())
-            .bind(device.actor_id.map(|id| id.to_string()))
-            .bind(device.site_id.map(|id| id.to_string()))
-            .bind(device.token_id.map(|id| id.to_string()))
-            .bind(device.name.clone())
-            .bind(device.version.clone())
-            .bind(device.public_key.clone())
-            .bind(device.ipv4.to_string())
-            .bind(device.ipv6.to_string())
-            .bind(device.last_seen_ip.clone())
-            .bind(ts(device.last_seen_at))
-            .bind(ts(device.created_at))
-            .execute(&mut *tx.tx)
-            .await?;
-            if inserted.rows_affected() == 1 {
+                 VALUES {} ON CONFLICT DO NOTHING RETURNING kind, device_id",
+                rows.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for device in chunk {
+                query = query
+                    .bind(device.id.to_string())
+                    .bind(device.account_id.to_string())
+                    .bind(device.kind.as_str())
+                    .bind(device.device_id.clone())
+                    .bind(device.actor_id.map(|id| id.to_string()))
+                    .bind(device.site_id.map(|id| id.to_string()))
+                    .bind(device.token_id.map(|id| id.to_string()))
+                    .bind(device.name.clone())
+                    .bind(device.version.clone())
+                    .bind(device.public_key.clone())
+                    .bind(device.ipv4.to_string())
+                    .bind(device.ipv6.to_string())
+                    .bind(device.last_seen_ip.clone())
+                    .bind(ts(device.last_seen_at))
+                    .bind(ts(device.created_at));
+            }
+            for row in query.fetch_all(&mut *tx.tx).await? {
+                inserted.insert((text(&row, "kind")?, text(&row, "device_id")?));
+            }
+        }
+        // The others met a unique index: their id (a row to adopt) or their address.
+        let mut outcomes = Vec::with_capacity(devices.len());
+        for device in devices {
+            if inserted.contains(&(device.kind.as_str().to_string(), device.device_id.clone())) {
                 outcomes.push(DeviceClaim::Claimed);
                 continue;
             }
