@@ -88,15 +88,18 @@ async fn list(
         .store
         .list_devices(auth.account_id(), kind, filter, page)
         .await?;
+    let ids: Vec<String> = devices.items.iter().map(|d| d.device_id.clone()).collect();
+    let online = state
+        .hub
+        .online_devices(auth.account_id(), kind, &ids)
+        .await;
     let statuses = postern_store::Paged {
         next_cursor: devices.next_cursor,
         items: devices
             .items
             .into_iter()
             .map(|device| DeviceStatus {
-                online: state
-                    .hub
-                    .is_online(device.account_id, kind, &device.device_id),
+                online: online.contains(&device.device_id),
                 device,
             })
             .collect(),

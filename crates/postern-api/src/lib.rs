@@ -53,10 +53,38 @@ impl AppState {
     }
 }
 
-/// The portal's HTTP routes: `/v1/...` and `/healthz`.
+/// Readiness for a load balancer: 200 while the database answers within 2 s, else 503 (the
+/// node cannot authenticate anyone nor write anything, so traffic should go elsewhere).
+/// `/healthz` says only that the process serves HTTP.
+async fn ready(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> Result<&'static str, error::ApiError> {
+    let ping = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        state.store.ping_database(),
+    )
+    .await;
+    match ping {
+        Ok(Ok(())) => Ok("ready"),
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "not ready: the database does not answer");
+            Err(error::ApiError::unavailable(
+                "the database does not answer",
+                5,
+            ))
+        }
+        Err(_) => Err(error::ApiError::unavailable(
+            "the database does not answer within 2 s",
+            5,
+        )),
+    }
+}
+
+/// The portal's HTTP routes: `/v1/...`, `/healthz` and `/readyz`.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
         .merge(account::routes())
         .merge(actors::routes())
         .merge(tokens::routes())

@@ -7,6 +7,7 @@ use axum::routing::{delete, get};
 use axum::{Json, Router};
 use postern_domain::Token;
 use postern_store::TokenHolder;
+use uuid::Uuid;
 
 use crate::actors::TokenRequest;
 use crate::error::{ApiError, Problem};
@@ -41,16 +42,21 @@ pub(crate) fn routes() -> Router<AppState> {
 pub struct TokenStatus {
     #[serde(flatten)]
     pub token: Token,
-    /// Sessions open with this token on this portal node right now.
+    /// Sessions open with this token right now, on every live portal node.
     pub online_sessions: u32,
 }
 
 impl TokenStatus {
-    fn of(token: Token, state: &AppState) -> Self {
-        Self {
-            online_sessions: state.hub.sessions_with_token(token.id),
-            token,
-        }
+    async fn of_all(tokens: Vec<Token>, account_id: Uuid, state: &AppState) -> Vec<Self> {
+        let ids: Vec<Uuid> = tokens.iter().map(|t| t.id).collect();
+        let sessions = state.hub.token_sessions(account_id, &ids).await;
+        tokens
+            .into_iter()
+            .map(|token| Self {
+                online_sessions: sessions.get(&token.id).copied().unwrap_or(0),
+                token,
+            })
+            .collect()
     }
 }
 
@@ -110,7 +116,9 @@ pub(crate) async fn get_actor_token(
         .store
         .get_token(auth.account_id(), actor(&id)?, token_id)
         .await?;
-    Ok(Data::new(TokenStatus::of(token, &state)))
+    let status = TokenStatus::of_all(vec![token], auth.account_id(), &state).await;
+    let status = status.into_iter().next().ok_or_else(ApiError::internal)?;
+    Ok(Data::new(status))
 }
 
 #[utoipa::path(delete, path = "/v1/actors/{id}/tokens/{token_id}", tag = "tokens",
@@ -168,11 +176,7 @@ async fn list(
         .await?;
     let statuses = postern_store::Paged {
         next_cursor: tokens.next_cursor,
-        items: tokens
-            .items
-            .into_iter()
-            .map(|token| TokenStatus::of(token, &state))
-            .collect(),
+        items: TokenStatus::of_all(tokens.items, auth.account_id(), &state).await,
     };
     Ok(List::from_page(statuses, page.limit))
 }

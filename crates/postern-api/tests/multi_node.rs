@@ -466,8 +466,16 @@ async fn devices_on_two_nodes_get_distinct_tunnel_addresses() {
     );
     let addresses: std::collections::HashSet<_> = sessions.iter().map(|s| s.3).collect();
     assert_eq!(addresses.len(), 200);
-    node_a.store.flush_devices().await.unwrap();
-    let rows = node_a.store.load_devices(node_a.account_id).await.unwrap();
+    // The last reconnected devices' claims may still be on their way to the database.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let rows = loop {
+        node_a.store.flush_devices().await.unwrap();
+        let rows = node_a.store.load_devices(node_a.account_id).await.unwrap();
+        if rows.len() >= 202 || Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let distinct: std::collections::HashSet<_> = rows.iter().map(|d| d.ipv4).collect();
     assert_eq!(
         distinct.len(),
@@ -480,5 +488,250 @@ async fn devices_on_two_nodes_get_distinct_tunnel_addresses() {
     drop(sessions);
     listener.abort();
     node_b.close().await;
+    node_a.stop().await;
+}
+
+async fn gateway_session(addr: std::net::SocketAddr, token: &str, device: &str) -> Socket {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!(
+        "ws://{addr}{}?id={device}&name={device}&version=test&endpoint=192.0.2.7:51820",
+        postern_protocol::GATEWAY_PATH
+    );
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+        .headers_mut()
+        .insert(postern_protocol::PROTOCOL_HEADER, "1".parse().unwrap());
+    tokio_tungstenite::connect_async(request)
+        .await
+        .expect("the gateway connects")
+        .0
+}
+
+/// The next gateway message that is not a heartbeat, within `limit`.
+async fn next_gateway_message(
+    socket: &mut Socket,
+    limit: Duration,
+) -> postern_protocol::PortalToGateway {
+    use futures_util::StreamExt;
+    tokio::time::timeout(limit, async {
+        loop {
+            match socket.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => {
+                    let message: postern_protocol::PortalToGateway =
+                        postern_protocol::decode(text.as_str()).expect("decodes");
+                    if message != postern_protocol::PortalToGateway::Heartbeat {
+                        return message;
+                    }
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("the gateway session ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a gateway message in time")
+}
+
+/// An HTTP call with the portal's API token to another node.
+async fn call_node(
+    portal: &Portal,
+    addr: std::net::SocketAddr,
+    method: reqwest::Method,
+    path: &str,
+) -> serde_json::Value {
+    let response = portal
+        .http
+        .request(method, format!("http://{addr}{path}"))
+        .bearer_auth(&portal.token)
+        .send()
+        .await
+        .expect("request");
+    assert!(
+        response.status().is_success(),
+        "{path}: {}",
+        response.status()
+    );
+    response.json().await.expect("json")
+}
+
+/// Access across nodes: a client whose session is on node A is authorized through the site's
+/// only gateway, whose session is on node B; presence is counted on every node; revoking the
+/// token through node C withdraws the grant from the gateway, ends the client's session and
+/// deletes the grant from the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_on_one_node_reaches_a_gateway_on_another_and_a_third_revokes() {
+    use futures_util::SinkExt;
+    use postern_protocol::{ClientToPortal, PortalToClient, PortalToGateway};
+    let Some(node_a) = Portal::start(Backend::Postgres).await else {
+        return;
+    };
+    let url = node_a.postgres_url().await.expect("postgres url");
+    let listener_a = node_a.store.spawn_change_listener().expect("listens");
+    let heartbeat_a = node_a.store.spawn_node_heartbeat().expect("heartbeats");
+    let (node_b, addr_b, listener_b) = second_node(&url).await;
+    let heartbeat_b = node_b.spawn_node_heartbeat().expect("heartbeats");
+    let (node_c, addr_c, listener_c) = second_node(&url).await;
+    let heartbeat_c = node_c.spawn_node_heartbeat().expect("heartbeats");
+
+    let group = node_a.post("/v1/groups", json!({"name": "fleet"})).await["data"].clone();
+    let sa = node_a
+        .post(
+            "/v1/actors",
+            json!({"type": "service_account", "name": "runner", "group_ids": [group["id"]]}),
+        )
+        .await;
+    let (actor_id, token_id) = (
+        sa["data"]["id"].as_str().unwrap().to_string(),
+        sa["token"]["id"].as_str().unwrap().to_string(),
+    );
+    let secret = sa["token"]["secret"].as_str().unwrap().to_string();
+    let site = node_a.post("/v1/sites", json!({"name": "dc"})).await["data"].clone();
+    let site_id = site["id"].as_str().unwrap().to_string();
+    let gateway_token = node_a
+        .post(&format!("/v1/sites/{site_id}/gateway_tokens"), json!({}))
+        .await["data"]["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let resource = node_a
+        .post(
+            "/v1/resources",
+            json!({"type": "cidr", "name": "db", "address": "10.20.0.0/24", "site_id": site_id}),
+        )
+        .await["data"]
+        .clone();
+    let resource_id: uuid::Uuid = resource["id"].as_str().unwrap().parse().unwrap();
+    node_a
+        .post(
+            "/v1/policies",
+            json!({"group_id": group["id"], "resource_id": resource["id"]}),
+        )
+        .await;
+
+    let mut client = client_session(node_a.addr(), &secret, "runner-1").await;
+    assert!(matches!(
+        next_message(&mut client, Duration::from_secs(5)).await,
+        PortalToClient::Init(_)
+    ));
+    let mut gateway = gateway_session(addr_b, &gateway_token, "gw-1").await;
+    assert!(matches!(
+        next_gateway_message(&mut gateway, Duration::from_secs(5)).await,
+        PortalToGateway::Init(_)
+    ));
+
+    // Node A hears of the gateway on node B through the feed and grants through it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (gateway_info, authorization_id) = loop {
+        let request = postern_protocol::encode(&ClientToPortal::RequestAccess { resource_id });
+        client
+            .send(tokio_tungstenite::tungstenite::Message::Text(
+                request.into(),
+            ))
+            .await
+            .unwrap();
+        match next_message(&mut client, Duration::from_secs(5)).await {
+            PortalToClient::AccessGranted {
+                gateway,
+                authorization_id,
+                ..
+            } => break (gateway, authorization_id),
+            PortalToClient::AccessDenied { reason, .. } if Instant::now() < deadline => {
+                assert!(reason.contains("no gateway"), "{reason}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("node A does not route access to node B's gateway: {other:?}"),
+        }
+    };
+    assert_eq!(gateway_info.id, "gw-1");
+    assert_eq!(gateway_info.endpoint.as_deref(), Some("192.0.2.7:51820"));
+    let PortalToGateway::Authorize { authorization } =
+        next_gateway_message(&mut gateway, Duration::from_secs(5)).await
+    else {
+        panic!("the gateway on node B hears of the grant");
+    };
+    assert_eq!(authorization.id, authorization_id);
+    assert_eq!(authorization.client_device_id, "runner-1");
+    let stored = node_a
+        .store
+        .load_authorizations(node_a.account_id, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+
+    // Presence on every node: C sees the gateway online and the token's session.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let gateways = call_node(
+            &node_a,
+            addr_c,
+            reqwest::Method::GET,
+            &format!("/v1/sites/{site_id}/gateways"),
+        )
+        .await;
+        let tokens = call_node(
+            &node_a,
+            addr_c,
+            reqwest::Method::GET,
+            &format!("/v1/actors/{actor_id}/tokens"),
+        )
+        .await;
+        if gateways["data"][0]["online"] == true && tokens["data"][0]["online_sessions"] == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node C does not count the other nodes' sessions: {gateways} {tokens}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Revoked through node C: the gateway on B drops the grant, the client on A is ended.
+    call_node(
+        &node_a,
+        addr_c,
+        reqwest::Method::DELETE,
+        &format!("/v1/actors/{actor_id}/tokens/{token_id}"),
+    )
+    .await;
+    let PortalToGateway::Revoke {
+        authorization_ids, ..
+    } = next_gateway_message(&mut gateway, Duration::from_secs(5)).await
+    else {
+        panic!("the gateway hears the withdrawal");
+    };
+    assert_eq!(authorization_ids, vec![authorization_id]);
+    let PortalToClient::Disconnect { reason, .. } =
+        next_message(&mut client, Duration::from_secs(5)).await
+    else {
+        panic!("the client's session ends");
+    };
+    assert_eq!(reason, postern_protocol::DisconnectReason::TokenRevoked);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !node_a
+        .store
+        .load_authorizations(node_a.account_id, Utc::now())
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the grant stays in the database");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    for task in [
+        listener_a,
+        heartbeat_a,
+        listener_b,
+        heartbeat_b,
+        listener_c,
+        heartbeat_c,
+    ] {
+        task.abort();
+    }
+    node_b.close().await;
+    node_c.close().await;
     node_a.stop().await;
 }

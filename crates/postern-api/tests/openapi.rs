@@ -59,10 +59,11 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/sites/{id}/gateways"),
 ];
 
-/// Served but deliberately not part of the API document: liveness, the document itself, and the
+/// Served but deliberately not part of the API document: liveness and readiness, the document itself, and the
 /// WebSocket endpoints of clients and gateways (their protocol is `postern-protocol`).
 const INFRASTRUCTURE_ROUTES: &[(&str, &str)] = &[
     ("get", "/healthz"),
+    ("get", "/readyz"),
     ("get", "/v1/openapi.json"),
     ("get", "/v1/client/websocket"),
     ("get", "/v1/gateway/websocket"),

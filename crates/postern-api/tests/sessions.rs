@@ -270,10 +270,18 @@ async fn access_requests_reach_a_gateway_and_revocation_ends_everything(portal: 
         panic!("gateway Init")
     };
     assert_eq!(init.site_id.to_string(), w.site_id);
-    let gateways = portal
-        .get(&format!("/v1/sites/{}/gateways", w.site_id))
-        .await;
-    assert_eq!(gateways["data"][0]["online"], true);
+    // The gateway's row is written while its session already runs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let gateways = portal
+            .get(&format!("/v1/sites/{}/gateways", w.site_id))
+            .await;
+        if gateways["data"][0]["online"] == true {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{gateways}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     first
         .send(Message::Text(

@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::model::{Device, StoredAuthorization};
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ChangeEvent {
@@ -95,6 +97,22 @@ pub enum ChangeEvent {
     AccountUpdated {
         account_id: Uuid,
     },
+    /// Authorizations a portal node saved or deleted. Only in the change feed: the node that
+    /// wrote them knows already, the others keep their copies of the account's grants in step.
+    AuthorizationsWritten {
+        account_id: Uuid,
+        saved: Vec<StoredAuthorization>,
+        deleted: Vec<Uuid>,
+    },
+    /// A gateway's first session on a portal node began (`online`), or its last one there
+    /// ended. Only in the change feed, for the other nodes.
+    GatewayPresence {
+        account_id: Uuid,
+        node_id: Uuid,
+        gateway: Box<Device>,
+        endpoint: Option<String>,
+        online: bool,
+    },
 }
 
 impl ChangeEvent {
@@ -120,7 +138,9 @@ impl ChangeEvent {
             | ChangeEvent::PolicyCreated { account_id, .. }
             | ChangeEvent::PolicyUpdated { account_id, .. }
             | ChangeEvent::PolicyDeleted { account_id, .. }
-            | ChangeEvent::AccountUpdated { account_id } => *account_id,
+            | ChangeEvent::AccountUpdated { account_id }
+            | ChangeEvent::AuthorizationsWritten { account_id, .. }
+            | ChangeEvent::GatewayPresence { account_id, .. } => *account_id,
         }
     }
 }

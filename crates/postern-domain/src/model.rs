@@ -283,6 +283,17 @@ impl DeviceKind {
     }
 }
 
+/// An authorization given to a gateway, as the session hub stores it: who holds it, where it
+/// applies, until when, and its document (opaque to everyone but the hub).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredAuthorization {
+    pub id: Uuid,
+    pub token_id: Uuid,
+    pub gateway_device_id: String,
+    pub expires_at: DateTime<Utc>,
+    pub body: serde_json::Value,
+}
+
 /// A headless client or gateway that has opened a session with the portal.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct Device {

@@ -27,13 +27,15 @@ use postern_protocol::{
     PortalToClient, PortalToGateway, ResourceView, TunnelAddresses,
 };
 use postern_store::{
-    AccessData, AuthorizationWrites, DeviceClaim, LoadedAuthorization, Principal,
+    AccessData, AuthorizationWrites, DeviceClaim, LoadedAuthorization, Principal, RemoteGateway,
     StoredAuthorization, TokenState,
 };
 use rand::RngCore;
 use uuid::Uuid;
 
 use crate::{addresses, Outbound};
+
+mod remote;
 
 /// A session's number, unique within one portal process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -171,6 +173,18 @@ pub enum StoreOp {
     /// call [`AccountSessions::handle_devices_claimed`] with the outcomes in the same order (or
     /// [`AccountSessions::handle_claims_failed`]). The next claim waits for that answer.
     ClaimDevices(Vec<Device>),
+    /// Tell the other portal nodes that a gateway's first session here began (`online`) or its
+    /// last one here ended (`Store::announce_gateway`); nothing to report back.
+    AnnounceGateway {
+        gateway: Device,
+        token_id: Uuid,
+        endpoint: Option<String>,
+        online: bool,
+    },
+    /// Read the account's stored grants and the gateways on other nodes ([`GrantsLoad`]) again
+    /// and call [`AccountSessions::handle_grants_loaded`], or
+    /// [`AccountSessions::handle_load_failed`]: other nodes' writes may have been missed.
+    LoadGrants,
 }
 
 /// The account as stored, read when its first session arrives.
@@ -180,6 +194,26 @@ pub struct AccountLoad {
     pub access: AccessData,
     pub devices: Vec<Device>,
     pub authorizations: Vec<LoadedAuthorization>,
+    /// Gateways with sessions on other live portal nodes.
+    pub remote_gateways: Vec<RemoteGateway>,
+}
+
+/// The account's grants and other nodes' gateways, read again after a gap in the change feed.
+#[derive(Debug, Clone)]
+pub struct GrantsLoad {
+    pub authorizations: Vec<LoadedAuthorization>,
+    pub remote_gateways: Vec<RemoteGateway>,
+}
+
+/// A decided authorization write, the last decision about a grant winning.
+#[derive(Debug, Clone, PartialEq)]
+enum Write {
+    /// A new grant (an upsert).
+    Save(StoredAuthorization),
+    /// A grant that exists: written only if its row still does (another node may have deleted
+    /// it, and then it stays deleted).
+    Update(StoredAuthorization),
+    Delete,
 }
 
 /// The account's access data read again after a change, with the tokens asked for.
@@ -499,7 +533,12 @@ pub struct AccountSessions {
     /// Views computed since the snapshot last changed, shared by sessions with the same key.
     view_cache: HashMap<(Uuid, Option<IpAddr>), Arc<View>>,
     /// Authorization writes decided and not yet handed out, by id: the last decision wins.
-    writes: HashMap<Uuid, Option<StoredAuthorization>>,
+    writes: HashMap<Uuid, Write>,
+    /// The ids the `StoreOp::Write` out with the caller writes.
+    writing: HashSet<Uuid>,
+    /// New grants through a gateway on another node, by id: the client hears of them once the
+    /// write has committed (and the gateway's node has been told, in the same transaction).
+    granted_after_write: HashMap<Uuid, SessionId>,
     /// A `StoreOp::Write` is out with the caller: the next waits for its answer.
     write_in_flight: bool,
     /// A write failed: the next is asked for at this instant.
@@ -516,7 +555,23 @@ pub struct AccountSessions {
     claims: BTreeMap<(DeviceKind, String), Claim>,
     /// The devices of the `StoreOp::ClaimDevices` out with the caller, in its order.
     claims_in_flight: Vec<(DeviceKind, String)>,
+    /// Gateways with sessions on other portal nodes: device id → node → endpoint.
+    remote_gateways: HashMap<String, BTreeMap<Uuid, Option<String>>>,
+    /// Other nodes' grant writes and gateway presence that arrived while a read was pending,
+    /// applied in order after it; past [`REMOTE_PENDING`] the grants are read again instead.
+    remote_pending: VecDeque<ChangeEvent>,
+    /// Tokens revoked lately: a grant another node made with one just before it heard of the
+    /// revocation is deleted here rather than given to a gateway.
+    revoked_tokens: HashSet<Uuid>,
+    revoked_order: VecDeque<Uuid>,
+    /// Other nodes' writes may have been missed: read the grants again once current.
+    grants_stale: bool,
 }
+
+/// Remote changes kept while a read is pending.
+const REMOTE_PENDING: usize = 65_536;
+/// Revoked tokens remembered (the race they cover lasts a write's round trip).
+const REVOKED_REMEMBERED: usize = 65_536;
 
 impl AccountSessions {
     /// An account with no sessions yet. `revocation_generation` is the store's generation now
@@ -546,6 +601,8 @@ impl AccountSessions {
             grants: Grants::default(),
             view_cache: HashMap::new(),
             writes: HashMap::new(),
+            writing: HashSet::new(),
+            granted_after_write: HashMap::new(),
             write_in_flight: false,
             write_retry_at: None,
             transmits: VecDeque::new(),
@@ -554,6 +611,11 @@ impl AccountSessions {
             shutting_down: false,
             claims: BTreeMap::new(),
             claims_in_flight: Vec::new(),
+            remote_gateways: HashMap::new(),
+            remote_pending: VecDeque::new(),
+            revoked_tokens: HashSet::new(),
+            revoked_order: VecDeque::new(),
+            grants_stale: false,
         }
     }
 
@@ -654,8 +716,12 @@ impl AccountSessions {
             self.revocations_seen = self.revocations_seen.max(generation);
         }
         match event {
+            ChangeEvent::AuthorizationsWritten { .. } | ChangeEvent::GatewayPresence { .. } => {
+                self.handle_remote(event, now);
+            }
             ChangeEvent::TokensRevoked { token_ids, .. } => {
                 for token_id in token_ids {
+                    self.remember_revoked(*token_id);
                     self.end_token(
                         *token_id,
                         DisconnectReason::TokenRevoked,
@@ -743,6 +809,8 @@ impl AccountSessions {
         self.tokens_to_check.extend(self.by_token.keys().copied());
         self.tokens_to_check
             .extend(self.grants.by_token.keys().copied());
+        self.grants_stale = self.loaded.is_some();
+        self.announce_local_gateways();
         self.want_reload();
     }
 
@@ -796,6 +864,7 @@ impl AccountSessions {
         self.loaded = Some(loaded);
         self.view_cache.clear();
         self.restore(load.authorizations, now);
+        self.take_remote_gateways(load.remote_gateways, now);
         self.after_load(now);
     }
 
@@ -848,12 +917,25 @@ impl AccountSessions {
     /// written again after `store_retry`, under any newer decision about the same grants.
     pub fn handle_write_done(&mut self, failed: Option<AuthorizationWrites>, now: DateTime<Utc>) {
         self.write_in_flight = false;
-        let Some(batch) = failed else { return };
+        let written = std::mem::take(&mut self.writing);
+        let Some(batch) = failed else {
+            for id in sorted(written) {
+                if let Some(session) = self.granted_after_write.remove(&id) {
+                    self.send_granted(session, id);
+                }
+            }
+            return;
+        };
         for stored in batch.save {
-            self.writes.entry(stored.id).or_insert(Some(stored));
+            self.writes.entry(stored.id).or_insert(Write::Save(stored));
+        }
+        for stored in batch.update {
+            self.writes
+                .entry(stored.id)
+                .or_insert(Write::Update(stored));
         }
         for id in batch.delete {
-            self.writes.entry(id).or_insert(None);
+            self.writes.entry(id).or_insert(Write::Delete);
         }
         self.write_retry_at = Some(now + self.config.store_retry);
     }
@@ -1025,12 +1107,14 @@ impl AccountSessions {
             return None;
         }
         let mut batch = AuthorizationWrites::default();
-        let mut writes: Vec<(Uuid, Option<StoredAuthorization>)> = self.writes.drain().collect();
+        let mut writes: Vec<(Uuid, Write)> = self.writes.drain().collect();
         writes.sort_by_key(|(id, _)| *id);
         for (id, write) in writes {
+            self.writing.insert(id);
             match write {
-                Some(stored) => batch.save.push(stored),
-                None => batch.delete.push(id),
+                Write::Save(stored) => batch.save.push(stored),
+                Write::Update(stored) => batch.update.push(stored),
+                Write::Delete => batch.delete.push(id),
             }
         }
         self.write_in_flight = true;
@@ -1094,6 +1178,11 @@ impl AccountSessions {
             | LoadState::RetryAt(_, StoreOp::LoadAccess { tokens: wanted }) => *wanted = tokens,
             // A read in flight may predate this change: read again after it.
             LoadState::InFlight => self.reload_after_flight = true,
+            // The access data first; the grants are read after it.
+            LoadState::Wanted(StoreOp::LoadGrants) | LoadState::RetryAt(_, StoreOp::LoadGrants) => {
+                self.grants_stale = true;
+                self.load = LoadState::Wanted(StoreOp::LoadAccess { tokens });
+            }
             LoadState::Wanted(_) | LoadState::RetryAt(_, _) => {}
         }
     }
@@ -1102,6 +1191,14 @@ impl AccountSessions {
         if std::mem::take(&mut self.reload_after_flight) {
             self.want_reload();
             return;
+        }
+        if std::mem::take(&mut self.grants_stale) {
+            self.remote_pending.clear();
+            self.load = LoadState::Wanted(StoreOp::LoadGrants);
+            return;
+        }
+        for event in std::mem::take(&mut self.remote_pending) {
+            self.apply_remote(&event, now);
         }
         for deferred in std::mem::take(&mut self.deferred) {
             match deferred {
@@ -1125,11 +1222,11 @@ impl AccountSessions {
             let token = loaded.token.filter(|t| t.is_usable(now));
             let body = serde_json::from_value::<StoredGrant>(loaded.authorization.body);
             let (Some(token), Ok(body)) = (token, body) else {
-                self.writes.insert(id, None);
+                self.writes.insert(id, Write::Delete);
                 continue;
             };
             if body.authorization.id != id {
-                self.writes.insert(id, None);
+                self.writes.insert(id, Write::Delete);
                 continue;
             }
             let gateway_device = loaded.authorization.gateway_device_id;
@@ -1156,11 +1253,11 @@ impl AccountSessions {
             );
             if let Some(older) = self.grants.by_pair.get(&pair).copied() {
                 self.grants.remove(older);
-                self.writes.insert(older, None);
+                self.writes.insert(older, Write::Delete);
             }
             match self.verdict(&grant, now) {
                 Verdict::Withdraw(_) => {
-                    self.writes.insert(id, None);
+                    self.writes.insert(id, Write::Delete);
                 }
                 Verdict::Update {
                     resource,
@@ -1170,12 +1267,12 @@ impl AccountSessions {
                     grant.authorization.resource = resource;
                     grant.authorization.expires_at = expires_at;
                     grant.wake_at = expires_at;
-                    self.writes.insert(id, Some(grant.stored()));
+                    self.update_write(id, grant.stored());
                     self.grants.insert(grant);
                 }
                 Verdict::Keep => {
                     if clamped {
-                        self.writes.insert(id, Some(grant.stored()));
+                        self.update_write(id, grant.stored());
                     }
                     self.grants.insert(grant);
                 }
@@ -1261,10 +1358,19 @@ impl AccountSessions {
             .entry(entry.token_id)
             .or_default()
             .insert(session);
-        self.by_device
+        let device_sessions = self
+            .by_device
             .entry((kind, entry.device_id.clone()))
-            .or_default()
-            .insert(session);
+            .or_default();
+        device_sessions.insert(session);
+        if kind == DeviceKind::Gateway && device_sessions.len() == 1 {
+            self.store_ops.push_back(StoreOp::AnnounceGateway {
+                gateway: device.clone(),
+                token_id: entry.token_id,
+                endpoint: entry.endpoint.clone(),
+                online: true,
+            });
+        }
         self.expiries.insert((entry.token_expires_at, session));
         let token_id = entry.token_id;
         match kind {
@@ -1339,7 +1445,12 @@ impl AccountSessions {
             ));
         }
         let key = (kind, params.id.clone());
-        let known = loaded.devices.get(&key);
+        // A device known only from another node's grant, without its addresses, is claimed
+        // like a new one: the store answers with its row.
+        let known = loaded
+            .devices
+            .get(&key)
+            .filter(|d| !d.ipv4.is_unspecified());
         if let Some(known) = known {
             if known.actor_id != actor_id || known.site_id != site_id {
                 let owner = match kind {
@@ -1523,6 +1634,16 @@ impl AccountSessions {
         self.expiries.remove(&(entry.token_expires_at, session));
         let device_key = (entry.kind, entry.device_id.clone());
         remove_from(&mut self.by_device, &device_key, &session);
+        if entry.kind == DeviceKind::Gateway && !self.by_device.contains_key(&device_key) {
+            if let Some(gateway) = self.device(DeviceKind::Gateway, &entry.device_id).cloned() {
+                self.store_ops.push_back(StoreOp::AnnounceGateway {
+                    gateway,
+                    token_id: entry.token_id,
+                    endpoint: None,
+                    online: false,
+                });
+            }
+        }
         if entry.kind == DeviceKind::Client {
             let successor = self
                 .sessions_of(DeviceKind::Client, &entry.device_id)
@@ -1697,9 +1818,7 @@ impl AccountSessions {
             let reusable = self.grants.by_id.get(&id).is_some_and(|grant| {
                 grant.token_id == token_id
                     && grant.authorization.client_public_key == client_key
-                    && !self
-                        .sessions_of(DeviceKind::Gateway, &grant.gateway_device)
-                        .is_empty()
+                    && self.gateway_online(&grant.gateway_device)
             });
             if reusable && self.verdict_of(id, now) == Some(Verdict::Keep) {
                 if let Some(grant) = self.grants.by_id.get_mut(&id) {
@@ -1782,12 +1901,21 @@ impl AccountSessions {
             session: Some(session),
         };
         let id = grant.id();
-        self.writes.insert(id, Some(grant.stored()));
+        let gateway_here = !self
+            .sessions_of(DeviceKind::Gateway, &grant.gateway_device)
+            .is_empty();
+        self.writes.insert(id, Write::Save(grant.stored()));
         self.grants.insert(grant);
         let wake = self.wake_time(id, now);
         self.grants.set_wake(id, wake);
         self.send_authorize(id);
-        self.send_granted(session, id);
+        if gateway_here {
+            self.send_granted(session, id);
+        } else {
+            // The gateway's node hears of it when the write commits: a client told earlier
+            // would knock before the gateway knows its key.
+            self.granted_after_write.insert(id, session);
+        }
     }
 
     /// Whether the actor may reach the resource from `source_ip` now: until when, and the
@@ -1814,14 +1942,19 @@ impl AccountSessions {
         Ok((until, resource_view(resource, until)))
     }
 
-    /// The online gateway of the site with the fewest grants (ties: the lowest device id).
+    /// The online gateway of the site with the fewest grants (ties: the lowest device id),
+    /// whatever portal node holds its session.
     fn least_loaded_gateway(&self, site_id: Uuid) -> Option<String> {
-        let candidates: BTreeSet<&String> = self
+        let mut candidates: BTreeSet<&String> = self
             .gateways
             .values()
             .filter(|g| g.site_id == Some(site_id))
             .map(|g| &g.device_id)
             .collect();
+        candidates.extend(self.remote_gateways.keys().filter(|device| {
+            self.device(DeviceKind::Gateway, device)
+                .is_some_and(|d| d.site_id == Some(site_id))
+        }));
         candidates
             .into_iter()
             .min_by_key(|d| (self.grants.count_at_gateway(d), (*d).clone()))
@@ -1856,11 +1989,7 @@ impl AccountSessions {
         let Some(grant) = self.grants.by_id.get(&id) else {
             return;
         };
-        let gateway_sessions = self.sessions_of(DeviceKind::Gateway, &grant.gateway_device);
-        let endpoint = gateway_sessions
-            .last()
-            .and_then(|s| self.gateways.get(s))
-            .and_then(|g| g.endpoint.clone());
+        let endpoint = self.gateway_endpoint(&grant.gateway_device);
         let Some(gateway) = self.device(DeviceKind::Gateway, &grant.gateway_device) else {
             return;
         };
@@ -1888,7 +2017,7 @@ impl AccountSessions {
             let Some(grant) = self.grants.remove(*id) else {
                 continue;
             };
-            self.writes.insert(*id, None);
+            self.writes.insert(*id, Write::Delete);
             if how == Withdrawal::TellClient {
                 let resource_id = grant.authorization.resource.id;
                 for session in
@@ -1963,7 +2092,7 @@ impl AccountSessions {
         grant.authorization.expires_at = expires_at;
         let session = grant.session;
         let stored = grant.stored();
-        self.writes.insert(id, Some(stored));
+        self.update_write(id, stored);
         let wake = self.wake_time(id, now);
         self.grants.set_wake(id, wake);
         self.send_authorize(id);
@@ -2078,7 +2207,7 @@ impl AccountSessions {
             if grant.authorization.expires_at <= now {
                 // Gateway and client drop it on their own at that instant.
                 self.grants.remove(id);
-                self.writes.insert(id, None);
+                self.writes.insert(id, Write::Delete);
                 continue;
             }
             if !self.is_current() {
@@ -2142,7 +2271,7 @@ impl AccountSessions {
             grant.authorization.resource = resource;
             grant.authorization.expires_at = extended;
             let stored = grant.stored();
-            self.writes.insert(id, Some(stored));
+            self.update_write(id, stored);
         }
         let wake = self.wake_time(id, now);
         self.grants.set_wake(id, wake);
@@ -2214,6 +2343,15 @@ impl AccountSessions {
     }
 
     // ----- randomness -----
+
+    /// Decides to write a changed grant: still a save if its first save is pending.
+    fn update_write(&mut self, id: Uuid, stored: StoredAuthorization) {
+        let write = match self.writes.get(&id) {
+            Some(Write::Save(_)) => Write::Save(stored),
+            _ => Write::Update(stored),
+        };
+        self.writes.insert(id, write);
+    }
 
     fn random_uuid(&mut self) -> Uuid {
         let mut bytes = [0u8; 16];

@@ -137,7 +137,13 @@ pub(crate) struct HubInner {
 pub(crate) struct Online {
     devices: HashMap<(Uuid, DeviceKind, String), u32>,
     tokens: HashMap<Uuid, u32>,
+    /// Client devices whose count changed since the presence was last written for the other
+    /// nodes (PostgreSQL), with their token.
+    dirty: HashMap<(Uuid, String), Uuid>,
 }
+
+/// How often this node writes its clients' presence for the other nodes.
+const PRESENCE_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Hub {
     /// Creates the hub with the default limits and starts forwarding the store's change
@@ -156,6 +162,9 @@ impl Hub {
                 online: RwLock::new(Online::default()),
             }),
         };
+        if store.is_clustered() {
+            tokio::spawn(write_presence(store.clone(), Arc::downgrade(&hub.inner)));
+        }
         tokio::spawn(forward_events(store, Arc::downgrade(&hub.inner)));
         hub
     }
@@ -180,6 +189,60 @@ impl Hub {
         {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+    }
+
+    /// Which of these devices have a session on this node or another live one. Other nodes'
+    /// sessions are counted as of their last presence write (at most a second or so behind);
+    /// if the database cannot say, this node's alone.
+    pub async fn online_devices(
+        &self,
+        account_id: Uuid,
+        kind: DeviceKind,
+        device_ids: &[String],
+    ) -> std::collections::HashSet<String> {
+        let mut online: std::collections::HashSet<String> = device_ids
+            .iter()
+            .filter(|d| self.is_online(account_id, kind, d))
+            .cloned()
+            .collect();
+        let rest: Vec<String> = device_ids
+            .iter()
+            .filter(|d| !online.contains(*d))
+            .cloned()
+            .collect();
+        match self
+            .inner
+            .store
+            .remote_online(account_id, kind, &rest)
+            .await
+        {
+            Ok(remote) => online.extend(remote),
+            Err(err) => tracing::warn!(error = %err, "cannot read other portal nodes' presence"),
+        }
+        online
+    }
+
+    /// How many sessions use each of these tokens, on every live node (see
+    /// [`Self::online_devices`]).
+    pub async fn token_sessions(&self, account_id: Uuid, token_ids: &[Uuid]) -> HashMap<Uuid, u32> {
+        let mut sessions: HashMap<Uuid, u32> = token_ids
+            .iter()
+            .map(|t| (*t, self.sessions_with_token(*t)))
+            .collect();
+        match self
+            .inner
+            .store
+            .remote_token_sessions(account_id, token_ids)
+            .await
+        {
+            Ok(remote) => {
+                for (token, count) in remote {
+                    *sessions.entry(token).or_default() += count;
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot read other portal nodes' presence"),
+        }
+        sessions
     }
 
     /// Whether a device has at least one open session on this portal.
@@ -281,6 +344,11 @@ impl HubInner {
             .entry((account_id, presence.kind, presence.device_id.clone()))
             .or_default() += 1;
         *online.tokens.entry(presence.token_id).or_default() += 1;
+        if presence.kind == DeviceKind::Client {
+            online
+                .dirty
+                .insert((account_id, presence.device_id.clone()), presence.token_id);
+        }
     }
 
     pub(crate) fn mark_offline(&self, account_id: Uuid, presence: &Presence) {
@@ -298,6 +366,11 @@ impl HubInner {
                 online.tokens.remove(&presence.token_id);
             }
         }
+        if presence.kind == DeviceKind::Client {
+            online
+                .dirty
+                .insert((account_id, presence.device_id.clone()), presence.token_id);
+        }
     }
 }
 
@@ -307,9 +380,31 @@ impl HubInner {
 async fn forward_events(store: Store, hub: Weak<HubInner>) {
     let mut events = store.subscribe();
     let mut gaps = store.gaps();
+    let mut nodes_gone = store.nodes_gone();
     loop {
         let received = tokio::select! {
             received = events.recv() => received,
+            gone = nodes_gone.recv() => {
+                let Some(hub) = hub.upgrade() else { return };
+                match gone {
+                    Ok(node_id) => {
+                        tracing::info!(%node_id, "a portal node is gone; its sessions count as offline");
+                        let workers: Vec<WorkerHandle> = hub.workers.lock().values().cloned().collect();
+                        for worker in workers {
+                            if let Err(mpsc::error::TrySendError::Full(_)) =
+                                worker.commands.try_send(Command::NodeGone(node_id))
+                            {
+                                worker.resync(store.revocation_generation());
+                            }
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        resync_all(&hub, store.revocation_generation());
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+                continue;
+            }
             changed = gaps.changed() => {
                 if changed.is_err() {
                     return;
@@ -337,6 +432,47 @@ async fn forward_events(store: Store, hub: Weak<HubInner>) {
                 resync_all(&hub, generation);
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Writes the client devices whose session count changed, for the other nodes, every
+/// [`PRESENCE_PERIOD`] (gateways are announced by their account's worker at once).
+async fn write_presence(store: Store, hub: Weak<HubInner>) {
+    let mut ticker = tokio::time::interval(PRESENCE_PERIOD);
+    loop {
+        ticker.tick().await;
+        let Some(hub) = hub.upgrade() else { return };
+        let batch: Vec<postern_store::PresenceCount> = {
+            let mut online = hub.online.write();
+            let dirty = std::mem::take(&mut online.dirty);
+            dirty
+                .into_iter()
+                .map(|((account_id, device_id), token_id)| {
+                    let sessions = online
+                        .devices
+                        .get(&(account_id, DeviceKind::Client, device_id.clone()))
+                        .copied()
+                        .unwrap_or(0);
+                    postern_store::PresenceCount {
+                        account_id,
+                        kind: DeviceKind::Client,
+                        device_id,
+                        token_id,
+                        sessions,
+                    }
+                })
+                .collect()
+        };
+        if let Err(err) = store.write_presence(&batch).await {
+            tracing::warn!(error = %err, devices = batch.len(), "could not write this node's presence; retrying");
+            let mut online = hub.online.write();
+            for count in batch {
+                online
+                    .dirty
+                    .entry((count.account_id, count.device_id))
+                    .or_insert(count.token_id);
+            }
         }
     }
 }

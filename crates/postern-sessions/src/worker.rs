@@ -16,8 +16,8 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::account::{
-    AccessLoad, AccountLoad, AccountSessions, Event, Queued, Queues, Refusal, Registration,
-    SessionId, SessionsConfig, StoreOp,
+    AccessLoad, AccountLoad, AccountSessions, Event, GrantsLoad, Queued, Queues, Refusal,
+    Registration, SessionId, SessionsConfig, StoreOp,
 };
 use crate::{HubInner, Outbound};
 
@@ -42,6 +42,8 @@ pub(crate) enum Command {
         event: ChangeEvent,
         generation: u64,
     },
+    /// Another portal node is gone: its gateways' sessions with it.
+    NodeGone(Uuid),
     /// The portal is stopping: tell every session, so devices know to reconnect.
     Shutdown,
 }
@@ -112,6 +114,7 @@ pub(crate) fn spawn(
         replies: HashMap::new(),
         write: None,
         claim: None,
+        announcing: None,
     };
     tokio::spawn(worker.run(command_rx, departure_rx, missed.clone()));
     WorkerHandle {
@@ -135,6 +138,8 @@ struct Worker {
     write: Option<(JoinHandle<bool>, Arc<AuthorizationWrites>)>,
     /// The device claims the core asked for last, while they run.
     claim: Option<JoinHandle<Option<Vec<DeviceClaim>>>>,
+    /// The latest gateway announcement, while it runs.
+    announcing: Option<JoinHandle<()>>,
 }
 
 impl Worker {
@@ -209,6 +214,7 @@ impl Worker {
             Command::Change { event, generation } => {
                 self.core.handle_change(&event, generation, now)
             }
+            Command::NodeGone(node_id) => self.core.handle_node_gone(node_id),
             Command::Shutdown => self.core.handle_shutdown(now),
         }
     }
@@ -269,6 +275,35 @@ impl Worker {
                             .handle_load_failed(StoreOp::LoadAccount, Utc::now());
                     }
                 },
+                StoreOp::AnnounceGateway {
+                    gateway,
+                    token_id,
+                    endpoint,
+                    online,
+                } => {
+                    // In the background, each after the previous one: in the order decided,
+                    // without holding up the sessions.
+                    let (store, previous) = (self.store.clone(), self.announcing.take());
+                    self.announcing = Some(tokio::spawn(async move {
+                        if let Some(previous) = previous {
+                            let _ = previous.await;
+                        }
+                        if let Err(err) = store
+                            .announce_gateway(&gateway, token_id, endpoint, online)
+                            .await
+                        {
+                            tracing::warn!(device_id = %gateway.device_id, online, error = %err, "could not tell the other portal nodes about a gateway");
+                        }
+                    }));
+                }
+                StoreOp::LoadGrants => match self.load_grants().await {
+                    Ok(load) => self.core.handle_grants_loaded(load, Utc::now()),
+                    Err(err) => {
+                        tracing::error!(account_id = %self.core.account_id(), error = %err, "cannot read the account's grants again");
+                        self.core
+                            .handle_load_failed(StoreOp::LoadGrants, Utc::now());
+                    }
+                },
                 StoreOp::LoadAccess { tokens } => match self.load_access(&tokens).await {
                     Ok(load) => self.core.handle_access_loaded(load, Utc::now()),
                     Err(err) => {
@@ -322,11 +357,26 @@ impl Worker {
             .store
             .load_authorizations(account_id, Utc::now())
             .await?;
+        let remote_gateways = self.store.remote_gateways(account_id).await?;
         Ok(AccountLoad {
             slug: account.slug,
             access,
             devices,
             authorizations,
+            remote_gateways,
+        })
+    }
+
+    async fn load_grants(&self) -> Result<GrantsLoad, StoreError> {
+        let account_id = self.core.account_id();
+        let authorizations = self
+            .store
+            .load_authorizations(account_id, Utc::now())
+            .await?;
+        let remote_gateways = self.store.remote_gateways(account_id).await?;
+        Ok(GrantsLoad {
+            authorizations,
+            remote_gateways,
         })
     }
 

@@ -32,8 +32,8 @@ use postern_protocol::{
     decode, Authorization, ConnectParams, PortalToClient, PortalToGateway, TunnelAddresses,
 };
 use postern_sessions::account::{
-    AccessLoad, AccountLoad, AccountSessions, Event, Queued, Queues, Refusal, Registration,
-    SessionId, SessionsConfig, StoreOp,
+    AccessLoad, AccountLoad, AccountSessions, Event, GrantsLoad, Queued, Queues, Refusal,
+    Registration, SessionId, SessionsConfig, StoreOp,
 };
 use postern_sessions::Outbound;
 use postern_store::{
@@ -270,6 +270,11 @@ impl Db {
         }
         for stored in &writes.save {
             self.authorizations.insert(stored.id, stored.clone());
+        }
+        for stored in &writes.update {
+            if let Some(row) = self.authorizations.get_mut(&stored.id) {
+                *row = stored.clone();
+            }
         }
     }
 
@@ -716,6 +721,27 @@ impl Sim {
                 );
                 self.write_in_flight = Some(writes);
             }
+            StoreOp::AnnounceGateway { .. } => {}
+            StoreOp::LoadGrants => {
+                if std::mem::take(&mut self.fail_next_load) {
+                    self.core.handle_load_failed(StoreOp::LoadGrants, self.now);
+                    return;
+                }
+                let load = GrantsLoad {
+                    authorizations: self
+                        .db
+                        .authorizations
+                        .values()
+                        .filter(|a| a.expires_at > self.now)
+                        .map(|a| LoadedAuthorization {
+                            authorization: a.clone(),
+                            token: self.db.token_state(a.token_id),
+                        })
+                        .collect(),
+                    remote_gateways: Vec::new(),
+                };
+                self.core.handle_grants_loaded(load, self.now);
+            }
             StoreOp::LoadAccount => {
                 if std::mem::take(&mut self.fail_next_load) {
                     self.stale_since.get_or_insert(self.now);
@@ -737,6 +763,7 @@ impl Sim {
                             token: self.db.token_state(a.token_id),
                         })
                         .collect(),
+                    remote_gateways: Vec::new(),
                 };
                 let loaded: Vec<String> = load
                     .authorizations

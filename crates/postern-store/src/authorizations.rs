@@ -3,21 +3,14 @@
 //! and reads them back, with the state of their tokens, when an account's sessions start.
 
 use chrono::{DateTime, Utc};
+use postern_domain::ChangeEvent;
 use sqlx::Row;
 use uuid::Uuid;
 
 use crate::db::{self, from_ts, ts};
 use crate::{Result, Store};
 
-/// A stored authorization: who holds it, where it applies, until when, and its document.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredAuthorization {
-    pub id: Uuid,
-    pub token_id: Uuid,
-    pub gateway_device_id: String,
-    pub expires_at: DateTime<Utc>,
-    pub body: serde_json::Value,
-}
+pub use postern_domain::StoredAuthorization;
 
 /// A stored authorization read back, with what its token is now.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,17 +34,19 @@ impl TokenState {
     }
 }
 
-/// Authorization changes to write together: every save is an upsert, deletes of unknown ids
-/// change nothing.
+/// Authorization changes to write together: every save is an upsert, an update changes a row
+/// only if it still exists (another node may have deleted it: it stays deleted), deletes of
+/// unknown ids change nothing.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AuthorizationWrites {
     pub save: Vec<StoredAuthorization>,
+    pub update: Vec<StoredAuthorization>,
     pub delete: Vec<Uuid>,
 }
 
 impl AuthorizationWrites {
     pub fn is_empty(&self) -> bool {
-        self.save.is_empty() && self.delete.is_empty()
+        self.save.is_empty() && self.update.is_empty() && self.delete.is_empty()
     }
 }
 
@@ -59,7 +54,8 @@ impl AuthorizationWrites {
 const IDS_PER_QUERY: usize = 500;
 
 impl Store {
-    /// Writes a batch of authorization changes in one transaction.
+    /// Writes a batch of authorization changes in one transaction; on PostgreSQL the other
+    /// portal nodes hear of them through the change feed, in the same transaction.
     pub async fn write_authorizations(
         &self,
         account_id: Uuid,
@@ -96,7 +92,30 @@ impl Store {
             .execute(&mut *tx.tx)
             .await?;
         }
-        tx.commit().await
+        let mut saved = writes.save.clone();
+        for authorization in &writes.update {
+            let done = sqlx::query(
+                "UPDATE authorizations SET token_id = $3, gateway_device_id = $4, expires_at = $5, \
+                 body = $6 WHERE id = $1 AND account_id = $2",
+            )
+            .bind(authorization.id.to_string())
+            .bind(account_id.to_string())
+            .bind(authorization.token_id.to_string())
+            .bind(authorization.gateway_device_id.clone())
+            .bind(ts(authorization.expires_at))
+            .bind(db::to_json(&authorization.body)?)
+            .execute(&mut *tx.tx)
+            .await?;
+            if done.rows_affected() > 0 {
+                saved.push(authorization.clone());
+            }
+        }
+        let event = ChangeEvent::AuthorizationsWritten {
+            account_id,
+            saved,
+            deleted: writes.delete.clone(),
+        };
+        self.commit_announcing(tx, vec![event]).await
     }
 
     /// The account's authorizations that have not expired by `now` (expired ones are deleted),

@@ -37,12 +37,19 @@ const SEEN: usize = 100_000;
 const PING: Duration = Duration::from_secs(30);
 const SILENCE: Duration = Duration::from_secs(90);
 
-/// What a notification carries: the id of a committed event, or (`id: None`) a node's ping.
+/// A notification's payload stays below PostgreSQL's 8 000-byte limit: a larger event is
+/// announced by its id alone and read from the table.
+const INLINE_LIMIT: usize = 7_000;
+
+/// What a notification carries: the id of a committed event (and the event itself when it is
+/// small: the listener need not read it back), or (`id: None`) a node's ping.
 #[derive(Serialize, Deserialize)]
 struct Announcement {
     node: Uuid,
     #[serde(default)]
     id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    event: Option<ChangeEvent>,
 }
 
 impl Store {
@@ -50,13 +57,31 @@ impl Store {
     /// the feed and announced in the same transaction; then this node applies them.
     pub(crate) async fn commit_publishing(
         &self,
-        mut tx: WriteTx,
+        tx: WriteTx,
         events: Vec<ChangeEvent>,
     ) -> Result<()> {
+        self.feed(tx, &events).await?;
+        self.publish(events);
+        Ok(())
+    }
+
+    /// Commits a change whose events are for the other portal nodes only: this node's own
+    /// session core made it and knows.
+    pub(crate) async fn commit_announcing(
+        &self,
+        tx: WriteTx,
+        events: Vec<ChangeEvent>,
+    ) -> Result<()> {
+        self.feed(tx, &events).await
+    }
+
+    /// Writes and announces the events in the transaction (PostgreSQL), then commits it.
+    async fn feed(&self, mut tx: WriteTx, events: &[ChangeEvent]) -> Result<()> {
         if self.inner.backend == Backend::Postgres {
             let now = ts(Utc::now());
-            for event in &events {
+            for event in events {
                 let id = Uuid::now_v7();
+                let body = db::to_json(event)?;
                 sqlx::query(
                     "INSERT INTO change_events (id, account_id, node_id, body, created_at) \
                      VALUES ($1, $2, $3, $4, $5)",
@@ -64,13 +89,15 @@ impl Store {
                 .bind(id.to_string())
                 .bind(event.account_id().to_string())
                 .bind(self.inner.node_id.to_string())
-                .bind(db::to_json(event)?)
+                .bind(&body)
                 .bind(now)
                 .execute(&mut *tx.tx)
                 .await?;
+                let inline = body.len() < INLINE_LIMIT;
                 let announcement = Announcement {
                     node: self.inner.node_id,
                     id: Some(id),
+                    event: inline.then(|| event.clone()),
                 };
                 sqlx::query("SELECT pg_notify($1, $2)")
                     .bind(CHANNEL)
@@ -79,9 +106,7 @@ impl Store {
                     .await?;
             }
         }
-        tx.commit().await?;
-        self.publish(events);
-        Ok(())
+        tx.commit().await
     }
 
     /// Listens for other nodes' changes (PostgreSQL only; `None` on SQLite, where one process
@@ -153,6 +178,7 @@ impl Store {
         let announcement = Announcement {
             node: self.inner.node_id,
             id: None,
+            event: None,
         };
         let Ok(payload) = db::to_json(&announcement) else {
             return;
@@ -183,7 +209,7 @@ impl Store {
 
     /// Tells subscribers that changes were missed beyond recovery, after dropping every cached
     /// token record: they must check what they hold against the database.
-    fn report_gap(&self) {
+    pub(crate) fn report_gap(&self) {
         self.inner.tokens.clear();
         self.inner.gaps.send_modify(|gaps| *gaps += 1);
     }
@@ -224,6 +250,10 @@ impl Follower {
         self.alive_at = Some(Utc::now());
         let Some(id) = announcement.id else { return };
         if announcement.node == store.inner.node_id || !self.remember(id) {
+            return;
+        }
+        if let Some(event) = announcement.event {
+            store.apply_remote(event);
             return;
         }
         let row = sqlx::query("SELECT body, created_at FROM change_events WHERE id = $1")

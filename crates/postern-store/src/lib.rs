@@ -10,6 +10,7 @@ mod actors;
 mod audit;
 mod auth;
 mod authorizations;
+mod cluster;
 mod db;
 mod devices;
 mod feed;
@@ -36,6 +37,7 @@ pub use auth::{AuthError, Principal, TokenUse};
 pub use authorizations::{
     AuthorizationWrites, LoadedAuthorization, StoredAuthorization, TokenState,
 };
+pub use cluster::{PresenceCount, RemoteGateway, NODE_TIMEOUT};
 pub use devices::{AccessData, DeviceClaim, DeviceFilter};
 pub use groups::MembershipChange;
 pub use policies::{NewPolicy, PolicyPatch};
@@ -110,6 +112,8 @@ struct Inner {
     node_id: uuid::Uuid,
     /// Raised when changes from other nodes were missed beyond recovery (`Store::gaps`).
     gaps: tokio::sync::watch::Sender<u64>,
+    /// Other portal nodes found gone (`Store::nodes_gone`).
+    nodes_gone: broadcast::Sender<uuid::Uuid>,
     /// Device sightings not yet written, by (account, kind, device id).
     devices: parking_lot::Mutex<
         std::collections::HashMap<
@@ -179,6 +183,7 @@ impl Store {
                 database_url: (backend == Backend::Postgres).then(|| url.to_string()),
                 node_id: uuid::Uuid::new_v4(),
                 gaps: tokio::sync::watch::Sender::new(0),
+                nodes_gone: broadcast::channel(1024).0,
                 devices: Default::default(),
             }),
         })
@@ -226,6 +231,7 @@ impl Store {
         if let Err(err) = self.flush_token_usage().await {
             tracing::warn!(error = %err, "could not record token usage on shutdown");
         }
+        self.leave_cluster().await;
         self.inner.pool.close().await;
     }
 

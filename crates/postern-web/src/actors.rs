@@ -542,6 +542,14 @@ async fn detail(
     } else {
         Vec::new()
     };
+    let token_ids: Vec<Uuid> = tokens.iter().map(|t| t.id).collect();
+    let token_sessions = state.app.hub.token_sessions(account_id, &token_ids).await;
+    let client_ids: Vec<String> = clients.iter().map(|c| c.device_id.clone()).collect();
+    let clients_online = state
+        .app
+        .hub
+        .online_devices(account_id, DeviceKind::Client, &client_ids)
+        .await;
     let now = chrono::Utc::now();
     let disabled = actor.is_disabled();
     let base = format!("/actors/{}", actor.id);
@@ -615,7 +623,7 @@ async fn detail(
                                             (ui::opt_time(token.last_used_at, "Never"))
                                             @if let Some(ip) = &token.last_used_ip { div.muted.small { "from " (ip) } }
                                         }
-                                        td data-label="Clients online" data-testid="token-online" { (state.app.hub.sessions_with_token(token.id)) }
+                                        td data-label="Clients online" data-testid="token-online" { (token_sessions.get(&token.id).copied().unwrap_or(0)) }
                                         td data-label="Status" data-testid="token-status" {
                                             @if revoked { (ui::badge("danger", "Revoked")) }
                                             @else if expired { (ui::badge("muted", "Expired")) }
@@ -668,7 +676,7 @@ async fn detail(
                                             @if let Some(ip) = &client.last_seen_ip { div.muted.small { "from " (ip) } }
                                         }
                                         td data-label="Status" {
-                                            @if state.app.hub.is_online(account_id, DeviceKind::Client, &client.device_id) {
+                                            @if clients_online.contains(&client.device_id) {
                                                 (ui::badge("ok", "Online"))
                                             } @else { (ui::badge("muted", "Offline")) }
                                         }

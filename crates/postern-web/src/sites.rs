@@ -8,6 +8,7 @@ use axum::Router;
 use maud::html;
 use postern_domain::{DeviceKind, Site};
 use postern_store::{DeviceFilter, Page, TokenHolder};
+use uuid::Uuid;
 
 use crate::auth::Admin;
 use crate::error::WebResult;
@@ -45,15 +46,17 @@ async fn gateways(
         .list_devices(admin.account_id(), DeviceKind::Gateway, &filter, ALL)
         .await?
         .items;
+    let ids: Vec<String> = devices.iter().map(|d| d.device_id.clone()).collect();
+    let online = state
+        .app
+        .hub
+        .online_devices(admin.account_id(), DeviceKind::Gateway, &ids)
+        .await;
     Ok(devices
         .into_iter()
         .map(|d| {
-            let online =
-                state
-                    .app
-                    .hub
-                    .is_online(admin.account_id(), DeviceKind::Gateway, &d.device_id);
-            (d, online)
+            let is_online = online.contains(&d.device_id);
+            (d, is_online)
         })
         .collect())
 }
@@ -155,6 +158,8 @@ async fn detail_page(
         .await?
         .items;
     let gateways = gateways(state, admin, site).await?;
+    let token_ids: Vec<Uuid> = tokens.iter().map(|t| t.id).collect();
+    let token_sessions = state.app.hub.token_sessions(account_id, &token_ids).await;
     let now = chrono::Utc::now();
     let base = format!("/sites/{}", site.id);
     let actions = html! {
@@ -188,7 +193,7 @@ async fn detail_page(
                                         (ui::opt_time(token.last_used_at, "Never"))
                                         @if let Some(ip) = &token.last_used_ip { div.muted.small { "from " (ip) } }
                                     }
-                                    td data-label="Online" { (state.app.hub.sessions_with_token(token.id)) }
+                                    td data-label="Online" { (token_sessions.get(&token.id).copied().unwrap_or(0)) }
                                     td data-label="Status" data-testid="token-status" {
                                         @if revoked { (ui::badge("danger", "Revoked")) }
                                         @else if token.expires_at <= now { (ui::badge("muted", "Expired")) }

@@ -95,6 +95,7 @@ async fn serve(args: &ServeArgs, store: &Store) -> anyhow::Result<()> {
     }
     let _flusher = store.spawn_usage_flusher(Duration::from_secs(2));
     let _change_listener = store.spawn_change_listener();
+    let _heartbeat = store.spawn_node_heartbeat();
     let shutdown = shutdown_signal()?;
     let listener = bind(&args.listen).await?;
     let address = listener
