@@ -104,7 +104,7 @@ fn run(args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
             kind: TokenKind::Client,
             env_token,
             token_path: &args.common.token_path,
-            api_url: &args.common.api_url,
+            api_urls: &args.common.api_urls,
             insecure: args.common.insecure,
             state_dir: &args.state_dir,
             id: args.common.id.as_deref(),

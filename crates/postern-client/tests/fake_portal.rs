@@ -34,12 +34,21 @@ struct Setup {
 }
 
 async fn start_client() -> Setup {
+    start_client_after(None).await
+}
+
+/// The client with `first` as an earlier `--api-url` than the fake portal's.
+async fn start_client_after(first: Option<&str>) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let token = token(TokenKind::Client);
     let token_path = token_file(dir.path(), &token, 0o600);
     let state = dir.path().join("state");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api_url = format!("http://{}", listener.local_addr().unwrap());
+    let api_urls = match first {
+        Some(first) => format!("{first},{api_url}"),
+        None => api_url,
+    };
     let child = command(&[
         "run",
         "--no-tunnel",
@@ -48,7 +57,7 @@ async fn start_client() -> Setup {
         "--state-dir",
         state.to_str().unwrap(),
         "--api-url",
-        &api_url,
+        &api_urls,
         "--id",
         "test-device",
         "--name",
@@ -334,4 +343,47 @@ async fn http_426_means_upgrade_required_exit_1() {
             "protocol version 1 is no longer supported",
         ],
     );
+}
+
+/// With several portal URLs, an unreachable first node is passed over for the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_portal_node_is_passed_over_for_the_next() {
+    // A port that refuses connections: bound, then closed.
+    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let Setup {
+        _dir,
+        state,
+        mut child,
+        listener,
+        ..
+    } = start_client_after(Some(&dead_url)).await;
+    let live_url = format!("ws://{}/", listener.local_addr().unwrap());
+    let (stream, _) = tokio::time::timeout(LIMIT, listener.accept())
+        .await
+        .expect("the client moves on to the second portal node")
+        .unwrap();
+    let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+    let init = PortalToClient::Init(ClientInit {
+        account_id: Uuid::now_v7(),
+        account_slug: "acme".into(),
+        actor_id: Uuid::now_v7(),
+        actor_name: "ci-runner".into(),
+        token_id: Uuid::now_v7(),
+        token_expires_at: Utc::now() + chrono::Duration::days(30),
+        device_id: "test-device".into(),
+        addresses: TunnelAddresses {
+            ipv4: "100.64.0.7".parse().unwrap(),
+            ipv6: "fd00::7".parse().unwrap(),
+        },
+        resources: vec![],
+    });
+    ws.send(text(&init)).await.unwrap();
+    wait_for_status(&state, |status| {
+        status["state"] == "connected" && status["portal"] == live_url.as_str()
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
 }

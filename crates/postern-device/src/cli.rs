@@ -16,9 +16,17 @@ pub const EXIT_CODES_HELP: &str = "Exit codes:\n  \
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct CommonArgs {
-    /// The portal's URL (https://; plain http:// only to loopback addresses or with --insecure)
-    #[arg(long, env = "POSTERN_API_URL", default_value = "http://127.0.0.1:8080")]
-    pub api_url: String,
+    /// The portal's URL (https://; plain http:// only to loopback addresses or with
+    /// --insecure). Repeat it (or separate URLs with commas in POSTERN_API_URL) for several
+    /// portal nodes without a load balancer: they are tried in order, then in turn with the
+    /// usual backoff; a session that ends moves on to the next one.
+    #[arg(
+        long = "api-url",
+        env = "POSTERN_API_URL",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub api_urls: Vec<String>,
 
     /// Allow plain http:// to a non-loopback portal (the token travels unencrypted: testing only)
     #[arg(long)]

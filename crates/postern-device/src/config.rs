@@ -341,7 +341,8 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
 #[derive(Debug)]
 pub struct DeviceConfig {
     pub token: Token,
-    pub base_url: Url,
+    /// The portal nodes, in the order they are tried (at least one).
+    pub portals: Vec<Url>,
     pub state_dir: PathBuf,
     pub params: ConnectParams,
     pub max_partition: Option<Duration>,
@@ -353,7 +354,7 @@ pub struct DeviceSettings<'a> {
     pub kind: TokenKind,
     pub env_token: Option<SecretString>,
     pub token_path: &'a Path,
-    pub api_url: &'a str,
+    pub api_urls: &'a [String],
     pub insecure: bool,
     pub state_dir: &'a Path,
     pub id: Option<&'a str>,
@@ -373,7 +374,18 @@ impl DeviceConfig {
             settings.kind,
             settings.program,
         )?;
-        let base_url = portal_base_url(settings.api_url, settings.insecure)?;
+        let portals = settings
+            .api_urls
+            .iter()
+            .filter(|url| !url.trim().is_empty())
+            .map(|url| portal_base_url(url, settings.insecure))
+            .collect::<Result<Vec<Url>, ConfigError>>()?;
+        if portals.is_empty() {
+            return Err(ConfigError::InvalidUrl {
+                url: String::new(),
+                reason: "no portal URL given (--api-url)".into(),
+            });
+        }
         ensure_state_dir(settings.state_dir)?;
         let id = device_id(settings.id, settings.state_dir)?;
         let name = match settings.name {
@@ -390,7 +402,7 @@ impl DeviceConfig {
         params.validate().map_err(ConfigError::Params)?;
         Ok(Self {
             token,
-            base_url,
+            portals,
             state_dir: settings.state_dir.to_path_buf(),
             params,
             max_partition: settings.max_partition,

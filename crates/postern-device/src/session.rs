@@ -108,7 +108,12 @@ pub async fn run<R: Role>(
     let _ = rustls::crypto::ring::default_provider().install_default();
     tokio::pin!(shutdown);
     let mut shutdown: Pin<&mut _> = shutdown;
-    let url = session_url(&config.base_url, R::PATH, &config.params);
+    let urls: Vec<Url> = config
+        .portals
+        .iter()
+        .map(|base| session_url(base, R::PATH, &config.params))
+        .collect();
+    let mut portals = Rotation::new(urls.len());
     let mut status = StatusWriter::new(&config);
     let mut conn = Connection::new(Instant::now(), config.max_partition);
     let mut rng = StdRng::from_entropy();
@@ -118,20 +123,35 @@ pub async fn run<R: Role>(
             Action::Connect => {
                 status.set(ConnectionState::Connecting, None);
                 status.write(role);
-                debug!(portal = %config.base_url, "connecting");
-                let attempt = connect(&url, &config.token.secret, R::PROGRAM);
+                let portal = &config.portals[portals.current];
+                status.portal = portal.to_string();
+                debug!(%portal, "connecting");
+                let attempt = connect(&urls[portals.current], &config.token.secret, R::PROGRAM);
                 let Some(result) = with_timers(attempt, role, &mut status, shutdown.as_mut()).await
                 else {
                     return status.stopped(role);
                 };
                 match result {
-                    Err(failure) => conn.on_connect_failed(Instant::now(), failure, &mut rng),
+                    Err(failure) => {
+                        let action = conn.on_connect_failed(Instant::now(), failure, &mut rng);
+                        match action {
+                            Action::Reconnect { why, .. } if portals.try_next_now() => {
+                                warn!(%portal, "{why}; trying the next portal node");
+                                Action::Connect
+                            }
+                            Action::Reconnect { after, why } => {
+                                portals.next_round();
+                                Action::Reconnect { after, why }
+                            }
+                            other => other,
+                        }
+                    }
                     Ok(ws) => {
                         conn.on_connected(Instant::now());
                         status.last_error = None;
                         status.set(ConnectionState::Connected, None);
                         status.write(role);
-                        info!(portal = %config.base_url, "connected to the portal");
+                        info!(%portal, "connected to the portal");
                         let end = session(
                             ws,
                             &mut conn,
@@ -142,6 +162,11 @@ pub async fn run<R: Role>(
                         )
                         .await;
                         match end {
+                            Some(action @ Action::Reconnect { .. }) => {
+                                // The node may be gone: the next attempt goes to another one.
+                                portals.next_round();
+                                action
+                            }
                             Some(action) => action,
                             None => return status.stopped(role),
                         }
@@ -176,6 +201,42 @@ pub async fn run<R: Role>(
                 };
             }
         };
+    }
+}
+
+/// Which portal node to try: each round tries every node once in order without waiting; the
+/// next round, after the connection's backoff, starts from the node after the last one tried.
+#[derive(Debug)]
+struct Rotation {
+    count: usize,
+    current: usize,
+    /// Nodes not yet tried in this round.
+    untried: usize,
+}
+
+impl Rotation {
+    fn new(count: usize) -> Self {
+        Self {
+            count: count.max(1),
+            current: 0,
+            untried: count.saturating_sub(1),
+        }
+    }
+
+    /// Moves to the next node if this round has one left.
+    fn try_next_now(&mut self) -> bool {
+        if self.untried == 0 {
+            return false;
+        }
+        self.untried -= 1;
+        self.current = (self.current + 1) % self.count;
+        true
+    }
+
+    /// Starts a new round at the next node.
+    fn next_round(&mut self) {
+        self.current = (self.current + 1) % self.count;
+        self.untried = self.count - 1;
     }
 }
 
@@ -520,7 +581,11 @@ impl StatusWriter {
     fn new(config: &DeviceConfig) -> Self {
         Self {
             state_dir: config.state_dir.clone(),
-            portal: config.base_url.to_string(),
+            portal: config
+                .portals
+                .first()
+                .map(Url::to_string)
+                .unwrap_or_default(),
             device_id: config.params.id.clone(),
             device_name: config.params.name.clone(),
             version: config.params.version.clone(),
@@ -642,5 +707,35 @@ mod tests {
         let detail = problem_detail(401, Some(body.as_bytes()));
         assert!(!detail.contains('\n'));
         assert_eq!(detail.chars().count(), MAX_DETAIL_CHARS + 1);
+    }
+}
+
+#[cfg(test)]
+mod rotation_tests {
+    use super::Rotation;
+
+    #[test]
+    fn each_round_tries_every_node_once_then_starts_at_the_next() {
+        let mut portals = Rotation::new(3);
+        assert_eq!(portals.current, 0);
+        assert!(portals.try_next_now());
+        assert_eq!(portals.current, 1);
+        assert!(portals.try_next_now());
+        assert_eq!(portals.current, 2);
+        assert!(!portals.try_next_now(), "the round is over: back off");
+        portals.next_round();
+        assert_eq!(portals.current, 0);
+        assert!(portals.try_next_now());
+        // A session on node 1 ends: the next attempt goes to node 2.
+        portals.next_round();
+        assert_eq!(portals.current, 2);
+    }
+
+    #[test]
+    fn one_node_is_retried_after_the_backoff() {
+        let mut portals = Rotation::new(1);
+        assert!(!portals.try_next_now());
+        portals.next_round();
+        assert_eq!(portals.current, 0);
     }
 }
