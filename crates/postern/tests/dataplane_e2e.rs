@@ -13,6 +13,9 @@
 //! through the gateway's source NAT. The echo servers and the probes are sockets of this test
 //! process, created by threads that entered the right namespace (`setns`).
 //!
+//! The `cluster_` tests run three portal nodes on one fresh PostgreSQL database instead, relayed
+//! at ports 8080, 8081 and 8082; the gateway's `--api-url` lists node 2 first.
+//!
 //! Needs root (namespaces, TUN, nftables): without it the tests print SKIPPED and pass, except
 //! under CI=true where they fail. Namespaces and processes are removed by guards, also when a
 //! test fails.
@@ -31,7 +34,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{string, Portal};
-use e2e::{sibling_binary, Api};
+use e2e::{sibling_binary, Api, Backend, Database};
 use serde_json::{json, Value};
 
 const TCP_PORT: u16 = 7000;
@@ -154,10 +157,16 @@ impl Drop for Proc {
 }
 
 struct World {
-    // Dropped first to last: processes, then the portal, then namespaces.
+    // Dropped first to last: processes, then the portals, then namespaces.
     procs: Vec<Proc>,
     portal: Option<Portal>,
     portal_addr: String,
+    /// With several portal nodes (PostgreSQL): the nodes after the first, reached in the
+    /// gateway namespace on ports 8081, 8082, …
+    other_nodes: Vec<Option<Portal>>,
+    /// Each node's API, the first node's first.
+    node_apis: Vec<Api>,
+    database: Option<Database>,
     data_dir: tempfile::TempDir,
     api: Api,
     group_id: String,
@@ -176,6 +185,7 @@ impl Drop for World {
         self.relay_stop.store(true, Ordering::SeqCst);
         self.procs.clear();
         self.portal.take();
+        self.other_nodes.clear();
     }
 }
 
@@ -185,6 +195,16 @@ impl World {
     /// site with a running gateway, and a resource 10.2.0.0/24 (tcp 7000, udp 7001, icmp)
     /// granted to `fleet`.
     fn new(clients: usize) -> World {
+        match World::with_nodes(clients, 1) {
+            Some(world) => world,
+            None => unreachable!("one node runs on SQLite"),
+        }
+    }
+
+    /// The same with `nodes` portal nodes: one runs on SQLite, several on one fresh PostgreSQL
+    /// database (`None` when PostgreSQL is not configured outside CI). The gateway tries node
+    /// 2 first (`--api-url` lists 8081, 8082, …, 8080).
+    fn with_nodes(clients: usize, nodes: usize) -> Option<World> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let prefix = format!(
             "pd{}{}",
@@ -250,18 +270,39 @@ impl World {
 
         let data_dir = tempfile::tempdir().expect("temp dir");
         let dir = data_dir.path().to_str().expect("utf-8").to_string();
-        let api_token = common::postern(
-            &["api-token", "create", "--name", "e2e", "--data-dir", &dir],
-            &[],
-        )
-        .ok()
-        .stdout
-        .trim()
-        .to_string();
-        let portal = Portal::start(&["--data-dir", &dir]);
-        let portal_addr = portal.url.trim_start_matches("http://").to_string();
+        let database = match nodes {
+            1 => None,
+            _ => Some(Database::create(Backend::Postgres)?),
+        };
+        let db_args: Vec<String> = match &database {
+            Some(database) => database.args().iter().map(|a| a.to_string()).collect(),
+            None => vec!["--data-dir".into(), dir.clone()],
+        };
+        let db_args: Vec<&str> = db_args.iter().map(String::as_str).collect();
+        let api_token = match &database {
+            Some(database) => database.api_token(),
+            None => common::postern(
+                &["api-token", "create", "--name", "e2e", "--data-dir", &dir],
+                &[],
+            )
+            .ok()
+            .stdout
+            .trim()
+            .to_string(),
+        };
         let relay_stop = Arc::new(AtomicBool::new(false));
-        relay(&gw, portal_addr.clone(), relay_stop.clone());
+        let mut portals: Vec<Portal> = (0..nodes).map(|_| Portal::start(&db_args)).collect();
+        for (n, node) in portals.iter().enumerate() {
+            let addr = node.url.trim_start_matches("http://").to_string();
+            relay(&gw, 8080 + n as u16, addr, relay_stop.clone());
+        }
+        let node_apis: Vec<Api> = portals
+            .iter()
+            .map(|node| Api::new(&node.url, &api_token))
+            .collect();
+        let portal = portals.remove(0);
+        let portal_addr = portal.url.trim_start_matches("http://").to_string();
+        let other_nodes: Vec<Option<Portal>> = portals.into_iter().map(Some).collect();
         let api = Api::new(&portal.url, &api_token);
 
         let group_id = string(
@@ -298,6 +339,9 @@ impl World {
             procs: Vec::new(),
             portal: Some(portal),
             portal_addr,
+            other_nodes,
+            node_apis,
+            database,
             data_dir,
             api,
             group_id,
@@ -310,21 +354,21 @@ impl World {
             prefix,
             relay_stop,
         };
+        let gateway_urls: Vec<String> = (1..nodes)
+            .chain(std::iter::once(0))
+            .map(|n| format!("http://127.0.0.1:{}", 8080 + n))
+            .collect();
+        let gateway_urls = gateway_urls.join(",");
         let gateway = world.spawn(
             "postern-gateway",
             &gw,
             "gateway",
             &gateway_token,
-            &[
-                "--api-url",
-                "http://127.0.0.1:8080",
-                "--listen",
-                "10.1.1.2:51820",
-            ],
+            &["--api-url", &gateway_urls, "--listen", "10.1.1.2:51820"],
         );
         world.procs.push(gateway);
         world.wait_status(0, "connected", |s| s["state"] == "connected");
-        world
+        Some(world)
     }
 
     /// One client namespace with `runner-1` (the group's member) connected and its UDP echo
@@ -377,15 +421,22 @@ impl World {
         }
     }
 
-    /// Starts a client in client namespace `i`; returns its index in `procs`.
+    /// Starts a client in client namespace `i`, on the first portal node; returns its index in
+    /// `procs`.
     fn client(&mut self, i: usize, id: &str, token: &str) -> usize {
+        self.client_on(i, id, token, 1)
+    }
+
+    /// The same on portal node `node` (1 is the first).
+    fn client_on(&mut self, i: usize, id: &str, token: &str, node: u16) -> usize {
         let ns = self.client_ns(i);
+        let url = format!("http://10.1.1.2:{}", 8079 + node);
         let proc = self.spawn(
             "postern-client",
             &ns,
             id,
             token,
-            &["--api-url", "http://10.1.1.2:8080", "--insecure"],
+            &["--api-url", &url, "--insecure"],
         );
         self.procs.push(proc);
         let index = self.procs.len() - 1;
@@ -443,11 +494,11 @@ fn echo_servers(ns: &str) {
     });
 }
 
-/// Relays TCP connections to 0.0.0.0:8080 inside namespace `ns` to the portal at `to` (in this
-/// process's namespace).
-fn relay(ns: &str, to: String, stop: Arc<AtomicBool>) {
-    let listener = in_netns(ns, || {
-        TcpListener::bind("0.0.0.0:8080").expect("relay listener")
+/// Relays TCP connections to 0.0.0.0:`port` inside namespace `ns` to the portal at `to` (in
+/// this process's namespace).
+fn relay(ns: &str, port: u16, to: String, stop: Arc<AtomicBool>) {
+    let listener = in_netns(ns, move || {
+        TcpListener::bind(("0.0.0.0", port)).expect("relay listener")
     });
     std::thread::spawn(move || {
         for inbound in listener.incoming().flatten() {
@@ -861,4 +912,121 @@ fn a_portal_restart_does_not_interrupt_an_open_tcp_transfer() {
     }
     assert_eq!(received, total);
     assert!(total > 100_000, "only {total} bytes went through");
+}
+
+/// How many grants the cluster's database holds.
+fn stored_grants(w: &World) -> i64 {
+    w.database
+        .as_ref()
+        .expect("a cluster")
+        .scalar("SELECT COUNT(*) FROM authorizations")
+}
+
+/// Three portal nodes on one PostgreSQL database, as real processes: the client's session is
+/// on node 1, the gateway's on node 2. The client reaches the resource; revoking its token
+/// through node 3 cuts the traffic within 1 s and the grant is gone from the database.
+#[test]
+fn cluster_a_client_on_node_1_reaches_the_gateway_on_node_2_and_node_3_revokes() {
+    if !can_run() {
+        return;
+    }
+    let Some(mut w) = World::with_nodes(1, 3) else {
+        return;
+    };
+    let gateway_portal = w.procs[0].status().expect("status")["portal"].clone();
+    assert!(
+        gateway_portal.as_str().is_some_and(|p| p.contains(":8081")),
+        "the gateway is on node 2: {gateway_portal}"
+    );
+    let token = w.client_token.clone();
+    w.client(1, "runner-1", &token);
+    let ns = w.client_ns(1);
+    assert_reaches(&w, &ns);
+    let udp = udp_socket(&ns);
+    assert!(udp_echo(&udp, b"before", Duration::from_secs(1)));
+    assert_eq!(stored_grants(&w), 1);
+
+    w.node_apis[2].delete(&format!("/v1/actors/{}/tokens/{}", w.actor_id, w.token_id));
+    let cut = time_to_cut(&udp, Instant::now());
+    eprintln!("revoking through node 3 cut the traffic through node 2's gateway after {cut:?}");
+    assert!(
+        cut <= CUT_BOUND,
+        "traffic still flowed {cut:?} after the revocation\n{}",
+        logs(&w)
+    );
+    w.wait_status(0, "without authorizations", |s| {
+        s["authorizations_count"] == 0
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stored_grants(&w) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the revoked grant stays in the database"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// kill -9 of the gateway's node: the gateway moves to another node (its next `--api-url`),
+/// the client's traffic keeps flowing or resumes, and a new client is granted access through
+/// it.
+#[test]
+fn cluster_the_gateway_moves_when_its_node_is_killed() {
+    if !can_run() {
+        return;
+    }
+    let Some(mut w) = World::with_nodes(2, 3) else {
+        return;
+    };
+    let token = w.client_token.clone();
+    w.client(1, "runner-1", &token);
+    let ns = w.client_ns(1);
+    assert_reaches(&w, &ns);
+    let udp = udp_socket(&ns);
+    assert!(udp_echo(&udp, b"before", Duration::from_secs(1)));
+
+    let sessions = w.procs[0].log().matches("session ready").count();
+    let node_2 = w.other_nodes[0].take().expect("node 2");
+    sh("kill", &["-9", &node_2.pid().to_string()]);
+    let killed_at = Instant::now();
+    drop(node_2);
+    let deadline = Instant::now() + START;
+    while w.procs[0].log().matches("session ready").count() <= sessions {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never reconnected to another node\n{}",
+            logs(&w)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    w.wait_status(0, "connected to another node", |s| {
+        s["state"] == "connected" && !s["portal"].as_str().unwrap_or("").contains(":8081")
+    });
+    assert!(
+        (0..50).any(|n| udp_echo(
+            &udp,
+            format!("after {n}").as_bytes(),
+            Duration::from_millis(200)
+        )),
+        "the client's traffic did not resume after node 2 died\n{}",
+        logs(&w)
+    );
+    // A client that arrives now, on node 1, is granted access through the moved gateway.
+    w.client(2, "runner-2", &token);
+    assert_reaches(&w, &w.client_ns(2));
+
+    // The survivors take node 2 for gone within 30 s of its death, with its presence.
+    let database = w.database.as_ref().expect("a cluster");
+    while database.scalar("SELECT COUNT(*) FROM portal_nodes") != 2 {
+        assert!(
+            Instant::now() < killed_at + Duration::from_secs(30),
+            "node 2 is still counted 30 s after it was killed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        database.scalar("SELECT COUNT(DISTINCT node_id) FROM presence"),
+        2,
+        "only the live nodes' sessions count"
+    );
 }

@@ -136,6 +136,27 @@ impl Database {
     }
 }
 
+impl Database {
+    /// The first column of the first row `query` returns, as a number (PostgreSQL only).
+    pub fn scalar(&self, query: &str) -> i64 {
+        let (admin_url, name) = self.postgres.as_ref().expect("a PostgreSQL database");
+        let url = with_database(admin_url, name);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let mut conn = PgConnection::connect(&url).await.expect("connects");
+            let value: i64 = sqlx::query_scalar(query)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap_or_else(|err| panic!("{query}: {err}"));
+            let _ = conn.close().await;
+            value
+        })
+    }
+}
+
 impl Drop for Database {
     fn drop(&mut self) {
         if let Some((admin_url, name)) = &self.postgres {
