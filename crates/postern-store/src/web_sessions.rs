@@ -2,7 +2,7 @@
 //! id; only that hash is stored, with the session's CSRF token and expiry.
 
 use chrono::{DateTime, Utc};
-use postern_domain::Acting;
+use postern_domain::{Acting, Token};
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
@@ -119,8 +119,101 @@ impl Store {
             .bind(ts(now))
             .execute(&mut *tx.tx)
             .await?;
+        sqlx::query("DELETE FROM web_shown_secrets WHERE expires_at <= $1")
+            .bind(ts(now))
+            .execute(&mut *tx.tx)
+            .await?;
         tx.commit().await?;
         Ok(done.rows_affected())
+    }
+
+    /// Keeps a sealed secret for the session `id_hash` to show once on the page of `holder_id`
+    /// (the caller seals it with a key the database never sees).
+    pub async fn put_shown_secret(
+        &self,
+        id_hash: &str,
+        holder_id: Uuid,
+        token: &Token,
+        sealed: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO web_shown_secrets (session_hash, holder_id, token, sealed, expires_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (session_hash, holder_id) DO UPDATE SET \
+             token = excluded.token, sealed = excluded.sealed, expires_at = excluded.expires_at",
+        )
+        .bind(id_hash.to_string())
+        .bind(holder_id.to_string())
+        .bind(db::to_json(token)?)
+        .bind(sealed.to_string())
+        .bind(ts(expires_at))
+        .execute(&mut *tx.tx)
+        .await?;
+        tx.commit().await
+    }
+
+    /// The sealed secret waiting for this session and holder, deleted as it is read (once,
+    /// whatever node reads it).
+    pub async fn take_shown_secret(
+        &self,
+        id_hash: &str,
+        holder_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(Token, String)>> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(
+            "DELETE FROM web_shown_secrets WHERE session_hash = $1 AND holder_id = $2 \
+             RETURNING token, sealed, expires_at",
+        )
+        .bind(id_hash.to_string())
+        .bind(holder_id.to_string())
+        .fetch_optional(&mut *tx.tx)
+        .await?;
+        tx.commit().await?;
+        let Some(row) = row else { return Ok(None) };
+        if time(&row, "expires_at")? <= now {
+            return Ok(None);
+        }
+        Ok(Some((db::json(&row, "token")?, text(&row, "sealed")?)))
+    }
+
+    /// How many failed sign-ins each key has had since `since`: the highest count.
+    pub async fn sign_in_failures(&self, keys: &[String], since: DateTime<Utc>) -> Result<u64> {
+        let mut most = 0;
+        for key in keys {
+            let count: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM web_sign_in_failures WHERE key = $1 AND at > $2",
+            )
+            .bind(key.clone())
+            .bind(ts(since))
+            .fetch_one(self.pool())
+            .await?;
+            most = most.max(u64::try_from(count).unwrap_or(0));
+        }
+        Ok(most)
+    }
+
+    /// Records a failed sign-in under each key, and forgets those older than `forget_before`.
+    pub async fn record_sign_in_failure(
+        &self,
+        keys: &[String],
+        now: DateTime<Utc>,
+        forget_before: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        for key in keys {
+            sqlx::query("INSERT INTO web_sign_in_failures (key, at) VALUES ($1, $2)")
+                .bind(key.clone())
+                .bind(ts(now))
+                .execute(&mut *tx.tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM web_sign_in_failures WHERE at <= $1")
+            .bind(ts(forget_before))
+            .execute(&mut *tx.tx)
+            .await?;
+        tx.commit().await
     }
 }
 

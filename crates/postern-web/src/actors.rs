@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::auth::Admin;
 use crate::error::{WebError, WebResult};
 use crate::form::{self, FieldErrors, Fields, Post, TokenForm};
-use crate::once::Shown;
+use crate::once::{self, Shown};
 use crate::ui::{self, Confirm, Nav};
 use crate::WebState;
 
@@ -374,14 +374,16 @@ async fn create_service_account(
         }
     };
     if let Some(created) = token {
-        state.once.put(
-            &admin.session.id_hash,
+        once::put(
+            &state,
+            &admin,
             actor.id,
             Shown {
                 token: created.token,
                 secret: created.secret,
             },
-        );
+        )
+        .await?;
     }
     Ok(Redirect::to(&format!("/actors/{}/token", actor.id)).into_response())
 }
@@ -721,7 +723,7 @@ async fn token_once(
     Path(id): Path<String>,
 ) -> WebResult<Response> {
     let actor = load_actor(&state, &admin, &id).await?;
-    let shown = state.once.take(&admin.session.id_hash, actor.id);
+    let shown = once::take(&state, &admin, actor.id).await?;
     let markup = ui::token_once(
         &admin,
         Nav::Actors,
@@ -795,14 +797,16 @@ async fn create_token(
         .await
     {
         Ok(created) => {
-            state.once.put(
-                &admin.session.id_hash,
+            once::put(
+                &state,
+                &admin,
                 actor.id,
                 Shown {
                     token: created.token,
                     secret: created.secret,
                 },
-            );
+            )
+            .await?;
             Ok(Redirect::to(&format!("/actors/{}/token", actor.id)).into_response())
         }
         Err(err) => {

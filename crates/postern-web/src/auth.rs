@@ -4,10 +4,9 @@
 //! database holds its SHA-256. Each session has a random CSRF token that every state-changing
 //! form carries (synchronizer pattern). The sign-in form itself uses a double-submit cookie.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
@@ -19,7 +18,6 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use chrono::Utc;
 use maud::{html, Markup};
-use parking_lot::Mutex;
 use postern_domain::{Acting, Actor, ActorType};
 use postern_store::{StoreError, WebSession};
 use rand::RngCore;
@@ -43,6 +41,8 @@ pub struct Admin {
     pub actor: Actor,
     pub session: WebSession,
     pub source_ip: Option<IpAddr>,
+    /// Seals the secrets this session is shown once (derived from the cookie's session id).
+    pub seal_key: crate::once::SealKey,
 }
 
 impl Admin {
@@ -99,6 +99,7 @@ impl FromRequestParts<WebState> for Admin {
             actor,
             session,
             source_ip: source_ip(parts),
+            seal_key: crate::once::SealKey::from_session_id(&id),
         })
     }
 }
@@ -144,29 +145,22 @@ fn set_cookie(state: &WebState, name: &str, value: &str, max_age: Option<u64>) -
     cookie
 }
 
-/// Failed sign-ins per source IP and per email, in a sliding window.
-#[derive(Default)]
-pub struct SignInLimiter {
-    failures: Mutex<HashMap<String, Vec<Instant>>>,
+/// Failed sign-ins per source IP and per email, in a sliding window, counted in the database so
+/// that every portal node applies the same limit.
+async fn sign_in_blocked(
+    state: &WebState,
+    keys: &[String],
+    now: chrono::DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let failures = state
+        .store()
+        .sign_in_failures(keys, now - failure_window())
+        .await?;
+    Ok(failures >= MAX_FAILURES as u64)
 }
 
-impl SignInLimiter {
-    fn blocked(&self, keys: &[String], now: Instant) -> bool {
-        let mut failures = self.failures.lock();
-        failures.retain(|_, times| {
-            times.retain(|t| now.duration_since(*t) < FAILURE_WINDOW);
-            !times.is_empty()
-        });
-        keys.iter()
-            .any(|key| failures.get(key).is_some_and(|t| t.len() >= MAX_FAILURES))
-    }
-
-    fn record_failure(&self, keys: &[String], now: Instant) {
-        let mut failures = self.failures.lock();
-        for key in keys {
-            failures.entry(key.clone()).or_default().push(now);
-        }
-    }
+fn failure_window() -> chrono::Duration {
+    chrono::Duration::from_std(FAILURE_WINDOW).unwrap_or_else(|_| chrono::Duration::minutes(15))
 }
 
 #[derive(serde::Deserialize)]
@@ -297,8 +291,8 @@ pub async fn login(
     }
     let ip = peer.ip();
     let keys = [format!("ip:{ip}"), format!("email:{email}")];
-    let now = Instant::now();
-    if state.limiter.blocked(&keys, now) {
+    let now = Utc::now();
+    if sign_in_blocked(&state, &keys, now).await? {
         tracing::warn!(source_ip = %ip, "web sign-in rate limited");
         let body = ui::message(
             "Too many failed sign-ins",
@@ -337,7 +331,10 @@ pub async fn login(
             actor
         }
         _ => {
-            state.limiter.record_failure(&keys, now);
+            state
+                .store()
+                .record_sign_in_failure(&keys, now, now - failure_window())
+                .await?;
             tracing::info!(source_ip = %ip, "web sign-in failed");
             if let Err(err) = state
                 .store()

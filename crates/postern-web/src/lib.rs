@@ -24,7 +24,6 @@ use axum::routing::{get, post};
 use axum::Router;
 use postern_api::AppState;
 
-pub use auth::SignInLimiter;
 pub use error::WebError;
 
 /// How the portal serves its pages.
@@ -49,8 +48,6 @@ impl Default for WebConfig {
 pub(crate) struct WebState {
     pub app: AppState,
     pub config: Arc<WebConfig>,
-    pub limiter: Arc<SignInLimiter>,
-    pub once: Arc<once::ShownOnce>,
 }
 
 impl WebState {
@@ -65,8 +62,6 @@ pub fn router(app: AppState, config: WebConfig) -> Router {
     let state = WebState {
         app,
         config: Arc::new(config),
-        limiter: Arc::new(SignInLimiter::default()),
-        once: Arc::new(once::ShownOnce::default()),
     };
     spawn_session_sweeper(state.clone());
     Router::new()
@@ -86,14 +81,11 @@ pub fn router(app: AppState, config: WebConfig) -> Router {
 
 /// Deletes expired sessions now and then; an expired session is refused anyway.
 fn spawn_session_sweeper(state: WebState) {
-    let weak = Arc::downgrade(&state.once);
     let store = state.app.store.clone();
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(Duration::from_secs(600));
         loop {
             ticker.tick().await;
-            let Some(once) = weak.upgrade() else { return };
-            once.sweep();
             if let Err(err) = store.delete_expired_web_sessions(chrono::Utc::now()).await {
                 tracing::warn!(error = %err, "could not delete expired web sessions");
             }

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::auth::Admin;
 use crate::error::WebResult;
 use crate::form::{self, FieldErrors, Post, TokenForm};
-use crate::once::Shown;
+use crate::once::{self, Shown};
 use crate::ui::{self, Confirm, Nav};
 use crate::WebState;
 
@@ -319,14 +319,16 @@ async fn create_token(
         .await
     {
         Ok(created) => {
-            state.once.put(
-                &admin.session.id_hash,
+            once::put(
+                &state,
+                &admin,
                 site.id,
                 Shown {
                     token: created.token,
                     secret: created.secret,
                 },
-            );
+            )
+            .await?;
             Ok(Redirect::to(&format!("/sites/{}/token", site.id)).into_response())
         }
         Err(err) => {
@@ -342,7 +344,7 @@ async fn token_once(
     Path(id): Path<String>,
 ) -> WebResult<Response> {
     let site = load(&state, &admin, &id).await?;
-    let shown = state.once.take(&admin.session.id_hash, site.id);
+    let shown = once::take(&state, &admin, site.id).await?;
     let markup = ui::token_once(
         &admin,
         Nav::Sites,
