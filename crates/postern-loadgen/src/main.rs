@@ -132,7 +132,11 @@ struct SessionsArgs {
     /// SO_RCVBUF / SO_SNDBUF of each client socket, in bytes (0: the kernel's default)
     #[arg(long, default_value_t = 8192)]
     socket_buffer: u32,
-    /// File holding an API token, for --revoke / --policy-change
+    /// Further portal nodes on the same database (repeatable): session i connects to node
+    /// i mod (1 + their number), --api-url being node 0; fan-out is also reported per node
+    #[arg(long = "also-api-url", value_name = "URL")]
+    also_api_urls: Vec<String>,
+    /// File holding an API token, for --revoke / --policy-change (sent to --api-url)
     #[arg(long, value_name = "FILE")]
     api_token_file: Option<PathBuf>,
     /// Once all sessions are up, revoke this token: ACTOR_ID/TOKEN_ID
@@ -330,6 +334,10 @@ struct Tagged<'a> {
 
 async fn run_sessions(args: SessionsArgs) -> anyhow::Result<Value> {
     let server = parse_api_url(&args.common.api_url)?;
+    let mut nodes = vec![server];
+    for url in &args.also_api_urls {
+        nodes.push(parse_api_url(url)?);
+    }
     let ips = parse_ips(&args.common.source_ips)?;
     let tokens: Vec<Arc<str>> = args
         .token_files
@@ -377,15 +385,15 @@ async fn run_sessions(args: SessionsArgs) -> anyhow::Result<Value> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let gate = Arc::new(Semaphore::new(args.common.concurrency.max(1)));
     let is_revoke = revoke.is_some();
-    let host = server.to_string();
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
+        let node = nodes[i % nodes.len()];
         let spec = SessionSpec {
             index: i,
-            server,
+            server: node,
             source: ips[i % ips.len()],
             url: format!(
-                "ws://{host}/v1/client/websocket?id={p}-{i}&name={p}-{i}&version=loadgen",
+                "ws://{node}/v1/client/websocket?id={p}-{i}&name={p}-{i}&version=loadgen",
                 p = args.device_prefix
             ),
             token: tokens[i % tokens.len()].clone(),
@@ -503,6 +511,24 @@ async fn run_sessions(args: SessionsArgs) -> anyhow::Result<Value> {
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 received = count();
             }
+            let per_node: Vec<Value> = (0..nodes.len())
+                .map(|node| {
+                    let latencies: Vec<f64> = shared
+                        .received
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| i % nodes.len() == node)
+                        .map(|(_, r)| r[slot].load(Ordering::Acquire))
+                        .filter(|&t| t != NOT_YET)
+                        .map(|t| t.saturating_sub(returned) as f64 / 1e6)
+                        .collect();
+                    json!({
+                        "node": nodes[node].to_string(),
+                        "received": latencies.len(),
+                        "latency_from_return_ms": stats::summary_ms(&latencies),
+                    })
+                })
+                .collect();
             let arrivals: Vec<u64> = shared
                 .received
                 .iter()
@@ -529,6 +555,7 @@ async fn run_sessions(args: SessionsArgs) -> anyhow::Result<Value> {
                 "arrived_before_return": overtook,
                 "latency_from_return_ms": stats::summary_ms(&from_return),
                 "latency_from_request_ms": stats::summary_ms(&from_sent),
+                "per_node": per_node,
             });
             eprintln!("[{}] fan-out round {round}: {entry}", args.common.label);
             fanout.push(entry);
