@@ -5,7 +5,8 @@
 //! while a session is being admitted), actor disables, devices claiming other devices' ids or
 //! keys, slow gateways with full queues, failing store reads and writes, time advancing across
 //! window boundaries, renewals and expiries, and portal restarts (graceful, and crashes that
-//! lose what was not yet written). The core runs against a fake store that keeps exactly what
+//! lose what was not yet written), and gaps in the change feed (a revocation and a grant
+//! deletion of another node never heard, then a resync). The core runs against a fake store that keeps exactly what
 //! its store operations persisted; devices run the real protocol state machines
 //! (`ClientState`, `GatewayState`) over bounded queues, as the tokio shell delivers them.
 //!
@@ -93,6 +94,10 @@ fn access_stays_withdrawn_under_random_histories() {
             total.claims_contested > cases / 2,
             "too few contested claims: {total:?}"
         );
+        assert!(
+            total.missed_deletes > cases / 8,
+            "too few grants deleted unheard: {total:?}"
+        );
     }
 }
 
@@ -111,6 +116,7 @@ struct Coverage {
     at_cap: u64,
     lost_in_crash: u64,
     claims_contested: u64,
+    missed_deletes: u64,
 }
 
 impl Coverage {
@@ -127,6 +133,7 @@ impl Coverage {
         self.at_cap += other.at_cap;
         self.lost_in_crash += other.lost_in_crash;
         self.claims_contested += other.claims_contested;
+        self.missed_deletes += other.missed_deletes;
     }
 }
 
@@ -1042,7 +1049,8 @@ impl Sim {
                 self.log(format!("advance {minutes} min"));
                 self.advance(Duration::minutes(minutes));
             }
-            93..=94 => {
+            93 => self.missed_changes(),
+            94 => {
                 let hours = self.rng.gen_range(2..30);
                 self.log(format!("advance {hours} h"));
                 self.advance(Duration::hours(hours));
@@ -1357,6 +1365,40 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// Changes this node never heard (its feed was cut beyond recovery): a token revoked and a
+    /// grant deleted by another node; then the gap is reported and the core resyncs — it must
+    /// end the token's sessions and withdraw its grants, and drop the deleted grant from itself
+    /// and its gateways.
+    fn missed_changes(&mut self) {
+        if self.rng.gen_bool(0.5) {
+            let ids: Vec<Uuid> = self.db.tokens.keys().copied().collect();
+            let token_id = ids[self.rng.gen_range(0..ids.len())];
+            if let Some(token) = self.db.tokens.get_mut(&token_id) {
+                if !token.revoked {
+                    token.revoked = true;
+                    self.log(format!("token {token_id} revoked unheard"));
+                }
+            }
+        }
+        if self.rng.gen_bool(0.7) && self.write_in_flight.is_none() {
+            let ids: Vec<Uuid> = self.db.authorizations.keys().copied().collect();
+            if !ids.is_empty() {
+                let id = ids[self.rng.gen_range(0..ids.len())];
+                self.db.authorizations.remove(&id);
+                self.log(format!("grant {id} deleted unheard"));
+                self.coverage.missed_deletes += 1;
+            }
+        }
+        self.db.generation += 1;
+        self.fail_next_load = false;
+        self.log("resync".into());
+        self.core.handle_resync(self.db.generation);
+        // A read that failed just before is retried after `store_retry`: only then can the
+        // core know what it missed.
+        self.drive();
+        self.advance(config().store_retry);
     }
 
     /// The report's first defect: a token is revoked (its gateways told), the store is slow to
