@@ -104,6 +104,12 @@ pub enum ChangeEvent {
         saved: Vec<StoredAuthorization>,
         deleted: Vec<Uuid>,
     },
+    /// New devices' rows a portal node claimed (their ids, keys and tunnel addresses are
+    /// taken). Only in the change feed, for the other nodes.
+    DevicesClaimed {
+        account_id: Uuid,
+        devices: Vec<Device>,
+    },
     /// A gateway's first session on a portal node began (`online`), or its last one there
     /// ended. Only in the change feed, for the other nodes.
     GatewayPresence {
@@ -140,6 +146,7 @@ impl ChangeEvent {
             | ChangeEvent::PolicyDeleted { account_id, .. }
             | ChangeEvent::AccountUpdated { account_id }
             | ChangeEvent::AuthorizationsWritten { account_id, .. }
+            | ChangeEvent::DevicesClaimed { account_id, .. }
             | ChangeEvent::GatewayPresence { account_id, .. } => *account_id,
         }
     }

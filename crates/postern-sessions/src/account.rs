@@ -716,7 +716,9 @@ impl AccountSessions {
             self.revocations_seen = self.revocations_seen.max(generation);
         }
         match event {
-            ChangeEvent::AuthorizationsWritten { .. } | ChangeEvent::GatewayPresence { .. } => {
+            ChangeEvent::AuthorizationsWritten { .. }
+            | ChangeEvent::DevicesClaimed { .. }
+            | ChangeEvent::GatewayPresence { .. } => {
                 self.handle_remote(event, now);
             }
             ChangeEvent::TokensRevoked { token_ids, .. } => {

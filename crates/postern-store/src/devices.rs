@@ -2,7 +2,7 @@
 //! read. Device sightings are buffered and written in batches: a fleet reconnecting at once
 //! costs one transaction a second, not one per session.
 
-use postern_domain::{Device, DeviceKind, Policy, Resource};
+use postern_domain::{ChangeEvent, Device, DeviceKind, Policy, Resource};
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
@@ -217,7 +217,24 @@ impl Store {
                 None => DeviceClaim::AddressTaken,
             });
         }
-        tx.commit().await?;
+        // The other nodes learn the rows at once, so they do not offer their addresses again.
+        let mut claimed: std::collections::BTreeMap<uuid::Uuid, Vec<Device>> = Default::default();
+        for (device, outcome) in devices.iter().zip(&outcomes) {
+            if *outcome == DeviceClaim::Claimed {
+                claimed
+                    .entry(device.account_id)
+                    .or_default()
+                    .push(device.clone());
+            }
+        }
+        let events = claimed
+            .into_iter()
+            .map(|(account_id, devices)| ChangeEvent::DevicesClaimed {
+                account_id,
+                devices,
+            })
+            .collect();
+        self.commit_announcing(tx, events).await?;
         Ok(outcomes)
     }
 

@@ -4,7 +4,8 @@
 //! (`ChangeEvent::AuthorizationsWritten`), those the others made — so each can send a grant to
 //! its own sessions of the grant's gateway, withdraw it when a change says so (every node hears
 //! every change; the deletes are idempotent), and route access through a gateway whatever node
-//! holds its session (`ChangeEvent::GatewayPresence`). A grant another node made is taken as
+//! holds its session (`ChangeEvent::GatewayPresence`), and learns the devices the others
+//! claimed (`ChangeEvent::DevicesClaimed`: their addresses are not offered again here). A grant another node made is taken as
 //! that node decided it: the feed is in commit order, so that node had heard every change this
 //! one has, except a revocation racing with the grant, which is checked here. A node that goes
 //! away takes its gateways' presence with it (`handle_node_gone`); its grants stay in the
@@ -155,6 +156,15 @@ impl AccountSessions {
                 self.withdraw_written_elsewhere(deleted);
                 for stored in saved {
                     self.take_remote_grant(stored, now);
+                }
+            }
+            ChangeEvent::DevicesClaimed { devices, .. } => {
+                for device in devices {
+                    let key = (device.kind, device.device_id.clone());
+                    let here = !self.sessions_of(key.0, &key.1).is_empty();
+                    if !here && !self.claims.contains_key(&key) {
+                        self.learn_device(device.clone());
+                    }
                 }
             }
             ChangeEvent::GatewayPresence {
