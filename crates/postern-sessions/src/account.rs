@@ -564,14 +564,20 @@ pub struct AccountSessions {
     /// revocation is deleted here rather than given to a gateway.
     revoked_tokens: HashSet<Uuid>,
     revoked_order: VecDeque<Uuid>,
+    /// Grants deleted lately (ids are never reused): another node's save of one, committed
+    /// before the delete but heard after it, must not bring it back.
+    deleted_grants: HashSet<Uuid>,
+    deleted_order: VecDeque<Uuid>,
     /// Other nodes' writes may have been missed: read the grants again once current.
     grants_stale: bool,
 }
 
 /// Remote changes kept while a read is pending.
 const REMOTE_PENDING: usize = 65_536;
-/// Revoked tokens remembered (the race they cover lasts a write's round trip).
+/// Revoked tokens and deleted grants remembered (the races they cover last as long as the
+/// change feed takes to deliver).
 const REVOKED_REMEMBERED: usize = 65_536;
+const DELETED_REMEMBERED: usize = 65_536;
 
 impl AccountSessions {
     /// An account with no sessions yet. `revocation_generation` is the store's generation now
@@ -615,6 +621,8 @@ impl AccountSessions {
             remote_pending: VecDeque::new(),
             revoked_tokens: HashSet::new(),
             revoked_order: VecDeque::new(),
+            deleted_grants: HashSet::new(),
+            deleted_order: VecDeque::new(),
             grants_stale: false,
         }
     }
@@ -929,7 +937,17 @@ impl AccountSessions {
             return;
         };
         for stored in batch.save {
-            self.writes.entry(stored.id).or_insert(Write::Save(stored));
+            match self.writes.get(&stored.id) {
+                // A change decided since: it must create the row the failed save did not.
+                Some(Write::Update(newer)) => {
+                    let newer = newer.clone();
+                    self.writes.insert(stored.id, Write::Save(newer));
+                }
+                Some(_) => {}
+                None => {
+                    self.writes.insert(stored.id, Write::Save(stored));
+                }
+            }
         }
         for stored in batch.update {
             self.writes
@@ -1116,7 +1134,10 @@ impl AccountSessions {
             match write {
                 Write::Save(stored) => batch.save.push(stored),
                 Write::Update(stored) => batch.update.push(stored),
-                Write::Delete => batch.delete.push(id),
+                Write::Delete => {
+                    self.remember_deleted(id);
+                    batch.delete.push(id);
+                }
             }
         }
         self.write_in_flight = true;

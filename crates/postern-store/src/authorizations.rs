@@ -53,6 +53,26 @@ impl AuthorizationWrites {
 /// Ids per `… IN (…)`: well under SQLite's and PostgreSQL's bind limits.
 const IDS_PER_QUERY: usize = 500;
 
+/// Deletes the grants made with these tokens, in the caller's transaction.
+pub(crate) async fn delete_by_tokens(
+    tx: &mut crate::db::WriteTx,
+    account_id: Uuid,
+    token_ids: &[Uuid],
+) -> Result<()> {
+    for chunk in token_ids.chunks(IDS_PER_QUERY) {
+        let sql = format!(
+            "DELETE FROM authorizations WHERE account_id = $1 AND token_id IN ({})",
+            db::placeholders(2, chunk.len())
+        );
+        let mut query = sqlx::query(&sql).bind(account_id.to_string());
+        for id in chunk {
+            query = query.bind(id.to_string());
+        }
+        query.execute(&mut *tx.tx).await?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Writes a batch of authorization changes in one transaction; on PostgreSQL the other
     /// portal nodes hear of them through the change feed, in the same transaction.

@@ -57,9 +57,20 @@ impl Store {
     /// the feed and announced in the same transaction; then this node applies them.
     pub(crate) async fn commit_publishing(
         &self,
-        tx: WriteTx,
+        mut tx: WriteTx,
         events: Vec<ChangeEvent>,
     ) -> Result<()> {
+        for event in &events {
+            if let ChangeEvent::TokensRevoked {
+                account_id,
+                token_ids,
+            } = event
+            {
+                // A revocation deletes its grants in its own transaction: no node can restore
+                // them, even one that had not loaded the account when it was made.
+                crate::authorizations::delete_by_tokens(&mut tx, *account_id, token_ids).await?;
+            }
+        }
         self.feed(tx, &events).await?;
         self.publish(events);
         Ok(())

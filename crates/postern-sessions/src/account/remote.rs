@@ -5,9 +5,11 @@
 //! its own sessions of the grant's gateway, withdraw it when a change says so (every node hears
 //! every change; the deletes are idempotent), and route access through a gateway whatever node
 //! holds its session (`ChangeEvent::GatewayPresence`), and learns the devices the others
-//! claimed (`ChangeEvent::DevicesClaimed`: their addresses are not offered again here). A grant another node made is taken as
-//! that node decided it: the feed is in commit order, so that node had heard every change this
-//! one has, except a revocation racing with the grant, which is checked here. A node that goes
+//! claimed (`ChangeEvent::DevicesClaimed`: their addresses are not offered again here). A grant
+//! another node made is checked here as one of this core's own: the feed is in commit order and
+//! a remote write waits for any read pending here, so this core knows at least every change
+//! committed before the grant — and perhaps a later one made through this node (a revocation,
+//! a membership change), which then withdraws it here. A node that goes
 //! away takes its gateways' presence with it (`handle_node_gone`); its grants stay in the
 //! database and in every other node's core, which can still withdraw them.
 
@@ -20,8 +22,8 @@ use postern_store::{LoadedAuthorization, RemoteGateway, StoredAuthorization};
 use uuid::Uuid;
 
 use super::{
-    sorted, AccountSessions, Grant, GrantsLoad, LoadState, StoreOp, StoredGrant, Withdrawal, Write,
-    REMOTE_PENDING, REVOKED_REMEMBERED,
+    sorted, AccountSessions, Grant, GrantsLoad, LoadState, StoreOp, StoredGrant, Verdict,
+    Withdrawal, Write, DELETED_REMEMBERED, REMOTE_PENDING, REVOKED_REMEMBERED,
 };
 
 impl AccountSessions {
@@ -119,6 +121,18 @@ impl AccountSessions {
         }
     }
 
+    pub(super) fn remember_deleted(&mut self, id: Uuid) {
+        if !self.deleted_grants.insert(id) {
+            return;
+        }
+        self.deleted_order.push_back(id);
+        if self.deleted_order.len() > DELETED_REMEMBERED {
+            if let Some(old) = self.deleted_order.pop_front() {
+                self.deleted_grants.remove(&old);
+            }
+        }
+    }
+
     pub(super) fn remember_revoked(&mut self, token_id: Uuid) {
         if !self.revoked_tokens.insert(token_id) {
             return;
@@ -211,6 +225,9 @@ impl AccountSessions {
     /// and this node's gateway sessions, and clients here that still see the resource are
     /// told, so that they ask again. Nothing to write.
     fn withdraw_written_elsewhere(&mut self, ids: &[Uuid]) {
+        for id in ids {
+            self.remember_deleted(*id);
+        }
         let known: Vec<Uuid> = ids
             .iter()
             .filter(|id| self.grants.by_id.contains_key(id))
@@ -232,8 +249,12 @@ impl AccountSessions {
     /// gateway, unless it was made with a token revoked meanwhile (then it is deleted here).
     fn take_remote_grant(&mut self, stored: &StoredAuthorization, now: DateTime<Utc>) {
         let id = stored.id;
-        if self.writes.contains_key(&id) || stored.expires_at <= now {
-            // A decision of this node about it is pending and wins; an ended one is dropped.
+        if self.writes.contains_key(&id)
+            || self.deleted_grants.contains(&id)
+            || stored.expires_at <= now
+        {
+            // A decision of this node about it is pending and wins; a deleted one stays
+            // deleted (this save was committed before the delete); an ended one is dropped.
             return;
         }
         if self.revoked_tokens.contains(&stored.token_id) {
@@ -266,8 +287,12 @@ impl AccountSessions {
         self.grants.insert(grant);
         let wake = self.wake_time(id, now);
         self.grants.set_wake(id, wake);
-        if !unchanged {
-            self.send_authorize(id);
+        // This core has heard every change committed before the grant, and perhaps a later
+        // one made through this node: the grant is checked as one of its own.
+        match self.verdict_of(id, now) {
+            Some(Verdict::Keep) if !unchanged => self.send_authorize(id),
+            Some(Verdict::Keep) | None => {}
+            Some(_) => self.check_grants(&[id], now),
         }
     }
 
