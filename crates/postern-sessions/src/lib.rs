@@ -138,7 +138,7 @@ pub(crate) struct Online {
     devices: HashMap<(Uuid, DeviceKind, String), u32>,
     tokens: HashMap<Uuid, u32>,
     /// Client devices whose count changed since the presence was last written for the other
-    /// nodes (PostgreSQL), with their token.
+    /// nodes, with their token (PostgreSQL only: nobody else reads it).
     dirty: HashMap<(Uuid, String), Uuid>,
 }
 
@@ -344,7 +344,7 @@ impl HubInner {
             .entry((account_id, presence.kind, presence.device_id.clone()))
             .or_default() += 1;
         *online.tokens.entry(presence.token_id).or_default() += 1;
-        if presence.kind == DeviceKind::Client {
+        if presence.kind == DeviceKind::Client && self.store.is_clustered() {
             online
                 .dirty
                 .insert((account_id, presence.device_id.clone()), presence.token_id);
@@ -366,7 +366,7 @@ impl HubInner {
                 online.tokens.remove(&presence.token_id);
             }
         }
-        if presence.kind == DeviceKind::Client {
+        if presence.kind == DeviceKind::Client && self.store.is_clustered() {
             online
                 .dirty
                 .insert((account_id, presence.device_id.clone()), presence.token_id);
