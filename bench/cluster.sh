@@ -38,23 +38,10 @@ CONCURRENCY="${CONCURRENCY:-256}"
 POSTGRES_URL="${POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(cd "$BENCH_DIR/.." && pwd)"
-BIN="$ROOT/target/release/postern"
-LOADGEN="$ROOT/target/release/postern-loadgen"
-
-log() { printf '%s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-for tool in curl jq awk psql; do
-    command -v "$tool" >/dev/null || die "$tool is required"
-done
+source "$BENCH_DIR/lib.sh"
+need curl jq awk psql
 (( NODES * PER_NODE < 19000 )) || die "NODES × PER_NODE must stay under 19 000 (one load-generator process)"
-
-if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-    log "building postern and postern-loadgen (release)..."
-    (cd "$ROOT" && cargo build --release -p postern -p postern-loadgen >&2)
-fi
-[[ -x "$BIN" && -x "$LOADGEN" ]] || die "release binaries missing (cargo build --release -p postern -p postern-loadgen)"
+build_release
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/postern-cluster.XXXXXX")"
 DB="postern_bench_$$_$RANDOM"
@@ -87,23 +74,11 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 start_node() { # start_node K
-    local k=$1 addr="" log="$WORK/node-$1.log"
-    RUST_LOG="${RUST_LOG:-warn,postern::serve=info}" "$BIN" serve --listen 127.0.0.1:0 \
-        --database-url "$URL" >"$log" 2>&1 &
-    local pid=$!
-    PIDS+=("$pid")
-    for _ in $(seq 1 150); do
-        kill -0 "$pid" 2>/dev/null || die "node $k exited during start-up"
-        addr="$(grep -o 'listening on http://[^[:space:]]*' "$log" | head -n1 | sed 's|.*http://||' || true)"
-        if [[ -n "$addr" ]] && curl -fsS "http://$addr/readyz" 2>/dev/null | grep -q '^ready$'; then
-            break
-        fi
-        addr=""
-        sleep 0.2
-    done
-    [[ -n "$addr" ]] || die "node $k was not ready within 30 s"
-    NODE_ADDR[$k]=$addr
-    log "node $k up at http://$addr (pid $pid)"
+    start_serve "$WORK/node-$1.log" --database-url "$URL"
+    PIDS+=("$SERVE_PID")
+    curl -fsS "http://$SERVE_ADDR/readyz" | grep -q '^ready$' || die "node $1 is not ready"
+    NODE_ADDR[$1]=$SERVE_ADDR
+    log "node $1 up at http://$SERVE_ADDR (pid $SERVE_PID)"
 }
 
 api() { # api METHOD PATH [BODY], through node 1
@@ -113,8 +88,6 @@ api() { # api METHOD PATH [BODY], through node 1
     curl "${args[@]}" "http://${NODE_ADDR[1]}$path"
 }
 
-ips() { echo "127.0.$1.2-127.0.$1.11"; }
-fmt() { awk "BEGIN { printf \"%.${2:-0}f\", $1 }"; }
 declare -a ROWS=()
 row() { ROWS+=("$1"); }
 

@@ -29,21 +29,9 @@ ROUNDS="${ROUNDS:-3}"
 PG_URL="${PG_URL:-postgres://postgres@127.0.0.1:5432}"
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(cd "$BENCH_DIR/.." && pwd)"
-BIN="$ROOT/target/release/postern"
-LOADGEN="$ROOT/target/release/postern-loadgen"
-
-log() { printf '%s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-for tool in curl jq awk; do
-    command -v "$tool" >/dev/null || die "$tool is required (Debian: apt-get install -y $tool)"
-done
-if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-    log "building postern and postern-loadgen (release)..."
-    (cd "$ROOT" && cargo build --release -p postern -p postern-loadgen >&2)
-fi
-[[ -x "$BIN" && -x "$LOADGEN" ]] || die "release binaries missing (cargo build --release -p postern -p postern-loadgen)"
+source "$BENCH_DIR/lib.sh"
+need curl jq awk
+build_release
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/postern-grants.XXXXXX")"
 PORTAL_PID=""
@@ -81,18 +69,9 @@ else
 fi
 
 "$BIN" api-token create --name bench "${DB_ARGS[@]}" >"$WORK/api.token" 2>/dev/null
-RUST_LOG="${RUST_LOG:-warn,postern::serve=info}" "$BIN" serve --listen 127.0.0.1:0 "${DB_ARGS[@]}" \
-    >"$WORK/serve.log" 2>&1 &
-PORTAL_PID=$!
-ADDR=""
-for _ in $(seq 1 150); do
-    kill -0 "$PORTAL_PID" 2>/dev/null || die "the portal exited during start-up"
-    ADDR="$(grep -o 'listening on http://[^[:space:]]*' "$WORK/serve.log" | head -n1 | sed 's|.*http://||' || true)"
-    if [[ -n "$ADDR" ]] && curl -fsS "http://$ADDR/healthz" 2>/dev/null | grep -q '^ok$'; then break; fi
-    ADDR=""
-    sleep 0.2
-done
-[[ -n "$ADDR" ]] || die "the portal did not answer /healthz within 30 s"
+start_serve "$WORK/serve.log" "${DB_ARGS[@]}"
+PORTAL_PID=$SERVE_PID
+ADDR=$SERVE_ADDR
 log "portal up at http://$ADDR ($BACKEND)"
 
 api() { # api METHOD PATH [BODY]
@@ -108,7 +87,6 @@ RESOURCE="$(api POST /v1/resources "{\"type\":\"cidr\",\"name\":\"db\",\"address
 api POST /v1/policies "{\"group_id\":\"$GROUP\",\"resource_id\":\"$RESOURCE\"}" >/dev/null
 
 declare -a ROWS=()
-fmt() { awk "BEGIN { printf \"%.${2:-0}f\", $1 }"; }
 for r in $(seq 1 "$ROUNDS"); do
     answer="$(api POST "/v1/actors/$ACTOR/tokens" '{}')"
     jq -er .data.secret <<<"$answer" >"$WORK/client-$r.token"

@@ -45,22 +45,9 @@ PORTALS="${PORTALS:-6}"
 CONCURRENCY="${CONCURRENCY:-256}"
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(cd "$BENCH_DIR/.." && pwd)"
-BIN="$ROOT/target/release/postern"
-LOADGEN="$ROOT/target/release/postern-loadgen"
-
-log() { printf '%s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-for tool in curl jq awk; do
-    command -v "$tool" >/dev/null || die "$tool is required (Debian: apt-get install -y $tool)"
-done
-
-if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-    log "building postern and postern-loadgen (release)..."
-    (cd "$ROOT" && cargo build --release -p postern -p postern-loadgen >&2)
-fi
-[[ -x "$BIN" && -x "$LOADGEN" ]] || die "release binaries missing (cargo build --release -p postern -p postern-loadgen)"
+source "$BENCH_DIR/lib.sh"
+need curl jq awk
+build_release
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/postern-sessions.XXXXXX")"
 declare -a PIDS=()          # every process started here (portals and load generators)
@@ -102,25 +89,13 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 # start_portal K: a portal on its own SQLite data directory $WORK/portal-K
 start_portal() {
-    local k=$1 dir="$WORK/portal-$1" addr=""
+    local k=$1 dir="$WORK/portal-$1"
     mkdir -p "$dir/data"
-    RUST_LOG="${RUST_LOG:-warn,postern::serve=info}" "$BIN" serve --listen 127.0.0.1:0 \
-        --data-dir "$dir/data" >"$dir/serve.log" 2>&1 &
-    local pid=$!
-    PIDS+=("$pid")
-    for _ in $(seq 1 150); do
-        kill -0 "$pid" 2>/dev/null || die "portal $k exited during start-up"
-        addr="$(grep -o 'listening on http://[^[:space:]]*' "$dir/serve.log" | head -n1 | sed 's|.*http://||' || true)"
-        if [[ -n "$addr" ]] && curl -fsS "http://$addr/healthz" 2>/dev/null | grep -q '^ok$'; then
-            break
-        fi
-        addr=""
-        sleep 0.2
-    done
-    [[ -n "$addr" ]] || die "portal $k did not answer /healthz within 30 s"
-    PORTAL_PID[$k]=$pid
-    PORTAL_ADDR[$k]=$addr
-    log "portal $k up at http://$addr (pid $pid)"
+    start_serve "$dir/serve.log" --data-dir "$dir/data"
+    PIDS+=("$SERVE_PID")
+    PORTAL_PID[$k]=$SERVE_PID
+    PORTAL_ADDR[$k]=$SERVE_ADDR
+    log "portal $k up at http://$SERVE_ADDR (pid $SERVE_PID)"
 }
 
 api() { # api K METHOD PATH [BODY]
@@ -157,11 +132,9 @@ new_token() {
     jq -er .data.id <<<"$answer"
 }
 
-ips() { echo "127.0.$1.2-127.0.$1.11"; } # 10 loopback source addresses of block $1
 
 declare -a ROWS=()
 row() { ROWS+=("$1"); }
-fmt() { awk "BEGIN { printf \"%.${2:-0}f\", $1 }"; } # fmt EXPR [DECIMALS]: evaluates EXPR
 
 # --- one portal ------------------------------------------------------------------------
 start_portal 0

@@ -100,11 +100,24 @@ type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn client_session(addr: std::net::SocketAddr, token: &str, device: &str) -> Socket {
+    session(addr, postern_protocol::CLIENT_PATH, token, device, "").await
+}
+
+async fn gateway_session(addr: std::net::SocketAddr, token: &str, device: &str) -> Socket {
+    let path = postern_protocol::GATEWAY_PATH;
+    session(addr, path, token, device, "&endpoint=192.0.2.7:51820").await
+}
+
+/// A device session at `path` on the node at `addr`; `extra` is appended to the query.
+async fn session(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: &str,
+    device: &str,
+    extra: &str,
+) -> Socket {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let url = format!(
-        "ws://{addr}{}?id={device}&name={device}&version=test",
-        postern_protocol::CLIENT_PATH
-    );
+    let url = format!("ws://{addr}{path}?id={device}&name={device}&version=test{extra}");
     let mut request = url.into_client_request().unwrap();
     request
         .headers_mut()
@@ -114,20 +127,22 @@ async fn client_session(addr: std::net::SocketAddr, token: &str, device: &str) -
         .insert(postern_protocol::PROTOCOL_HEADER, "1".parse().unwrap());
     tokio_tungstenite::connect_async(request)
         .await
-        .expect("the client connects to node B")
+        .unwrap_or_else(|err| panic!("{device} connects to {addr}: {err}"))
         .0
 }
 
-/// The next protocol message that is not a heartbeat, within `limit`.
-async fn next_message(socket: &mut Socket, limit: Duration) -> postern_protocol::PortalToClient {
+/// The next protocol message that is not `heartbeat`, within `limit`.
+async fn next_of<T>(socket: &mut Socket, limit: Duration, heartbeat: T) -> T
+where
+    T: serde::de::DeserializeOwned + PartialEq,
+{
     use futures_util::StreamExt;
     tokio::time::timeout(limit, async {
         loop {
             match socket.next().await {
                 Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => {
-                    let message: postern_protocol::PortalToClient =
-                        postern_protocol::decode(text.as_str()).expect("decodes");
-                    if message != postern_protocol::PortalToClient::Heartbeat {
+                    let message: T = postern_protocol::decode(text.as_str()).expect("decodes");
+                    if message != heartbeat {
                         return message;
                     }
                 }
@@ -138,6 +153,17 @@ async fn next_message(socket: &mut Socket, limit: Duration) -> postern_protocol:
     })
     .await
     .expect("a message in time")
+}
+
+async fn next_message(socket: &mut Socket, limit: Duration) -> postern_protocol::PortalToClient {
+    next_of(socket, limit, postern_protocol::PortalToClient::Heartbeat).await
+}
+
+async fn next_gateway_message(
+    socket: &mut Socket,
+    limit: Duration,
+) -> postern_protocol::PortalToGateway {
+    next_of(socket, limit, postern_protocol::PortalToGateway::Heartbeat).await
 }
 
 /// A change of any size reaches the other nodes: removing 1 000 service accounts from a group
@@ -489,50 +515,6 @@ async fn devices_on_two_nodes_get_distinct_tunnel_addresses() {
     listener.abort();
     node_b.close().await;
     node_a.stop().await;
-}
-
-async fn gateway_session(addr: std::net::SocketAddr, token: &str, device: &str) -> Socket {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let url = format!(
-        "ws://{addr}{}?id={device}&name={device}&version=test&endpoint=192.0.2.7:51820",
-        postern_protocol::GATEWAY_PATH
-    );
-    let mut request = url.into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-        .headers_mut()
-        .insert(postern_protocol::PROTOCOL_HEADER, "1".parse().unwrap());
-    tokio_tungstenite::connect_async(request)
-        .await
-        .expect("the gateway connects")
-        .0
-}
-
-/// The next gateway message that is not a heartbeat, within `limit`.
-async fn next_gateway_message(
-    socket: &mut Socket,
-    limit: Duration,
-) -> postern_protocol::PortalToGateway {
-    use futures_util::StreamExt;
-    tokio::time::timeout(limit, async {
-        loop {
-            match socket.next().await {
-                Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => {
-                    let message: postern_protocol::PortalToGateway =
-                        postern_protocol::decode(text.as_str()).expect("decodes");
-                    if message != postern_protocol::PortalToGateway::Heartbeat {
-                        return message;
-                    }
-                }
-                Some(Ok(_)) => continue,
-                other => panic!("the gateway session ended: {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("a gateway message in time")
 }
 
 /// An HTTP call with the portal's API token to another node.

@@ -87,6 +87,24 @@ fn resource(name: &str, address: &str, filters: Vec<Filter>) -> ResourceView {
     }
 }
 
+/// The portal's `Init` for the test device, with these resources.
+fn init(resources: Vec<ResourceView>) -> PortalToClient {
+    PortalToClient::Init(ClientInit {
+        account_id: Uuid::now_v7(),
+        account_slug: "acme".into(),
+        actor_id: Uuid::now_v7(),
+        actor_name: "ci-runner".into(),
+        token_id: Uuid::now_v7(),
+        token_expires_at: Utc::now() + chrono::Duration::days(30),
+        device_id: "test-device".into(),
+        addresses: TunnelAddresses {
+            ipv4: "100.64.0.7".parse().unwrap(),
+            ipv6: "fd00::7".parse().unwrap(),
+        },
+        resources,
+    })
+}
+
 fn text(message: &PortalToClient) -> Message {
     Message::text(postern_protocol::encode(message))
 }
@@ -189,21 +207,9 @@ async fn a_session_shows_resources_and_a_revoked_token_exits_3() {
         }],
     );
     let wiki = resource("wiki", "10.1.0.0/24", vec![]);
-    let init = PortalToClient::Init(ClientInit {
-        account_id: Uuid::now_v7(),
-        account_slug: "acme".into(),
-        actor_id: Uuid::now_v7(),
-        actor_name: "ci-runner".into(),
-        token_id: Uuid::now_v7(),
-        token_expires_at: Utc::now() + chrono::Duration::days(30),
-        device_id: "test-device".into(),
-        addresses: TunnelAddresses {
-            ipv4: "100.64.0.7".parse().unwrap(),
-            ipv6: "fd00::7".parse().unwrap(),
-        },
-        resources: vec![db.clone(), wiki.clone()],
-    });
-    ws.send(text(&init)).await.unwrap();
+    ws.send(text(&init(vec![db.clone(), wiki.clone()])))
+        .await
+        .unwrap();
 
     wait_for_status(&state, |status| {
         status["state"] == "connected" && resource_names(status) == ["db", "wiki"]
@@ -365,21 +371,7 @@ async fn an_unreachable_portal_node_is_passed_over_for_the_next() {
         .expect("the client moves on to the second portal node")
         .unwrap();
     let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
-    let init = PortalToClient::Init(ClientInit {
-        account_id: Uuid::now_v7(),
-        account_slug: "acme".into(),
-        actor_id: Uuid::now_v7(),
-        actor_name: "ci-runner".into(),
-        token_id: Uuid::now_v7(),
-        token_expires_at: Utc::now() + chrono::Duration::days(30),
-        device_id: "test-device".into(),
-        addresses: TunnelAddresses {
-            ipv4: "100.64.0.7".parse().unwrap(),
-            ipv6: "fd00::7".parse().unwrap(),
-        },
-        resources: vec![],
-    });
-    ws.send(text(&init)).await.unwrap();
+    ws.send(text(&init(vec![]))).await.unwrap();
     wait_for_status(&state, |status| {
         status["state"] == "connected" && status["portal"] == live_url.as_str()
     })

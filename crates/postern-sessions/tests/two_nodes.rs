@@ -32,14 +32,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use uuid::Uuid;
 
-const NODES: usize = 3;
+mod common;
+use common::env_number;
 
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+const NODES: usize = 3;
 
 #[test]
 fn grants_stay_withdrawn_across_nodes() {

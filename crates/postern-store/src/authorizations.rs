@@ -59,9 +59,19 @@ pub(crate) async fn delete_by_tokens(
     account_id: Uuid,
     token_ids: &[Uuid],
 ) -> Result<()> {
-    for chunk in token_ids.chunks(IDS_PER_QUERY) {
+    delete_where(tx, account_id, "token_id", token_ids).await
+}
+
+/// Deletes the account's grants whose `column` is one of `values`.
+async fn delete_where(
+    tx: &mut crate::db::WriteTx,
+    account_id: Uuid,
+    column: &'static str,
+    values: &[Uuid],
+) -> Result<()> {
+    for chunk in values.chunks(IDS_PER_QUERY) {
         let sql = format!(
-            "DELETE FROM authorizations WHERE account_id = $1 AND token_id IN ({})",
+            "DELETE FROM authorizations WHERE account_id = $1 AND {column} IN ({})",
             db::placeholders(2, chunk.len())
         );
         let mut query = sqlx::query(&sql).bind(account_id.to_string());
@@ -85,17 +95,7 @@ impl Store {
             return Ok(());
         }
         let mut tx = self.begin_write().await?;
-        for chunk in writes.delete.chunks(IDS_PER_QUERY) {
-            let sql = format!(
-                "DELETE FROM authorizations WHERE account_id = $1 AND id IN ({})",
-                db::placeholders(2, chunk.len())
-            );
-            let mut query = sqlx::query(&sql).bind(account_id.to_string());
-            for id in chunk {
-                query = query.bind(id.to_string());
-            }
-            query.execute(&mut *tx.tx).await?;
-        }
+        delete_where(&mut tx, account_id, "id", &writes.delete).await?;
         for authorization in &writes.save {
             sqlx::query(
                 "INSERT INTO authorizations (id, account_id, token_id, gateway_device_id, expires_at, body) \
