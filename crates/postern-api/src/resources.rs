@@ -34,7 +34,10 @@ pub struct CreateResource {
     pub resource_type: ResourceType,
     pub name: String,
     /// A CIDR range (`10.0.0.0/24`), an IP address, or a DNS name (`git.corp.example`,
-    /// `*.corp.example`).
+    /// `*.corp.example`). Refused (422): every address (`0.0.0.0/0`, `::/0`), and anything
+    /// overlapping loopback, link-local (`169.254.0.0/16`, `fe80::/10`), the cloud metadata
+    /// service (`fd00:ec2::254`) or the devices' tunnel addresses (`100.64.0.0/10`,
+    /// `fd70:6f73:7465:726e::/64`).
     pub address: String,
     pub description: Option<String>,
     pub site_id: Uuid,

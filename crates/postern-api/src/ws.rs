@@ -83,6 +83,11 @@ async fn upgrade(state: AppState, request: Request, kind: DeviceKind) -> Respons
 /// with `Retry-After`; a refusal that will not go away says so, and devices stop.
 fn refusal(err: SessionError) -> ApiError {
     match err {
+        SessionError::Unauthorized(postern_store::AuthError::Store(store)) => {
+            // The token could not be checked again: the database's words stay in the log.
+            tracing::warn!(error = %store, "cannot check a device's token");
+            ApiError::unavailable("the portal cannot check the token right now; retry", 1)
+        }
         SessionError::Unauthorized(auth) => ApiError::unauthorized(auth.to_string()),
         SessionError::Conflict(why) => ApiError::conflict(why),
         SessionError::Forbidden(why) => ApiError::forbidden(why),
@@ -216,4 +221,31 @@ async fn handle_incoming(
         },
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_database_error_is_not_told_to_the_device() {
+        let leak = "relation \"tokens\" does not exist at 10.0.0.7:5432";
+        let err = SessionError::Unauthorized(postern_store::AuthError::Store(
+            postern_store::StoreError::Database(sqlx::Error::Protocol(leak.into())),
+        ));
+        let response = refusal(err).into_response();
+        assert_eq!(
+            response.status(),
+            axum::http::StatusCode::SERVICE_UNAVAILABLE
+        );
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            !text.contains("relation") && !text.contains("10.0.0.7"),
+            "{text}"
+        );
+        assert!(text.contains("retry"), "{text}");
+    }
 }

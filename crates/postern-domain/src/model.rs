@@ -128,6 +128,14 @@ impl GroupKind {
 
 pub const EVERYONE_GROUP_NAME: &str = "Everyone";
 
+/// Where devices' tunnel addresses come from: 100.64.0.0/10 (the shared address space), and the
+/// ULA fd70:6f73:7465:726e::/64 ("postern" in the global id) whose low 32 bits are the IPv4 one.
+pub const TUNNEL_IPV4_NETWORK: std::net::Ipv4Addr = std::net::Ipv4Addr::new(100, 64, 0, 0);
+pub const TUNNEL_IPV4_PREFIX_LEN: u8 = 10;
+pub const TUNNEL_IPV6_NETWORK: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0xfd70, 0x6f73, 0x7465, 0x726e, 0, 0, 0, 0);
+pub const TUNNEL_IPV6_PREFIX_LEN: u8 = 64;
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct Group {
     pub id: Uuid,

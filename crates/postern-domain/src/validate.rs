@@ -109,10 +109,13 @@ pub fn resource_address(
 ) -> Result<String, ValidationError> {
     let value = value.trim();
     match resource_type {
-        ResourceType::Ip => value
-            .parse::<IpAddr>()
-            .map(|ip| ip.to_string())
-            .map_err(|_| ValidationError::new(field, format!("'{value}' is not an IP address"))),
+        ResourceType::Ip => {
+            let ip = value.parse::<IpAddr>().map_err(|_| {
+                ValidationError::new(field, format!("'{value}' is not an IP address"))
+            })?;
+            reachable(field, value, IpNet::from(ip))?;
+            Ok(ip.to_string())
+        }
         ResourceType::Cidr => {
             let net: IpNet = value.parse().map_err(|_| {
                 ValidationError::new(
@@ -126,10 +129,63 @@ pub fn resource_address(
                     format!("'{value}' has host bits set; did you mean {}?", net.trunc()),
                 ));
             }
+            reachable(field, value, net)?;
             Ok(net.to_string())
         }
         ResourceType::Dns => dns_name(field, value),
     }
+}
+
+/// Ranges no resource may cover or fall in: a gateway would hand its own host, its cloud's
+/// metadata service or the tunnels themselves to whoever is granted the resource.
+fn forbidden_ranges() -> [(IpNet, &'static str); 7] {
+    let net = |text: &str| text.parse::<IpNet>().unwrap_or_default();
+    [
+        (net("127.0.0.0/8"), "the gateway's loopback"),
+        (net("::1/128"), "the gateway's loopback"),
+        (
+            net("169.254.0.0/16"),
+            "link-local addresses and the cloud metadata service",
+        ),
+        (net("fe80::/10"), "link-local addresses"),
+        (net("fd00:ec2::254/128"), "the cloud metadata service"),
+        (
+            IpNet::new(
+                crate::model::TUNNEL_IPV4_NETWORK.into(),
+                crate::model::TUNNEL_IPV4_PREFIX_LEN,
+            )
+            .unwrap_or_default(),
+            "the tunnel addresses of devices",
+        ),
+        (
+            IpNet::new(
+                crate::model::TUNNEL_IPV6_NETWORK.into(),
+                crate::model::TUNNEL_IPV6_PREFIX_LEN,
+            )
+            .unwrap_or_default(),
+            "the tunnel addresses of devices",
+        ),
+    ]
+}
+
+/// Refuses a range that covers everything, or overlaps a forbidden range.
+fn reachable(field: &str, value: &str, net: IpNet) -> Result<(), ValidationError> {
+    if net.prefix_len() == 0 {
+        return Err(ValidationError::new(
+            field,
+            format!("'{value}' covers every address: narrow it to the networks the site serves"),
+        ));
+    }
+    for (forbidden, what) in forbidden_ranges() {
+        let overlaps = forbidden.contains(&net.network()) || net.contains(&forbidden.network());
+        if overlaps {
+            return Err(ValidationError::new(
+                field,
+                format!("'{value}' overlaps {forbidden} ({what}): no resource may reach it"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A DNS name, optionally with a leading wildcard label: `*` (any depth) or `?` (one label).
@@ -201,6 +257,41 @@ mod tests {
             resource_address("address", t, "fd00::/64").unwrap(),
             "fd00::/64"
         );
+    }
+
+    #[test]
+    fn resources_cannot_reach_the_gateway_metadata_tunnels_or_everything() {
+        let refused = [
+            (ResourceType::Cidr, "0.0.0.0/0", "every address"),
+            (ResourceType::Cidr, "::/0", "every address"),
+            (ResourceType::Cidr, "127.0.0.0/8", "loopback"),
+            (ResourceType::Ip, "127.0.0.1", "loopback"),
+            (ResourceType::Ip, "::1", "loopback"),
+            (ResourceType::Ip, "169.254.169.254", "metadata"),
+            (ResourceType::Cidr, "169.254.0.0/24", "link-local"),
+            (ResourceType::Cidr, "128.0.0.0/1", "link-local"),
+            (ResourceType::Ip, "fe80::1", "link-local"),
+            (ResourceType::Ip, "fd00:ec2::254", "metadata"),
+            (ResourceType::Cidr, "fd00::/16", "metadata"),
+            (ResourceType::Cidr, "100.64.0.0/24", "tunnel"),
+            (ResourceType::Cidr, "100.0.0.0/8", "tunnel"),
+            (ResourceType::Ip, "100.127.255.254", "tunnel"),
+            (ResourceType::Cidr, "fd70:6f73:7465:726e::/96", "tunnel"),
+        ];
+        for (t, value, why) in refused {
+            let err = resource_address("address", t, value).unwrap_err();
+            assert_eq!(err.field, "address");
+            assert!(err.message.contains(why), "{value}: {err}");
+        }
+        for (t, value) in [
+            (ResourceType::Cidr, "10.0.0.0/8"),
+            (ResourceType::Cidr, "100.128.0.0/16"),
+            (ResourceType::Ip, "169.253.0.1"),
+            (ResourceType::Cidr, "fd00::/64"),
+            (ResourceType::Cidr, "2001:db8::/32"),
+        ] {
+            assert!(resource_address("address", t, value).is_ok(), "{value}");
+        }
     }
 
     #[test]

@@ -7,11 +7,13 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use postern_protocol::TunnelAddresses;
 
-const IPV4_BASE: u32 = u32::from_be_bytes([100, 64, 0, 0]);
+use postern_domain::{TUNNEL_IPV4_NETWORK, TUNNEL_IPV4_PREFIX_LEN, TUNNEL_IPV6_NETWORK};
+
+const IPV4_BASE: u32 = u32::from_be_bytes(TUNNEL_IPV4_NETWORK.octets());
 /// Host numbers 1 ..= 2^22 - 2 of 100.64.0.0/10.
-const IPV4_HOSTS: u32 = (1 << 22) - 2;
-/// fd70:6f73:7465:726e::/64 ("postern" in the global id), low 32 bits = the IPv4 address.
-const IPV6_PREFIX: u128 = 0xfd70_6f73_7465_726e_0000_0000_0000_0000;
+const IPV4_HOSTS: u32 = (1 << (32 - TUNNEL_IPV4_PREFIX_LEN as u32)) - 2;
+/// The ULA /64; the low 32 bits are the IPv4 address.
+const IPV6_PREFIX: u128 = u128::from_be_bytes(TUNNEL_IPV6_NETWORK.octets());
 
 /// Picks a free address pair for `device_key`: a hash of the key, then the next free host.
 /// `None` only when all four million addresses are taken.

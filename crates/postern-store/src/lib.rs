@@ -126,15 +126,31 @@ struct Inner {
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 impl Store {
-    /// Opens (creating if needed) the SQLite database `postern.db` in `data_dir`.
+    /// Opens (creating if needed) the SQLite database `postern.db` in `data_dir`. The directory
+    /// is made private (0700) and the database file 0600 (SQLite gives its WAL and shared-memory
+    /// files the database file's mode): they hold token hashes and the hashing key.
     pub async fn open_sqlite(data_dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(data_dir).map_err(|err| {
-            StoreError::Corrupt(format!(
-                "cannot create data directory {}: {err}",
-                data_dir.display()
-            ))
-        })?;
+        let cannot = |what: &str, err: std::io::Error| {
+            StoreError::Corrupt(format!("cannot {what} {}: {err}", data_dir.display()))
+        };
+        std::fs::create_dir_all(data_dir).map_err(|err| cannot("create data directory", err))?;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|err| cannot("make private the data directory", err))?;
         let path = data_dir.join("postern.db");
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|err| cannot("create the database in", err))?;
+        for file in ["postern.db", "postern.db-wal", "postern.db-shm"] {
+            let file = data_dir.join(file);
+            if file.exists() {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|err| cannot("make private the database files in", err))?;
+            }
+        }
         let url = format!("sqlite://{}?mode=rwc", path.display());
         Self::connect(&url).await
     }
@@ -158,7 +174,7 @@ impl Store {
                 Box::pin(async move {
                     conn.execute(
                         "PRAGMA foreign_keys = ON; PRAGMA journal_mode = WAL; \
-                             PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;",
+                             PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;",
                     )
                     .await?;
                     Ok(())
@@ -249,5 +265,52 @@ impl Store {
             // No subscriber is fine: nothing is connected that needs to hear about it.
             let _ = self.inner.events.send(event);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+    }
+
+    /// Acknowledged changes survive a power loss (every commit reaches the disk), and the files
+    /// that hold token hashes and the hashing key are readable by the portal's user only, also
+    /// when they existed before with a looser mode.
+    #[tokio::test]
+    async fn the_sqlite_files_are_private_and_every_commit_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(data.join("postern.db"), b"").unwrap();
+        std::fs::set_permissions(
+            data.join("postern.db"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let store = Store::open_sqlite(&data).await.unwrap();
+        store.ensure_default_account().await.unwrap();
+        let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(synchronous, 2, "PRAGMA synchronous = FULL");
+        let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(journal, "wal");
+        assert_eq!(mode(&data), 0o700);
+        for file in ["postern.db", "postern.db-wal", "postern.db-shm"] {
+            assert_eq!(mode(&data.join(file)), 0o600, "{file}");
+        }
+        store.close().await;
     }
 }
