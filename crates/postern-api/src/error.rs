@@ -72,6 +72,24 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail)
     }
 
+    /// A request body over the portal's limit (`HttpLimits::body_limit`).
+    pub fn payload_too_large() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            "Request body too large",
+            "the request body is larger than the portal accepts (1 MiB by default)".to_string(),
+        )
+    }
+
+    /// Why a body could not be read: too large (413) or cut short (400).
+    pub fn body(rejection: axum::extract::rejection::BytesRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return Self::payload_too_large();
+        }
+        Self::bad_request(Some("body".to_string()), rejection.body_text())
+    }
+
     pub fn too_many_requests(retry_after_secs: u64) -> Self {
         let mut err = Self::new(
             StatusCode::TOO_MANY_REQUESTS,

@@ -145,7 +145,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for MaybeJson<T> {
             .is_some_and(|v| v.starts_with("application/json") || v.contains("+json"));
         let bytes = Bytes::from_request(req, state)
             .await
-            .map_err(|err| ApiError::bad_request(Some("body".to_string()), err.body_text()))?;
+            .map_err(ApiError::body)?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(MaybeJson(None));
         }

@@ -12,13 +12,13 @@ mod openapi;
 mod policies;
 mod rate_limit;
 mod resources;
+mod server;
 mod shapes;
 mod sites;
 mod tokens;
 mod ws;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::routing::get;
@@ -29,6 +29,7 @@ pub use error::ApiError;
 pub use openapi::openapi_document;
 
 pub use rate_limit::AuthRateLimiter;
+pub use server::HttpLimits;
 
 /// Everything a request handler needs.
 #[derive(Clone)]
@@ -116,16 +117,22 @@ pub async fn serve(
 }
 
 /// Serves any router (for example the API merged with the web portal) on `listener` until
-/// `shutdown` completes, with the peer address available to extractors.
+/// `shutdown` completes, with the peer address available to extractors and the default
+/// [`HttpLimits`].
 pub async fn serve_with(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    server::serve(listener, router, shutdown, HttpLimits::default()).await
+}
+
+/// The same with chosen limits.
+pub async fn serve_with_limits(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    limits: HttpLimits,
+) -> std::io::Result<()> {
+    server::serve(listener, router, shutdown, limits).await
 }

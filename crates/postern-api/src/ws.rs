@@ -69,6 +69,11 @@ async fn upgrade(state: AppState, request: Request, kind: DeviceKind) -> Respons
         }
     };
     tracing::debug!(device = %hello.params.id, kind = kind.as_str(), "session opened");
+    // The upgraded connection keeps its place among the listener's connections while it lives.
+    let slot = parts
+        .extensions
+        .get::<crate::server::ConnectionSlot>()
+        .cloned();
     upgrade
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(0)
@@ -76,6 +81,7 @@ async fn upgrade(state: AppState, request: Request, kind: DeviceKind) -> Respons
         .max_frame_size(MAX_MESSAGE_BYTES)
         .on_upgrade(move |socket| async move {
             run(socket, handle, kind).await;
+            drop(slot);
         })
 }
 

@@ -1,0 +1,148 @@
+//! The portal's HTTP listener: hyper's connection handling with the limits an internet-facing
+//! server needs, which `axum::serve` does not set (it runs without a timer). A connection must
+//! send a request's headers within the header-read timeout — also the longest an idle
+//! keep-alive connection waits for its next request — so connections trickling bytes cannot
+//! hold the portal; at most `max_connections` are served at once (more are closed as they are
+//! accepted, before the process runs out of file descriptors); request bodies are limited.
+//! A WebSocket session keeps its connection's place until it ends; once upgraded, its timing is
+//! the session layer's (heartbeats, write timeouts).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit};
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
+
+/// File descriptors kept for everything but client connections (database, files, logs).
+const RESERVED_FDS: usize = 512;
+/// How long a stopping portal waits for open requests to finish.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// A connection's place among the `max_connections`, held by the connection and by a
+/// WebSocket session it was upgraded to: freed when both have ended.
+#[derive(Clone)]
+pub(crate) struct ConnectionSlot(#[allow(dead_code)] Arc<tokio::sync::OwnedSemaphorePermit>);
+
+/// Limits of the portal's HTTP listener.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// A request's headers must have arrived by then; an idle keep-alive connection is closed
+    /// after as long without a new request.
+    pub header_read_timeout: Duration,
+    /// Connections served at once; further ones are closed at accept.
+    pub max_connections: usize,
+    /// The largest request body, in bytes.
+    pub body_limit: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: open_file_limit().saturating_sub(RESERVED_FDS).max(64),
+            body_limit: 1 << 20,
+        }
+    }
+}
+
+/// The process's open-file limit (soft), or 1024 when it cannot be read.
+fn open_file_limit() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    let read = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    if read != 0 || limit.rlim_cur == libc::RLIM_INFINITY {
+        return 1024;
+    }
+    usize::try_from(limit.rlim_cur).unwrap_or(1024)
+}
+
+/// Serves `router` on `listener` with `limits` until `shutdown` completes, then waits a few
+/// seconds for open requests to finish. Extractors see the peer as `ConnectInfo<SocketAddr>`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    limits: HttpLimits,
+) -> std::io::Result<()> {
+    let router = router.layer(DefaultBodyLimit::max(limits.body_limit));
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let mut refused_logged: Option<Instant> = None;
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors, or a connection reset before it was accepted.
+                    tracing::warn!(error = %err, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            if refused_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                refused_logged = Some(Instant::now());
+                tracing::warn!(%peer, max = limits.max_connections, "closing new connections: the portal serves as many as it may");
+            }
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let slot = ConnectionSlot(Arc::new(permit));
+        let router = router.clone();
+        let connection_slot = slot.clone();
+        let service =
+            hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let mut request = request.map(axum::body::Body::new);
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request.extensions_mut().insert(connection_slot.clone());
+                let router = router.clone();
+                async move {
+                    Ok::<_, Infallible>(
+                        router
+                            .oneshot(request)
+                            .await
+                            .unwrap_or_else(|never| match never {}),
+                    )
+                }
+            });
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(err) = watcher.watch(connection).await {
+                tracing::debug!(%peer, error = %err, "connection ended");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::info!("stopped waiting for open connections");
+    }
+    Ok(())
+}
