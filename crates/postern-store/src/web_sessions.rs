@@ -178,8 +178,9 @@ impl Store {
         Ok(Some((db::json(&row, "token")?, text(&row, "sealed")?)))
     }
 
-    /// How many failed sign-ins each key has had since `since`: the highest count.
-    pub async fn sign_in_failures(&self, keys: &[String], since: DateTime<Utc>) -> Result<u64> {
+    /// How many sign-in attempts not known to have succeeded each key has had since `since`:
+    /// the highest count.
+    pub async fn sign_in_attempts(&self, keys: &[String], since: DateTime<Utc>) -> Result<u64> {
         let mut most = 0;
         for key in keys {
             let count: i64 = sqlx::query_scalar(
@@ -194,8 +195,9 @@ impl Store {
         Ok(most)
     }
 
-    /// Records a failed sign-in under each key, and forgets those older than `forget_before`.
-    pub async fn record_sign_in_failure(
+    /// Records a sign-in attempt under each key (before its password is checked), and forgets
+    /// those older than `forget_before`.
+    pub async fn record_sign_in_attempt(
         &self,
         keys: &[String],
         now: DateTime<Utc>,
@@ -213,6 +215,19 @@ impl Store {
             .bind(ts(forget_before))
             .execute(&mut *tx.tx)
             .await?;
+        tx.commit().await
+    }
+
+    /// Forgets the attempt recorded at `at` under these keys: it succeeded.
+    pub async fn forget_sign_in_attempt(&self, keys: &[String], at: DateTime<Utc>) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        for key in keys {
+            sqlx::query("DELETE FROM web_sign_in_failures WHERE key = $1 AND at = $2")
+                .bind(key.clone())
+                .bind(ts(at))
+                .execute(&mut *tx.tx)
+                .await?;
+        }
         tx.commit().await
     }
 }

@@ -145,18 +145,35 @@ fn set_cookie(state: &WebState, name: &str, value: &str, max_age: Option<u64>) -
     cookie
 }
 
-/// Failed sign-ins per source IP and per email, in a sliding window, counted in the database so
-/// that every portal node applies the same limit.
-async fn sign_in_blocked(
+/// What sign-in attempts are counted under: the source address (an IPv6 one by its /64, which
+/// one machine usually has whole), and the email together with that address — so that nobody
+/// can lock a real administrator out from elsewhere.
+fn sign_in_keys(ip: IpAddr, email: &str) -> [String; 2] {
+    let network = match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            format!("{}/64", std::net::Ipv6Addr::from(bits))
+        }
+    };
+    [format!("ip:{network}"), format!("email:{email}|{network}")]
+}
+
+/// Counts this attempt first (so that parallel attempts cannot all slip under the limit), then
+/// says whether the attempts of the window, this one included, are over it. Counted in the
+/// database, so that every portal node applies the same limit.
+async fn sign_in_over_limit(
     state: &WebState,
     keys: &[String],
     now: chrono::DateTime<Utc>,
 ) -> Result<bool, StoreError> {
-    let failures = state
+    let since = now - failure_window();
+    state
         .store()
-        .sign_in_failures(keys, now - failure_window())
+        .record_sign_in_attempt(keys, now, since)
         .await?;
-    Ok(failures >= MAX_FAILURES as u64)
+    let attempts = state.store().sign_in_attempts(keys, since).await?;
+    Ok(attempts > MAX_FAILURES as u64)
 }
 
 fn failure_window() -> chrono::Duration {
@@ -290,9 +307,9 @@ pub async fn login(
         ));
     }
     let ip = peer.ip();
-    let keys = [format!("ip:{ip}"), format!("email:{email}")];
+    let keys = sign_in_keys(ip, &email);
     let now = Utc::now();
-    if sign_in_blocked(&state, &keys, now).await? {
+    if sign_in_over_limit(&state, &keys, now).await? {
         tracing::warn!(source_ip = %ip, "web sign-in rate limited");
         let body = ui::message(
             "Too many failed sign-ins",
@@ -319,6 +336,24 @@ pub async fn login(
         Some(account) => state.store().actor_by_email(account.id, &email).await?,
         None => None,
     };
+    // Each check holds ~19 MiB for a moment: only a few at once; the excess is told to retry.
+    let Ok(_checking) = state.password_checks.clone().try_acquire_owned() else {
+        tracing::warn!(source_ip = %ip, "web sign-in refused: every password check is busy");
+        let body = ui::message(
+            "The portal is busy",
+            "Too many sign-ins are being checked right now. Try again in a moment.",
+        );
+        let mut response = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            ui::bare_page("Busy", &body),
+        )
+            .into_response();
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("1"),
+        );
+        return Ok(response);
+    };
     let password = fields.get("password").to_string();
     let hash = found.as_ref().and_then(|(_, hash)| hash.clone());
     let verified = tokio::task::spawn_blocking(move || verify_password(&password, hash.as_deref()))
@@ -331,10 +366,6 @@ pub async fn login(
             actor
         }
         _ => {
-            state
-                .store()
-                .record_sign_in_failure(&keys, now, now - failure_window())
-                .await?;
             tracing::info!(source_ip = %ip, "web sign-in failed");
             if let Err(err) = state
                 .store()
@@ -360,6 +391,7 @@ pub async fn login(
             ));
         }
     };
+    state.store().forget_sign_in_attempt(&keys, now).await?;
     let id = random_hex();
     let created_at = Utc::now();
     let lifetime = chrono::Duration::from_std(state.config.session_lifetime)
@@ -403,4 +435,27 @@ pub async fn logout(State(state): State<WebState>, post: Post) -> WebResult<Resp
         response.headers_mut().insert(SET_COOKIE, value);
     }
     Ok(response)
+}
+
+#[cfg(test)]
+mod sign_in_key_tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_machine_is_one_key_by_its_64_and_the_email_goes_with_the_address() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(sign_in_keys(a, "x@y"), sign_in_keys(b, "x@y"));
+        assert_ne!(sign_in_keys(a, "x@y"), sign_in_keys(other, "x@y"));
+        assert_eq!(sign_in_keys(a, "x@y")[0], "ip:2001:db8:1:2::/64");
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(
+            sign_in_keys(v4, "admin@example.com"),
+            [
+                "ip:192.0.2.7".to_string(),
+                "email:admin@example.com|192.0.2.7".to_string()
+            ]
+        );
+    }
 }

@@ -33,6 +33,8 @@ pub struct WebConfig {
     pub session_lifetime: Duration,
     /// Mark the session cookie `Secure` (the portal is reached over HTTPS).
     pub secure_cookies: bool,
+    /// Password checks (argon2id, ~19 MiB each) run at once; sign-ins beyond get 503.
+    pub password_checks: usize,
 }
 
 impl Default for WebConfig {
@@ -40,6 +42,7 @@ impl Default for WebConfig {
         Self {
             session_lifetime: Duration::from_secs(12 * 3600),
             secure_cookies: false,
+            password_checks: 4,
         }
     }
 }
@@ -48,6 +51,7 @@ impl Default for WebConfig {
 pub(crate) struct WebState {
     pub app: AppState,
     pub config: Arc<WebConfig>,
+    pub password_checks: Arc<tokio::sync::Semaphore>,
 }
 
 impl WebState {
@@ -61,6 +65,7 @@ impl WebState {
 pub fn router(app: AppState, config: WebConfig) -> Router {
     let state = WebState {
         app,
+        password_checks: Arc::new(tokio::sync::Semaphore::new(config.password_checks.max(1))),
         config: Arc::new(config),
     };
     spawn_session_sweeper(state.clone());

@@ -2,16 +2,14 @@
 //! sessions: a secret created through node A is shown once by node B (and then by neither),
 //! sealed while it waits; failed sign-ins on node A count on node B.
 
-use std::net::SocketAddr;
+mod common;
 
-use argon2::password_hash::{PasswordHasher, SaltString};
+use common::{cookie_of, csrf_of, http, node, sign_in, PASSWORD};
 use postern_domain::{Acting, ActorType};
-use postern_store::{NewActor, Store};
-use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use postern_store::NewActor;
+use reqwest::header::{COOKIE, LOCATION};
 use reqwest::StatusCode;
 use sqlx::Connection;
-
-const PASSWORD: &str = "correct horse battery staple";
 
 async fn admin_url() -> Option<String> {
     let url = std::env::var("POSTERN_TEST_POSTGRES_URL")
@@ -32,64 +30,6 @@ async fn admin_url() -> Option<String> {
     }
 }
 
-async fn node(url: &str) -> (Store, SocketAddr) {
-    let store = Store::connect(url).await.expect("node");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let state = postern_api::AppState::new(store.clone());
-    let router = postern_api::router(state.clone()).merge(postern_web::router(
-        state,
-        postern_web::WebConfig::default(),
-    ));
-    tokio::spawn(async move {
-        let _ = postern_api::serve_with(listener, router, std::future::pending()).await;
-    });
-    (store, addr)
-}
-
-fn cookie_of(response: &reqwest::Response, name: &str) -> Option<String> {
-    response
-        .headers()
-        .get_all(SET_COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|v| {
-            let pair = v.split(';').next()?;
-            let (key, value) = pair.split_once('=')?;
-            (key == name && !value.is_empty()).then(|| value.to_string())
-        })
-}
-
-/// The value of the first hidden `_csrf` field of a page.
-fn csrf_of(page: &str) -> String {
-    let at = page.find("name=\"_csrf\"").expect("a _csrf field");
-    let rest = &page[at..];
-    let value = rest.split("value=\"").nth(1).expect("a value");
-    value.split('"').next().unwrap().to_string()
-}
-
-/// One sign-in attempt on `addr`; the response.
-async fn sign_in(http: &reqwest::Client, addr: SocketAddr, password: &str) -> reqwest::Response {
-    let page = http
-        .get(format!("http://{addr}/login"))
-        .send()
-        .await
-        .unwrap();
-    let login_cookie = cookie_of(&page, "postern_login_csrf").expect("login csrf cookie");
-    let csrf = csrf_of(&page.text().await.unwrap());
-    http.post(format!("http://{addr}/login"))
-        .header(COOKIE, format!("postern_login_csrf={login_cookie}"))
-        .form(&[
-            ("_csrf", csrf.as_str()),
-            ("email", "admin@example.com"),
-            ("password", password),
-            ("account", "default"),
-        ])
-        .send()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shown_once_secrets_and_sign_in_limits_hold_across_nodes() {
     let Some(admin) = admin_url().await else {
@@ -107,29 +47,8 @@ async fn shown_once_secrets_and_sign_in_limits_hold_across_nodes() {
     };
     let (node_a, addr_a) = node(&url).await;
     let (node_b, addr_b) = node(&url).await;
+    common::admin(&node_a).await;
     let (account, _) = node_a.ensure_default_account().await.unwrap();
-    let hash = argon2::Argon2::default()
-        .hash_password(
-            PASSWORD.as_bytes(),
-            &SaltString::generate(&mut rand::rngs::OsRng),
-        )
-        .unwrap()
-        .to_string();
-    node_a
-        .create_actor(
-            account.id,
-            NewActor {
-                actor_type: ActorType::Admin,
-                name: "admin".into(),
-                email: Some("admin@example.com".into()),
-                password_hash: Some(hash),
-                group_ids: Vec::new(),
-                token: None,
-            },
-            &Acting::local_cli(),
-        )
-        .await
-        .unwrap();
     let (runner, _) = node_a
         .create_actor(
             account.id,
@@ -145,10 +64,7 @@ async fn shown_once_secrets_and_sign_in_limits_hold_across_nodes() {
         )
         .await
         .unwrap();
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let http = http();
 
     // Signed in through A; a token created through A.
     let signed_in = sign_in(&http, addr_a, PASSWORD).await;

@@ -72,6 +72,7 @@ impl ServeArgs {
                 .public_url
                 .as_deref()
                 .is_some_and(|url| url.to_ascii_lowercase().starts_with("https://")),
+            ..Default::default()
         })
     }
 }
