@@ -35,7 +35,7 @@ pub struct PlannedGrant {
     pub gateway_name: String,
     pub gateway_key: Option<String>,
     pub endpoint: Option<String>,
-    pub preshared_key: Option<String>,
+    pub preshared_key: Option<postern_protocol::PresharedKey>,
     pub expires_at: DateTime<Utc>,
 }
 

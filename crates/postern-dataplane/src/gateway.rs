@@ -104,12 +104,23 @@ struct Rule {
 }
 
 /// One client device as the gateway knows it: its key, addresses and what it may reach.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ClientPeer {
     pub key: PeerKey,
     pub addresses: TunnelAddresses,
     pub preshared_key: Option<[u8; 32]>,
     rules: Vec<Rule>,
+}
+
+impl std::fmt::Debug for ClientPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientPeer")
+            .field("key", &self.key)
+            .field("addresses", &self.addresses)
+            .field("preshared_key", &self.preshared_key.map(|_| "(..)"))
+            .field("rules", &self.rules)
+            .finish()
+    }
 }
 
 impl ClientPeer {
@@ -335,6 +346,7 @@ mod tests {
     use crate::packet::build::{ip, ports};
     use crate::packet::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
     use postern_policy::PortRange;
+    use postern_protocol::PresharedKey;
 
     fn addr(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -367,7 +379,7 @@ mod tests {
             },
             resource,
             expires_at: now() + chrono::Duration::minutes(minutes),
-            preshared_key: Some(encode_key(&[id as u8; 32])),
+            preshared_key: Some(PresharedKey::new(encode_key(&[id as u8; 32]))),
         }
     }
 
@@ -502,7 +514,7 @@ mod tests {
                     let kind = if variant == 2 { "dns" } else { "cidr" };
                     let target = if variant == 2 { "db.internal".to_string() } else { format!("10.{variant}.{id}.0/24") };
                     let mut a = authorization(id, key + 1, &address, kind, &target, vec![], 5 + variant as i64);
-                    a.preshared_key = Some(encode_key(&[key + 1; 32]));
+                    a.preshared_key = Some(PresharedKey::new(encode_key(&[key + 1; 32])));
                     if variant == 1 {
                         a.resource.filters = vec![tcp_filter(443)];
                     }
@@ -529,5 +541,47 @@ mod tests {
             }
             let _ = policy.route_reply(&bytes, now());
         }
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+
+    #[test]
+    fn a_client_peer_does_not_show_its_preshared_key() {
+        let key_bytes = [0xab_u8; 32];
+        let authorization = Authorization {
+            id: Uuid::nil(),
+            client_device_id: "c".into(),
+            actor_id: Uuid::nil(),
+            client_public_key: Some(crate::encode_key(&[7; 32])),
+            client_addresses: TunnelAddresses {
+                ipv4: "100.64.0.2".parse().unwrap(),
+                ipv6: "fd70::2".parse().unwrap(),
+            },
+            resource: postern_protocol::ResourceView {
+                id: Uuid::nil(),
+                name: "db".into(),
+                resource_type: "cidr".into(),
+                address: "10.0.0.0/24".into(),
+                description: None,
+                filters: vec![],
+                site_id: Uuid::nil(),
+                access_until: None,
+            },
+            expires_at: chrono::Utc::now() + chrono::Duration::hours(1),
+            preshared_key: Some(postern_protocol::PresharedKey::new(crate::encode_key(
+                &key_bytes,
+            ))),
+        };
+        let mut policy = GatewayPolicy::default();
+        policy
+            .upsert(&authorization, &mut Default::default())
+            .expect("a valid authorization");
+        let shown = format!("{policy:?}");
+        assert!(shown.contains("ClientPeer"), "{shown}");
+        assert!(!shown.contains("171"), "the key's bytes are shown: {shown}");
+        assert!(!shown.contains(&crate::encode_key(&key_bytes)), "{shown}");
     }
 }

@@ -17,7 +17,7 @@ pub struct AccessGrant {
     pub expires_at: DateTime<Utc>,
     /// The WireGuard preshared key of this client–gateway pair (never written to status files).
     #[serde(default, skip_serializing)]
-    pub preshared_key: Option<String>,
+    pub preshared_key: Option<crate::PresharedKey>,
 }
 
 /// What changed, for logs and for the data plane (routes).

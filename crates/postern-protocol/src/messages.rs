@@ -170,7 +170,7 @@ pub enum PortalToClient {
         gateway: GatewayInfo,
         expires_at: DateTime<Utc>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        preshared_key: Option<String>,
+        preshared_key: Option<PresharedKey>,
     },
     AccessDenied {
         resource_id: Uuid,
@@ -203,6 +203,32 @@ pub struct GatewayInit {
     pub authorizations: Vec<Authorization>,
 }
 
+/// A WireGuard preshared key (base64), as the portal hands it out to one client–gateway pair.
+/// `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PresharedKey(String);
+
+impl PresharedKey {
+    pub fn new(base64: String) -> Self {
+        Self(base64)
+    }
+}
+
+impl std::ops::Deref for PresharedKey {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for PresharedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PresharedKey(..)")
+    }
+}
+
 /// A client's permission to reach one resource through this gateway, until `expires_at`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Authorization {
@@ -215,7 +241,7 @@ pub struct Authorization {
     pub resource: ResourceView,
     pub expires_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub preshared_key: Option<String>,
+    pub preshared_key: Option<PresharedKey>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,4 +266,67 @@ pub enum PortalToGateway {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum GatewayToPortal {
     Heartbeat,
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+
+    #[test]
+    fn preshared_keys_are_never_in_debug_output() {
+        let secret = "c2VjcmV0LXByZXNoYXJlZC1rZXktMzItYnl0ZXMhIQ==";
+        let key = PresharedKey::new(secret.to_string());
+        let addresses = TunnelAddresses {
+            ipv4: "100.64.0.2".parse().unwrap(),
+            ipv6: "fd70::2".parse().unwrap(),
+        };
+        let authorization = Authorization {
+            id: Uuid::nil(),
+            client_device_id: "c".into(),
+            actor_id: Uuid::nil(),
+            client_public_key: None,
+            client_addresses: addresses,
+            resource: ResourceView {
+                id: Uuid::nil(),
+                name: "db".into(),
+                resource_type: "cidr".into(),
+                address: "10.0.0.0/24".into(),
+                description: None,
+                filters: vec![],
+                site_id: Uuid::nil(),
+                access_until: None,
+            },
+            expires_at: Utc::now(),
+            preshared_key: Some(key.clone()),
+        };
+        let granted = PortalToClient::AccessGranted {
+            resource_id: Uuid::nil(),
+            authorization_id: Uuid::nil(),
+            gateway: GatewayInfo {
+                id: "g".into(),
+                name: "g".into(),
+                public_key: None,
+                endpoint: None,
+                addresses,
+            },
+            expires_at: Utc::now(),
+            preshared_key: Some(key.clone()),
+        };
+        for shown in [
+            format!("{key:?}"),
+            format!("{authorization:?}"),
+            format!(
+                "{:?}",
+                PortalToGateway::Authorize {
+                    authorization: authorization.clone()
+                }
+            ),
+            format!("{granted:?}"),
+        ] {
+            assert!(!shown.contains(secret), "{shown}");
+            assert!(!shown.contains("c2VjcmV0"), "{shown}");
+        }
+        // The wire still carries it.
+        assert!(crate::encode(&granted).contains(secret));
+    }
 }

@@ -24,7 +24,7 @@ use postern_access::{diff, resource_view, AccessSnapshot, View};
 use postern_domain::{ChangeEvent, Device, DeviceKind};
 use postern_protocol::{
     encode, Authorization, ClientInit, ConnectParams, DisconnectReason, GatewayInfo, GatewayInit,
-    PortalToClient, PortalToGateway, ResourceView, TunnelAddresses,
+    PortalToClient, PortalToGateway, PresharedKey, ResourceView, TunnelAddresses,
 };
 use postern_store::{
     AccessData, AuthorizationWrites, DeviceClaim, LoadedAuthorization, Principal, RemoteGateway,
@@ -1897,7 +1897,7 @@ impl AccountSessions {
             .and_then(|g| g.authorization.preshared_key.clone());
         let preshared_key = match shared {
             Some(key) => key,
-            None => self.preshared_key(),
+            None => PresharedKey::new(self.preshared_key()),
         };
         let expires_at = expiry(
             now + self.config.authorization_lifetime,

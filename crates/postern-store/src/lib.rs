@@ -280,6 +280,43 @@ mod tests {
             .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
     }
 
+    #[test]
+    fn secrets_are_never_in_debug_output() {
+        let session = WebSession {
+            id_hash: "hash".into(),
+            account_id: uuid::Uuid::nil(),
+            actor_id: uuid::Uuid::nil(),
+            csrf_token: "csrf-7f3a9c".into(),
+            created_at: chrono::Utc::now(),
+            expires_at: chrono::Utc::now(),
+            source_ip: None,
+            user_agent: None,
+        };
+        let shown = format!("{session:?}");
+        assert!(!shown.contains("csrf-7f3a9c"), "{shown}");
+        let created = tokens::CreatedToken {
+            token: postern_domain::Token {
+                id: uuid::Uuid::nil(),
+                account_id: uuid::Uuid::nil(),
+                kind: postern_token::TokenKind::Client,
+                actor_id: None,
+                site_id: None,
+                name: "t".into(),
+                created_by: None,
+                created_at: chrono::Utc::now(),
+                expires_at: chrono::Utc::now(),
+                revoked_at: None,
+                revoked_by: None,
+                last_used_at: None,
+                last_used_ip: None,
+                last_used_user_agent: None,
+            },
+            secret: postern_token::SecretString::from("postern_client_s3cr3t".to_string()),
+        };
+        let shown = format!("{created:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+    }
+
     /// Acknowledged changes survive a power loss (every commit reaches the disk), and the files
     /// that hold token hashes and the hashing key are readable by the portal's user only, also
     /// when they existed before with a looser mode.

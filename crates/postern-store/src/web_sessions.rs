@@ -10,7 +10,7 @@ use crate::audit::{self, Entry};
 use crate::db::{self, opt_text, text, time, ts};
 use crate::{Result, Store};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct WebSession {
     /// Hex SHA-256 of the session id held in the cookie.
     pub id_hash: String,
@@ -21,6 +21,21 @@ pub struct WebSession {
     pub expires_at: DateTime<Utc>,
     pub source_ip: Option<String>,
     pub user_agent: Option<String>,
+}
+
+impl std::fmt::Debug for WebSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSession")
+            .field("id_hash", &self.id_hash)
+            .field("account_id", &self.account_id)
+            .field("actor_id", &self.actor_id)
+            .field("csrf_token", &"(..)")
+            .field("created_at", &self.created_at)
+            .field("expires_at", &self.expires_at)
+            .field("source_ip", &self.source_ip)
+            .field("user_agent", &self.user_agent)
+            .finish()
+    }
 }
 
 impl Store {
