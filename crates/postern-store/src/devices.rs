@@ -239,17 +239,31 @@ impl Store {
     }
 
     /// Writes buffered device sightings.
+    /// Writes buffered device sightings; when that fails they are kept for the next flush (a
+    /// sighting made since wins over its older one).
     pub async fn flush_devices(&self) -> Result<usize> {
-        let pending: Vec<Device> = std::mem::take(&mut *self.inner.devices.lock())
-            .into_values()
-            .collect();
+        let pending = std::mem::take(&mut *self.inner.devices.lock());
         if pending.is_empty() {
             return Ok(0);
         }
+        let devices: Vec<&Device> = pending.values().collect();
+        match self.write_sightings(&devices).await {
+            Ok(()) => Ok(pending.len()),
+            Err(err) => {
+                let mut buffered = self.inner.devices.lock();
+                for (key, device) in pending {
+                    buffered.entry(key).or_insert(device);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn write_sightings(&self, pending: &[&Device]) -> Result<()> {
         let mut tx = self.begin_write().await?;
         // Rows are created by `claim_devices`; a sighting only updates its device's row, and
         // never one that now belongs to another holder.
-        for device in &pending {
+        for device in pending {
             sqlx::query(
                 "UPDATE devices SET token_id = $1, name = $2, version = $3, public_key = $4, \
                  last_seen_ip = $5, last_seen_at = $6 \
@@ -271,8 +285,7 @@ impl Store {
             .execute(&mut *tx.tx)
             .await?;
         }
-        tx.commit().await?;
-        Ok(pending.len())
+        tx.commit().await
     }
 }
 

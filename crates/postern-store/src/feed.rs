@@ -21,7 +21,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use uuid::Uuid;
 
 use crate::db::{self, ts, WriteTx};
-use crate::{Backend, Result, Store};
+use crate::{Backend, Result, Store, StoreError};
 
 pub(crate) const CHANNEL: &str = "postern_changes";
 /// How long events stay in `change_events`: a listener away longer than this resyncs.
@@ -71,9 +71,17 @@ impl Store {
                 crate::authorizations::delete_by_tokens(&mut tx, *account_id, token_ids).await?;
             }
         }
-        self.feed(tx, &events).await?;
-        self.publish(events);
-        Ok(())
+        // In a task of its own: a request cancelled while its change commits (a client that
+        // hung up) still has the change take effect here once it is committed.
+        let store = self.clone();
+        let finish = tokio::spawn(async move {
+            store.feed(tx, &events).await?;
+            store.publish(events);
+            Ok(())
+        });
+        finish.await.map_err(|err| {
+            StoreError::Corrupt(format!("a change's commit stopped unexpectedly: {err}"))
+        })?
     }
 
     /// Commits a change whose events are for the other portal nodes only: this node's own

@@ -317,6 +317,162 @@ mod tests {
         assert!(!shown.contains("s3cr3t"), "{shown}");
     }
 
+    /// A flush that fails (here: the tables are away for a moment) keeps what it could not
+    /// write, and the next flush writes it.
+    #[tokio::test]
+    async fn a_failed_flush_keeps_the_buffered_records_for_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(dir.path()).await.unwrap();
+        let (account, _) = store.ensure_default_account().await.unwrap();
+        let (actor, created) = store
+            .create_actor(
+                account.id,
+                actors::NewActor {
+                    actor_type: postern_domain::ActorType::ServiceAccount,
+                    name: "runner".into(),
+                    email: None,
+                    password_hash: None,
+                    group_ids: Vec::new(),
+                    token: Some(tokens::NewTokenRequest {
+                        name: None,
+                        expires_at: None,
+                    }),
+                },
+                &postern_domain::Acting::local_cli(),
+            )
+            .await
+            .unwrap();
+        let token_id = created.expect("a token").token.id;
+        let now = chrono::Utc::now();
+        let device = postern_domain::Device {
+            id: uuid::Uuid::now_v7(),
+            account_id: account.id,
+            kind: postern_domain::DeviceKind::Client,
+            device_id: "runner-1".into(),
+            actor_id: Some(actor.id),
+            site_id: None,
+            token_id: Some(token_id),
+            name: "runner-1".into(),
+            version: None,
+            public_key: None,
+            ipv4: "100.64.0.9".parse().unwrap(),
+            ipv6: "fd70:6f73:7465:726e::6440:9".parse().unwrap(),
+            last_seen_ip: None,
+            last_seen_at: now,
+            created_at: now,
+        };
+        store
+            .claim_devices(std::slice::from_ref(&device))
+            .await
+            .unwrap();
+        store.inner.tokens.record_use(
+            token_id,
+            token_cache::PendingUse {
+                at: now,
+                ip: Some("198.51.100.7".into()),
+                user_agent: None,
+                actor_id: Some(actor.id),
+            },
+        );
+        store.record_device(postern_domain::Device {
+            last_seen_ip: Some("198.51.100.7".into()),
+            ..device
+        });
+        for (from, to) in [("tokens", "tokens_away"), ("devices", "devices_away")] {
+            sqlx::query(&format!("ALTER TABLE {from} RENAME TO {to}"))
+                .execute(store.pool())
+                .await
+                .unwrap();
+        }
+        assert!(store.flush_token_usage().await.is_err());
+        assert!(store.flush_devices().await.is_err());
+        for (from, to) in [("tokens_away", "tokens"), ("devices_away", "devices")] {
+            sqlx::query(&format!("ALTER TABLE {from} RENAME TO {to}"))
+                .execute(store.pool())
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.flush_token_usage().await.unwrap(), 2);
+        for table in ["tokens", "devices"] {
+            let ip: Option<String> = sqlx::query_scalar(&format!(
+                "SELECT last_seen_ip FROM (SELECT last_used_ip AS last_seen_ip, id FROM tokens \
+                 UNION ALL SELECT last_seen_ip, id FROM devices) WHERE last_seen_ip IS NOT NULL \
+                 AND id IN (SELECT id FROM {table})"
+            ))
+            .fetch_optional(store.pool())
+            .await
+            .unwrap();
+            assert_eq!(ip.as_deref(), Some("198.51.100.7"), "{table}");
+        }
+        store.close().await;
+    }
+
+    /// A revocation whose request is dropped at any moment either did not happen or takes
+    /// effect here: its event is published once it is committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_cancelled_after_commit_is_still_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(dir.path()).await.unwrap();
+        let (account, _) = store.ensure_default_account().await.unwrap();
+        let (actor, _) = store
+            .create_actor(
+                account.id,
+                actors::NewActor {
+                    actor_type: postern_domain::ActorType::ServiceAccount,
+                    name: "runner".into(),
+                    email: None,
+                    password_hash: None,
+                    group_ids: Vec::new(),
+                    token: None,
+                },
+                &postern_domain::Acting::local_cli(),
+            )
+            .await
+            .unwrap();
+        let holder = tokens::TokenHolder::Actor(actor.id);
+        let acting = postern_domain::Acting::local_cli();
+        let mut events = store.subscribe();
+        for step in 0..200u64 {
+            let created = store
+                .create_token(
+                    account.id,
+                    holder,
+                    tokens::NewTokenRequest {
+                        name: None,
+                        expires_at: None,
+                    },
+                    &acting,
+                )
+                .await
+                .unwrap();
+            let token_id = created.token.id;
+            let cut = std::time::Duration::from_micros(step * 25);
+            let _ = tokio::time::timeout(
+                cut,
+                store.revoke_token(account.id, holder, token_id, &acting),
+            )
+            .await;
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let revoked = store
+                .get_token(account.id, holder, token_id)
+                .await
+                .unwrap()
+                .revoked_at
+                .is_some();
+            let mut heard = false;
+            while let Ok(event) = events.try_recv() {
+                if let ChangeEvent::TokensRevoked { token_ids, .. } = event {
+                    heard |= token_ids.contains(&token_id);
+                }
+            }
+            assert_eq!(
+                heard, revoked,
+                "step {step}: revoked in the database {revoked}, event published {heard}"
+            );
+        }
+        store.close().await;
+    }
+
     /// Acknowledged changes survive a power loss (every commit reaches the disk), and the files
     /// that hold token hashes and the hashing key are readable by the portal's user only, also
     /// when they existed before with a looser mode.

@@ -133,6 +133,14 @@ impl TokenCache {
     pub fn take_usage(&self) -> HashMap<Uuid, PendingUse> {
         std::mem::take(&mut *self.usage.lock())
     }
+
+    /// Puts back uses that could not be written; a use recorded since wins over its older one.
+    pub fn restore_usage(&self, usage: HashMap<Uuid, PendingUse>) {
+        let mut pending = self.usage.lock();
+        for (token_id, used) in usage {
+            pending.entry(token_id).or_insert(used);
+        }
+    }
 }
 
 #[cfg(test)]

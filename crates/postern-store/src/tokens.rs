@@ -339,13 +339,27 @@ pub(crate) fn holder_column(holder: TokenHolder) -> (&'static str, Uuid) {
     }
 }
 
+/// Writes the buffered uses; when that fails they are kept for the next flush.
 pub(crate) async fn flush_usage(store: &Store) -> Result<usize> {
     let pending = store.inner.tokens.take_usage();
     if pending.is_empty() {
         return Ok(0);
     }
+    match write_usage(store, &pending).await {
+        Ok(()) => Ok(pending.len()),
+        Err(err) => {
+            store.inner.tokens.restore_usage(pending);
+            Err(err)
+        }
+    }
+}
+
+async fn write_usage(
+    store: &Store,
+    pending: &std::collections::HashMap<Uuid, crate::token_cache::PendingUse>,
+) -> Result<()> {
     let mut tx = store.begin_write().await?;
-    for (token_id, used) in &pending {
+    for (token_id, used) in pending {
         sqlx::query(
             "UPDATE tokens SET last_used_at = $1, last_used_ip = $2, last_used_user_agent = $3 \
              WHERE id = $4",
@@ -364,8 +378,7 @@ pub(crate) async fn flush_usage(store: &Store) -> Result<usize> {
                 .await?;
         }
     }
-    tx.commit().await?;
-    Ok(pending.len())
+    tx.commit().await
 }
 
 fn token_from_row(row: &AnyRow) -> Result<Token> {
