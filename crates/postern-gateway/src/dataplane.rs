@@ -84,6 +84,10 @@ impl GatewayDataPlane {
         if let Err(err) = net::sysctl("net/ipv6/conf/all/forwarding", "1") {
             warn!("IPv6 forwarding is off (IPv6 resources will not work): {err}");
         }
+        // The tunnel reaches authorized resources through the gateway, never the gateway host
+        // itself (input from the TUN is dropped, also to its own addresses inside a resource's
+        // range); and resources answer clients but cannot open connections to them (only
+        // established or related traffic is forwarded into the TUN).
         // Packets from clients arrive on the TUN with sources only routed back through it.
         let _ = net::sysctl(&format!("net/ipv4/conf/{tun_name}/rp_filter"), "0");
         let nft_table = format!(
@@ -100,6 +104,15 @@ impl GatewayDataPlane {
                chain postrouting {{\n\
                  type nat hook postrouting priority srcnat; policy accept;\n\
                  iifname \"{tun_name}\" masquerade\n\
+               }}\n\
+               chain input {{\n\
+                 type filter hook input priority filter; policy accept;\n\
+                 iifname \"{tun_name}\" drop\n\
+               }}\n\
+               chain forward {{\n\
+                 type filter hook forward priority filter; policy accept;\n\
+                 oifname \"{tun_name}\" ct state established,related accept\n\
+                 oifname \"{tun_name}\" drop\n\
                }}\n\
              }}\n"
         );

@@ -474,22 +474,27 @@ fn echo_servers(ns: &str) {
         )
     });
     for listener in [tcp, blocked] {
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                std::thread::spawn(move || {
-                    let mut reader = stream;
-                    let Ok(mut writer) = reader.try_clone() else {
-                        return;
-                    };
-                    let _ = std::io::copy(&mut reader, &mut writer);
-                });
-            }
-        });
+        serve_tcp_echo(listener);
     }
     std::thread::spawn(move || {
         let mut buf = [0u8; 2048];
         while let Ok((n, from)) = udp.recv_from(&mut buf) {
             let _ = udp.send_to(&buf[..n], from);
+        }
+    });
+}
+
+/// Echoes what every connection to `listener` sends, on threads of its own.
+fn serve_tcp_echo(listener: TcpListener) {
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = stream;
+                let Ok(mut writer) = reader.try_clone() else {
+                    return;
+                };
+                let _ = std::io::copy(&mut reader, &mut writer);
+            });
         }
     });
 }
@@ -524,10 +529,15 @@ fn relay(ns: &str, port: u16, to: String, stop: Arc<AtomicBool>) {
     });
 }
 
-/// One TCP echo round trip from namespace `ns`.
+/// One TCP echo round trip from namespace `ns` to the resource.
 fn tcp_echo(ns: &str, port: u16, timeout: Duration) -> Result<(), String> {
+    tcp_echo_at(ns, RESOURCE, port, timeout)
+}
+
+/// One TCP echo round trip from namespace `ns` to `host`.
+fn tcp_echo_at(ns: &str, host: &'static str, port: u16, timeout: Duration) -> Result<(), String> {
     in_netns(ns, move || {
-        let addr: SocketAddr = format!("{RESOURCE}:{port}")
+        let addr: SocketAddr = format!("{host}:{port}")
             .parse()
             .map_err(|e| format!("{e}"))?;
         let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
@@ -1028,5 +1038,34 @@ fn cluster_the_gateway_moves_when_its_node_is_killed() {
         database.scalar("SELECT COUNT(DISTINCT node_id) FROM presence"),
         2,
         "only the live nodes' sessions count"
+    );
+}
+
+/// Traffic from the tunnel reaches authorized resources only, never the gateway host's own
+/// services — even when the gateway's own address lies in the resource's range (10.2.0.1 in
+/// 10.2.0.0/24, on an allowed port).
+#[test]
+fn the_tunnel_does_not_reach_the_gateway_host_itself() {
+    if !can_run() {
+        return;
+    }
+    let (w, _, ns, _udp) = World::with_runner_reaching_the_resource();
+    let gateway_ns = format!("{}g", w.prefix);
+    let listener = in_netns(&gateway_ns, || {
+        TcpListener::bind(("10.2.0.1", TCP_PORT)).expect("a service on the gateway host")
+    });
+    serve_tcp_echo(listener);
+    assert!(
+        tcp_echo_at(&gateway_ns, "10.2.0.1", TCP_PORT, Duration::from_secs(1)).is_ok(),
+        "the gateway host's service answers locally"
+    );
+    assert!(
+        tcp_echo_at(&ns, "10.2.0.1", TCP_PORT, Duration::from_secs(2)).is_err(),
+        "a client reached a service of the gateway host through the tunnel\n{}",
+        logs(&w)
+    );
+    assert!(
+        tcp_echo(&ns, TCP_PORT, Duration::from_secs(2)).is_ok(),
+        "the resource itself is still reached"
     );
 }
