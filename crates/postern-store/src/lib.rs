@@ -274,6 +274,32 @@ mod tests {
 
     use super::*;
 
+    /// A service account `runner`, with its first token if `with_token`.
+    async fn service_account(
+        store: &Store,
+        account_id: uuid::Uuid,
+        with_token: bool,
+    ) -> (postern_domain::Actor, Option<tokens::CreatedToken>) {
+        store
+            .create_actor(
+                account_id,
+                actors::NewActor {
+                    actor_type: postern_domain::ActorType::ServiceAccount,
+                    name: "runner".into(),
+                    email: None,
+                    password_hash: None,
+                    group_ids: Vec::new(),
+                    token: with_token.then_some(tokens::NewTokenRequest {
+                        name: None,
+                        expires_at: None,
+                    }),
+                },
+                &postern_domain::Acting::local_cli(),
+            )
+            .await
+            .unwrap()
+    }
+
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path)
             .map(|m| m.permissions().mode() & 0o777)
@@ -324,24 +350,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_sqlite(dir.path()).await.unwrap();
         let (account, _) = store.ensure_default_account().await.unwrap();
-        let (actor, created) = store
-            .create_actor(
-                account.id,
-                actors::NewActor {
-                    actor_type: postern_domain::ActorType::ServiceAccount,
-                    name: "runner".into(),
-                    email: None,
-                    password_hash: None,
-                    group_ids: Vec::new(),
-                    token: Some(tokens::NewTokenRequest {
-                        name: None,
-                        expires_at: None,
-                    }),
-                },
-                &postern_domain::Acting::local_cli(),
-            )
-            .await
-            .unwrap();
+        let (actor, created) = service_account(&store, account.id, true).await;
         let token_id = created.expect("a token").token.id;
         let now = chrono::Utc::now();
         let device = postern_domain::Device {
@@ -414,21 +423,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_sqlite(dir.path()).await.unwrap();
         let (account, _) = store.ensure_default_account().await.unwrap();
-        let (actor, _) = store
-            .create_actor(
-                account.id,
-                actors::NewActor {
-                    actor_type: postern_domain::ActorType::ServiceAccount,
-                    name: "runner".into(),
-                    email: None,
-                    password_hash: None,
-                    group_ids: Vec::new(),
-                    token: None,
-                },
-                &postern_domain::Acting::local_cli(),
-            )
-            .await
-            .unwrap();
+        let (actor, _) = service_account(&store, account.id, false).await;
         let holder = tokens::TokenHolder::Actor(actor.id);
         let acting = postern_domain::Acting::local_cli();
         let mut events = store.subscribe();

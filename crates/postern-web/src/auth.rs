@@ -145,6 +145,23 @@ fn set_cookie(state: &WebState, name: &str, value: &str, max_age: Option<u64>) -
     cookie
 }
 
+/// A page saying why the sign-in was not tried, and when to try again (`Retry-After`).
+fn retry_later(
+    status: StatusCode,
+    (title, heading): (&str, &str),
+    text: &str,
+    after_secs: u64,
+) -> Response {
+    let body = ui::message(heading, text);
+    let mut response = (status, ui::bare_page(title, &body)).into_response();
+    if let Ok(value) = after_secs.to_string().parse() {
+        response
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, value);
+    }
+    response
+}
+
 /// What sign-in attempts are counted under: the source address (an IPv6 one by its /64, which
 /// one machine usually has whole), and the email together with that address — so that nobody
 /// can lock a real administrator out from elsewhere.
@@ -311,21 +328,12 @@ pub async fn login(
     let now = Utc::now();
     if sign_in_over_limit(&state, &keys, now).await? {
         tracing::warn!(source_ip = %ip, "web sign-in rate limited");
-        let body = ui::message(
-            "Too many failed sign-ins",
-            "Sign-in is paused for this address or email after repeated failures. Try again in 15 minutes.",
-        );
-        let mut response = (
+        return Ok(retry_later(
             StatusCode::TOO_MANY_REQUESTS,
-            ui::bare_page("Too many attempts", &body),
-        )
-            .into_response();
-        if let Ok(value) = FAILURE_WINDOW.as_secs().to_string().parse() {
-            response
-                .headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, value);
-        }
-        return Ok(response);
+            ("Too many attempts", "Too many failed sign-ins"),
+            "Sign-in is paused for this address or email after repeated failures. Try again in 15 minutes.",
+            FAILURE_WINDOW.as_secs(),
+        ));
     }
     let account = match state.store().account_by_slug(account_slug).await {
         Ok(account) => Some(account),
@@ -339,20 +347,12 @@ pub async fn login(
     // Each check holds ~19 MiB for a moment: only a few at once; the excess is told to retry.
     let Ok(_checking) = state.password_checks.clone().try_acquire_owned() else {
         tracing::warn!(source_ip = %ip, "web sign-in refused: every password check is busy");
-        let body = ui::message(
-            "The portal is busy",
-            "Too many sign-ins are being checked right now. Try again in a moment.",
-        );
-        let mut response = (
+        return Ok(retry_later(
             StatusCode::SERVICE_UNAVAILABLE,
-            ui::bare_page("Busy", &body),
-        )
-            .into_response();
-        response.headers_mut().insert(
-            axum::http::header::RETRY_AFTER,
-            axum::http::HeaderValue::from_static("1"),
-        );
-        return Ok(response);
+            ("Busy", "The portal is busy"),
+            "Too many sign-ins are being checked right now. Try again in a moment.",
+            1,
+        ));
     };
     let password = fields.get("password").to_string();
     let hash = found.as_ref().and_then(|(_, hash)| hash.clone());
