@@ -20,19 +20,7 @@ async fn revocation_on_one_node_reaches_the_others_cache() {
     let node_b = Store::connect(&url).await.expect("second node");
     let listener = node_b.spawn_change_listener().expect("postgres listens");
     let mut events_on_b = node_b.subscribe();
-
-    let created = node_a
-        .post(
-            "/v1/actors",
-            json!({"type": "service_account", "name": "fleet"}),
-        )
-        .await;
-    let secret = created["token"]["secret"].as_str().unwrap().to_string();
-    // Node B verifies once, so the token's record sits in B's cache (trusted for 10 s).
-    node_b
-        .verify_token(&secret, TokenKind::Client, Utc::now())
-        .await
-        .expect("valid on node B");
+    let (created, secret) = cached_on(&node_a, &node_b).await;
 
     let actor_id = created["data"]["id"].as_str().unwrap();
     let token_id = created["token"]["id"].as_str().unwrap();
@@ -80,6 +68,23 @@ async fn revocation_on_one_node_reaches_the_others_cache() {
     listener.abort();
     node_b.close().await;
     node_a.stop().await;
+}
+
+/// A service account created through node A whose token node B has verified once, so that its
+/// record sits in B's cache (trusted for 10 s): the creation's answer and the token.
+async fn cached_on(node_a: &Portal, node_b: &Store) -> (serde_json::Value, String) {
+    let created = node_a
+        .post(
+            "/v1/actors",
+            json!({"type": "service_account", "name": "fleet"}),
+        )
+        .await;
+    let secret = created["token"]["secret"].as_str().unwrap().to_string();
+    node_b
+        .verify_token(&secret, TokenKind::Client, Utc::now())
+        .await
+        .expect("valid on node B");
+    (created, secret)
 }
 
 /// A second portal node on the database at `url`: its own store (listening to the feed), hub
@@ -341,17 +346,7 @@ async fn a_node_whose_listener_was_cut_off_catches_up_from_the_feed() {
         .expect("node B through the proxy");
     let listener = node_b.spawn_change_listener().expect("postgres listens");
     let mut events_on_b = node_b.subscribe();
-    let created = node_a
-        .post(
-            "/v1/actors",
-            json!({"type": "service_account", "name": "fleet"}),
-        )
-        .await;
-    let secret = created["token"]["secret"].as_str().unwrap().to_string();
-    node_b
-        .verify_token(&secret, TokenKind::Client, Utc::now())
-        .await
-        .expect("valid on node B");
+    let (created, secret) = cached_on(&node_a, &node_b).await;
     // Let B's listener hear something first (its own ping), so that it is surely up.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
