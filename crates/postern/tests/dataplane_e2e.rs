@@ -1069,3 +1069,57 @@ fn the_tunnel_does_not_reach_the_gateway_host_itself() {
         "the resource itself is still reached"
     );
 }
+
+/// A resource host can answer a client but not open a flow to it: even with a route to the
+/// tunnel addresses through the gateway, a datagram the resource sends first to the client's
+/// tunnel address is not forwarded into the tunnel. (TCP would fail anyway, at the client's
+/// answer meeting the port filters; UDP needs no answer.)
+#[test]
+fn a_resource_host_cannot_open_a_flow_to_a_client() {
+    if !can_run() {
+        return;
+    }
+    let (w, client, ns, _udp) = World::with_runner_reaching_the_resource();
+    let tunnel_ip = w.procs[client].status().expect("status")["addresses"]["ipv4"]
+        .as_str()
+        .expect("the client's tunnel address")
+        .to_string();
+    let on_client = in_netns(&ns, || {
+        UdpSocket::bind(("0.0.0.0", UDP_PORT + 100)).expect("a socket on the client")
+    });
+    on_client
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let resource_ns = format!("{}r", w.prefix);
+    sh(
+        "ip",
+        &[
+            "-n",
+            &resource_ns,
+            "route",
+            "add",
+            "100.64.0.0/10",
+            "via",
+            "10.2.0.1",
+        ],
+    );
+    let from_resource = in_netns(&resource_ns, || {
+        UdpSocket::bind(("10.2.0.5", 0)).expect("a socket on the resource host")
+    });
+    let mut buf = [0u8; 64];
+    for n in 0..10 {
+        let _ = from_resource.send_to(
+            format!("unasked {n}").as_bytes(),
+            (tunnel_ip.as_str(), UDP_PORT + 100),
+        );
+        assert!(
+            on_client.recv_from(&mut buf).is_err(),
+            "the resource host reached the client's {tunnel_ip} unasked\n{}",
+            logs(&w)
+        );
+    }
+    assert!(
+        tcp_echo(&ns, TCP_PORT, Duration::from_secs(2)).is_ok(),
+        "the client still reaches the resource"
+    );
+}
