@@ -408,24 +408,7 @@ async fn devices_on_two_nodes_get_distinct_tunnel_addresses() {
     let secret = created["token"]["secret"].as_str().unwrap().to_string();
 
     // Pairs of ids offered the same address first.
-    let mut by_address: std::collections::HashMap<std::net::Ipv4Addr, String> =
-        std::collections::HashMap::new();
-    let mut pairs = Vec::new();
-    let empty = std::collections::HashSet::new();
-    for n in 0.. {
-        let id = format!("runner-{n}");
-        let first = postern_sessions::allocate(&format!("client:{id}"), &empty)
-            .expect("an address")
-            .ipv4;
-        if let Some(other) = by_address.remove(&first) {
-            pairs.push((other, id));
-            if pairs.len() == 100 {
-                break;
-            }
-        } else {
-            by_address.insert(first, id);
-        }
-    }
+    let pairs = postern_sessions::colliding_client_ids("runner", 100);
 
     // Both nodes read the account before the pairs arrive.
     let mut held = vec![

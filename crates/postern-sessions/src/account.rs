@@ -1576,7 +1576,7 @@ impl AccountSessions {
         let Some(loaded) = self.loaded.as_mut() else {
             return Err(Refusal::Unavailable("the account is not loaded".into()));
         };
-        let device_key = format!("{}:{}", kind.as_str(), params.id);
+        let device_key = addresses::device_key(*kind, &params.id);
         let Some(tunnel) = addresses::allocate(&device_key, &loaded.used_ipv4) else {
             return Err(Refusal::Unavailable(
                 "the account has no tunnel addresses left".into(),

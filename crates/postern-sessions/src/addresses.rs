@@ -28,6 +28,35 @@ pub fn allocate(device_key: &str, used: &HashSet<Ipv4Addr>) -> Option<TunnelAddr
         .map(pair)
 }
 
+/// The key a device's first-choice address is drawn from.
+pub fn device_key(kind: postern_domain::DeviceKind, device_id: &str) -> String {
+    format!("{}:{device_id}", kind.as_str())
+}
+
+/// `count` pairs of client device ids (`PREFIX-N`) offered the same address first: two portal
+/// nodes that meet such a pair at the same moment race for one address (for tests and tools).
+pub fn colliding_client_ids(prefix: &str, count: usize) -> Vec<(String, String)> {
+    let empty = HashSet::new();
+    let mut by_address: std::collections::HashMap<Ipv4Addr, String> = Default::default();
+    let mut pairs = Vec::with_capacity(count);
+    let mut n = 0u64;
+    while pairs.len() < count {
+        let id = format!("{prefix}-{n}");
+        n += 1;
+        let key = device_key(postern_domain::DeviceKind::Client, &id);
+        let Some(first) = allocate(&key, &empty) else {
+            break;
+        };
+        match by_address.remove(&first.ipv4) {
+            Some(other) => pairs.push((other, id)),
+            None => {
+                by_address.insert(first.ipv4, id);
+            }
+        }
+    }
+    pairs
+}
+
 /// The IPv6 address that goes with an IPv4 tunnel address.
 pub fn pair(ipv4: Ipv4Addr) -> TunnelAddresses {
     TunnelAddresses {
@@ -55,5 +84,21 @@ mod tests {
             assert_ne!(ip, Ipv4Addr::new(100, 64, 0, 0));
         }
         assert!(first.ipv6.to_string().starts_with("fd70:6f73:7465:726e:"));
+    }
+
+    #[test]
+    fn colliding_ids_are_offered_the_same_address_first() {
+        let empty = HashSet::new();
+        let pairs = colliding_client_ids("runner", 3);
+        assert_eq!(pairs.len(), 3);
+        for (a, b) in pairs {
+            assert_ne!(a, b);
+            let first = |id: &str| {
+                allocate(&device_key(postern_domain::DeviceKind::Client, id), &empty)
+                    .unwrap()
+                    .ipv4
+            };
+            assert_eq!(first(&a), first(&b));
+        }
     }
 }

@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 pub use account::{Refusal, SessionId, SessionsConfig};
 /// The tunnel addresses a new device would be offered first (for tests and tools).
-pub use addresses::allocate;
+pub use addresses::{allocate, colliding_client_ids};
 
 use account::{Presence, Registration};
 use worker::{Command, WorkerHandle};

@@ -229,6 +229,18 @@ impl Db {
         all.into_values().collect()
     }
 
+    /// The unexpired grants with their tokens' state, as `Store::load_authorizations` reads them.
+    fn loaded_authorizations(&self, now: DateTime<Utc>) -> Vec<LoadedAuthorization> {
+        self.authorizations
+            .values()
+            .filter(|a| a.expires_at > now)
+            .map(|a| LoadedAuthorization {
+                authorization: a.clone(),
+                token: self.token_state(a.token_id),
+            })
+            .collect()
+    }
+
     fn token_state(&self, token_id: Uuid) -> Option<TokenState> {
         self.tokens.get(&token_id).map(|t| TokenState {
             revoked: t.revoked,
@@ -731,16 +743,7 @@ impl Sim {
                     return;
                 }
                 let load = GrantsLoad {
-                    authorizations: self
-                        .db
-                        .authorizations
-                        .values()
-                        .filter(|a| a.expires_at > self.now)
-                        .map(|a| LoadedAuthorization {
-                            authorization: a.clone(),
-                            token: self.db.token_state(a.token_id),
-                        })
-                        .collect(),
+                    authorizations: self.db.loaded_authorizations(self.now),
                     remote_gateways: Vec::new(),
                 };
                 self.core.handle_grants_loaded(load, self.now);
@@ -756,16 +759,7 @@ impl Sim {
                     slug: "default".into(),
                     access: self.db.access(),
                     devices: self.db.devices(),
-                    authorizations: self
-                        .db
-                        .authorizations
-                        .values()
-                        .filter(|a| a.expires_at > self.now)
-                        .map(|a| LoadedAuthorization {
-                            authorization: a.clone(),
-                            token: self.db.token_state(a.token_id),
-                        })
-                        .collect(),
+                    authorizations: self.db.loaded_authorizations(self.now),
                     remote_gateways: Vec::new(),
                 };
                 let loaded: Vec<String> = load

@@ -1,7 +1,7 @@
 //! Three `postern serve` processes on one fresh PostgreSQL database, with real `postern-client`
 //! processes (`--no-tunnel`): a membership change of 1 000 actors made through node 1 reaches
-//! clients on nodes 2 and 3; 200 clients connecting alternately to two nodes end with 200
-//! distinct tunnel addresses. (Access and the data plane across nodes, and a node killed:
+//! clients on nodes 2 and 3; 200 clients connecting alternately to two nodes — pairs of them
+//! offered the same address first — end with 200 distinct tunnel addresses. (Access and the data plane across nodes, and a node killed:
 //! `dataplane_e2e.rs`, the `cluster_` tests.)
 //!
 //! Skipped (loudly) without PostgreSQL outside CI; under `CI=true` PostgreSQL must be there.
@@ -108,17 +108,12 @@ fn two_hundred_clients_on_two_nodes_get_two_hundred_addresses() {
         json!({"type": "service_account", "name": "fleet"}),
     );
     let secret = string(&fleet["token"], "secret");
-    let mut clients: Vec<Device> = (0..200)
-        .map(|n| {
-            let node = &c.nodes[n % 2];
-            Device::client(
-                c.root.path(),
-                &node.url,
-                &format!("runner-{n}"),
-                &secret,
-                &[],
-            )
-        })
+    // 100 pairs of ids that are offered the same address first, one of each pair per node:
+    // only the database can keep them apart.
+    let mut clients: Vec<Device> = postern_sessions::colliding_client_ids("runner", 100)
+        .into_iter()
+        .flat_map(|(first, second)| [(0, first), (1, second)])
+        .map(|(node, id)| Device::client(c.root.path(), &c.nodes[node].url, &id, &secret, &[]))
         .collect();
     wait_for_all(&mut clients, LIMIT, "connected with addresses", |s| {
         connected(s) && s["addresses"]["ipv4"].is_string()
