@@ -1,11 +1,11 @@
 //! Request extractors: the authenticated caller, JSON bodies and queries whose errors are
 //! problem documents, ids in paths, and pagination.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
 use axum::http::request::Parts;
 use postern_domain::Acting;
@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use uuid::Uuid;
 
+use crate::client_addr::source_ip;
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -92,13 +93,6 @@ pub async fn authenticate(
             Err(err.into())
         }
     }
-}
-
-pub fn source_ip(parts: &Parts) -> Option<IpAddr> {
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| info.0.ip())
 }
 
 fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {

@@ -4,6 +4,7 @@
 mod account;
 mod actors;
 mod audit;
+mod client_addr;
 mod devices;
 mod error;
 mod extract;
@@ -15,6 +16,7 @@ mod resources;
 mod server;
 mod shapes;
 mod sites;
+mod tls;
 mod tokens;
 mod ws;
 
@@ -28,8 +30,10 @@ use postern_store::Store;
 pub use error::ApiError;
 pub use openapi::openapi_document;
 
+pub use client_addr::{source_ip, ClientAddr, ForwardedHeader, TrustedProxies};
 pub use rate_limit::AuthRateLimiter;
-pub use server::HttpLimits;
+pub use server::{HttpLimits, ServerConfig};
+pub use tls::{ReloadingCertificate, TlsError, TlsFiles};
 
 /// Everything a request handler needs.
 #[derive(Clone)]
@@ -124,15 +128,15 @@ pub async fn serve_with(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    server::serve(listener, router, shutdown, HttpLimits::default()).await
+    server::serve(listener, router, shutdown, ServerConfig::default()).await
 }
 
-/// The same with chosen limits.
-pub async fn serve_with_limits(
+/// The same with chosen limits, trusted proxies and TLS.
+pub async fn serve_with_config(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    limits: HttpLimits,
+    config: ServerConfig,
 ) -> std::io::Result<()> {
-    server::serve(listener, router, shutdown, limits).await
+    server::serve(listener, router, shutdown, config).await
 }

@@ -5,7 +5,8 @@
 //! hold the portal; at most `max_connections` are served at once (more are closed as they are
 //! accepted, before the process runs out of file descriptors); request bodies are limited.
 //! A WebSocket session keeps its connection's place until it ends; once upgraded, its timing is
-//! the session layer's (heartbeats, write timeouts).
+//! the session layer's (heartbeats, write timeouts). With a certificate, every connection is
+//! TLS (HTTPS and WSS), its handshake bounded by the header-read timeout.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,6 +19,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
+
+use crate::client_addr::{ClientAddr, TrustedProxies};
 
 /// File descriptors kept for everything but client connections (database, files, logs).
 const RESERVED_FDS: usize = 512;
@@ -65,14 +68,31 @@ fn open_file_limit() -> usize {
     usize::try_from(limit.rlim_cur).unwrap_or(1024)
 }
 
-/// Serves `router` on `listener` with `limits` until `shutdown` completes, then waits a few
-/// seconds for open requests to finish. Extractors see the peer as `ConnectInfo<SocketAddr>`.
+/// How the portal's listener serves: its limits, the proxies in front of it, TLS.
+#[derive(Clone, Default)]
+pub struct ServerConfig {
+    pub limits: HttpLimits,
+    pub trusted_proxies: TrustedProxies,
+    /// HTTPS and WSS with this certificate (reloaded as its files change); plain HTTP without.
+    pub tls: Option<Arc<crate::tls::ReloadingCertificate>>,
+}
+
+/// Serves `router` on `listener` with `config` until `shutdown` completes, then waits a few
+/// seconds for open requests to finish. Extractors see the TCP peer as
+/// `ConnectInfo<SocketAddr>` and the client, as trusted proxies tell it, as [`ClientAddr`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    limits: HttpLimits,
+    config: ServerConfig,
 ) -> std::io::Result<()> {
+    let ServerConfig {
+        limits,
+        trusted_proxies,
+        tls,
+    } = config;
+    let trusted_proxies = Arc::new(trusted_proxies);
+    let tls = tls.map(|certificate| tokio_rustls::TlsAcceptor::from(certificate.server_config()));
     let router = router.layer(DefaultBodyLimit::max(limits.body_limit));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -112,10 +132,13 @@ pub async fn serve(
         let slot = ConnectionSlot(Arc::new(permit));
         let router = router.clone();
         let connection_slot = slot.clone();
+        let proxies = trusted_proxies.clone();
         let service =
             hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                 let mut request = request.map(axum::body::Body::new);
+                let client = proxies.client_address(peer.ip(), request.headers());
                 request.extensions_mut().insert(ConnectInfo(peer));
+                request.extensions_mut().insert(ClientAddr(client));
                 request.extensions_mut().insert(connection_slot.clone());
                 let router = router.clone();
                 async move {
@@ -129,9 +152,38 @@ pub async fn serve(
             });
         let builder = builder.clone();
         let watcher = graceful.watcher();
+        let tls = tls.clone();
+        let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(err) = watcher.watch(connection).await {
+            let result =
+                match tls {
+                    None => {
+                        let connection =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        watcher.watch(connection).await
+                    }
+                    Some(acceptor) => {
+                        // The handshake is bounded like a request's headers.
+                        let stream =
+                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                                .await
+                            {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(err)) => {
+                                    tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                        let connection =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        watcher.watch(connection).await
+                    }
+                };
+            if let Err(err) = result {
                 tracing::debug!(%peer, error = %err, "connection ended");
             }
             drop(slot);

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Backend, Portal};
-use postern_api::HttpLimits;
+use postern_api::{HttpLimits, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -15,11 +15,14 @@ async fn limited(limits: HttpLimits) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
-    tokio::spawn(postern_api::serve_with_limits(
+    tokio::spawn(postern_api::serve_with_config(
         listener,
         router,
         std::future::pending(),
-        limits,
+        ServerConfig {
+            limits,
+            ..Default::default()
+        },
     ));
     addr
 }
@@ -150,13 +153,16 @@ async fn websocket_sessions_count_against_the_cap() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let state = postern_api::AppState::new(portal.store.clone());
-    tokio::spawn(postern_api::serve_with_limits(
+    tokio::spawn(postern_api::serve_with_config(
         listener,
         postern_api::router(state),
         std::future::pending(),
-        HttpLimits {
-            max_connections: 2,
-            ..HttpLimits::default()
+        ServerConfig {
+            limits: HttpLimits {
+                max_connections: 2,
+                ..HttpLimits::default()
+            },
+            ..Default::default()
         },
     ));
     let open = |device: &'static str| {

@@ -48,7 +48,7 @@ struct Cli {
 enum Command {
     /// Connect to the portal and keep the session (the default)
     #[command(after_help = EXIT_CODES_HELP)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show what the running client is doing; exit 1 when none is running
     Status(StatusArgs),
 }
@@ -92,7 +92,7 @@ fn main() -> ExitCode {
     postern_device::init_logging();
     match cli.command {
         Some(Command::Status(args)) => status(args),
-        Some(Command::Run(args)) => run(args, env_token),
+        Some(Command::Run(args)) => run(*args, env_token),
         None => run(cli.run, env_token),
     }
 }
@@ -106,6 +106,7 @@ fn run(args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
             token_path: &args.common.token_path,
             api_urls: &args.common.api_urls,
             insecure: args.common.insecure,
+            ca_file: args.common.ca_file.as_deref(),
             state_dir: &args.state_dir,
             id: args.common.id.as_deref(),
             name: args.common.name.as_deref(),

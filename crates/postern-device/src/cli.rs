@@ -32,6 +32,11 @@ pub struct CommonArgs {
     #[arg(long)]
     pub insecure: bool,
 
+    /// Trust only the CA certificates in this PEM file for the portal's https:// (a private CA)
+    /// instead of the public roots
+    #[arg(long, env = "POSTERN_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+
     /// File holding the token (mode 600 or stricter); the POSTERN_TOKEN environment variable,
     /// when set, takes precedence and is removed from the environment at start
     #[arg(long, env = "POSTERN_TOKEN_PATH", default_value = "/etc/postern/token")]

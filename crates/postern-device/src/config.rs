@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use postern_protocol::ConnectParams;
 use postern_token::{SecretString, TokenError, TokenKind};
-use url::{Host, Url};
+use url::Url;
 use uuid::Uuid;
 use zeroize::Zeroize;
 
@@ -62,6 +62,8 @@ pub enum ConfigError {
          (plain http:// and ws:// are only allowed to loopback addresses, or with --insecure)"
     )]
     InsecureUrl { host: String },
+    #[error("cannot use the CA file {path}: {reason}")]
+    CaFile { path: String, reason: String },
     #[error("cannot use state directory {path}: {source}")]
     StateDir { path: String, source: io::Error },
     #[error("device id in {path} is invalid: {reason}")]
@@ -208,7 +210,7 @@ pub fn portal_base_url(api_url: &str, insecure: bool) -> Result<Url, ConfigError
     if url.query().is_some() || url.fragment().is_some() {
         return Err(invalid("it must not have a query or fragment"));
     }
-    if !secure && !insecure && !is_loopback(&host) {
+    if !secure && !insecure && !postern_protocol::transport::is_loopback_host(&host.to_string()) {
         return Err(ConfigError::InsecureUrl {
             host: host.to_string(),
         });
@@ -217,14 +219,6 @@ pub fn portal_base_url(api_url: &str, insecure: bool) -> Result<Url, ConfigError
     url.set_scheme(scheme)
         .map_err(|()| invalid("cannot switch the scheme to ws"))?;
     Ok(url)
-}
-
-fn is_loopback(host: &Host<&str>) -> bool {
-    match host {
-        Host::Domain(name) => name.eq_ignore_ascii_case("localhost"),
-        Host::Ipv4(ip) => ip.is_loopback(),
-        Host::Ipv6(ip) => ip.is_loopback(),
-    }
 }
 
 /// The URL of the session endpoint: the base URL's path joined with `path`, the connect
@@ -346,6 +340,8 @@ pub struct DeviceConfig {
     pub state_dir: PathBuf,
     pub params: ConnectParams,
     pub max_partition: Option<Duration>,
+    /// TLS trusting only `--ca-file`'s certificates; `None`: the public roots.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// What each binary passes to [`DeviceConfig::load`].
@@ -356,6 +352,7 @@ pub struct DeviceSettings<'a> {
     pub token_path: &'a Path,
     pub api_urls: &'a [String],
     pub insecure: bool,
+    pub ca_file: Option<&'a Path>,
     pub state_dir: &'a Path,
     pub id: Option<&'a str>,
     pub name: Option<&'a str>,
@@ -386,6 +383,7 @@ impl DeviceConfig {
                 reason: "no portal URL given (--api-url)".into(),
             });
         }
+        let tls = settings.ca_file.map(tls_trusting).transpose()?;
         ensure_state_dir(settings.state_dir)?;
         let id = device_id(settings.id, settings.state_dir)?;
         let name = match settings.name {
@@ -406,8 +404,39 @@ impl DeviceConfig {
             state_dir: settings.state_dir.to_path_buf(),
             params,
             max_partition: settings.max_partition,
+            tls,
         })
     }
+}
+
+/// A TLS client configuration that trusts exactly the CA certificates in `path` (PEM).
+pub fn tls_trusting(path: &Path) -> Result<std::sync::Arc<rustls::ClientConfig>, ConfigError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let error = |reason: String| ConfigError::CaFile {
+        path: path.display().to_string(),
+        reason,
+    };
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(|err| error(err.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| error(err.to_string()))?;
+    if certificates.is_empty() {
+        return Err(error("no PEM 'CERTIFICATE' block in the file".to_string()));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in certificates {
+        roots
+            .add(certificate)
+            .map_err(|err| error(format!("not a usable CA certificate: {err}")))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|err| error(err.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
 }
 
 #[cfg(test)]

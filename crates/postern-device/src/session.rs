@@ -126,7 +126,12 @@ pub async fn run<R: Role>(
                 let portal = &config.portals[portals.current];
                 status.portal = portal.to_string();
                 debug!(%portal, "connecting");
-                let attempt = connect(&urls[portals.current], &config.token.secret, R::PROGRAM);
+                let attempt = connect(
+                    &urls[portals.current],
+                    &config.token.secret,
+                    R::PROGRAM,
+                    config.tls.clone(),
+                );
                 let Some(result) = with_timers(attempt, role, &mut status, shutdown.as_mut()).await
                 else {
                     return status.stopped(role);
@@ -439,7 +444,12 @@ where
 }
 
 /// Opens the WebSocket: the token in the `Authorization` header, never in the URL.
-async fn connect(url: &Url, token: &SecretString, program: &str) -> Result<Ws, ConnectFailure> {
+async fn connect(
+    url: &Url,
+    token: &SecretString,
+    program: &str,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> Result<Ws, ConnectFailure> {
     let transient = |message: String| ConnectFailure::Transient {
         message,
         retry_after: None,
@@ -461,7 +471,9 @@ async fn connect(url: &Url, token: &SecretString, program: &str) -> Result<Ws, C
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(postern_protocol::MAX_MESSAGE_BYTES + 1024))
         .max_frame_size(Some(postern_protocol::MAX_MESSAGE_BYTES + 1024));
-    let attempt = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true);
+    let connector = tls.map(tokio_tungstenite::Connector::Rustls);
+    let attempt =
+        tokio_tungstenite::connect_async_tls_with_config(request, Some(ws_config), true, connector);
     match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
         Err(_) => Err(transient(format!(
             "no answer from the portal within {} s",

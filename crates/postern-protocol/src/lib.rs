@@ -12,6 +12,7 @@ pub mod codec;
 pub mod connection;
 pub mod gateway;
 pub mod messages;
+pub mod transport;
 
 pub use codec::{decode, encode, CodecError, MAX_MESSAGE_BYTES};
 pub use messages::*;

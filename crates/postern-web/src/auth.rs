@@ -4,13 +4,13 @@
 //! database holds its SHA-256. Each session has a random CSRF token that every state-changing
 //! form carries (synchronizer pattern). The sign-in form itself uses a double-submit cookie.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::header::{CACHE_CONTROL, COOKIE, SET_COOKIE, USER_AGENT};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use chrono::Utc;
 use maud::{html, Markup};
+use postern_api::ClientAddr;
 use postern_domain::{Acting, Actor, ActorType};
 use postern_store::{StoreError, WebSession};
 use rand::RngCore;
@@ -98,17 +99,10 @@ impl FromRequestParts<WebState> for Admin {
         Ok(Admin {
             actor,
             session,
-            source_ip: source_ip(parts),
+            source_ip: postern_api::source_ip(parts),
             seal_key: crate::once::SealKey::from_session_id(&id),
         })
     }
-}
-
-fn source_ip(parts: &Parts) -> Option<IpAddr> {
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| info.0.ip())
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -289,7 +283,7 @@ fn verify_password(password: &str, hash: Option<&str>) -> bool {
 
 pub async fn login(
     State(state): State<WebState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
     Form(fields): Form<Vec<(String, String)>>,
 ) -> WebResult<Response> {
@@ -323,7 +317,6 @@ pub async fn login(
             None,
         ));
     }
-    let ip = peer.ip();
     let keys = sign_in_keys(ip, &email);
     let now = Utc::now();
     if sign_in_over_limit(&state, &keys, now).await? {

@@ -1,9 +1,14 @@
 //! `postern serve`: opens the database, serves the REST API and the admin web portal on one
 //! listener, shuts down gracefully.
 
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
+use ipnet::IpNet;
+use postern_api::{ForwardedHeader, ReloadingCertificate, ServerConfig, TlsFiles, TrustedProxies};
 use postern_domain::ActorType;
 use postern_store::{ActorFilter, Page, Store};
 
@@ -41,8 +46,56 @@ pub struct ServeArgs {
         value_name = "DURATION"
     )]
     authorization_lifetime: String,
+    /// Serve HTTPS and WSS with this PEM certificate chain (with --tls-key). Replaced without
+    /// dropping sessions when the file changes or on SIGHUP
+    #[arg(
+        long,
+        env = "POSTERN_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1)
+    #[arg(
+        long,
+        env = "POSTERN_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// A reverse proxy (address or CIDR, repeatable) whose --forwarded-header is believed: the
+    /// client address it names then drives policy conditions, rate limits, audit and last use.
+    /// Requests from any other peer are attributed to that peer, whatever headers they carry
+    #[arg(
+        long = "trusted-proxy",
+        env = "POSTERN_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_name = "CIDR",
+        value_parser = parse_network
+    )]
+    trusted_proxies: Vec<IpNet>,
+    /// The header trusted proxies set: x-forwarded-for (nginx, HAProxy, Caddy) or forwarded
+    /// (RFC 7239). Only this one is read: the other may come from the client untouched
+    #[arg(
+        long,
+        env = "POSTERN_FORWARDED_HEADER",
+        default_value = "x-forwarded-for",
+        value_name = "HEADER"
+    )]
+    forwarded_header: ForwardedHeader,
     #[command(flatten)]
     db: DbOpts,
+}
+
+/// An address or a network: `10.0.0.5`, `10.0.0.0/8`, `fd00::/8`.
+fn parse_network(value: &str) -> Result<IpNet, String> {
+    if let Ok(address) = value.parse::<IpAddr>() {
+        return Ok(IpNet::from(address));
+    }
+    value
+        .parse::<IpNet>()
+        .map(|network| network.trunc())
+        .map_err(|_| format!("'{value}' is not an IP address or a CIDR such as 10.0.0.0/8"))
 }
 
 impl ServeArgs {
@@ -68,25 +121,44 @@ impl ServeArgs {
             .context("--web-session-lifetime is out of range")?;
         Ok(postern_web::WebConfig {
             session_lifetime: lifetime,
-            secure_cookies: self
-                .public_url
-                .as_deref()
-                .is_some_and(|url| url.to_ascii_lowercase().starts_with("https://")),
+            secure_cookies: self.tls_cert.is_some()
+                || self
+                    .public_url
+                    .as_deref()
+                    .is_some_and(|url| url.to_ascii_lowercase().starts_with("https://")),
             ..Default::default()
         })
+    }
+}
+
+impl ServeArgs {
+    fn tls(&self) -> anyhow::Result<Option<Arc<ReloadingCertificate>>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let files = TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        };
+        Ok(Some(ReloadingCertificate::load(files)?))
     }
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     args.web_config()?;
     args.sessions_config()?;
+    let tls = args.tls()?;
     let store = args.db.open().await?;
-    let result = serve(&args, &store).await;
+    let result = serve(&args, &store, tls).await;
     store.close().await;
     result
 }
 
-async fn serve(args: &ServeArgs, store: &Store) -> anyhow::Result<()> {
+async fn serve(
+    args: &ServeArgs,
+    store: &Store,
+    tls: Option<Arc<ReloadingCertificate>>,
+) -> anyhow::Result<()> {
     let (account, created) = store.ensure_default_account().await?;
     if created || !has_administrators(store, account.id).await? {
         tracing::info!(
@@ -102,18 +174,39 @@ async fn serve(args: &ServeArgs, store: &Store) -> anyhow::Result<()> {
     let address = listener
         .local_addr()
         .context("cannot read the address the portal listens on")?;
-    tracing::info!("listening on http://{address}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let _reloader = match &tls {
+        Some(certificate) => Some(
+            certificate
+                .spawn_reloader()
+                .context("cannot listen for SIGHUP")?,
+        ),
+        None => None,
+    };
+    tracing::info!("listening on {scheme}://{address}");
+    if !args.trusted_proxies.is_empty() {
+        tracing::info!(
+            proxies = ?args.trusted_proxies,
+            header = ?args.forwarded_header,
+            "client addresses from trusted proxies"
+        );
+    }
     let state = postern_api::AppState::with_sessions(store.clone(), args.sessions_config()?);
     let hub = state.hub.clone();
     let router =
         postern_api::router(state.clone()).merge(postern_web::router(state, args.web_config()?));
-    tracing::info!("admin web portal on http://{address}/");
+    tracing::info!("admin web portal on {scheme}://{address}/");
     let shutdown = async move {
         shutdown.await;
         tracing::info!("shutting down: telling connected clients and gateways");
         hub.shutdown(Duration::from_secs(2)).await;
     };
-    postern_api::serve_with(listener, router, shutdown)
+    let config = ServerConfig {
+        trusted_proxies: TrustedProxies::new(args.trusted_proxies.clone(), args.forwarded_header),
+        tls,
+        ..Default::default()
+    };
+    postern_api::serve_with_config(listener, router, shutdown, config)
         .await
         .context("the HTTP server failed")?;
     tracing::info!("shut down");

@@ -54,6 +54,11 @@ pub async fn postgres_admin_url() -> Option<String> {
 impl Portal {
     /// Starts a portal, or returns `None` when the PostgreSQL half is skipped.
     pub async fn start(backend: Backend) -> Option<Portal> {
+        Self::start_with(backend, postern_api::ServerConfig::default()).await
+    }
+
+    /// The same with a chosen listener configuration (trusted proxies, limits).
+    pub async fn start_with(backend: Backend, config: postern_api::ServerConfig) -> Option<Portal> {
         let (store, data_dir, database) = match backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("tempdir");
@@ -86,7 +91,10 @@ impl Portal {
         let addr = listener.local_addr().expect("addr");
         let state = AppState::new(store.clone());
         let server = tokio::spawn(async move {
-            let _ = postern_api::serve(listener, state, std::future::pending()).await;
+            let router = postern_api::router(state);
+            let _ =
+                postern_api::serve_with_config(listener, router, std::future::pending(), config)
+                    .await;
         });
         Some(Portal {
             base: format!("http://{addr}"),

@@ -34,6 +34,13 @@ pub struct RemoteOpts {
         value_name = "URL"
     )]
     pub api_url: String,
+    /// Trust only the CA certificates in this PEM file for an https:// --api-url (a private CA)
+    #[arg(long, global = true, env = "POSTERN_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Allow sending the API token over plain http:// to a host that is not this machine
+    /// (it travels unencrypted: testing only)
+    #[arg(long, global = true)]
+    pub insecure: bool,
     /// Print the API's JSON (the `data` member) instead of a table, for scripts
     #[arg(long, global = true)]
     pub json: bool,
@@ -96,14 +103,39 @@ impl Client {
         let mut auth = HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|_| anyhow!("{TOKEN_ENV} holds characters that no API token has"))?;
         auth.set_sensitive(true);
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("postern-cli/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("cannot set up the HTTP client")?;
         let base = opts.api_url.trim_end_matches('/').to_string();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            bail!("invalid --api-url '{base}': it must start with http:// or https://");
+        let url = reqwest::Url::parse(&base)
+            .map_err(|err| anyhow!("invalid --api-url '{base}': {err}"))?;
+        let host = url.host_str().unwrap_or_default();
+        match url.scheme() {
+            "https" => {}
+            "http" if opts.insecure || postern_protocol::transport::is_loopback_host(host) => {}
+            "http" => bail!(
+                "refusing to send the API token unencrypted to {host}: use an https:// --api-url \
+                 (plain http:// is only allowed to this machine, or with --insecure)"
+            ),
+            _ => bail!("invalid --api-url '{base}': it must start with http:// or https://"),
         }
+        let mut http = reqwest::Client::builder()
+            .user_agent(concat!("postern-cli/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &opts.ca_file {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read the CA file {}", path.display()))?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
+                format!("the CA file {} is not PEM certificates", path.display())
+            })?;
+            if certificates.is_empty() {
+                bail!(
+                    "the CA file {} holds no PEM 'CERTIFICATE' block",
+                    path.display()
+                );
+            }
+            http = http.tls_built_in_root_certs(false);
+            for certificate in certificates {
+                http = http.add_root_certificate(certificate);
+            }
+        }
+        let http = http.build().context("cannot set up the HTTP client")?;
         Ok(Self {
             http,
             base,
@@ -276,6 +308,18 @@ impl Client {
     }
 
     fn send_error(&self, err: reqwest::Error) -> anyhow::Error {
+        let mut causes = Vec::new();
+        let mut source = std::error::Error::source(&err);
+        while let Some(cause) = source {
+            causes.push(cause.to_string());
+            source = cause.source();
+        }
+        if let Some(tls) = causes.iter().find(|cause| cause.contains("certificate")) {
+            return anyhow!(
+                "the portal at {} is not trusted: {tls} (for a private CA, pass --ca-file)",
+                self.base
+            );
+        }
         if err.is_connect() || err.is_timeout() {
             return anyhow!(
                 "cannot reach the portal at {}: is `postern serve` running?",

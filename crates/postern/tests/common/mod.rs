@@ -149,18 +149,14 @@ impl Portal {
                     log.push_str(&line);
                     log.push('\n');
                 }
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
-                    let _ = found.send(addr);
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let url = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = found.send(url);
                 }
             }
         });
         match address.recv_timeout(Duration::from_secs(60)) {
-            Ok(addr) => Ok(Portal {
-                child,
-                url: format!("http://{addr}"),
-                log,
-            }),
+            Ok(url) => Ok(Portal { child, url, log }),
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -198,7 +194,10 @@ impl Portal {
     /// `db_args`, as an operator restarts it.
     pub fn restart(self, db_args: &[&str]) -> Portal {
         let url = self.url.clone();
-        let listen = url.trim_start_matches("http://").to_string();
+        let listen = url
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .to_string();
         let log = self.log();
         assert_eq!(
             self.terminate(),
