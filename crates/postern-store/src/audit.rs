@@ -105,6 +105,11 @@ impl Store {
 
     /// Records a failed authentication. `account_id` is known when the token's id matched a
     /// stored token; otherwise the event belongs to no account.
+    /// Records a failed authentication. One that belongs to an account (a known token) is
+    /// written at once, to that account's log. One that belongs to nobody (a malformed or
+    /// unknown token) is counted in memory and written with the others from its source address
+    /// and for its reason as one row a minute ([`Store::flush_failed_authentications`]): a
+    /// flood from the internet then costs a counter, not a write under the database's lock.
     pub async fn record_failed_auth(
         &self,
         account_id: Option<Uuid>,
@@ -112,6 +117,11 @@ impl Store {
         source_ip: Option<String>,
         reason: &str,
     ) -> Result<()> {
+        let now = Utc::now();
+        let Some(account_id) = account_id else {
+            self.inner.unattributed.lock().count(source_ip, reason, now);
+            return Ok(());
+        };
         let acting = Acting {
             actor_id: None,
             token_id,
@@ -121,18 +131,125 @@ impl Store {
         record(
             &mut tx.tx,
             Entry {
-                account_id,
+                account_id: Some(account_id),
                 acting: &acting,
                 action: "auth.failed",
                 object_type: "token",
                 object_id: token_id,
                 before: None,
                 after: Some(serde_json::json!({ "reason": reason })),
-                now: Utc::now(),
+                now,
             },
         )
         .await?;
         tx.commit().await
+    }
+
+    /// Writes the counted failed authentications that belong to no account (one row per source
+    /// address and reason, with `count`, `first_at` and `last_at`) and deletes such rows older
+    /// than [`UNATTRIBUTED_RETENTION_DAYS`]. Counts are kept for the next try when the write
+    /// fails. Returns the rows written.
+    pub async fn flush_failed_authentications(&self) -> Result<usize> {
+        let taken = std::mem::take(&mut *self.inner.unattributed.lock());
+        if taken.buckets.is_empty() {
+            return Ok(0);
+        }
+        let written = taken.buckets.len();
+        let result = self.write_unattributed(&taken).await;
+        if result.is_err() {
+            self.inner.unattributed.lock().merge(taken);
+        }
+        result.map(|()| written)
+    }
+
+    async fn write_unattributed(&self, counted: &UnattributedFailures) -> Result<()> {
+        let now = Utc::now();
+        let mut tx = self.begin_write().await?;
+        for ((source_ip, reason), bucket) in &counted.buckets {
+            let acting = Acting {
+                actor_id: None,
+                token_id: None,
+                source_ip: source_ip.clone(),
+            };
+            record(
+                &mut tx.tx,
+                Entry {
+                    account_id: None,
+                    acting: &acting,
+                    action: "auth.failed",
+                    object_type: "token",
+                    object_id: None,
+                    before: None,
+                    after: Some(serde_json::json!({
+                        "reason": reason,
+                        "count": bucket.count,
+                        "first_at": bucket.first_at,
+                        "last_at": bucket.last_at,
+                    })),
+                    now,
+                },
+            )
+            .await?;
+        }
+        let cutoff = now - chrono::Duration::days(UNATTRIBUTED_RETENTION_DAYS);
+        sqlx::query("DELETE FROM audit_events WHERE account_id IS NULL AND occurred_at < $1")
+            .bind(ts(cutoff))
+            .execute(&mut *tx.tx)
+            .await?;
+        tx.commit().await
+    }
+}
+
+/// How long rows of failed authentications that belong to no account are kept.
+pub const UNATTRIBUTED_RETENTION_DAYS: i64 = 90;
+/// Distinct (source address, reason) pairs counted between two writes; failures beyond them
+/// are counted under no address.
+pub const UNATTRIBUTED_BUCKETS: usize = 10_000;
+
+/// Failed authentications that belong to no account, counted until they are written.
+#[derive(Debug, Default)]
+pub(crate) struct UnattributedFailures {
+    buckets: std::collections::HashMap<(Option<String>, String), FailureBucket>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FailureBucket {
+    count: u64,
+    first_at: DateTime<Utc>,
+    last_at: DateTime<Utc>,
+}
+
+impl UnattributedFailures {
+    fn count(&mut self, source_ip: Option<String>, reason: &str, now: DateTime<Utc>) {
+        let mut key = (source_ip, reason.to_string());
+        if self.buckets.len() >= UNATTRIBUTED_BUCKETS && !self.buckets.contains_key(&key) {
+            key.0 = None;
+        }
+        self.add(
+            key,
+            FailureBucket {
+                count: 1,
+                first_at: now,
+                last_at: now,
+            },
+        );
+    }
+
+    fn add(&mut self, key: (Option<String>, String), more: FailureBucket) {
+        self.buckets
+            .entry(key)
+            .and_modify(|bucket| {
+                bucket.count = bucket.count.saturating_add(more.count);
+                bucket.first_at = bucket.first_at.min(more.first_at);
+                bucket.last_at = bucket.last_at.max(more.last_at);
+            })
+            .or_insert(more);
+    }
+
+    fn merge(&mut self, other: UnattributedFailures) {
+        for (key, bucket) in other.buckets {
+            self.add(key, bucket);
+        }
     }
 }
 

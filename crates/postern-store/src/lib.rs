@@ -32,7 +32,7 @@ use sqlx::{AnyPool, Executor};
 use tokio::sync::broadcast;
 
 pub use actors::{ActorFilter, ActorPatch, NewActor};
-pub use audit::AuditFilter;
+pub use audit::{AuditFilter, UNATTRIBUTED_BUCKETS, UNATTRIBUTED_RETENTION_DAYS};
 pub use auth::{AuthError, Principal, TokenUse};
 pub use authorizations::{
     AuthorizationWrites, LoadedAuthorization, StoredAuthorization, TokenState,
@@ -121,7 +121,12 @@ struct Inner {
             postern_domain::Device,
         >,
     >,
+    /// Failed authentications that belong to no account, until they are written.
+    unattributed: parking_lot::Mutex<audit::UnattributedFailures>,
 }
+
+/// How often failed authentications that belong to no account are written, aggregated.
+const FAILED_AUTH_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -201,6 +206,7 @@ impl Store {
                 gaps: tokio::sync::watch::Sender::new(0),
                 nodes_gone: broadcast::channel(1024).0,
                 devices: Default::default(),
+                unattributed: Default::default(),
             }),
         })
     }
@@ -227,17 +233,25 @@ impl Store {
         Ok(tokens::flush_usage(self).await? + self.flush_devices().await?)
     }
 
-    /// Flushes token usage every `period` until the store is dropped.
+    /// Flushes token usage every `period`, and failed authentications that belong to no account
+    /// once a minute, until the store is dropped.
     pub fn spawn_usage_flusher(&self, period: std::time::Duration) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(period);
+            let mut failures_written = std::time::Instant::now();
             loop {
                 ticker.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
                 let store = Store { inner };
                 if let Err(err) = store.flush_token_usage().await {
                     tracing::warn!(error = %err, "could not record token usage");
+                }
+                if failures_written.elapsed() >= FAILED_AUTH_WINDOW {
+                    failures_written = std::time::Instant::now();
+                    if let Err(err) = store.flush_failed_authentications().await {
+                        tracing::warn!(error = %err, "could not record failed authentications");
+                    }
                 }
             }
         })
@@ -246,6 +260,9 @@ impl Store {
     pub async fn close(&self) {
         if let Err(err) = self.flush_token_usage().await {
             tracing::warn!(error = %err, "could not record token usage on shutdown");
+        }
+        if let Err(err) = self.flush_failed_authentications().await {
+            tracing::warn!(error = %err, "could not record failed authentications on shutdown");
         }
         self.leave_cluster().await;
         self.inner.pool.close().await;
@@ -413,6 +430,82 @@ mod tests {
             .unwrap();
             assert_eq!(ip.as_deref(), Some("198.51.100.7"), "{table}");
         }
+        store.close().await;
+    }
+
+    /// A flood of bad tokens from the internet costs counters, then one row per address and
+    /// reason; the number of rows stays bounded however many addresses there are, nothing is
+    /// lost when a write fails, and old rows go.
+    #[tokio::test]
+    async fn failures_that_belong_to_no_account_are_aggregated_bounded_and_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(dir.path()).await.unwrap();
+        let rows = || async {
+            let rows: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
+                "SELECT source_ip, after_state FROM audit_events WHERE account_id IS NULL",
+            )
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+            rows
+        };
+        for n in 0..3000 {
+            let ip = format!("198.51.100.{}", n % 3);
+            let reason = if n % 2 == 0 { "malformed" } else { "unknown" };
+            store
+                .record_failed_auth(None, None, Some(ip), reason)
+                .await
+                .unwrap();
+        }
+        assert!(rows().await.is_empty(), "nothing written per failure");
+        sqlx::query("ALTER TABLE audit_events RENAME TO audit_away")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        assert!(store.flush_failed_authentications().await.is_err());
+        sqlx::query("ALTER TABLE audit_away RENAME TO audit_events")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(store.flush_failed_authentications().await.unwrap(), 6);
+        let written = rows().await;
+        let total: u64 = written
+            .iter()
+            .map(|(_, after)| {
+                let after: serde_json::Value =
+                    serde_json::from_str(after.as_deref().unwrap()).unwrap();
+                after["count"].as_u64().unwrap()
+            })
+            .sum();
+        assert_eq!(total, 3000, "every failure is counted once: {written:?}");
+
+        for n in 0..(audit::UNATTRIBUTED_BUCKETS + 500) {
+            let ip = format!("2001:db8:{:x}:{:x}::1", n / 65536, n % 65536);
+            store
+                .record_failed_auth(None, None, Some(ip), "unknown")
+                .await
+                .unwrap();
+        }
+        let flushed = store.flush_failed_authentications().await.unwrap();
+        assert_eq!(
+            flushed,
+            audit::UNATTRIBUTED_BUCKETS + 1,
+            "the rest under no address"
+        );
+
+        let old =
+            chrono::Utc::now() - chrono::Duration::days(audit::UNATTRIBUTED_RETENTION_DAYS + 1);
+        sqlx::query("UPDATE audit_events SET occurred_at = $1 WHERE account_id IS NULL")
+            .bind(db::ts(old))
+            .execute(store.pool())
+            .await
+            .unwrap();
+        store
+            .record_failed_auth(None, None, Some("203.0.113.1".into()), "malformed")
+            .await
+            .unwrap();
+        assert_eq!(store.flush_failed_authentications().await.unwrap(), 1);
+        assert_eq!(rows().await.len(), 1, "rows past the retention are deleted");
         store.close().await;
     }
 
