@@ -113,6 +113,40 @@ async fn connect_to(
     }
 }
 
+/// Everything the database holds, as text: the SQLite files' bytes, or every PostgreSQL row.
+async fn stored_data(portal: &Portal) -> String {
+    use sqlx::{Connection, Row};
+    let Some(url) = portal.postgres_url().await else {
+        let bytes: Vec<u8> = portal
+            .sqlite_files()
+            .iter()
+            .flat_map(|file| std::fs::read(file).unwrap_or_default())
+            .collect();
+        return String::from_utf8_lossy(&bytes).into_owned();
+    };
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables \
+         WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("tables");
+    let mut dump = String::new();
+    for table in tables {
+        for row in sqlx::query(&format!(
+            "SELECT row_to_json(t)::text AS row FROM \"{table}\" t"
+        ))
+        .fetch_all(&mut conn)
+        .await
+        .expect("rows")
+        {
+            dump.push_str(&row.get::<String, _>("row"));
+        }
+    }
+    dump
+}
+
 /// The next message that is not a heartbeat, within 5 s.
 async fn next<T: serde::de::DeserializeOwned>(socket: &mut Socket) -> T {
     tokio::time::timeout(Duration::from_secs(5), async {
@@ -330,6 +364,17 @@ async fn access_requests_reach_a_gateway_and_revocation_ends_everything(portal: 
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // It was read back from the database, where the preshared key is sealed (SQLite files with
+    // their WAL, every PostgreSQL row including the change feed).
+    let stored = stored_data(portal).await;
+    assert!(
+        stored.contains(&authorization_id.to_string()),
+        "the authorization is stored"
+    );
+    assert!(
+        !stored.contains(psk),
+        "the preshared key is stored in plain text"
+    );
 
     // Revoking the token ends both client sessions and withdraws the authorization; the
     // gateway stays.

@@ -108,7 +108,7 @@ impl Store {
             .bind(authorization.token_id.to_string())
             .bind(authorization.gateway_device_id.clone())
             .bind(ts(authorization.expires_at))
-            .bind(db::to_json(&authorization.body)?)
+            .bind(db::to_json(&self.inner.sealer.seal(authorization.id, &authorization.body)?)?)
             .execute(&mut *tx.tx)
             .await?;
         }
@@ -123,7 +123,7 @@ impl Store {
             .bind(authorization.token_id.to_string())
             .bind(authorization.gateway_device_id.clone())
             .bind(ts(authorization.expires_at))
-            .bind(db::to_json(&authorization.body)?)
+            .bind(db::to_json(&self.inner.sealer.seal(authorization.id, &authorization.body)?)?)
             .execute(&mut *tx.tx)
             .await?;
             if done.rows_affected() > 0 {
@@ -171,13 +171,14 @@ impl Store {
                         expires_at: from_ts(row.try_get("token_expires_at")?)?,
                     }),
                 };
+                let id = db::uuid(row, "id")?;
                 Ok(LoadedAuthorization {
                     authorization: StoredAuthorization {
-                        id: db::uuid(row, "id")?,
+                        id,
                         token_id: db::uuid(row, "token_id")?,
                         gateway_device_id: db::text(row, "gateway_device_id")?,
                         expires_at: db::time(row, "expires_at")?,
-                        body: db::json(row, "body")?,
+                        body: self.inner.sealer.open(id, db::json(row, "body")?)?,
                     },
                     token,
                 })
@@ -214,5 +215,50 @@ impl Store {
             }
         }
         Ok(states)
+    }
+}
+
+impl Store {
+    /// The event as it goes into the change feed: preshared keys sealed.
+    pub(crate) fn seal_event(&self, event: &ChangeEvent) -> Result<ChangeEvent> {
+        self.map_authorizations(event.clone(), |sealer, a| {
+            sealer
+                .seal(a.id, &a.body)
+                .map(|body| StoredAuthorization { body, ..a })
+        })
+    }
+
+    /// The event as it came from the change feed, with its preshared keys opened.
+    pub(crate) fn open_event(&self, event: ChangeEvent) -> Result<ChangeEvent> {
+        self.map_authorizations(event, |sealer, a| {
+            let id = a.id;
+            sealer
+                .open(id, a.body.clone())
+                .map(|body| StoredAuthorization { body, ..a })
+        })
+    }
+
+    fn map_authorizations(
+        &self,
+        event: ChangeEvent,
+        map: impl Fn(&crate::sealed::Sealer, StoredAuthorization) -> Result<StoredAuthorization>,
+    ) -> Result<ChangeEvent> {
+        let ChangeEvent::AuthorizationsWritten {
+            account_id,
+            saved,
+            deleted,
+        } = event
+        else {
+            return Ok(event);
+        };
+        let saved = saved
+            .into_iter()
+            .map(|a| map(&self.inner.sealer, a))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ChangeEvent::AuthorizationsWritten {
+            account_id,
+            saved,
+            deleted,
+        })
     }
 }

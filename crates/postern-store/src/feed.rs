@@ -100,6 +100,7 @@ impl Store {
             let now = ts(Utc::now());
             for event in events {
                 let id = Uuid::now_v7();
+                let event = &self.seal_event(event)?;
                 let body = db::to_json(event)?;
                 sqlx::query(
                     "INSERT INTO change_events (id, account_id, node_id, body, created_at) \
@@ -222,6 +223,14 @@ impl Store {
 
     /// Applies a change another node made.
     fn apply_remote(&self, event: ChangeEvent) {
+        let event = match self.open_event(event) {
+            Ok(event) => event,
+            Err(err) => {
+                tracing::warn!(error = %err, "ignoring a change event that cannot be opened");
+                self.report_gap();
+                return;
+            }
+        };
         self.inner.tokens.apply(&event);
         let _ = self.inner.events.send(event);
     }

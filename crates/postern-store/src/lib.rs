@@ -17,6 +17,7 @@ mod feed;
 mod groups;
 mod policies;
 mod resources;
+mod sealed;
 mod sites;
 mod token_cache;
 mod tokens;
@@ -123,6 +124,8 @@ struct Inner {
     >,
     /// Failed authentications that belong to no account, until they are written.
     unattributed: parking_lot::Mutex<audit::UnattributedFailures>,
+    /// Seals the preshared keys in authorization documents at rest and in the feed.
+    sealer: sealed::Sealer,
 }
 
 /// How often failed authentications that belong to no account are written, aggregated.
@@ -192,8 +195,10 @@ impl Store {
         MIGRATOR.run(&pool).await?;
         let hash_key = db::load_or_create_hash_key(&pool).await?;
         let (events, _) = broadcast::channel(65_536);
+        let sealer = sealed::Sealer::new(&hash_key.to_hex());
         Ok(Self {
             inner: Arc::new(Inner {
+                sealer,
                 pool,
                 write_lock: (backend == Backend::Sqlite)
                     .then(|| Arc::new(tokio::sync::Mutex::new(()))),
