@@ -57,18 +57,11 @@ impl Store {
         let everyone = groups::everyone_group_id(self, account_id).await?;
         let mut group_ids = rules::automatic_groups(new.actor_type, everyone);
         for group_id in &new.group_ids {
-            let group = self
-                .get_group(account_id, *group_id)
-                .await
-                .map_err(|err| match err {
-                    StoreError::NotFound(_) => {
-                        StoreError::Validation(validate::ValidationError::new(
-                            "group_ids",
-                            format!("no group with id {group_id} in this account"),
-                        ))
-                    }
-                    other => other,
-                })?;
+            let group = crate::db::referenced(
+                self.get_group(account_id, *group_id).await,
+                "group_ids",
+                || format!("no group with id {group_id} in this account"),
+            )?;
             rules::check_membership_change(group.kind)?;
             if !group_ids.contains(group_id) {
                 group_ids.push(*group_id);

@@ -132,6 +132,21 @@ pub(crate) async fn load_or_create_hash_key(pool: &AnyPool) -> Result<HashKey> {
         .map_err(|_| StoreError::Corrupt("the stored token hash key is not valid".to_string()))
 }
 
+/// The outcome of reading an object that a write refers to by id: not found in the account is
+/// a validation error naming `field`; any other failure (the database) stops the write too.
+pub(crate) fn referenced<T>(
+    read: Result<T>,
+    field: &'static str,
+    message: impl FnOnce() -> String,
+) -> Result<T> {
+    match read {
+        Err(StoreError::NotFound(_)) => Err(StoreError::Validation(
+            postern_domain::validate::ValidationError::new(field, message()),
+        )),
+        other => other,
+    }
+}
+
 /// Maps a unique-constraint violation to a conflict that names what is taken.
 pub(crate) fn unique_violation(err: sqlx::Error, what: impl FnOnce() -> String) -> StoreError {
     if let sqlx::Error::Database(db) = &err {
@@ -183,4 +198,24 @@ pub(crate) async fn get_in_account<T>(
         .map(from_row)
         .transpose()?
         .ok_or(StoreError::NotFound(what))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reference_check_that_cannot_read_stops_the_write() {
+        let unavailable: Result<()> = Err(StoreError::Database(sqlx::Error::PoolTimedOut));
+        assert!(matches!(
+            referenced(unavailable, "site_id", || "no site".into()),
+            Err(StoreError::Database(_))
+        ));
+        let missing: Result<()> = Err(StoreError::NotFound("site"));
+        match referenced(missing, "site_id", || "no site with id x".into()) {
+            Err(StoreError::Validation(err)) => assert_eq!(err.field, "site_id"),
+            other => panic!("{other:?}"),
+        }
+        assert!(referenced(Ok(7), "site_id", String::new).is_ok_and(|v| v == 7));
+    }
 }

@@ -261,13 +261,9 @@ impl Store {
         rules::check_membership_change(group.kind)?;
         for (field, ids) in [("add", &change.add), ("remove", &change.remove)] {
             for actor_id in ids {
-                if let Err(StoreError::NotFound(_)) = self.get_actor(account_id, *actor_id).await {
-                    return Err(ValidationError::new(
-                        field,
-                        format!("no actor with id {actor_id} in this account"),
-                    )
-                    .into());
-                }
+                crate::db::referenced(self.get_actor(account_id, *actor_id).await, field, || {
+                    format!("no actor with id {actor_id} in this account")
+                })?;
             }
         }
         let now = Utc::now();

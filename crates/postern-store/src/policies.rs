@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::audit::{self, snapshot, Entry};
 use crate::db::{self, opt_text, opt_time, time, ts};
-use crate::{Page, Paged, Result, Store, StoreError};
+use crate::{Page, Paged, Result, Store};
 
 #[derive(Debug, Clone)]
 pub struct NewPolicy {
@@ -229,20 +229,16 @@ impl Store {
         group_id: Uuid,
         resource_id: Uuid,
     ) -> Result<()> {
-        if let Err(StoreError::NotFound(_)) = self.get_group(account_id, group_id).await {
-            return Err(ValidationError::new(
-                "group_id",
-                format!("no group with id {group_id} in this account"),
-            )
-            .into());
-        }
-        if let Err(StoreError::NotFound(_)) = self.get_resource(account_id, resource_id).await {
-            return Err(ValidationError::new(
-                "resource_id",
-                format!("no resource with id {resource_id} in this account"),
-            )
-            .into());
-        }
+        crate::db::referenced(
+            self.get_group(account_id, group_id).await,
+            "group_id",
+            || format!("no group with id {group_id} in this account"),
+        )?;
+        crate::db::referenced(
+            self.get_resource(account_id, resource_id).await,
+            "resource_id",
+            || format!("no resource with id {resource_id} in this account"),
+        )?;
         Ok(())
     }
 }

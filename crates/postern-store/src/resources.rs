@@ -244,14 +244,10 @@ impl Store {
     }
 
     async fn check_site(&self, account_id: Uuid, site_id: Uuid) -> Result<()> {
-        match self.get_site(account_id, site_id).await {
-            Err(StoreError::NotFound(_)) => Err(ValidationError::new(
-                "site_id",
-                format!("no site with id {site_id} in this account"),
-            )
-            .into()),
-            other => other.map(|_| ()),
-        }
+        crate::db::referenced(self.get_site(account_id, site_id).await, "site_id", || {
+            format!("no site with id {site_id} in this account")
+        })
+        .map(|_| ())
     }
 }
 
