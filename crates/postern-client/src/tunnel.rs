@@ -7,13 +7,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 use postern_dataplane::client::{ClientRouter, Route, RouteGrant};
 use postern_dataplane::{decode_key, PeerKey};
+use postern_device::handshakes::{initiator_key, HandshakeScreen, Screened};
 use postern_device::net::{self, DataPlaneRuntime, NetError, TunReader, TunWriter, UdpBatch};
 use postern_protocol::{ClientToPortal, ResourceView, TunnelAddresses};
 use tokio::net::UdpSocket;
@@ -74,6 +74,7 @@ pub struct ClientTunnel {
     dual_stack: bool,
     private: StaticSecret,
     public: PublicKey,
+    handshakes: HandshakeScreen,
     router: ClientRouter,
     peers: HashMap<PeerKey, Peer>,
     by_index: HashMap<u32, PeerKey>,
@@ -111,6 +112,7 @@ impl ClientTunnel {
         net::grow_socket_buffers(&udp, net::UDP_BUFFER);
         let public = PublicKey::from(&private);
         Ok(Self {
+            handshakes: HandshakeScreen::new(&public),
             runtime,
             tun,
             tun_out: TunWriter::default(),
@@ -412,7 +414,18 @@ impl ClientTunnel {
 
     async fn on_udp(&mut self, datagram: &[u8], from: SocketAddr, out: &mut [u8]) {
         let from = SocketAddr::new(from.ip().to_canonical(), from.port());
-        let Some(key) = self.peer_of(datagram, from) else {
+        let packet = match self.handshakes.screen(from.ip(), datagram, out) {
+            Screened::Pass(packet) => packet,
+            Screened::CookieReply(cookie) => {
+                let _ = send(&self.udp, self.dual_stack, cookie, from).await;
+                return;
+            }
+            Screened::Drop => {
+                debug!(%from, "datagram that is no WireGuard message for this device dropped");
+                return;
+            }
+        };
+        let Some(key) = self.peer_of(&packet, from) else {
             debug!(%from, "datagram from an unknown peer dropped");
             return;
         };
@@ -466,13 +479,10 @@ impl ClientTunnel {
         }
     }
 
-    fn peer_of(&self, datagram: &[u8], from: SocketAddr) -> Option<PeerKey> {
-        match Tunn::parse_incoming_packet(datagram).ok()? {
-            Packet::HandshakeInit(init) => {
-                let half = parse_handshake_anon(&self.private, &self.public, &init).ok()?;
-                let key = half.peer_static_public;
-                self.peers.contains_key(&key).then_some(key)
-            }
+    fn peer_of(&self, packet: &Packet<'_>, from: SocketAddr) -> Option<PeerKey> {
+        match packet {
+            Packet::HandshakeInit(_) => initiator_key(&self.private, &self.public, packet)
+                .filter(|key| self.peers.contains_key(key)),
             Packet::HandshakeResponse(p) => self.by_index.get(&(p.receiver_idx >> 8)).copied(),
             Packet::PacketCookieReply(p) => self.by_index.get(&(p.receiver_idx >> 8)).copied(),
             Packet::PacketData(p) => self.by_index.get(&(p.receiver_idx >> 8)).copied(),
@@ -486,6 +496,7 @@ impl ClientTunnel {
     }
 
     async fn on_tick(&mut self, out: &mut [u8]) {
+        self.handshakes.tick();
         for peer in self.peers.values_mut() {
             if let TunnResult::WriteToNetwork(datagram) = peer.tunn.update_timers(out) {
                 let len = datagram.len();

@@ -30,16 +30,24 @@ pub enum DropReason {
     Expired,
     /// The resource's filters refuse this protocol or port.
     Filtered,
+    /// Not a WireGuard message, or a handshake whose MAC does not name this device: dropped
+    /// before any Diffie-Hellman.
+    BadHandshake,
+    /// A handshake over the rate limit without a valid cookie: answered with a cookie reply,
+    /// not processed.
+    HandshakeUnderLoad,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Malformed,
         DropReason::UnknownPeer,
         DropReason::SpoofedSource,
         DropReason::NotAuthorized,
         DropReason::Expired,
         DropReason::Filtered,
+        DropReason::BadHandshake,
+        DropReason::HandshakeUnderLoad,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -50,6 +58,8 @@ impl DropReason {
             DropReason::NotAuthorized => "not_authorized",
             DropReason::Expired => "expired",
             DropReason::Filtered => "filtered",
+            DropReason::BadHandshake => "bad_handshake",
+            DropReason::HandshakeUnderLoad => "handshake_under_load",
         }
     }
 
@@ -61,6 +71,8 @@ impl DropReason {
             DropReason::NotAuthorized => 3,
             DropReason::Expired => 4,
             DropReason::Filtered => 5,
+            DropReason::BadHandshake => 6,
+            DropReason::HandshakeUnderLoad => 7,
         }
     }
 }
@@ -68,7 +80,7 @@ impl DropReason {
 /// Dropped packets, counted by reason.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DropCounters {
-    counts: [u64; 6],
+    counts: [u64; DropReason::ALL.len()],
 }
 
 impl DropCounters {

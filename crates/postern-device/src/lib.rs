@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod handshakes;
 pub mod keys;
 pub mod net;
 pub mod session;

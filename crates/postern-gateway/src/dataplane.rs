@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use chrono::Utc;
@@ -17,6 +16,7 @@ use ipnet::IpNet;
 use parking_lot::Mutex;
 use postern_dataplane::gateway::{DropCounters, DropReason, GatewayPolicy};
 use postern_dataplane::{encode_key, PeerKey};
+use postern_device::handshakes::{initiator_key, HandshakeScreen, Screened};
 use postern_device::net::{self, DataPlaneRuntime, NetError, TunReader, TunWriter, UdpBatch};
 use tokio::net::UdpSocket;
 use tracing::{debug, info, warn};
@@ -54,6 +54,7 @@ pub struct GatewayDataPlane {
     udp_out: UdpBatch,
     private: StaticSecret,
     public: PublicKey,
+    handshakes: HandshakeScreen,
     policy: GatewayPolicy,
     peers: HashMap<PeerKey, Peer>,
     by_index: HashMap<u32, PeerKey>,
@@ -119,6 +120,7 @@ impl GatewayDataPlane {
         net::run_with_input("nft", &["-f", "-"], Some(&rules)).await?;
         let public = PublicKey::from(&private);
         Ok(Self {
+            handshakes: HandshakeScreen::new(&public),
             runtime,
             tun,
             tun_out: TunWriter::default(),
@@ -306,12 +308,9 @@ impl GatewayDataPlane {
         );
     }
 
-    fn peer_of(&mut self, datagram: &[u8]) -> Option<PeerKey> {
-        match Tunn::parse_incoming_packet(datagram).ok()? {
-            Packet::HandshakeInit(init) => {
-                let half = parse_handshake_anon(&self.private, &self.public, &init).ok()?;
-                Some(half.peer_static_public)
-            }
+    fn peer_of(&mut self, packet: &Packet<'_>) -> Option<PeerKey> {
+        match packet {
+            Packet::HandshakeInit(_) => initiator_key(&self.private, &self.public, packet),
             Packet::HandshakeResponse(p) => self.by_index.get(&(p.receiver_idx >> 8)).copied(),
             Packet::PacketCookieReply(p) => self.by_index.get(&(p.receiver_idx >> 8)).copied(),
             Packet::PacketData(p) => self.by_index.get(&(p.receiver_idx >> 8)).copied(),
@@ -319,7 +318,19 @@ impl GatewayDataPlane {
     }
 
     async fn on_udp(&mut self, datagram: &[u8], from: SocketAddr, out: &mut [u8]) {
-        let Some(key) = self.peer_of(datagram) else {
+        let packet = match self.handshakes.screen(from.ip(), datagram, out) {
+            Screened::Pass(packet) => packet,
+            Screened::CookieReply(cookie) => {
+                self.counters.record(DropReason::HandshakeUnderLoad);
+                let _ = self.udp.send_to(cookie, from).await;
+                return;
+            }
+            Screened::Drop => {
+                self.counters.record(DropReason::BadHandshake);
+                return;
+            }
+        };
+        let Some(key) = self.peer_of(&packet) else {
             debug!(%from, "datagram that is no WireGuard message of a known client dropped");
             return;
         };
@@ -409,6 +420,7 @@ impl GatewayDataPlane {
     }
 
     async fn on_tick(&mut self, out: &mut [u8]) {
+        self.handshakes.tick();
         for peer in self.peers.values_mut() {
             let Some(endpoint) = peer.endpoint else {
                 continue;

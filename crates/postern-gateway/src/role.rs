@@ -28,7 +28,13 @@ pub struct GatewayRole {
     /// The data plane, when there is one: where authorization changes go, its drop counters.
     plan: Option<PlanSender>,
     dropped: Option<Arc<Mutex<DropCounters>>>,
+    /// The drop counters as the status file last showed them, and when to look again.
+    counters_shown: DropCounters,
+    counters_due: DateTime<Utc>,
 }
+
+/// How often the status file catches up with the data plane's drop counters.
+const COUNTERS_REFRESH: chrono::Duration = chrono::Duration::seconds(2);
 
 impl GatewayRole {
     pub fn new(token_id: Uuid, listen: String, public_endpoint: Option<String>) -> Self {
@@ -39,6 +45,8 @@ impl GatewayRole {
             public_endpoint,
             plan: None,
             dropped: None,
+            counters_shown: DropCounters::default(),
+            counters_due: Utc::now(),
         }
     }
 
@@ -170,10 +178,23 @@ impl Role for GatewayRole {
     }
 
     fn next_wakeup(&self) -> Option<DateTime<Utc>> {
-        self.state.next_expiry()
+        let counters = self.dropped.is_some().then_some(self.counters_due);
+        match (self.state.next_expiry(), counters) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn on_wakeup(&mut self, now: DateTime<Utc>) -> bool {
+        let mut counters_changed = false;
+        if now >= self.counters_due {
+            self.counters_due = now + COUNTERS_REFRESH;
+            if let Some(dropped) = &self.dropped {
+                let current = *dropped.lock();
+                counters_changed = current != self.counters_shown;
+                self.counters_shown = current;
+            }
+        }
         let expired = self.state.expire(now);
         for authorization in &expired {
             info!("authorization expired: {}", describe(authorization));
@@ -181,7 +202,7 @@ impl Role for GatewayRole {
         if let Some(plan) = &self.plan {
             plan.remove(expired.iter().map(|a| a.id));
         }
-        !expired.is_empty()
+        !expired.is_empty() || counters_changed
     }
 
     fn details(&self) -> GatewayDetails {
