@@ -36,10 +36,15 @@ pub enum DropReason {
     /// A handshake over the rate limit without a valid cookie: answered with a cookie reply,
     /// not processed.
     HandshakeUnderLoad,
+    /// An IPv4 source-route option or an IPv6 routing header.
+    SourceRouted,
+    /// An ICMP error that is not about a flow the client may have with that resource, or an
+    /// ICMP redirect.
+    IcmpNotAboutAFlow,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::Malformed,
         DropReason::UnknownPeer,
         DropReason::SpoofedSource,
@@ -48,6 +53,8 @@ impl DropReason {
         DropReason::Filtered,
         DropReason::BadHandshake,
         DropReason::HandshakeUnderLoad,
+        DropReason::SourceRouted,
+        DropReason::IcmpNotAboutAFlow,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -60,6 +67,8 @@ impl DropReason {
             DropReason::Filtered => "filtered",
             DropReason::BadHandshake => "bad_handshake",
             DropReason::HandshakeUnderLoad => "handshake_under_load",
+            DropReason::SourceRouted => "source_routed",
+            DropReason::IcmpNotAboutAFlow => "icmp_not_about_a_flow",
         }
     }
 
@@ -73,6 +82,8 @@ impl DropReason {
             DropReason::Filtered => 5,
             DropReason::BadHandshake => 6,
             DropReason::HandshakeUnderLoad => 7,
+            DropReason::SourceRouted => 8,
+            DropReason::IcmpNotAboutAFlow => 9,
         }
     }
 }
@@ -285,10 +296,28 @@ impl GatewayPolicy {
         if !peer.owns(info.src) {
             return Err(DropReason::SpoofedSource);
         }
+        if info.source_routed {
+            return Err(DropReason::SourceRouted);
+        }
         let (protocol, port) = match info.transport {
             Transport::Tcp { dst_port, .. } => (Some(Protocol::Tcp), Some(dst_port)),
             Transport::Udp { dst_port, .. } => (Some(Protocol::Udp), Some(dst_port)),
             Transport::Icmp { .. } => (Some(Protocol::Icmp), None),
+            Transport::IcmpError { kind, quoted, .. } => {
+                // Judged by the flow it is about: a packet the resource sent to this client.
+                let redirect = kind == 5 && info.dst.is_ipv4() || kind == 137 && info.dst.is_ipv6();
+                let Some(quoted) =
+                    quoted.filter(|q| !redirect && q.src == info.dst && peer.owns(q.dst))
+                else {
+                    return Err(DropReason::IcmpNotAboutAFlow);
+                };
+                match quoted.protocol {
+                    packet::PROTO_TCP => (Some(Protocol::Tcp), quoted.src_port),
+                    packet::PROTO_UDP => (Some(Protocol::Udp), quoted.src_port),
+                    packet::PROTO_ICMP | packet::PROTO_ICMPV6 => (Some(Protocol::Icmp), None),
+                    _ => (None, None),
+                }
+            }
             Transport::Fragment { .. } | Transport::Other { .. } => (None, None),
         };
         let mut reason = DropReason::NotAuthorized;
@@ -484,6 +513,143 @@ mod tests {
             Err(DropReason::UnknownPeer)
         );
         assert_eq!(policy.live_authorizations(now()).len(), 2);
+    }
+
+    /// An ICMP error from the client, quoting `quoted` (a packet it received).
+    fn icmp_error(client: &str, resource: &str, kind: u8, quoted: &[u8]) -> Vec<u8> {
+        let mut payload = vec![kind, 0, 0, 0, 0, 0, 0, 0];
+        payload.extend_from_slice(quoted);
+        ip(addr(client), addr(resource), PROTO_ICMP, &payload)
+    }
+
+    #[test]
+    fn icmp_errors_are_judged_by_the_flow_they_quote() {
+        // TCP 80 only: no ICMP of its own.
+        let auths = [authorization(
+            1,
+            1,
+            "100.64.0.1",
+            "cidr",
+            "10.0.0.0/24",
+            vec![tcp_filter(80)],
+            5,
+        )];
+        let (policy, _) = GatewayPolicy::new(&auths);
+        let a = [1u8; 32];
+        let check = |packet: Vec<u8>| policy.check_inbound(&a, &packet, now());
+        let from_resource = |port: u16| {
+            ip(
+                addr("10.0.0.7"),
+                addr("100.64.0.1"),
+                PROTO_TCP,
+                &ports(port, 5000),
+            )
+        };
+        // "Fragmentation needed" about a reply of the allowed flow passes (path MTU discovery).
+        assert_eq!(
+            check(icmp_error("100.64.0.1", "10.0.0.7", 3, &from_resource(80))),
+            Ok(())
+        );
+        // About a flow the filters do not allow, about a packet from elsewhere or to someone
+        // else, with nothing quoted, or a redirect: dropped.
+        assert_eq!(
+            check(icmp_error("100.64.0.1", "10.0.0.7", 3, &from_resource(22))),
+            Err(DropReason::Filtered)
+        );
+        let other_source = ip(
+            addr("10.0.0.8"),
+            addr("100.64.0.1"),
+            PROTO_TCP,
+            &ports(80, 5000),
+        );
+        assert_eq!(
+            check(icmp_error("100.64.0.1", "10.0.0.7", 3, &other_source)),
+            Err(DropReason::IcmpNotAboutAFlow)
+        );
+        let to_someone_else = ip(
+            addr("10.0.0.7"),
+            addr("100.64.0.9"),
+            PROTO_TCP,
+            &ports(80, 5000),
+        );
+        assert_eq!(
+            check(icmp_error("100.64.0.1", "10.0.0.7", 11, &to_someone_else)),
+            Err(DropReason::IcmpNotAboutAFlow)
+        );
+        assert_eq!(
+            check(icmp_error("100.64.0.1", "10.0.0.7", 3, &[])),
+            Err(DropReason::IcmpNotAboutAFlow)
+        );
+        assert_eq!(
+            check(icmp_error("100.64.0.1", "10.0.0.7", 5, &from_resource(80))),
+            Err(DropReason::IcmpNotAboutAFlow)
+        );
+        // A plain ICMP echo is still judged as ICMP: not allowed here.
+        let echo = ip(
+            addr("100.64.0.1"),
+            addr("10.0.0.7"),
+            PROTO_ICMP,
+            &[8, 0, 0, 0],
+        );
+        assert_eq!(check(echo), Err(DropReason::Filtered));
+    }
+
+    #[test]
+    fn source_routed_packets_are_dropped() {
+        let auths = [authorization(
+            1,
+            1,
+            "100.64.0.1",
+            "cidr",
+            "10.0.0.0/24",
+            vec![],
+            5,
+        )];
+        let (policy, _) = GatewayPolicy::new(&auths);
+        let a = [1u8; 32];
+        let mut v4 = ip(
+            addr("100.64.0.1"),
+            addr("10.0.0.7"),
+            PROTO_TCP,
+            &ports(5000, 80),
+        );
+        assert_eq!(policy.check_inbound(&a, &v4, now()), Ok(()));
+        // IHL 6: a loose source route option (131, length 3, pointer) and an end-of-list.
+        v4[0] = 0x46;
+        v4.splice(20..20, [131u8, 3, 4, 0]);
+        let total = v4.len() as u16;
+        v4[2..4].copy_from_slice(&total.to_be_bytes());
+        assert_eq!(
+            policy.check_inbound(&a, &v4, now()),
+            Err(DropReason::SourceRouted)
+        );
+
+        let v6_auths = [authorization(
+            2,
+            2,
+            "100.64.0.2",
+            "cidr",
+            "fd00:10::/64",
+            vec![],
+            5,
+        )];
+        let (policy, _) = GatewayPolicy::new(&v6_auths);
+        let b = [2u8; 32];
+        // A routing header (43) of 8 octets in front of TCP.
+        let mut payload = vec![crate::packet::PROTO_TCP, 0, 0, 0, 0, 0, 0, 0];
+        payload.extend_from_slice(&ports(5000, 80));
+        let routed = ip(addr("fd00::2"), addr("fd00:10::7"), 43, &payload);
+        assert_eq!(
+            policy.check_inbound(&b, &routed, now()),
+            Err(DropReason::SourceRouted)
+        );
+        let plain = ip(
+            addr("fd00::2"),
+            addr("fd00:10::7"),
+            PROTO_TCP,
+            &ports(5000, 80),
+        );
+        assert_eq!(policy.check_inbound(&b, &plain, now()), Ok(()));
     }
 
     #[test]

@@ -36,10 +36,18 @@ pub enum Transport {
         src_port: u16,
         dst_port: u16,
     },
-    /// ICMP (IPv4) or ICMPv6.
+    /// ICMP (IPv4) or ICMPv6, other than errors.
     Icmp {
         kind: u8,
         code: u8,
+    },
+    /// An ICMP or ICMPv6 error (destination unreachable, packet too big, time exceeded,
+    /// parameter problem, source quench) or redirect, with the start of the packet it is about.
+    IcmpError {
+        kind: u8,
+        code: u8,
+        /// `None` when the quoted packet is too short to read.
+        quoted: Option<Quoted>,
     },
     /// A fragment other than the first: it carries no transport header.
     Fragment {
@@ -59,12 +67,34 @@ impl Transport {
     }
 }
 
+/// The packet an ICMP error quotes: its addresses, protocol and, for TCP and UDP, ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quoted {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub protocol: u8,
+    pub src_port: Option<u16>,
+    pub dst_port: Option<u16>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PacketInfo {
     pub src: IpAddr,
     pub dst: IpAddr,
     pub transport: Transport,
+    /// An IPv4 loose or strict source-route option, or an IPv6 routing header: the sender
+    /// asks for a path of its choosing.
+    pub source_routed: bool,
 }
+
+/// ICMP types that carry the packet they are about: unreachable, source quench, redirect,
+/// time exceeded, parameter problem.
+const ICMP_QUOTING: [u8; 5] = [3, 4, 5, 11, 12];
+/// ICMPv6: unreachable, packet too big, time exceeded, parameter problem; redirect (137).
+const ICMPV6_QUOTING: [u8; 5] = [1, 2, 3, 4, 137];
+/// IPv4 options: loose and strict source route.
+const OPTION_LSRR: u8 = 131;
+const OPTION_SSRR: u8 = 137;
 
 /// The source and destination addresses only (cheaper than [`parse`]).
 pub fn addresses(packet: &[u8]) -> Result<(IpAddr, IpAddr), ParseError> {
@@ -127,7 +157,30 @@ fn parse_v4(packet: &[u8]) -> Result<PacketInfo, ParseError> {
         src: Ipv4Addr::from(src).into(),
         dst: Ipv4Addr::from(dst).into(),
         transport,
+        source_routed: v4_source_routed(&packet[20..header_len]),
     })
+}
+
+/// Whether IPv4 options ask for a source route; options that cannot be read count as one.
+fn v4_source_routed(mut options: &[u8]) -> bool {
+    while let Some(&kind) = options.first() {
+        match kind {
+            0 => return false,
+            1 => options = &options[1..],
+            OPTION_LSRR | OPTION_SSRR => return true,
+            _ => {
+                let Some(&len) = options.get(1) else {
+                    return true;
+                };
+                let len = usize::from(len);
+                if len < 2 || len > options.len() {
+                    return true;
+                }
+                options = &options[len..];
+            }
+        }
+    }
+    false
 }
 
 fn parse_v6(packet: &[u8]) -> Result<PacketInfo, ParseError> {
@@ -142,11 +195,13 @@ fn parse_v6(packet: &[u8]) -> Result<PacketInfo, ParseError> {
     let mut next = packet[6];
     let mut at = 40usize;
     let mut transport_kind = None;
+    let mut source_routed = false;
     for _ in 0..MAX_EXTENSION_HEADERS {
         match next {
             // Hop-by-hop, routing, destination options: length in 8-octet units, not counting
             // the first 8.
             0 | 43 | 60 => {
+                source_routed |= next == 43;
                 let len = usize::from(*packet.get(at + 1).ok_or(ParseError::Truncated)?);
                 next = packet[at];
                 at = at.saturating_add((len + 1) * 8);
@@ -179,6 +234,58 @@ fn parse_v6(packet: &[u8]) -> Result<PacketInfo, ParseError> {
         src: Ipv6Addr::from(src).into(),
         dst: Ipv6Addr::from(dst).into(),
         transport,
+        source_routed,
+    })
+}
+
+/// The start of a packet quoted by an ICMP error (its length fields may exceed what is
+/// quoted): addresses, protocol and ports when they are there.
+fn quoted(bytes: &[u8]) -> Option<Quoted> {
+    let first = *bytes.first()?;
+    let (src, dst, protocol, rest): (IpAddr, IpAddr, u8, &[u8]) = match first >> 4 {
+        4 => {
+            let header_len = usize::from(first & 0x0f) * 4;
+            if header_len < 20 {
+                return None;
+            }
+            let src: [u8; 4] = array(bytes, 12).ok()?;
+            let dst: [u8; 4] = array(bytes, 16).ok()?;
+            let fragment_offset = u16_at(bytes, 6).ok()? & 0x1fff;
+            let rest = if fragment_offset == 0 {
+                bytes.get(header_len..).unwrap_or_default()
+            } else {
+                &[]
+            };
+            (
+                Ipv4Addr::from(src).into(),
+                Ipv4Addr::from(dst).into(),
+                *bytes.get(9)?,
+                rest,
+            )
+        }
+        6 => {
+            let src: [u8; 16] = array(bytes, 8).ok()?;
+            let dst: [u8; 16] = array(bytes, 24).ok()?;
+            // Extension headers in a quoted packet are not walked: its ports stay unknown.
+            (
+                Ipv6Addr::from(src).into(),
+                Ipv6Addr::from(dst).into(),
+                *bytes.get(6)?,
+                bytes.get(40..)?,
+            )
+        }
+        _ => return None,
+    };
+    let ports = match protocol {
+        PROTO_TCP | PROTO_UDP => u16_at(rest, 0).ok().zip(u16_at(rest, 2).ok()),
+        _ => None,
+    };
+    Some(Quoted {
+        src,
+        dst,
+        protocol,
+        src_port: ports.map(|p| p.0),
+        dst_port: ports.map(|p| p.1),
     })
 }
 
@@ -195,10 +302,20 @@ fn transport(protocol: u8, payload: &[u8], icmp: u8) -> Result<Transport, ParseE
         }
         p if p == icmp => {
             let header: [u8; 2] = array(payload, 0)?;
-            Ok(Transport::Icmp {
-                kind: header[0],
-                code: header[1],
-            })
+            let (kind, code) = (header[0], header[1]);
+            let quoting = if icmp == PROTO_ICMP {
+                &ICMP_QUOTING
+            } else {
+                &ICMPV6_QUOTING
+            };
+            if quoting.contains(&kind) {
+                return Ok(Transport::IcmpError {
+                    kind,
+                    code,
+                    quoted: payload.get(8..).and_then(quoted),
+                });
+            }
+            Ok(Transport::Icmp { kind, code })
         }
         protocol => Ok(Transport::Other { protocol }),
     }
