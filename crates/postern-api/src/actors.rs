@@ -30,6 +30,11 @@ pub(crate) fn routes() -> Router<AppState> {
 pub struct CreateActor {
     #[serde(rename = "type")]
     pub actor_type: ActorType,
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: String,
     /// Users and admins only.
     pub email: Option<String>,
@@ -43,6 +48,11 @@ pub struct CreateActor {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: Option<String>,
     /// RFC 3339; in the future and within the account's longest token lifetime.
     pub expires_at: Option<DateTime<Utc>>,
@@ -60,6 +70,11 @@ impl From<TokenRequest> for NewTokenRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateActor {
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: Option<String>,
     /// `true` disables the actor: its tokens stop working at once. `false` enables it again.
     pub disabled: Option<bool>,
@@ -82,7 +97,11 @@ pub struct ActorQuery {
     pub actor_type: Option<ActorType>,
     /// Only actors whose name contains this text (case-insensitive).
     pub name: Option<String>,
+    /// Items per page: 1 to 500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page (an id).
+    #[param(format = Uuid)]
     pub cursor: Option<String>,
 }
 

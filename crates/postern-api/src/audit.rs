@@ -30,7 +30,11 @@ pub struct AuditQuery {
     pub since: Option<DateTime<Utc>>,
     /// Only events before this instant (RFC 3339).
     pub until: Option<DateTime<Utc>>,
+    /// Items per page: 1 to 500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page (an id).
+    #[param(format = Uuid)]
     pub cursor: Option<String>,
 }
 

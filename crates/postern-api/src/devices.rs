@@ -36,7 +36,11 @@ pub struct ClientQuery {
     pub actor_id: Option<Uuid>,
     /// Only clients whose latest session used this token.
     pub token_id: Option<Uuid>,
+    /// Items per page: 1 to 500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page (an id).
+    #[param(format = Uuid)]
     pub cursor: Option<String>,
 }
 

@@ -169,6 +169,11 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(what) => ApiError::not_found(what),
             StoreError::Validation(v) => ApiError::validation(v.field, v.message),
             StoreError::Conflict(detail) => ApiError::conflict(detail),
+            StoreError::Database(err) => {
+                // The database's words stay in the log; the caller learns only to retry.
+                tracing::error!(error = %err, "database error");
+                ApiError::unavailable("the portal cannot use its database right now; retry", 1)
+            }
             other => {
                 tracing::error!(error = %other, "storage error");
                 ApiError::internal()

@@ -59,10 +59,11 @@ pub async fn authenticate(
 ) -> Result<(Principal, Option<IpAddr>), ApiError> {
     let ip = source_ip(parts);
     let limiter_key = ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    // No token at all is a 401 whatever the limit: it costs no lookup.
+    let token = bearer_token(parts)?;
     if let Some(retry_after) = state.auth_limiter.check(limiter_key) {
         return Err(ApiError::too_many_requests(retry_after));
     }
-    let token = bearer_token(parts)?;
     let usage = TokenUse {
         ip: ip.map(|ip| ip.to_string()),
         user_agent: parts
@@ -149,6 +150,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for MaybeJson<T> {
                 "send the body as JSON with 'Content-Type: application/json'",
             ));
         }
+        // Every body of this API is an object; serde would also read a struct from an array.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::validation("body", "must be a JSON object"));
+        }
         let deserializer = &mut serde_json::Deserializer::from_slice(&bytes);
         match serde_path_to_error::deserialize(deserializer) {
             Ok(value) => Ok(MaybeJson(Some(value))),
@@ -210,8 +215,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Items per page: 1 to 500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
-    /// The `next_cursor` of the previous page.
+    /// The `next_cursor` of the previous page (an id).
+    #[param(format = Uuid)]
     pub cursor: Option<String>,
 }
 
@@ -227,7 +234,6 @@ impl PageQuery {
         let cursor = self
             .cursor
             .as_deref()
-            .filter(|c| !c.is_empty())
             .map(|c| {
                 Uuid::parse_str(c).map_err(|_| {
                     ApiError::validation("cursor", "is not a cursor returned by this API")

@@ -28,7 +28,7 @@ use axum::Router;
 use postern_store::Store;
 
 pub use error::ApiError;
-pub use openapi::openapi_document;
+pub use openapi::{openapi_document, openapi_json};
 
 pub use client_addr::{source_ip, ClientAddr, ForwardedHeader, TrustedProxies};
 pub use rate_limit::AuthRateLimiter;

@@ -14,10 +14,36 @@ use crate::{
 };
 
 pub(crate) fn routes() -> Router<AppState> {
-    Router::new().route(
-        "/v1/openapi.json",
-        get(|| async { Json(openapi_document()) }),
-    )
+    Router::new().route("/v1/openapi.json", get(|| async { Json(openapi_json()) }))
+}
+
+/// The document as JSON. utoipa 5.5 writes a link's fields in snake case (`operation_id`);
+/// OpenAPI spells them `operationId`, `operationRef`, `requestBody`.
+pub fn openapi_json() -> serde_json::Value {
+    let mut document = serde_json::to_value(openapi_document()).unwrap_or_default();
+    if let Some(paths) = document.get_mut("paths").and_then(|p| p.as_object_mut()) {
+        let links = paths
+            .values_mut()
+            .filter_map(|item| item.as_object_mut())
+            .flat_map(|item| item.values_mut())
+            .filter_map(|operation| operation.get_mut("responses")?.as_object_mut())
+            .flat_map(|responses| responses.values_mut())
+            .filter_map(|response| response.get_mut("links")?.as_object_mut())
+            .flat_map(|links| links.values_mut())
+            .filter_map(|link| link.as_object_mut());
+        for link in links {
+            for (snake, camel) in [
+                ("operation_id", "operationId"),
+                ("operation_ref", "operationRef"),
+                ("request_body", "requestBody"),
+            ] {
+                if let Some(value) = link.remove(snake) {
+                    link.insert(camel.to_string(), value);
+                }
+            }
+        }
+    }
+    document
 }
 
 /// The document as served.
@@ -28,7 +54,7 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Postern API", description = "Manage service accounts, tokens, groups, sites, resources, policies and the audit log of a Postern account. Authenticate with `Authorization: Bearer <API token>`."),
-    modifiers(&BearerAuth, &PathParameters, &ProblemMediaType),
+    modifiers(&BearerAuth, &PathParameters, &StandardResponses, &CreationLinks, &ProblemMediaType),
     security(("bearer" = [])),
     paths(
         actors::list_actors, actors::create_actor, actors::get_actor,
@@ -123,6 +149,152 @@ impl Modify for PathParameters {
             }
         }
     }
+}
+
+/// The problem answers every operation can give, declared once: 401 (no or a bad token), 429
+/// (too many failed authentications from the address), 503 (the database is unavailable);
+/// with an id in the path 404; with query parameters 400 (malformed) and 422 (out of range);
+/// with a body 400 (not JSON), 413 (over 1 MiB) and 422 (a field is invalid); creating and
+/// changing operations 409 (a name or binding is taken).
+struct StandardResponses;
+
+impl Modify for StandardResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let has_path_id = path.contains('{');
+            let operations = [
+                (&mut item.get, false),
+                (&mut item.put, true),
+                (&mut item.post, true),
+                (&mut item.delete, false),
+                (&mut item.patch, true),
+            ];
+            for (operation, changes) in operations {
+                let Some(operation) = operation.as_mut() else {
+                    continue;
+                };
+                let has_query = operation
+                    .parameters
+                    .iter()
+                    .flatten()
+                    .any(|p| p.parameter_in == ParameterIn::Query);
+                let has_body = operation.request_body.is_some();
+                let mut statuses = vec![
+                    ("401", "No API token, or one that is not valid"),
+                    ("429", "Too many failed authentications from this address: retry after Retry-After seconds"),
+                    ("503", "The portal cannot use its database right now: retry after Retry-After seconds"),
+                ];
+                if has_path_id {
+                    statuses.push(("404", "No such object in this account"));
+                }
+                if has_query || has_body {
+                    statuses.push(("400", "The query or body cannot be read"));
+                    statuses.push(("422", "A parameter or field is invalid (named in `field`)"));
+                }
+                if has_body {
+                    statuses.push(("413", "The body is over 1 MiB"));
+                }
+                if changes {
+                    statuses.push(("409", "The change conflicts with what exists"));
+                }
+                for (status, description) in statuses {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| RefOr::T(problem(description)));
+                }
+            }
+        }
+    }
+}
+
+/// Links from each creating operation to the operations that take the new object's id, so
+/// clients and API fuzzers can follow them: `POST /v1/groups` → `/v1/groups/{id}`, and for
+/// nested collections (`POST /v1/actors/{id}/tokens`) the parent's id comes from the request.
+struct CreationLinks;
+
+impl Modify for CreationLinks {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::link::LinkBuilder;
+        let paths: Vec<String> = openapi.paths.paths.keys().cloned().collect();
+        for collection in &paths {
+            if openapi.paths.paths[collection].post.is_none() {
+                continue;
+            }
+            let parent_params: Vec<String> = collection
+                .split('/')
+                .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}').map(str::to_string))
+                .collect();
+            let mut links = Vec::new();
+            for item_path in &paths {
+                let Some(rest) = item_path.strip_prefix(&format!("{collection}/")) else {
+                    continue;
+                };
+                let Some(id_name) = rest
+                    .strip_prefix('{')
+                    .and_then(|r| r.strip_suffix('}'))
+                    .filter(|name| !name.contains(['/', '{', '}']))
+                else {
+                    continue;
+                };
+                let item = &openapi.paths.paths[item_path];
+                for operation in [&item.get, &item.patch, &item.delete] {
+                    let Some(operation_id) =
+                        operation.as_ref().and_then(|op| op.operation_id.clone())
+                    else {
+                        continue;
+                    };
+                    let mut link = LinkBuilder::new()
+                        .operation_id(operation_id.clone())
+                        .parameter(id_name, "$response.body#/data/id");
+                    for parent in &parent_params {
+                        link = link.parameter(parent, format!("$request.path.{parent}"));
+                    }
+                    links.push((pascal(&operation_id), link.build()));
+                }
+            }
+            if links.is_empty() {
+                continue;
+            }
+            let Some(item) = openapi.paths.paths.get_mut(collection) else {
+                continue;
+            };
+            let Some(post) = item.post.as_mut() else {
+                continue;
+            };
+            if let Some(RefOr::T(created)) = post.responses.responses.get_mut("201") {
+                for (name, link) in links {
+                    created.links.insert(name, RefOr::T(link));
+                }
+            }
+        }
+    }
+}
+
+fn pascal(snake: &str) -> String {
+    snake
+        .split('_')
+        .map(|word| {
+            let mut chars = word.chars();
+            chars
+                .next()
+                .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
 }
 
 /// Problem responses are served as `application/problem+json` (see `error.rs`); the annotations'

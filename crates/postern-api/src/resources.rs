@@ -32,12 +32,18 @@ pub(crate) fn routes() -> Router<AppState> {
 pub struct CreateResource {
     #[serde(rename = "type")]
     pub resource_type: ResourceType,
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: String,
     /// A CIDR range (`10.0.0.0/24`), an IP address, or a DNS name (`git.corp.example`,
     /// `*.corp.example`). Refused (422): every address (`0.0.0.0/0`, `::/0`), and anything
     /// overlapping loopback, link-local (`169.254.0.0/16`, `fe80::/10`), the cloud metadata
     /// service (`fd00:ec2::254`) or the devices' tunnel addresses (`100.64.0.0/10`,
     /// `fd70:6f73:7465:726e::/64`).
+    #[schema(min_length = 1)]
     pub address: String,
     pub description: Option<String>,
     pub site_id: Uuid,
@@ -51,7 +57,13 @@ pub struct CreateResource {
 pub struct UpdateResource {
     #[serde(rename = "type")]
     pub resource_type: Option<ResourceType>,
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: Option<String>,
+    #[schema(min_length = 1)]
     pub address: Option<String>,
     /// `null` clears the description.
     #[serde(default, deserialize_with = "double_option")]

@@ -79,7 +79,7 @@ pub(crate) async fn list_actor_tokens(
     list(state, auth, actor(&id)?, query).await
 }
 
-#[utoipa::path(post, path = "/v1/actors/{id}/tokens", tag = "tokens", request_body = TokenRequest,
+#[utoipa::path(post, path = "/v1/actors/{id}/tokens", tag = "tokens", request_body(content = Option<TokenRequest>, description = "Optional: without a body the token is named `default` and lives the default 365 days"),
     responses((status = 201, body = Data<TokenWithSecret>), (status = 422, body = Problem)))]
 pub(crate) async fn create_actor_token(
     state: State<AppState>,
@@ -142,7 +142,7 @@ pub(crate) async fn list_gateway_tokens(
     list(state, auth, site(&id)?, query).await
 }
 
-#[utoipa::path(post, path = "/v1/sites/{id}/gateway_tokens", tag = "sites", request_body = TokenRequest,
+#[utoipa::path(post, path = "/v1/sites/{id}/gateway_tokens", tag = "sites", request_body(content = Option<TokenRequest>, description = "Optional: without a body the token is named `default` and lives the default 365 days"),
     responses((status = 201, body = Data<TokenWithSecret>), (status = 422, body = Problem)))]
 pub(crate) async fn create_gateway_token(
     state: State<AppState>,

@@ -138,8 +138,40 @@ async fn the_document_is_openapi_3_1() {
         "the bearer scheme is declared"
     );
     // The served document is the library's document.
-    let library = serde_json::to_value(postern_api::openapi_document()).unwrap();
-    assert_eq!(doc, library);
+    assert_eq!(doc, postern_api::openapi_json());
+    // Every operation declares the problems any request can meet, and creating operations link
+    // to the ones that take the new id.
+    let mut links = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let responses = &operation["responses"];
+            for status in ["401", "429", "503"] {
+                assert!(
+                    responses[status]["content"]["application/problem+json"].is_object(),
+                    "{method} {path} declares {status}"
+                );
+            }
+            if path.contains('{') {
+                assert!(responses["404"].is_object(), "{method} {path} declares 404");
+            }
+            if operation["requestBody"].is_object() {
+                for status in ["400", "413", "422"] {
+                    assert!(
+                        responses[status].is_object(),
+                        "{method} {path} declares {status}"
+                    );
+                }
+            }
+            for link in responses["201"]["links"].as_object().into_iter().flatten() {
+                assert!(link.1["operationId"].is_string(), "{path}: {link:?}");
+                links += 1;
+            }
+        }
+    }
+    assert!(
+        links >= 10,
+        "creating operations link to the new object's operations"
+    );
     portal.stop().await;
 }
 

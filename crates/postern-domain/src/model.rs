@@ -25,6 +25,7 @@ pub struct Account {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct AccountSettings {
     /// The longest lifetime, in days, that a new token of this account may have.
+    #[schema(minimum = 1, maximum = 36500)]
     pub max_token_lifetime_days: u32,
 }
 

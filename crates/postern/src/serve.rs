@@ -83,6 +83,15 @@ pub struct ServeArgs {
         value_name = "HEADER"
     )]
     forwarded_header: ForwardedHeader,
+    /// Failed API and device authentications allowed per source address (IPv6: per /64) in a
+    /// minute; the next ones get 429 with Retry-After until the minute ends
+    #[arg(
+        long,
+        env = "POSTERN_FAILED_AUTH_LIMIT",
+        default_value_t = 20,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    failed_auth_limit: u32,
     #[command(flatten)]
     db: DbOpts,
 }
@@ -191,7 +200,11 @@ async fn serve(
             "client addresses from trusted proxies"
         );
     }
-    let state = postern_api::AppState::with_sessions(store.clone(), args.sessions_config()?);
+    let mut state = postern_api::AppState::with_sessions(store.clone(), args.sessions_config()?);
+    state.auth_limiter = Arc::new(postern_api::AuthRateLimiter::new(
+        args.failed_auth_limit,
+        Duration::from_secs(60),
+    ));
     let hub = state.hub.clone();
     let router =
         postern_api::router(state.clone()).merge(postern_web::router(state, args.web_config()?));
