@@ -73,8 +73,9 @@ fn open_file_limit() -> usize {
 pub struct ServerConfig {
     pub limits: HttpLimits,
     pub trusted_proxies: TrustedProxies,
-    /// HTTPS and WSS with this certificate (reloaded as its files change); plain HTTP without.
-    pub tls: Option<Arc<crate::tls::ReloadingCertificate>>,
+    /// HTTPS and WSS with this configuration (`ReloadingCertificate::server_config`, whose
+    /// certificate follows its files); plain HTTP without.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Serves `router` on `listener` with `config` until `shutdown` completes, then waits a few
@@ -92,7 +93,7 @@ pub async fn serve(
         tls,
     } = config;
     let trusted_proxies = Arc::new(trusted_proxies);
-    let tls = tls.map(|certificate| tokio_rustls::TlsAcceptor::from(certificate.server_config()));
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let router = router.layer(DefaultBodyLimit::max(limits.body_limit));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();

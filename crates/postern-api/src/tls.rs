@@ -23,6 +23,8 @@ pub enum TlsError {
     Certificate { path: PathBuf, reason: String },
     #[error("cannot read the TLS private key {path}: {reason}")]
     Key { path: PathBuf, reason: String },
+    #[error("cannot set up TLS: {0}")]
+    Config(String),
     #[error("the TLS private key {key} does not belong to the certificate {cert}: {reason}")]
     Mismatch {
         cert: PathBuf,
@@ -109,20 +111,14 @@ impl ReloadingCertificate {
     }
 
     /// The rustls configuration that serves this certificate (HTTP/2 and HTTP/1.1).
-    pub fn server_config(self: &Arc<Self>) -> Arc<rustls::ServerConfig> {
-        let builder = rustls::ServerConfig::builder_with_provider(self.provider.clone())
-            .with_safe_default_protocol_versions();
-        let mut config = match builder {
-            Ok(builder) => builder
-                .with_no_client_auth()
-                .with_cert_resolver(self.clone()),
-            // The ring provider supports the default versions; this cannot happen.
-            Err(_) => rustls::ServerConfig::builder()
-                .with_no_client_auth()
-                .with_cert_resolver(self.clone()),
-        };
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|err| TlsError::Config(err.to_string()))?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Arc::new(config)
+        Ok(Arc::new(config))
     }
 
     fn changed(&self) -> bool {

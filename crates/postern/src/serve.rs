@@ -214,6 +214,10 @@ async fn serve(
         tracing::info!("shutting down: telling connected clients and gateways");
         hub.shutdown(Duration::from_secs(2)).await;
     };
+    let tls = match &tls {
+        Some(certificate) => Some(certificate.server_config()?),
+        None => None,
+    };
     let config = ServerConfig {
         trusted_proxies: TrustedProxies::new(args.trusted_proxies.clone(), args.forwarded_header),
         tls,
