@@ -92,6 +92,21 @@ impl Modify for BearerAuth {
     }
 }
 
+/// The operations of a path, each with whether it changes something (PUT, POST, PATCH).
+fn operations_mut(
+    item: &mut utoipa::openapi::PathItem,
+) -> impl Iterator<Item = (bool, &mut utoipa::openapi::path::Operation)> {
+    [
+        (false, &mut item.get),
+        (true, &mut item.put),
+        (true, &mut item.post),
+        (false, &mut item.delete),
+        (true, &mut item.patch),
+    ]
+    .into_iter()
+    .filter_map(|(changes, operation)| operation.as_mut().map(|op| (changes, op)))
+}
+
 /// Declares each `{name}` of a path template as a required path parameter, as OpenAPI requires:
 /// the handlers take ids as `Path<String>`, which the annotations do not see.
 struct PathParameters;
@@ -118,14 +133,7 @@ impl Modify for PathParameters {
             if names.is_empty() {
                 continue;
             }
-            let operations = [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ];
-            for operation in operations.into_iter().flatten() {
+            for (_, operation) in operations_mut(item) {
                 let parameters = operation.parameters.get_or_insert_with(Vec::new);
                 for (index, (name, description)) in names.iter().enumerate() {
                     let declared = parameters
@@ -174,17 +182,7 @@ impl Modify for StandardResponses {
         };
         for (path, item) in openapi.paths.paths.iter_mut() {
             let has_path_id = path.contains('{');
-            let operations = [
-                (&mut item.get, false),
-                (&mut item.put, true),
-                (&mut item.post, true),
-                (&mut item.delete, false),
-                (&mut item.patch, true),
-            ];
-            for (operation, changes) in operations {
-                let Some(operation) = operation.as_mut() else {
-                    continue;
-                };
+            for (changes, operation) in operations_mut(item) {
                 let has_query = operation
                     .parameters
                     .iter()
@@ -304,14 +302,7 @@ struct ProblemMediaType;
 impl Modify for ProblemMediaType {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         for item in openapi.paths.paths.values_mut() {
-            let operations = [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ];
-            for operation in operations.into_iter().flatten() {
+            for (_, operation) in operations_mut(item) {
                 for response in operation.responses.responses.values_mut() {
                     let RefOr::T(response) = response else {
                         continue;

@@ -115,36 +115,15 @@ async fn connect_to(
 
 /// Everything the database holds, as text: the SQLite files' bytes, or every PostgreSQL row.
 async fn stored_data(portal: &Portal) -> String {
-    use sqlx::{Connection, Row};
-    let Some(url) = portal.postgres_url().await else {
-        let bytes: Vec<u8> = portal
-            .sqlite_files()
-            .iter()
-            .flat_map(|file| std::fs::read(file).unwrap_or_default())
-            .collect();
-        return String::from_utf8_lossy(&bytes).into_owned();
-    };
-    let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT table_name::text FROM information_schema.tables \
-         WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
-    )
-    .fetch_all(&mut conn)
-    .await
-    .expect("tables");
-    let mut dump = String::new();
-    for table in tables {
-        for row in sqlx::query(&format!(
-            "SELECT row_to_json(t)::text AS row FROM \"{table}\" t"
-        ))
-        .fetch_all(&mut conn)
-        .await
-        .expect("rows")
-        {
-            dump.push_str(&row.get::<String, _>("row"));
-        }
+    if let Some(rows) = portal.postgres_rows().await {
+        return rows.into_iter().map(|(_, row)| row).collect();
     }
-    dump
+    let bytes: Vec<u8> = portal
+        .sqlite_files()
+        .iter()
+        .flat_map(|file| std::fs::read(file).unwrap_or_default())
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// The next message that is not a heartbeat, within 5 s.

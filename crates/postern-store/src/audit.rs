@@ -103,8 +103,6 @@ impl Store {
         Ok(db::paginate(items, page.limit, |e| e.id))
     }
 
-    /// Records a failed authentication. `account_id` is known when the token's id matched a
-    /// stored token; otherwise the event belongs to no account.
     /// Records a failed authentication. One that belongs to an account (a known token) is
     /// written at once, to that account's log. One that belongs to nobody (a malformed or
     /// unknown token) is counted in memory and written with the others from its source address

@@ -121,6 +121,34 @@ impl Portal {
         Some(replace_database(&postgres_admin_url().await?, name))
     }
 
+    /// Every row of every table of this portal's PostgreSQL database, as `(table, row as
+    /// JSON)`; `None` on SQLite.
+    pub async fn postgres_rows(&self) -> Option<Vec<(String, String)>> {
+        use sqlx::Row;
+        let url = self.postgres_url().await?;
+        let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT table_name::text FROM information_schema.tables \
+             WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY table_name",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .expect("list tables");
+        let mut rows = Vec::new();
+        for table in tables {
+            let sql = format!("SELECT row_to_json(t)::text AS row FROM \"{table}\" t");
+            for row in sqlx::query(&sql)
+                .fetch_all(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("dump {table}: {e}"))
+            {
+                rows.push((table.clone(), row.get::<String, _>("row")));
+            }
+        }
+        let _ = conn.close().await;
+        Some(rows)
+    }
+
     pub fn sqlite_files(&self) -> Vec<PathBuf> {
         let Some(dir) = &self.data_dir else {
             return vec![];
