@@ -55,10 +55,6 @@ impl TrustedProxies {
         Self { networks, header }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.networks.is_empty()
-    }
-
     fn trusts(&self, address: IpAddr) -> bool {
         let address = canonical(address);
         self.networks.iter().any(|net| net.contains(&address))
