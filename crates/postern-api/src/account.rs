@@ -25,6 +25,7 @@ pub struct UpdateAccount {
         pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
     )]
     pub name: Option<String>,
+    #[serde(default, deserialize_with = "postern_policy::json::optional_object")]
     pub settings: Option<AccountSettings>,
 }
 

@@ -42,6 +42,7 @@ pub struct CreateActor {
     pub group_ids: Vec<Uuid>,
     /// The initial token of a service account or API client; omitted fields take the defaults
     /// (name `default`, expiry in 365 days).
+    #[serde(default, deserialize_with = "postern_policy::json::optional_object")]
     pub token: Option<TokenRequest>,
 }
 
@@ -140,8 +141,8 @@ pub(crate) async fn create_actor(
         return Err(ApiError::validation(
             "token",
             format!(
-                "a {} signs in and holds no tokens",
-                body.actor_type.as_str()
+                "{} signs in and holds no tokens",
+                body.actor_type.described()
             ),
         ));
     }

@@ -126,7 +126,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// A JSON body that may be left out entirely (every field has a default).
+/// A JSON body that may be left out entirely or sent as `null` (every field has a default).
 pub struct MaybeJson<T>(pub Option<T>);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for MaybeJson<T> {
@@ -141,7 +141,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for MaybeJson<T> {
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(ApiError::body)?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
+        let text = bytes.trim_ascii();
+        if text.is_empty() || (json_content && text == b"null") {
             return Ok(MaybeJson(None));
         }
         if !json_content {

@@ -13,6 +13,7 @@ mod openapi;
 mod policies;
 mod rate_limit;
 mod resources;
+mod schema_rules;
 mod server;
 mod shapes;
 mod sites;

@@ -17,9 +17,16 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new().route("/v1/openapi.json", get(|| async { Json(openapi_json()) }))
 }
 
-/// The document as JSON. utoipa 5.5 writes a link's fields in snake case (`operation_id`);
-/// OpenAPI spells them `operationId`, `operationRef`, `requestBody`.
+/// The document as served: the derived one with its links spelled right and the rules of
+/// [`crate::schema_rules`].
 pub fn openapi_json() -> serde_json::Value {
+    static DOCUMENT: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    DOCUMENT.get_or_init(build_openapi_json).clone()
+}
+
+/// utoipa 5.5 writes a link's fields in snake case (`operation_id`); OpenAPI spells them
+/// `operationId`, `operationRef`, `requestBody`.
+fn build_openapi_json() -> serde_json::Value {
     let mut document = serde_json::to_value(openapi_document()).unwrap_or_default();
     if let Some(paths) = document.get_mut("paths").and_then(|p| p.as_object_mut()) {
         let links = paths
@@ -43,10 +50,11 @@ pub fn openapi_json() -> serde_json::Value {
             }
         }
     }
+    crate::schema_rules::apply(&mut document);
     document
 }
 
-/// The document as served.
+/// The document as utoipa derives it, before the fixes of [`openapi_json`].
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }

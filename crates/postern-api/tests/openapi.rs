@@ -1026,3 +1026,204 @@ fn the_checker_rejects_disagreements() {
     token_extra["data"]["hash"] = json!("abc");
     assert!(!validation_errors(&checker.closed, created, &token_extra).is_empty());
 }
+
+/// The rules that tie one field to another are in the document, and the server agrees with it
+/// on each side of every rule: what the request schema allows is accepted, what it refuses is
+/// refused. Nested objects sent as arrays (serde's sequence form of a struct) are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_follow_the_documents_cross_field_rules() {
+    let portal = start().await;
+    let doc = fetch_document(&portal).await;
+    let site = portal.post("/v1/sites", json!({"name": "rules"})).await;
+    let site_id = site["data"]["id"].as_str().unwrap().to_string();
+    let group = portal.post("/v1/groups", json!({"name": "rules"})).await;
+    let group_id = group["data"]["id"].as_str().unwrap().to_string();
+    let resource = |address: &str, kind: &str, filters: Value| json!({"type": kind, "name": "r", "address": address, "site_id": site_id, "filters": filters});
+    let condition = |property: &str, operator: Value, values: Value| {
+        let mut condition = json!({"property": property, "values": values});
+        if !operator.is_null() {
+            condition["operator"] = operator;
+        }
+        json!({"group_id": group_id, "resource_id": Value::Null, "conditions": [condition]})
+    };
+    let resource_id = portal
+        .post("/v1/resources", resource("10.9.0.0/24", "cidr", json!([])))
+        .await["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let with_resource = |mut policy: Value| {
+        policy["resource_id"] = json!(resource_id);
+        policy
+    };
+    let cases: Vec<(&str, &str, Value, bool)> = vec![
+        (
+            "/v1/actors",
+            "CreateActor",
+            json!({"type": "admin", "name": "a", "email": "a@b.example"}),
+            true,
+        ),
+        (
+            "/v1/actors",
+            "CreateActor",
+            json!({"type": "admin", "name": "a"}),
+            false,
+        ),
+        (
+            "/v1/actors",
+            "CreateActor",
+            json!({"type": "service_account", "name": "s", "email": "s@b.example"}),
+            false,
+        ),
+        (
+            "/v1/actors",
+            "CreateActor",
+            json!({"type": "user", "name": "u", "email": "u@b.example", "token": {}}),
+            false,
+        ),
+        (
+            "/v1/actors",
+            "CreateActor",
+            json!({"type": "api_client", "name": "c", "token": ["t", null]}),
+            false,
+        ),
+        (
+            "/v1/resources",
+            "CreateResource",
+            resource(
+                "10.8.0.0/24",
+                "cidr",
+                json!([{"protocol": "tcp", "ports": "80,8000-8100"}]),
+            ),
+            true,
+        ),
+        (
+            "/v1/resources",
+            "CreateResource",
+            resource(
+                "10.8.1.0/24",
+                "cidr",
+                json!([{"protocol": "icmp", "ports": "80"}]),
+            ),
+            false,
+        ),
+        (
+            "/v1/resources",
+            "CreateResource",
+            resource("10.8.2.0/24", "cidr", json!([["tcp", "80"]])),
+            false,
+        ),
+        (
+            "/v1/resources",
+            "CreateResource",
+            resource("10.8.3.7", "ip", json!([])),
+            true,
+        ),
+        (
+            "/v1/resources",
+            "CreateResource",
+            resource("10.8.3.0/24", "ip", json!([])),
+            false,
+        ),
+        (
+            "/v1/resources",
+            "CreateResource",
+            resource("db.corp.example", "dns", json!([])),
+            true,
+        ),
+        (
+            "/v1/resources",
+            "CreateResource",
+            resource("10.8.4.7", "cidr", json!([])),
+            false,
+        ),
+        (
+            "/v1/policies",
+            "CreatePolicy",
+            with_resource(condition("source_ip", json!("in"), json!(["10.0.0.0/8"]))),
+            true,
+        ),
+        (
+            "/v1/policies",
+            "CreatePolicy",
+            with_resource(condition("source_ip", Value::Null, json!(["10.0.0.0/8"]))),
+            false,
+        ),
+        (
+            "/v1/policies",
+            "CreatePolicy",
+            with_resource(condition(
+                "source_ip",
+                json!("in"),
+                json!(["Mon-Fri 09:00-17:00 UTC"]),
+            )),
+            false,
+        ),
+        (
+            "/v1/policies",
+            "CreatePolicy",
+            with_resource(condition(
+                "time_window",
+                Value::Null,
+                json!(["Mon-Fri 09:00-17:00 UTC"]),
+            )),
+            true,
+        ),
+        (
+            "/v1/policies",
+            "CreatePolicy",
+            with_resource(condition(
+                "time_window",
+                json!("in"),
+                json!(["Mon-Fri 09:00-17:00 UTC"]),
+            )),
+            false,
+        ),
+    ];
+    for (path, schema, body, valid) in cases {
+        let pointer = format!("/components/schemas/{schema}");
+        let errors = validation_errors(&doc, &pointer, &body);
+        assert_eq!(
+            errors.is_empty(),
+            valid,
+            "the document on {body}: {errors:?}"
+        );
+        let (status, response) = portal
+            .call(reqwest::Method::POST, path, Some(body.clone()))
+            .await;
+        if valid {
+            assert_eq!(
+                status,
+                StatusCode::CREATED,
+                "POST {path} {body}: {response}"
+            );
+        } else {
+            assert_eq!(
+                status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "POST {path} {body}: {response}"
+            );
+        }
+    }
+    let (status, response) = portal
+        .call(
+            reqwest::Method::PATCH,
+            "/v1/account",
+            Some(json!({"settings": [30]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{response}");
+    let (status, response) = portal
+        .call(
+            reqwest::Method::PATCH,
+            "/v1/account",
+            Some(json!({"settings": {"max_token_lifetime_days": 30.0}})),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "an integer with a zero fraction: {response}"
+    );
+    portal.stop().await;
+}

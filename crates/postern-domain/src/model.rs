@@ -26,6 +26,7 @@ pub struct Account {
 pub struct AccountSettings {
     /// The longest lifetime, in days, that a new token of this account may have.
     #[schema(minimum = 1, maximum = 36500)]
+    #[serde(deserialize_with = "postern_policy::json::whole_number")]
     pub max_token_lifetime_days: u32,
 }
 
@@ -53,6 +54,16 @@ impl ActorType {
             ActorType::Admin => "admin",
             ActorType::ServiceAccount => "service_account",
             ActorType::ApiClient => "api_client",
+        }
+    }
+
+    /// For messages: "a user", "an admin", "a service account", "an API client".
+    pub fn described(self) -> &'static str {
+        match self {
+            ActorType::User => "a user",
+            ActorType::Admin => "an admin",
+            ActorType::ServiceAccount => "a service account",
+            ActorType::ApiClient => "an API client",
         }
     }
 

@@ -63,12 +63,12 @@ pub fn check_creatable(actor_type: ActorType, email: Option<&str>) -> Result<(),
     match actor_type {
         ActorType::User | ActorType::Admin if email.is_none() => Err(ValidationError::new(
             "email",
-            format!("is required for a {}", actor_type.as_str()),
+            format!("is required for {}", actor_type.described()),
         )),
         ActorType::ServiceAccount | ActorType::ApiClient if email.is_some() => {
             Err(ValidationError::new(
                 "email",
-                format!("a {} has no email address", actor_type.as_str()),
+                format!("{} has no email address", actor_type.described()),
             ))
         }
         _ => Ok(()),
@@ -81,8 +81,8 @@ pub fn check_token_holder(actor: &Actor) -> Result<postern_token::TokenKind, Val
         ValidationError::new(
             "actor_id",
             format!(
-                "a {} signs in and holds no tokens; tokens belong to service accounts and API clients",
-                actor.actor_type.as_str()
+                "{} signs in and holds no tokens; tokens belong to service accounts and API clients",
+                actor.actor_type.described()
             ),
         )
     })

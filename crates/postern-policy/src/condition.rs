@@ -23,6 +23,8 @@ use chrono::{NaiveTime, Timelike, Weekday};
 use chrono_tz::Tz;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+
+use crate::json::Object;
 use utoipa::openapi::schema::Schema;
 use utoipa::openapi::RefOr;
 use utoipa::{PartialSchema, ToSchema};
@@ -30,7 +32,7 @@ use utoipa::{PartialSchema, ToSchema};
 /// One condition of a policy. A policy's conditions must all hold; the values
 /// within one condition are alternatives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "ConditionRepr", into = "ConditionRepr")]
+#[serde(try_from = "Object<ConditionRepr>", into = "ConditionRepr")]
 pub enum Condition {
     /// `In`: the source address lies in one of `ranges`. `NotIn`: it lies in
     /// none of them. An unknown source address fails both.
@@ -475,6 +477,14 @@ struct ConditionRepr {
 enum Property {
     SourceIp,
     TimeWindow,
+}
+
+impl TryFrom<Object<ConditionRepr>> for Condition {
+    type Error = ConditionError;
+
+    fn try_from(Object(repr): Object<ConditionRepr>) -> Result<Self, Self::Error> {
+        repr.try_into()
+    }
 }
 
 impl TryFrom<ConditionRepr> for Condition {

@@ -9,6 +9,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+use crate::json::Object;
 use utoipa::openapi::schema::Schema;
 use utoipa::openapi::RefOr;
 use utoipa::{PartialSchema, ToSchema};
@@ -32,7 +34,7 @@ pub struct PortRange {
 /// Traffic allowed to a resource for one protocol. An empty `ports` list means
 /// every port of that protocol.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "FilterRepr", into = "FilterRepr")]
+#[serde(try_from = "Object<FilterRepr>", into = "FilterRepr")]
 pub struct Filter {
     pub protocol: Protocol,
     pub ports: Vec<PortRange>,
@@ -224,6 +226,14 @@ struct FilterRepr {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(example = "80,443,8000-8100")]
     ports: Option<String>,
+}
+
+impl TryFrom<Object<FilterRepr>> for Filter {
+    type Error = FilterError;
+
+    fn try_from(Object(repr): Object<FilterRepr>) -> Result<Self, Self::Error> {
+        repr.try_into()
+    }
 }
 
 impl TryFrom<FilterRepr> for Filter {

@@ -6,6 +6,7 @@
 pub mod condition;
 pub mod eval;
 pub mod filter;
+pub mod json;
 
 pub use condition::{
     format_window_spec, parse_window_spec, Condition, ConditionError, DaySet, DayWindow,
