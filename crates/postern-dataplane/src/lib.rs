@@ -1,10 +1,11 @@
-//! The data plane's decisions, without I/O: IP packet parsing ([`packet`]), the gateway's
-//! per-packet verdict ([`gateway`]) and the client's routing with its hold queue ([`client`]).
-//! The binaries own the sockets, the TUN devices and WireGuard (boringtun's sans-IO `Tunn`).
+//! The data plane without I/O: IP packet parsing ([`packet`]), the WireGuard peers of a device
+//! ([`peers`]), the gateway's per-packet verdict ([`gateway`]) and the client's routing with
+//! its hold queue ([`client`]). The binaries own the sockets and the TUN devices.
 
 pub mod client;
 pub mod gateway;
 pub mod packet;
+pub mod peers;
 
 use std::net::IpAddr;
 

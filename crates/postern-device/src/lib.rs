@@ -1,11 +1,12 @@
 //! What the headless client (`postern-client`) and the gateway (`postern-gateway`) share: token
-//! and configuration loading ([`config`]), the status file ([`status`]), and the WebSocket
+//! and configuration loading ([`config`]), the status file ([`status`]), the WebSocket
 //! session with the portal ([`session`]), an I/O shell around the sans-IO state machines of
-//! `postern-protocol`.
+//! `postern-protocol`, and the data plane's event loop ([`engine`]), an I/O shell around
+//! `postern_dataplane::peers`.
 
 pub mod cli;
 pub mod config;
-pub mod handshakes;
+pub mod engine;
 pub mod keys;
 pub mod net;
 pub mod session;

@@ -1,66 +1,34 @@
-//! The gateway's data plane: one task owns the UDP listener and the TUN device, keeps one
-//! WireGuard peer (boringtun's sans-IO `Tunn`) per authorized client, and lets a decrypted
-//! packet into the site's network only when `postern_dataplane::gateway::GatewayPolicy` says so.
-//! The kernel forwards it with source NAT (nftables masquerade, set up here), so resources need
-//! no route back; replies come back through the TUN and the same tunnel.
+//! The gateway's data plane: the shared engine (`postern_device::engine`) with one WireGuard
+//! peer per authorized client, and a [`GatewayForwarding`] that lets a decrypted packet into
+//! the site's network only when `postern_dataplane::gateway::GatewayPolicy` says so, and sends
+//! a reply from the site back only to the client whose flow it answers. The kernel forwards
+//! with source NAT (nftables masquerade, set up here), so resources need no route back.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use boringtun::noise::{Packet, Tunn, TunnResult};
-use boringtun::x25519::{PublicKey, StaticSecret};
+use boringtun::x25519::StaticSecret;
 use chrono::Utc;
 use ipnet::IpNet;
 use parking_lot::Mutex;
 use postern_dataplane::gateway::{DropCounters, DropReason, GatewayPolicy};
+use postern_dataplane::peers::{PeerConfig, PeerTable, Refused, Upserted};
 use postern_dataplane::{encode_key, PeerKey};
-use postern_device::handshakes::{initiator_key, HandshakeScreen, Screened};
-use postern_device::net::{self, DataPlaneRuntime, NetError, TunReader, TunWriter, UdpBatch};
-use tokio::net::UdpSocket;
+use postern_device::engine::{Changes, Engine, Forwarding};
+use postern_device::net::{self, DataPlaneRuntime, NetError};
 use tracing::{debug, info, warn};
 
 use crate::plan::{PlanBatch, PlanReceiver};
 
-const TICK: Duration = Duration::from_millis(250);
 const COUNTER_LOG: Duration = Duration::from_secs(10);
-const BUFFER: usize = 65_536 + 148;
-/// Reads from one source before the others are polled again (each is one system call;
-/// draining a burst spares a trip through the reactor per packet, and gathers the packets
-/// written to the TUN device into one batch).
-const BATCH: usize = 64;
-
-struct Peer {
-    tunn: Tunn,
-    /// Where the client last sent from (clients roam; WireGuard authenticates, not the address).
-    endpoint: Option<SocketAddr>,
-    preshared_key: Option<[u8; 32]>,
-    index: u32,
-    routes: Vec<IpNet>,
-}
+/// How often `status` sees fresh drop counters.
+const COUNTER_SHARE: Duration = Duration::from_secs(2);
 
 pub struct GatewayDataPlane {
-    /// The thread that runs `run`; the TUN device and the socket are registered with it.
-    runtime: DataPlaneRuntime,
-    tun: tun_rs::AsyncDevice,
-    /// Packets for the TUN device, written after each burst of datagrams.
-    tun_out: TunWriter,
-    mtu: u16,
-    tun_name: String,
-    nft_table: String,
-    udp: UdpSocket,
-    /// Datagrams from one burst of TUN packets, sent together (UDP GSO).
-    udp_out: UdpBatch,
-    private: StaticSecret,
-    public: PublicKey,
-    handshakes: HandshakeScreen,
-    policy: GatewayPolicy,
-    peers: HashMap<PeerKey, Peer>,
-    by_index: HashMap<u32, PeerKey>,
-    next_index: u32,
-    counters: DropCounters,
-    shared_counters: Arc<Mutex<DropCounters>>,
+    engine: Engine,
+    forwarding: GatewayForwarding,
 }
 
 impl GatewayDataPlane {
@@ -78,7 +46,6 @@ impl GatewayDataPlane {
             command: format!("listen on UDP {listen}"),
             detail: err.to_string(),
         })?;
-        net::grow_socket_buffers(&udp, net::UDP_BUFFER);
         let tun = net::create_tun(tun_name, mtu)?;
         drop(entered);
         net::sysctl("net/ipv4/ip_forward", "1")?;
@@ -118,108 +85,137 @@ impl GatewayDataPlane {
              }}\n"
         );
         net::run_with_input("nft", &["-f", "-"], Some(&rules)).await?;
-        let public = PublicKey::from(&private);
+        let engine = Engine::new(runtime, tun, tun_name, mtu, udp, false, private);
+        if let Some(address) = engine.udp_address() {
+            info!(tun = %tun_name, "data plane listening on UDP {address}");
+        }
         Ok(Self {
-            handshakes: HandshakeScreen::new(&public),
-            runtime,
-            tun,
-            tun_out: TunWriter::default(),
-            mtu,
-            tun_name: tun_name.to_string(),
-            nft_table,
-            udp,
-            udp_out: UdpBatch::default(),
-            private,
-            public,
-            policy: GatewayPolicy::default(),
-            peers: HashMap::new(),
-            by_index: HashMap::new(),
-            next_index: rand::random::<u32>() & 0x00ff_ffff,
-            counters: DropCounters::default(),
-            shared_counters,
+            engine,
+            forwarding: GatewayForwarding {
+                tun_name: tun_name.to_string(),
+                nft_table,
+                policy: GatewayPolicy::default(),
+                routes: HashMap::new(),
+                counters: DropCounters::default(),
+                shared_counters,
+                shared_at: None,
+                logged: DropCounters::default(),
+                logged_at: None,
+            },
         })
     }
 
     /// Runs the data plane on its own thread until the plan's sender is dropped.
     pub async fn run(self, plans: PlanReceiver) {
-        let handle = self.runtime.handle().clone();
-        let _ = handle.spawn(self.run_here(plans)).await;
+        self.engine.run(self.forwarding, plans).await;
+    }
+}
+
+impl Changes for PlanReceiver {
+    type Change = PlanBatch;
+
+    async fn next(&mut self) -> Option<PlanBatch> {
+        PlanReceiver::next(self).await
+    }
+}
+
+pub struct GatewayForwarding {
+    tun_name: String,
+    nft_table: String,
+    policy: GatewayPolicy,
+    /// The tunnel addresses routed into the TUN for each client.
+    routes: HashMap<PeerKey, Vec<IpNet>>,
+    counters: DropCounters,
+    shared_counters: Arc<Mutex<DropCounters>>,
+    shared_at: Option<Instant>,
+    logged: DropCounters,
+    logged_at: Option<Instant>,
+}
+
+impl Forwarding for GatewayForwarding {
+    type Change = PlanBatch;
+
+    async fn apply(
+        &mut self,
+        batch: PlanBatch,
+        peers: &mut PeerTable,
+        _now: Instant,
+    ) -> Vec<(PeerKey, Vec<u8>)> {
+        self.apply_batch(batch, peers).await;
+        Vec::new()
     }
 
-    async fn run_here(mut self, mut plans: PlanReceiver) {
-        let mut tun_in = TunReader::new(self.mtu);
-        let mut udp_buf = vec![0u8; BUFFER];
-        let mut out = vec![0u8; BUFFER];
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut logged = DropCounters::default();
-        let mut last_log = tokio::time::Instant::now();
-        if let Ok(address) = self.udp.local_addr() {
-            info!(tun = %self.tun_name, "data plane listening on UDP {address}");
-        }
-        loop {
-            tokio::select! {
-                read = self.udp.recv_from(&mut udp_buf) => match read {
-                    Ok((n, from)) => {
-                        self.on_udp(&udp_buf[..n], from, &mut out).await;
-                        for _ in 1..BATCH {
-                            let Ok((n, from)) = self.udp.try_recv_from(&mut udp_buf) else { break };
-                            self.on_udp(&udp_buf[..n], from, &mut out).await;
-                        }
-                        self.flush_tun().await;
-                    }
-                    Err(err) => debug!("UDP receive error: {err}"),
-                },
-                read = tun_in.recv(&self.tun) => match read {
-                    Ok(count) => {
-                        for i in 0..count {
-                            self.on_tun(tun_in.packet(i), &mut out).await;
-                        }
-                        for _ in 1..BATCH {
-                            let Ok(count) = tun_in.try_recv(&self.tun) else { break };
-                            for i in 0..count {
-                                self.on_tun(tun_in.packet(i), &mut out).await;
-                            }
-                        }
-                        self.flush_udp().await;
-                    }
-                    // A segment the offload could not split: not a failing device.
-                    Err(err) if err.raw_os_error().is_none() => {
-                        debug!("packet from the TUN device dropped: {err}");
-                    }
-                    Err(err) => {
-                        warn!("reading the TUN device failed: {err}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-                _ = tick.tick() => {
-                    self.on_tick(&mut out).await;
-                    *self.shared_counters.lock() = self.counters;
-                    if self.counters != logged && last_log.elapsed() >= COUNTER_LOG {
-                        let counts: Vec<String> = self
-                            .counters
-                            .non_zero()
-                            .into_iter()
-                            .map(|(reason, count)| format!("{reason}={count}"))
-                            .collect();
-                        info!("packets dropped so far: {}", counts.join(" "));
-                        logged = self.counters;
-                        last_log = tokio::time::Instant::now();
-                    }
-                }
-                batch = plans.next() => {
-                    let Some(batch) = batch else { break };
-                    self.apply(batch).await;
-                }
+    fn outbound(&mut self, packet: &[u8], _now: Instant) -> Option<PeerKey> {
+        match self.policy.route_reply(packet, Utc::now()) {
+            Ok(key) => Some(key),
+            // The kernel's own traffic on the TUN (IPv6 neighbour discovery, multicast) is
+            // for no client: not worth counting.
+            Err(DropReason::UnknownPeer) => None,
+            Err(reason) => {
+                self.counters.record(reason);
+                debug!(reason = reason.as_str(), "reply dropped");
+                None
             }
         }
-        let _ = net::run("nft", &["delete", "table", "inet", &self.nft_table]).await;
     }
 
+    fn inbound(&mut self, peer: &PeerKey, packet: &[u8]) -> bool {
+        match self.policy.check_inbound(peer, packet, Utc::now()) {
+            Ok(()) => true,
+            Err(reason) => {
+                self.counters.record(reason);
+                debug!(reason = reason.as_str(), "packet from a client dropped");
+                false
+            }
+        }
+    }
+
+    fn refused(&mut self, why: Refused, from: SocketAddr) {
+        let reason = match why {
+            Refused::NotForUs => DropReason::BadHandshake,
+            Refused::UnderLoad => DropReason::HandshakeUnderLoad,
+            Refused::UnknownPeer => DropReason::UnknownPeer,
+            Refused::Rejected => {
+                debug!(%from, "WireGuard refused a datagram");
+                return;
+            }
+        };
+        self.counters.record(reason);
+    }
+
+    fn send_failed(&mut self, to: SocketAddr, _len: usize, err: &std::io::Error) {
+        debug!(%to, "sending to a client failed: {err}");
+    }
+
+    fn tick(&mut self, _peers: &PeerTable, now: Instant) {
+        if self.shared_at.is_none_or(|at| now >= at + COUNTER_SHARE) {
+            *self.shared_counters.lock() = self.counters;
+            self.shared_at = Some(now);
+        }
+        let quiet = self.logged_at.is_some_and(|at| now < at + COUNTER_LOG);
+        if self.counters != self.logged && !quiet {
+            let counts: Vec<String> = self
+                .counters
+                .non_zero()
+                .into_iter()
+                .map(|(reason, count)| format!("{reason}={count}"))
+                .collect();
+            info!("packets dropped so far: {}", counts.join(" "));
+            self.logged = self.counters;
+            self.logged_at = Some(now);
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        let _ = net::run("nft", &["delete", "table", "inet", &self.nft_table]).await;
+    }
+}
+
+impl GatewayForwarding {
     /// Applies each authorization change on its own, then brings the tunnels of the clients
     /// it touched in line: a new client gets a peer, a re-keyed one a new peer, one left with
     /// nothing loses its peer and routes.
-    async fn apply(&mut self, batch: PlanBatch) {
+    async fn apply_batch(&mut self, batch: PlanBatch, peers: &mut PeerTable) {
         let PlanBatch { reset, changes } = batch;
         let mut touched = BTreeSet::new();
         if reset {
@@ -246,16 +242,16 @@ impl GatewayDataPlane {
             }
         }
         for key in touched {
-            self.reconcile(key).await;
+            self.reconcile(key, peers).await;
         }
     }
 
     /// Makes the peer of one client match the policy's view of it.
-    async fn reconcile(&mut self, key: PeerKey) {
+    async fn reconcile(&mut self, key: PeerKey, peers: &mut PeerTable) {
         let Some(client) = self.policy.peer(&key) else {
-            if let Some(peer) = self.peers.remove(&key) {
-                self.by_index.remove(&peer.index);
-                for route in &peer.routes {
+            peers.remove(&key);
+            if let Some(routes) = self.routes.remove(&key) {
+                for route in &routes {
                     let _ = net::delete_route(route, &self.tun_name).await;
                 }
                 info!("client {} removed", encode_key(&key));
@@ -266,168 +262,31 @@ impl GatewayDataPlane {
             IpNet::from(std::net::IpAddr::V4(client.addresses.ipv4)),
             IpNet::from(std::net::IpAddr::V6(client.addresses.ipv6)),
         ];
-        let (preshared_key, ipv4) = (client.preshared_key, client.addresses.ipv4);
-        if let Some(peer) = self.peers.get(&key) {
-            if peer.preshared_key == preshared_key && peer.routes == routes {
-                return;
-            }
+        let ipv4 = client.addresses.ipv4;
+        let upserted = peers.upsert(PeerConfig {
+            key,
+            preshared_key: client.preshared_key,
+            endpoint: None,
+            keepalive: None,
+        });
+        let old = self.routes.insert(key, routes.clone()).unwrap_or_default();
+        if old == routes && upserted == Upserted::Unchanged {
+            return;
         }
-        let endpoint = self.peers.get(&key).and_then(|p| p.endpoint);
-        if let Some(old) = self.peers.remove(&key) {
-            self.by_index.remove(&old.index);
-            for route in old.routes.iter().filter(|r| !routes.contains(r)) {
-                let _ = net::delete_route(route, &self.tun_name).await;
-            }
+        for route in old.iter().filter(|r| !routes.contains(r)) {
+            let _ = net::delete_route(route, &self.tun_name).await;
         }
-        for route in &routes {
+        for route in routes.iter().filter(|r| !old.contains(r)) {
             if let Err(err) = net::add_route(route, &self.tun_name).await {
                 warn!("{err}");
             }
         }
-        let index = self.next_index;
-        self.next_index = (self.next_index + 1) & 0x00ff_ffff;
-        let tunn = Tunn::new(
-            self.private.clone(),
-            PublicKey::from(key),
-            preshared_key,
-            None,
-            index,
-            None,
-        );
-        info!("client {} ({ipv4}) added", encode_key(&key));
-        self.by_index.insert(index, key);
-        self.peers.insert(
-            key,
-            Peer {
-                tunn,
-                endpoint,
-                preshared_key,
-                index,
-                routes,
-            },
-        );
-    }
-
-    fn peer_of(&mut self, packet: &Packet<'_>) -> Option<PeerKey> {
-        match packet {
-            Packet::HandshakeInit(_) => initiator_key(&self.private, &self.public, packet),
-            Packet::HandshakeResponse(p) => self.by_index.get(&(p.receiver_idx >> 8)).copied(),
-            Packet::PacketCookieReply(p) => self.by_index.get(&(p.receiver_idx >> 8)).copied(),
-            Packet::PacketData(p) => self.by_index.get(&(p.receiver_idx >> 8)).copied(),
-        }
-    }
-
-    async fn on_udp(&mut self, datagram: &[u8], from: SocketAddr, out: &mut [u8]) {
-        let packet = match self.handshakes.screen(from.ip(), datagram, out) {
-            Screened::Pass(packet) => packet,
-            Screened::CookieReply(cookie) => {
-                self.counters.record(DropReason::HandshakeUnderLoad);
-                let _ = self.udp.send_to(cookie, from).await;
-                return;
+        match upserted {
+            Upserted::Added => info!("client {} ({ipv4}) added", encode_key(&key)),
+            Upserted::Replaced => {
+                info!("client {} ({ipv4}) has a new session key", encode_key(&key))
             }
-            Screened::Drop => {
-                self.counters.record(DropReason::BadHandshake);
-                return;
-            }
-        };
-        let Some(key) = self.peer_of(&packet) else {
-            debug!(%from, "datagram that is no WireGuard message of a known client dropped");
-            return;
-        };
-        let Some(peer) = self.peers.get_mut(&key) else {
-            self.counters.record(DropReason::UnknownPeer);
-            debug!(%from, "handshake from a client with no authorization dropped");
-            return;
-        };
-        let mut result = peer.tunn.decapsulate(Some(from.ip()), datagram, out);
-        loop {
-            match result {
-                TunnResult::WriteToNetwork(reply) => {
-                    peer.endpoint = Some(from);
-                    if let Err(err) = self.udp.send_to(reply, from).await {
-                        debug!(%from, "sending to a client failed: {err}");
-                    }
-                    result = peer.tunn.decapsulate(None, &[], out);
-                }
-                TunnResult::WriteToTunnelV4(packet, _) | TunnResult::WriteToTunnelV6(packet, _) => {
-                    peer.endpoint = Some(from);
-                    match self.policy.check_inbound(&key, packet, Utc::now()) {
-                        Ok(()) => {
-                            if self.tun_out.push(packet) {
-                                if let Err(err) = self.tun_out.flush(&self.tun).await {
-                                    debug!("writing to the TUN device failed: {err}");
-                                }
-                            }
-                        }
-                        Err(reason) => {
-                            self.counters.record(reason);
-                            debug!(reason = reason.as_str(), "packet from a client dropped");
-                        }
-                    }
-                    return;
-                }
-                TunnResult::Done => {
-                    peer.endpoint = Some(from);
-                    return;
-                }
-                TunnResult::Err(err) => {
-                    debug!(%from, ?err, "WireGuard refused a datagram");
-                    return;
-                }
-            }
-        }
-    }
-
-    async fn on_tun(&mut self, packet: &[u8], out: &mut [u8]) {
-        let key = match self.policy.route_reply(packet, Utc::now()) {
-            Ok(key) => key,
-            // The kernel's own traffic on the TUN (IPv6 neighbour discovery, multicast) is
-            // for no client: not worth counting.
-            Err(DropReason::UnknownPeer) => return,
-            Err(reason) => {
-                self.counters.record(reason);
-                debug!(reason = reason.as_str(), "reply dropped");
-                return;
-            }
-        };
-        let Some(peer) = self.peers.get_mut(&key) else {
-            return;
-        };
-        let Some(endpoint) = peer.endpoint else {
-            debug!("reply for a client that never connected dropped");
-            return;
-        };
-        if let TunnResult::WriteToNetwork(datagram) = peer.tunn.encapsulate(packet, out) {
-            if !self.udp_out.fits(endpoint, datagram.len()) {
-                self.flush_udp().await;
-            }
-            self.udp_out.push(endpoint, datagram);
-        }
-    }
-
-    /// Sends the datagrams queued by `on_tun`.
-    async fn flush_udp(&mut self) {
-        let endpoint = self.udp_out.destination();
-        if let Err((err, _)) = net::send_batch(&self.udp, &mut self.udp_out).await {
-            debug!(?endpoint, "sending to a client failed: {err}");
-        }
-    }
-
-    async fn flush_tun(&mut self) {
-        if let Err(err) = self.tun_out.flush(&self.tun).await {
-            debug!("writing to the TUN device failed: {err}");
-        }
-    }
-
-    async fn on_tick(&mut self, out: &mut [u8]) {
-        self.handshakes.tick();
-        for peer in self.peers.values_mut() {
-            let Some(endpoint) = peer.endpoint else {
-                continue;
-            };
-            if let TunnResult::WriteToNetwork(datagram) = peer.tunn.update_timers(out) {
-                let _ = self.udp.send_to(datagram, endpoint).await;
-            }
+            Upserted::Updated | Upserted::Unchanged => {}
         }
     }
 }

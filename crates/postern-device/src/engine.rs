@@ -1,0 +1,298 @@
+//! The one data-plane event loop of client and gateway: a thread of its own owns the TUN
+//! device, the UDP socket and the [`PeerTable`], and moves packets between them. What differs
+//! between the two is a [`Forwarding`]: which peer a packet from the TUN goes to, whether a
+//! packet out of a tunnel may reach the TUN, and how control-plane changes become peers and
+//! routes.
+//!
+//! Each wake-up drains a burst from one source (up to [`BATCH`] reads; each is one system call)
+//! and then flushes what it produced: encrypted datagrams as one GSO batch per destination,
+//! decrypted packets as one TUN write (with GRO). A lone packet is flushed at once; nothing
+//! waits for a batch to fill.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use boringtun::x25519::StaticSecret;
+use postern_dataplane::peers::{dual_stack_address, PeerTable, Received, Refused, OVERHEAD};
+use postern_dataplane::PeerKey;
+use tokio::net::UdpSocket;
+use tracing::{debug, warn};
+
+use crate::net::{self, DataPlaneRuntime, TunReader, TunWriter, UdpBatch};
+
+/// Reads from one source before the others are polled again.
+pub const BATCH: usize = 64;
+const BUFFER: usize = 65_536 + OVERHEAD;
+
+/// Where control-plane changes come from; `None` ends the engine.
+pub trait Changes: Send {
+    type Change: Send;
+    fn next(&mut self) -> impl Future<Output = Option<Self::Change>> + Send;
+}
+
+/// What a client or a gateway does with packets.
+pub trait Forwarding: Send {
+    type Change: Send;
+
+    /// Brings peers and routes in line with a control-plane change; returns packets to send
+    /// (held packets that may go now).
+    fn apply(
+        &mut self,
+        change: Self::Change,
+        peers: &mut PeerTable,
+        now: Instant,
+    ) -> impl Future<Output = Vec<(PeerKey, Vec<u8>)>> + Send;
+
+    /// The peer a packet from the TUN goes to; `None` holds or drops it.
+    fn outbound(&mut self, packet: &[u8], now: Instant) -> Option<PeerKey>;
+
+    /// Whether a packet out of `peer`'s tunnel may reach the TUN.
+    fn inbound(&mut self, peer: &PeerKey, packet: &[u8]) -> bool;
+
+    /// A datagram the peer table refused.
+    fn refused(&mut self, _why: Refused, _from: SocketAddr) {}
+
+    /// Sending to `to` failed; `len` is the datagram size (for MTU messages).
+    fn send_failed(&mut self, to: SocketAddr, len: usize, err: &std::io::Error) {
+        debug!(%to, len, "sending a datagram failed: {err}");
+    }
+
+    /// Called after the peer table's timers: warnings, counters, expiry.
+    fn tick(&mut self, _peers: &PeerTable, _now: Instant) {}
+
+    /// Undoes what `apply` set up outside the process (routes).
+    fn shutdown(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// The devices of one data plane, created on its thread.
+pub struct Engine {
+    runtime: DataPlaneRuntime,
+    tun: tun_rs::AsyncDevice,
+    tun_name: String,
+    mtu: u16,
+    udp: UdpSocket,
+    /// The socket is dual-stack: IPv4 destinations are written as mapped addresses.
+    dual_stack: bool,
+    peers: PeerTable,
+}
+
+impl Engine {
+    /// Create `tun` and `udp` inside [`DataPlaneRuntime::enter`] of `runtime`, so that they
+    /// wake its thread.
+    pub fn new(
+        runtime: DataPlaneRuntime,
+        tun: tun_rs::AsyncDevice,
+        tun_name: &str,
+        mtu: u16,
+        udp: UdpSocket,
+        dual_stack: bool,
+        private: StaticSecret,
+    ) -> Self {
+        net::grow_socket_buffers(&udp, net::UDP_BUFFER);
+        Self {
+            runtime,
+            tun,
+            tun_name: tun_name.to_string(),
+            mtu,
+            udp,
+            dual_stack,
+            peers: PeerTable::new(private, rand::random()),
+        }
+    }
+
+    pub fn udp_address(&self) -> Option<SocketAddr> {
+        self.udp.local_addr().ok()
+    }
+
+    /// Runs the data plane on its own thread until `changes` ends.
+    pub async fn run<F, C>(self, forwarding: F, changes: C)
+    where
+        F: Forwarding + 'static,
+        C: Changes<Change = F::Change> + 'static,
+    {
+        let handle = self.runtime.handle().clone();
+        let _ = handle.spawn(self.run_here(forwarding, changes)).await;
+    }
+
+    async fn run_here<F, C>(mut self, mut forwarding: F, mut changes: C)
+    where
+        F: Forwarding,
+        C: Changes<Change = F::Change>,
+    {
+        let mut io = Io {
+            tun_out: TunWriter::default(),
+            udp_out: UdpBatch::default(),
+            crypt: vec![0; BUFFER],
+            udp_in: vec![0; BUFFER],
+        };
+        let mut tun_in = TunReader::new(self.mtu);
+        debug!(tun = %self.tun_name, mtu = self.mtu, "data plane running");
+        loop {
+            let deadline = tokio::time::Instant::from_std(self.peers.poll_timeout());
+            tokio::select! {
+                read = tun_in.recv(&self.tun) => match read {
+                    Ok(count) => {
+                        let now = Instant::now();
+                        for i in 0..count {
+                            self.on_tun(&mut forwarding, tun_in.packet(i), now, &mut io).await;
+                        }
+                        for _ in 1..BATCH {
+                            let Ok(count) = tun_in.try_recv(&self.tun) else { break };
+                            for i in 0..count {
+                                self.on_tun(&mut forwarding, tun_in.packet(i), now, &mut io).await;
+                            }
+                        }
+                        self.flush_udp(&mut forwarding, &mut io).await;
+                        self.send_transmits(&mut forwarding).await;
+                    }
+                    // A segment the offload could not split: not a failing device.
+                    Err(err) if err.raw_os_error().is_none() => {
+                        debug!("packet from the TUN device dropped: {err}");
+                    }
+                    Err(err) => {
+                        warn!("reading the TUN device failed: {err}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                read = self.udp.recv_from(&mut io.udp_in) => match read {
+                    Ok((n, from)) => {
+                        self.on_udp(&mut forwarding, n, from, &mut io).await;
+                        for _ in 1..BATCH {
+                            let Ok((n, from)) = self.udp.try_recv_from(&mut io.udp_in) else { break };
+                            self.on_udp(&mut forwarding, n, from, &mut io).await;
+                        }
+                        self.flush_tun(&mut io).await;
+                        self.send_transmits(&mut forwarding).await;
+                    }
+                    Err(err) => debug!("UDP receive error: {err}"),
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    let now = Instant::now();
+                    self.peers.handle_timeout(now);
+                    forwarding.tick(&self.peers, now);
+                    self.send_transmits(&mut forwarding).await;
+                }
+                change = changes.next() => {
+                    let Some(change) = change else { break };
+                    let now = Instant::now();
+                    let release = forwarding.apply(change, &mut self.peers, now).await;
+                    for (key, packet) in release {
+                        self.send_to_peer(&mut forwarding, &key, &packet, now, &mut io).await;
+                    }
+                    self.flush_udp(&mut forwarding, &mut io).await;
+                    self.send_transmits(&mut forwarding).await;
+                }
+            }
+        }
+        forwarding.shutdown().await;
+    }
+
+    async fn on_tun<F: Forwarding>(
+        &mut self,
+        forwarding: &mut F,
+        packet: &[u8],
+        now: Instant,
+        io: &mut Io,
+    ) {
+        if let Some(key) = forwarding.outbound(packet, now) {
+            self.send_to_peer(forwarding, &key, packet, now, io).await;
+        }
+    }
+
+    async fn send_to_peer<F: Forwarding>(
+        &mut self,
+        forwarding: &mut F,
+        key: &PeerKey,
+        packet: &[u8],
+        now: Instant,
+        io: &mut Io,
+    ) {
+        let Some((to, datagram)) = self.peers.encapsulate(key, packet, now, &mut io.crypt) else {
+            return;
+        };
+        let to = self.socket_address(to);
+        if !io.udp_out.fits(to, datagram.len()) {
+            let queued_to = io.udp_out.destination();
+            if let Err((err, len)) = net::send_batch(&self.udp, &mut io.udp_out).await {
+                if let Some(queued_to) = queued_to {
+                    forwarding.send_failed(canonical(queued_to), len, &err);
+                }
+            }
+        }
+        io.udp_out.push(to, datagram);
+    }
+
+    async fn on_udp<F: Forwarding>(
+        &mut self,
+        forwarding: &mut F,
+        len: usize,
+        from: SocketAddr,
+        io: &mut Io,
+    ) {
+        let Some(datagram) = io.udp_in.get(..len) else {
+            return;
+        };
+        match self
+            .peers
+            .handle_network_input(from, datagram, &mut io.crypt)
+        {
+            Received::Packet { peer, packet } => {
+                if forwarding.inbound(&peer, packet) && io.tun_out.push(packet) {
+                    if let Err(err) = io.tun_out.flush(&self.tun).await {
+                        debug!("writing to the TUN device failed: {err}");
+                    }
+                }
+            }
+            Received::Handled { .. } => {}
+            Received::Refused(why) => forwarding.refused(why, from),
+        }
+    }
+
+    async fn flush_udp<F: Forwarding>(&mut self, forwarding: &mut F, io: &mut Io) {
+        let to = io.udp_out.destination();
+        if let Err((err, len)) = net::send_batch(&self.udp, &mut io.udp_out).await {
+            if let Some(to) = to {
+                forwarding.send_failed(canonical(to), len, &err);
+            }
+        }
+    }
+
+    async fn flush_tun(&mut self, io: &mut Io) {
+        if let Err(err) = io.tun_out.flush(&self.tun).await {
+            debug!("writing to the TUN device failed: {err}");
+        }
+    }
+
+    /// Sends the peer table's control messages (handshakes, keepalives, cookie replies and
+    /// the packets that waited for a handshake).
+    async fn send_transmits<F: Forwarding>(&mut self, forwarding: &mut F) {
+        while let Some(transmit) = self.peers.poll_transmit() {
+            let to = self.socket_address(transmit.to);
+            if let Err(err) = self.udp.send_to(&transmit.datagram, to).await {
+                forwarding.send_failed(transmit.to, transmit.datagram.len(), &err);
+            }
+        }
+    }
+
+    fn socket_address(&self, to: SocketAddr) -> SocketAddr {
+        if self.dual_stack {
+            dual_stack_address(to)
+        } else {
+            to
+        }
+    }
+}
+
+fn canonical(address: SocketAddr) -> SocketAddr {
+    SocketAddr::new(address.ip().to_canonical(), address.port())
+}
+
+/// The engine's buffers, apart from `Engine` so that a packet borrowed from one can be handed
+/// to a method of the other.
+struct Io {
+    tun_out: TunWriter,
+    udp_out: UdpBatch,
+    crypt: Vec<u8>,
+    udp_in: Vec<u8>,
+}
