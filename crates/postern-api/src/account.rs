@@ -19,11 +19,7 @@ pub(crate) fn routes() -> Router<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateAccount {
-    #[schema(
-        min_length = 1,
-        max_length = 255,
-        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
-    )]
+    #[schema(min_length = 1, max_length = 255)]
     pub name: Option<String>,
     #[serde(default, deserialize_with = "postern_policy::json::optional_object")]
     pub settings: Option<AccountSettings>,

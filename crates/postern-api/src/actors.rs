@@ -30,11 +30,7 @@ pub(crate) fn routes() -> Router<AppState> {
 pub struct CreateActor {
     #[serde(rename = "type")]
     pub actor_type: ActorType,
-    #[schema(
-        min_length = 1,
-        max_length = 255,
-        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
-    )]
+    #[schema(min_length = 1, max_length = 255)]
     pub name: String,
     /// Users and admins only.
     pub email: Option<String>,
@@ -49,11 +45,7 @@ pub struct CreateActor {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
-    #[schema(
-        min_length = 1,
-        max_length = 255,
-        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
-    )]
+    #[schema(min_length = 1, max_length = 255)]
     pub name: Option<String>,
     /// RFC 3339; in the future and within the account's longest token lifetime.
     pub expires_at: Option<DateTime<Utc>>,
@@ -71,11 +63,7 @@ impl From<TokenRequest> for NewTokenRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateActor {
-    #[schema(
-        min_length = 1,
-        max_length = 255,
-        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
-    )]
+    #[schema(min_length = 1, max_length = 255)]
     pub name: Option<String>,
     /// `true` disables the actor: its tokens stop working at once. `false` enables it again.
     pub disabled: Option<bool>,

@@ -32,11 +32,7 @@ pub(crate) fn routes() -> Router<AppState> {
 pub struct CreateResource {
     #[serde(rename = "type")]
     pub resource_type: ResourceType,
-    #[schema(
-        min_length = 1,
-        max_length = 255,
-        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
-    )]
+    #[schema(min_length = 1, max_length = 255)]
     pub name: String,
     /// A CIDR range (`10.0.0.0/24`), an IP address, or a DNS name (`git.corp.example`,
     /// `*.corp.example`). Refused (422): every address (`0.0.0.0/0`, `::/0`), and anything
@@ -57,11 +53,7 @@ pub struct CreateResource {
 pub struct UpdateResource {
     #[serde(rename = "type")]
     pub resource_type: Option<ResourceType>,
-    #[schema(
-        min_length = 1,
-        max_length = 255,
-        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
-    )]
+    #[schema(min_length = 1, max_length = 255)]
     pub name: Option<String>,
     #[schema(min_length = 1)]
     pub address: Option<String>,

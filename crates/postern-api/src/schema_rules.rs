@@ -77,6 +77,26 @@ fn email() -> String {
     "[!-?A-~]{1,64}@[!-\\-/-~][!-~]{0,60}\\.[!-~]{0,60}[!-\\-/-~]".to_string()
 }
 
+/// A display name: no control character, something visible, and whitespace around it that the
+/// server trims (only the ASCII whitespace both JSON Schema's and Rust's rules agree on).
+fn display_name() -> String {
+    let edge = "[\\t\\n\\u000b\\u000c\\r ]*";
+    let free = "[^\\u0000-\\u001f\\u007f-\\u009f]*";
+    format!("{edge}{free}[^\\s\\u0000-\\u001f\\u007f-\\u009f]{free}{edge}")
+}
+
+/// Every bounded `name` of a request body is a display name.
+fn name_patterns(components: &mut Map<String, Value>) {
+    let names = components
+        .values_mut()
+        .filter_map(|schema| schema.pointer_mut("/properties/name"))
+        .filter_map(Value::as_object_mut)
+        .filter(|name| name.contains_key("maxLength"));
+    for name in names {
+        name.insert("pattern".into(), anchored(&display_name()));
+    }
+}
+
 fn anchored(pattern: &str) -> Value {
     json!(format!("^{pattern}$"))
 }
@@ -194,6 +214,7 @@ pub(crate) fn apply(document: &mut Value) {
     else {
         return;
     };
+    name_patterns(components);
     if let Some(actor) = components.get_mut("CreateActor") {
         split_by(
             actor,
@@ -323,6 +344,12 @@ mod tests {
         }
 
         #[test]
+        fn every_display_name_of_the_pattern_is_valid(name in strings(&display_name())) {
+            prop_assume!(name.trim().chars().count() <= 255);
+            prop_assert!(postern_domain::validate::name("name", &name).is_ok(), "{name:?}");
+        }
+
+        #[test]
         fn every_dns_name_and_email_of_the_patterns_is_valid(
             name in strings(&dns_name()),
             address in strings(&email()),
@@ -343,6 +370,14 @@ mod tests {
         assert_eq!(actor[0]["required"], json!(["type", "name", "email"]));
         assert!(actor[0]["properties"].get("token").is_none());
         assert!(actor[1]["properties"].get("email").is_none());
+        for component in ["GroupBody", "SiteBody", "UpdateAccount", "TokenRequest"] {
+            let name = &document["components"]["schemas"][component]["properties"]["name"];
+            assert_eq!(name["pattern"], anchored(&display_name()), "{component}");
+        }
+        assert_eq!(
+            actor[1]["properties"]["name"]["pattern"],
+            anchored(&display_name())
+        );
         let filter = &document["components"]["schemas"]["Filter"]["oneOf"];
         assert_eq!(filter[1]["properties"]["protocol"]["enum"], json!(["icmp"]));
         assert_eq!(filter[1]["properties"]["ports"]["pattern"], json!("^ *$"));

@@ -55,11 +55,28 @@ pub enum StoreError {
     #[error("{0}")]
     Conflict(String),
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("database migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("stored data could not be read: {0}")]
     Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    /// A foreign-key violation means an object that was checked to exist was deleted by a
+    /// concurrent change before this one committed: a conflict, not a broken database.
+    fn from(err: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &err {
+            if db.is_foreign_key_violation() {
+                return StoreError::Conflict(
+                    "an object this change refers to was deleted at the same time; nothing was \
+                     changed"
+                        .to_string(),
+                );
+            }
+        }
+        StoreError::Database(err)
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
