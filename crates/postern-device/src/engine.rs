@@ -10,12 +10,15 @@
 //! waits for a batch to fill.
 
 use std::future::Future;
+use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use boringtun::x25519::StaticSecret;
 use postern_dataplane::peers::{dual_stack_address, PeerTable, Received, Refused, OVERHEAD};
 use postern_dataplane::PeerKey;
+use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tracing::{debug, warn};
 
@@ -24,6 +27,9 @@ use crate::net::{self, DataPlaneRuntime, TunReader, TunWriter, UdpBatch};
 /// Reads from one source before the others are polled again.
 pub const BATCH: usize = 64;
 const BUFFER: usize = 65_536 + OVERHEAD;
+/// One receive buffer: with UDP GRO the kernel hands over up to 64 KiB of same-sized
+/// datagrams from one sender in it.
+const RECEIVE_BUFFER: usize = 65_536;
 
 /// Where control-plane changes come from; `None` ends the engine.
 pub trait Changes: Send {
@@ -72,6 +78,8 @@ pub struct Engine {
     tun_name: String,
     mtu: u16,
     udp: UdpSocket,
+    /// Batched receive (`recvmmsg`) and UDP GRO, through quinn-udp.
+    udp_state: Option<UdpSocketState>,
     /// The socket is dual-stack: IPv4 destinations are written as mapped addresses.
     dual_stack: bool,
     peers: PeerTable,
@@ -90,12 +98,22 @@ impl Engine {
         private: StaticSecret,
     ) -> Self {
         net::grow_socket_buffers(&udp, net::UDP_BUFFER);
+        let udp_state = match UdpSocketState::new(UdpSockRef::from(&udp)) {
+            Ok(state) => Some(state),
+            Err(err) => {
+                warn!(
+                    "batched UDP receive is not available, reading one datagram at a time: {err}"
+                );
+                None
+            }
+        };
         Self {
             runtime,
             tun,
             tun_name: tun_name.to_string(),
             mtu,
             udp,
+            udp_state,
             dual_stack,
             peers: PeerTable::new(private, rand::random()),
         }
@@ -124,9 +142,9 @@ impl Engine {
             tun_out: TunWriter::default(),
             udp_out: UdpBatch::default(),
             crypt: vec![0; BUFFER],
-            udp_in: vec![0; BUFFER],
         };
         let mut tun_in = TunReader::new(self.mtu);
+        let mut udp_in = UdpReceive::new(self.udp_state.as_ref());
         debug!(tun = %self.tun_name, mtu = self.mtu, "data plane running");
         loop {
             let deadline = tokio::time::Instant::from_std(self.peers.poll_timeout());
@@ -155,18 +173,25 @@ impl Engine {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
-                read = self.udp.recv_from(&mut io.udp_in) => match read {
-                    Ok((n, from)) => {
-                        self.on_udp(&mut forwarding, n, from, &mut io).await;
-                        for _ in 1..BATCH {
-                            let Ok((n, from)) = self.udp.try_recv_from(&mut io.udp_in) else { break };
-                            self.on_udp(&mut forwarding, n, from, &mut io).await;
-                        }
-                        self.flush_tun(&mut io).await;
-                        self.send_transmits(&mut forwarding).await;
+                ready = self.udp.readable() => {
+                    if let Err(err) = ready {
+                        debug!("UDP receive error: {err}");
+                        continue;
                     }
-                    Err(err) => debug!("UDP receive error: {err}"),
-                },
+                    for _ in 0..BATCH {
+                        let Some(count) = udp_in.recv(&self.udp, self.udp_state.as_ref()) else { break };
+                        for i in 0..count {
+                            let (from, len, stride) = udp_in.message(i);
+                            for offset in (0..len).step_by(stride.max(1)) {
+                                let end = (offset + stride).min(len);
+                                let Some(datagram) = udp_in.data(i, offset..end) else { continue };
+                                self.on_udp(&mut forwarding, datagram, from, &mut io).await;
+                            }
+                        }
+                    }
+                    self.flush_tun(&mut io).await;
+                    self.send_transmits(&mut forwarding).await;
+                }
                 _ = tokio::time::sleep_until(deadline) => {
                     let now = Instant::now();
                     self.peers.handle_timeout(now);
@@ -226,13 +251,10 @@ impl Engine {
     async fn on_udp<F: Forwarding>(
         &mut self,
         forwarding: &mut F,
-        len: usize,
+        datagram: &[u8],
         from: SocketAddr,
         io: &mut Io,
     ) {
-        let Some(datagram) = io.udp_in.get(..len) else {
-            return;
-        };
         match self
             .peers
             .handle_network_input(from, datagram, &mut io.crypt)
@@ -294,5 +316,73 @@ struct Io {
     tun_out: TunWriter,
     udp_out: UdpBatch,
     crypt: Vec<u8>,
-    udp_in: Vec<u8>,
+}
+
+/// Buffers for one batched receive: several messages per system call, each holding one
+/// datagram, or with GRO several of the same size (`stride`).
+struct UdpReceive {
+    buffers: Vec<Vec<u8>>,
+    meta: Vec<RecvMeta>,
+}
+
+impl UdpReceive {
+    fn new(state: Option<&UdpSocketState>) -> Self {
+        let messages = if state.is_some() {
+            quinn_udp::BATCH_SIZE
+        } else {
+            1
+        };
+        Self {
+            buffers: (0..messages).map(|_| vec![0; RECEIVE_BUFFER]).collect(),
+            meta: (0..messages).map(|_| RecvMeta::default()).collect(),
+        }
+    }
+
+    /// One receive without waiting; `None` when nothing is queued (or on an error, logged).
+    fn recv(&mut self, udp: &UdpSocket, state: Option<&UdpSocketState>) -> Option<usize> {
+        let result = match state {
+            Some(state) => {
+                let mut slices: Vec<IoSliceMut<'_>> = self
+                    .buffers
+                    .iter_mut()
+                    .map(|b| IoSliceMut::new(b))
+                    .collect();
+                udp.try_io(Interest::READABLE, || {
+                    state.recv(UdpSockRef::from(udp), &mut slices, &mut self.meta)
+                })
+            }
+            None => {
+                let buffer = self.buffers.first_mut()?;
+                udp.try_recv_from(buffer).map(|(len, addr)| {
+                    if let Some(meta) = self.meta.first_mut() {
+                        meta.addr = addr;
+                        meta.len = len;
+                        meta.stride = len;
+                    }
+                    1
+                })
+            }
+        };
+        match result {
+            Ok(count) => Some(count),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => None,
+            Err(err) => {
+                debug!("UDP receive error: {err}");
+                None
+            }
+        }
+    }
+
+    /// Sender, length and segment size of message `i` of the last receive.
+    fn message(&self, i: usize) -> (SocketAddr, usize, usize) {
+        self.meta
+            .get(i)
+            .map_or((SocketAddr::from(([0, 0, 0, 0], 0)), 0, 0), |m| {
+                (m.addr, m.len, m.stride)
+            })
+    }
+
+    fn data(&self, i: usize, range: std::ops::Range<usize>) -> Option<&[u8]> {
+        self.buffers.get(i)?.get(range)
+    }
 }

@@ -121,10 +121,17 @@ pub struct TunWriter {
     gro: GROTable,
 }
 
+/// Room for a coalesced write: tun-rs merges packets into the first one's buffer only when its
+/// capacity already holds the result (it never grows a buffer), so each must have room for a
+/// 64 KiB segment. Untouched capacity costs address space, not memory.
+const COALESCED_CAPACITY: usize = VIRTIO_NET_HDR_LEN * 2 + 65_535;
+
 impl Default for TunWriter {
     fn default() -> Self {
         Self {
-            bufs: (0..IDEAL_BATCH_SIZE).map(|_| Vec::new()).collect(),
+            bufs: (0..IDEAL_BATCH_SIZE)
+                .map(|_| Vec::with_capacity(COALESCED_CAPACITY))
+                .collect(),
             len: 0,
             gro: GROTable::default(),
         }
@@ -537,4 +544,24 @@ pub fn bind_udp(address: std::net::SocketAddr) -> io::Result<tokio::net::UdpSock
     let socket = std::net::UdpSocket::bind(address)?;
     socket.set_nonblocking(true)?;
     tokio::net::UdpSocket::from_std(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// tun-rs coalesces a flow's packets into the first one's buffer only when the buffer's
+    /// capacity already holds the result; without the room every packet is written on its own
+    /// (measured: 1.0 instead of 3.3 Gbit/s on one TCP stream, bench/dataplane.sh).
+    #[test]
+    fn every_tun_buffer_has_room_for_a_coalesced_segment_after_use() {
+        let mut writer = TunWriter::default();
+        for _ in 0..3 {
+            while !writer.push(&[0x45; 1280]) {}
+            writer.len = 0;
+        }
+        for buf in &writer.bufs {
+            assert!(buf.capacity() >= 2 * VIRTIO_NET_HDR_LEN + 65_535, "{}", buf.capacity());
+        }
+    }
 }
