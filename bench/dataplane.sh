@@ -20,8 +20,9 @@
 # (postern, boringtun, veth, postern, ...): noise from other work on the machine hits all three
 # alike. Both tunnels use the same MTU (MTU, default 1280 = Postern's default).
 #
-# Per path and round: iperf3 TCP client → resource, 1 stream and 4 streams (-P 4), DURATION s
-# each (received throughput); ping RTT (ping -c 20 -i 0.05, avg). The table gives the median over
+# Per path and round: iperf3 TCP client → resource, 1 stream and 4 streams (-P 4), and the
+# download direction resource → client (1 stream, -R), DURATION s each (received throughput);
+# ping RTT (ping -c 20 -i 0.05, avg). The table gives the median over
 # the rounds, and the ratios Postern/boringtun and Postern/veth (for RTT, lower is better: a
 # ratio < 1 means Postern is faster).
 #
@@ -267,10 +268,10 @@ wait_ping postern 10.2.0.5 60
 gbps() { # gbps JSON_FILE: received throughput in Gbit/s
     jq -er '.end.sum_received.bits_per_second / 1e9' "$1"
 }
-iperf() { # iperf PATH ADDR STREAMS ROUND -> Gbit/s
-    local out="$WORK/iperf-$1-$3-$4.json"
-    if ! in_ns "$NS_C" iperf3 -c "$2" -p 5201 -t "$DURATION" -P "$3" -J >"$out" 2>&1; then
-        in_ns "$NS_C" iperf3 -c "$2" -p 5201 -t "$DURATION" -P "$3" -J >"$out" 2>&1 ||
+iperf() { # iperf PATH ADDR STREAMS ROUND [-R] -> Gbit/s
+    local out="$WORK/iperf-$1-$3-$4${5:-}.json"
+    if ! in_ns "$NS_C" iperf3 -c "$2" -p 5201 -t "$DURATION" -P "$3" ${5:-} -J >"$out" 2>&1; then
+        in_ns "$NS_C" iperf3 -c "$2" -p 5201 -t "$DURATION" -P "$3" ${5:-} -J >"$out" 2>&1 ||
             die "iperf3 over $1 failed: $(jq -r .error "$out" 2>/dev/null || cat "$out")"
     fi
     gbps "$out"
@@ -285,21 +286,23 @@ PATHS=(postern)
 [[ -z "$BORINGTUN" ]] || PATHS+=(boringtun)
 PATHS+=(veth)
 declare -A ADDR=([postern]=10.2.0.5 [boringtun]=10.4.0.5 [veth]=10.3.0.5)
-declare -A T1=() T4=() RTT=()
+declare -A T1=() T4=() TR=() RTT=()
 for round in $(seq 1 "$ROUNDS"); do
     for path in "${PATHS[@]}"; do
         a="$(iperf "$path" "${ADDR[$path]}" 1 "$round")"
         b="$(iperf "$path" "${ADDR[$path]}" 4 "$round")"
+        d="$(iperf "$path" "${ADDR[$path]}" 1 "$round" -R)"
         r="$(rtt "${ADDR[$path]}")"
-        T1[$path]+=" $a" T4[$path]+=" $b" RTT[$path]+=" $r"
-        log "round $round $path: 1 stream $(printf '%.2f' "$a") Gbit/s, 4 streams $(printf '%.2f' "$b") Gbit/s, RTT $r ms"
+        T1[$path]+=" $a" T4[$path]+=" $b" TR[$path]+=" $d" RTT[$path]+=" $r"
+        log "round $round $path: 1 stream $(printf '%.2f' "$a") Gbit/s, 4 streams $(printf '%.2f' "$b") Gbit/s, download $(printf '%.2f' "$d") Gbit/s, RTT $r ms"
     done
 done
 
 # --- table ---------------------------------------------------------------------------------
-declare -A M1=() M4=() MR=()
+declare -A M1=() M4=() MD=() MR=()
 for path in "${PATHS[@]}"; do
     M1[$path]="$(median <<<"${T1[$path]}")"
+    MD[$path]="$(median <<<"${TR[$path]}")"
     M4[$path]="$(median <<<"${T4[$path]}")"
     MR[$path]="$(median <<<"${RTT[$path]}")"
 done
@@ -318,11 +321,12 @@ for metric in 1 4; do
     echo "| TCP, $metric stream$([[ $metric == 1 ]] || echo s) (Gbit/s) | $(f2 "${M[postern]}") | $(bt "$(f2 "${M[boringtun]:-0}")") | $(f2 "${M[veth]}") | $(bt "$(ratio "${M[postern]}" "${M[boringtun]:-0}")") | $(ratio "${M[postern]}" "${M[veth]}") |"
     unset -n M
 done
+echo "| TCP download, 1 stream, iperf3 -R (Gbit/s) | $(f2 "${MD[postern]}") | $(bt "$(f2 "${MD[boringtun]:-0}")") | $(f2 "${MD[veth]}") | $(bt "$(ratio "${MD[postern]}" "${MD[boringtun]:-0}")") | $(ratio "${MD[postern]}" "${MD[veth]}") |"
 echo "| ping RTT avg (ms, lower is better) | $(f3 "${MR[postern]}") | $(bt "$(f3 "${MR[boringtun]:-0}")") | $(f3 "${MR[veth]}") | $(bt "$(ratio "${MR[postern]}" "${MR[boringtun]:-0}")") | $(ratio "${MR[postern]}" "${MR[veth]}") |"
 echo ""
-echo "Every round (Gbit/s 1 stream / 4 streams / RTT ms):"
+echo "Every round (Gbit/s 1 stream / 4 streams / download / RTT ms):"
 for path in "${PATHS[@]}"; do
-    echo "- $path: 1 stream$(printf ' %.2f' ${T1[$path]}); 4 streams$(printf ' %.2f' ${T4[$path]}); RTT${RTT[$path]}"
+    echo "- $path: 1 stream$(printf ' %.2f' ${T1[$path]}); 4 streams$(printf ' %.2f' ${T4[$path]}); download$(printf ' %.2f' ${TR[$path]}); RTT${RTT[$path]}"
 done
 if [[ -z "$BORINGTUN" ]]; then
     loud "boringtun-cli was NOT measured in this run (see above)"
