@@ -462,6 +462,27 @@ mod tests {
         p
     }
 
+    /// A table that knows only the gateway (`secret(seed)` as its own key).
+    fn initiator(seed: u8, gateway_key: PeerKey) -> PeerTable {
+        let mut table = PeerTable::new(secret(seed), u32::from(seed) * 10);
+        table.upsert(PeerConfig {
+            key: gateway_key,
+            preshared_key: None,
+            endpoint: Some(GATEWAY_AT.parse().unwrap()),
+            keepalive: None,
+        });
+        table
+    }
+
+    /// `payload` in a packet encrypted by `table` for `key`: the datagram it would send.
+    fn seal(table: &mut PeerTable, key: &PeerKey, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; 2048];
+        table
+            .encapsulate(key, &packet(payload), Instant::now(), &mut out)
+            .map(|(_, d)| d.to_vec())
+            .expect("a datagram")
+    }
+
     struct Pair {
         client: PeerTable,
         gateway: PeerTable,
@@ -640,11 +661,7 @@ mod tests {
         );
         // The client roams: its next authenticated datagram moves the endpoint.
         let roamed: SocketAddr = "203.0.113.9:41000".parse().unwrap();
-        let (_, datagram) = pair
-            .client
-            .encapsulate(&pair.gateway_key, &packet(b"roam"), pair.now, &mut out)
-            .map(|(to, d)| (to, d.to_vec()))
-            .unwrap();
+        let datagram = seal(&mut pair.client, &pair.gateway_key, b"roam");
         let mut back = vec![0u8; 2048];
         assert!(matches!(
             pair.gateway
@@ -661,12 +678,7 @@ mod tests {
     fn replays_junk_strangers_and_removed_peers_are_refused() {
         let mut pair = Pair::new(None);
         pair.client_sends(b"hello");
-        let mut out = vec![0u8; 2048];
-        let (_, datagram) = pair
-            .client
-            .encapsulate(&pair.gateway_key, &packet(b"once"), pair.now, &mut out)
-            .map(|(to, d)| (to, d.to_vec()))
-            .unwrap();
+        let datagram = seal(&mut pair.client, &pair.gateway_key, b"once");
         assert_eq!(pair.deliver_to_gateway(&datagram).len(), 1);
         let mut back = vec![0u8; 2048];
         let from: SocketAddr = CLIENT_AT.parse().unwrap();
@@ -683,17 +695,8 @@ mod tests {
         );
 
         // A stranger's handshake for this gateway's key: well-formed, but no such peer.
-        let mut stranger = PeerTable::new(secret(3), 30);
-        stranger.upsert(PeerConfig {
-            key: pair.gateway_key,
-            preshared_key: None,
-            endpoint: Some(GATEWAY_AT.parse().unwrap()),
-            keepalive: None,
-        });
-        let (_, init) = stranger
-            .encapsulate(&pair.gateway_key, &packet(b"let me in"), pair.now, &mut out)
-            .map(|(to, d)| (to, d.to_vec()))
-            .unwrap();
+        let mut stranger = initiator(3, pair.gateway_key);
+        let init = seal(&mut stranger, &pair.gateway_key, b"let me in");
         assert_eq!(
             pair.gateway.handle_network_input(from, &init, &mut back),
             Received::Refused(Refused::UnknownPeer)
@@ -705,11 +708,7 @@ mod tests {
 
         // Once removed, the client's datagrams are refused at once.
         assert!(pair.gateway.remove(&pair.client_key));
-        let (_, datagram) = pair
-            .client
-            .encapsulate(&pair.gateway_key, &packet(b"after"), pair.now, &mut out)
-            .map(|(to, d)| (to, d.to_vec()))
-            .unwrap();
+        let datagram = seal(&mut pair.client, &pair.gateway_key, b"after");
         assert_eq!(
             pair.gateway
                 .handle_network_input(from, &datagram, &mut back),
@@ -753,12 +752,7 @@ mod tests {
             Some(CLIENT_AT.parse().unwrap()),
             "the endpoint survives a new session"
         );
-        let mut out = vec![0u8; 2048];
-        let (_, datagram) = pair
-            .client
-            .encapsulate(&pair.gateway_key, &packet(b"stale"), pair.now, &mut out)
-            .map(|(to, d)| (to, d.to_vec()))
-            .unwrap();
+        let datagram = seal(&mut pair.client, &pair.gateway_key, b"stale");
         let mut back = vec![0u8; 2048];
         assert_eq!(
             pair.gateway
@@ -780,17 +774,8 @@ mod tests {
         let mut pair = Pair::new(None);
         pair.gateway.handle_timeout(pair.now);
         let mut out = vec![0u8; 2048];
-        let mut initiator = PeerTable::new(secret(1), 50);
-        initiator.upsert(PeerConfig {
-            key: pair.gateway_key,
-            preshared_key: None,
-            endpoint: Some(GATEWAY_AT.parse().unwrap()),
-            keepalive: None,
-        });
-        let (_, init) = initiator
-            .encapsulate(&pair.gateway_key, &packet(b"x"), pair.now, &mut out)
-            .map(|(to, d)| (to, d.to_vec()))
-            .unwrap();
+        let mut initiator = initiator(1, pair.gateway_key);
+        let init = seal(&mut initiator, &pair.gateway_key, b"x");
         let from: SocketAddr = "203.0.113.50:1000".parse().unwrap();
         let mut under_load = 0;
         for _ in 0..(HANDSHAKES_PER_SECOND * 2) {
@@ -840,17 +825,13 @@ mod tests {
         ) {
             let mut pair = Pair::new(None);
             pair.client_sends(b"open");
-            let mut out = vec![0u8; 2048];
             let datagrams: Vec<Vec<u8>> = sizes
                 .iter()
                 .enumerate()
                 .map(|(i, size)| {
                     let mut payload = vec![(i % 251) as u8; *size];
                     payload.extend_from_slice(&(i as u32).to_be_bytes());
-                    pair.client
-                        .encapsulate(&pair.gateway_key, &packet(&payload), pair.now, &mut out)
-                        .map(|(_, d)| d.to_vec())
-                        .unwrap()
+                    seal(&mut pair.client, &pair.gateway_key, &payload)
                 })
                 .collect();
             let from: SocketAddr = CLIENT_AT.parse().unwrap();

@@ -561,7 +561,11 @@ mod tests {
             writer.len = 0;
         }
         for buf in &writer.bufs {
-            assert!(buf.capacity() >= 2 * VIRTIO_NET_HDR_LEN + 65_535, "{}", buf.capacity());
+            assert!(
+                buf.capacity() >= 2 * VIRTIO_NET_HDR_LEN + 65_535,
+                "{}",
+                buf.capacity()
+            );
         }
     }
 }
