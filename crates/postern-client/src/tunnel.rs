@@ -13,7 +13,7 @@ use boringtun::x25519::StaticSecret;
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 use postern_dataplane::client::{ClientRouter, Route, RouteGrant};
-use postern_dataplane::peers::{PeerConfig, PeerTable};
+use postern_dataplane::peers::{PeerConfig, PeerTable, Upserted};
 use postern_dataplane::{decode_key, PeerKey};
 use postern_device::engine::{Changes, Engine, Forwarding};
 use postern_device::net::{self, DataPlaneRuntime, NetError};
@@ -131,16 +131,11 @@ pub struct ClientForwarding {
 impl Forwarding for ClientForwarding {
     type Change = Plan;
 
-    async fn apply(
-        &mut self,
-        plan: Plan,
-        peers: &mut PeerTable,
-        _now: Instant,
-    ) -> Vec<(PeerKey, Vec<u8>)> {
+    async fn apply(&mut self, plan: Plan, peers: &mut PeerTable) -> Vec<(PeerKey, Vec<u8>)> {
         self.apply_plan(plan, peers).await
     }
 
-    fn outbound(&mut self, packet: &[u8], _now: Instant) -> Option<PeerKey> {
+    fn outbound(&mut self, packet: &[u8]) -> Option<PeerKey> {
         match self.router.route(packet, Utc::now()) {
             Route::Send(key) => Some(key),
             Route::Held {
@@ -325,7 +320,7 @@ impl ClientForwarding {
                 endpoint: Some(endpoint),
                 keepalive: Some(KEEPALIVE),
             });
-            if upserted == postern_dataplane::peers::Upserted::Added {
+            if upserted == Upserted::Added {
                 info!("tunnel to gateway {} at {endpoint}", grant.gateway_name);
             }
             let gateway = self.gateways.entry(key).or_insert_with(|| Gateway {

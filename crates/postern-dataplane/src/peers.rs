@@ -277,8 +277,12 @@ impl PeerTable {
                 None => return Received::Refused(Refused::UnknownPeer),
             },
             Err(TunnResult::WriteToNetwork(cookie)) => {
-                let cookie = cookie.to_vec();
-                self.queue(from, cookie);
+                Self::push(
+                    &mut self.transmits,
+                    &mut self.dropped_transmits,
+                    from,
+                    cookie.to_vec(),
+                );
                 return Received::Refused(Refused::UnderLoad);
             }
             Err(_) => return Received::Refused(Refused::NotForUs),
@@ -400,15 +404,6 @@ impl PeerTable {
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
-    }
-
-    fn queue(&mut self, to: SocketAddr, datagram: Vec<u8>) {
-        Self::push(
-            &mut self.transmits,
-            &mut self.dropped_transmits,
-            to,
-            datagram,
-        );
     }
 
     fn push(queue: &mut VecDeque<Transmit>, dropped: &mut u64, to: SocketAddr, datagram: Vec<u8>) {

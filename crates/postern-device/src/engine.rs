@@ -47,11 +47,10 @@ pub trait Forwarding: Send {
         &mut self,
         change: Self::Change,
         peers: &mut PeerTable,
-        now: Instant,
     ) -> impl Future<Output = Vec<(PeerKey, Vec<u8>)>> + Send;
 
     /// The peer a packet from the TUN goes to; `None` holds or drops it.
-    fn outbound(&mut self, packet: &[u8], now: Instant) -> Option<PeerKey>;
+    fn outbound(&mut self, packet: &[u8]) -> Option<PeerKey>;
 
     /// Whether a packet out of `peer`'s tunnel may reach the TUN.
     fn inbound(&mut self, peer: &PeerKey, packet: &[u8]) -> bool;
@@ -201,7 +200,7 @@ impl Engine {
                 change = changes.next() => {
                     let Some(change) = change else { break };
                     let now = Instant::now();
-                    let release = forwarding.apply(change, &mut self.peers, now).await;
+                    let release = forwarding.apply(change, &mut self.peers).await;
                     for (key, packet) in release {
                         self.send_to_peer(&mut forwarding, &key, &packet, now, &mut io).await;
                     }
@@ -220,7 +219,7 @@ impl Engine {
         now: Instant,
         io: &mut Io,
     ) {
-        if let Some(key) = forwarding.outbound(packet, now) {
+        if let Some(key) = forwarding.outbound(packet) {
             self.send_to_peer(forwarding, &key, packet, now, io).await;
         }
     }

@@ -135,17 +135,12 @@ pub struct GatewayForwarding {
 impl Forwarding for GatewayForwarding {
     type Change = PlanBatch;
 
-    async fn apply(
-        &mut self,
-        batch: PlanBatch,
-        peers: &mut PeerTable,
-        _now: Instant,
-    ) -> Vec<(PeerKey, Vec<u8>)> {
+    async fn apply(&mut self, batch: PlanBatch, peers: &mut PeerTable) -> Vec<(PeerKey, Vec<u8>)> {
         self.apply_batch(batch, peers).await;
         Vec::new()
     }
 
-    fn outbound(&mut self, packet: &[u8], _now: Instant) -> Option<PeerKey> {
+    fn outbound(&mut self, packet: &[u8]) -> Option<PeerKey> {
         match self.policy.route_reply(packet, Utc::now()) {
             Ok(key) => Some(key),
             // The kernel's own traffic on the TUN (IPv6 neighbour discovery, multicast) is
