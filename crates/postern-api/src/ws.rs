@@ -254,4 +254,27 @@ mod tests {
         );
         assert!(text.contains("retry"), "{text}");
     }
+
+    #[test]
+    fn a_device_key_is_parsed_where_it_comes_in() {
+        let key = postern_protocol::WireGuardKey::from_bytes([9; 32]);
+        let encoded = key.to_string().replace('=', "%3D").replace('+', "%2B");
+        let params =
+            serde_urlencoded_params(&format!("id=d&name=d&version=1&public_key={encoded}"))
+                .expect("a well-formed key");
+        assert_eq!(params.public_key, Some(key));
+        for bad in ["c2hvcnQ%3D", "owner-key", "AAAA"] {
+            let Err(err) =
+                serde_urlencoded_params(&format!("id=d&name=d&version=1&public_key={bad}"))
+            else {
+                panic!("{bad} was taken for a key");
+            };
+            let response = err.into_response();
+            assert_eq!(
+                response.status(),
+                axum::http::StatusCode::BAD_REQUEST,
+                "{bad}"
+            );
+        }
+    }
 }

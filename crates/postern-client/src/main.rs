@@ -140,7 +140,7 @@ fn run(args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
             let mut role = ClientRole::new(config.token.id, false);
             return anyhow::Ok(postern_device::run(config, &mut role, shutdown).await);
         };
-        let public_key = keys.public_base64();
+        let public_key = keys.public_key();
         let (requests_tx, requests_rx) = tokio::sync::mpsc::unbounded_channel();
         let (plan_tx, plan_rx) = tokio::sync::watch::channel(tunnel::Plan::default());
         let tunnel =

@@ -62,7 +62,7 @@ impl ClientRole {
                 .map(|(resource_id, grant)| PlannedGrant {
                     resource_id: *resource_id,
                     gateway_name: grant.gateway.name.clone(),
-                    gateway_key: grant.gateway.public_key.clone(),
+                    gateway_key: grant.gateway.public_key,
                     endpoint: grant.gateway.endpoint.clone(),
                     preshared_key: grant.preshared_key.clone(),
                     expires_at: grant.expires_at,

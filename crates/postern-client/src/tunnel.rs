@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 use postern_dataplane::client::{ClientRouter, Route, RouteGrant};
 use postern_dataplane::peers::{PeerConfig, PeerTable, Upserted};
-use postern_dataplane::{decode_key, PeerKey};
+use postern_dataplane::WireGuardKey;
 use postern_device::engine::{Changes, Engine, Forwarding};
 use postern_device::net::{self, DataPlaneRuntime, NetError};
 use postern_protocol::{ClientToPortal, ResourceView, TunnelAddresses};
@@ -34,7 +34,7 @@ pub struct Plan {
 pub struct PlannedGrant {
     pub resource_id: Uuid,
     pub gateway_name: String,
-    pub gateway_key: Option<String>,
+    pub gateway_key: Option<WireGuardKey>,
     pub endpoint: Option<String>,
     pub preshared_key: Option<postern_protocol::PresharedKey>,
     pub expires_at: DateTime<Utc>,
@@ -121,7 +121,7 @@ pub struct ClientForwarding {
     mtu: u16,
     dual_stack: bool,
     router: ClientRouter,
-    gateways: HashMap<PeerKey, Gateway>,
+    gateways: HashMap<WireGuardKey, Gateway>,
     routes: BTreeSet<IpNet>,
     addresses: Option<TunnelAddresses>,
     requests: mpsc::UnboundedSender<ClientToPortal>,
@@ -131,11 +131,11 @@ pub struct ClientForwarding {
 impl Forwarding for ClientForwarding {
     type Change = Plan;
 
-    async fn apply(&mut self, plan: Plan, peers: &mut PeerTable) -> Vec<(PeerKey, Vec<u8>)> {
+    async fn apply(&mut self, plan: Plan, peers: &mut PeerTable) -> Vec<(WireGuardKey, Vec<u8>)> {
         self.apply_plan(plan, peers).await
     }
 
-    fn outbound(&mut self, packet: &[u8]) -> Option<PeerKey> {
+    fn outbound(&mut self, packet: &[u8]) -> Option<WireGuardKey> {
         match self.router.route(packet, Utc::now()) {
             Route::Send(key) => Some(key),
             Route::Held {
@@ -161,7 +161,7 @@ impl Forwarding for ClientForwarding {
     }
 
     /// Only packets from a resource granted through this gateway reach the TUN.
-    fn inbound(&mut self, peer: &PeerKey, packet: &[u8]) -> bool {
+    fn inbound(&mut self, peer: &WireGuardKey, packet: &[u8]) -> bool {
         let Ok((src, _)) = postern_dataplane::packet::addresses(packet) else {
             return false;
         };
@@ -233,7 +233,11 @@ impl Forwarding for ClientForwarding {
 }
 
 impl ClientForwarding {
-    async fn apply_plan(&mut self, plan: Plan, peers: &mut PeerTable) -> Vec<(PeerKey, Vec<u8>)> {
+    async fn apply_plan(
+        &mut self,
+        plan: Plan,
+        peers: &mut PeerTable,
+    ) -> Vec<(WireGuardKey, Vec<u8>)> {
         if plan.addresses != self.addresses {
             if let Some(addresses) = plan.addresses {
                 let v4 = format!("{}/32", addresses.ipv4);
@@ -276,11 +280,11 @@ impl ClientForwarding {
         }
 
         let mut route_grants = Vec::new();
-        let mut wanted_peers: HashMap<PeerKey, &PlannedGrant> = HashMap::new();
+        let mut wanted_peers: HashMap<WireGuardKey, &PlannedGrant> = HashMap::new();
         for grant in &plan.grants {
-            let Some(key) = grant.gateway_key.as_deref().and_then(decode_key) else {
+            let Some(key) = grant.gateway_key else {
                 warn!(
-                    "gateway {} has no valid WireGuard public key: is it a version with the data plane?",
+                    "gateway {} has no WireGuard public key: is it a version with the data plane?",
                     grant.gateway_name
                 );
                 continue;
@@ -298,7 +302,7 @@ impl ClientForwarding {
                 wanted_peers.insert(key, grant);
             }
         }
-        let stale: Vec<PeerKey> = peers
+        let stale: Vec<WireGuardKey> = peers
             .keys()
             .filter(|key| !wanted_peers.contains_key(*key))
             .copied()
@@ -310,7 +314,7 @@ impl ClientForwarding {
             }
         }
         for (key, grant) in wanted_peers {
-            let preshared_key = grant.preshared_key.as_deref().and_then(decode_key);
+            let preshared_key = grant.preshared_key.clone();
             let Some(endpoint) = self.resolve(grant).await else {
                 continue;
             };

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use postern_protocol::ResourceView;
 use uuid::Uuid;
 
-use crate::{packet, resource_network, PeerKey};
+use crate::{packet, resource_network, WireGuardKey};
 
 /// Packets held per resource while access is requested.
 pub const MAX_HELD_PER_RESOURCE: usize = 32;
@@ -24,7 +24,7 @@ pub const REQUEST_RETRY: Duration = Duration::seconds(2);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     /// Through the gateway with this key.
-    Send(PeerKey),
+    Send(WireGuardKey),
     /// Held; `request` is set when access must be asked for now.
     Held {
         request: Option<Uuid>,
@@ -45,7 +45,7 @@ pub enum ClientDrop {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteGrant {
     pub resource_id: Uuid,
-    pub gateway: PeerKey,
+    pub gateway: WireGuardKey,
     pub expires_at: DateTime<Utc>,
 }
 
@@ -96,7 +96,7 @@ impl ClientRouter {
         &mut self,
         grants: impl IntoIterator<Item = RouteGrant>,
         now: DateTime<Utc>,
-    ) -> Vec<(PeerKey, Vec<u8>)> {
+    ) -> Vec<(WireGuardKey, Vec<u8>)> {
         self.grants = grants
             .into_iter()
             .filter(|g| g.expires_at > now)
@@ -134,7 +134,11 @@ impl ClientRouter {
 
     /// The gateway an address's resource is granted through, if it is (for packets coming
     /// back: a gateway may only send what comes from the resources it serves).
-    pub fn gateway_of(&self, address: std::net::IpAddr, now: DateTime<Utc>) -> Option<PeerKey> {
+    pub fn gateway_of(
+        &self,
+        address: std::net::IpAddr,
+        now: DateTime<Utc>,
+    ) -> Option<WireGuardKey> {
         let resource_id = self.resource_of(address)?;
         self.grants
             .get(&resource_id)
@@ -249,7 +253,7 @@ mod tests {
     fn grant(id: u128, gateway: u8, minutes: i64) -> RouteGrant {
         RouteGrant {
             resource_id: Uuid::from_u128(id),
-            gateway: [gateway; 32],
+            gateway: WireGuardKey::from_bytes([gateway; 32]),
             expires_at: now() + Duration::minutes(minutes),
         }
     }
@@ -268,11 +272,17 @@ mod tests {
         assert!(router
             .set_grants([grant(1, 7, 5), grant(2, 8, 5)], now())
             .is_empty());
-        assert_eq!(router.route(&to("10.0.9.9"), now()), Route::Send([7; 32]));
-        assert_eq!(router.route(&to("10.0.3.4"), now()), Route::Send([8; 32]));
+        assert_eq!(
+            router.route(&to("10.0.9.9"), now()),
+            Route::Send(WireGuardKey::from_bytes([7; 32]))
+        );
+        assert_eq!(
+            router.route(&to("10.0.3.4"), now()),
+            Route::Send(WireGuardKey::from_bytes([8; 32]))
+        );
         assert_eq!(
             router.gateway_of("10.0.3.4".parse().unwrap(), now()),
-            Some([8; 32])
+            Some(WireGuardKey::from_bytes([8; 32]))
         );
         assert_eq!(
             router.gateway_of("10.0.3.4".parse().unwrap(), now() + Duration::hours(1)),
@@ -308,7 +318,9 @@ mod tests {
         assert_eq!(router.held(), 3);
         let released = router.set_grants([grant(1, 7, 5)], now() + Duration::seconds(3));
         assert_eq!(released.len(), 3);
-        assert!(released.iter().all(|(key, _)| *key == [7; 32]));
+        assert!(released
+            .iter()
+            .all(|(key, _)| *key == WireGuardKey::from_bytes([7; 32])));
         assert_eq!(released[0].1, to("10.0.0.1"));
         assert_eq!(router.held(), 0);
     }

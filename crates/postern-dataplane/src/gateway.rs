@@ -13,7 +13,7 @@ use postern_protocol::{Authorization, TunnelAddresses};
 use uuid::Uuid;
 
 use crate::packet::{self, Transport};
-use crate::{decode_key, resource_network, PeerKey};
+use crate::{resource_network, PresharedKey, WireGuardKey};
 
 /// Why a packet was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -127,23 +127,12 @@ struct Rule {
 }
 
 /// One client device as the gateway knows it: its key, addresses and what it may reach.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientPeer {
-    pub key: PeerKey,
+    pub key: WireGuardKey,
     pub addresses: TunnelAddresses,
-    pub preshared_key: Option<[u8; 32]>,
+    pub preshared_key: Option<PresharedKey>,
     rules: Vec<Rule>,
-}
-
-impl std::fmt::Debug for ClientPeer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientPeer")
-            .field("key", &self.key)
-            .field("addresses", &self.addresses)
-            .field("preshared_key", &self.preshared_key.map(|_| "(..)"))
-            .field("rules", &self.rules)
-            .finish()
-    }
 }
 
 impl ClientPeer {
@@ -167,10 +156,10 @@ pub struct Skipped {
 /// [`Self::remove`]), touching only its client's peer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GatewayPolicy {
-    peers: HashMap<PeerKey, ClientPeer>,
-    by_address: HashMap<IpAddr, PeerKey>,
+    peers: HashMap<WireGuardKey, ClientPeer>,
+    by_address: HashMap<IpAddr, WireGuardKey>,
     /// Which peer each authorization's rule belongs to.
-    by_id: HashMap<Uuid, PeerKey>,
+    by_id: HashMap<Uuid, WireGuardKey>,
 }
 
 impl GatewayPolicy {
@@ -196,7 +185,7 @@ impl GatewayPolicy {
     pub fn upsert(
         &mut self,
         authorization: &Authorization,
-        touched: &mut BTreeSet<PeerKey>,
+        touched: &mut BTreeSet<WireGuardKey>,
     ) -> Result<(), Skipped> {
         // An update that cannot be served must not leave its old rule behind.
         self.remove(authorization.id, touched);
@@ -206,17 +195,15 @@ impl GatewayPolicy {
         };
         let key = authorization
             .client_public_key
-            .as_deref()
-            .and_then(decode_key)
-            .ok_or_else(|| skip("the client sent no valid WireGuard public key"))?;
+            .ok_or_else(|| skip("the client sent no WireGuard public key"))?;
         let network = resource_network(&authorization.resource).ok_or_else(|| {
             skip("the resource has no fixed address (dns resources are not routed yet)")
         })?;
-        let preshared_key = authorization.preshared_key.as_deref().and_then(decode_key);
+        let preshared_key = authorization.preshared_key.clone();
         let peer = self.peers.entry(key).or_insert_with(|| ClientPeer {
             key,
             addresses: authorization.client_addresses,
-            preshared_key,
+            preshared_key: preshared_key.clone(),
             rules: Vec::new(),
         });
         if peer.addresses != authorization.client_addresses {
@@ -250,7 +237,7 @@ impl GatewayPolicy {
 
     /// Removes an authorization; its peer goes with its last one. The peer is added to
     /// `touched`.
-    pub fn remove(&mut self, id: Uuid, touched: &mut BTreeSet<PeerKey>) {
+    pub fn remove(&mut self, id: Uuid, touched: &mut BTreeSet<WireGuardKey>) {
         let Some(key) = self.by_id.remove(&id) else {
             return;
         };
@@ -280,14 +267,14 @@ impl GatewayPolicy {
         self.peers.values()
     }
 
-    pub fn peer(&self, key: &PeerKey) -> Option<&ClientPeer> {
+    pub fn peer(&self, key: &WireGuardKey) -> Option<&ClientPeer> {
         self.peers.get(key)
     }
 
     /// The verdict on a packet decrypted from the peer `from`.
     pub fn check_inbound(
         &self,
-        from: &PeerKey,
+        from: &WireGuardKey,
         packet: &[u8],
         now: DateTime<Utc>,
     ) -> Result<(), DropReason> {
@@ -341,7 +328,11 @@ impl GatewayPolicy {
 
     /// The peer a packet read from the gateway's TUN (a reply, after NAT) goes to: the owner
     /// of its destination address, if still authorized for the resource it comes from.
-    pub fn route_reply(&self, packet: &[u8], now: DateTime<Utc>) -> Result<PeerKey, DropReason> {
+    pub fn route_reply(
+        &self,
+        packet: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<WireGuardKey, DropReason> {
         let (src, dst) = packet::addresses(packet).map_err(|_| DropReason::Malformed)?;
         let key = self.by_address.get(&dst).ok_or(DropReason::UnknownPeer)?;
         let peer = self.peers.get(key).ok_or(DropReason::UnknownPeer)?;
@@ -383,11 +374,9 @@ fn reason_max(a: DropReason, b: DropReason) -> DropReason {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::encode_key;
     use crate::packet::build::{ip, ports};
     use crate::packet::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
     use postern_policy::PortRange;
-    use postern_protocol::PresharedKey;
 
     fn addr(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -413,14 +402,14 @@ mod tests {
             id: Uuid::from_u128(id),
             client_device_id: format!("dev{key}"),
             actor_id: Uuid::nil(),
-            client_public_key: Some(encode_key(&[key; 32])),
+            client_public_key: Some(WireGuardKey::from_bytes([key; 32])),
             client_addresses: TunnelAddresses {
                 ipv4,
                 ipv6: format!("fd00::{key}").parse().unwrap(),
             },
             resource,
             expires_at: now() + chrono::Duration::minutes(minutes),
-            preshared_key: Some(PresharedKey::new(encode_key(&[id as u8; 32]))),
+            preshared_key: Some(PresharedKey::from_bytes([id as u8; 32])),
         }
     }
 
@@ -451,11 +440,11 @@ mod tests {
         ];
         let (policy, skipped) = GatewayPolicy::new(&auths);
         assert!(skipped.is_empty());
-        let a = [1u8; 32];
-        let b = [2u8; 32];
+        let a = WireGuardKey::from_bytes([1; 32]);
+        let b = WireGuardKey::from_bytes([2; 32]);
         let tcp =
             |src: &str, dst: &str, port| ip(addr(src), addr(dst), PROTO_TCP, &ports(5000, port));
-        let check = |key: &PeerKey, packet: Vec<u8>| policy.check_inbound(key, &packet, now());
+        let check = |key: &WireGuardKey, packet: Vec<u8>| policy.check_inbound(key, &packet, now());
 
         assert_eq!(check(&a, tcp("100.64.0.1", "10.0.0.7", 80)), Ok(()));
         assert_eq!(
@@ -487,7 +476,10 @@ mod tests {
             Err(DropReason::NotAuthorized)
         );
         assert_eq!(
-            check(&[9; 32], tcp("100.64.0.9", "10.0.0.7", 80)),
+            check(
+                &WireGuardKey::from_bytes([9; 32]),
+                tcp("100.64.0.9", "10.0.0.7", 80)
+            ),
             Err(DropReason::UnknownPeer)
         );
         assert_eq!(check(&a, vec![0x45, 0]), Err(DropReason::Malformed));
@@ -535,7 +527,7 @@ mod tests {
             5,
         )];
         let (policy, _) = GatewayPolicy::new(&auths);
-        let a = [1u8; 32];
+        let a = WireGuardKey::from_bytes([1; 32]);
         let check = |packet: Vec<u8>| policy.check_inbound(&a, &packet, now());
         let from_resource = |port: u16| {
             ip(
@@ -606,7 +598,7 @@ mod tests {
             5,
         )];
         let (policy, _) = GatewayPolicy::new(&auths);
-        let a = [1u8; 32];
+        let a = WireGuardKey::from_bytes([1; 32]);
         let mut v4 = ip(
             addr("100.64.0.1"),
             addr("10.0.0.7"),
@@ -634,7 +626,7 @@ mod tests {
             5,
         )];
         let (policy, _) = GatewayPolicy::new(&v6_auths);
-        let b = [2u8; 32];
+        let b = WireGuardKey::from_bytes([2; 32]);
         // A routing header (43) of 8 octets in front of TCP.
         let mut payload = vec![crate::packet::PROTO_TCP, 0, 0, 0, 0, 0, 0, 0];
         payload.extend_from_slice(&ports(5000, 80));
@@ -692,7 +684,7 @@ mod tests {
                     let kind = if variant == 2 { "dns" } else { "cidr" };
                     let target = if variant == 2 { "db.internal".to_string() } else { format!("10.{variant}.{id}.0/24") };
                     let mut a = authorization(id, key + 1, &address, kind, &target, vec![], 5 + variant as i64);
-                    a.preshared_key = Some(PresharedKey::new(encode_key(&[key + 1; 32])));
+                    a.preshared_key = Some(PresharedKey::from_bytes([key + 1; 32]));
                     if variant == 1 {
                         a.resource.filters = vec![tcp_filter(443)];
                     }
@@ -713,7 +705,7 @@ mod tests {
             let auths = [authorization(1, 1, "100.64.0.1", "cidr", "0.0.0.0/0", vec![], 5)];
             let (policy, _) = GatewayPolicy::new(&auths);
             // Whatever the bytes, a pass implies the source check held.
-            if policy.check_inbound(&[1; 32], &bytes, now()).is_ok() {
+            if policy.check_inbound(&WireGuardKey::from_bytes([1; 32]), &bytes, now()).is_ok() {
                 let (src, _) = packet::addresses(&bytes).unwrap();
                 proptest::prop_assert_eq!(src, addr("100.64.0.1"));
             }
@@ -733,7 +725,7 @@ mod redaction_tests {
             id: Uuid::nil(),
             client_device_id: "c".into(),
             actor_id: Uuid::nil(),
-            client_public_key: Some(crate::encode_key(&[7; 32])),
+            client_public_key: Some(WireGuardKey::from_bytes([7; 32])),
             client_addresses: TunnelAddresses {
                 ipv4: "100.64.0.2".parse().unwrap(),
                 ipv6: "fd70::2".parse().unwrap(),
@@ -749,9 +741,7 @@ mod redaction_tests {
                 access_until: None,
             },
             expires_at: chrono::Utc::now() + chrono::Duration::hours(1),
-            preshared_key: Some(postern_protocol::PresharedKey::new(crate::encode_key(
-                &key_bytes,
-            ))),
+            preshared_key: Some(PresharedKey::from_bytes(key_bytes)),
         };
         let mut policy = GatewayPolicy::default();
         policy
@@ -760,6 +750,7 @@ mod redaction_tests {
         let shown = format!("{policy:?}");
         assert!(shown.contains("ClientPeer"), "{shown}");
         assert!(!shown.contains("171"), "the key's bytes are shown: {shown}");
-        assert!(!shown.contains(&crate::encode_key(&key_bytes)), "{shown}");
+        let encoded = serde_json::to_string(&PresharedKey::from_bytes(key_bytes)).unwrap();
+        assert!(!shown.contains(encoded.trim_matches('"')), "{shown}");
     }
 }

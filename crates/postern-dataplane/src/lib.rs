@@ -12,22 +12,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use postern_protocol::ResourceView;
 
-/// A WireGuard public key (raw X25519 bytes).
-pub type PeerKey = [u8; 32];
-
-/// Decodes a base64 WireGuard key (public or preshared).
-pub fn decode_key(text: &str) -> Option<[u8; 32]> {
-    use base64::Engine;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(text.trim())
-        .ok()?;
-    bytes.try_into().ok()
-}
-
-pub fn encode_key(key: &[u8; 32]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(key)
-}
+pub use postern_protocol::{PresharedKey, WireGuardKey};
 
 /// The network a resource covers: a `cidr` resource's range, an `ip` resource's single
 /// address. `dns` resources have no fixed network (not routed by this version).
@@ -72,13 +57,5 @@ mod tests {
         );
         assert_eq!(resource_network(&resource(1, "dns", "db.internal")), None);
         assert_eq!(resource_network(&resource(1, "cidr", "nonsense")), None);
-    }
-
-    #[test]
-    fn keys_round_trip() {
-        let key = [7u8; 32];
-        assert_eq!(decode_key(&encode_key(&key)), Some(key));
-        assert_eq!(decode_key("c2hvcnQ="), None);
-        assert_eq!(decode_key("!!"), None);
     }
 }

@@ -16,7 +16,6 @@
 //! drive rekeying through new handshakes rather than by advancing boringtun's clock.
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -25,7 +24,7 @@ use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 
-use crate::PeerKey;
+use crate::{PresharedKey, WireGuardKey};
 
 /// Handshake messages a device processes per second before it asks for cookies.
 pub const HANDSHAKES_PER_SECOND: u64 = 100;
@@ -37,25 +36,14 @@ pub const MAX_QUEUED_TRANSMITS: usize = 4096;
 pub const OVERHEAD: usize = 148;
 
 /// What a peer is, as the control plane describes it.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {
-    pub key: PeerKey,
-    pub preshared_key: Option<[u8; 32]>,
+    pub key: WireGuardKey,
+    pub preshared_key: Option<PresharedKey>,
     /// Where to send first. `None` (a gateway's clients) waits for the peer to send.
     pub endpoint: Option<SocketAddr>,
     /// Seconds between keepalives on an idle tunnel (for a peer behind NAT).
     pub keepalive: Option<u16>,
-}
-
-impl fmt::Debug for PeerConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PeerConfig")
-            .field("key", &crate::encode_key(&self.key))
-            .field("preshared_key", &self.preshared_key.map(|_| "[redacted]"))
-            .field("endpoint", &self.endpoint)
-            .field("keepalive", &self.keepalive)
-            .finish()
-    }
 }
 
 /// What [`PeerTable::upsert`] did.
@@ -94,12 +82,12 @@ pub enum Refused {
 pub enum Received<'a> {
     /// A decrypted IP packet from `peer`, for the shell to judge and deliver.
     Packet {
-        peer: PeerKey,
+        peer: WireGuardKey,
         packet: &'a [u8],
     },
     /// A handshake or keepalive: handled, answers (if any) are in `poll_transmit`.
     Handled {
-        peer: PeerKey,
+        peer: WireGuardKey,
     },
     Refused(Refused),
 }
@@ -128,8 +116,8 @@ pub struct PeerTable {
     private: StaticSecret,
     public: PublicKey,
     limiter: RateLimiter,
-    peers: HashMap<PeerKey, Peer>,
-    by_index: HashMap<u32, PeerKey>,
+    peers: HashMap<WireGuardKey, Peer>,
+    by_index: HashMap<u32, WireGuardKey>,
     next_index: u32,
     transmits: VecDeque<Transmit>,
     dropped_transmits: u64,
@@ -158,8 +146,8 @@ impl PeerTable {
         }
     }
 
-    pub fn public_key(&self) -> PeerKey {
-        self.public.to_bytes()
+    pub fn public_key(&self) -> WireGuardKey {
+        WireGuardKey::from_bytes(self.public.to_bytes())
     }
 
     pub fn len(&self) -> usize {
@@ -170,11 +158,11 @@ impl PeerTable {
         self.peers.is_empty()
     }
 
-    pub fn contains(&self, key: &PeerKey) -> bool {
+    pub fn contains(&self, key: &WireGuardKey) -> bool {
         self.peers.contains_key(key)
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = &PeerKey> {
+    pub fn keys(&self) -> impl Iterator<Item = &WireGuardKey> {
         self.peers.keys()
     }
 
@@ -209,8 +197,8 @@ impl PeerTable {
         let index = self.allocate_index();
         let tunn = Tunn::new(
             self.private.clone(),
-            PublicKey::from(config.key),
-            config.preshared_key,
+            PublicKey::from(*config.key.as_bytes()),
+            config.preshared_key.as_ref().map(|key| *key.as_bytes()),
             config.keepalive,
             index,
             None,
@@ -230,11 +218,11 @@ impl PeerTable {
     }
 
     /// Forgets a peer: its sessions end, its datagrams are refused from now on.
-    pub fn remove(&mut self, key: &PeerKey) -> bool {
+    pub fn remove(&mut self, key: &WireGuardKey) -> bool {
         self.remove_peer(key).is_some()
     }
 
-    fn remove_peer(&mut self, key: &PeerKey) -> Option<Peer> {
+    fn remove_peer(&mut self, key: &WireGuardKey) -> Option<Peer> {
         let peer = self.peers.remove(key)?;
         self.by_index.remove(&peer.index);
         Some(peer)
@@ -250,7 +238,7 @@ impl PeerTable {
         }
     }
 
-    pub fn stats(&self, key: &PeerKey) -> Option<PeerStats> {
+    pub fn stats(&self, key: &WireGuardKey) -> Option<PeerStats> {
         let peer = self.peers.get(key)?;
         let (since_handshake, tx_bytes, rx_bytes, _, _) = peer.tunn.stats();
         Some(PeerStats {
@@ -329,12 +317,12 @@ impl PeerTable {
     /// The peer a screened message belongs to: a handshake initiation by its sender's static
     /// key (one key agreement, only for messages that passed the screen), every other message
     /// by the receiver index this table gave out.
-    fn peer_of(&self, packet: &Packet<'_>) -> Option<PeerKey> {
+    fn peer_of(&self, packet: &Packet<'_>) -> Option<WireGuardKey> {
         let index = match packet {
             Packet::HandshakeInit(init) => {
                 return parse_handshake_anon(&self.private, &self.public, init)
                     .ok()
-                    .map(|half| half.peer_static_public)
+                    .map(|half| WireGuardKey::from_bytes(half.peer_static_public))
                     .filter(|key| self.peers.contains_key(key));
             }
             Packet::HandshakeResponse(p) => p.receiver_idx,
@@ -349,7 +337,7 @@ impl PeerTable {
     /// packet waits for a handshake (whose initiation is then what is returned).
     pub fn encapsulate<'a>(
         &mut self,
-        key: &PeerKey,
+        key: &WireGuardKey,
         packet: &[u8],
         now: Instant,
         out: &'a mut [u8],
@@ -435,8 +423,8 @@ mod tests {
         StaticSecret::from([seed; 32])
     }
 
-    fn key_of(secret: &StaticSecret) -> PeerKey {
-        PublicKey::from(secret).to_bytes()
+    fn key_of(secret: &StaticSecret) -> WireGuardKey {
+        WireGuardKey::from_bytes(PublicKey::from(secret).to_bytes())
     }
 
     /// An IPv4 UDP packet from 100.64.0.2 to 10.0.0.5 carrying `payload` (checksums are not
@@ -458,7 +446,7 @@ mod tests {
     }
 
     /// A table that knows only the gateway (`secret(seed)` as its own key).
-    fn initiator(seed: u8, gateway_key: PeerKey) -> PeerTable {
+    fn initiator(seed: u8, gateway_key: WireGuardKey) -> PeerTable {
         let mut table = PeerTable::new(secret(seed), u32::from(seed) * 10);
         table.upsert(PeerConfig {
             key: gateway_key,
@@ -470,7 +458,7 @@ mod tests {
     }
 
     /// `payload` in a packet encrypted by `table` for `key`: the datagram it would send.
-    fn seal(table: &mut PeerTable, key: &PeerKey, payload: &[u8]) -> Vec<u8> {
+    fn seal(table: &mut PeerTable, key: &WireGuardKey, payload: &[u8]) -> Vec<u8> {
         let mut out = vec![0u8; 2048];
         table
             .encapsulate(key, &packet(payload), Instant::now(), &mut out)
@@ -481,14 +469,14 @@ mod tests {
     struct Pair {
         client: PeerTable,
         gateway: PeerTable,
-        client_key: PeerKey,
-        gateway_key: PeerKey,
+        client_key: WireGuardKey,
+        gateway_key: WireGuardKey,
         now: Instant,
-        psk: Option<[u8; 32]>,
+        psk: Option<PresharedKey>,
     }
 
     impl Pair {
-        fn new(psk: Option<[u8; 32]>) -> Self {
+        fn new(psk: Option<PresharedKey>) -> Self {
             let (client_secret, gateway_secret) = (secret(1), secret(2));
             let (client_key, gateway_key) = (key_of(&client_secret), key_of(&gateway_secret));
             let mut pair = Pair {
@@ -497,7 +485,7 @@ mod tests {
                 client_key,
                 gateway_key,
                 now: Instant::now(),
-                psk,
+                psk: psk.clone(),
             };
             pair.configure_client();
             assert_eq!(
@@ -515,7 +503,7 @@ mod tests {
         fn configure_client(&mut self) -> Upserted {
             self.client.upsert(PeerConfig {
                 key: self.gateway_key,
-                preshared_key: self.psk,
+                preshared_key: self.psk.clone(),
                 endpoint: Some(GATEWAY_AT.parse().unwrap()),
                 keepalive: Some(25),
             })
@@ -615,7 +603,7 @@ mod tests {
 
     #[test]
     fn two_tables_handshake_and_carry_packets_both_ways() {
-        for psk in [None, Some([9u8; 32])] {
+        for psk in [None, Some(PresharedKey::from_bytes([9; 32]))] {
             let mut pair = Pair::new(psk);
             let delivered = pair.client_sends(b"first");
             assert_eq!(
@@ -730,13 +718,13 @@ mod tests {
 
     #[test]
     fn a_new_preshared_key_replaces_the_session_and_the_old_key_no_longer_works() {
-        let mut pair = Pair::new(Some([4u8; 32]));
+        let mut pair = Pair::new(Some(PresharedKey::from_bytes([4; 32])));
         pair.client_sends(b"old key");
-        pair.psk = Some([5u8; 32]);
+        pair.psk = Some(PresharedKey::from_bytes([5; 32]));
         assert_eq!(
             pair.gateway.upsert(PeerConfig {
                 key: pair.client_key,
-                preshared_key: pair.psk,
+                preshared_key: pair.psk.clone(),
                 endpoint: None,
                 keepalive: None,
             }),

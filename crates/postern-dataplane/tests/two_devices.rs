@@ -15,7 +15,7 @@ use postern_dataplane::gateway::{DropReason, GatewayPolicy};
 use postern_dataplane::packet::build::{ip, ports};
 use postern_dataplane::packet::PROTO_TCP;
 use postern_dataplane::peers::{PeerConfig, PeerTable, Received, Refused};
-use postern_dataplane::{encode_key, PeerKey};
+use postern_dataplane::WireGuardKey;
 use postern_policy::{Filter, PortRange, Protocol};
 use postern_protocol::{Authorization, PresharedKey, ResourceView, TunnelAddresses};
 use uuid::Uuid;
@@ -54,8 +54,8 @@ struct Devices {
     client: PeerTable,
     gateway: PeerTable,
     policy: GatewayPolicy,
-    client_key: PeerKey,
-    gateway_key: PeerKey,
+    client_key: WireGuardKey,
+    gateway_key: WireGuardKey,
     authorization: Authorization,
 }
 
@@ -63,21 +63,21 @@ impl Devices {
     fn new() -> Self {
         let (client_secret, gateway_secret) =
             (StaticSecret::from([1; 32]), StaticSecret::from([2; 32]));
-        let client_key = PublicKey::from(&client_secret).to_bytes();
-        let gateway_key = PublicKey::from(&gateway_secret).to_bytes();
-        let psk = [7u8; 32];
+        let client_key = WireGuardKey::from_bytes(PublicKey::from(&client_secret).to_bytes());
+        let gateway_key = WireGuardKey::from_bytes(PublicKey::from(&gateway_secret).to_bytes());
+        let psk = PresharedKey::from_bytes([7; 32]);
         let authorization = Authorization {
             id: Uuid::from_u128(10),
             client_device_id: "device".into(),
             actor_id: Uuid::nil(),
-            client_public_key: Some(encode_key(&client_key)),
+            client_public_key: Some(client_key),
             client_addresses: TunnelAddresses {
                 ipv4: CLIENT_IP.parse().unwrap(),
                 ipv6: "fd70:6f73:7465:726e::7".parse().unwrap(),
             },
             resource: resource(),
             expires_at: now() + Duration::minutes(10),
-            preshared_key: Some(PresharedKey::new(encode_key(&psk))),
+            preshared_key: Some(psk.clone()),
         };
         let mut devices = Devices {
             router: ClientRouter::default(),
@@ -114,13 +114,13 @@ impl Devices {
         self.reconcile(touched);
     }
 
-    fn reconcile(&mut self, touched: BTreeSet<PeerKey>) {
+    fn reconcile(&mut self, touched: BTreeSet<WireGuardKey>) {
         for key in touched {
             match self.policy.peer(&key) {
                 Some(peer) => {
                     self.gateway.upsert(PeerConfig {
                         key,
-                        preshared_key: peer.preshared_key,
+                        preshared_key: peer.preshared_key.clone(),
                         endpoint: None,
                         keepalive: None,
                     });
@@ -259,7 +259,7 @@ fn a_granted_flow_passes_both_ways_and_every_other_packet_gets_its_verdict() {
     devices.authorize();
     devices.client.upsert(PeerConfig {
         key: devices.gateway_key,
-        preshared_key: Some([7; 32]),
+        preshared_key: Some(PresharedKey::from_bytes([7; 32])),
         endpoint: Some(GATEWAY_AT.parse().unwrap()),
         keepalive: Some(25),
     });

@@ -233,7 +233,7 @@ pub fn session_url(base: &Url, path: &str, params: &ConnectParams) -> Url {
         query.append_pair("name", &params.name);
         query.append_pair("version", &params.version);
         if let Some(key) = &params.public_key {
-            query.append_pair("public_key", key);
+            query.append_pair("public_key", &key.to_string());
         }
         if let Some(endpoint) = &params.endpoint {
             query.append_pair("endpoint", endpoint);
@@ -357,7 +357,7 @@ pub struct DeviceSettings<'a> {
     pub id: Option<&'a str>,
     pub name: Option<&'a str>,
     pub version: &'a str,
-    pub public_key: Option<String>,
+    pub public_key: Option<postern_protocol::WireGuardKey>,
     /// Gateways: where clients reach the WireGuard listener.
     pub endpoint: Option<String>,
     pub max_partition: Option<Duration>,

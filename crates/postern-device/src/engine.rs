@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use boringtun::x25519::StaticSecret;
 use postern_dataplane::peers::{dual_stack_address, PeerTable, Received, Refused, OVERHEAD};
-use postern_dataplane::PeerKey;
+use postern_dataplane::WireGuardKey;
 use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
@@ -47,13 +47,13 @@ pub trait Forwarding: Send {
         &mut self,
         change: Self::Change,
         peers: &mut PeerTable,
-    ) -> impl Future<Output = Vec<(PeerKey, Vec<u8>)>> + Send;
+    ) -> impl Future<Output = Vec<(WireGuardKey, Vec<u8>)>> + Send;
 
     /// The peer a packet from the TUN goes to; `None` holds or drops it.
-    fn outbound(&mut self, packet: &[u8]) -> Option<PeerKey>;
+    fn outbound(&mut self, packet: &[u8]) -> Option<WireGuardKey>;
 
     /// Whether a packet out of `peer`'s tunnel may reach the TUN.
-    fn inbound(&mut self, peer: &PeerKey, packet: &[u8]) -> bool;
+    fn inbound(&mut self, peer: &WireGuardKey, packet: &[u8]) -> bool;
 
     /// A datagram the peer table refused.
     fn refused(&mut self, _why: Refused, _from: SocketAddr) {}
@@ -227,7 +227,7 @@ impl Engine {
     async fn send_to_peer<F: Forwarding>(
         &mut self,
         forwarding: &mut F,
-        key: &PeerKey,
+        key: &WireGuardKey,
         packet: &[u8],
         now: Instant,
         io: &mut Io,

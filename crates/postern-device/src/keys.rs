@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use boringtun::x25519::{PublicKey, StaticSecret};
+use postern_protocol::WireGuardKey;
 use rand::RngCore;
 use zeroize::Zeroizing;
 
@@ -36,8 +37,8 @@ pub struct KeyPair {
 }
 
 impl KeyPair {
-    pub fn public_base64(&self) -> String {
-        base64::engine::general_purpose::STANDARD.encode(self.public.as_bytes())
+    pub fn public_key(&self) -> WireGuardKey {
+        WireGuardKey::from_bytes(self.public.to_bytes())
     }
 }
 
@@ -110,8 +111,8 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         let again = load_or_create(dir.path()).unwrap();
-        assert_eq!(first.public_base64(), again.public_base64());
-        assert_eq!(first.public_base64().len(), 44);
+        assert_eq!(first.public_key(), again.public_key());
+        assert_eq!(first.public_key().to_string().len(), 44);
     }
 
     #[test]

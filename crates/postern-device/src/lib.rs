@@ -40,7 +40,7 @@ pub fn prepare(
         eprintln!("error: {err}");
         BAD_CONFIG
     })?;
-    config.params.public_key = Some(keys.public_base64());
+    config.params.public_key = Some(keys.public_key());
     Ok((config, Some(keys)))
 }
 

@@ -5,10 +5,12 @@
 //! fresh identifiers. Storage and HTTP are thin shells around these types and functions.
 
 pub mod events;
+pub mod keys;
 pub mod model;
 pub mod rules;
 pub mod validate;
 
 pub use events::ChangeEvent;
+pub use keys::{KeyError, PresharedKey, WireGuardKey};
 pub use model::*;
 pub use validate::ValidationError;

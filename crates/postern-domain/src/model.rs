@@ -328,7 +328,9 @@ pub struct Device {
     pub token_id: Option<Uuid>,
     pub name: String,
     pub version: Option<String>,
-    pub public_key: Option<String>,
+    /// Its WireGuard public key (base64), when it has a data plane.
+    #[schema(value_type = Option<String>)]
+    pub public_key: Option<crate::WireGuardKey>,
     #[schema(value_type = String)]
     pub ipv4: std::net::Ipv4Addr,
     #[schema(value_type = String)]

@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use parking_lot::Mutex;
 use postern_dataplane::gateway::{DropCounters, DropReason, GatewayPolicy};
 use postern_dataplane::peers::{PeerConfig, PeerTable, Refused, Upserted};
-use postern_dataplane::{encode_key, PeerKey};
+use postern_dataplane::WireGuardKey;
 use postern_device::engine::{Changes, Engine, Forwarding};
 use postern_device::net::{self, DataPlaneRuntime, NetError};
 use tracing::{debug, info, warn};
@@ -124,7 +124,7 @@ pub struct GatewayForwarding {
     nft_table: String,
     policy: GatewayPolicy,
     /// The tunnel addresses routed into the TUN for each client.
-    routes: HashMap<PeerKey, Vec<IpNet>>,
+    routes: HashMap<WireGuardKey, Vec<IpNet>>,
     counters: DropCounters,
     shared_counters: Arc<Mutex<DropCounters>>,
     shared_at: Option<Instant>,
@@ -135,12 +135,16 @@ pub struct GatewayForwarding {
 impl Forwarding for GatewayForwarding {
     type Change = PlanBatch;
 
-    async fn apply(&mut self, batch: PlanBatch, peers: &mut PeerTable) -> Vec<(PeerKey, Vec<u8>)> {
+    async fn apply(
+        &mut self,
+        batch: PlanBatch,
+        peers: &mut PeerTable,
+    ) -> Vec<(WireGuardKey, Vec<u8>)> {
         self.apply_batch(batch, peers).await;
         Vec::new()
     }
 
-    fn outbound(&mut self, packet: &[u8]) -> Option<PeerKey> {
+    fn outbound(&mut self, packet: &[u8]) -> Option<WireGuardKey> {
         match self.policy.route_reply(packet, Utc::now()) {
             Ok(key) => Some(key),
             // The kernel's own traffic on the TUN (IPv6 neighbour discovery, multicast) is
@@ -154,7 +158,7 @@ impl Forwarding for GatewayForwarding {
         }
     }
 
-    fn inbound(&mut self, peer: &PeerKey, packet: &[u8]) -> bool {
+    fn inbound(&mut self, peer: &WireGuardKey, packet: &[u8]) -> bool {
         match self.policy.check_inbound(peer, packet, Utc::now()) {
             Ok(()) => true,
             Err(reason) => {
@@ -242,14 +246,14 @@ impl GatewayForwarding {
     }
 
     /// Makes the peer of one client match the policy's view of it.
-    async fn reconcile(&mut self, key: PeerKey, peers: &mut PeerTable) {
+    async fn reconcile(&mut self, key: WireGuardKey, peers: &mut PeerTable) {
         let Some(client) = self.policy.peer(&key) else {
             peers.remove(&key);
             if let Some(routes) = self.routes.remove(&key) {
                 for route in &routes {
                     let _ = net::delete_route(route, &self.tun_name).await;
                 }
-                info!("client {} removed", encode_key(&key));
+                info!("client {key} removed");
             }
             return;
         };
@@ -260,7 +264,7 @@ impl GatewayForwarding {
         let ipv4 = client.addresses.ipv4;
         let upserted = peers.upsert(PeerConfig {
             key,
-            preshared_key: client.preshared_key,
+            preshared_key: client.preshared_key.clone(),
             endpoint: None,
             keepalive: None,
         });
@@ -277,9 +281,9 @@ impl GatewayForwarding {
             }
         }
         match upserted {
-            Upserted::Added => info!("client {} ({ipv4}) added", encode_key(&key)),
+            Upserted::Added => info!("client {key} ({ipv4}) added"),
             Upserted::Replaced => {
-                info!("client {} ({ipv4}) has a new session key", encode_key(&key))
+                info!("client {key} ({ipv4}) has a new session key")
             }
             Upserted::Updated | Upserted::Unchanged => {}
         }

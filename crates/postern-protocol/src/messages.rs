@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use uuid::Uuid;
 
+pub use postern_domain::keys::{PresharedKey, WireGuardKey};
+
 /// Query parameters of the WebSocket upgrade (never secret: the token travels in the
 /// `Authorization` header).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,9 +17,9 @@ pub struct ConnectParams {
     pub name: String,
     /// The device's software version, for the admin's view.
     pub version: String,
-    /// The device's WireGuard public key (base64), when it has a data plane.
+    /// The device's WireGuard public key, when it has a data plane.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub public_key: Option<String>,
+    pub public_key: Option<WireGuardKey>,
     /// Gateways: the `host:port` where clients reach its WireGuard listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
@@ -50,15 +52,6 @@ impl ConnectParams {
         }
         if self.version.len() > 64 || self.version.chars().any(char::is_control) {
             return Err("version must be at most 64 printable characters".to_string());
-        }
-        if let Some(key) = &self.public_key {
-            if key.len() > 64
-                || !key
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c))
-            {
-                return Err("public_key must be a base64 WireGuard key".to_string());
-            }
         }
         if let Some(endpoint) = &self.endpoint {
             if endpoint.len() > 255
@@ -117,7 +110,7 @@ pub struct GatewayInfo {
     pub id: String,
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub public_key: Option<String>,
+    pub public_key: Option<WireGuardKey>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
     pub addresses: TunnelAddresses,
@@ -203,32 +196,6 @@ pub struct GatewayInit {
     pub authorizations: Vec<Authorization>,
 }
 
-/// A WireGuard preshared key (base64), as the portal hands it out to one client–gateway pair.
-/// `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct PresharedKey(String);
-
-impl PresharedKey {
-    pub fn new(base64: String) -> Self {
-        Self(base64)
-    }
-}
-
-impl std::ops::Deref for PresharedKey {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for PresharedKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PresharedKey(..)")
-    }
-}
-
 /// A client's permission to reach one resource through this gateway, until `expires_at`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Authorization {
@@ -236,7 +203,7 @@ pub struct Authorization {
     pub client_device_id: String,
     pub actor_id: Uuid,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_public_key: Option<String>,
+    pub client_public_key: Option<WireGuardKey>,
     pub client_addresses: TunnelAddresses,
     pub resource: ResourceView,
     pub expires_at: DateTime<Utc>,
@@ -274,8 +241,8 @@ mod redaction_tests {
 
     #[test]
     fn preshared_keys_are_never_in_debug_output() {
-        let secret = "c2VjcmV0LXByZXNoYXJlZC1rZXktMzItYnl0ZXMhIQ==";
-        let key = PresharedKey::new(secret.to_string());
+        let secret = "c2VjcmV0LXByZXNoYXJlZC1rZXktMzItYnl0ZXMhISE=";
+        let key: PresharedKey = secret.parse().unwrap();
         let addresses = TunnelAddresses {
             ipv4: "100.64.0.2".parse().unwrap(),
             ipv6: "fd70::2".parse().unwrap(),

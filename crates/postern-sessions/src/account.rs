@@ -24,7 +24,7 @@ use postern_access::{diff, resource_view, AccessSnapshot, View};
 use postern_domain::{ChangeEvent, Device, DeviceKind};
 use postern_protocol::{
     encode, Authorization, ClientInit, ConnectParams, DisconnectReason, GatewayInfo, GatewayInit,
-    PortalToClient, PortalToGateway, PresharedKey, ResourceView, TunnelAddresses,
+    PortalToClient, PortalToGateway, PresharedKey, ResourceView, TunnelAddresses, WireGuardKey,
 };
 use postern_store::{
     AccessData, AuthorizationWrites, DeviceClaim, LoadedAuthorization, Principal, RemoteGateway,
@@ -231,7 +231,7 @@ struct StoredGrant {
     authorization: Authorization,
     client_ip: Option<IpAddr>,
     #[serde(default)]
-    gateway_public_key: Option<String>,
+    gateway_public_key: Option<WireGuardKey>,
 }
 
 /// An authorization given to a gateway for one client device and one resource.
@@ -243,7 +243,7 @@ struct Grant {
     client_ip: Option<IpAddr>,
     gateway_device: String,
     /// The gateway's key when granted: the client's tunnel uses it.
-    gateway_public_key: Option<String>,
+    gateway_public_key: Option<WireGuardKey>,
     /// The client session it serves, while one does: only then is it renewed.
     session: Option<SessionId>,
     /// When the core next looks at it (renewal or expiry); its key in `Grants::wakeups`.
@@ -259,7 +259,7 @@ impl Grant {
         let body = StoredGrant {
             authorization: self.authorization.clone(),
             client_ip: self.client_ip,
-            gateway_public_key: self.gateway_public_key.clone(),
+            gateway_public_key: self.gateway_public_key,
         };
         StoredAuthorization {
             id: self.authorization.id,
@@ -421,7 +421,7 @@ struct Loaded {
     snapshot: AccessSnapshot,
     devices: HashMap<(DeviceKind, String), Device>,
     /// Which device holds a WireGuard public key.
-    keys: HashMap<String, (DeviceKind, String)>,
+    keys: HashMap<WireGuardKey, (DeviceKind, String)>,
     used_ipv4: HashSet<Ipv4Addr>,
     site_names: HashMap<Uuid, String>,
     /// The next time window boundary (a view may change on its own then).
@@ -865,7 +865,7 @@ impl AccountSessions {
             let key = (device.kind, device.device_id.clone());
             loaded.used_ipv4.insert(device.ipv4);
             if let Some(public_key) = &device.public_key {
-                loaded.keys.insert(public_key.clone(), key.clone());
+                loaded.keys.insert(*public_key, key.clone());
             }
             loaded.devices.insert(key, device);
         }
@@ -997,7 +997,7 @@ impl AccountSessions {
                     if let Some(public_key) = &existing.public_key {
                         loaded
                             .keys
-                            .entry(public_key.clone())
+                            .entry(*public_key)
                             .or_insert_with(|| key.clone());
                     }
                     loaded.devices.insert(key.clone(), *existing);
@@ -1255,7 +1255,7 @@ impl AccountSessions {
             let gateway_device = loaded.authorization.gateway_device_id;
             let gateway_public_key = body.gateway_public_key.or_else(|| {
                 self.device(DeviceKind::Gateway, &gateway_device)
-                    .and_then(|d| d.public_key.clone())
+                    .and_then(|d| d.public_key)
             });
             let mut authorization = body.authorization;
             let cap = (now + self.config.authorization_lifetime).min(token.expires_at);
@@ -1508,7 +1508,7 @@ impl AccountSessions {
             known.id,
             known.created_at,
             addresses_of(known),
-            Some(known.public_key.clone()),
+            Some(known.public_key),
         );
         if let Some(Some(old)) = &old_key {
             if loaded.keys.get(old) == Some(&key) {
@@ -1516,7 +1516,7 @@ impl AccountSessions {
             }
         }
         if let Some(new) = &params.public_key {
-            loaded.keys.insert(new.clone(), key.clone());
+            loaded.keys.insert(*new, key.clone());
         }
         let device = Device {
             id,
@@ -1528,7 +1528,7 @@ impl AccountSessions {
             token_id: Some(principal.token_id),
             name: params.name.clone(),
             version: Some(params.version.clone()),
-            public_key: params.public_key.clone(),
+            public_key: params.public_key,
             ipv4: tunnel.ipv4,
             ipv6: tunnel.ipv6,
             last_seen_ip: source_ip.map(|ip| ip.to_string()),
@@ -1596,7 +1596,7 @@ impl AccountSessions {
             token_id: Some(principal.token_id),
             name: params.name.clone(),
             version: Some(params.version.clone()),
-            public_key: params.public_key.clone(),
+            public_key: params.public_key,
             ipv4: tunnel.ipv4,
             ipv6: tunnel.ipv6,
             last_seen_ip: source_ip.map(|ip| ip.to_string()),
@@ -1604,7 +1604,7 @@ impl AccountSessions {
             created_at: now,
         };
         if let Some(public_key) = &device.public_key {
-            loaded.keys.insert(public_key.clone(), key.clone());
+            loaded.keys.insert(*public_key, key.clone());
         }
         loaded.devices.insert(key.clone(), device.clone());
         self.claims.insert(
@@ -1827,7 +1827,7 @@ impl AccountSessions {
         let Some(client_device) = self.device(DeviceKind::Client, &device_id) else {
             return;
         };
-        let client_key = client_device.public_key.clone();
+        let client_key = client_device.public_key;
         let client_addresses = addresses_of(client_device);
 
         // One grant per (device, resource): asked again, the same grant is given again, as
@@ -1885,7 +1885,7 @@ impl AccountSessions {
         };
         let gateway_public_key = self
             .device(DeviceKind::Gateway, &gateway_device)
-            .and_then(|d| d.public_key.clone());
+            .and_then(|d| d.public_key);
         // One preshared key per client–gateway pair: a WireGuard peer has a single one.
         let shared = Grants::ids_of(&self.grants.by_client, &device_id)
             .into_iter()
@@ -1897,7 +1897,7 @@ impl AccountSessions {
             .and_then(|g| g.authorization.preshared_key.clone());
         let preshared_key = match shared {
             Some(key) => key,
-            None => PresharedKey::new(self.preshared_key()),
+            None => self.preshared_key(),
         };
         let expires_at = expiry(
             now + self.config.authorization_lifetime,
@@ -2022,7 +2022,7 @@ impl AccountSessions {
             gateway: GatewayInfo {
                 id: gateway.device_id.clone(),
                 name: gateway.name.clone(),
-                public_key: grant.gateway_public_key.clone(),
+                public_key: grant.gateway_public_key,
                 endpoint,
                 addresses: addresses_of(gateway),
             },
@@ -2382,12 +2382,11 @@ impl AccountSessions {
         uuid::Builder::from_random_bytes(bytes).into_uuid()
     }
 
-    /// A fresh 256-bit WireGuard preshared key (base64).
-    fn preshared_key(&mut self) -> String {
-        use base64::Engine;
-        let mut key = [0u8; 32];
-        self.rng.fill_bytes(&mut key);
-        base64::engine::general_purpose::STANDARD.encode(key)
+    /// A fresh 256-bit WireGuard preshared key.
+    fn preshared_key(&mut self) -> PresharedKey {
+        let mut key = zeroize::Zeroizing::new([0u8; 32]);
+        self.rng.fill_bytes(key.as_mut());
+        PresharedKey::from_bytes(*key)
     }
 }
 

@@ -920,12 +920,15 @@ impl Sim {
         let (params, capacity) = match who {
             Who::Client(i) => {
                 let c = &self.clients[i];
-                (params(&c.device_id, Some(&c.key), None), 8)
+                (params(&c.device_id, Some(wire_key(&c.key)), None), 8)
             }
             Who::Gateway(j) => {
                 let g = &self.gateways[j];
                 let endpoint = format!("{}.example:51820", g.device_id);
-                (params(&g.device_id, Some(&g.key), Some(endpoint)), 12)
+                (
+                    params(&g.device_id, Some(wire_key(&g.key)), Some(endpoint)),
+                    12,
+                )
             }
             Who::Intruder => unreachable!("intruders register through `intrude`"),
         };
@@ -1552,7 +1555,7 @@ impl Sim {
                     DeviceKind::Client,
                     id.clone(),
                     token,
-                    format!("intruder-{}", self.step),
+                    wire_key(&format!("intruder-{}", self.step)),
                     id,
                 )
             }
@@ -1562,7 +1565,7 @@ impl Sim {
                 let key = self
                     .db
                     .device(DeviceKind::Client, &victim.device_id)
-                    .and_then(|d| d.public_key.clone());
+                    .and_then(|d| d.public_key);
                 let Some(key) = key else { return };
                 let token = victim.token_id;
                 (
@@ -1587,7 +1590,7 @@ impl Sim {
                     DeviceKind::Gateway,
                     id.clone(),
                     token,
-                    format!("intruder-{}", self.step),
+                    wire_key(&format!("intruder-{}", self.step)),
                     id,
                 )
             }
@@ -1622,7 +1625,7 @@ impl Sim {
                     session,
                     kind: victim_kind,
                     principal: principal.clone(),
-                    params: params(&device_id, Some(&claimed_key), None),
+                    params: params(&device_id, Some(claimed_key), None),
                     source_ip: Some("198.51.100.7".parse().unwrap()),
                 },
                 self.now,
@@ -2147,12 +2150,28 @@ impl Queues for SimQueues<'_> {
     }
 }
 
-fn params(device_id: &str, key: Option<&str>, endpoint: Option<String>) -> ConnectParams {
+/// The simulated devices name their keys; a name stands for one 32-byte key.
+fn wire_key(name: &str) -> postern_protocol::WireGuardKey {
+    use std::hash::{Hash, Hasher};
+    let mut bytes = [0u8; 32];
+    for (part, chunk) in bytes.chunks_mut(8).enumerate() {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (part, name).hash(&mut hasher);
+        chunk.copy_from_slice(&hasher.finish().to_le_bytes());
+    }
+    postern_protocol::WireGuardKey::from_bytes(bytes)
+}
+
+fn params(
+    device_id: &str,
+    key: Option<postern_protocol::WireGuardKey>,
+    endpoint: Option<String>,
+) -> ConnectParams {
     ConnectParams {
         id: device_id.to_string(),
         name: device_id.to_string(),
         version: "sim".into(),
-        public_key: key.map(str::to_string),
+        public_key: key,
         endpoint,
     }
 }

@@ -416,7 +416,7 @@ impl World {
                 id: name.clone(),
                 name: name.clone(),
                 version: "sim".into(),
-                public_key: Some(format!("key-{name}")),
+                public_key: Some(key_named(&name)),
                 endpoint: matches!(who, Who::Gateway(_)).then(|| format!("{name}:51820")),
             },
             source_ip: Some("192.0.2.1".parse().unwrap()),
@@ -1024,4 +1024,13 @@ fn new_core(rng: &mut StdRng) -> AccountSessions {
         0,
         Box::new(StdRng::seed_from_u64(rng.gen())),
     )
+}
+
+/// A distinct WireGuard key per (short, unique) device name.
+fn key_named(name: &str) -> postern_protocol::WireGuardKey {
+    let mut bytes = [0u8; 32];
+    for (byte, from) in bytes.iter_mut().zip(name.bytes()) {
+        *byte = from;
+    }
+    postern_protocol::WireGuardKey::from_bytes(bytes)
 }

@@ -186,7 +186,7 @@ impl Store {
                     .bind(device.token_id.map(|id| id.to_string()))
                     .bind(device.name.clone())
                     .bind(device.version.clone())
-                    .bind(device.public_key.clone())
+                    .bind(device.public_key.map(|key| key.to_string()))
                     .bind(device.ipv4.to_string())
                     .bind(device.ipv6.to_string())
                     .bind(device.last_seen_ip.clone())
@@ -274,7 +274,7 @@ impl Store {
             .bind(device.token_id.map(|id| id.to_string()))
             .bind(device.name.clone())
             .bind(device.version.clone())
-            .bind(device.public_key.clone())
+            .bind(device.public_key.map(|key| key.to_string()))
             .bind(device.last_seen_ip.clone())
             .bind(ts(device.last_seen_at))
             .bind(device.account_id.to_string())
@@ -303,7 +303,12 @@ pub(crate) fn device_from_row(row: &AnyRow) -> Result<Device> {
         token_id: opt_uuid(row, "token_id")?,
         name: text(row, "name")?,
         version: opt_text(row, "version")?,
-        public_key: opt_text(row, "public_key")?,
+        public_key: opt_text(row, "public_key")?
+            .map(|text| text.parse())
+            .transpose()
+            .map_err(|_| {
+                StoreError::Corrupt("a device's public key is not a WireGuard key".to_string())
+            })?,
         ipv4: parse_ip("ipv4")?
             .parse()
             .map_err(|_| StoreError::Corrupt("a device's ipv4 is not an address".to_string()))?,

@@ -314,7 +314,7 @@ impl AccountSessions {
         if self.sessions_of(DeviceKind::Client, client_id).is_empty() {
             let known = self.device(DeviceKind::Client, client_id).cloned();
             let device = Device {
-                public_key: authorization.client_public_key.clone(),
+                public_key: authorization.client_public_key,
                 actor_id: Some(authorization.actor_id),
                 ipv4: authorization.client_addresses.ipv4,
                 ipv6: authorization.client_addresses.ipv6,
@@ -350,7 +350,7 @@ impl AccountSessions {
                 token_id: None,
                 name: gateway_id.clone(),
                 version: None,
-                public_key: grant.gateway_public_key.clone(),
+                public_key: grant.gateway_public_key,
                 ipv4: Ipv4Addr::UNSPECIFIED,
                 ipv6: std::net::Ipv6Addr::UNSPECIFIED,
                 last_seen_ip: None,
@@ -396,7 +396,7 @@ impl AccountSessions {
             }
         }
         if let Some(public_key) = &device.public_key {
-            loaded.keys.insert(public_key.clone(), key);
+            loaded.keys.insert(*public_key, key);
         }
         if !device.ipv4.is_unspecified() {
             loaded.used_ipv4.insert(device.ipv4);
