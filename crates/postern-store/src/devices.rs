@@ -2,7 +2,7 @@
 //! read. Device sightings are buffered and written in batches: a fleet reconnecting at once
 //! costs one transaction a second, not one per session.
 
-use postern_domain::{ChangeEvent, Device, DeviceKind, Policy, Resource};
+use postern_domain::{ChangeEvent, Device, DeviceKind, Policy, Resource, WireGuardKey};
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
@@ -289,26 +289,34 @@ impl Store {
     }
 }
 
+/// Versions before typed keys stored any base64-looking text. Such a key is dropped, not the
+/// account: the device sends its real key when it next connects.
+fn stored_key(text: Option<String>, device_id: &str) -> Option<WireGuardKey> {
+    let text = text?;
+    let key = text.parse().ok();
+    if key.is_none() {
+        tracing::warn!(device_id, "the stored public key of this device is not a WireGuard key; it is ignored until the device connects again");
+    }
+    key
+}
+
 pub(crate) fn device_from_row(row: &AnyRow) -> Result<Device> {
     let kind_text = text(row, "kind")?;
     let parse_ip = |column: &str| -> Result<String> { text(row, column) };
+    let device_id = text(row, "device_id")?;
+    let public_key = stored_key(opt_text(row, "public_key")?, &device_id);
     Ok(Device {
         id: db::uuid(row, "id")?,
         account_id: db::uuid(row, "account_id")?,
         kind: DeviceKind::parse(&kind_text)
             .ok_or_else(|| StoreError::Corrupt(format!("unknown device kind '{kind_text}'")))?,
-        device_id: text(row, "device_id")?,
+        device_id,
         actor_id: opt_uuid(row, "actor_id")?,
         site_id: opt_uuid(row, "site_id")?,
         token_id: opt_uuid(row, "token_id")?,
         name: text(row, "name")?,
         version: opt_text(row, "version")?,
-        public_key: opt_text(row, "public_key")?
-            .map(|text| text.parse())
-            .transpose()
-            .map_err(|_| {
-                StoreError::Corrupt("a device's public key is not a WireGuard key".to_string())
-            })?,
+        public_key,
         ipv4: parse_ip("ipv4")?
             .parse()
             .map_err(|_| StoreError::Corrupt("a device's ipv4 is not an address".to_string()))?,
@@ -319,4 +327,17 @@ pub(crate) fn device_from_row(row: &AnyRow) -> Result<Device> {
         last_seen_at: time(row, "last_seen_at")?,
         created_at: time(row, "created_at")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_stored_by_an_older_version_that_is_not_a_key_is_dropped_not_the_row() {
+        let key = WireGuardKey::from_bytes([3; 32]);
+        assert_eq!(stored_key(Some(key.to_string()), "d"), Some(key));
+        assert_eq!(stored_key(Some("owner-key".into()), "d"), None);
+        assert_eq!(stored_key(None, "d"), None);
+    }
 }
