@@ -115,19 +115,41 @@ fn two_hundred_clients_on_two_nodes_get_two_hundred_addresses() {
         .flat_map(|(first, second)| [(0, first), (1, second)])
         .map(|(node, id)| Device::client(c.root.path(), &c.nodes[node].url, &id, &secret, &[]))
         .collect();
-    wait_for_all(&mut clients, LIMIT, "connected with addresses", |s| {
-        connected(s) && s["addresses"]["ipv4"].is_string()
-    });
-    let addresses: BTreeSet<String> = clients
-        .iter()
-        .filter_map(|d| d.status_file())
-        .filter_map(|s| s["addresses"]["ipv4"].as_str().map(str::to_string))
-        .collect();
-    assert_eq!(addresses.len(), 200, "two clients share an address");
-    let (rows, distinct) = (
-        c.database.scalar("SELECT COUNT(*) FROM devices"),
+    // An address is offered before the node's claim on it commits; a node that loses the race
+    // tells its client to reconnect. So wait for every claim to land, then for every client to
+    // show the address its row holds.
+    let deadline = std::time::Instant::now() + LIMIT;
+    loop {
+        wait_for_all(&mut clients, LIMIT, "connected with addresses", |s| {
+            connected(s) && s["addresses"]["ipv4"].is_string()
+        });
+        let shown: Vec<String> = clients
+            .iter()
+            .filter_map(|d| d.status_file())
+            .filter_map(|s| s["addresses"]["ipv4"].as_str().map(str::to_string))
+            .collect();
+        let distinct: BTreeSet<&String> = shown.iter().collect();
+        let quoted: Vec<String> = distinct.iter().map(|a| format!("'{a}'")).collect();
+        let rows = c.database.scalar("SELECT COUNT(*) FROM devices");
+        let rows_with_shown = c.database.scalar(&format!(
+            "SELECT COUNT(*) FROM devices WHERE ipv4 IN ({})",
+            quoted.join(", ")
+        ));
+        if (shown.len(), distinct.len(), rows, rows_with_shown) == (200, 200, 200, 200) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after {LIMIT:?}: {} addresses shown, {} distinct, {rows} device rows, {rows_with_shown} rows holding a shown address",
+            shown.len(),
+            distinct.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
         c.database
             .scalar("SELECT COUNT(DISTINCT ipv4) FROM devices"),
+        200,
+        "two rows share an address"
     );
-    assert_eq!((rows, distinct), (200, 200));
 }
