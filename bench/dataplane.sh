@@ -21,8 +21,9 @@
 # alike. Both tunnels use the same MTU (MTU, default 1280 = Postern's default).
 #
 # Per path and round: iperf3 TCP client → resource, 1 stream and 4 streams (-P 4), and the
-# download direction resource → client (1 stream, -R), DURATION s each (received throughput);
-# ping RTT (ping -c 20 -i 0.05, avg). The table gives the median over
+# download direction resource → client (1 stream, -R), DURATION s each (received throughput),
+# with the share of all cores' time that was busy meanwhile (/proc/stat: whether a core was left
+# for more work); ping RTT (ping -c PINGS -i 0.05, the median of the pings). The table gives the median over
 # the rounds, and the ratios Postern/boringtun and Postern/veth (for RTT, lower is better: a
 # ratio < 1 means Postern is faster).
 #
@@ -30,6 +31,7 @@
 # Environment:
 #   ROUNDS=3        interleaved rounds (the table gives the medians)
 #   DURATION=5      seconds per iperf3 run
+#   PINGS=20        pings per RTT measurement (50 ms apart)
 #   MTU=1280        tunnel MTU of both Postern and boringtun-cli
 #   SKIP_BUILD=1    use the existing release binaries
 #   KEEP_TMP=1      keep the temporary directory (logs, iperf3 JSON)
@@ -43,6 +45,7 @@ set -euo pipefail
 
 ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-5}"
+PINGS="${PINGS:-20}"
 MTU="${MTU:-1280}"
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -268,16 +271,23 @@ wait_ping postern 10.2.0.5 60
 gbps() { # gbps JSON_FILE: received throughput in Gbit/s
     jq -er '.end.sum_received.bits_per_second / 1e9' "$1"
 }
-iperf() { # iperf PATH ADDR STREAMS ROUND [-R] -> Gbit/s
-    local out="$WORK/iperf-$1-$3-$4${5:-}.json"
+cpu_ticks() { # cpu_ticks -> "busy total" jiffies of all cores since boot
+    awk '/^cpu / { total = 0; for (i = 2; i <= NF; i++) total += $i; print total - $5 - $6, total }' /proc/stat
+}
+iperf() { # iperf PATH ADDR STREAMS ROUND [-R] -> Gbit/s; the cores' busy share in $WORK/cpu-…
+    local out="$WORK/iperf-$1-$3-$4${5:-}.json" before after
+    before="$(cpu_ticks)"
     if ! in_ns "$NS_C" iperf3 -c "$2" -p 5201 -t "$DURATION" -P "$3" ${5:-} -J >"$out" 2>&1; then
         in_ns "$NS_C" iperf3 -c "$2" -p 5201 -t "$DURATION" -P "$3" ${5:-} -J >"$out" 2>&1 ||
             die "iperf3 over $1 failed: $(jq -r .error "$out" 2>/dev/null || cat "$out")"
     fi
+    after="$(cpu_ticks)"
+    awk -v b="$before" -v a="$after" 'BEGIN { split(b, x); split(a, y)
+        printf "%.0f\n", 100 * (y[1] - x[1]) / (y[2] - x[2]) }' >"$WORK/cpu-$1-$3-$4${5:-}"
     gbps "$out"
 }
-rtt() { # rtt ADDR -> avg ms
-    in_ns "$NS_C" ping -q -c 20 -i 0.05 "$1" | awk -F'/' '/^rtt|^round-trip/ { print $5 }'
+rtt() { # rtt ADDR -> median ms of PINGS pings (the average is at the mercy of a few late ones)
+    in_ns "$NS_C" ping -c "$PINGS" -i 0.05 "$1" | sed -n 's/.*time=\([0-9.]*\) ms.*/\1/p' | median
 }
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END {
     if (NR == 0) { print "nan" } else if (NR % 2) { print v[(NR + 1) / 2] } else { print (v[NR / 2] + v[NR / 2 + 1]) / 2 } }'; }
@@ -286,21 +296,24 @@ PATHS=(postern)
 [[ -z "$BORINGTUN" ]] || PATHS+=(boringtun)
 PATHS+=(veth)
 declare -A ADDR=([postern]=10.2.0.5 [boringtun]=10.4.0.5 [veth]=10.3.0.5)
-declare -A T1=() T4=() TR=() RTT=()
+declare -A T1=() T4=() TR=() RTT=() C1=() C4=()
 for round in $(seq 1 "$ROUNDS"); do
     for path in "${PATHS[@]}"; do
         a="$(iperf "$path" "${ADDR[$path]}" 1 "$round")"
         b="$(iperf "$path" "${ADDR[$path]}" 4 "$round")"
         d="$(iperf "$path" "${ADDR[$path]}" 1 "$round" -R)"
         r="$(rtt "${ADDR[$path]}")"
-        T1[$path]+=" $a" T4[$path]+=" $b" TR[$path]+=" $d" RTT[$path]+=" $r"
-        log "round $round $path: 1 stream $(printf '%.2f' "$a") Gbit/s, 4 streams $(printf '%.2f' "$b") Gbit/s, download $(printf '%.2f' "$d") Gbit/s, RTT $r ms"
+        c1="$(cat "$WORK/cpu-$path-1-$round")" c4="$(cat "$WORK/cpu-$path-4-$round")"
+        T1[$path]+=" $a" T4[$path]+=" $b" TR[$path]+=" $d" RTT[$path]+=" $r" C1[$path]+=" $c1" C4[$path]+=" $c4"
+        log "round $round $path: 1 stream $(printf '%.2f' "$a") Gbit/s (cores ${c1}% busy), 4 streams $(printf '%.2f' "$b") Gbit/s (${c4}%), download $(printf '%.2f' "$d") Gbit/s, RTT $r ms"
     done
 done
 
 # --- table ---------------------------------------------------------------------------------
-declare -A M1=() M4=() MD=() MR=()
+declare -A M1=() M4=() MD=() MR=() MC1=() MC4=()
 for path in "${PATHS[@]}"; do
+    MC1[$path]="$(median <<<"${C1[$path]}")"
+    MC4[$path]="$(median <<<"${C4[$path]}")"
     M1[$path]="$(median <<<"${T1[$path]}")"
     MD[$path]="$(median <<<"${TR[$path]}")"
     M4[$path]="$(median <<<"${T4[$path]}")"
@@ -322,7 +335,8 @@ for metric in 1 4; do
     unset -n M
 done
 echo "| TCP download, 1 stream, iperf3 -R (Gbit/s) | $(f2 "${MD[postern]}") | $(bt "$(f2 "${MD[boringtun]:-0}")") | $(f2 "${MD[veth]}") | $(bt "$(ratio "${MD[postern]}" "${MD[boringtun]:-0}")") | $(ratio "${MD[postern]}" "${MD[veth]}") |"
-echo "| ping RTT avg (ms, lower is better) | $(f3 "${MR[postern]}") | $(bt "$(f3 "${MR[boringtun]:-0}")") | $(f3 "${MR[veth]}") | $(bt "$(ratio "${MR[postern]}" "${MR[boringtun]:-0}")") | $(ratio "${MR[postern]}" "${MR[veth]}") |"
+echo "| ping RTT median (ms, lower is better) | $(f3 "${MR[postern]}") | $(bt "$(f3 "${MR[boringtun]:-0}")") | $(f3 "${MR[veth]}") | $(bt "$(ratio "${MR[postern]}" "${MR[boringtun]:-0}")") | $(ratio "${MR[postern]}" "${MR[veth]}") |"
+echo "| all cores busy during 1 stream / 4 streams (%) | ${MC1[postern]} / ${MC4[postern]} | $(bt "${MC1[boringtun]:-} / ${MC4[boringtun]:-}") | ${MC1[veth]} / ${MC4[veth]} | | |"
 echo ""
 echo "Every round (Gbit/s 1 stream / 4 streams / download / RTT ms):"
 for path in "${PATHS[@]}"; do

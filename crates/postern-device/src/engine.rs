@@ -145,8 +145,15 @@ impl Engine {
         let mut tun_in = TunReader::new(self.mtu);
         let mut udp_in = UdpReceive::new(self.udp_state.as_ref());
         debug!(tun = %self.tun_name, mtu = self.mtu, "data plane running");
+        // One timer entry, moved only when the deadline does: not one made and dropped per wake-up.
+        let timer =
+            tokio::time::sleep_until(tokio::time::Instant::from_std(self.peers.poll_timeout()));
+        tokio::pin!(timer);
         loop {
             let deadline = tokio::time::Instant::from_std(self.peers.poll_timeout());
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
             tokio::select! {
                 read = tun_in.recv(&self.tun) => match read {
                     Ok(count) => {
@@ -191,7 +198,7 @@ impl Engine {
                     self.flush_tun(&mut io).await;
                     self.send_transmits(&mut forwarding).await;
                 }
-                _ = tokio::time::sleep_until(deadline) => {
+                () = &mut timer => {
                     let now = Instant::now();
                     self.peers.handle_timeout(now);
                     forwarding.tick(&self.peers, now);
