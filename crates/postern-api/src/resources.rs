@@ -34,8 +34,12 @@ pub struct CreateResource {
     pub resource_type: ResourceType,
     #[schema(min_length = 1, max_length = 255)]
     pub name: String,
-    /// A CIDR range (`10.0.0.0/24`), an IP address, or a DNS name (`git.corp.example`,
-    /// `*.corp.example`). Refused (422): every address (`0.0.0.0/0`, `::/0`), and anything
+    /// A CIDR range (`10.0.0.0/24`), an IP address, or a DNS name or pattern:
+    /// `git.corp.example`; `*.corp.example` (exactly one label in front: `git.corp.example`, not
+    /// `a.git.corp.example` or `corp.example`); `**.corp.example` (any depth, `corp.example`
+    /// included); `web-?.corp.example` (`?` is one character, never a dot: `web-1`, not
+    /// `web-10`). When several resources match a name, the most specific wins: exact, then `?`,
+    /// then `*`, then `**`. Refused (422): every address (`0.0.0.0/0`, `::/0`), and anything
     /// overlapping loopback, link-local (`169.254.0.0/16`, `fe80::/10`), the cloud metadata
     /// service (`fd00:ec2::254`) or the devices' tunnel addresses (`100.64.0.0/10`,
     /// `fd70:6f73:7465:726e::/64`).

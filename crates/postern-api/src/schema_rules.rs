@@ -18,7 +18,8 @@ const PORT: &str =
 const DAY: &str = "(?:[Mm]on(?:day)?|[Tt]ue(?:s|sday)?|[Ww]ed(?:s|nesday)?|[Tt]hu(?:r|rs|rsday)?|[Ff]ri(?:day)?|[Ss]at(?:urday)?|[Ss]un(?:day)?)";
 const CLOCK: &str = "(?:[01]?[0-9]|2[0-3]):[0-5][0-9]";
 const TIME_ZONE: &str = "[A-Z][A-Za-z_]{1,20}(?:/[A-Z][A-Za-z_]{1,20}){0,2}";
-const LABEL: &str = "[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?";
+/// A DNS label in which `?` stands for one character.
+const LABEL: &str = "[A-Za-z0-9_?](?:[A-Za-z0-9_?-]{0,61}[A-Za-z0-9_?])?";
 
 fn ipv4() -> String {
     format!("{OCTET}(?:\\.{OCTET}){{3}}")
@@ -67,9 +68,9 @@ fn window_spec() -> String {
     format!(" *{days} +{CLOCK}-(?:{CLOCK}|24:00) +{TIME_ZONE} *")
 }
 
-/// A name, or `*.` / `?.` and a name.
+/// A name, or `*.` / `**.` and a name; `?` stands for one character of a label.
 fn dns_name() -> String {
-    format!("(?:[*?]\\.)?{LABEL}(?:\\.{LABEL}){{0,6}}\\.?")
+    format!("(?:\\*\\*?\\.)?{LABEL}(?:\\.{LABEL}){{0,6}}\\.?")
 }
 
 /// ASCII only: the server bounds an email's bytes, JSON Schema its characters.

@@ -4,6 +4,7 @@
 //! Everything here is pure: no I/O, no clock reads (the caller passes `now`), no randomness except
 //! fresh identifiers. Storage and HTTP are thin shells around these types and functions.
 
+pub mod dns;
 pub mod events;
 pub mod keys;
 pub mod model;

@@ -188,7 +188,8 @@ fn reachable(field: &str, value: &str, net: IpNet) -> Result<(), ValidationError
     Ok(())
 }
 
-/// A DNS name, optionally with a leading wildcard label: `*` (any depth) or `?` (one label).
+/// A DNS name or pattern (see [`crate::dns`]): `*` or `**` as the whole first label (one
+/// label, any depth), `?` for one character of any label.
 pub fn dns_name(field: &str, value: &str) -> Result<String, ValidationError> {
     let lower = value.trim_end_matches('.').to_ascii_lowercase();
     let invalid =
@@ -201,7 +202,7 @@ pub fn dns_name(field: &str, value: &str) -> Result<String, ValidationError> {
     }
     let labels: Vec<&str> = lower.split('.').collect();
     for (index, label) in labels.iter().enumerate() {
-        if index == 0 && (*label == "*" || *label == "?") {
+        if index == 0 && (*label == "*" || *label == "**") {
             if labels.len() < 2 {
                 return Err(invalid(
                     "a wildcard needs a domain after it, as in *.corp.example",
@@ -215,14 +216,18 @@ pub fn dns_name(field: &str, value: &str) -> Result<String, ValidationError> {
         if label.len() > 63 {
             return Err(invalid("a label is longer than 63 characters"));
         }
-        if label.contains(['*', '?']) {
-            return Err(invalid("a wildcard may only be the whole first label"));
+        if label.contains('*') {
+            return Err(invalid(
+                "'*' and '**' may only be the whole first label, as in **.corp.example",
+            ));
         }
         if !label
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '?')
         {
-            return Err(invalid("labels may hold only letters, digits, '-' and '_'"));
+            return Err(invalid(
+                "labels may hold only letters, digits, '-', '_' and '?' (one character)",
+            ));
         }
         if label.starts_with('-') || label.ends_with('-') {
             return Err(invalid("a label may not start or end with '-'"));
@@ -320,12 +325,20 @@ mod tests {
             "*.corp.example"
         );
         assert_eq!(
-            resource_address("address", t, "?.corp.example").unwrap(),
-            "?.corp.example"
+            resource_address("address", t, "**.Corp.example").unwrap(),
+            "**.corp.example"
+        );
+        assert_eq!(
+            resource_address("address", t, "web-?.corp.example").unwrap(),
+            "web-?.corp.example"
         );
         for bad in [
             "*",
+            "**",
+            "***.corp.example",
             "a.*.example",
+            "a.**.example",
+            "*x.example",
             "a..b",
             "-a.example",
             "a b.example",

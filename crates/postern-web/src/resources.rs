@@ -243,7 +243,7 @@ async fn form_page(
             (ui::input_field("name", "Name", &form.name, &form.errors, "text", true, None, None))
             (ui::select_field("type", "Type", &types, &form.resource_type, &form.errors, None))
             (ui::input_field("address", "Address", &form.address, &form.errors, "text", true, None,
-                Some("10.20.0.0/16, 10.20.0.5 or db.internal.example.com (a leading *. matches subdomains).")))
+                Some("10.20.0.0/16, 10.20.0.5 or db.internal.example.com. Patterns: *.corp.example is one label in front (git.corp.example), **.corp.example any depth and corp.example itself, web-?.corp.example one character; the most specific resource wins.")))
             (ui::select_field("site_id", "Site", &sites, &form.site_id, &form.errors, Some("Choose a site…")))
             (ui::input_field("description", "Description", &form.description, &form.errors, "text", false, None, None))
             fieldset.field {

@@ -80,7 +80,11 @@ struct CreateArgs {
     /// Name of the resource
     #[arg(long)]
     name: String,
-    /// The address, such as 10.0.0.0/24, 10.0.0.7 or *.corp.example
+    /// The address, such as 10.0.0.0/24, 10.0.0.7 or db.corp.example. DNS patterns:
+    /// *.corp.example matches one label in front (git.corp.example, not a.git.corp.example),
+    /// **.corp.example any depth and corp.example itself, web-?.corp.example one character
+    /// (web-1, not web-10); when several match a name the most specific wins (exact, then ?,
+    /// then *, then **)
     #[arg(long)]
     address: String,
     /// Id or name of the site that reaches the address

@@ -1,0 +1,252 @@
+//! The names a `dns` resource covers, and which resource a queried name belongs to.
+//!
+//! A resource's address is a name or a pattern (validated and lowercased by
+//! [`crate::validate::dns_name`]):
+//!
+//! | Pattern | Matches | Does not match |
+//! |---|---|---|
+//! | `app.corp.example` | `app.corp.example` | `x.app.corp.example` |
+//! | `web-?.corp.example` | `web-1.corp.example`, `web-a.corp.example` | `web-10.corp.example`, `web-.corp.example` |
+//! | `*.corp.example` | `git.corp.example` | `corp.example`, `a.git.corp.example` |
+//! | `**.corp.example` | `corp.example`, `git.corp.example`, `a.git.corp.example` | `corpx.example` |
+//!
+//! `?` stands for one character of a label (never a dot), `*` for exactly one whole label,
+//! `**` for any number of labels, none included. When several resources match a name the most
+//! specific wins: an exact name, then one with `?`, then `*`, then `**`; among patterns of one
+//! kind, the one naming more labels.
+
+use std::cmp::Ordering;
+
+/// A validated `dns` resource address, ready to match queried names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamePattern {
+    lead: Lead,
+    /// The labels after the leading wildcard (all of them without one); `?` in them matches
+    /// any one character.
+    labels: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lead {
+    /// No leading wildcard: the name has exactly these labels.
+    None,
+    /// `*.`: one more label in front, any.
+    OneLabel,
+    /// `**.`: any number of labels in front, none included.
+    AnyDepth,
+}
+
+/// How specific a pattern is; greater is more specific. Compare with [`Ord`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Specificity {
+    kind: u8,
+    labels: usize,
+    /// Fewer `?` is more specific.
+    fixed_characters: usize,
+}
+
+impl NamePattern {
+    /// Reads a resource address that [`crate::validate::dns_name`] accepted; `None` for
+    /// anything else (an address stored by a bug must match nothing rather than everything).
+    pub fn parse(address: &str) -> Option<Self> {
+        let (lead, rest) = if let Some(rest) = address.strip_prefix("**.") {
+            (Lead::AnyDepth, rest)
+        } else if let Some(rest) = address.strip_prefix("*.") {
+            (Lead::OneLabel, rest)
+        } else {
+            (Lead::None, address)
+        };
+        let labels: Vec<String> = rest.split('.').map(str::to_string).collect();
+        let well_formed = labels
+            .iter()
+            .all(|label| !label.is_empty() && !label.contains('*'));
+        well_formed.then_some(Self { lead, labels })
+    }
+
+    /// Whether `name` (a queried name; any case, with or without the final dot) is covered.
+    pub fn matches(&self, name: &str) -> bool {
+        let name = name.strip_suffix('.').unwrap_or(name);
+        if name.is_empty() {
+            return false;
+        }
+        let queried: Vec<&str> = name.split('.').collect();
+        let Some(extra) = queried.len().checked_sub(self.labels.len()) else {
+            return false;
+        };
+        let depth_fits = match self.lead {
+            Lead::None => extra == 0,
+            Lead::OneLabel => extra == 1 && queried.first().is_some_and(|l| !l.is_empty()),
+            Lead::AnyDepth => queried[..extra].iter().all(|l| !l.is_empty()),
+        };
+        depth_fits
+            && queried[extra..]
+                .iter()
+                .zip(&self.labels)
+                .all(|(label, pattern)| label_matches(pattern, label))
+    }
+
+    pub fn specificity(&self) -> Specificity {
+        let questions: usize = self.labels.iter().map(|l| l.matches('?').count()).sum();
+        let kind = match self.lead {
+            Lead::None if questions == 0 => 3,
+            Lead::None => 2,
+            Lead::OneLabel => 1,
+            Lead::AnyDepth => 0,
+        };
+        let characters: usize = self.labels.iter().map(String::len).sum();
+        Specificity {
+            kind,
+            labels: self.labels.len(),
+            fixed_characters: characters - questions,
+        }
+    }
+}
+
+/// `pattern` holds `?` for any one character; labels compare without regard to case.
+fn label_matches(pattern: &str, label: &str) -> bool {
+    pattern.len() == label.len()
+        && pattern
+            .bytes()
+            .zip(label.bytes())
+            .all(|(p, l)| p == b'?' || p == l.to_ascii_lowercase())
+}
+
+/// The item whose pattern covers `name` most specifically; a tie goes to the first of the
+/// tied items in `key` order, so every caller picks the same one.
+pub fn most_specific<'a, T, K: Ord>(
+    items: impl IntoIterator<Item = (&'a NamePattern, T)>,
+    name: &str,
+    key: impl Fn(&T) -> K,
+) -> Option<T> {
+    items
+        .into_iter()
+        .filter(|(pattern, _)| pattern.matches(name))
+        .max_by(
+            |(a, x), (b, y)| match a.specificity().cmp(&b.specificity()) {
+                Ordering::Equal => key(y).cmp(&key(x)),
+                other => other,
+            },
+        )
+        .map(|(_, item)| item)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::dns_name;
+    use proptest::prelude::*;
+
+    fn pattern(text: &str) -> NamePattern {
+        let valid = dns_name("address", text).unwrap();
+        NamePattern::parse(&valid).unwrap()
+    }
+
+    #[test]
+    fn the_documented_examples_hold() {
+        let cases: [(&str, &[&str], &[&str]); 4] = [
+            (
+                "app.corp.example",
+                &["app.corp.example", "APP.corp.example."],
+                &["x.app.corp.example", "corp.example"],
+            ),
+            (
+                "web-?.corp.example",
+                &["web-1.corp.example", "web-a.corp.example"],
+                &[
+                    "web-10.corp.example",
+                    "web-.corp.example",
+                    "web-1.x.corp.example",
+                ],
+            ),
+            (
+                "*.corp.example",
+                &["git.corp.example"],
+                &["corp.example", "a.git.corp.example", ".corp.example"],
+            ),
+            (
+                "**.corp.example",
+                &["corp.example", "git.corp.example", "a.git.corp.example"],
+                &["corpx.example", "example", "a..corp.example"],
+            ),
+        ];
+        for (text, yes, no) in cases {
+            let p = pattern(text);
+            for name in yes {
+                assert!(p.matches(name), "{text} should match {name}");
+            }
+            for name in no {
+                assert!(!p.matches(name), "{text} should not match {name}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_most_specific_resource_wins() {
+        let patterns = [
+            pattern("**.corp.example"),
+            pattern("*.corp.example"),
+            pattern("gi?.corp.example"),
+            pattern("git.corp.example"),
+            pattern("**.git.corp.example"),
+        ];
+        let pick = |name: &str| {
+            most_specific(
+                patterns.iter().enumerate().map(|(i, p)| (p, i)),
+                name,
+                |i| *i,
+            )
+        };
+        assert_eq!(pick("git.corp.example"), Some(3));
+        assert_eq!(pick("gik.corp.example"), Some(2));
+        assert_eq!(pick("wiki.corp.example"), Some(1));
+        assert_eq!(pick("corp.example"), Some(0));
+        assert_eq!(pick("a.wiki.corp.example"), Some(0));
+        assert_eq!(
+            pick("a.git.corp.example"),
+            Some(4),
+            "more labels named wins among `**`"
+        );
+        assert_eq!(pick("example.org"), None);
+    }
+
+    #[test]
+    fn a_tie_goes_to_the_lowest_key_whatever_the_order() {
+        let a = pattern("*.corp.example");
+        let b = pattern("*.corp.example");
+        for items in [vec![(&a, 7), (&b, 2)], vec![(&b, 2), (&a, 7)]] {
+            assert_eq!(most_specific(items, "x.corp.example", |k| *k), Some(2));
+        }
+    }
+
+    #[test]
+    fn what_validation_refuses_does_not_parse_into_a_catch_all() {
+        assert_eq!(NamePattern::parse("a.*.example"), None);
+        assert_eq!(NamePattern::parse("*"), None);
+        assert_eq!(NamePattern::parse("**."), None);
+    }
+
+    proptest! {
+        #[test]
+        fn an_exact_name_matches_itself_and_nothing_longer(
+            labels in prop::collection::vec("[a-z0-9]{1,8}", 1..5),
+            front in "[a-z0-9]{1,8}",
+        ) {
+            let name = labels.join(".");
+            let longer = format!("{front}.{name}");
+            let exact = pattern(&name);
+            let any_depth = pattern(&format!("**.{name}"));
+            let one_label = pattern(&format!("*.{name}"));
+            prop_assert!(exact.matches(&name));
+            prop_assert!(!exact.matches(&longer));
+            prop_assert!(any_depth.matches(&longer) && any_depth.matches(&name));
+            prop_assert!(one_label.matches(&longer) && !one_label.matches(&name));
+        }
+
+        #[test]
+        fn no_queried_name_panics_the_matcher(name in "\\PC{0,80}") {
+            for p in ["**.corp.example", "*.corp.example", "w?b.corp.example", "corp.example"] {
+                let _ = pattern(p).matches(&name);
+            }
+        }
+    }
+}
