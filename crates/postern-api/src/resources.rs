@@ -41,8 +41,9 @@ pub struct CreateResource {
     /// `web-10`). When several resources match a name, the most specific wins: exact, then `?`,
     /// then `*`, then `**`. Refused (422): every address (`0.0.0.0/0`, `::/0`), and anything
     /// overlapping loopback, link-local (`169.254.0.0/16`, `fe80::/10`), the cloud metadata
-    /// service (`fd00:ec2::254`) or the devices' tunnel addresses (`100.64.0.0/10`,
-    /// `fd70:6f73:7465:726e::/64`).
+    /// service (`fd00:ec2::254`), the devices' tunnel addresses (`100.64.0.0/10`,
+    /// `fd70:6f73:7465:726e::/64`) or the clients' DNS resolver and proxy addresses
+    /// (`198.18.0.0/15`, `fd70:6f73:7465:726f::/64`).
     #[schema(min_length = 1)]
     pub address: String,
     pub description: Option<String>,

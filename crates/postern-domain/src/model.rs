@@ -148,6 +148,20 @@ pub const TUNNEL_IPV6_NETWORK: std::net::Ipv6Addr =
     std::net::Ipv6Addr::new(0xfd70, 0x6f73, 0x7465, 0x726e, 0, 0, 0, 0);
 pub const TUNNEL_IPV6_PREFIX_LEN: u8 = 64;
 
+/// Where a client's stub resolver listens and its DNS resources' proxy addresses come from:
+/// 198.18.0.0/15 (RFC 2544's benchmarking range, never routed on the Internet; the fake-IP range
+/// of Clash and sing-box), and the ULA fd70:6f73:7465:726f::/64 beside the tunnel one. The
+/// first /24 (and its IPv6 counterpart) is for the resolver itself and what may join it.
+pub const DNS_IPV4_NETWORK: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 18, 0, 0);
+pub const DNS_IPV4_PREFIX_LEN: u8 = 15;
+pub const DNS_IPV6_NETWORK: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0xfd70, 0x6f73, 0x7465, 0x726f, 0, 0, 0, 0);
+pub const DNS_IPV6_PREFIX_LEN: u8 = 64;
+/// The stub resolver's addresses on a client: 198.18.0.53 and fd70:6f73:7465:726f::53.
+pub const DNS_RESOLVER_IPV4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 18, 0, 53);
+pub const DNS_RESOLVER_IPV6: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0xfd70, 0x6f73, 0x7465, 0x726f, 0, 0, 0, 0x53);
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct Group {
     pub id: Uuid,

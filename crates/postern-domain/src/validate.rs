@@ -138,7 +138,7 @@ pub fn resource_address(
 
 /// Ranges no resource may cover or fall in: a gateway would hand its own host, its cloud's
 /// metadata service or the tunnels themselves to whoever is granted the resource.
-fn forbidden_ranges() -> [(IpNet, &'static str); 7] {
+fn forbidden_ranges() -> [(IpNet, &'static str); 9] {
     let net = |text: &str| text.parse::<IpNet>().unwrap_or_default();
     [
         (net("127.0.0.0/8"), "the gateway's loopback"),
@@ -164,6 +164,22 @@ fn forbidden_ranges() -> [(IpNet, &'static str); 7] {
             )
             .unwrap_or_default(),
             "the tunnel addresses of devices",
+        ),
+        (
+            IpNet::new(
+                crate::model::DNS_IPV4_NETWORK.into(),
+                crate::model::DNS_IPV4_PREFIX_LEN,
+            )
+            .unwrap_or_default(),
+            "the DNS resolver and proxy addresses of clients",
+        ),
+        (
+            IpNet::new(
+                crate::model::DNS_IPV6_NETWORK.into(),
+                crate::model::DNS_IPV6_PREFIX_LEN,
+            )
+            .unwrap_or_default(),
+            "the DNS resolver and proxy addresses of clients",
         ),
     ]
 }
@@ -282,6 +298,9 @@ mod tests {
             (ResourceType::Cidr, "100.0.0.0/8", "tunnel"),
             (ResourceType::Ip, "100.127.255.254", "tunnel"),
             (ResourceType::Cidr, "fd70:6f73:7465:726e::/96", "tunnel"),
+            (ResourceType::Cidr, "198.18.0.0/24", "DNS"),
+            (ResourceType::Ip, "198.19.255.1", "DNS"),
+            (ResourceType::Cidr, "fd70:6f73:7465:726f::/80", "DNS"),
         ];
         for (t, value, why) in refused {
             let err = resource_address("address", t, value).unwrap_err();
