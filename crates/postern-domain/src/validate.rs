@@ -139,7 +139,11 @@ pub fn resource_address(
 /// Ranges no resource may cover or fall in: a gateway would hand its own host, its cloud's
 /// metadata service or the tunnels themselves to whoever is granted the resource.
 fn forbidden_ranges() -> [(IpNet, &'static str); 9] {
+    use crate::model::*;
     let net = |text: &str| text.parse::<IpNet>().unwrap_or_default();
+    let range = |address: std::net::IpAddr, len: u8| IpNet::new(address, len).unwrap_or_default();
+    let tunnels = "the tunnel addresses of devices";
+    let dns = "the DNS resolver and proxy addresses of clients";
     [
         (net("127.0.0.0/8"), "the gateway's loopback"),
         (net("::1/128"), "the gateway's loopback"),
@@ -150,37 +154,15 @@ fn forbidden_ranges() -> [(IpNet, &'static str); 9] {
         (net("fe80::/10"), "link-local addresses"),
         (net("fd00:ec2::254/128"), "the cloud metadata service"),
         (
-            IpNet::new(
-                crate::model::TUNNEL_IPV4_NETWORK.into(),
-                crate::model::TUNNEL_IPV4_PREFIX_LEN,
-            )
-            .unwrap_or_default(),
-            "the tunnel addresses of devices",
+            range(TUNNEL_IPV4_NETWORK.into(), TUNNEL_IPV4_PREFIX_LEN),
+            tunnels,
         ),
         (
-            IpNet::new(
-                crate::model::TUNNEL_IPV6_NETWORK.into(),
-                crate::model::TUNNEL_IPV6_PREFIX_LEN,
-            )
-            .unwrap_or_default(),
-            "the tunnel addresses of devices",
+            range(TUNNEL_IPV6_NETWORK.into(), TUNNEL_IPV6_PREFIX_LEN),
+            tunnels,
         ),
-        (
-            IpNet::new(
-                crate::model::DNS_IPV4_NETWORK.into(),
-                crate::model::DNS_IPV4_PREFIX_LEN,
-            )
-            .unwrap_or_default(),
-            "the DNS resolver and proxy addresses of clients",
-        ),
-        (
-            IpNet::new(
-                crate::model::DNS_IPV6_NETWORK.into(),
-                crate::model::DNS_IPV6_PREFIX_LEN,
-            )
-            .unwrap_or_default(),
-            "the DNS resolver and proxy addresses of clients",
-        ),
+        (range(DNS_IPV4_NETWORK.into(), DNS_IPV4_PREFIX_LEN), dns),
+        (range(DNS_IPV6_NETWORK.into(), DNS_IPV6_PREFIX_LEN), dns),
     ]
 }
 
