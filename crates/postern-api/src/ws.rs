@@ -217,8 +217,8 @@ async fn handle_incoming(
 ) -> Result<(), String> {
     match kind {
         DeviceKind::Client => match decode::<ClientToPortal>(text).map_err(|e| e.to_string())? {
-            ClientToPortal::RequestAccess { resource_id } => {
-                handle.request_access(resource_id).await
+            ClientToPortal::RequestAccess { resource_id, dns } => {
+                handle.request_access(resource_id, dns).await
             }
             ClientToPortal::Heartbeat => {}
         },

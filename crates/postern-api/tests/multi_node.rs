@@ -585,7 +585,10 @@ async fn a_client_on_one_node_reaches_a_gateway_on_another_and_a_third_revokes()
     // Node A hears of the gateway on node B through the feed and grants through it.
     let deadline = Instant::now() + Duration::from_secs(5);
     let (gateway_info, authorization_id) = loop {
-        let request = postern_protocol::encode(&ClientToPortal::RequestAccess { resource_id });
+        let request = postern_protocol::encode(&ClientToPortal::RequestAccess {
+            resource_id,
+            dns: None,
+        });
         client
             .send(tokio_tungstenite::tungstenite::Message::Text(
                 request.into(),

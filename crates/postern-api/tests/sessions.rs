@@ -267,7 +267,11 @@ async fn access_requests_reach_a_gateway_and_revocation_ends_everything(portal: 
     // No gateway online yet: denied, with the reason.
     first
         .send(Message::Text(
-            encode(&ClientToPortal::RequestAccess { resource_id }).into(),
+            encode(&ClientToPortal::RequestAccess {
+                resource_id,
+                dns: None,
+            })
+            .into(),
         ))
         .await
         .unwrap();
@@ -298,7 +302,11 @@ async fn access_requests_reach_a_gateway_and_revocation_ends_everything(portal: 
 
     first
         .send(Message::Text(
-            encode(&ClientToPortal::RequestAccess { resource_id }).into(),
+            encode(&ClientToPortal::RequestAccess {
+                resource_id,
+                dns: None,
+            })
+            .into(),
         ))
         .await
         .unwrap();

@@ -147,9 +147,10 @@ impl Forwarding for ClientForwarding {
                     .cloned()
                     .unwrap_or_else(|| resource_id.to_string());
                 info!("requesting access to {name}");
-                let _ = self
-                    .requests
-                    .send(ClientToPortal::RequestAccess { resource_id });
+                let _ = self.requests.send(ClientToPortal::RequestAccess {
+                    resource_id,
+                    dns: None,
+                });
                 None
             }
             Route::Held { request: None } => None,

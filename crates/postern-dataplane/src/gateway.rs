@@ -13,7 +13,7 @@ use postern_protocol::{Authorization, TunnelAddresses};
 use uuid::Uuid;
 
 use crate::packet::{self, Transport};
-use crate::{resource_network, PresharedKey, WireGuardKey};
+use crate::{authorized_networks, resource_network, PresharedKey, WireGuardKey};
 
 /// Why a packet was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -121,9 +121,16 @@ impl DropCounters {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Rule {
     authorization_id: Uuid,
-    network: IpNet,
+    /// One network, or a DNS resource's proxy addresses.
+    networks: Vec<IpNet>,
     filters: Vec<Filter>,
     expires_at: DateTime<Utc>,
+}
+
+impl Rule {
+    fn covers(&self, address: IpAddr) -> bool {
+        self.networks.iter().any(|net| net.contains(&address))
+    }
 }
 
 /// One client device as the gateway knows it: its key, addresses and what it may reach.
@@ -196,9 +203,11 @@ impl GatewayPolicy {
         let key = authorization
             .client_public_key
             .ok_or_else(|| skip("the client sent no WireGuard public key"))?;
-        let network = resource_network(&authorization.resource).ok_or_else(|| {
-            skip("the resource has no fixed address (dns resources are not routed yet)")
-        })?;
+        let is_dns = authorization.resource.resource_type == "dns";
+        if !is_dns && resource_network(&authorization.resource).is_none() {
+            return Err(skip("the resource has no address the gateway can route"));
+        }
+        let networks = authorized_networks(authorization);
         let preshared_key = authorization.preshared_key.clone();
         let peer = self.peers.entry(key).or_insert_with(|| ClientPeer {
             key,
@@ -220,7 +229,7 @@ impl GatewayPolicy {
         }
         let rule = Rule {
             authorization_id: authorization.id,
-            network,
+            networks,
             filters: authorization.resource.filters.clone(),
             expires_at: authorization.expires_at,
         };
@@ -308,7 +317,7 @@ impl GatewayPolicy {
             Transport::Fragment { .. } | Transport::Other { .. } => (None, None),
         };
         let mut reason = DropReason::NotAuthorized;
-        for rule in peer.rules.iter().filter(|r| r.network.contains(&info.dst)) {
+        for rule in peer.rules.iter().filter(|r| r.covers(info.dst)) {
             if rule.expires_at <= now {
                 reason = reason_max(reason, DropReason::Expired);
                 continue;
@@ -337,7 +346,7 @@ impl GatewayPolicy {
         let key = self.by_address.get(&dst).ok_or(DropReason::UnknownPeer)?;
         let peer = self.peers.get(key).ok_or(DropReason::UnknownPeer)?;
         let mut reason = DropReason::NotAuthorized;
-        for rule in peer.rules.iter().filter(|r| r.network.contains(&src)) {
+        for rule in peer.rules.iter().filter(|r| r.covers(src)) {
             if rule.expires_at > now {
                 return Ok(*key);
             }
@@ -410,6 +419,7 @@ mod tests {
             resource,
             expires_at: now() + chrono::Duration::minutes(minutes),
             preshared_key: Some(PresharedKey::from_bytes([id as u8; 32])),
+            dns: Vec::new(),
         }
     }
 
@@ -648,10 +658,39 @@ mod tests {
     fn unusable_authorizations_are_reported() {
         let mut no_key = authorization(1, 1, "100.64.0.1", "ip", "10.0.0.1", vec![], 5);
         no_key.client_public_key = None;
-        let dns = authorization(2, 1, "100.64.0.1", "dns", "db.internal", vec![], 5);
-        let (policy, skipped) = GatewayPolicy::new(&[no_key, dns]);
-        assert_eq!(skipped.len(), 2);
+        let (policy, skipped) = GatewayPolicy::new(&[no_key]);
+        assert_eq!(skipped.len(), 1);
         assert_eq!(policy.peers().count(), 0);
+    }
+
+    #[test]
+    fn a_dns_authorization_opens_only_the_proxy_addresses_of_its_names() {
+        let mut dns = authorization(2, 1, "100.64.0.1", "dns", "*.internal", vec![], 5);
+        dns.dns = vec![
+            postern_protocol::DnsTarget {
+                name: "db.internal".into(),
+                proxy_ipv4: "198.18.1.0".parse().unwrap(),
+                proxy_ipv6: "fd70:6f73:7465:726f::100".parse().unwrap(),
+            },
+            // Outside the pattern: the gateway does not trust that the portal checked.
+            postern_protocol::DnsTarget {
+                name: "evil.example".into(),
+                proxy_ipv4: "198.18.1.1".parse().unwrap(),
+                proxy_ipv6: "fd70:6f73:7465:726f::101".parse().unwrap(),
+            },
+        ];
+        let (policy, skipped) = GatewayPolicy::new(&[dns]);
+        assert!(skipped.is_empty());
+        let key = WireGuardKey::from_bytes([1; 32]);
+        let to = |dst: &str| ip(addr("100.64.0.1"), addr(dst), PROTO_TCP, &ports(5000, 80));
+        assert_eq!(policy.check_inbound(&key, &to("198.18.1.0"), now()), Ok(()));
+        for refused in ["198.18.1.1", "10.0.0.1"] {
+            assert_eq!(
+                policy.check_inbound(&key, &to(refused), now()),
+                Err(DropReason::NotAuthorized),
+                "{refused}"
+            );
+        }
     }
 
     #[test]
@@ -689,7 +728,7 @@ mod tests {
                         a.resource.filters = vec![tcp_filter(443)];
                     }
                     let served = incremental.upsert(&a, &mut touched).is_ok();
-                    proptest::prop_assert_eq!(served, kind != "dns");
+                    proptest::prop_assert!(served);
                     current.insert(a.id, a);
                 } else {
                     incremental.remove(Uuid::from_u128(id), &mut touched);
@@ -742,6 +781,7 @@ mod redaction_tests {
             },
             expires_at: chrono::Utc::now() + chrono::Duration::hours(1),
             preshared_key: Some(PresharedKey::from_bytes(key_bytes)),
+            dns: Vec::new(),
         };
         let mut policy = GatewayPolicy::default();
         policy

@@ -28,6 +28,27 @@ pub fn resource_network(resource: &ResourceView) -> Option<IpNet> {
     }
 }
 
+/// The destinations an authorization opens: its resource's network, or for a DNS resource the
+/// proxy addresses of the names the client asked for (each checked against the pattern again:
+/// a gateway never trusts that the portal did).
+pub fn authorized_networks(authorization: &postern_protocol::Authorization) -> Vec<IpNet> {
+    let resource = &authorization.resource;
+    if resource.resource_type != "dns" {
+        return resource_network(resource).into_iter().collect();
+    }
+    authorization
+        .dns
+        .iter()
+        .filter(|target| target.check(&resource.address).is_ok())
+        .flat_map(|target| {
+            [
+                IpNet::from(IpAddr::V4(target.proxy_ipv4)),
+                IpNet::from(IpAddr::V6(target.proxy_ipv6)),
+            ]
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

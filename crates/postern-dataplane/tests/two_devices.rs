@@ -78,6 +78,7 @@ impl Devices {
             resource: resource(),
             expires_at: now() + Duration::minutes(10),
             preshared_key: Some(psk.clone()),
+            dns: Vec::new(),
         };
         let mut devices = Devices {
             router: ClientRouter::default(),

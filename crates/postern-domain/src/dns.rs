@@ -130,6 +130,32 @@ pub fn most_specific<'a, T, K: Ord>(
         .map(|(_, item)| item)
 }
 
+/// Whether `address` is one a stub resolver gives a name: in the proxy ranges, past their
+/// first /24 (IPv6: past its first 256 addresses), which the resolver keeps for itself.
+pub fn is_proxy_address(address: std::net::IpAddr) -> bool {
+    use crate::model::{DNS_IPV4_NETWORK, DNS_IPV4_PREFIX_LEN, DNS_IPV6_NETWORK};
+    match address {
+        std::net::IpAddr::V4(ip) => u32::from(ip)
+            .checked_sub(u32::from(DNS_IPV4_NETWORK))
+            .is_some_and(|offset| (256..1 << (32 - DNS_IPV4_PREFIX_LEN)).contains(&offset)),
+        std::net::IpAddr::V6(ip) => u128::from(ip)
+            .checked_sub(u128::from(DNS_IPV6_NETWORK))
+            .is_some_and(|offset| (256..1 << 64).contains(&offset)),
+    }
+}
+
+/// Whether `name` is a plain host name, as queried and resolved: lowercase letters, digits,
+/// `-` and `_`, labels of 1 to 63 characters, at most 253 in all, no final dot.
+pub fn is_plain_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +165,39 @@ mod tests {
     fn pattern(text: &str) -> NamePattern {
         let valid = dns_name("address", text).unwrap();
         NamePattern::parse(&valid).unwrap()
+    }
+
+    #[test]
+    fn proxy_addresses_and_plain_names() {
+        for (address, proxy) in [
+            ("198.18.1.0", true),
+            ("198.19.255.255", true),
+            ("198.18.0.53", false),
+            ("198.20.0.0", false),
+            ("10.0.0.1", false),
+            ("fd70:6f73:7465:726f::100", true),
+            ("fd70:6f73:7465:726f::53", false),
+            ("fd70:6f73:7465:726e::100", false),
+        ] {
+            assert_eq!(
+                is_proxy_address(address.parse().unwrap()),
+                proxy,
+                "{address}"
+            );
+        }
+        assert!(is_plain_name("db.svc.internal.test"));
+        assert!(is_plain_name("_sip._tcp.example.com"));
+        for name in [
+            "",
+            "a..b",
+            "*.example.com",
+            "A.example",
+            "a.example.",
+            "x?.example",
+        ] {
+            assert!(!is_plain_name(name), "{name}");
+        }
+        assert!(!is_plain_name(&format!("{}.example", "a".repeat(64))));
     }
 
     #[test]

@@ -166,6 +166,15 @@ fn forbidden_ranges() -> [(IpNet, &'static str); 9] {
     ]
 }
 
+/// Why no resource may lead to `address`, if none may: what a name resolved at a gateway
+/// must not reach either.
+pub fn forbidden_destination(address: IpAddr) -> Option<&'static str> {
+    forbidden_ranges()
+        .into_iter()
+        .find(|(net, _)| net.contains(&address))
+        .map(|(_, why)| why)
+}
+
 /// Refuses a range that covers everything, or overlaps a forbidden range.
 fn reachable(field: &str, value: &str, net: IpNet) -> Result<(), ValidationError> {
     if net.prefix_len() == 0 {

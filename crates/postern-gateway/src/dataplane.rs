@@ -27,6 +27,8 @@ const COUNTER_LOG: Duration = Duration::from_secs(10);
 const COUNTER_SHARE: Duration = Duration::from_secs(2);
 
 pub struct GatewayDataPlane {
+    /// The nftables table of this data plane (its DNS translation maps too).
+    pub nft_table: String,
     engine: Engine,
     forwarding: GatewayForwarding,
 }
@@ -65,10 +67,28 @@ impl GatewayDataPlane {
                 .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
                 .collect::<String>()
         );
+        // A proxy address left untranslated (a name not resolved yet) must not leak onward.
+        let dns4 = format!(
+            "{}/{}",
+            postern_domain::DNS_IPV4_NETWORK,
+            postern_domain::DNS_IPV4_PREFIX_LEN
+        );
+        let dns6 = format!(
+            "{}/{}",
+            postern_domain::DNS_IPV6_NETWORK,
+            postern_domain::DNS_IPV6_PREFIX_LEN
+        );
         let rules = format!(
             "table inet {nft_table} {{}}\n\
              delete table inet {nft_table}\n\
              table inet {nft_table} {{\n\
+               map dns4 {{ type ipv4_addr . ipv4_addr : ipv4_addr; }}\n\
+               map dns6 {{ type ipv6_addr . ipv6_addr : ipv6_addr; }}\n\
+               chain prerouting {{\n\
+                 type nat hook prerouting priority dstnat; policy accept;\n\
+                 iifname \"{tun_name}\" dnat ip to ip saddr . ip daddr map @dns4\n\
+                 iifname \"{tun_name}\" dnat ip6 to ip6 saddr . ip6 daddr map @dns6\n\
+               }}\n\
                chain postrouting {{\n\
                  type nat hook postrouting priority srcnat; policy accept;\n\
                  iifname \"{tun_name}\" masquerade\n\
@@ -81,15 +101,19 @@ impl GatewayDataPlane {
                  type filter hook forward priority filter; policy accept;\n\
                  oifname \"{tun_name}\" ct state established,related accept\n\
                  oifname \"{tun_name}\" drop\n\
+                 iifname \"{tun_name}\" ip daddr {dns4} drop\n\
+                 iifname \"{tun_name}\" ip6 daddr {dns6} drop\n\
                }}\n\
              }}\n"
         );
         net::run_with_input("nft", &["-f", "-"], Some(&rules)).await?;
+        let nft_table_name = nft_table.clone();
         let engine = Engine::new(runtime, tun, tun_name, mtu, udp, false, private);
         if let Some(address) = engine.udp_address() {
             info!(tun = %tun_name, "data plane listening on UDP {address}");
         }
         Ok(Self {
+            nft_table: nft_table_name,
             engine,
             forwarding: GatewayForwarding {
                 tun_name: tun_name.to_string(),

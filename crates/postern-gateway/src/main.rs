@@ -4,6 +4,7 @@
 //! with source NAT through its own TUN device.
 
 mod dataplane;
+mod dns_nat;
 mod plan;
 mod role;
 
@@ -83,6 +84,20 @@ struct RunArgs {
     /// MTU of the TUN device
     #[arg(long, env = "POSTERN_MTU", default_value_t = 1280)]
     mtu: u16,
+
+    /// DNS server that resolves the names of DNS resources (IP or IP:PORT, repeatable;
+    /// default: the servers of /etc/resolv.conf)
+    #[arg(long = "dns-server", value_name = "ADDR", value_parser = parse_dns_server)]
+    dns_servers: Vec<std::net::SocketAddr>,
+}
+
+/// `10.0.0.2` or `10.0.0.2:5353` or `[fd00::2]:53`.
+fn parse_dns_server(text: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+        return Ok(std::net::SocketAddr::new(ip, 53));
+    }
+    text.parse()
+        .map_err(|_| format!("'{text}' is not an IP address or IP:PORT"))
 }
 
 #[derive(Args)]
@@ -185,12 +200,25 @@ fn run(mut args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
                 })
             }
         };
-        let (plan_tx, plan_rx) = plan::channel();
+        let resolver = match dns_nat::resolver(&args.dns_servers) {
+            Ok(resolver) => resolver,
+            Err(err) => {
+                return anyhow::Ok(postern_device::Outcome {
+                    code: exit_code::BAD_CONFIG,
+                    message: Some(err),
+                })
+            }
+        };
+        let (mut plan_tx, plan_rx) = plan::channel();
+        let dns_rx = plan_tx.subscribe();
+        let nft_table = data_plane.nft_table.clone();
+        let dns_task = tokio::spawn(dns_nat::run(resolver, dns_rx, nft_table));
         let task = tokio::spawn(data_plane.run(plan_rx));
         let mut role = role.with_data_plane(plan_tx, counters);
         let outcome = postern_device::run(config, &mut role, shutdown).await;
         drop(role);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), task).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), dns_task).await;
         anyhow::Ok(outcome)
     });
     match outcome {

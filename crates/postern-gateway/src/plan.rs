@@ -33,9 +33,9 @@ struct Pending {
     closed: bool,
 }
 
-/// The role's end. Dropping it stops the data plane.
+/// The role's end: every change goes to each receiver. Dropping it stops them.
 pub struct PlanSender {
-    shared: Arc<Shared>,
+    shared: Vec<Arc<Shared>>,
 }
 
 /// The data plane's end.
@@ -47,48 +47,63 @@ pub fn channel() -> (PlanSender, PlanReceiver) {
     let shared = Arc::new(Shared::default());
     (
         PlanSender {
-            shared: shared.clone(),
+            shared: vec![shared.clone()],
         },
         PlanReceiver { shared },
     )
 }
 
 impl PlanSender {
+    /// One more receiver of every change from now on (start it before the first one).
+    pub fn subscribe(&mut self) -> PlanReceiver {
+        let shared = Arc::new(Shared::default());
+        self.shared.push(shared.clone());
+        PlanReceiver { shared }
+    }
+
     /// The whole table, from a session's `Init`.
     pub fn replace(&self, authorizations: impl IntoIterator<Item = Authorization>) {
+        let table: HashMap<Uuid, Option<Authorization>> = authorizations
+            .into_iter()
+            .map(|a| (a.id, Some(a)))
+            .collect();
         self.change(|batch| {
             batch.reset = true;
-            batch.changes = authorizations
-                .into_iter()
-                .map(|a| (a.id, Some(a)))
-                .collect();
+            batch.changes = table.clone();
         });
     }
 
     pub fn upsert(&self, authorization: Authorization) {
         self.change(|batch| {
-            batch.changes.insert(authorization.id, Some(authorization));
+            batch
+                .changes
+                .insert(authorization.id, Some(authorization.clone()));
         });
     }
 
     pub fn remove(&self, ids: impl IntoIterator<Item = Uuid>) {
+        let ids: Vec<Uuid> = ids.into_iter().collect();
         self.change(|batch| {
-            for id in ids {
-                batch.changes.insert(id, None);
+            for id in &ids {
+                batch.changes.insert(*id, None);
             }
         });
     }
 
-    fn change(&self, apply: impl FnOnce(&mut PlanBatch)) {
-        apply(&mut self.shared.pending.lock().batch);
-        self.shared.notify.notify_one();
+    fn change(&self, apply: impl Fn(&mut PlanBatch)) {
+        for shared in &self.shared {
+            apply(&mut shared.pending.lock().batch);
+            shared.notify.notify_one();
+        }
     }
 }
 
 impl Drop for PlanSender {
     fn drop(&mut self) {
-        self.shared.pending.lock().closed = true;
-        self.shared.notify.notify_one();
+        for shared in &self.shared {
+            shared.pending.lock().closed = true;
+            shared.notify.notify_one();
+        }
     }
 }
 
@@ -138,6 +153,7 @@ mod tests {
             },
             expires_at: chrono::Utc::now(),
             preshared_key: None,
+            dns: Vec::new(),
         }
     }
 
@@ -165,5 +181,19 @@ mod tests {
 
         drop(sender);
         assert_eq!(receiver.next().await, None);
+    }
+
+    #[tokio::test]
+    async fn every_subscriber_gets_every_change() {
+        let (mut sender, mut first) = channel();
+        let mut second = sender.subscribe();
+        sender.upsert(authorization(1));
+        sender.remove([Uuid::from_u128(2)]);
+        for receiver in [&mut first, &mut second] {
+            let batch = receiver.next().await.unwrap();
+            assert_eq!(batch.changes.len(), 2);
+        }
+        drop(sender);
+        assert_eq!(second.next().await, None);
     }
 }

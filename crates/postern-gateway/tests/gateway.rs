@@ -75,6 +75,7 @@ fn authorization(device: &str, expires_in: chrono::Duration) -> Authorization {
         },
         expires_at: Utc::now() + expires_in,
         preshared_key: Some(postern_protocol::PresharedKey::from_bytes([5; 32])),
+        dns: Vec::new(),
     }
 }
 

@@ -38,6 +38,7 @@ mod tests {
     fn round_trips_and_tags() {
         let message = ClientToPortal::RequestAccess {
             resource_id: uuid::Uuid::nil(),
+            dns: None,
         };
         let text = encode(&message);
         assert!(text.contains("\"type\":\"request_access\""));

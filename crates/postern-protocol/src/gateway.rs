@@ -136,6 +136,7 @@ mod tests {
             },
             expires_at,
             preshared_key: None,
+            dns: Vec::new(),
         }
     }
 

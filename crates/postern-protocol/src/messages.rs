@@ -179,7 +179,12 @@ pub enum PortalToClient {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientToPortal {
-    RequestAccess { resource_id: Uuid },
+    RequestAccess {
+        resource_id: Uuid,
+        /// For a DNS resource: the name the client resolved and the proxy addresses it gave it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dns: Option<DnsTarget>,
+    },
     Heartbeat,
 }
 
@@ -209,6 +214,53 @@ pub struct Authorization {
     pub expires_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preshared_key: Option<PresharedKey>,
+    /// For a DNS resource: the names the client asked for under it, each with its proxy
+    /// addresses (the gateway resolves the name and translates proxy ↔ real address).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<DnsTarget>,
+}
+
+/// A name under a DNS resource as one client reaches it: through these proxy addresses, which
+/// its stub resolver answered with (in `198.18.0.0/15` and `fd70:6f73:7465:726f::/64`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DnsTarget {
+    /// Lowercase, without the final dot.
+    pub name: String,
+    pub proxy_ipv4: Ipv4Addr,
+    pub proxy_ipv6: Ipv6Addr,
+}
+
+impl DnsTarget {
+    /// Why this target is not one a client may ask for under a resource with address
+    /// `pattern`, if it is not: the name must match the pattern, the addresses must be proxy
+    /// addresses.
+    pub fn check(&self, pattern: &str) -> Result<(), String> {
+        if !postern_domain::dns::is_plain_name(&self.name) {
+            return Err("the name asked for is not a plain host name".to_string());
+        }
+        let matches =
+            postern_domain::dns::NamePattern::parse(pattern).is_some_and(|p| p.matches(&self.name));
+        if !matches {
+            return Err(format!(
+                "the name '{}' is not covered by {pattern}",
+                self.name
+            ));
+        }
+        let proxies = [
+            std::net::IpAddr::V4(self.proxy_ipv4),
+            std::net::IpAddr::V6(self.proxy_ipv6),
+        ];
+        if !proxies
+            .into_iter()
+            .all(postern_domain::dns::is_proxy_address)
+        {
+            return Err(format!(
+                "the proxy addresses of '{}' are outside the proxy ranges",
+                self.name
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -265,6 +317,7 @@ mod redaction_tests {
             },
             expires_at: Utc::now(),
             preshared_key: Some(key.clone()),
+            dns: Vec::new(),
         };
         let granted = PortalToClient::AccessGranted {
             resource_id: Uuid::nil(),
@@ -295,5 +348,47 @@ mod redaction_tests {
         }
         // The wire still carries it.
         assert!(crate::encode(&granted).contains(secret));
+    }
+}
+
+#[cfg(test)]
+mod dns_target_tests {
+    use super::*;
+
+    fn target(name: &str, v4: &str, v6: &str) -> DnsTarget {
+        DnsTarget {
+            name: name.into(),
+            proxy_ipv4: v4.parse().unwrap(),
+            proxy_ipv6: v6.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_client_may_ask_only_for_names_its_resource_covers_through_proxy_addresses() {
+        let proxy = |name| target(name, "198.18.1.0", "fd70:6f73:7465:726f::100");
+        assert_eq!(
+            proxy("db.svc.internal.test").check("*.svc.internal.test"),
+            Ok(())
+        );
+        for (name, pattern) in [
+            ("a.b.svc.internal.test", "*.svc.internal.test"),
+            ("evil.example.com", "*.svc.internal.test"),
+            ("*.svc.internal.test", "*.svc.internal.test"),
+            ("DB.svc.internal.test", "*.svc.internal.test"),
+        ] {
+            assert!(proxy(name).check(pattern).is_err(), "{name}");
+        }
+        for (v4, v6) in [
+            ("10.0.0.5", "fd70:6f73:7465:726f::100"),
+            ("198.18.0.53", "fd70:6f73:7465:726f::100"),
+            ("198.18.1.0", "fd00::5"),
+        ] {
+            assert!(
+                target("app.internal.test", v4, v6)
+                    .check("app.internal.test")
+                    .is_err(),
+                "{v4} {v6}"
+            );
+        }
     }
 }

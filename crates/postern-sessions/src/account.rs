@@ -23,8 +23,9 @@ use chrono::{DateTime, Duration, Utc};
 use postern_access::{diff, resource_view, AccessSnapshot, View};
 use postern_domain::{ChangeEvent, Device, DeviceKind};
 use postern_protocol::{
-    encode, Authorization, ClientInit, ConnectParams, DisconnectReason, GatewayInfo, GatewayInit,
-    PortalToClient, PortalToGateway, PresharedKey, ResourceView, TunnelAddresses, WireGuardKey,
+    encode, Authorization, ClientInit, ConnectParams, DisconnectReason, DnsTarget, GatewayInfo,
+    GatewayInit, PortalToClient, PortalToGateway, PresharedKey, ResourceView, TunnelAddresses,
+    WireGuardKey,
 };
 use postern_store::{
     AccessData, AuthorizationWrites, DeviceClaim, LoadedAuthorization, Principal, RemoteGateway,
@@ -459,7 +460,7 @@ impl Loaded {
 struct Claim {
     device: Device,
     /// Access requests of the device's sessions, answered once the claim succeeds.
-    requests: Vec<(SessionId, Uuid)>,
+    requests: Vec<(SessionId, Uuid, Option<DnsTarget>)>,
     /// Handed to the caller in a `StoreOp::ClaimDevices`.
     sent: bool,
 }
@@ -471,6 +472,7 @@ enum Deferred {
     RequestAccess {
         session: SessionId,
         resource_id: Uuid,
+        dns: Option<DnsTarget>,
     },
 }
 
@@ -702,6 +704,7 @@ impl AccountSessions {
         &mut self,
         session: SessionId,
         resource_id: Uuid,
+        dns: Option<DnsTarget>,
         now: DateTime<Utc>,
     ) {
         if !self.clients.contains_key(&session) {
@@ -711,10 +714,11 @@ impl AccountSessions {
             self.defer(Deferred::RequestAccess {
                 session,
                 resource_id,
+                dns,
             });
             return;
         }
-        self.request_access(session, resource_id, now);
+        self.request_access(session, resource_id, dns, now);
     }
 
     /// A committed change of the account. `generation` is the store's revocation generation
@@ -974,8 +978,8 @@ impl AccountSessions {
             };
             let outcome = outcomes.next();
             if outcome == Some(DeviceClaim::Claimed) {
-                for (session, resource_id) in claim.requests {
-                    self.handle_request_access(session, resource_id, now);
+                for (session, resource_id, dns) in claim.requests {
+                    self.handle_request_access(session, resource_id, dns, now);
                 }
                 continue;
             }
@@ -1229,7 +1233,8 @@ impl AccountSessions {
                 Deferred::RequestAccess {
                     session,
                     resource_id,
-                } => self.request_access(session, resource_id, now),
+                    dns,
+                } => self.request_access(session, resource_id, dns, now),
             }
         }
     }
@@ -1288,6 +1293,11 @@ impl AccountSessions {
                 } => {
                     let mut grant = grant;
                     grant.authorization.resource = resource;
+                    let pattern = grant.authorization.resource.address.clone();
+                    grant
+                        .authorization
+                        .dns
+                        .retain(|t| t.check(&pattern).is_ok());
                     grant.authorization.expires_at = expires_at;
                     grant.wake_at = expires_at;
                     self.update_write(id, grant.stored());
@@ -1768,7 +1778,13 @@ impl AccountSessions {
 
     // ----- access -----
 
-    fn request_access(&mut self, session: SessionId, resource_id: Uuid, now: DateTime<Utc>) {
+    fn request_access(
+        &mut self,
+        session: SessionId,
+        resource_id: Uuid,
+        dns: Option<DnsTarget>,
+        now: DateTime<Utc>,
+    ) {
         let (burst, rate) = (
             self.config.access_request_burst,
             self.config.access_requests_per_second,
@@ -1814,7 +1830,7 @@ impl AccountSessions {
             .claims
             .get_mut(&(DeviceKind::Client, device_id.clone()))
         {
-            claim.requests.push((session, resource_id));
+            claim.requests.push((session, resource_id, dns));
             return;
         }
         let (until, resource) = match self.may_reach(actor_id, resource_id, source_ip, now) {
@@ -1823,6 +1839,25 @@ impl AccountSessions {
                 self.deny(session, resource_id, reason);
                 return;
             }
+        };
+        // A DNS resource is reached by name: the gateway resolves only names the resource
+        // covers, each through the proxy addresses the client gave it.
+        let dns = match (resource.resource_type.as_str(), dns) {
+            ("dns", Some(target)) => match target.check(&resource.address) {
+                Ok(()) => Some(target),
+                Err(reason) => {
+                    self.deny(session, resource_id, reason);
+                    return;
+                }
+            },
+            ("dns", None) => {
+                let why = "a DNS resource is reached by name: this client sent none \
+                           (a version without DNS resources?)"
+                    .to_string();
+                self.deny(session, resource_id, why);
+                return;
+            }
+            (_, _) => None,
         };
         let Some(client_device) = self.device(DeviceKind::Client, &device_id) else {
             return;
@@ -1844,9 +1879,19 @@ impl AccountSessions {
                     && self.gateway_online(&grant.gateway_device)
             });
             if reusable && self.verdict_of(id, now) == Some(Verdict::Keep) {
+                let mut named = false;
                 if let Some(grant) = self.grants.by_id.get_mut(&id) {
                     grant.session = Some(session);
                     grant.client_ip = source_ip;
+                    if let Some(target) = dns {
+                        named = add_dns_target(&mut grant.authorization.dns, target);
+                    }
+                }
+                if named {
+                    if let Some(stored) = self.grants.by_id.get(&id).map(Grant::stored) {
+                        self.update_write(id, stored);
+                    }
+                    self.send_authorize(id);
                 }
                 let wake = self.wake_time(id, now);
                 self.grants.set_wake(id, wake);
@@ -1913,6 +1958,7 @@ impl AccountSessions {
             resource,
             expires_at,
             preshared_key: Some(preshared_key),
+            dns: dns.into_iter().collect(),
         };
         let grant = Grant {
             wake_at: expires_at,
@@ -2112,6 +2158,11 @@ impl AccountSessions {
         };
         let shortened = expires_at != grant.authorization.expires_at;
         grant.authorization.resource = resource;
+        let pattern = grant.authorization.resource.address.clone();
+        grant
+            .authorization
+            .dns
+            .retain(|t| t.check(&pattern).is_ok());
         grant.authorization.expires_at = expires_at;
         let session = grant.session;
         let stored = grant.stored();
@@ -2292,6 +2343,11 @@ impl AccountSessions {
         }
         if let Some(grant) = self.grants.by_id.get_mut(&id) {
             grant.authorization.resource = resource;
+            let pattern = grant.authorization.resource.address.clone();
+            grant
+                .authorization
+                .dns
+                .retain(|t| t.check(&pattern).is_ok());
             grant.authorization.expires_at = extended;
             let stored = grant.stored();
             self.update_write(id, stored);
@@ -2413,6 +2469,28 @@ fn revokes_credentials(event: &ChangeEvent) -> bool {
     )
 }
 
+/// Names one grant of a DNS resource holds at most; past it the oldest makes room.
+pub const MAX_DNS_TARGETS_PER_GRANT: usize = 256;
+
+/// Adds a name a client asked for under a grant; whether the list changed. A name or proxy
+/// address given again (the client restarted and numbered its names anew) replaces the old
+/// entry.
+fn add_dns_target(targets: &mut Vec<DnsTarget>, target: DnsTarget) -> bool {
+    if targets.contains(&target) {
+        return false;
+    }
+    targets.retain(|t| {
+        t.name != target.name
+            && t.proxy_ipv4 != target.proxy_ipv4
+            && t.proxy_ipv6 != target.proxy_ipv6
+    });
+    if targets.len() >= MAX_DNS_TARGETS_PER_GRANT {
+        targets.remove(0);
+    }
+    targets.push(target);
+    true
+}
+
 /// The end of an authorization: its lifetime, the token's expiry, the window's end.
 fn expiry(
     lifetime_end: DateTime<Utc>,
@@ -2455,5 +2533,33 @@ fn addresses_of(device: &Device) -> TunnelAddresses {
     TunnelAddresses {
         ipv4: device.ipv4,
         ipv6: device.ipv6,
+    }
+}
+
+#[cfg(test)]
+mod dns_target_tests {
+    use super::*;
+
+    fn target(name: &str, host: u8) -> DnsTarget {
+        DnsTarget {
+            name: name.into(),
+            proxy_ipv4: Ipv4Addr::new(198, 18, 1, host),
+            proxy_ipv6: format!("fd70:6f73:7465:726f::1{host:02}").parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn names_under_a_grant_are_added_once_renumbered_in_place_and_bounded() {
+        let mut targets = Vec::new();
+        assert!(add_dns_target(&mut targets, target("a.test", 0)));
+        assert!(!add_dns_target(&mut targets, target("a.test", 0)));
+        assert!(add_dns_target(&mut targets, target("b.test", 1)));
+        // The client restarted and gave proxy 0 to another name: one entry per address.
+        assert!(add_dns_target(&mut targets, target("b.test", 0)));
+        assert_eq!(targets, vec![target("b.test", 0)]);
+        for host in 1..=u8::try_from(MAX_DNS_TARGETS_PER_GRANT).unwrap_or(u8::MAX) {
+            add_dns_target(&mut targets, target(&format!("n{host}.test"), host));
+        }
+        assert!(targets.len() <= MAX_DNS_TARGETS_PER_GRANT);
     }
 }

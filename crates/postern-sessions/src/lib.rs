@@ -19,7 +19,7 @@ use std::sync::{Arc, Weak};
 use chrono::Utc;
 use parking_lot::{Mutex, RwLock};
 use postern_domain::DeviceKind;
-use postern_protocol::{ConnectParams, DisconnectReason};
+use postern_protocol::{ConnectParams, DisconnectReason, DnsTarget};
 use postern_store::{AuthError, Principal, Store};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -100,13 +100,14 @@ pub struct SessionHandle {
 impl SessionHandle {
     /// A client asks for access to a resource; the answer comes through `outbound`. Waits
     /// while the account's worker is busy, which slows only this session's reading.
-    pub async fn request_access(&self, resource_id: Uuid) {
+    pub async fn request_access(&self, resource_id: Uuid, dns: Option<DnsTarget>) {
         let _ = self
             .worker
             .commands
             .send(Command::RequestAccess {
                 session: self.id,
                 resource_id,
+                dns,
             })
             .await;
     }

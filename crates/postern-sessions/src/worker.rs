@@ -9,6 +9,7 @@ use std::sync::{Arc, Weak};
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use postern_domain::ChangeEvent;
+use postern_protocol::DnsTarget;
 use postern_store::{AuthorizationWrites, DeviceClaim, Store, StoreError};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -37,6 +38,7 @@ pub(crate) enum Command {
     RequestAccess {
         session: SessionId,
         resource_id: Uuid,
+        dns: Option<DnsTarget>,
     },
     Change {
         event: ChangeEvent,
@@ -210,7 +212,10 @@ impl Worker {
             Command::RequestAccess {
                 session,
                 resource_id,
-            } => self.core.handle_request_access(session, resource_id, now),
+                dns,
+            } => self
+                .core
+                .handle_request_access(session, resource_id, dns, now),
             Command::Change { event, generation } => {
                 self.core.handle_change(&event, generation, now)
             }

@@ -1126,7 +1126,8 @@ impl Sim {
             "client {} requests {resource}",
             self.clients[i].device_id
         ));
-        self.core.handle_request_access(session, resource, self.now);
+        self.core
+            .handle_request_access(session, resource, None, self.now);
     }
 
     fn flood(&mut self) {
@@ -1142,7 +1143,8 @@ impl Sim {
         ));
         for n in 0..times {
             let _ = n;
-            self.core.handle_request_access(session, resource, self.now);
+            self.core
+                .handle_request_access(session, resource, None, self.now);
             self.drive();
         }
     }
@@ -1484,7 +1486,7 @@ impl Sim {
             let known: Vec<Uuid> = self.db.resources.keys().copied().collect();
             if let (Some(session), Some(resource)) = (self.clients[i].session, known.first()) {
                 self.core
-                    .handle_request_access(session, *resource, self.now);
+                    .handle_request_access(session, *resource, None, self.now);
             }
         }
     }

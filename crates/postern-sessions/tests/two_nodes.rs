@@ -345,7 +345,7 @@ impl World {
                     self.log(format!("{} asks for {r} on n{at}", self.clients[c].name));
                     let now = self.db.now;
                     if let Some(core) = self.nodes[at].core.as_mut() {
-                        core.handle_request_access(session, id(r), now);
+                        core.handle_request_access(session, id(r), None, now);
                     }
                     self.drive(at);
                 }

@@ -174,6 +174,7 @@ impl ProtocolClient {
     fn request_access(&mut self, resource_id: &str) {
         let message = encode(&ClientToPortal::RequestAccess {
             resource_id: resource_id.parse().expect("a uuid"),
+            dns: None,
         });
         self.runtime
             .block_on(self.socket.send(Message::text(message)))
