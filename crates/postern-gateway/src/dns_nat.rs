@@ -394,11 +394,10 @@ pub async fn run(resolver: TokioResolver, mut plans: PlanReceiver, table: String
                 }
             }
         }
-        let deadline = nat
-            .poll_timeout()
-            .unwrap_or_else(|| now + MAX_REFRESH)
-            .max(now);
-        let retry = if flush_first { now + RETRY } else { deadline };
+        let mut wake = nat.poll_timeout().unwrap_or(now + MAX_REFRESH).max(now);
+        if flush_first {
+            wake = wake.min(now + RETRY);
+        }
         tokio::select! {
             batch = plans.next() => {
                 let Some(batch) = batch else { break };
@@ -409,7 +408,7 @@ pub async fn run(resolver: TokioResolver, mut plans: PlanReceiver, table: String
                     nat.handle_lookup(&name, lookup, Instant::now());
                 }
             }
-            () = tokio::time::sleep_until(tokio::time::Instant::from_std(retry.min(deadline))) => {}
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
         }
     }
     debug!(names = nat.names(), "DNS translation stopped");
@@ -418,39 +417,25 @@ pub async fn run(resolver: TokioResolver, mut plans: PlanReceiver, table: String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use postern_protocol::{DnsTarget, ResourceView, TunnelAddresses};
+    use postern_protocol::{DnsTarget, TunnelAddresses};
 
     fn authorization(id: u128, names: &[(&str, u8)]) -> Authorization {
-        Authorization {
-            id: Uuid::from_u128(id),
-            client_device_id: "c".into(),
-            actor_id: Uuid::nil(),
-            client_public_key: None,
-            client_addresses: TunnelAddresses {
-                ipv4: format!("100.64.0.{id}").parse().unwrap(),
-                ipv6: format!("fd70:6f73:7465:726e::{id}").parse().unwrap(),
-            },
-            resource: ResourceView {
-                id: Uuid::from_u128(100),
-                name: "svc".into(),
-                resource_type: "dns".into(),
-                address: "*.svc.internal.test".into(),
-                description: None,
-                filters: vec![],
-                site_id: Uuid::nil(),
-                access_until: None,
-            },
-            expires_at: chrono::Utc::now(),
-            preshared_key: None,
-            dns: names
-                .iter()
-                .map(|(name, index)| DnsTarget {
-                    name: (*name).into(),
-                    proxy_ipv4: format!("198.18.1.{index}").parse().unwrap(),
-                    proxy_ipv6: format!("fd70:6f73:7465:726f::1{index:02}").parse().unwrap(),
-                })
-                .collect(),
-        }
+        let mut authorization = crate::plan::tests::authorization(id);
+        authorization.client_addresses = TunnelAddresses {
+            ipv4: format!("100.64.0.{id}").parse().unwrap(),
+            ipv6: format!("fd70:6f73:7465:726e::{id}").parse().unwrap(),
+        };
+        authorization.resource.resource_type = "dns".into();
+        authorization.resource.address = "*.svc.internal.test".into();
+        authorization.dns = names
+            .iter()
+            .map(|(name, index)| DnsTarget {
+                name: (*name).into(),
+                proxy_ipv4: format!("198.18.1.{index}").parse().unwrap(),
+                proxy_ipv6: format!("fd70:6f73:7465:726f::1{index:02}").parse().unwrap(),
+            })
+            .collect();
+        authorization
     }
 
     fn batch(authorizations: Vec<Authorization>) -> PlanBatch {

@@ -127,11 +127,12 @@ impl PlanReceiver {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use postern_protocol::{ResourceView, TunnelAddresses};
 
-    fn authorization(id: u128) -> Authorization {
+    /// An authorization of client 100.64.0.1 for an `ip` resource; tests change what they need.
+    pub(crate) fn authorization(id: u128) -> Authorization {
         Authorization {
             id: Uuid::from_u128(id),
             client_device_id: "c".into(),
