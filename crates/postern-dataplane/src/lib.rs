@@ -37,9 +37,7 @@ pub fn authorized_networks(authorization: &postern_protocol::Authorization) -> V
         return resource_network(resource).into_iter().collect();
     }
     authorization
-        .dns
-        .iter()
-        .filter(|target| target.check(&resource.address).is_ok())
+        .covered_targets()
         .flat_map(|target| {
             [
                 IpNet::from(IpAddr::V4(target.proxy_ipv4)),

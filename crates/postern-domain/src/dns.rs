@@ -16,6 +16,9 @@
 //! kind, the one naming more labels.
 
 use std::cmp::Ordering;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::model::{DNS_IPV4_NETWORK, DNS_IPV4_PREFIX_LEN, DNS_IPV6_NETWORK};
 
 /// A validated `dns` resource address, ready to match queried names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,18 +133,38 @@ pub fn most_specific<'a, T, K: Ord>(
         .map(|(_, item)| item)
 }
 
-/// Whether `address` is one a stub resolver gives a name: in the proxy ranges, past their
-/// first /24 (IPv6: past its first 256 addresses), which the resolver keeps for itself.
-pub fn is_proxy_address(address: std::net::IpAddr) -> bool {
-    use crate::model::{DNS_IPV4_NETWORK, DNS_IPV4_PREFIX_LEN, DNS_IPV6_NETWORK};
-    match address {
-        std::net::IpAddr::V4(ip) => u32::from(ip)
-            .checked_sub(u32::from(DNS_IPV4_NETWORK))
-            .is_some_and(|offset| (256..1 << (32 - DNS_IPV4_PREFIX_LEN)).contains(&offset)),
-        std::net::IpAddr::V6(ip) => u128::from(ip)
-            .checked_sub(u128::from(DNS_IPV6_NETWORK))
-            .is_some_and(|offset| (256..1 << 64).contains(&offset)),
-    }
+/// Proxy addresses start past the first /24 of the range (and its first 256 IPv6 addresses),
+/// which the resolver keeps for itself.
+const FIRST_PROXY_HOST: u32 = 256;
+
+/// How many names can hold proxy addresses at once: the IPv4 range past its first /24 (the
+/// IPv6 range numbers its addresses alike).
+pub const PROXY_ADDRESSES: u32 = (1 << (32 - DNS_IPV4_PREFIX_LEN)) - FIRST_PROXY_HOST;
+
+/// The proxy addresses of index `index` in both families (`index < PROXY_ADDRESSES`).
+pub fn proxy_addresses(index: u32) -> (Ipv4Addr, Ipv6Addr) {
+    let host = FIRST_PROXY_HOST + index;
+    let ipv4 = Ipv4Addr::from(u32::from(DNS_IPV4_NETWORK) + host);
+    let ipv6 = Ipv6Addr::from(u128::from(DNS_IPV6_NETWORK) + u128::from(host));
+    (ipv4, ipv6)
+}
+
+/// The index of a proxy address (the inverse of [`proxy_addresses`]); `None` for any other
+/// address, the resolver's own first /24 included.
+pub fn proxy_index(address: IpAddr) -> Option<u32> {
+    let host = match address {
+        IpAddr::V4(ip) => u32::from(ip).checked_sub(u32::from(DNS_IPV4_NETWORK))?,
+        IpAddr::V6(ip) => {
+            u32::try_from(u128::from(ip).checked_sub(u128::from(DNS_IPV6_NETWORK))?).ok()?
+        }
+    };
+    let index = host.checked_sub(FIRST_PROXY_HOST)?;
+    (index < PROXY_ADDRESSES).then_some(index)
+}
+
+/// Whether `address` is one a stub resolver gives a name.
+pub fn is_proxy_address(address: IpAddr) -> bool {
+    proxy_index(address).is_some()
 }
 
 /// Whether `name` is a plain host name, as queried and resolved: lowercase letters, digits,
@@ -299,6 +322,13 @@ mod tests {
             prop_assert!(!exact.matches(&longer));
             prop_assert!(any_depth.matches(&longer) && any_depth.matches(&name));
             prop_assert!(one_label.matches(&longer) && !one_label.matches(&name));
+        }
+
+        #[test]
+        fn every_proxy_address_maps_back_to_its_index(index in 0..PROXY_ADDRESSES) {
+            let (ipv4, ipv6) = proxy_addresses(index);
+            prop_assert_eq!(proxy_index(IpAddr::V4(ipv4)), Some(index));
+            prop_assert_eq!(proxy_index(IpAddr::V6(ipv6)), Some(index));
         }
 
         #[test]

@@ -241,15 +241,9 @@ impl DnsNat {
 
 /// The (client, proxy, name) entries of an authorization, in both families.
 fn entries(authorization: &Authorization) -> Vec<(IpAddr, IpAddr, String)> {
-    if authorization.resource.resource_type != "dns" {
-        return Vec::new();
-    }
-    let pattern = &authorization.resource.address;
     let client = authorization.client_addresses;
     authorization
-        .dns
-        .iter()
-        .filter(|target| target.check(pattern).is_ok())
+        .covered_targets()
         .flat_map(|target| {
             [
                 (

@@ -220,6 +220,19 @@ pub struct Authorization {
     pub dns: Vec<DnsTarget>,
 }
 
+impl Authorization {
+    /// The names of a DNS authorization that its resource's pattern covers, each with proxy
+    /// addresses: the only ones a gateway serves (it does not rely on the portal's check).
+    /// Empty for any other resource.
+    pub fn covered_targets(&self) -> impl Iterator<Item = &DnsTarget> {
+        let pattern = &self.resource.address;
+        let dns = self.resource.resource_type == "dns";
+        self.dns
+            .iter()
+            .filter(move |target| dns && target.check(pattern).is_ok())
+    }
+}
+
 /// A name under a DNS resource as one client reaches it: through these proxy addresses, which
 /// its stub resolver answered with (in `198.18.0.0/15` and `fd70:6f73:7465:726f::/64`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
