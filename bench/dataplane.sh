@@ -251,7 +251,7 @@ ip netns exec "$NS_G" env -i PATH="$PATH" RUST_LOG=info POSTERN_TOKEN="$(cat "$W
 PIDS+=("$!")
 ip netns exec "$NS_C" env -i PATH="$PATH" RUST_LOG=info POSTERN_TOKEN="$(cat "$WORK/client.token")" \
     "$CLIENT" --state-dir "$WORK/client/state" --api-url http://10.1.1.2:8080 --insecure \
-    --tun-name "${P}ct" --mtu "$MTU" >"$WORK/client.log" 2>&1 &
+    --tun-name "${P}ct" --mtu "$MTU" --dns-control disabled >"$WORK/client.log" 2>&1 &
 PIDS+=("$!")
 
 # --- wait for every path ------------------------------------------------------------------

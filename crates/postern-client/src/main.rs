@@ -2,6 +2,8 @@
 //! service-account token, keeps the list of resources it may reach and, unless `--no-tunnel`,
 //! routes them through a TUN device and WireGuard tunnels to the gateways.
 
+mod dns;
+mod dns_control;
 mod role;
 mod tunnel;
 
@@ -29,10 +31,15 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/postern-client";
     long_about = "Postern headless client: connects to the portal with a service-account token.\n\n\
         The token is read from the POSTERN_TOKEN environment variable (removed from the \
         environment at start) or else from --token-path (mode 600 or stricter).\n\n\
+        With the tunnel, names of DNS resources resolve through the client's own resolver \
+        (198.18.0.53), which forwards every other name to the servers the system used before; \
+        see --dns-control.\n\n\
         Examples:\n  \
         postern-client --api-url https://portal.example.com\n  \
+        postern-client --api-url https://portal.example.com --dns-control disabled\n  \
         postern-client --no-tunnel --api-url https://portal.example.com\n  \
-        postern-client status",
+        postern-client status\n  \
+        postern-client restore-dns",
     args_conflicts_with_subcommands = true,
     after_help = EXIT_CODES_HELP,
 )]
@@ -51,6 +58,15 @@ enum Command {
     Run(Box<RunArgs>),
     /// Show what the running client is doing; exit 1 when none is running
     Status(StatusArgs),
+    /// Put back the /etc/resolv.conf a client that was killed left pointing at its resolver
+    /// (a client does it itself on its next start)
+    RestoreDns(RestoreDnsArgs),
+}
+
+#[derive(Args)]
+struct RestoreDnsArgs {
+    #[arg(long, env = "POSTERN_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
 }
 
 #[derive(Args, Clone)]
@@ -73,6 +89,27 @@ struct RunArgs {
     /// MTU of the TUN device (WireGuard adds 80 bytes on the path to the gateway)
     #[arg(long, env = "POSTERN_MTU", default_value_t = 1280)]
     mtu: u16,
+
+    /// How the system is pointed at the client's resolver: systemd-resolved (split DNS: only
+    /// the DNS resources' domains), resolv-conf (rewrites /etc/resolv.conf, restored on exit)
+    /// or disabled (point it at 198.18.0.53 yourself). Default: systemd-resolved when it
+    /// answers the system's lookups, else resolv-conf
+    #[arg(long, env = "POSTERN_DNS_CONTROL", value_enum)]
+    dns_control: Option<dns_control::DnsControl>,
+
+    /// Where names that are not DNS resources are resolved (IP or IP:PORT, repeatable).
+    /// Default: the servers the system used before
+    #[arg(long = "dns-upstream", value_name = "ADDR", value_parser = parse_upstream)]
+    dns_upstreams: Vec<std::net::SocketAddr>,
+}
+
+fn parse_upstream(text: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(address) = text.parse::<std::net::SocketAddr>() {
+        return Ok(address);
+    }
+    text.parse::<std::net::IpAddr>()
+        .map(|ip| std::net::SocketAddr::new(ip, 53))
+        .map_err(|_| format!("'{text}' is not an IP address or IP:PORT"))
 }
 
 #[derive(Args)]
@@ -92,6 +129,7 @@ fn main() -> ExitCode {
     postern_device::init_logging();
     match cli.command {
         Some(Command::Status(args)) => status(args),
+        Some(Command::RestoreDns(args)) => restore_dns(&args.state_dir),
         Some(Command::Run(args)) => run(*args, env_token),
         None => run(cli.run, env_token),
     }
@@ -143,18 +181,36 @@ fn run(args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
         let public_key = keys.public_key();
         let (requests_tx, requests_rx) = tokio::sync::mpsc::unbounded_channel();
         let (plan_tx, plan_rx) = tokio::sync::watch::channel(tunnel::Plan::default());
-        let tunnel =
-            match tunnel::ClientTunnel::create(&args.tun_name, args.mtu, keys.private, requests_tx)
-                .await
-            {
-                Ok(tunnel) => tunnel,
-                Err(err) => {
-                    return anyhow::Ok(postern_device::Outcome {
-                        code: exit_code::BAD_CONFIG,
-                        message: Some(err.to_string()),
-                    })
-                }
-            };
+        // A run killed before it could restore the system's DNS left it pointing here.
+        if let Err(err) = dns_control::recover(&args.state_dir) {
+            tracing::warn!("{err}");
+        }
+        let dns = std::sync::Arc::new(dns::DnsState::default());
+        let dns_options = tunnel::DnsOptions {
+            control: args
+                .dns_control
+                .unwrap_or_else(dns_control::DnsControl::detect),
+            state_dir: args.state_dir.clone(),
+            upstreams: args.dns_upstreams.clone(),
+        };
+        let created = tunnel::ClientTunnel::create(
+            &args.tun_name,
+            args.mtu,
+            keys.private,
+            requests_tx,
+            dns.clone(),
+            dns_options,
+        )
+        .await;
+        let tunnel = match created {
+            Ok(tunnel) => tunnel,
+            Err(err) => {
+                return anyhow::Ok(postern_device::Outcome {
+                    code: exit_code::BAD_CONFIG,
+                    message: Some(err.to_string()),
+                })
+            }
+        };
         tracing::info!(
             token_id = %config.token.id,
             token_from = %config.token.origin,
@@ -166,7 +222,7 @@ fn run(args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
             env!("CARGO_PKG_VERSION")
         );
         let data_plane = tokio::spawn(tunnel.run(plan_rx));
-        let mut role = ClientRole::with_tunnel(config.token.id, plan_tx, requests_rx);
+        let mut role = ClientRole::with_tunnel(config.token.id, plan_tx, requests_rx, dns);
         let outcome = postern_device::run(config, &mut role, shutdown).await;
         // Dropping the role closes the plan: the tunnel removes its routes and stops.
         drop(role);
@@ -183,6 +239,26 @@ fn run(args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
         Err(err) => {
             eprintln!("error: {err:#}");
             exit(exit_code::FAILURE)
+        }
+    }
+}
+
+fn restore_dns(state_dir: &std::path::Path) -> ExitCode {
+    match dns_control::recover(state_dir) {
+        Ok(Some(path)) => {
+            println!("{} restored", path.display());
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            println!(
+                "nothing to restore: no saved resolver configuration in {}",
+                state_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(1)
         }
     }
 }
@@ -222,6 +298,9 @@ fn details(details: &ClientDetails) -> String {
             "off (--no-tunnel)"
         }
     ));
+    if let Some(dns) = &details.dns {
+        out.push_str(&dns_lines(dns));
+    }
     if details.resources.is_empty() {
         out.push_str("\nno resources\n");
         return out;
@@ -247,5 +326,74 @@ fn details(details: &ClientDetails) -> String {
         ["NAME", "TYPE", "ADDRESS", "FILTERS", "ACCESS UNTIL"],
         &rows,
     ));
+    out
+}
+
+/// The resolver's lines of `status`: its mode, where it listens and forwards, and the names it
+/// gave proxy addresses.
+fn dns_lines(dns: &role::DnsStatus) -> String {
+    let join = |list: &[std::net::SocketAddr]| {
+        if list.is_empty() {
+            return "none".to_string();
+        }
+        list.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut out = format!(
+        "  dns:          {} (resolver {}; other names to {})\n",
+        dns.info.mode,
+        join(&dns.info.listen),
+        join(&dns.info.upstreams)
+    );
+    if !dns.info.domains.is_empty() {
+        out.push_str(&format!(
+            "  dns domains:  {}\n",
+            dns.info.domains.join(", ")
+        ));
+    }
+    out.push_str(&format!(
+        "  dns queries:  {} answered here, {} forwarded, {} failed\n",
+        dns.answered, dns.forwarded, dns.failed
+    ));
+    if dns.names.is_empty() {
+        return out;
+    }
+    let rows: Vec<[String; 5]> = dns
+        .names
+        .iter()
+        .map(|n| {
+            let unresolvable: Vec<&str> = [n.name.clone(), format!("{} (IPv6)", n.name)]
+                .iter()
+                .filter_map(|key| dns.info.unresolvable.get(key).map(String::as_str))
+                .collect();
+            let state = match (unresolvable.is_empty(), n.granted) {
+                (false, _) => unresolvable.join("; "),
+                (true, true) => "granted".to_string(),
+                (true, false) => "-".to_string(),
+            };
+            [
+                n.name.clone(),
+                n.resource
+                    .clone()
+                    .unwrap_or_else(|| "(no resource now)".into()),
+                n.proxy_ipv4.to_string(),
+                n.proxy_ipv6.to_string(),
+                state,
+            ]
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&table(
+        ["NAME", "DNS RESOURCE", "PROXY IPV4", "PROXY IPV6", "ACCESS"],
+        &rows,
+    ));
+    if dns.name_count > dns.names.len() {
+        out.push_str(&format!(
+            "… and {} more names\n",
+            dns.name_count - dns.names.len()
+        ));
+    }
     out
 }

@@ -12,6 +12,10 @@ use postern_protocol::{
 };
 use serde::{Deserialize, Serialize};
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::dns::{DnsInfo, DnsState};
 use crate::tunnel::{Plan, PlannedGrant};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -24,6 +28,8 @@ pub struct ClientRole {
     /// The data plane, when there is a tunnel: what it must know, and its access requests.
     plan: Option<watch::Sender<Plan>>,
     requests: Option<mpsc::UnboundedReceiver<ClientToPortal>>,
+    /// The stub resolver, with a tunnel: shown in the status.
+    dns: Option<Arc<DnsState>>,
 }
 
 impl ClientRole {
@@ -34,6 +40,7 @@ impl ClientRole {
             tunnel,
             plan: None,
             requests: None,
+            dns: None,
         }
     }
 
@@ -42,10 +49,12 @@ impl ClientRole {
         token_id: Uuid,
         plan: watch::Sender<Plan>,
         requests: mpsc::UnboundedReceiver<ClientToPortal>,
+        dns: Arc<DnsState>,
     ) -> Self {
         Self {
             plan: Some(plan),
             requests: Some(requests),
+            dns: Some(dns),
             ..Self::new(token_id, true)
         }
     }
@@ -66,6 +75,7 @@ impl ClientRole {
                     endpoint: grant.gateway.endpoint.clone(),
                     preshared_key: grant.preshared_key.clone(),
                     expires_at: grant.expires_at,
+                    dns: grant.dns.clone(),
                 })
                 .collect(),
         };
@@ -89,7 +99,39 @@ pub struct ClientDetails {
     pub token: TokenInfo,
     pub addresses: Option<TunnelAddresses>,
     pub resources: Vec<ResourceStatus>,
+    /// The stub resolver (with a tunnel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsStatus>,
 }
+
+/// The stub resolver as `status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DnsStatus {
+    #[serde(flatten)]
+    pub info: DnsInfo,
+    /// Names given proxy addresses (the first [`MAX_NAMES_SHOWN`]), and how many in all.
+    pub names: Vec<NameStatus>,
+    pub name_count: usize,
+    /// Queries answered here, forwarded upstream, and failed (no upstream answered).
+    pub answered: u64,
+    pub forwarded: u64,
+    pub failed: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NameStatus {
+    pub name: String,
+    /// The DNS resource that covers it now, if one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    pub proxy_ipv4: std::net::Ipv4Addr,
+    pub proxy_ipv6: std::net::Ipv6Addr,
+    /// Its resource's grant lists it.
+    pub granted: bool,
+}
+
+/// Names listed in `status.json`; the count says how many there are.
+pub const MAX_NAMES_SHOWN: usize = 512;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Named {
@@ -212,6 +254,44 @@ impl ClientRole {
     }
 }
 
+impl ClientRole {
+    fn dns_status(&self, dns: &DnsState) -> DnsStatus {
+        let resolver = dns.resolver.read();
+        let names = resolver
+            .proxies()
+            .take(MAX_NAMES_SHOWN)
+            .map(|(name, proxy_ipv4, proxy_ipv6)| {
+                let resource_id = resolver.resource_for(name);
+                let granted = resource_id
+                    .and_then(|id| self.state.grants.get(&id))
+                    .is_some_and(|grant| {
+                        grant
+                            .dns
+                            .iter()
+                            .any(|t| t.name == name && t.proxy_ipv4 == proxy_ipv4)
+                    });
+                NameStatus {
+                    name: name.to_string(),
+                    resource: resource_id
+                        .and_then(|id| self.state.resources.get(&id))
+                        .map(|r| r.name.clone()),
+                    proxy_ipv4,
+                    proxy_ipv6,
+                    granted,
+                }
+            })
+            .collect();
+        DnsStatus {
+            info: dns.info.lock().clone(),
+            names,
+            name_count: resolver.name_count(),
+            answered: dns.answered.load(Ordering::Relaxed),
+            forwarded: dns.forwarded.load(Ordering::Relaxed),
+            failed: dns.failed.load(Ordering::Relaxed),
+        }
+    }
+}
+
 impl Role for ClientRole {
     type Incoming = PortalToClient;
     type Outgoing = ClientToPortal;
@@ -247,10 +327,20 @@ impl Role for ClientRole {
     }
 
     fn next_wakeup(&self) -> Option<DateTime<Utc>> {
-        self.state.grants.values().map(|g| g.expires_at).min()
+        let expiry = self.state.grants.values().map(|g| g.expires_at).min();
+        // With a resolver, the status follows the names it gives out, once a second at most.
+        let status = self.dns.as_ref().map(|_| {
+            let now = Utc::now();
+            now + chrono::Duration::milliseconds(1000 - i64::from(now.timestamp_subsec_millis()))
+        });
+        expiry.into_iter().chain(status).min()
     }
 
     fn on_wakeup(&mut self, now: DateTime<Utc>) -> bool {
+        let dns_changed = self
+            .dns
+            .as_ref()
+            .is_some_and(|dns| dns.dirty.swap(false, Ordering::Relaxed));
         let expired = self.state.expire(now);
         for id in &expired {
             let name = self
@@ -263,7 +353,7 @@ impl Role for ClientRole {
         if !expired.is_empty() {
             self.publish();
         }
-        !expired.is_empty()
+        dns_changed || !expired.is_empty()
     }
 
     fn outbox(&mut self) -> Option<&mut mpsc::UnboundedReceiver<ClientToPortal>> {
@@ -304,6 +394,7 @@ impl Role for ClientRole {
                     granted_until: self.state.grants.get(&r.id).map(|g| g.expires_at),
                 })
                 .collect(),
+            dns: self.dns.as_ref().map(|dns| self.dns_status(dns)),
         }
     }
 }

@@ -4,23 +4,38 @@
 //! a packet out of a tunnel reach the TUN only from a resource granted through that gateway.
 //! The control session feeds it a [`Plan`] (addresses, resources, grants) and receives its
 //! access requests.
+//!
+//! DNS resources: the stub resolver (`crate::dns`) listens on the TUN's resolver addresses and
+//! gives names proxy addresses (routed into the TUN); a packet to one is routed by the name it
+//! stands for, and asks for that name when the grant does not list it yet.
 
-use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use boringtun::x25519::StaticSecret;
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 use postern_dataplane::client::{ClientRouter, Route, RouteGrant};
+use postern_dataplane::packet::{self, Transport};
 use postern_dataplane::peers::{PeerConfig, PeerTable, Upserted};
 use postern_dataplane::WireGuardKey;
-use postern_device::engine::{Changes, Engine, Forwarding};
+use postern_device::engine::{Changes, Emit, Engine, Forwarding};
 use postern_device::net::{self, DataPlaneRuntime, NetError};
-use postern_protocol::{ClientToPortal, ResourceView, TunnelAddresses};
+use postern_domain::dns::{is_proxy_address, NamePattern};
+use postern_domain::{
+    DNS_IPV4_NETWORK, DNS_IPV4_PREFIX_LEN, DNS_IPV6_NETWORK, DNS_IPV6_PREFIX_LEN,
+    DNS_RESOLVER_IPV4, DNS_RESOLVER_IPV6,
+};
+use postern_protocol::{ClientToPortal, DnsTarget, ResourceView, TunnelAddresses};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
+
+use crate::dns::{DnsState, Listeners};
+use crate::dns_control::{Controlled, DnsControl};
 
 /// What the control session knows that the data plane needs.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -38,6 +53,17 @@ pub struct PlannedGrant {
     pub endpoint: Option<String>,
     pub preshared_key: Option<postern_protocol::PresharedKey>,
     pub expires_at: DateTime<Utc>,
+    /// For a DNS resource: the names the grant covers.
+    pub dns: Vec<DnsTarget>,
+}
+
+/// How the client's stub resolver is set up.
+#[derive(Debug, Clone)]
+pub struct DnsOptions {
+    pub control: DnsControl,
+    pub state_dir: std::path::PathBuf,
+    /// Upstream servers instead of the system's.
+    pub upstreams: Vec<SocketAddr>,
 }
 
 /// How long a gateway may stay silent after the first packet before the user is told.
@@ -50,13 +76,19 @@ pub struct ClientTunnel {
     forwarding: ClientForwarding,
 }
 
+/// The stub resolver's port: 53, so that any system resolver can be pointed at it.
+const DNS_PORT: u16 = 53;
+
 impl ClientTunnel {
-    /// Creates the TUN device and the UDP socket; fails with a message a user can act on.
+    /// Creates the TUN device, the UDP socket and the stub resolver, and points the system's
+    /// DNS at it; fails with a message a user can act on.
     pub async fn create(
         tun_name: &str,
         mtu: u16,
         private: StaticSecret,
         requests: mpsc::UnboundedSender<ClientToPortal>,
+        dns: Arc<DnsState>,
+        dns_options: DnsOptions,
     ) -> Result<Self, NetError> {
         let runtime = DataPlaneRuntime::start("postern-tunnel")?;
         let entered = runtime.enter();
@@ -75,6 +107,7 @@ impl ClientTunnel {
         };
         drop(entered);
         info!(tun = %tun_name, mtu, "tunnel device ready");
+        let (dns_task, control) = start_dns(tun_name, &dns, &dns_options).await?;
         Ok(Self {
             engine: Engine::new(runtime, tun, tun_name, mtu, udp, dual_stack, private),
             forwarding: ClientForwarding {
@@ -87,6 +120,10 @@ impl ClientTunnel {
                 addresses: None,
                 requests,
                 names: HashMap::new(),
+                dns,
+                dns_task: Some(dns_task),
+                control: Some(control),
+                emits: VecDeque::new(),
             },
         })
     }
@@ -122,34 +159,57 @@ pub struct ClientForwarding {
     dual_stack: bool,
     router: ClientRouter,
     gateways: HashMap<WireGuardKey, Gateway>,
+    /// Resource networks routed into the TUN.
     routes: BTreeSet<IpNet>,
     addresses: Option<TunnelAddresses>,
     requests: mpsc::UnboundedSender<ClientToPortal>,
+    /// Resource id → name, for messages.
     names: HashMap<Uuid, String>,
+    /// The stub resolver (its names and proxy addresses) and what the status shows of DNS.
+    dns: Arc<DnsState>,
+    /// The DNS server's task, stopped with the data plane.
+    dns_task: Option<tokio::task::JoinHandle<()>>,
+    /// The system's DNS as this client set it, restored at shutdown.
+    control: Option<Controlled>,
+    /// Held packets released by a grant.
+    emits: VecDeque<Emit>,
 }
 
 impl Forwarding for ClientForwarding {
     type Change = Plan;
 
-    async fn apply(&mut self, plan: Plan, peers: &mut PeerTable) -> Vec<(WireGuardKey, Vec<u8>)> {
-        self.apply_plan(plan, peers).await
+    async fn apply(&mut self, plan: Plan, peers: &mut PeerTable) {
+        let released = self.apply_plan(plan, peers).await;
+        self.emits
+            .extend(released.into_iter().map(|(key, p)| Emit::Peer(key, p)));
+    }
+
+    fn poll_emit(&mut self) -> Option<Emit> {
+        self.emits.pop_front()
     }
 
     fn outbound(&mut self, packet: &[u8]) -> Option<WireGuardKey> {
-        match self.router.route(packet, Utc::now()) {
+        let route = {
+            let names = self.dns.resolver.read();
+            self.router.route(packet, &names, Utc::now())
+        };
+        match route {
             Route::Send(key) => Some(key),
             Route::Held {
-                request: Some(resource_id),
+                request: Some(request),
             } => {
-                let name = self
+                let resource = self
                     .names
-                    .get(&resource_id)
+                    .get(&request.resource_id)
                     .cloned()
-                    .unwrap_or_else(|| resource_id.to_string());
-                info!("requesting access to {name}");
+                    .unwrap_or_else(|| request.resource_id.to_string());
+                match &request.dns {
+                    Some(target) => info!("requesting access to {} ({resource})", target.name),
+                    None => info!("requesting access to {resource}"),
+                }
                 let _ = self.requests.send(ClientToPortal::RequestAccess {
-                    resource_id,
-                    dns: None,
+                    resource_id: request.resource_id,
+                    dns: request.dns,
                 });
                 None
             }
@@ -163,17 +223,30 @@ impl Forwarding for ClientForwarding {
 
     /// Only packets from a resource granted through this gateway reach the TUN.
     fn inbound(&mut self, peer: &WireGuardKey, packet: &[u8]) -> bool {
-        let Ok((src, _)) = postern_dataplane::packet::addresses(packet) else {
+        let Ok((src, _)) = packet::addresses(packet) else {
             return false;
         };
+        let names = self.dns.resolver.read();
         let granted = self
             .router
-            .gateway_of(src, Utc::now())
+            .gateway_of(src, &names, Utc::now())
             .is_some_and(|key| key == *peer);
         if !granted {
             debug!(%src, "packet from a gateway for a resource it does not serve dropped");
+            return false;
         }
-        granted
+        if is_proxy_address(src) {
+            if let Some(target) = names.proxy_target(src) {
+                let gateway = self.gateways.get(peer).map_or("?", |g| g.name.as_str());
+                if is_host_unreachable(packet) {
+                    self.dns
+                        .note_unresolvable(target.name, src.is_ipv6(), gateway);
+                } else if self.dns.any_unresolvable.load(Ordering::Relaxed) {
+                    self.dns.note_resolvable(target.name, src.is_ipv6());
+                }
+            }
+        }
+        true
     }
 
     fn send_failed(&mut self, to: SocketAddr, len: usize, err: &std::io::Error) {
@@ -227,6 +300,18 @@ impl Forwarding for ClientForwarding {
     }
 
     async fn shutdown(&mut self) {
+        if let Some(control) = self.control.take() {
+            control.restore().await;
+        }
+        if let Some(task) = self.dns_task.take() {
+            task.abort();
+        }
+        for address in [
+            format!("{DNS_RESOLVER_IPV4}/32"),
+            format!("{DNS_RESOLVER_IPV6}/128"),
+        ] {
+            let _ = net::delete_address(&address, RESOLVER_DEVICE).await;
+        }
         for route in std::mem::take(&mut self.routes) {
             let _ = net::delete_route(&route, &self.tun_name).await;
         }
@@ -258,6 +343,7 @@ impl ClientForwarding {
             .iter()
             .map(|r| (r.id, r.name.clone()))
             .collect();
+        self.set_dns_resources(&plan.resources).await;
         let wanted: BTreeSet<IpNet> = self
             .router
             .set_resources(&plan.resources)
@@ -294,6 +380,7 @@ impl ClientForwarding {
                 resource_id: grant.resource_id,
                 gateway: key,
                 expires_at: grant.expires_at,
+                dns: grant.dns.clone(),
             });
             // The latest grant of a pair carries its current preshared key.
             let newer = wanted_peers
@@ -339,6 +426,33 @@ impl ClientForwarding {
         self.router.set_grants(route_grants, Utc::now())
     }
 
+    /// The stub resolver answers for the DNS resources of the plan from now on; with
+    /// systemd-resolved, their domains are routed to it.
+    async fn set_dns_resources(&mut self, resources: &[ResourceView]) {
+        let dns: Vec<&ResourceView> = resources
+            .iter()
+            .filter(|r| r.resource_type == "dns")
+            .collect();
+        self.dns
+            .resolver
+            .write()
+            .set_resources(dns.iter().map(|r| (r.id, r.address.as_str())));
+        let Some(control) = self.control.as_mut() else {
+            return;
+        };
+        let domains = dns
+            .iter()
+            .filter_map(|r| NamePattern::parse(&r.address)?.suffix())
+            .collect();
+        control.set_domains(domains).await;
+        let domains = control.domains().to_vec();
+        let mut info = self.dns.info.lock();
+        if info.domains != domains {
+            info.domains = domains;
+            self.dns.dirty.store(true, Ordering::Relaxed);
+        }
+    }
+
     async fn resolve(&self, grant: &PlannedGrant) -> Option<SocketAddr> {
         let Some(endpoint) = grant.endpoint.as_deref() else {
             warn!(
@@ -358,6 +472,99 @@ impl ClientForwarding {
             );
         }
         address
+    }
+}
+
+/// The interface that holds the resolver's addresses: loopback, not the TUN, whose only
+/// addresses must be the tunnel's (the kernel picks a TUN route's source among them).
+const RESOLVER_DEVICE: &str = "lo";
+
+/// Gives loopback the resolver's addresses, routes the proxy ranges into the TUN, starts the
+/// DNS server and points the system at it.
+async fn start_dns(
+    tun_name: &str,
+    dns: &Arc<DnsState>,
+    options: &DnsOptions,
+) -> Result<(tokio::task::JoinHandle<()>, Controlled), NetError> {
+    let dns_error = |detail: String| NetError::Command {
+        command: "start the DNS resolver".into(),
+        detail,
+    };
+    net::set_address(&format!("{DNS_RESOLVER_IPV4}/32"), RESOLVER_DEVICE).await?;
+    let mut resolver = vec![IpAddr::V4(DNS_RESOLVER_IPV4)];
+    match net::set_address(&format!("{DNS_RESOLVER_IPV6}/128"), RESOLVER_DEVICE).await {
+        Ok(()) => resolver.push(IpAddr::V6(DNS_RESOLVER_IPV6)),
+        Err(err) => warn!("the DNS resolver has no IPv6 address (IPv6 is off?): {err}"),
+    }
+    let ranges = [
+        format!("{DNS_IPV4_NETWORK}/{DNS_IPV4_PREFIX_LEN}"),
+        format!("{DNS_IPV6_NETWORK}/{DNS_IPV6_PREFIX_LEN}"),
+    ];
+    for range in ranges {
+        let Ok(net) = range.parse::<IpNet>() else {
+            continue;
+        };
+        if let Err(err) = net::add_route(&net, tun_name).await {
+            warn!("DNS resources' proxy addresses cannot be routed: {err}");
+        }
+    }
+    let listeners = Listeners::bind(&resolver, DNS_PORT)
+        .await
+        .map_err(dns_error)?;
+    let listen = listeners.addresses();
+    let control = Controlled::apply(
+        options.control,
+        &options.state_dir,
+        tun_name,
+        &resolver,
+        &options.upstreams,
+    )
+    .await
+    .map_err(dns_error)?;
+    *dns.info.lock() = crate::dns::DnsInfo {
+        mode: control.mode.as_str().to_string(),
+        listen,
+        upstreams: control.upstreams.clone(),
+        ..Default::default()
+    };
+    info!(
+        "DNS resolver on {}; other names go to {}",
+        resolver
+            .iter()
+            .map(IpAddr::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        if control.upstreams.is_empty() {
+            "no upstream (none known)".to_string()
+        } else {
+            control
+                .upstreams
+                .iter()
+                .map(SocketAddr::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    let task = tokio::spawn(crate::dns::serve(
+        listeners,
+        dns.clone(),
+        control.upstreams.clone(),
+    ));
+    Ok((task, control))
+}
+
+/// An ICMP "host unreachable" (ICMPv6 "address unreachable"): what a gateway answers for a
+/// name it cannot resolve.
+fn is_host_unreachable(packet: &[u8]) -> bool {
+    let Ok(info) = packet::parse(packet) else {
+        return false;
+    };
+    let Transport::IcmpError { kind, code, .. } = info.transport else {
+        return false;
+    };
+    match info.src {
+        IpAddr::V4(_) => (kind, code) == (3, 1),
+        IpAddr::V6(_) => (kind, code) == (1, 3),
     }
 }
 

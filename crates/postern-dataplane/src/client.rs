@@ -1,20 +1,30 @@
 //! The client's routing: which resource a packet read from the TUN is for, and through which
 //! gateway it goes. A packet toward a resource without a grant is held (in a small bounded
 //! queue) while access is requested, then released on the grant or dropped after a timeout.
+//!
+//! A DNS resource is reached through proxy addresses its stub resolver gave out
+//! ([`postern_dns::StubResolver`]): each stands for one name, and a grant of the resource
+//! covers only the names it lists. A packet to a name the grant does not list yet is held and
+//! asks for that name, the grant's other names keep flowing.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
 
 use chrono::{DateTime, Duration, Utc};
 use ipnet::IpNet;
-use postern_protocol::ResourceView;
+use postern_dns::StubResolver;
+use postern_protocol::{DnsTarget, ResourceView};
 use uuid::Uuid;
 
 use crate::{packet, resource_network, WireGuardKey};
 
-/// Packets held per resource while access is requested.
+/// Packets held per destination (a resource, or one name of a DNS resource) while access is
+/// requested.
 pub const MAX_HELD_PER_RESOURCE: usize = 32;
 /// Packets held in all.
 pub const MAX_HELD: usize = 256;
+/// Destinations waiting for access at once (each costs a request to the portal).
+pub const MAX_WAITING: usize = 1024;
 /// How long a packet may wait for a grant.
 pub const HOLD_TIMEOUT: Duration = Duration::seconds(5);
 /// How long to wait for an answer before asking again.
@@ -27,15 +37,24 @@ pub enum Route {
     Send(WireGuardKey),
     /// Held; `request` is set when access must be asked for now.
     Held {
-        request: Option<Uuid>,
+        request: Option<AccessRequest>,
     },
     Drop(ClientDrop),
+}
+
+/// What to ask the portal for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessRequest {
+    pub resource_id: Uuid,
+    /// For a DNS resource: the name and its proxy addresses.
+    pub dns: Option<DnsTarget>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientDrop {
     Malformed,
-    /// The destination is in no resource of the client.
+    /// The destination is in no resource of the client (or is a proxy address of no name a
+    /// reachable DNS resource covers).
     NoResource,
     /// The hold queue is full.
     QueueFull,
@@ -47,20 +66,46 @@ pub struct RouteGrant {
     pub resource_id: Uuid,
     pub gateway: WireGuardKey,
     pub expires_at: DateTime<Utc>,
+    /// For a DNS resource: the names it covers.
+    pub dns: Vec<DnsTarget>,
+}
+
+#[derive(Debug)]
+struct Granted {
+    gateway: WireGuardKey,
+    expires_at: DateTime<Utc>,
+    /// Proxy address → the name it stands for, in both families.
+    names: HashMap<IpAddr, String>,
+}
+
+impl Granted {
+    fn covers(&self, proxy: IpAddr, name: &str) -> bool {
+        self.names.get(&proxy).is_some_and(|n| n == name)
+    }
+}
+
+/// What held packets wait for: a resource, or one name of a DNS resource.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Waiting {
+    resource_id: Uuid,
+    name: Option<String>,
 }
 
 #[derive(Debug, Default)]
 struct Held {
     packets: VecDeque<(DateTime<Utc>, Vec<u8>)>,
     requested_at: Option<DateTime<Utc>>,
+    /// The name's proxy address (IPv4), to check a grant against.
+    proxy: Option<IpAddr>,
 }
 
 #[derive(Debug, Default)]
 pub struct ClientRouter {
     /// Most specific first.
     networks: Vec<(IpNet, Uuid)>,
-    grants: HashMap<Uuid, RouteGrant>,
-    held: HashMap<Uuid, Held>,
+    resources: HashSet<Uuid>,
+    grants: HashMap<Uuid, Granted>,
+    held: HashMap<Waiting, Held>,
     held_total: usize,
 }
 
@@ -71,17 +116,21 @@ impl ClientRouter {
         &mut self,
         resources: impl IntoIterator<Item = &'a ResourceView>,
     ) -> Vec<IpNet> {
-        let mut networks: Vec<(IpNet, Uuid)> = resources
-            .into_iter()
-            .filter_map(|r| resource_network(r).map(|net| (net, r.id)))
-            .collect();
+        let mut networks = Vec::new();
+        self.resources.clear();
+        for resource in resources {
+            self.resources.insert(resource.id);
+            if let Some(net) = resource_network(resource) {
+                networks.push((net, resource.id));
+            }
+        }
         networks.sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()).then(a.1.cmp(&b.1)));
         self.networks = networks;
-        let known: std::collections::HashSet<Uuid> =
-            self.networks.iter().map(|(_, id)| *id).collect();
+        let known = &self.resources;
         self.grants.retain(|id, _| known.contains(id));
         let before = self.held.len();
-        self.held.retain(|id, _| known.contains(id));
+        self.held
+            .retain(|waiting, _| known.contains(&waiting.resource_id));
         if self.held.len() != before {
             self.held_total = self.held.values().map(|h| h.packets.len()).sum();
         }
@@ -100,17 +149,45 @@ impl ClientRouter {
         self.grants = grants
             .into_iter()
             .filter(|g| g.expires_at > now)
-            .map(|g| (g.resource_id, g))
+            .map(|g| {
+                let names = g
+                    .dns
+                    .into_iter()
+                    .flat_map(|t| {
+                        [
+                            (IpAddr::V4(t.proxy_ipv4), t.name.clone()),
+                            (IpAddr::V6(t.proxy_ipv6), t.name),
+                        ]
+                    })
+                    .collect();
+                let granted = Granted {
+                    gateway: g.gateway,
+                    expires_at: g.expires_at,
+                    names,
+                };
+                (g.resource_id, granted)
+            })
+            .collect();
+        let ready: Vec<Waiting> = self
+            .held
+            .iter()
+            .filter(|(waiting, held)| {
+                self.grants.get(&waiting.resource_id).is_some_and(|grant| {
+                    match (&waiting.name, held.proxy) {
+                        (Some(name), Some(proxy)) => grant.covers(proxy, name),
+                        (None, _) => true,
+                        (Some(_), None) => false,
+                    }
+                })
+            })
+            .map(|(waiting, _)| waiting.clone())
             .collect();
         let mut released = Vec::new();
-        let granted: Vec<Uuid> = self
-            .held
-            .keys()
-            .filter(|id| self.grants.contains_key(id))
-            .copied()
-            .collect();
-        for id in granted {
-            let (Some(held), Some(grant)) = (self.held.remove(&id), self.grants.get(&id)) else {
+        for waiting in ready {
+            let (Some(held), Some(grant)) = (
+                self.held.remove(&waiting),
+                self.grants.get(&waiting.resource_id),
+            ) else {
                 continue;
             };
             self.held_total = self.held_total.saturating_sub(held.packets.len());
@@ -124,47 +201,83 @@ impl ClientRouter {
         released
     }
 
+    /// The resource a destination belongs to (the most specific network), or for a proxy
+    /// address, the DNS resource and name it stands for.
+    fn destination(&self, dst: IpAddr, names: &StubResolver) -> Option<(Uuid, Option<ProxyName>)> {
+        if postern_domain::dns::is_proxy_address(dst) {
+            let target = names.proxy_target(dst)?;
+            if !self.resources.contains(&target.resource_id) {
+                return None;
+            }
+            let name = ProxyName {
+                name: target.name.to_string(),
+                ipv4: target.ipv4,
+                ipv6: target.ipv6,
+            };
+            return Some((target.resource_id, Some(name)));
+        }
+        self.resource_of(dst).map(|id| (id, None))
+    }
+
     /// The resource a destination belongs to (the most specific network).
-    pub fn resource_of(&self, dst: std::net::IpAddr) -> Option<Uuid> {
+    pub fn resource_of(&self, dst: IpAddr) -> Option<Uuid> {
         self.networks
             .iter()
             .find(|(net, _)| net.contains(&dst))
             .map(|(_, id)| *id)
     }
 
-    /// The gateway an address's resource is granted through, if it is (for packets coming
-    /// back: a gateway may only send what comes from the resources it serves).
+    /// The gateway an address's resource (or name) is granted through, if it is (for packets
+    /// coming back: a gateway may only send what comes from the resources it serves).
     pub fn gateway_of(
         &self,
-        address: std::net::IpAddr,
+        address: IpAddr,
+        names: &StubResolver,
         now: DateTime<Utc>,
     ) -> Option<WireGuardKey> {
-        let resource_id = self.resource_of(address)?;
-        self.grants
-            .get(&resource_id)
-            .filter(|g| g.expires_at > now)
-            .map(|g| g.gateway)
+        let granted =
+            |resource_id: &Uuid| self.grants.get(resource_id).filter(|g| g.expires_at > now);
+        if postern_domain::dns::is_proxy_address(address) {
+            let target = names.proxy_target(address)?;
+            return granted(&target.resource_id)
+                .filter(|g| g.covers(address, target.name))
+                .map(|g| g.gateway);
+        }
+        granted(&self.resource_of(address)?).map(|g| g.gateway)
     }
 
-    /// Routes a packet read from the TUN.
-    pub fn route(&mut self, packet: &[u8], now: DateTime<Utc>) -> Route {
+    /// Routes a packet read from the TUN; `names` knows what proxy addresses stand for.
+    pub fn route(&mut self, packet: &[u8], names: &StubResolver, now: DateTime<Utc>) -> Route {
         let Ok((_, dst)) = packet::addresses(packet) else {
             return Route::Drop(ClientDrop::Malformed);
         };
-        let Some(resource_id) = self.resource_of(dst) else {
+        if let Some(gateway) = self.gateway_of(dst, names, now) {
+            return Route::Send(gateway);
+        }
+        let Some((resource_id, name)) = self.destination(dst, names) else {
             return Route::Drop(ClientDrop::NoResource);
         };
-        if let Some(grant) = self.grants.get(&resource_id) {
-            if grant.expires_at > now {
-                return Route::Send(grant.gateway);
-            }
+        let waiting = Waiting {
+            resource_id,
+            name: name.as_ref().map(|n| n.name.clone()),
+        };
+        if !self.held.contains_key(&waiting) && self.held.len() >= MAX_WAITING {
+            return Route::Drop(ClientDrop::QueueFull);
         }
-        let held = self.held.entry(resource_id).or_default();
+        let held = self.held.entry(waiting).or_default();
+        held.proxy = name.as_ref().map(|n| IpAddr::V4(n.ipv4));
         let request = match held.requested_at {
             Some(at) if at + REQUEST_RETRY > now => None,
             _ => {
                 held.requested_at = Some(now);
-                Some(resource_id)
+                Some(AccessRequest {
+                    resource_id,
+                    dns: name.map(|n| DnsTarget {
+                        name: n.name,
+                        proxy_ipv4: n.ipv4,
+                        proxy_ipv6: n.ipv6,
+                    }),
+                })
             }
         };
         if held.packets.len() >= MAX_HELD_PER_RESOURCE || self.held_total >= MAX_HELD {
@@ -198,12 +311,14 @@ impl ClientRouter {
         dropped
     }
 
-    /// The portal refused access: drop what waits for it.
+    /// The portal refused access to a resource: drop what waits for it (every name of it).
     pub fn denied(&mut self, resource_id: Uuid) -> usize {
-        let dropped = self
-            .held
-            .get_mut(&resource_id)
-            .map_or(0, |h| std::mem::take(&mut h.packets).len());
+        let mut dropped = 0;
+        for (waiting, held) in &mut self.held {
+            if waiting.resource_id == resource_id {
+                dropped += std::mem::take(&mut held.packets).len();
+            }
+        }
         self.held_total = self.held_total.saturating_sub(dropped);
         dropped
     }
@@ -211,6 +326,14 @@ impl ClientRouter {
     pub fn held(&self) -> usize {
         self.held_total
     }
+}
+
+/// A name behind a proxy address, owned (for a hold and a request).
+#[derive(Debug)]
+struct ProxyName {
+    name: String,
+    ipv4: std::net::Ipv4Addr,
+    ipv6: std::net::Ipv6Addr,
 }
 
 #[cfg(test)]
@@ -255,6 +378,18 @@ mod tests {
             resource_id: Uuid::from_u128(id),
             gateway: WireGuardKey::from_bytes([gateway; 32]),
             expires_at: now() + Duration::minutes(minutes),
+            dns: Vec::new(),
+        }
+    }
+
+    fn no_names() -> StubResolver {
+        StubResolver::default()
+    }
+
+    fn ask(resource_id: Uuid) -> AccessRequest {
+        AccessRequest {
+            resource_id,
+            dns: None,
         }
     }
 
@@ -273,28 +408,35 @@ mod tests {
             .set_grants([grant(1, 7, 5), grant(2, 8, 5)], now())
             .is_empty());
         assert_eq!(
-            router.route(&to("10.0.9.9"), now()),
+            router.route(&to("10.0.9.9"), &no_names(), now()),
             Route::Send(WireGuardKey::from_bytes([7; 32]))
         );
         assert_eq!(
-            router.route(&to("10.0.3.4"), now()),
+            router.route(&to("10.0.3.4"), &no_names(), now()),
             Route::Send(WireGuardKey::from_bytes([8; 32]))
         );
         assert_eq!(
-            router.gateway_of("10.0.3.4".parse().unwrap(), now()),
+            router.gateway_of("10.0.3.4".parse().unwrap(), &no_names(), now()),
             Some(WireGuardKey::from_bytes([8; 32]))
         );
         assert_eq!(
-            router.gateway_of("10.0.3.4".parse().unwrap(), now() + Duration::hours(1)),
+            router.gateway_of(
+                "10.0.3.4".parse().unwrap(),
+                &no_names(),
+                now() + Duration::hours(1)
+            ),
             None
         );
-        assert_eq!(router.gateway_of("10.9.3.4".parse().unwrap(), now()), None);
         assert_eq!(
-            router.route(&to("192.168.0.1"), now()),
+            router.gateway_of("10.9.3.4".parse().unwrap(), &no_names(), now()),
+            None
+        );
+        assert_eq!(
+            router.route(&to("192.168.0.1"), &no_names(), now()),
             Route::Drop(ClientDrop::NoResource)
         );
         assert_eq!(
-            router.route(&[1, 2, 3], now()),
+            router.route(&[1, 2, 3], &no_names(), now()),
             Route::Drop(ClientDrop::Malformed)
         );
     }
@@ -304,16 +446,20 @@ mod tests {
         let mut router = router();
         let r1 = Uuid::from_u128(1);
         assert_eq!(
-            router.route(&to("10.0.0.1"), now()),
-            Route::Held { request: Some(r1) }
+            router.route(&to("10.0.0.1"), &no_names(), now()),
+            Route::Held {
+                request: Some(ask(r1))
+            }
         );
         assert_eq!(
-            router.route(&to("10.0.0.2"), now() + Duration::seconds(1)),
+            router.route(&to("10.0.0.2"), &no_names(), now() + Duration::seconds(1)),
             Route::Held { request: None }
         );
         assert_eq!(
-            router.route(&to("10.0.0.3"), now() + Duration::seconds(3)),
-            Route::Held { request: Some(r1) }
+            router.route(&to("10.0.0.3"), &no_names(), now() + Duration::seconds(3)),
+            Route::Held {
+                request: Some(ask(r1))
+            }
         );
         assert_eq!(router.held(), 3);
         let released = router.set_grants([grant(1, 7, 5)], now() + Duration::seconds(3));
@@ -329,7 +475,11 @@ mod tests {
     fn held_packets_time_out_and_the_queue_is_bounded() {
         let mut router = router();
         for n in 0..MAX_HELD_PER_RESOURCE + 5 {
-            let route = router.route(&to("10.0.0.1"), now() + Duration::milliseconds(n as i64));
+            let route = router.route(
+                &to("10.0.0.1"),
+                &no_names(),
+                now() + Duration::milliseconds(n as i64),
+            );
             if n >= MAX_HELD_PER_RESOURCE {
                 assert_eq!(route, Route::Drop(ClientDrop::QueueFull));
             }
@@ -341,7 +491,7 @@ mod tests {
             MAX_HELD_PER_RESOURCE
         );
         assert_eq!(router.held(), 0);
-        router.route(&to("10.0.3.4"), now());
+        router.route(&to("10.0.3.4"), &no_names(), now());
         assert_eq!(router.denied(Uuid::from_u128(2)), 1);
         assert_eq!(router.held(), 0);
     }
@@ -352,9 +502,9 @@ mod tests {
         router.set_grants([grant(1, 7, 1)], now());
         let later = now() + Duration::minutes(2);
         assert_eq!(
-            router.route(&to("10.0.0.1"), later),
+            router.route(&to("10.0.0.1"), &no_names(), later),
             Route::Held {
-                request: Some(Uuid::from_u128(1))
+                request: Some(ask(Uuid::from_u128(1)))
             }
         );
         router.set_resources(&[crate::tests::resource(2, "ip", "10.0.3.4")]);
@@ -364,9 +514,146 @@ mod tests {
             "held packets of a removed resource are dropped"
         );
         assert_eq!(
-            router.route(&to("10.0.0.1"), later),
+            router.route(&to("10.0.0.1"), &no_names(), later),
             Route::Drop(ClientDrop::NoResource)
         );
+    }
+
+    fn named(resolver: &mut StubResolver, name: &str) -> DnsTarget {
+        match resolver.resolve(name) {
+            postern_dns::Resolution::Proxies { ipv4, ipv6 } => DnsTarget {
+                name: name.into(),
+                proxy_ipv4: ipv4,
+                proxy_ipv6: ipv6,
+            },
+            other => panic!("{name} not resolved: {other:?}"),
+        }
+    }
+
+    fn dns_router() -> (ClientRouter, StubResolver) {
+        let mut router = ClientRouter::default();
+        let resources = [
+            crate::tests::resource(1, "cidr", "10.0.0.0/16"),
+            crate::tests::resource(3, "dns", "*.svc.internal"),
+        ];
+        assert_eq!(
+            router.set_resources(&resources).len(),
+            1,
+            "names have no route"
+        );
+        let mut names = StubResolver::default();
+        names.set_resources([(Uuid::from_u128(3), "*.svc.internal")]);
+        (router, names)
+    }
+
+    #[test]
+    fn each_name_of_a_dns_resource_is_asked_for_and_released_on_its_own() {
+        let (mut router, mut names) = dns_router();
+        let db = named(&mut names, "db.svc.internal");
+        let web = named(&mut names, "web.svc.internal");
+        let r3 = Uuid::from_u128(3);
+        let to_db = to(&db.proxy_ipv4.to_string());
+        assert_eq!(
+            router.route(&to_db, &names, now()),
+            Route::Held {
+                request: Some(AccessRequest {
+                    resource_id: r3,
+                    dns: Some(db.clone())
+                })
+            }
+        );
+        let to_web = to(&web.proxy_ipv4.to_string());
+        let Route::Held {
+            request: Some(asked),
+        } = router.route(&to_web, &names, now())
+        else {
+            panic!("a second name of the same resource asks for itself");
+        };
+        assert_eq!(asked.dns, Some(web.clone()));
+
+        // A grant that lists only db releases db's packets; web's keep waiting.
+        let mut covering_db = grant(3, 7, 5);
+        covering_db.dns = vec![db.clone()];
+        let released = router.set_grants([covering_db.clone()], now());
+        assert_eq!(
+            released,
+            vec![(WireGuardKey::from_bytes([7; 32]), to_db.clone())]
+        );
+        assert_eq!(router.held(), 1);
+        assert_eq!(
+            router.route(&to_db, &names, now()),
+            Route::Send(WireGuardKey::from_bytes([7; 32]))
+        );
+        assert_eq!(
+            router.route(&to_web, &names, now() + Duration::seconds(1)),
+            Route::Held { request: None },
+            "asked a moment ago"
+        );
+        let db_v6: IpAddr = IpAddr::V6(db.proxy_ipv6);
+        assert_eq!(
+            router.gateway_of(db_v6, &names, now()),
+            Some(WireGuardKey::from_bytes([7; 32]))
+        );
+        assert_eq!(
+            router.gateway_of(IpAddr::V4(web.proxy_ipv4), &names, now()),
+            None,
+            "a gateway may not answer for a name it was not granted"
+        );
+
+        let mut both = covering_db;
+        both.dns.push(web.clone());
+        assert_eq!(router.set_grants([both], now()).len(), 2);
+        assert_eq!(router.held(), 0);
+    }
+
+    #[test]
+    fn a_grant_naming_another_name_at_a_proxy_address_does_not_cover_it() {
+        let (mut router, mut names) = dns_router();
+        let db = named(&mut names, "db.svc.internal");
+        // Left from a run that numbered its names differently.
+        let mut stale = grant(3, 7, 5);
+        stale.dns = vec![DnsTarget {
+            name: "old.svc.internal".into(),
+            ..db.clone()
+        }];
+        router.set_grants([stale], now());
+        assert!(matches!(
+            router.route(&to(&db.proxy_ipv4.to_string()), &names, now()),
+            Route::Held { request: Some(_) }
+        ));
+    }
+
+    #[test]
+    fn a_proxy_address_of_no_reachable_name_goes_nowhere() {
+        let (mut router, mut names) = dns_router();
+        let db = named(&mut names, "db.svc.internal");
+        let unknown = postern_dns::proxy_addresses(500).0;
+        assert_eq!(
+            router.route(&to(&unknown.to_string()), &names, now()),
+            Route::Drop(ClientDrop::NoResource)
+        );
+        names.set_resources([]);
+        assert_eq!(
+            router.route(&to(&db.proxy_ipv4.to_string()), &names, now()),
+            Route::Drop(ClientDrop::NoResource),
+            "the resource was withdrawn"
+        );
+    }
+
+    #[test]
+    fn destinations_waiting_at_once_are_bounded() {
+        let mut router = ClientRouter::default();
+        router.set_resources(&[crate::tests::resource(3, "dns", "**.internal")]);
+        let mut names = StubResolver::default();
+        names.set_resources([(Uuid::from_u128(3), "**.internal")]);
+        for n in 0..MAX_WAITING + 10 {
+            let target = named(&mut names, &format!("n{n}.internal"));
+            let route = router.route(&to(&target.proxy_ipv4.to_string()), &names, now());
+            if n >= MAX_WAITING {
+                assert_eq!(route, Route::Drop(ClientDrop::QueueFull));
+            }
+        }
+        assert!(router.held() <= MAX_HELD);
     }
 
     proptest::proptest! {
@@ -378,8 +665,8 @@ mod tests {
             for packet in &packets {
                 let mut bytes = packet.clone();
                 if let Some(first) = bytes.first_mut() { *first = 0x45; }
-                let _ = router.route(&bytes, now());
-                let _ = router.route(&to("10.0.0.1"), now());
+                let _ = router.route(&bytes, &no_names(), now());
+                let _ = router.route(&to("10.0.0.1"), &no_names(), now());
                 proptest::prop_assert!(router.held() <= MAX_HELD);
             }
         }

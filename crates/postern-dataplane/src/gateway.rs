@@ -41,10 +41,13 @@ pub enum DropReason {
     /// An ICMP error that is not about a flow the client may have with that resource, or an
     /// ICMP redirect.
     IcmpNotAboutAFlow,
+    /// To a DNS resource's name that does not resolve at the gateway (answered with ICMP
+    /// host unreachable), or that waited too long for its translation.
+    Unresolved,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::Malformed,
         DropReason::UnknownPeer,
         DropReason::SpoofedSource,
@@ -55,6 +58,7 @@ impl DropReason {
         DropReason::HandshakeUnderLoad,
         DropReason::SourceRouted,
         DropReason::IcmpNotAboutAFlow,
+        DropReason::Unresolved,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -69,6 +73,7 @@ impl DropReason {
             DropReason::HandshakeUnderLoad => "handshake_under_load",
             DropReason::SourceRouted => "source_routed",
             DropReason::IcmpNotAboutAFlow => "icmp_not_about_a_flow",
+            DropReason::Unresolved => "unresolved",
         }
     }
 
@@ -84,6 +89,7 @@ impl DropReason {
             DropReason::HandshakeUnderLoad => 7,
             DropReason::SourceRouted => 8,
             DropReason::IcmpNotAboutAFlow => 9,
+            DropReason::Unresolved => 10,
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod client;
 pub mod gateway;
 pub mod packet;
 pub mod peers;
+pub mod translations;
 
 use std::net::IpAddr;
 
@@ -50,6 +51,11 @@ pub fn authorized_networks(authorization: &postern_protocol::Authorization) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The IPv4 proxy address of index `n`.
+    pub(crate) fn proxy(n: usize) -> IpAddr {
+        IpAddr::V4(postern_domain::dns::proxy_addresses(u32::try_from(n).unwrap()).0)
+    }
 
     pub(crate) fn resource(id: u128, kind: &str, address: &str) -> ResourceView {
         ResourceView {

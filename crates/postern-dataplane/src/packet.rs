@@ -321,6 +321,45 @@ fn transport(protocol: u8, payload: &[u8], icmp: u8) -> Result<Transport, ParseE
     }
 }
 
+/// An ICMP "host unreachable" (ICMPv6 "address unreachable") for `packet`, from its
+/// destination to its source, quoting it as RFC 792 and RFC 4443 ask (the IPv4 header and 8
+/// bytes; IPv6: as much as fits in 1280 bytes). `None` for a packet that does not parse or is
+/// itself an ICMP error (never answered, RFC 1122).
+pub fn host_unreachable(packet: &[u8]) -> Option<Vec<u8>> {
+    use etherparse::{icmpv4, icmpv6, Icmpv4Type, Icmpv6Type, PacketBuilder};
+    const TTL: u8 = 64;
+    const IPV6_MIN_MTU: usize = 1280;
+    let info = parse(packet).ok()?;
+    if matches!(info.transport, Transport::IcmpError { .. }) {
+        return None;
+    }
+    let mut out = Vec::new();
+    match (info.src, info.dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            let header_len = usize::from(packet.first()? & 0x0f) * 4;
+            let quoted = packet.get(..(header_len + 8).min(packet.len()))?;
+            PacketBuilder::ipv4(dst.octets(), src.octets(), TTL)
+                .icmpv4(Icmpv4Type::DestinationUnreachable(
+                    icmpv4::DestUnreachableHeader::Host,
+                ))
+                .write(&mut out, quoted)
+                .ok()?;
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            let room = IPV6_MIN_MTU - 40 - 8;
+            let quoted = packet.get(..room.min(packet.len()))?;
+            PacketBuilder::ipv6(dst.octets(), src.octets(), TTL)
+                .icmpv6(Icmpv6Type::DestinationUnreachable(
+                    icmpv6::DestUnreachableCode::Address,
+                ))
+                .write(&mut out, quoted)
+                .ok()?;
+        }
+        _ => return None,
+    }
+    Some(out)
+}
+
 /// Test and benchmark helpers: minimal well-formed packets.
 pub mod build {
     use std::net::IpAddr;

@@ -16,6 +16,7 @@ use postern_dataplane::packet::build::{ip, ports};
 use postern_dataplane::packet::PROTO_TCP;
 use postern_dataplane::peers::{PeerConfig, PeerTable, Received, Refused};
 use postern_dataplane::WireGuardKey;
+use postern_dns::StubResolver;
 use postern_policy::{Filter, PortRange, Protocol};
 use postern_protocol::{Authorization, PresharedKey, ResourceView, TunnelAddresses};
 use uuid::Uuid;
@@ -51,6 +52,7 @@ fn tcp(src: &str, dst: &str, dst_port: u16) -> Vec<u8> {
 
 struct Devices {
     router: ClientRouter,
+    names: StubResolver,
     client: PeerTable,
     gateway: PeerTable,
     policy: GatewayPolicy,
@@ -82,6 +84,7 @@ impl Devices {
         };
         let mut devices = Devices {
             router: ClientRouter::default(),
+            names: StubResolver::default(),
             client: PeerTable::new(client_secret, 1),
             gateway: PeerTable::new(gateway_secret, 2),
             policy: GatewayPolicy::default(),
@@ -136,7 +139,7 @@ impl Devices {
     /// A packet from the client's TUN, through the router and the tunnel; what the gateway
     /// decided for each packet that came out of its peer table.
     fn send(&mut self, packet: &[u8]) -> Vec<Result<(), DropReason>> {
-        let route = self.router.route(packet, now());
+        let route = self.router.route(packet, &self.names, now());
         let Route::Send(key) = route else {
             panic!("the router did not send the packet: {route:?}");
         };
@@ -196,7 +199,7 @@ impl Devices {
             return None;
         };
         let (src, _) = postern_dataplane::packet::addresses(packet).ok()?;
-        (self.router.gateway_of(src, now()) == Some(peer)).then_some(src)
+        (self.router.gateway_of(src, &self.names, now()) == Some(peer)).then_some(src)
     }
 }
 
@@ -219,6 +222,7 @@ fn a_granted_flow_passes_both_ways_and_every_other_packet_gets_its_verdict() {
                     resource_id: Uuid::from_u128(1),
                     gateway: devices.gateway_key,
                     expires_at: now() + Duration::minutes(10),
+                    dns: Vec::new(),
                 }],
                 now(),
             )

@@ -41,19 +41,25 @@ pub trait Changes: Send {
 pub trait Forwarding: Send {
     type Change: Send;
 
-    /// Brings peers and routes in line with a control-plane change; returns packets to send
-    /// (held packets that may go now).
+    /// Brings peers and routes in line with a control-plane change (packets it releases
+    /// come out of [`Forwarding::poll_emit`]).
     fn apply(
         &mut self,
         change: Self::Change,
         peers: &mut PeerTable,
-    ) -> impl Future<Output = Vec<(WireGuardKey, Vec<u8>)>> + Send;
+    ) -> impl Future<Output = ()> + Send;
 
     /// The peer a packet from the TUN goes to; `None` holds or drops it.
     fn outbound(&mut self, packet: &[u8]) -> Option<WireGuardKey>;
 
-    /// Whether a packet out of `peer`'s tunnel may reach the TUN.
+    /// Whether a packet out of `peer`'s tunnel may reach the TUN now (a packet it keeps or
+    /// answers itself comes out of [`Forwarding::poll_emit`] later, or not at all).
     fn inbound(&mut self, peer: &WireGuardKey, packet: &[u8]) -> bool;
+
+    /// A packet the forwarding released or made itself; called after every input until `None`.
+    fn poll_emit(&mut self) -> Option<Emit> {
+        None
+    }
 
     /// A datagram the peer table refused.
     fn refused(&mut self, _why: Refused, _from: SocketAddr) {}
@@ -68,6 +74,15 @@ pub trait Forwarding: Send {
 
     /// Undoes what `apply` set up outside the process (routes).
     fn shutdown(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// A packet a [`Forwarding`] hands to the engine on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Emit {
+    /// Into the TUN (a packet that waited).
+    Tun(Vec<u8>),
+    /// Through a peer's tunnel (a packet that waited for a grant, an ICMP error).
+    Peer(WireGuardKey, Vec<u8>),
 }
 
 /// The devices of one data plane, created on its thread.
@@ -167,8 +182,7 @@ impl Engine {
                                 self.on_tun(&mut forwarding, tun_in.packet(i), now, &mut io).await;
                             }
                         }
-                        self.flush_udp(&mut forwarding, &mut io).await;
-                        self.send_transmits(&mut forwarding).await;
+                        self.emit(&mut forwarding, &mut io).await;
                     }
                     // A segment the offload could not split: not a failing device.
                     Err(err) if err.raw_os_error().is_none() => {
@@ -195,24 +209,18 @@ impl Engine {
                             }
                         }
                     }
-                    self.flush_tun(&mut io).await;
-                    self.send_transmits(&mut forwarding).await;
+                    self.emit(&mut forwarding, &mut io).await;
                 }
                 () = &mut timer => {
                     let now = Instant::now();
                     self.peers.handle_timeout(now);
                     forwarding.tick(&self.peers, now);
-                    self.send_transmits(&mut forwarding).await;
+                    self.emit(&mut forwarding, &mut io).await;
                 }
                 change = changes.next() => {
                     let Some(change) = change else { break };
-                    let now = Instant::now();
-                    let release = forwarding.apply(change, &mut self.peers).await;
-                    for (key, packet) in release {
-                        self.send_to_peer(&mut forwarding, &key, &packet, now, &mut io).await;
-                    }
-                    self.flush_udp(&mut forwarding, &mut io).await;
-                    self.send_transmits(&mut forwarding).await;
+                    forwarding.apply(change, &mut self.peers).await;
+                    self.emit(&mut forwarding, &mut io).await;
                 }
             }
         }
@@ -275,6 +283,27 @@ impl Engine {
             Received::Handled { .. } => {}
             Received::Refused(why) => forwarding.refused(why, from),
         }
+    }
+
+    /// Sends what the forwarding released or made, then flushes both directions and the peer
+    /// table's own messages.
+    async fn emit<F: Forwarding>(&mut self, forwarding: &mut F, io: &mut Io) {
+        let now = Instant::now();
+        while let Some(emit) = forwarding.poll_emit() {
+            match emit {
+                Emit::Tun(packet) => {
+                    if io.tun_out.push(&packet) {
+                        self.flush_tun(io).await;
+                    }
+                }
+                Emit::Peer(key, packet) => {
+                    self.send_to_peer(forwarding, &key, &packet, now, io).await;
+                }
+            }
+        }
+        self.flush_tun(io).await;
+        self.flush_udp(forwarding, io).await;
+        self.send_transmits(forwarding).await;
     }
 
     async fn flush_udp<F: Forwarding>(&mut self, forwarding: &mut F, io: &mut Io) {

@@ -256,13 +256,19 @@ pub async fn delete_route(net: &ipnet::IpNet, dev: &str) -> Result<(), NetError>
     run("ip", &[family(&net), "route", "del", &net, "dev", dev]).await
 }
 
-/// `ip addr replace ADDR/PREFIX dev DEV`.
+/// `ip addr replace ADDR/PREFIX dev DEV`; an IPv6 address without duplicate address
+/// detection (a TUN has no neighbours), so that it can be bound at once.
 pub async fn set_address(address: &str, dev: &str) -> Result<(), NetError> {
-    run(
-        "ip",
-        &[family(address), "addr", "replace", address, "dev", dev],
-    )
-    .await
+    let mut args = vec![family(address), "addr", "replace", address, "dev", dev];
+    if address.contains(':') {
+        args.push("nodad");
+    }
+    run("ip", &args).await
+}
+
+/// `ip addr del ADDR/PREFIX dev DEV`.
+pub async fn delete_address(address: &str, dev: &str) -> Result<(), NetError> {
+    run("ip", &[family(address), "addr", "del", address, "dev", dev]).await
 }
 
 fn family(address: &str) -> &'static str {

@@ -42,6 +42,9 @@ pub enum Verdict {
 pub struct ProxyTarget<'a> {
     pub name: &'a str,
     pub resource_id: Uuid,
+    /// The name's proxy addresses in both families.
+    pub ipv4: Ipv4Addr,
+    pub ipv6: Ipv6Addr,
 }
 
 /// The DNS resources a client may reach, and the proxy addresses given out for their names.
@@ -50,8 +53,9 @@ pub struct StubResolver {
     resources: Vec<(NamePattern, Uuid)>,
     /// Lowercased name without the final dot → its proxy index.
     indexes: HashMap<String, u32>,
-    /// Proxy index → name.
-    names: Vec<String>,
+    /// Proxy index → name, and the resource that covers it now (kept current by
+    /// [`StubResolver::set_resources`], so that a packet's lookup matches no pattern).
+    names: Vec<(String, Option<Uuid>)>,
     max_names: usize,
 }
 
@@ -80,13 +84,37 @@ impl StubResolver {
             .into_iter()
             .filter_map(|(id, address)| NamePattern::parse(address).map(|p| (p, id)))
             .collect();
+        let resources = &self.resources;
+        for (name, resource) in &mut self.names {
+            *resource = covering(resources, name);
+        }
     }
 
     /// The resource that covers `name` now, the most specific one winning.
     pub fn resource_for(&self, name: &str) -> Option<Uuid> {
-        most_specific(self.resources.iter().map(|(p, id)| (p, *id)), name, |id| {
-            *id
-        })
+        covering(&self.resources, name)
+    }
+
+    /// The proxy addresses of `name` (lowercase, no final dot) when a reachable DNS resource
+    /// covers it, given out now if it had none: what a query for it is answered with.
+    pub fn resolve(&mut self, name: &str) -> Resolution {
+        let Some(resource_id) = self.resource_for(name) else {
+            return Resolution::NotCovered;
+        };
+        if let Some(index) = self.indexes.get(name) {
+            let (ipv4, ipv6) = proxy_addresses(*index);
+            return Resolution::Proxies { ipv4, ipv6 };
+        }
+        let Some(index) = u32::try_from(self.names.len())
+            .ok()
+            .filter(|_| self.names.len() < self.max_names)
+        else {
+            return Resolution::Full;
+        };
+        self.names.push((name.to_string(), Some(resource_id)));
+        self.indexes.insert(name.to_string(), index);
+        let (ipv4, ipv6) = proxy_addresses(index);
+        Resolution::Proxies { ipv4, ipv6 }
     }
 
     /// Decides about one query (the payload of a UDP datagram or of a TCP message).
@@ -102,13 +130,10 @@ impl StubResolver {
             return Verdict::Forward;
         };
         let name = canonical(&question.name().to_ascii());
-        if self.resource_for(&name).is_none() {
-            return Verdict::Forward;
-        }
         let mut response = reply_to(&request);
-        match self.index_for_name(&name) {
-            Some(index) => {
-                let (ipv4, ipv6) = proxy_addresses(index);
+        match self.resolve(&name) {
+            Resolution::NotCovered => return Verdict::Forward,
+            Resolution::Proxies { ipv4, ipv6 } => {
                 let owner = question.name().clone();
                 let wanted = question.query_type();
                 if matches!(wanted, RecordType::A | RecordType::ANY) {
@@ -127,7 +152,7 @@ impl StubResolver {
                 }
                 // Any other type: no data (NOERROR, no answer), the name exists.
             }
-            None => {
+            Resolution::Full => {
                 response.set_response_code(ResponseCode::ServFail);
             }
         }
@@ -138,31 +163,44 @@ impl StubResolver {
     /// name no resource the client may reach covers any more.
     pub fn proxy_target(&self, address: IpAddr) -> Option<ProxyTarget<'_>> {
         let index = proxy_index(address)?;
-        let name = self.names.get(usize::try_from(index).ok()?)?;
-        let resource_id = self.resource_for(name)?;
-        Some(ProxyTarget { name, resource_id })
+        let (name, resource_id) = self.names.get(usize::try_from(index).ok()?)?;
+        let resource_id = (*resource_id)?;
+        let (ipv4, ipv6) = proxy_addresses(index);
+        Some(ProxyTarget {
+            name,
+            resource_id,
+            ipv4,
+            ipv6,
+        })
+    }
+
+    /// How many names hold proxy addresses.
+    pub fn name_count(&self) -> usize {
+        self.names.len()
     }
 
     /// Every name with its proxy addresses, for the client's status.
     pub fn proxies(&self) -> impl Iterator<Item = (&str, Ipv4Addr, Ipv6Addr)> {
-        self.names.iter().zip(0u32..).map(|(name, index)| {
+        self.names.iter().zip(0u32..).map(|((name, _), index)| {
             let (ipv4, ipv6) = proxy_addresses(index);
             (name.as_str(), ipv4, ipv6)
         })
     }
+}
 
-    fn index_for_name(&mut self, name: &str) -> Option<u32> {
-        if let Some(index) = self.indexes.get(name) {
-            return Some(*index);
-        }
-        if self.names.len() >= self.max_names {
-            return None;
-        }
-        let index = u32::try_from(self.names.len()).ok()?;
-        self.names.push(name.to_string());
-        self.indexes.insert(name.to_string(), index);
-        Some(index)
-    }
+/// What a name resolves to at the stub resolver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// No DNS resource the client may reach covers it: ask the upstream resolvers.
+    NotCovered,
+    /// The name's proxy addresses.
+    Proxies { ipv4: Ipv4Addr, ipv6: Ipv6Addr },
+    /// Covered, but every proxy address is taken (the bound was reached).
+    Full,
+}
+
+fn covering(resources: &[(NamePattern, Uuid)], name: &str) -> Option<Uuid> {
+    most_specific(resources.iter().map(|(p, id)| (p, *id)), name, |id| *id)
 }
 
 /// Lowercase, without the final dot: how names are compared and kept.
@@ -187,6 +225,15 @@ fn reply_to(request: &Message) -> Message {
         response.set_edns(edns);
     }
     response
+}
+
+/// A SERVFAIL answer to `query` (its id and question), for a query that could not be
+/// forwarded; `None` when it does not parse.
+pub fn server_failure(query: &[u8]) -> Option<Vec<u8>> {
+    let request = Message::from_vec(query).ok()?;
+    let mut response = reply_to(&request);
+    response.set_response_code(ResponseCode::ServFail);
+    response.to_vec().ok()
 }
 
 /// FORMERR for a message that does not parse but has an id to answer to.
@@ -361,6 +408,16 @@ mod tests {
         let full = answer(resolver.handle_query(&query("b.internal.test.", RecordType::A, false)));
         assert_eq!(full.response_code(), ResponseCode::ServFail);
         assert_eq!(resolver.proxies().count(), 1);
+    }
+
+    #[test]
+    fn a_query_that_cannot_be_forwarded_gets_servfail_with_its_id_and_question() {
+        let failed = server_failure(&query("example.com.", RecordType::A, true)).unwrap();
+        let failed = Message::from_vec(&failed).unwrap();
+        assert_eq!(failed.id(), 4242);
+        assert_eq!(failed.response_code(), ResponseCode::ServFail);
+        assert_eq!(failed.queries().len(), 1);
+        assert_eq!(server_failure(&[1, 2, 3]), None);
     }
 
     #[test]

@@ -88,6 +88,19 @@ impl NamePattern {
                 .all(|(label, pattern)| label_matches(pattern, label))
     }
 
+    /// The longest domain every name it matches ends with: the routing domain split DNS
+    /// sends to the stub resolver (`*.svc.example` → `svc.example`, `web-?.corp.example` →
+    /// `corp.example`, `app.example` → `app.example`). `None` when every label has a `?`.
+    pub fn suffix(&self) -> Option<String> {
+        let fixed = self
+            .labels
+            .iter()
+            .rposition(|label| label.contains('?'))
+            .map_or(0, |last| last + 1);
+        let labels = self.labels.get(fixed..).filter(|l| !l.is_empty())?;
+        Some(labels.join("."))
+    }
+
     pub fn specificity(&self) -> Specificity {
         let questions: usize = self.labels.iter().map(|l| l.matches('?').count()).sum();
         let kind = match self.lead {
@@ -259,6 +272,20 @@ mod tests {
             for name in no {
                 assert!(!p.matches(name), "{text} should not match {name}");
             }
+        }
+    }
+
+    #[test]
+    fn routing_domains_are_the_fixed_end_of_a_pattern() {
+        for (text, suffix) in [
+            ("app.corp.example", Some("app.corp.example")),
+            ("*.svc.corp.example", Some("svc.corp.example")),
+            ("**.corp.example", Some("corp.example")),
+            ("web-?.corp.example", Some("corp.example")),
+            ("a.b?.example", Some("example")),
+            ("x?", None),
+        ] {
+            assert_eq!(pattern(text).suffix().as_deref(), suffix, "{text}");
         }
     }
 

@@ -4,7 +4,7 @@
 //! a reply from the site back only to the client whose flow it answers. The kernel forwards
 //! with source NAT (nftables masquerade, set up here), so resources need no route back.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,9 +15,12 @@ use ipnet::IpNet;
 use parking_lot::Mutex;
 use postern_dataplane::gateway::{DropCounters, DropReason, GatewayPolicy};
 use postern_dataplane::peers::{PeerConfig, PeerTable, Refused, Upserted};
+use postern_dataplane::translations::{ProxyVerdict, TranslationChange, Translations};
 use postern_dataplane::WireGuardKey;
-use postern_device::engine::{Changes, Engine, Forwarding};
+use postern_device::engine::{Changes, Emit, Engine, Forwarding};
 use postern_device::net::{self, DataPlaneRuntime, NetError};
+use postern_domain::dns::is_proxy_address;
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::plan::{PlanBatch, PlanReceiver};
@@ -125,21 +128,54 @@ impl GatewayDataPlane {
                 shared_at: None,
                 logged: DropCounters::default(),
                 logged_at: None,
+                translations: Translations::default(),
+                emits: VecDeque::new(),
             },
         })
     }
 
     /// Runs the data plane on its own thread until the plan's sender is dropped.
-    pub async fn run(self, plans: PlanReceiver) {
-        self.engine.run(self.forwarding, plans).await;
+    pub async fn run(
+        self,
+        plans: PlanReceiver,
+        translations: mpsc::Receiver<Vec<TranslationChange>>,
+    ) {
+        let changes = GatewayChanges {
+            plans,
+            translations: Some(translations),
+        };
+        self.engine.run(self.forwarding, changes).await;
     }
 }
 
-impl Changes for PlanReceiver {
-    type Change = PlanBatch;
+/// What changes the data plane: authorizations, and the DNS translations set up for them.
+pub enum GatewayChange {
+    Plan(PlanBatch),
+    Translations(Vec<TranslationChange>),
+}
 
-    async fn next(&mut self) -> Option<PlanBatch> {
-        PlanReceiver::next(self).await
+struct GatewayChanges {
+    plans: PlanReceiver,
+    /// `None` once the DNS translation has stopped.
+    translations: Option<mpsc::Receiver<Vec<TranslationChange>>>,
+}
+
+impl Changes for GatewayChanges {
+    type Change = GatewayChange;
+
+    async fn next(&mut self) -> Option<GatewayChange> {
+        loop {
+            let Some(translations) = self.translations.as_mut() else {
+                return self.plans.next().await.map(GatewayChange::Plan);
+            };
+            tokio::select! {
+                batch = self.plans.next() => return batch.map(GatewayChange::Plan),
+                changes = translations.recv() => match changes {
+                    Some(changes) => return Some(GatewayChange::Translations(changes)),
+                    None => self.translations = None,
+                },
+            }
+        }
     }
 }
 
@@ -154,18 +190,27 @@ pub struct GatewayForwarding {
     shared_at: Option<Instant>,
     logged: DropCounters,
     logged_at: Option<Instant>,
+    /// Which clients' proxy addresses are translated; packets waiting for theirs.
+    translations: Translations,
+    /// ICMP errors for clients.
+    emits: VecDeque<Emit>,
 }
 
 impl Forwarding for GatewayForwarding {
-    type Change = PlanBatch;
+    type Change = GatewayChange;
 
-    async fn apply(
-        &mut self,
-        batch: PlanBatch,
-        peers: &mut PeerTable,
-    ) -> Vec<(WireGuardKey, Vec<u8>)> {
-        self.apply_batch(batch, peers).await;
-        Vec::new()
+    async fn apply(&mut self, change: GatewayChange, peers: &mut PeerTable) {
+        match change {
+            GatewayChange::Plan(batch) => self.apply_batch(batch, peers).await,
+            GatewayChange::Translations(changes) => self.translations.handle_changes(changes),
+        }
+    }
+
+    fn poll_emit(&mut self) -> Option<Emit> {
+        if let Some(packet) = self.translations.poll_release() {
+            return Some(Emit::Tun(packet));
+        }
+        self.emits.pop_front()
     }
 
     fn outbound(&mut self, packet: &[u8]) -> Option<WireGuardKey> {
@@ -183,11 +228,28 @@ impl Forwarding for GatewayForwarding {
     }
 
     fn inbound(&mut self, peer: &WireGuardKey, packet: &[u8]) -> bool {
-        match self.policy.check_inbound(peer, packet, Utc::now()) {
-            Ok(()) => true,
-            Err(reason) => {
-                self.counters.record(reason);
-                debug!(reason = reason.as_str(), "packet from a client dropped");
+        if let Err(reason) = self.policy.check_inbound(peer, packet, Utc::now()) {
+            self.counters.record(reason);
+            debug!(reason = reason.as_str(), "packet from a client dropped");
+            return false;
+        }
+        let Ok((src, dst)) = postern_dataplane::packet::addresses(packet) else {
+            return false;
+        };
+        if !is_proxy_address(dst) {
+            return true;
+        }
+        // A DNS resource's name: on once its translation is in place.
+        match self.translations.route(src, dst, packet, Instant::now()) {
+            ProxyVerdict::Deliver => true,
+            ProxyVerdict::Held => false,
+            ProxyVerdict::Unreachable(icmp) => {
+                self.counters.record(DropReason::Unresolved);
+                self.emits.push_back(Emit::Peer(*peer, icmp));
+                false
+            }
+            ProxyVerdict::Dropped => {
+                self.counters.record(DropReason::Unresolved);
                 false
             }
         }
@@ -211,6 +273,10 @@ impl Forwarding for GatewayForwarding {
     }
 
     fn tick(&mut self, _peers: &PeerTable, now: Instant) {
+        let expired = self.translations.expire(now);
+        if expired > 0 {
+            debug!("{expired} packet(s) to DNS resources dropped: no translation in time");
+        }
         if self.shared_at.is_none_or(|at| now >= at + COUNTER_SHARE) {
             *self.shared_counters.lock() = self.counters;
             self.shared_at = Some(now);

@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::TokioResolver;
+use postern_dataplane::translations::{Translation as ProxyState, TranslationChange};
 use postern_device::net;
 use postern_protocol::Authorization;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
@@ -69,6 +71,8 @@ pub struct DnsNat {
     wanted: HashMap<Uuid, Vec<(IpAddr, IpAddr, String)>>,
     names: BTreeMap<String, Name>,
     applied: HashMap<(IpAddr, IpAddr), IpAddr>,
+    /// What the data plane was last told of each (client, proxy address).
+    published: HashMap<(IpAddr, IpAddr), ProxyState>,
 }
 
 /// Map elements to change, in one transaction.
@@ -228,6 +232,45 @@ impl DnsNat {
         changes
     }
 
+    /// What the data plane must learn: pairs translated now (their packets may go), pairs
+    /// whose name has no address of their family (answered "unreachable"), and pairs no longer
+    /// either. Call after the changes of [`Self::poll_changes`] were applied.
+    pub fn poll_states(&mut self) -> Vec<TranslationChange> {
+        let mut current: HashMap<(IpAddr, IpAddr), ProxyState> = self
+            .applied
+            .keys()
+            .map(|pair| (*pair, ProxyState::Ready))
+            .collect();
+        for (client, proxy, name) in self.wanted.values().flatten() {
+            let unresolvable = self.names.get(name).is_some_and(|entry| {
+                entry.resolved
+                    && !entry
+                        .addresses
+                        .iter()
+                        .any(|ip| ip.is_ipv4() == proxy.is_ipv4())
+            });
+            if unresolvable {
+                current
+                    .entry((*client, *proxy))
+                    .or_insert(ProxyState::Unresolvable);
+            }
+        }
+        let mut changes: Vec<TranslationChange> = Vec::new();
+        for (pair, state) in &current {
+            if self.published.get(pair) != Some(state) {
+                changes.push((*pair, Some(*state)));
+            }
+        }
+        for pair in self.published.keys() {
+            if !current.contains_key(pair) {
+                changes.push((*pair, None));
+            }
+        }
+        changes.sort();
+        self.published = current;
+        changes
+    }
+
     /// Applying failed: the next [`Self::poll_changes`] starts from an empty table (the shell
     /// flushes the maps first).
     pub fn forget_applied(&mut self) {
@@ -366,8 +409,14 @@ pub fn nft_script(table: &str, changes: &NatChanges, flush_first: bool) -> Strin
     script
 }
 
-/// Keeps the DNAT maps of `table` in line with the authorizations until the plan closes.
-pub async fn run(resolver: TokioResolver, mut plans: PlanReceiver, table: String) {
+/// Keeps the DNAT maps of `table` in line with the authorizations until the plan closes, and
+/// tells the data plane which proxy addresses are translated (`states`).
+pub async fn run(
+    resolver: TokioResolver,
+    mut plans: PlanReceiver,
+    table: String,
+    states: mpsc::Sender<Vec<TranslationChange>>,
+) {
     let mut nat = DnsNat::default();
     let mut lookups: JoinSet<(String, Lookup)> = JoinSet::new();
     let mut flush_first = false;
@@ -387,6 +436,10 @@ pub async fn run(resolver: TokioResolver, mut plans: PlanReceiver, table: String
                     flush_first = true;
                 }
             }
+        }
+        let changed = nat.poll_states();
+        if !changed.is_empty() && states.send(changed).await.is_err() {
+            break;
         }
         let mut wake = nat.poll_timeout().unwrap_or(now + MAX_REFRESH).max(now);
         if flush_first {
@@ -444,6 +497,72 @@ mod tests {
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn the_data_plane_learns_which_proxy_addresses_are_translated_and_which_cannot_be() {
+        let t0 = Instant::now();
+        let mut nat = DnsNat::default();
+        nat.handle_plan(
+            &batch(vec![authorization(
+                1,
+                &[("db.svc.internal.test", 0), ("v6.svc.internal.test", 1)],
+            )]),
+            t0,
+        );
+        assert!(
+            nat.poll_states().is_empty(),
+            "nothing resolved: packets wait"
+        );
+        nat.poll_lookups(t0, 10);
+        nat.handle_lookup(
+            "db.svc.internal.test",
+            Lookup::Found {
+                addresses: vec![ip("10.0.0.5")],
+                valid_until: t0 + Duration::from_secs(30),
+            },
+            t0,
+        );
+        nat.handle_lookup(
+            "v6.svc.internal.test",
+            Lookup::Found {
+                addresses: vec![ip("fd00::6")],
+                valid_until: t0 + Duration::from_secs(30),
+            },
+            t0,
+        );
+        nat.poll_changes();
+        let client4 = ip("100.64.0.1");
+        let client6 = ip("fd70:6f73:7465:726e::1");
+        assert_eq!(
+            nat.poll_states(),
+            vec![
+                ((client4, ip("198.18.1.0")), Some(ProxyState::Ready)),
+                ((client4, ip("198.18.1.1")), Some(ProxyState::Unresolvable)),
+                (
+                    (client6, ip("fd70:6f73:7465:726f::100")),
+                    Some(ProxyState::Unresolvable)
+                ),
+                (
+                    (client6, ip("fd70:6f73:7465:726f::101")),
+                    Some(ProxyState::Ready)
+                ),
+            ],
+            "a name with no address of a family is unreachable in that family"
+        );
+        assert!(nat.poll_states().is_empty(), "told once");
+
+        nat.handle_plan(
+            &PlanBatch {
+                reset: false,
+                changes: [(Uuid::from_u128(1), None)].into_iter().collect(),
+            },
+            t0,
+        );
+        nat.poll_changes();
+        let gone = nat.poll_states();
+        assert_eq!(gone.len(), 4);
+        assert!(gone.iter().all(|(_, state)| state.is_none()));
     }
 
     #[test]

@@ -212,8 +212,9 @@ fn run(mut args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
         let (mut plan_tx, plan_rx) = plan::channel();
         let dns_rx = plan_tx.subscribe();
         let nft_table = data_plane.nft_table.clone();
-        let dns_task = tokio::spawn(dns_nat::run(resolver, dns_rx, nft_table));
-        let task = tokio::spawn(data_plane.run(plan_rx));
+        let (states_tx, states_rx) = tokio::sync::mpsc::channel(64);
+        let dns_task = tokio::spawn(dns_nat::run(resolver, dns_rx, nft_table, states_tx));
+        let task = tokio::spawn(data_plane.run(plan_rx, states_rx));
         let mut role = role.with_data_plane(plan_tx, counters);
         let outcome = postern_device::run(config, &mut role, shutdown).await;
         drop(role);

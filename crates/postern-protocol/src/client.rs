@@ -18,6 +18,9 @@ pub struct AccessGrant {
     /// The WireGuard preshared key of this client–gateway pair (never written to status files).
     #[serde(default, skip_serializing)]
     pub preshared_key: Option<crate::PresharedKey>,
+    /// For a DNS resource: the names the grant covers, with their proxy addresses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<crate::DnsTarget>,
 }
 
 /// What changed, for logs and for the data plane (routes).
@@ -79,6 +82,7 @@ impl ClientState {
                 gateway,
                 expires_at,
                 preshared_key,
+                dns,
             } => {
                 if !self.resources.contains_key(&resource_id) {
                     return vec![];
@@ -90,6 +94,7 @@ impl ClientState {
                         gateway,
                         expires_at,
                         preshared_key,
+                        dns,
                     },
                 );
                 vec![ClientUpdate::AccessGranted(resource_id)]
@@ -209,6 +214,7 @@ mod tests {
             gateway: gateway.clone(),
             expires_at: Utc::now() + chrono::Duration::hours(1),
             preshared_key: None,
+            dns: Vec::new(),
         };
         assert!(
             state.apply(grant(7)).is_empty(),

@@ -164,6 +164,10 @@ pub enum PortalToClient {
         expires_at: DateTime<Utc>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         preshared_key: Option<PresharedKey>,
+        /// For a DNS resource: the names (with their proxy addresses) the grant covers now; a
+        /// name not among them needs an access request of its own.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        dns: Vec<DnsTarget>,
     },
     AccessDenied {
         resource_id: Uuid,
@@ -344,6 +348,7 @@ mod redaction_tests {
             },
             expires_at: Utc::now(),
             preshared_key: Some(key.clone()),
+            dns: Vec::new(),
         };
         for shown in [
             format!("{key:?}"),

@@ -2074,6 +2074,7 @@ impl AccountSessions {
             },
             expires_at: grant.authorization.expires_at,
             preshared_key: grant.authorization.preshared_key.clone(),
+            dns: grant.authorization.dns.clone(),
         })
         .into();
         self.transmit_text(session, &text);

@@ -41,6 +41,15 @@ const TCP_PORT: u16 = 7000;
 const UDP_PORT: u16 = 7001;
 const BLOCKED_PORT: u16 = 7002;
 const RESOURCE: &str = "10.2.0.5";
+const RESOURCE_V6: &str = "fd00:2::5";
+const RESOURCE_V6_CIDR: &str = "fd00:2::5/64";
+/// An HTTP server on every address of the resource namespace, answering `hello from ADDR`.
+const HTTP_PORT: u16 = 8000;
+/// The resource network's DNS server (dnsmasq), which the gateway uses.
+const SITE_DNS: &str = "10.2.0.5";
+/// The client host's own resolver (dnsmasq in client namespace 1): it knows `outside.test`,
+/// none of the resource names.
+const HOST_DNS: &str = "10.1.1.1";
 /// Deadline for processes to come up and connect (debug builds on a busy machine).
 const START: Duration = Duration::from_secs(30);
 /// The issue's bound on withdrawal.
@@ -105,6 +114,7 @@ impl Drop for Namespaces {
     fn drop(&mut self) {
         for name in &self.names {
             let _ = Command::new("ip").args(["netns", "del", name]).status();
+            let _ = std::fs::remove_dir_all(format!("/etc/netns/{name}"));
         }
     }
 }
@@ -239,6 +249,39 @@ impl World {
             &format!("{prefix}rg"),
             "10.2.0.5/24",
         );
+        // A second IPv4 address for a DNS record to move to, and the IPv6 resource network.
+        let rg = format!("{prefix}rg");
+        let gr = format!("{prefix}gr");
+        sh(
+            "ip",
+            &["-n", &res, "addr", "add", "10.2.0.6/24", "dev", &rg],
+        );
+        sh(
+            "ip",
+            &[
+                "-n",
+                &res,
+                "addr",
+                "add",
+                RESOURCE_V6_CIDR,
+                "dev",
+                &rg,
+                "nodad",
+            ],
+        );
+        sh(
+            "ip",
+            &[
+                "-n",
+                &gw,
+                "addr",
+                "add",
+                "fd00:2::1/64",
+                "dev",
+                &gr,
+                "nodad",
+            ],
+        );
         for i in 1..=clients {
             let client = format!("{prefix}c{i}");
             veth(
@@ -267,6 +310,7 @@ impl World {
             }
         }
         echo_servers(&res);
+        http_server(&res);
 
         let data_dir = tempfile::tempdir().expect("temp dir");
         let dir = data_dir.path().to_str().expect("utf-8").to_string();
@@ -364,7 +408,14 @@ impl World {
             &gw,
             "gateway",
             &gateway_token,
-            &["--api-url", &gateway_urls, "--listen", "10.1.1.2:51820"],
+            &[
+                "--api-url",
+                &gateway_urls,
+                "--listen",
+                "10.1.1.2:51820",
+                "--dns-server",
+                SITE_DNS,
+            ],
         );
         world.procs.push(gateway);
         world.wait_status(0, "connected", |s| s["state"] == "connected");
@@ -427,17 +478,20 @@ impl World {
         self.client_on(i, id, token, 1)
     }
 
-    /// The same on portal node `node` (1 is the first).
+    /// The same on portal node `node` (1 is the first). The system's DNS is left alone
+    /// (`--dns-control disabled`): without a resolv.conf of its own, a namespace shares the
+    /// host's.
     fn client_on(&mut self, i: usize, id: &str, token: &str, node: u16) -> usize {
+        self.client_with(i, id, token, node, &["--dns-control", "disabled"])
+    }
+
+    /// A client with more arguments.
+    fn client_with(&mut self, i: usize, id: &str, token: &str, node: u16, args: &[&str]) -> usize {
         let ns = self.client_ns(i);
         let url = format!("http://10.1.1.2:{}", 8079 + node);
-        let proc = self.spawn(
-            "postern-client",
-            &ns,
-            id,
-            token,
-            &["--api-url", &url, "--insecure"],
-        );
+        let mut all = vec!["--api-url", &url, "--insecure"];
+        all.extend_from_slice(args);
+        let proc = self.spawn("postern-client", &ns, id, token, &all);
         self.procs.push(proc);
         let index = self.procs.len() - 1;
         self.wait_status(index, "connected with its addresses", |s| {
@@ -463,14 +517,40 @@ impl World {
     }
 }
 
+/// `HTTP/1.0 200` with `hello from ADDR` (the address the connection reached) to any request
+/// on port [`HTTP_PORT`] of every address of namespace `ns`, IPv4 and IPv6.
+fn http_server(ns: &str) {
+    let listener = in_netns(ns, || {
+        TcpListener::bind(("::", HTTP_PORT)).expect("http server")
+    });
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut request = [0u8; 1024];
+                let _ = stream.read(&mut request);
+                let local = stream
+                    .local_addr()
+                    .map(|a| a.ip().to_canonical().to_string())
+                    .unwrap_or_default();
+                let _ = write!(
+                    stream,
+                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello from {local}\n"
+                );
+            });
+        }
+    });
+}
+
 /// TCP and UDP echo servers on every address of namespace `ns`, plus a TCP one on the port
 /// the resource's filter does not allow.
 fn echo_servers(ns: &str) {
     let (tcp, blocked, udp) = in_netns(ns, || {
         (
-            TcpListener::bind(("0.0.0.0", TCP_PORT)).expect("tcp echo"),
-            TcpListener::bind(("0.0.0.0", BLOCKED_PORT)).expect("blocked echo"),
-            UdpSocket::bind(("0.0.0.0", UDP_PORT)).expect("udp echo"),
+            TcpListener::bind(("::", TCP_PORT)).expect("tcp echo"),
+            TcpListener::bind(("::", BLOCKED_PORT)).expect("blocked echo"),
+            UdpSocket::bind(("::", UDP_PORT)).expect("udp echo"),
         )
     });
     for listener in [tcp, blocked] {
@@ -1224,4 +1304,447 @@ fn a_handshake_flood_does_not_stop_an_established_tunnel() {
                 .unwrap_or(0)
                 > 0
     });
+}
+
+// --- DNS resources ----------------------------------------------------------------------------
+
+/// The names the resource network's DNS server knows, as an `addn-hosts` file.
+const SITE_HOSTS: &str = "10.2.0.5 app.internal.test\n\
+                          10.2.0.5 db.svc.internal.test\n\
+                          10.2.0.5 a.b.svc.internal.test\n\
+                          fd00:2::5 v6only.internal.test\n";
+
+/// What the DNS tests add to a world: dnsmasq for the site (the gateway's `--dns-server`) and
+/// one for the client host (its resolv.conf names it), DNS resources for `app.internal.test`
+/// (HTTP, UDP echo) and `*.svc.internal.test` (TCP echo), an IPv6 CIDR resource and
+/// `v6only.internal.test`, all granted to the group.
+struct DnsSetup {
+    hosts: PathBuf,
+    site_dns: usize,
+    resolv_conf: PathBuf,
+    original_resolv_conf: String,
+}
+
+impl World {
+    fn with_dns() -> (World, DnsSetup) {
+        let mut w = World::new(1);
+        let dir = w.data_dir.path().join("dns");
+        std::fs::create_dir_all(&dir).expect("dns dir");
+        let hosts = dir.join("hosts");
+        std::fs::write(&hosts, SITE_HOSTS).expect("hosts");
+        let hosts_arg = format!("--addn-hosts={}", hosts.display());
+        let res = format!("{}r", w.prefix);
+        let site_dns = w.dnsmasq(
+            &res,
+            "site-dns",
+            &[
+                &format!("--listen-address={SITE_DNS}"),
+                &hosts_arg,
+                // Answers for internal.test from the hosts file alone (no data, not refused).
+                "--local=/internal.test/",
+                // Records live 2 s: a moved one is followed soon.
+                "--local-ttl=2",
+            ],
+        );
+        let ns = w.client_ns(1);
+        w.dnsmasq(
+            &ns,
+            "host-dns",
+            &[
+                &format!("--listen-address={HOST_DNS}"),
+                "--address=/outside.test/10.9.9.9",
+            ],
+        );
+        // `ip netns exec` mounts /etc/netns/NS/resolv.conf over /etc/resolv.conf.
+        let etc = PathBuf::from(format!("/etc/netns/{ns}"));
+        std::fs::create_dir_all(&etc).expect("/etc/netns");
+        let resolv_conf = etc.join("resolv.conf");
+        let original_resolv_conf =
+            format!("# the host's own\nnameserver {HOST_DNS}\noptions timeout:1\n");
+        std::fs::write(&resolv_conf, &original_resolv_conf).expect("resolv.conf");
+
+        let site_id = string(&w.api.get("/v1/sites")["data"][0], "id");
+        let grant = |body: Value| {
+            let mut body = body;
+            body["site_id"] = json!(site_id);
+            let resource = w.api.post("/v1/resources", body);
+            let resource_id = string(&resource["data"], "id");
+            w.api.post(
+                "/v1/policies",
+                json!({"group_id": w.group_id, "resource_id": resource_id}),
+            );
+        };
+        grant(
+            json!({"type": "dns", "name": "app", "address": "app.internal.test",
+                     "filters": [{"protocol": "tcp", "ports": HTTP_PORT.to_string()},
+                                 {"protocol": "udp", "ports": UDP_PORT.to_string()}]}),
+        );
+        grant(
+            json!({"type": "dns", "name": "services", "address": "*.svc.internal.test",
+                     "filters": [{"protocol": "tcp", "ports": TCP_PORT.to_string()}]}),
+        );
+        grant(
+            json!({"type": "dns", "name": "v6only", "address": "v6only.internal.test",
+                     "filters": [{"protocol": "tcp", "ports": HTTP_PORT.to_string()}]}),
+        );
+        grant(
+            json!({"type": "cidr", "name": "lan6", "address": "fd00:2::/64",
+                     "filters": [{"protocol": "tcp", "ports": TCP_PORT.to_string()}]}),
+        );
+        (
+            w,
+            DnsSetup {
+                hosts,
+                site_dns,
+                resolv_conf,
+                original_resolv_conf,
+            },
+        )
+    }
+
+    /// Starts dnsmasq in namespace `ns` (no other configuration, no upstream); its index in
+    /// `procs`.
+    fn dnsmasq(&mut self, ns: &str, id: &str, args: &[&str]) -> usize {
+        let dir = self.data_dir.path().join(id);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let log = dir.join("log");
+        let file = File::create(&log).expect("log");
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+            ])
+            .args([
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--pid-file=",
+                "--user=root",
+            ])
+            .args(["--log-facility=-", "--log-queries"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|err| panic!("dnsmasq (apt-get install dnsmasq-base): {err}"));
+        self.procs.push(Proc {
+            name: format!("dnsmasq {id}"),
+            child,
+            log,
+            state_dir: dir,
+        });
+        self.procs.len() - 1
+    }
+}
+
+/// `ip netns exec NS PROGRAM ARGS...`: exit status and output (stdout, then stderr).
+fn in_ns(ns: &str, program: &str, args: &[&str]) -> (bool, String) {
+    let output = Command::new("ip")
+        .args(["netns", "exec", ns, program])
+        .args(args)
+        .output()
+        .unwrap_or_else(|err| panic!("{program}: {err}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// The body of `curl http://NAME:PORT/` in namespace `ns`, or why it failed.
+fn curl(ns: &str, name: &str, port: u16, timeout: Duration) -> Result<String, String> {
+    let url = format!("http://{name}:{port}/");
+    let seconds = format!("{:.1}", timeout.as_secs_f64());
+    let (ok, text) = in_ns(ns, "curl", &["-sS", "--max-time", &seconds, &url]);
+    if ok {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}
+
+/// Retries `curl` while access is requested and the tunnel comes up.
+#[track_caller]
+fn curl_until(world: &World, ns: &str, name: &str, wanted: &str) -> Duration {
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(20);
+    loop {
+        match curl(ns, name, HTTP_PORT, Duration::from_secs(3)) {
+            Ok(body) if body.contains(wanted) => return start.elapsed(),
+            other if Instant::now() > deadline => panic!(
+                "curl http://{name}:{HTTP_PORT}/ from {ns} never answered '{wanted}': {other:?}\n{}",
+                logs(world)
+            ),
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// The addresses `getent ahostsv4 NAME` (or `ahostsv6`) finds in namespace `ns`.
+fn lookup(ns: &str, name: &str, family: &str) -> Vec<std::net::IpAddr> {
+    let (_, text) = in_ns(ns, "getent", &[&format!("ahosts{family}"), name]);
+    let mut found: Vec<std::net::IpAddr> = text
+        .lines()
+        .filter_map(|line| line.split_whitespace().next()?.parse().ok())
+        .collect();
+    found.dedup();
+    found
+}
+
+#[test]
+fn a_service_account_reaches_services_by_name_and_revocation_cuts_them() {
+    if !can_run() {
+        return;
+    }
+    let (mut w, dns) = World::with_dns();
+    let token = w.client_token.clone();
+    let client = w.client_with(1, "runner-1", &token, 1, &["--dns-control", "resolv-conf"]);
+    let ns = w.client_ns(1);
+
+    // The system's resolver now asks the client; the host's own servers became its upstream.
+    let written = std::fs::read_to_string(&dns.resolv_conf).expect("resolv.conf");
+    assert!(
+        written.contains("nameserver 198.18.0.53") && !written.contains(HOST_DNS),
+        "{written}"
+    );
+    assert!(
+        written.contains("options timeout:1"),
+        "options are kept: {written}"
+    );
+
+    // By name, through the tunnel; the resource sees the gateway's address.
+    let first = curl_until(&w, &ns, "app.internal.test", "hello from 10.2.0.5");
+    eprintln!("first curl by name answered after {first:?}");
+    let app = lookup(&ns, "app.internal.test", "v4");
+    assert_eq!(app.len(), 1, "{app:?}");
+    assert!(
+        app[0].to_string().starts_with("198.18."),
+        "a proxy address: {app:?}"
+    );
+
+    // `*` is one label: db.svc matches, a.b.svc does not (and the host's resolver does not
+    // know it either).
+    let db = lookup(&ns, "db.svc.internal.test", "v4");
+    assert!(db.len() == 1 && db[0] != app[0], "{db:?}");
+    let db_proxy: &'static str = Box::leak(db[0].to_string().into_boxed_str());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while tcp_echo_at(&ns, db_proxy, TCP_PORT, Duration::from_secs(2)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "db.svc.internal.test never echoed\n{}",
+            logs(&w)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(lookup(&ns, "a.b.svc.internal.test", "v4").is_empty());
+
+    // A name outside every resource resolves through the host's resolver, as before.
+    assert_eq!(
+        lookup(&ns, "outside.test", "v4"),
+        vec!["10.9.9.9".parse::<std::net::IpAddr>().unwrap()]
+    );
+
+    // A port outside the filter is blocked.
+    assert!(
+        curl(&ns, "app.internal.test", TCP_PORT, Duration::from_secs(2)).is_err(),
+        "tcp/{TCP_PORT} is outside app's filter"
+    );
+
+    // `status` shows the resolver and the names.
+    let status = w.procs[client].status().expect("status");
+    assert_eq!(status["dns"]["mode"], "resolv-conf");
+    assert_eq!(
+        status["dns"]["upstreams"],
+        json!([format!("{HOST_DNS}:53")])
+    );
+    let (ok, text) = in_ns(
+        &ns,
+        sibling_binary("postern-client").to_str().expect("utf-8"),
+        &[
+            "status",
+            "--state-dir",
+            w.procs[client].state_dir.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("resolv-conf")
+            && text.contains("app.internal.test")
+            && text.contains("granted"),
+        "{text}"
+    );
+
+    // Revoking the token cuts the named resource within 1 s, and the client puts the
+    // system's resolver back as it exits.
+    let udp = in_netns(&ns, {
+        let proxy = app[0];
+        move || {
+            let socket = UdpSocket::bind("0.0.0.0:0").expect("udp");
+            socket.connect((proxy, UDP_PORT)).expect("connect");
+            socket
+        }
+    });
+    assert!(
+        (0..20).any(|n| udp_echo(
+            &udp,
+            format!("named {n}").as_bytes(),
+            Duration::from_millis(300)
+        )),
+        "no UDP echo by name\n{}",
+        logs(&w)
+    );
+    w.api
+        .delete(&format!("/v1/actors/{}/tokens/{}", w.actor_id, w.token_id));
+    let cut = time_to_cut(&udp, Instant::now());
+    eprintln!("revoking the token cut the named resource after {cut:?}");
+    assert!(
+        cut <= CUT_BOUND,
+        "the named resource was reachable {cut:?} after revocation"
+    );
+    let deadline = Instant::now() + START;
+    while w.procs[client].exited().is_none() {
+        assert!(Instant::now() < deadline, "the client did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        std::fs::read_to_string(&dns.resolv_conf).expect("resolv.conf"),
+        dns.original_resolv_conf,
+        "the resolver configuration is restored"
+    );
+    let _ = dns.site_dns;
+}
+
+#[test]
+fn a_moved_record_is_followed_and_ipv6_resources_and_names_work() {
+    if !can_run() {
+        return;
+    }
+    let (mut w, dns) = World::with_dns();
+    let token = w.client_token.clone();
+    let client = w.client_with(1, "runner-1", &token, 1, &["--dns-control", "resolv-conf"]);
+    let ns = w.client_ns(1);
+    curl_until(&w, &ns, "app.internal.test", "hello from 10.2.0.5");
+
+    // The record moves: after its TTL the same name reaches the new address.
+    std::fs::write(
+        &dns.hosts,
+        SITE_HOSTS.replace("10.2.0.5 app", "10.2.0.6 app"),
+    )
+    .expect("hosts");
+    let pid = w.procs[dns.site_dns].child.id().to_string();
+    // dnsmasq runs under `ip netns exec`, which execs it: the child is dnsmasq.
+    sh("kill", &["-HUP", &pid]);
+    let moved = curl_until(&w, &ns, "app.internal.test", "hello from 10.2.0.6");
+    eprintln!("the moved record was followed after {moved:?}");
+
+    // An IPv6 CIDR resource.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while tcp_echo_at(&ns, "[fd00:2::5]", TCP_PORT, Duration::from_secs(2)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "[{RESOURCE_V6}]:{TCP_PORT} never echoed\n{}",
+            logs(&w)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A name with only an AAAA record: its IPv4 proxy is refused at once by the gateway
+    // (host unreachable), its IPv6 one reaches the resource.
+    let body = curl_until(
+        &w,
+        &ns,
+        "v6only.internal.test",
+        &format!("hello from {RESOURCE_V6}"),
+    );
+    eprintln!("an IPv6-only name answered after {body:?}");
+    let (_, text) = in_ns(
+        &ns,
+        "curl",
+        &[
+            "-4",
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://v6only.internal.test:{HTTP_PORT}/"),
+        ],
+    );
+    // curl's error 7 (could not connect: refused by an ICMP error), not 28 (timed out).
+    assert!(
+        text.contains("curl: (7)"),
+        "the IPv4 proxy of an IPv6-only name fails at once: {text}"
+    );
+    // …and the client was told why (its status is rewritten within a second).
+    w.wait_status(
+        client,
+        "showing why v6only.internal.test fails over IPv4",
+        |s| {
+            s["dns"]["unresolvable"]["v6only.internal.test"] == "no IPv4 address at gateway gateway"
+        },
+    );
+}
+
+#[test]
+fn a_killed_client_leaves_the_resolver_configuration_to_its_next_start() {
+    if !can_run() {
+        return;
+    }
+    let (mut w, dns) = World::with_dns();
+    let token = w.client_token.clone();
+    let first = w.client_with(1, "runner-1", &token, 1, &["--dns-control", "resolv-conf"]);
+    let ns = w.client_ns(1);
+    curl_until(&w, &ns, "app.internal.test", "hello from 10.2.0.5");
+    let pid = w.procs[first].child.id().to_string();
+    // `ip netns exec` execs the client: SIGKILL reaches the client itself.
+    sh("kill", &["-KILL", &pid]);
+    let _ = w.procs[first].child.wait();
+    assert!(
+        std::fs::read_to_string(&dns.resolv_conf)
+            .expect("resolv.conf")
+            .contains("198.18.0.53"),
+        "a killed client cannot restore"
+    );
+    let state_dir = w.procs[first].state_dir.clone();
+    let (ok, text) = in_ns(
+        &ns,
+        sibling_binary("postern-client").to_str().expect("utf-8"),
+        &[
+            "restore-dns",
+            "--state-dir",
+            state_dir.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(ok && text.contains("restored"), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(&dns.resolv_conf).expect("resolv.conf"),
+        dns.original_resolv_conf
+    );
+
+    // Killed again, then started again: the new run restores first, then points the system
+    // at itself, and a clean stop restores once more. (Each run shares the state directory:
+    // the killed run's status file must not pass for the next one's.)
+    let _ = std::fs::remove_file(state_dir.join("status.json"));
+    let second = w.client_with(1, "runner-1", &token, 1, &["--dns-control", "resolv-conf"]);
+    curl_until(&w, &ns, "app.internal.test", "hello from 10.2.0.5");
+    sh("kill", &["-KILL", &w.procs[second].child.id().to_string()]);
+    let _ = w.procs[second].child.wait();
+    let _ = std::fs::remove_file(state_dir.join("status.json"));
+    let third = w.client_with(1, "runner-1", &token, 1, &["--dns-control", "resolv-conf"]);
+    assert!(
+        w.procs[third].log().contains("restored"),
+        "{}",
+        w.procs[third].log()
+    );
+    curl_until(&w, &ns, "app.internal.test", "hello from 10.2.0.5");
+    sh("kill", &["-TERM", &w.procs[third].child.id().to_string()]);
+    let _ = w.procs[third].child.wait();
+    assert_eq!(
+        std::fs::read_to_string(&dns.resolv_conf).expect("resolv.conf"),
+        dns.original_resolv_conf
+    );
 }

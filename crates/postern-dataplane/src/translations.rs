@@ -1,0 +1,231 @@
+//! The gateway's view of its DNS translations, for the packet path: a client's packet to a
+//! proxy address goes on only once the gateway has translated that proxy address for that
+//! client (the name resolved, the DNAT entry in place). Until then it waits in a small bounded
+//! queue — the portal tells gateway and client of a grant at the same moment, so the first
+//! packet often arrives while the name is still being looked up — and a name that does not
+//! resolve at the gateway is answered with an ICMP "host unreachable", so the client's
+//! connection fails at once instead of timing out, and the client learns why.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use crate::packet;
+
+/// Packets held per (client, proxy address) while its translation is set up.
+pub const MAX_HELD_PER_TARGET: usize = 32;
+/// Packets held in all.
+pub const MAX_HELD: usize = 1024;
+/// How long a packet may wait for its translation (a lookup times out sooner).
+pub const HOLD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where a client's proxy address stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Translation {
+    /// Translated: packets go on to the real address.
+    Ready,
+    /// The name has no address of this family at the gateway.
+    Unresolvable,
+}
+
+/// One change of a (client, proxy address) pair: `None` when it is no longer translated.
+pub type TranslationChange = (Pair, Option<Translation>);
+
+/// What to do with a client's packet to a proxy address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyVerdict {
+    /// Into the TUN: the kernel translates it.
+    Deliver,
+    /// Kept until the translation is ready (or dropped, past the bounds).
+    Held,
+    /// Send this ICMP error back to the client instead.
+    Unreachable(Vec<u8>),
+    /// Dropped: the queue is full.
+    Dropped,
+}
+
+/// A client's tunnel address and a proxy address.
+type Pair = (IpAddr, IpAddr);
+
+#[derive(Debug, Default)]
+pub struct Translations {
+    states: HashMap<Pair, Translation>,
+    /// Packets waiting, each with when it arrived.
+    held: HashMap<Pair, VecDeque<(Instant, Vec<u8>)>>,
+    held_total: usize,
+    released: VecDeque<Vec<u8>>,
+}
+
+impl Translations {
+    /// Takes in changes from the DNS translation; packets waiting for a pair that is ready now
+    /// come out of [`Self::poll_release`], those of a pair that cannot be translated are
+    /// dropped.
+    pub fn handle_changes(&mut self, changes: impl IntoIterator<Item = TranslationChange>) {
+        for (pair, state) in changes {
+            match state {
+                Some(state) => {
+                    self.states.insert(pair, state);
+                }
+                None => {
+                    self.states.remove(&pair);
+                }
+            }
+            if state == Some(Translation::Ready) {
+                if let Some(packets) = self.held.remove(&pair) {
+                    self.held_total -= packets.len();
+                    self.released.extend(packets.into_iter().map(|(_, p)| p));
+                }
+            } else if state == Some(Translation::Unresolvable) {
+                self.drop_held(&pair);
+            }
+        }
+    }
+
+    /// Decides about a client's packet (`src` its tunnel address) to the proxy address `dst`,
+    /// already allowed by the gateway's policy.
+    pub fn route(&mut self, src: IpAddr, dst: IpAddr, packet: &[u8], now: Instant) -> ProxyVerdict {
+        match self.states.get(&(src, dst)) {
+            Some(Translation::Ready) => ProxyVerdict::Deliver,
+            Some(Translation::Unresolvable) => match packet::host_unreachable(packet) {
+                Some(icmp) => ProxyVerdict::Unreachable(icmp),
+                None => ProxyVerdict::Dropped,
+            },
+            None => {
+                let waiting = self.held.get(&(src, dst)).map_or(0, VecDeque::len);
+                if waiting >= MAX_HELD_PER_TARGET || self.held_total >= MAX_HELD {
+                    return ProxyVerdict::Dropped;
+                }
+                let queue = self.held.entry((src, dst)).or_default();
+                queue.push_back((now, packet.to_vec()));
+                self.held_total += 1;
+                ProxyVerdict::Held
+            }
+        }
+    }
+
+    /// A packet whose translation is ready now, for the TUN.
+    pub fn poll_release(&mut self) -> Option<Vec<u8>> {
+        self.released.pop_front()
+    }
+
+    /// Drops packets that waited too long; returns how many.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let mut dropped = 0;
+        self.held.retain(|_, queue| {
+            while queue
+                .front()
+                .is_some_and(|(at, _)| now.saturating_duration_since(*at) >= HOLD_TIMEOUT)
+            {
+                queue.pop_front();
+                dropped += 1;
+            }
+            !queue.is_empty()
+        });
+        self.held_total -= dropped;
+        dropped
+    }
+
+    pub fn held(&self) -> usize {
+        self.held_total
+    }
+
+    fn drop_held(&mut self, pair: &Pair) {
+        if let Some(packets) = self.held.remove(pair) {
+            self.held_total -= packets.len();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::build::{ip, ports};
+    use crate::packet::{parse, Transport, PROTO_TCP};
+
+    const CLIENT: &str = "100.64.0.7";
+    const PROXY: &str = "198.18.1.0";
+
+    fn pair() -> (IpAddr, IpAddr) {
+        (CLIENT.parse().unwrap(), PROXY.parse().unwrap())
+    }
+
+    fn syn(n: u16) -> Vec<u8> {
+        let (src, dst) = pair();
+        ip(src, dst, PROTO_TCP, &ports(40_000 + n, 80))
+    }
+
+    #[test]
+    fn packets_wait_for_their_translation_and_leave_in_order() {
+        let mut table = Translations::default();
+        let (src, dst) = pair();
+        let now = Instant::now();
+        assert_eq!(table.route(src, dst, &syn(1), now), ProxyVerdict::Held);
+        assert_eq!(table.route(src, dst, &syn(2), now), ProxyVerdict::Held);
+        assert_eq!(table.poll_release(), None);
+        table.handle_changes([((src, dst), Some(Translation::Ready))]);
+        assert_eq!(table.poll_release(), Some(syn(1)));
+        assert_eq!(table.poll_release(), Some(syn(2)));
+        assert_eq!(table.poll_release(), None);
+        assert_eq!(table.held(), 0);
+        assert_eq!(table.route(src, dst, &syn(3), now), ProxyVerdict::Deliver);
+
+        // Withdrawn: waits again (the policy decides first whether it may at all).
+        table.handle_changes([((src, dst), None)]);
+        assert_eq!(table.route(src, dst, &syn(4), now), ProxyVerdict::Held);
+    }
+
+    #[test]
+    fn an_unresolvable_name_is_answered_with_host_unreachable_quoting_the_packet() {
+        let mut table = Translations::default();
+        let (src, dst) = pair();
+        let now = Instant::now();
+        table.route(src, dst, &syn(1), now);
+        table.handle_changes([((src, dst), Some(Translation::Unresolvable))]);
+        assert_eq!(table.held(), 0, "what waited is dropped");
+        let ProxyVerdict::Unreachable(icmp) = table.route(src, dst, &syn(2), now) else {
+            panic!("not answered");
+        };
+        let info = parse(&icmp).unwrap();
+        assert_eq!((info.src, info.dst), (dst, src), "from the proxy address");
+        let Transport::IcmpError {
+            kind: 3,
+            code: 1,
+            quoted: Some(quoted),
+        } = info.transport
+        else {
+            panic!("not a host unreachable: {:?}", info.transport);
+        };
+        assert_eq!(
+            (quoted.src, quoted.dst, quoted.src_port),
+            (src, dst, Some(40_002))
+        );
+    }
+
+    #[test]
+    fn held_packets_are_bounded_and_time_out() {
+        let mut table = Translations::default();
+        let (src, dst) = pair();
+        let now = Instant::now();
+        for n in 0..MAX_HELD_PER_TARGET as u16 + 3 {
+            let verdict = table.route(src, dst, &syn(n), now);
+            let expected = if usize::from(n) < MAX_HELD_PER_TARGET {
+                ProxyVerdict::Held
+            } else {
+                ProxyVerdict::Dropped
+            };
+            assert_eq!(verdict, expected);
+        }
+        assert_eq!(table.expire(now + Duration::from_secs(1)), 0);
+        assert_eq!(
+            table.expire(now + HOLD_TIMEOUT),
+            MAX_HELD_PER_TARGET,
+            "all timed out"
+        );
+        assert_eq!(table.held(), 0);
+        for n in 0..MAX_HELD + 10 {
+            let proxy = crate::tests::proxy(n);
+            let _ = table.route(src, proxy, &syn(1), now);
+            assert!(table.held() <= MAX_HELD);
+        }
+    }
+}
