@@ -43,9 +43,11 @@ pub struct CreateResource {
     /// overlapping loopback, link-local (`169.254.0.0/16`, `fe80::/10`), the cloud metadata
     /// service (`fd00:ec2::254`), the devices' tunnel addresses (`100.64.0.0/10`,
     /// `fd70:6f73:7465:726e::/64`) or the clients' DNS resolver and proxy addresses
-    /// (`198.18.0.0/15`, `fd70:6f73:7465:726f::/64`).
-    #[schema(min_length = 1)]
-    pub address: String,
+    /// (`198.18.0.0/15`, `fd70:6f73:7465:726f::/64`). Required, except for an `internet`
+    /// resource (the full tunnel: every other address, one per account, used by clients
+    /// started with `--internet`), whose address is always `0.0.0.0/0, ::/0`.
+    #[serde(default)]
+    pub address: Option<String>,
     pub description: Option<String>,
     pub site_id: Uuid,
     /// Allowed traffic; none means all traffic.
@@ -92,7 +94,7 @@ pub(crate) async fn create_resource(
     let new = NewResource {
         resource_type: body.resource_type,
         name: body.name,
-        address: body.address,
+        address: body.address.unwrap_or_default(),
         description: body.description,
         site_id: body.site_id,
         filters: body.filters,

@@ -191,17 +191,22 @@ fn resource_address_branches() -> Vec<Branch> {
             values: &["ip"],
             patch: json!({"address": {"type": "string",
                 "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}}),
-            required: &[],
+            required: &["address"],
         },
         Branch {
             values: &["cidr"],
             patch: json!({"address": {"type": "string",
                 "anyOf": [{"pattern": anchored(&ipv4_range())}, {"pattern": anchored(&ipv6_range())}]}}),
-            required: &[],
+            required: &["address"],
         },
         Branch {
             values: &["dns"],
             patch: json!({"address": {"type": "string", "maxLength": 253, "pattern": anchored(&dns_name())}}),
+            required: &["address"],
+        },
+        Branch {
+            values: &["internet"],
+            patch: json!({"address": {"type": ["string", "null"], "pattern": "^ *(0\\.0\\.0\\.0/0 *, *::/0 *)?$"}}),
             required: &[],
         },
     ]

@@ -4,6 +4,7 @@
 
 mod dns;
 mod dns_control;
+mod internet;
 mod role;
 mod tunnel;
 
@@ -101,6 +102,17 @@ struct RunArgs {
     /// Default: the servers the system used before
     #[arg(long = "dns-upstream", value_name = "ADDR", value_parser = parse_upstream)]
     dns_upstreams: Vec<std::net::SocketAddr>,
+
+    /// Send all traffic through the account's Internet resource while a policy grants it
+    /// (the full tunnel), except to the portal, the gateways and the LAN. Without it the
+    /// Internet resource is ignored
+    #[arg(long, env = "POSTERN_INTERNET")]
+    internet: bool,
+
+    /// With --internet, route the LAN (the networks of this machine's interfaces) into the
+    /// tunnel too
+    #[arg(long, requires = "internet")]
+    internet_include_lan: bool,
 }
 
 fn parse_upstream(text: &str) -> Result<std::net::SocketAddr, String> {
@@ -193,6 +205,13 @@ fn run(args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
             state_dir: args.state_dir.clone(),
             upstreams: args.dns_upstreams.clone(),
         };
+        let internet = match args.internet {
+            true => Some(tunnel::InternetOptions {
+                include_lan: args.internet_include_lan,
+                portal_addresses: portal_addresses(&config.portals).await,
+            }),
+            false => None,
+        };
         let created = tunnel::ClientTunnel::create(
             &args.tun_name,
             args.mtu,
@@ -200,6 +219,7 @@ fn run(args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
             requests_tx,
             dns.clone(),
             dns_options,
+            internet,
         )
         .await;
         let tunnel = match created {
@@ -222,7 +242,8 @@ fn run(args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
             env!("CARGO_PKG_VERSION")
         );
         let data_plane = tokio::spawn(tunnel.run(plan_rx));
-        let mut role = ClientRole::with_tunnel(config.token.id, plan_tx, requests_rx, dns);
+        let mut role =
+            ClientRole::with_tunnel(config.token.id, plan_tx, requests_rx, dns, args.internet);
         let outcome = postern_device::run(config, &mut role, shutdown).await;
         // Dropping the role closes the plan: the tunnel removes its routes and stops.
         drop(role);
@@ -241,6 +262,26 @@ fn run(args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
             exit(exit_code::FAILURE)
         }
     }
+}
+
+/// The addresses the portal's URLs resolve to now: the full tunnel leaves them outside.
+async fn portal_addresses(portals: &[url::Url]) -> Vec<std::net::IpAddr> {
+    let mut addresses = Vec::new();
+    for portal in portals {
+        let (Some(host), Some(port)) = (portal.host_str(), portal.port_or_known_default()) else {
+            continue;
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        match tokio::net::lookup_host((host, port)).await {
+            Ok(found) => addresses.extend(found.map(|a| a.ip().to_canonical())),
+            Err(err) => tracing::warn!(
+                "cannot resolve the portal {host}: the full tunnel may carry its traffic: {err}"
+            ),
+        }
+    }
+    addresses.sort();
+    addresses.dedup();
+    addresses
 }
 
 fn restore_dns(state_dir: &std::path::Path) -> ExitCode {
@@ -298,6 +339,13 @@ fn details(details: &ClientDetails) -> String {
             "off (--no-tunnel)"
         }
     ));
+    if let Some(internet) = &details.internet {
+        let shown = match internet.as_str() {
+            "on" => "on: the full tunnel (all other traffic through the Internet resource)",
+            _ => "granted, not used (start with --internet for the full tunnel)",
+        };
+        out.push_str(&format!("  internet:     {shown}\n"));
+    }
     if let Some(dns) = &details.dns {
         out.push_str(&dns_lines(dns));
     }

@@ -30,6 +30,8 @@ pub struct ClientRole {
     requests: Option<mpsc::UnboundedReceiver<ClientToPortal>>,
     /// The stub resolver, with a tunnel: shown in the status.
     dns: Option<Arc<DnsState>>,
+    /// Started with `--internet`: the Internet resource is routed.
+    internet: bool,
 }
 
 impl ClientRole {
@@ -41,6 +43,7 @@ impl ClientRole {
             plan: None,
             requests: None,
             dns: None,
+            internet: false,
         }
     }
 
@@ -50,11 +53,13 @@ impl ClientRole {
         plan: watch::Sender<Plan>,
         requests: mpsc::UnboundedReceiver<ClientToPortal>,
         dns: Arc<DnsState>,
+        internet: bool,
     ) -> Self {
         Self {
             plan: Some(plan),
             requests: Some(requests),
             dns: Some(dns),
+            internet,
             ..Self::new(token_id, true)
         }
     }
@@ -102,6 +107,10 @@ pub struct ClientDetails {
     /// The stub resolver (with a tunnel).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsStatus>,
+    /// While the Internet resource is in the view: `on` (the full tunnel, `--internet`), or
+    /// `off` (the client was not started with `--internet`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internet: Option<String>,
 }
 
 /// The stub resolver as `status` shows it.
@@ -395,6 +404,12 @@ impl Role for ClientRole {
                 })
                 .collect(),
             dns: self.dns.as_ref().map(|dns| self.dns_status(dns)),
+            internet: self
+                .state
+                .resources
+                .values()
+                .any(|r| r.resource_type == "internet")
+                .then(|| if self.internet { "on" } else { "off" }.to_string()),
         }
     }
 }

@@ -36,6 +36,7 @@ use uuid::Uuid;
 
 use crate::dns::{DnsState, Listeners};
 use crate::dns_control::{Controlled, DnsControl};
+use crate::internet::FullTunnel;
 
 /// What the control session knows that the data plane needs.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -55,6 +56,15 @@ pub struct PlannedGrant {
     pub expires_at: DateTime<Utc>,
     /// For a DNS resource: the names the grant covers.
     pub dns: Vec<DnsTarget>,
+}
+
+/// The full tunnel, for a client started with `--internet`.
+#[derive(Debug, Clone)]
+pub struct InternetOptions {
+    /// Routes the LAN (the ranges of the client's interfaces) into the tunnel too.
+    pub include_lan: bool,
+    /// The portal's addresses: they stay outside the tunnel.
+    pub portal_addresses: Vec<IpAddr>,
 }
 
 /// How the client's stub resolver is set up.
@@ -89,6 +99,7 @@ impl ClientTunnel {
         requests: mpsc::UnboundedSender<ClientToPortal>,
         dns: Arc<DnsState>,
         dns_options: DnsOptions,
+        internet: Option<InternetOptions>,
     ) -> Result<Self, NetError> {
         let runtime = DataPlaneRuntime::start("postern-tunnel")?;
         let entered = runtime.enter();
@@ -106,8 +117,16 @@ impl ClientTunnel {
             ),
         };
         drop(entered);
+        // Its datagrams to gateways must not follow the full tunnel into the TUN.
+        if !net::mark_socket(&udp, crate::internet::MARK) && internet.is_some() {
+            warn!("the tunnel's UDP socket cannot be marked: the full tunnel would loop");
+        }
         info!(tun = %tun_name, mtu, "tunnel device ready");
         let (dns_task, control) = start_dns(tun_name, &dns, &dns_options).await?;
+        let full_tunnel = match &internet {
+            Some(options) => Some(FullTunnel::new(tun_name, options.include_lan).await),
+            None => None,
+        };
         Ok(Self {
             engine: Engine::new(runtime, tun, tun_name, mtu, udp, dual_stack, private),
             forwarding: ClientForwarding {
@@ -124,6 +143,10 @@ impl ClientTunnel {
                 dns_task: Some(dns_task),
                 control: Some(control),
                 emits: VecDeque::new(),
+                full_tunnel,
+                portal_addresses: internet
+                    .map(|options| options.portal_addresses)
+                    .unwrap_or_default(),
             },
         })
     }
@@ -173,6 +196,10 @@ pub struct ClientForwarding {
     control: Option<Controlled>,
     /// Held packets released by a grant.
     emits: VecDeque<Emit>,
+    /// With `--internet`: the policy routing of the full tunnel.
+    full_tunnel: Option<FullTunnel>,
+    /// Kept outside the full tunnel, with the gateways' endpoints.
+    portal_addresses: Vec<IpAddr>,
 }
 
 impl Forwarding for ClientForwarding {
@@ -300,6 +327,9 @@ impl Forwarding for ClientForwarding {
     }
 
     async fn shutdown(&mut self) {
+        if let Some(full_tunnel) = self.full_tunnel.as_mut() {
+            full_tunnel.shutdown().await;
+        }
         if let Some(control) = self.control.take() {
             control.restore().await;
         }
@@ -337,6 +367,7 @@ impl ClientForwarding {
                 info!(ipv4 = %addresses.ipv4, ipv6 = %addresses.ipv6, "tunnel addresses set");
             }
             self.addresses = plan.addresses;
+            self.router.set_addresses(plan.addresses);
         }
         self.names = plan
             .resources
@@ -344,11 +375,13 @@ impl ClientForwarding {
             .map(|r| (r.id, r.name.clone()))
             .collect();
         self.set_dns_resources(&plan.resources).await;
-        let wanted: BTreeSet<IpNet> = self
-            .router
-            .set_resources(&plan.resources)
-            .into_iter()
-            .collect();
+        // The Internet resource routes only for a client that opted in.
+        let opted_in = self.full_tunnel.is_some();
+        let routed = plan
+            .resources
+            .iter()
+            .filter(|r| opted_in || r.resource_type != "internet");
+        let wanted: BTreeSet<IpNet> = self.router.set_resources(routed).into_iter().collect();
         for route in self.routes.difference(&wanted).copied().collect::<Vec<_>>() {
             match net::delete_route(&route, &self.tun_name).await {
                 Ok(()) => info!("route removed: {route}"),
@@ -406,12 +439,15 @@ impl ClientForwarding {
             let Some(endpoint) = self.resolve(grant).await else {
                 continue;
             };
-            let upserted = peers.upsert(PeerConfig {
-                key,
-                preshared_key,
-                endpoint: Some(endpoint),
-                keepalive: Some(KEEPALIVE),
-            });
+            let upserted = peers.upsert(
+                PeerConfig {
+                    key,
+                    preshared_key,
+                    endpoint: Some(endpoint),
+                    keepalive: Some(KEEPALIVE),
+                },
+                Instant::now(),
+            );
             if upserted == Upserted::Added {
                 info!("tunnel to gateway {} at {endpoint}", grant.gateway_name);
             }
@@ -423,7 +459,24 @@ impl ClientForwarding {
             });
             gateway.endpoint = endpoint;
         }
+        self.set_full_tunnel(&plan).await;
         self.router.set_grants(route_grants, Utc::now())
+    }
+
+    /// With `--internet`, the full tunnel is on while the Internet resource is in the view;
+    /// the portal and the gateways stay outside it.
+    async fn set_full_tunnel(&mut self, plan: &Plan) {
+        let Some(full_tunnel) = self.full_tunnel.as_mut() else {
+            return;
+        };
+        let on = plan.resources.iter().any(|r| r.resource_type == "internet");
+        let mut excluded: BTreeSet<IpAddr> = self.portal_addresses.iter().copied().collect();
+        excluded.extend(
+            self.gateways
+                .values()
+                .map(|g| g.endpoint.ip().to_canonical()),
+        );
+        full_tunnel.set(on, excluded).await;
     }
 
     /// The stub resolver answers for the DNS resources of the plan from now on; with

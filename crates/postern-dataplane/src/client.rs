@@ -13,10 +13,10 @@ use std::net::IpAddr;
 use chrono::{DateTime, Duration, Utc};
 use ipnet::IpNet;
 use postern_dns::StubResolver;
-use postern_protocol::{DnsTarget, ResourceView};
+use postern_protocol::{DnsTarget, ResourceView, TunnelAddresses};
 use uuid::Uuid;
 
-use crate::{packet, resource_network, WireGuardKey};
+use crate::{internet_networks, packet, resource_network, WireGuardKey};
 
 /// Packets held per destination (a resource, or one name of a DNS resource) while access is
 /// requested.
@@ -53,6 +53,9 @@ pub struct AccessRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientDrop {
     Malformed,
+    /// Not from the client's tunnel addresses (the kernel's own link-local traffic, or a
+    /// packet sent before the addresses were set): a gateway would drop it as spoofed.
+    NotOurSource,
     /// The destination is in no resource of the client (or is a proxy address of no name a
     /// reachable DNS resource covers).
     NoResource,
@@ -101,6 +104,8 @@ struct Held {
 
 #[derive(Debug, Default)]
 pub struct ClientRouter {
+    /// The client's tunnel addresses: the only sources a packet may have.
+    addresses: Option<TunnelAddresses>,
     /// Most specific first.
     networks: Vec<(IpNet, Uuid)>,
     resources: HashSet<Uuid>,
@@ -110,18 +115,31 @@ pub struct ClientRouter {
 }
 
 impl ClientRouter {
-    /// Replaces the resources; returns the networks to route into the TUN. Held packets of
-    /// resources that are gone are dropped.
+    /// The client's tunnel addresses, once the portal gave them.
+    pub fn set_addresses(&mut self, addresses: Option<TunnelAddresses>) {
+        self.addresses = addresses;
+    }
+
+    /// Replaces the resources; returns the networks to route into the TUN (an Internet
+    /// resource, passed only when the client opted in, is the least specific of all and has
+    /// no route of its own). Held packets of resources that are gone are dropped.
     pub fn set_resources<'a>(
         &mut self,
         resources: impl IntoIterator<Item = &'a ResourceView>,
     ) -> Vec<IpNet> {
         let mut networks = Vec::new();
+        let mut routes = Vec::new();
         self.resources.clear();
         for resource in resources {
             self.resources.insert(resource.id);
+            if resource.resource_type == "internet" {
+                // Routed by policy rules, not by a route per network (see the client).
+                networks.extend(internet_networks().map(|net| (net, resource.id)));
+                continue;
+            }
             if let Some(net) = resource_network(resource) {
                 networks.push((net, resource.id));
+                routes.push(net);
             }
         }
         networks.sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()).then(a.1.cmp(&b.1)));
@@ -134,7 +152,6 @@ impl ClientRouter {
         if self.held.len() != before {
             self.held_total = self.held.values().map(|h| h.packets.len()).sum();
         }
-        let mut routes: Vec<IpNet> = self.networks.iter().map(|(net, _)| *net).collect();
         routes.sort();
         routes.dedup();
         routes
@@ -248,9 +265,16 @@ impl ClientRouter {
 
     /// Routes a packet read from the TUN; `names` knows what proxy addresses stand for.
     pub fn route(&mut self, packet: &[u8], names: &StubResolver, now: DateTime<Utc>) -> Route {
-        let Ok((_, dst)) = packet::addresses(packet) else {
+        let Ok((src, dst)) = packet::addresses(packet) else {
             return Route::Drop(ClientDrop::Malformed);
         };
+        let ours = self.addresses.is_some_and(|own| match src {
+            IpAddr::V4(v4) => v4 == own.ipv4,
+            IpAddr::V6(v6) => v6 == own.ipv6,
+        });
+        if !ours {
+            return Route::Drop(ClientDrop::NotOurSource);
+        }
         if let Some(gateway) = self.gateway_of(dst, names, now) {
             return Route::Send(gateway);
         }
@@ -355,8 +379,18 @@ mod tests {
         )
     }
 
-    fn router() -> ClientRouter {
+    /// A router whose tunnel addresses are the test packets' sources.
+    fn addressed() -> ClientRouter {
         let mut router = ClientRouter::default();
+        router.set_addresses(Some(TunnelAddresses {
+            ipv4: "100.64.0.1".parse().unwrap(),
+            ipv6: "fd70:6f73:7465:726e::1".parse().unwrap(),
+        }));
+        router
+    }
+
+    fn router() -> ClientRouter {
+        let mut router = addressed();
         let resources = [
             crate::tests::resource(1, "cidr", "10.0.0.0/16"),
             crate::tests::resource(2, "ip", "10.0.3.4"),
@@ -438,6 +472,21 @@ mod tests {
         assert_eq!(
             router.route(&[1, 2, 3], &no_names(), now()),
             Route::Drop(ClientDrop::Malformed)
+        );
+        let link_local = ip(
+            "fe80::1".parse().unwrap(),
+            "ff02::2".parse().unwrap(),
+            58,
+            &[133, 0, 0, 0],
+        );
+        assert_eq!(
+            router.route(&link_local, &no_names(), now()),
+            Route::Drop(ClientDrop::NotOurSource)
+        );
+        assert_eq!(
+            ClientRouter::default().route(&to("10.0.9.9"), &no_names(), now()),
+            Route::Drop(ClientDrop::NotOurSource),
+            "nothing leaves before the addresses are known"
         );
     }
 
@@ -531,7 +580,7 @@ mod tests {
     }
 
     fn dns_router() -> (ClientRouter, StubResolver) {
-        let mut router = ClientRouter::default();
+        let mut router = addressed();
         let resources = [
             crate::tests::resource(1, "cidr", "10.0.0.0/16"),
             crate::tests::resource(3, "dns", "*.svc.internal"),
@@ -642,7 +691,7 @@ mod tests {
 
     #[test]
     fn destinations_waiting_at_once_are_bounded() {
-        let mut router = ClientRouter::default();
+        let mut router = addressed();
         router.set_resources(&[crate::tests::resource(3, "dns", "**.internal")]);
         let mut names = StubResolver::default();
         names.set_resources([(Uuid::from_u128(3), "**.internal")]);
@@ -654,6 +703,34 @@ mod tests {
             }
         }
         assert!(router.held() <= MAX_HELD);
+    }
+
+    #[test]
+    fn the_internet_resource_takes_what_no_other_resource_covers() {
+        let mut router = addressed();
+        let routes = router.set_resources(&[
+            crate::tests::resource(1, "cidr", "10.0.0.0/16"),
+            crate::tests::resource(9, "internet", "0.0.0.0/0, ::/0"),
+        ]);
+        assert_eq!(
+            routes,
+            vec!["10.0.0.0/16".parse::<IpNet>().unwrap()],
+            "no route for it"
+        );
+        router.set_grants([grant(1, 7, 5), grant(9, 8, 5)], now());
+        assert_eq!(
+            router.route(&to("10.0.3.3"), &no_names(), now()),
+            Route::Send(WireGuardKey::from_bytes([7; 32])),
+            "a more specific resource wins"
+        );
+        assert_eq!(
+            router.route(&to("93.184.216.34"), &no_names(), now()),
+            Route::Send(WireGuardKey::from_bytes([8; 32]))
+        );
+        assert_eq!(
+            router.gateway_of("2001:db8::1".parse().unwrap(), &no_names(), now()),
+            Some(WireGuardKey::from_bytes([8; 32]))
+        );
     }
 
     proptest::proptest! {

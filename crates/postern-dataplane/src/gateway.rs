@@ -127,14 +127,20 @@ impl DropCounters {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Rule {
     authorization_id: Uuid,
-    /// One network, or a DNS resource's proxy addresses.
+    /// One network, a DNS resource's proxy addresses, or for the Internet resource everything.
     networks: Vec<IpNet>,
+    /// The Internet resource: every address but the ranges no resource may reach (the
+    /// gateway's loopback, link-local and metadata addresses, the tunnel and proxy ranges).
+    internet: bool,
     filters: Vec<Filter>,
     expires_at: DateTime<Utc>,
 }
 
 impl Rule {
     fn covers(&self, address: IpAddr) -> bool {
+        if self.internet {
+            return postern_domain::validate::forbidden_destination(address).is_none();
+        }
         self.networks.iter().any(|net| net.contains(&address))
     }
 }
@@ -209,8 +215,9 @@ impl GatewayPolicy {
         let key = authorization
             .client_public_key
             .ok_or_else(|| skip("the client sent no WireGuard public key"))?;
-        let is_dns = authorization.resource.resource_type == "dns";
-        if !is_dns && resource_network(&authorization.resource).is_none() {
+        let kind = authorization.resource.resource_type.as_str();
+        let internet = kind == "internet";
+        if !internet && kind != "dns" && resource_network(&authorization.resource).is_none() {
             return Err(skip("the resource has no address the gateway can route"));
         }
         let networks = authorized_networks(authorization);
@@ -236,6 +243,7 @@ impl GatewayPolicy {
         let rule = Rule {
             authorization_id: authorization.id,
             networks,
+            internet,
             filters: authorization.resource.filters.clone(),
             expires_at: authorization.expires_at,
         };
@@ -697,6 +705,54 @@ mod tests {
                 "{refused}"
             );
         }
+    }
+
+    #[test]
+    fn the_internet_resource_opens_everything_but_what_no_resource_may_reach() {
+        let internet = authorization(3, 1, "100.64.0.1", "internet", "0.0.0.0/0, ::/0", vec![], 5);
+        let (policy, skipped) = GatewayPolicy::new(&[internet]);
+        assert!(skipped.is_empty());
+        let key = WireGuardKey::from_bytes([1; 32]);
+        let to = |dst: &str| {
+            let src = if dst.contains(':') {
+                "fd70:6f73:7465:726e::1"
+            } else {
+                "100.64.0.1"
+            };
+            ip(addr(src), addr(dst), PROTO_TCP, &ports(5000, 443))
+        };
+        let mut client = authorization(3, 1, "100.64.0.1", "internet", "", vec![], 5);
+        client.client_addresses.ipv6 = "fd70:6f73:7465:726e::1".parse().unwrap();
+        let (policy6, _) = GatewayPolicy::new(&[client]);
+        for allowed in ["1.1.1.1", "10.9.9.9"] {
+            assert_eq!(
+                policy.check_inbound(&key, &to(allowed), now()),
+                Ok(()),
+                "{allowed}"
+            );
+        }
+        assert_eq!(
+            policy6.check_inbound(&key, &to("2001:db8::1"), now()),
+            Ok(())
+        );
+        for refused in ["127.0.0.1", "169.254.169.254", "100.64.0.2", "198.18.1.0"] {
+            assert_eq!(
+                policy.check_inbound(&key, &to(refused), now()),
+                Err(DropReason::NotAuthorized),
+                "{refused}"
+            );
+        }
+        assert_eq!(
+            policy6.check_inbound(&key, &to("fd00:ec2::254"), now()),
+            Err(DropReason::NotAuthorized)
+        );
+        let reply = ip(
+            addr("1.1.1.1"),
+            addr("100.64.0.1"),
+            PROTO_TCP,
+            &ports(443, 5000),
+        );
+        assert_eq!(policy.route_reply(&reply, now()), Ok(key));
     }
 
     #[test]

@@ -29,11 +29,23 @@ pub fn resource_network(resource: &ResourceView) -> Option<IpNet> {
     }
 }
 
+/// What an Internet resource covers: every address of both families (less the ranges no
+/// resource may reach, which the gateway refuses on its own).
+pub fn internet_networks() -> [IpNet; 2] {
+    [
+        IpNet::V4(ipnet::Ipv4Net::default()),
+        IpNet::V6(ipnet::Ipv6Net::default()),
+    ]
+}
+
 /// The destinations an authorization opens: its resource's network, or for a DNS resource the
 /// proxy addresses of the names the client asked for (each checked against the pattern again:
 /// a gateway never trusts that the portal did).
 pub fn authorized_networks(authorization: &postern_protocol::Authorization) -> Vec<IpNet> {
     let resource = &authorization.resource;
+    if resource.resource_type == "internet" {
+        return internet_networks().to_vec();
+    }
     if resource.resource_type != "dns" {
         return resource_network(resource).into_iter().collect();
     }

@@ -104,6 +104,17 @@ pub struct PeerStats {
     pub rx_bytes: usize,
 }
 
+/// Initiations from keys that are not peers yet, kept at most this long…
+pub const EARLY_HANDSHAKE_LIFETIME: Duration = Duration::from_secs(3);
+/// …and at most this many at once (the oldest goes).
+const MAX_EARLY_HANDSHAKES: usize = 256;
+
+struct EarlyHandshake {
+    from: SocketAddr,
+    datagram: Vec<u8>,
+    at: Instant,
+}
+
 struct Peer {
     tunn: Tunn,
     config: PeerConfig,
@@ -118,6 +129,8 @@ pub struct PeerTable {
     limiter: RateLimiter,
     peers: HashMap<WireGuardKey, Peer>,
     by_index: HashMap<u32, WireGuardKey>,
+    /// Initiations that arrived before their peer (see [`PeerTable::keep_early`]).
+    early: HashMap<WireGuardKey, EarlyHandshake>,
     next_index: u32,
     transmits: VecDeque<Transmit>,
     dropped_transmits: u64,
@@ -137,6 +150,7 @@ impl PeerTable {
             public,
             peers: HashMap::new(),
             by_index: HashMap::new(),
+            early: HashMap::new(),
             next_index: index_seed & 0x00ff_ffff,
             transmits: VecDeque::new(),
             dropped_transmits: 0,
@@ -173,7 +187,7 @@ impl PeerTable {
 
     /// Adds a peer or brings it in line with `config`. A known endpoint is kept when the
     /// config gives none (a gateway learns its clients' endpoints from their datagrams).
-    pub fn upsert(&mut self, config: PeerConfig) -> Upserted {
+    pub fn upsert(&mut self, config: PeerConfig, now: Instant) -> Upserted {
         if let Some(peer) = self.peers.get_mut(&config.key) {
             if peer.config == config {
                 return Upserted::Unchanged;
@@ -203,9 +217,10 @@ impl PeerTable {
             index,
             None,
         );
-        self.by_index.insert(index, config.key);
+        let key = config.key;
+        self.by_index.insert(index, key);
         self.peers.insert(
-            config.key,
+            key,
             Peer {
                 tunn,
                 config,
@@ -214,6 +229,7 @@ impl PeerTable {
                 first_send: None,
             },
         );
+        self.answer_early(&key, now);
         upserted
     }
 
@@ -256,13 +272,18 @@ impl PeerTable {
         &mut self,
         from: SocketAddr,
         datagram: &[u8],
+        now: Instant,
         out: &'a mut [u8],
     ) -> Received<'a> {
         let from = SocketAddr::new(from.ip().to_canonical(), from.port());
         let key = match self.limiter.verify_packet(Some(from.ip()), datagram, out) {
             Ok(packet) => match self.peer_of(&packet) {
-                Some(key) => key,
-                None => return Received::Refused(Refused::UnknownPeer),
+                Ok(key) => key,
+                Err(Some(stranger)) => {
+                    self.keep_early(stranger, from, datagram, now);
+                    return Received::Refused(Refused::UnknownPeer);
+                }
+                Err(None) => return Received::Refused(Refused::UnknownPeer),
             },
             Err(TunnResult::WriteToNetwork(cookie)) => {
                 Self::push(
@@ -316,20 +337,57 @@ impl PeerTable {
 
     /// The peer a screened message belongs to: a handshake initiation by its sender's static
     /// key (one key agreement, only for messages that passed the screen), every other message
-    /// by the receiver index this table gave out.
-    fn peer_of(&self, packet: &Packet<'_>) -> Option<WireGuardKey> {
+    /// by the receiver index this table gave out. `Err(Some(key))`: a well-formed initiation
+    /// from a key that is no peer (yet).
+    fn peer_of(&self, packet: &Packet<'_>) -> Result<WireGuardKey, Option<WireGuardKey>> {
         let index = match packet {
             Packet::HandshakeInit(init) => {
-                return parse_handshake_anon(&self.private, &self.public, init)
-                    .ok()
+                let key = parse_handshake_anon(&self.private, &self.public, init)
                     .map(|half| WireGuardKey::from_bytes(half.peer_static_public))
-                    .filter(|key| self.peers.contains_key(key));
+                    .map_err(|_| None)?;
+                return match self.peers.contains_key(&key) {
+                    true => Ok(key),
+                    false => Err(Some(key)),
+                };
             }
             Packet::HandshakeResponse(p) => p.receiver_idx,
             Packet::PacketCookieReply(p) => p.receiver_idx,
             Packet::PacketData(p) => p.receiver_idx,
         };
-        self.by_index.get(&(index >> 8)).copied()
+        self.by_index.get(&(index >> 8)).copied().ok_or(None)
+    }
+
+    /// Keeps a screened initiation from a key that is not a peer yet: the portal tells the
+    /// gateway and the client of a grant at the same moment, so a client's first handshake
+    /// often arrives just before its key. Answered when the peer is added within
+    /// [`EARLY_HANDSHAKE_LIFETIME`], instead of the client retrying after 5 s.
+    fn keep_early(&mut self, key: WireGuardKey, from: SocketAddr, datagram: &[u8], now: Instant) {
+        if !self.early.contains_key(&key) && self.early.len() >= MAX_EARLY_HANDSHAKES {
+            let oldest = self.early.iter().min_by_key(|(_, e)| e.at).map(|(k, _)| *k);
+            if let Some(oldest) = oldest {
+                self.early.remove(&oldest);
+            }
+        }
+        self.early.insert(
+            key,
+            EarlyHandshake {
+                from,
+                datagram: datagram.to_vec(),
+                at: now,
+            },
+        );
+    }
+
+    /// Answers the initiation a new peer sent before it was added, if it is recent.
+    fn answer_early(&mut self, key: &WireGuardKey, now: Instant) {
+        let Some(early) = self.early.remove(key) else {
+            return;
+        };
+        if now.saturating_duration_since(early.at) > EARLY_HANDSHAKE_LIFETIME {
+            return;
+        }
+        let mut out = vec![0u8; early.datagram.len() + OVERHEAD];
+        let _ = self.handle_network_input(early.from, &early.datagram, now, &mut out);
     }
 
     /// Encrypts `packet` for `key` into `out` (at least the packet's length plus
@@ -448,12 +506,15 @@ mod tests {
     /// A table that knows only the gateway (`secret(seed)` as its own key).
     fn initiator(seed: u8, gateway_key: WireGuardKey) -> PeerTable {
         let mut table = PeerTable::new(secret(seed), u32::from(seed) * 10);
-        table.upsert(PeerConfig {
-            key: gateway_key,
-            preshared_key: None,
-            endpoint: Some(GATEWAY_AT.parse().unwrap()),
-            keepalive: None,
-        });
+        table.upsert(
+            PeerConfig {
+                key: gateway_key,
+                preshared_key: None,
+                endpoint: Some(GATEWAY_AT.parse().unwrap()),
+                keepalive: None,
+            },
+            Instant::now(),
+        );
         table
     }
 
@@ -489,24 +550,30 @@ mod tests {
             };
             pair.configure_client();
             assert_eq!(
-                pair.gateway.upsert(PeerConfig {
-                    key: client_key,
-                    preshared_key: psk,
-                    endpoint: None,
-                    keepalive: None,
-                }),
+                pair.gateway.upsert(
+                    PeerConfig {
+                        key: client_key,
+                        preshared_key: psk,
+                        endpoint: None,
+                        keepalive: None,
+                    },
+                    Instant::now()
+                ),
                 Upserted::Added
             );
             pair
         }
 
         fn configure_client(&mut self) -> Upserted {
-            self.client.upsert(PeerConfig {
-                key: self.gateway_key,
-                preshared_key: self.psk.clone(),
-                endpoint: Some(GATEWAY_AT.parse().unwrap()),
-                keepalive: Some(25),
-            })
+            self.client.upsert(
+                PeerConfig {
+                    key: self.gateway_key,
+                    preshared_key: self.psk.clone(),
+                    endpoint: Some(GATEWAY_AT.parse().unwrap()),
+                    keepalive: Some(25),
+                },
+                Instant::now(),
+            )
         }
 
         /// Sends from the client; returns what the gateway delivered.
@@ -540,6 +607,7 @@ mod tests {
             match self.client.handle_network_input(
                 GATEWAY_AT.parse().unwrap(),
                 &datagram,
+                Instant::now(),
                 &mut back,
             ) {
                 Received::Packet { peer, packet } => {
@@ -552,10 +620,12 @@ mod tests {
 
         fn deliver_to_gateway(&mut self, datagram: &[u8]) -> Vec<Vec<u8>> {
             let mut out = vec![0u8; 2048];
-            match self
-                .gateway
-                .handle_network_input(CLIENT_AT.parse().unwrap(), datagram, &mut out)
-            {
+            match self.gateway.handle_network_input(
+                CLIENT_AT.parse().unwrap(),
+                datagram,
+                Instant::now(),
+                &mut out,
+            ) {
                 Received::Packet { peer, packet } => {
                     assert_eq!(peer, self.client_key);
                     vec![packet.to_vec()]
@@ -581,6 +651,7 @@ mod tests {
                     let received = self.client.handle_network_input(
                         GATEWAY_AT.parse().unwrap(),
                         &t.datagram,
+                        Instant::now(),
                         &mut out,
                     );
                     assert!(
@@ -648,13 +719,83 @@ mod tests {
         let mut back = vec![0u8; 2048];
         assert!(matches!(
             pair.gateway
-                .handle_network_input(roamed, &datagram, &mut back),
+                .handle_network_input(roamed, &datagram, Instant::now(), &mut back),
             Received::Packet { .. }
         ));
         assert_eq!(
             pair.gateway.stats(&pair.client_key).unwrap().endpoint,
             Some(roamed)
         );
+    }
+
+    #[test]
+    fn an_initiation_that_came_before_its_peer_is_answered_once_the_peer_is_added() {
+        let gateway_secret = secret(2);
+        let gateway_key = key_of(&gateway_secret);
+        let client_key = key_of(&secret(1));
+        let now = Instant::now();
+        let stranger = |gateway: &mut PeerTable, client: &mut PeerTable| {
+            let mut out = vec![0u8; 2048];
+            let (_, init) = client
+                .encapsulate(&gateway_key, &packet(b"first"), now, &mut out)
+                .map(|(to, d)| (to, d.to_vec()))
+                .expect("an initiation");
+            let mut back = vec![0u8; 2048];
+            assert!(matches!(
+                gateway.handle_network_input(CLIENT_AT.parse().unwrap(), &init, now, &mut back),
+                Received::Refused(Refused::UnknownPeer)
+            ));
+            assert!(gateway.poll_transmit().is_none(), "nothing for a stranger");
+        };
+        let config = PeerConfig {
+            key: client_key,
+            preshared_key: None,
+            endpoint: None,
+            keepalive: None,
+        };
+
+        let mut client = initiator(1, gateway_key);
+        let mut gateway = PeerTable::new(gateway_secret.clone(), 20);
+        stranger(&mut gateway, &mut client);
+        gateway.upsert(config.clone(), now + Duration::from_secs(1));
+        let response = gateway
+            .poll_transmit()
+            .expect("answered when the peer came");
+        assert_eq!(response.to, CLIENT_AT.parse().unwrap());
+        let mut back = vec![0u8; 2048];
+        client.handle_network_input(
+            GATEWAY_AT.parse().unwrap(),
+            &response.datagram,
+            now,
+            &mut back,
+        );
+        let mut delivered = Vec::new();
+        while let Some(t) = client.poll_transmit() {
+            let mut plain = vec![0u8; 2048];
+            if let Received::Packet { packet, .. } = gateway.handle_network_input(
+                CLIENT_AT.parse().unwrap(),
+                &t.datagram,
+                now,
+                &mut plain,
+            ) {
+                delivered.push(packet.to_vec());
+            }
+        }
+        assert_eq!(
+            delivered,
+            vec![packet(b"first")],
+            "the packet that waited arrives"
+        );
+
+        // Too old: the client retries on its own by then.
+        let mut client = initiator(1, gateway_key);
+        let mut gateway = PeerTable::new(gateway_secret, 20);
+        stranger(&mut gateway, &mut client);
+        gateway.upsert(
+            config,
+            now + EARLY_HANDSHAKE_LIFETIME + Duration::from_secs(1),
+        );
+        assert!(gateway.poll_transmit().is_none());
     }
 
     #[test]
@@ -667,13 +808,13 @@ mod tests {
         let from: SocketAddr = CLIENT_AT.parse().unwrap();
         assert_eq!(
             pair.gateway
-                .handle_network_input(from, &datagram, &mut back),
+                .handle_network_input(from, &datagram, Instant::now(), &mut back),
             Received::Refused(Refused::Rejected),
             "a replayed datagram"
         );
         assert_eq!(
             pair.gateway
-                .handle_network_input(from, b"\x01junk", &mut back),
+                .handle_network_input(from, b"\x01junk", Instant::now(), &mut back),
             Received::Refused(Refused::NotForUs)
         );
 
@@ -681,7 +822,8 @@ mod tests {
         let mut stranger = initiator(3, pair.gateway_key);
         let init = seal(&mut stranger, &pair.gateway_key, b"let me in");
         assert_eq!(
-            pair.gateway.handle_network_input(from, &init, &mut back),
+            pair.gateway
+                .handle_network_input(from, &init, Instant::now(), &mut back),
             Received::Refused(Refused::UnknownPeer)
         );
         assert!(
@@ -694,7 +836,7 @@ mod tests {
         let datagram = seal(&mut pair.client, &pair.gateway_key, b"after");
         assert_eq!(
             pair.gateway
-                .handle_network_input(from, &datagram, &mut back),
+                .handle_network_input(from, &datagram, Instant::now(), &mut back),
             Received::Refused(Refused::UnknownPeer)
         );
     }
@@ -722,12 +864,15 @@ mod tests {
         pair.client_sends(b"old key");
         pair.psk = Some(PresharedKey::from_bytes([5; 32]));
         assert_eq!(
-            pair.gateway.upsert(PeerConfig {
-                key: pair.client_key,
-                preshared_key: pair.psk.clone(),
-                endpoint: None,
-                keepalive: None,
-            }),
+            pair.gateway.upsert(
+                PeerConfig {
+                    key: pair.client_key,
+                    preshared_key: pair.psk.clone(),
+                    endpoint: None,
+                    keepalive: None,
+                },
+                Instant::now()
+            ),
             Upserted::Replaced
         );
         assert_eq!(
@@ -738,8 +883,12 @@ mod tests {
         let datagram = seal(&mut pair.client, &pair.gateway_key, b"stale");
         let mut back = vec![0u8; 2048];
         assert_eq!(
-            pair.gateway
-                .handle_network_input(CLIENT_AT.parse().unwrap(), &datagram, &mut back),
+            pair.gateway.handle_network_input(
+                CLIENT_AT.parse().unwrap(),
+                &datagram,
+                Instant::now(),
+                &mut back
+            ),
             Received::Refused(Refused::UnknownPeer),
             "the old session's index is gone"
         );
@@ -762,7 +911,9 @@ mod tests {
         let from: SocketAddr = "203.0.113.50:1000".parse().unwrap();
         let mut under_load = 0;
         for _ in 0..(HANDSHAKES_PER_SECOND * 2) {
-            if pair.gateway.handle_network_input(from, &init, &mut out)
+            if pair
+                .gateway
+                .handle_network_input(from, &init, Instant::now(), &mut out)
                 == Received::Refused(Refused::UnderLoad)
             {
                 under_load += 1;
@@ -822,7 +973,7 @@ mod tests {
             let mut refused = 0;
             for i in order.iter().copied().chain(duplicates.iter().copied()) {
                 let mut back = vec![0u8; 2048];
-                match pair.gateway.handle_network_input(from, &datagrams[i], &mut back) {
+                match pair.gateway.handle_network_input(from, &datagrams[i], Instant::now(), &mut back) {
                     Received::Packet { packet, .. } => {
                         let tail = &packet[packet.len() - 4..];
                         seen.push(u32::from_be_bytes(tail.try_into().unwrap()) as usize);

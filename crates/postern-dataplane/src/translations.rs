@@ -10,7 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::packet;
+use crate::{packet, WireGuardKey};
 
 /// Packets held per (client, proxy address) while its translation is set up.
 pub const MAX_HELD_PER_TARGET: usize = 32;
@@ -50,16 +50,32 @@ type Pair = (IpAddr, IpAddr);
 #[derive(Debug, Default)]
 pub struct Translations {
     states: HashMap<Pair, Translation>,
-    /// Packets waiting, each with when it arrived.
-    held: HashMap<Pair, VecDeque<(Instant, Vec<u8>)>>,
+    /// Packets waiting, each with when it arrived and the peer it came from.
+    held: HashMap<Pair, VecDeque<Waiting>>,
     held_total: usize,
-    released: VecDeque<Vec<u8>>,
+    released: VecDeque<Release>,
+}
+
+#[derive(Debug)]
+struct Waiting {
+    at: Instant,
+    peer: WireGuardKey,
+    packet: Vec<u8>,
+}
+
+/// A packet that waited, on its way now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Release {
+    /// Translated: into the TUN.
+    Tun(Vec<u8>),
+    /// Cannot be translated: this ICMP error goes back to the peer it came from.
+    Peer(WireGuardKey, Vec<u8>),
 }
 
 impl Translations {
     /// Takes in changes from the DNS translation; packets waiting for a pair that is ready now
-    /// come out of [`Self::poll_release`], those of a pair that cannot be translated are
-    /// dropped.
+    /// come out of [`Self::poll_release`], and for those of a pair that cannot be translated,
+    /// an ICMP error each (so that a connection fails at once, as a fresh one would).
     pub fn handle_changes(&mut self, changes: impl IntoIterator<Item = TranslationChange>) {
         for (pair, state) in changes {
             match state {
@@ -70,20 +86,33 @@ impl Translations {
                     self.states.remove(&pair);
                 }
             }
-            if state == Some(Translation::Ready) {
-                if let Some(packets) = self.held.remove(&pair) {
-                    self.held_total -= packets.len();
-                    self.released.extend(packets.into_iter().map(|(_, p)| p));
-                }
-            } else if state == Some(Translation::Unresolvable) {
-                self.drop_held(&pair);
-            }
+            let Some(state) = state else {
+                continue;
+            };
+            let Some(waiting) = self.held.remove(&pair) else {
+                continue;
+            };
+            self.held_total -= waiting.len();
+            self.released
+                .extend(waiting.into_iter().filter_map(|w| match state {
+                    Translation::Ready => Some(Release::Tun(w.packet)),
+                    Translation::Unresolvable => {
+                        packet::host_unreachable(&w.packet).map(|icmp| Release::Peer(w.peer, icmp))
+                    }
+                }));
         }
     }
 
-    /// Decides about a client's packet (`src` its tunnel address) to the proxy address `dst`,
-    /// already allowed by the gateway's policy.
-    pub fn route(&mut self, src: IpAddr, dst: IpAddr, packet: &[u8], now: Instant) -> ProxyVerdict {
+    /// Decides about a packet from `peer` (`src` its tunnel address) to the proxy address
+    /// `dst`, already allowed by the gateway's policy.
+    pub fn route(
+        &mut self,
+        peer: &WireGuardKey,
+        src: IpAddr,
+        dst: IpAddr,
+        packet: &[u8],
+        now: Instant,
+    ) -> ProxyVerdict {
         match self.states.get(&(src, dst)) {
             Some(Translation::Ready) => ProxyVerdict::Deliver,
             Some(Translation::Unresolvable) => match packet::host_unreachable(packet) {
@@ -96,15 +125,19 @@ impl Translations {
                     return ProxyVerdict::Dropped;
                 }
                 let queue = self.held.entry((src, dst)).or_default();
-                queue.push_back((now, packet.to_vec()));
+                queue.push_back(Waiting {
+                    at: now,
+                    peer: *peer,
+                    packet: packet.to_vec(),
+                });
                 self.held_total += 1;
                 ProxyVerdict::Held
             }
         }
     }
 
-    /// A packet whose translation is ready now, for the TUN.
-    pub fn poll_release(&mut self) -> Option<Vec<u8>> {
+    /// A packet that waited and may go now, or the ICMP error that answers it.
+    pub fn poll_release(&mut self) -> Option<Release> {
         self.released.pop_front()
     }
 
@@ -114,7 +147,7 @@ impl Translations {
         self.held.retain(|_, queue| {
             while queue
                 .front()
-                .is_some_and(|(at, _)| now.saturating_duration_since(*at) >= HOLD_TIMEOUT)
+                .is_some_and(|w| now.saturating_duration_since(w.at) >= HOLD_TIMEOUT)
             {
                 queue.pop_front();
                 dropped += 1;
@@ -127,12 +160,6 @@ impl Translations {
 
     pub fn held(&self) -> usize {
         self.held_total
-    }
-
-    fn drop_held(&mut self, pair: &Pair) {
-        if let Some(packets) = self.held.remove(pair) {
-            self.held_total -= packets.len();
-        }
     }
 }
 
@@ -149,6 +176,10 @@ mod tests {
         (CLIENT.parse().unwrap(), PROXY.parse().unwrap())
     }
 
+    fn peer() -> WireGuardKey {
+        WireGuardKey::from_bytes([9; 32])
+    }
+
     fn syn(n: u16) -> Vec<u8> {
         let (src, dst) = pair();
         ip(src, dst, PROTO_TCP, &ports(40_000 + n, 80))
@@ -159,19 +190,31 @@ mod tests {
         let mut table = Translations::default();
         let (src, dst) = pair();
         let now = Instant::now();
-        assert_eq!(table.route(src, dst, &syn(1), now), ProxyVerdict::Held);
-        assert_eq!(table.route(src, dst, &syn(2), now), ProxyVerdict::Held);
+        assert_eq!(
+            table.route(&peer(), src, dst, &syn(1), now),
+            ProxyVerdict::Held
+        );
+        assert_eq!(
+            table.route(&peer(), src, dst, &syn(2), now),
+            ProxyVerdict::Held
+        );
         assert_eq!(table.poll_release(), None);
         table.handle_changes([((src, dst), Some(Translation::Ready))]);
-        assert_eq!(table.poll_release(), Some(syn(1)));
-        assert_eq!(table.poll_release(), Some(syn(2)));
+        assert_eq!(table.poll_release(), Some(Release::Tun(syn(1))));
+        assert_eq!(table.poll_release(), Some(Release::Tun(syn(2))));
         assert_eq!(table.poll_release(), None);
         assert_eq!(table.held(), 0);
-        assert_eq!(table.route(src, dst, &syn(3), now), ProxyVerdict::Deliver);
+        assert_eq!(
+            table.route(&peer(), src, dst, &syn(3), now),
+            ProxyVerdict::Deliver
+        );
 
         // Withdrawn: waits again (the policy decides first whether it may at all).
         table.handle_changes([((src, dst), None)]);
-        assert_eq!(table.route(src, dst, &syn(4), now), ProxyVerdict::Held);
+        assert_eq!(
+            table.route(&peer(), src, dst, &syn(4), now),
+            ProxyVerdict::Held
+        );
     }
 
     #[test]
@@ -179,10 +222,17 @@ mod tests {
         let mut table = Translations::default();
         let (src, dst) = pair();
         let now = Instant::now();
-        table.route(src, dst, &syn(1), now);
+        table.route(&peer(), src, dst, &syn(1), now);
         table.handle_changes([((src, dst), Some(Translation::Unresolvable))]);
-        assert_eq!(table.held(), 0, "what waited is dropped");
-        let ProxyVerdict::Unreachable(icmp) = table.route(src, dst, &syn(2), now) else {
+        assert_eq!(table.held(), 0);
+        let Some(Release::Peer(to, waited)) = table.poll_release() else {
+            panic!("what waited is answered too");
+        };
+        assert_eq!(
+            (to, packet::host_unreachable(&syn(1))),
+            (peer(), Some(waited))
+        );
+        let ProxyVerdict::Unreachable(icmp) = table.route(&peer(), src, dst, &syn(2), now) else {
             panic!("not answered");
         };
         let info = parse(&icmp).unwrap();
@@ -207,7 +257,7 @@ mod tests {
         let (src, dst) = pair();
         let now = Instant::now();
         for n in 0..MAX_HELD_PER_TARGET as u16 + 3 {
-            let verdict = table.route(src, dst, &syn(n), now);
+            let verdict = table.route(&peer(), src, dst, &syn(n), now);
             let expected = if usize::from(n) < MAX_HELD_PER_TARGET {
                 ProxyVerdict::Held
             } else {
@@ -224,7 +274,7 @@ mod tests {
         assert_eq!(table.held(), 0);
         for n in 0..MAX_HELD + 10 {
             let proxy = crate::tests::proxy(n);
-            let _ = table.route(src, proxy, &syn(1), now);
+            let _ = table.route(&peer(), src, proxy, &syn(1), now);
             assert!(table.held() <= MAX_HELD);
         }
     }

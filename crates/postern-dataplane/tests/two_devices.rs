@@ -93,13 +93,19 @@ impl Devices {
             authorization,
         };
         devices.router.set_resources(&[resource()]);
+        devices
+            .router
+            .set_addresses(Some(devices.authorization.client_addresses));
         devices.authorize();
-        devices.client.upsert(PeerConfig {
-            key: gateway_key,
-            preshared_key: Some(psk),
-            endpoint: Some(GATEWAY_AT.parse().unwrap()),
-            keepalive: Some(25),
-        });
+        devices.client.upsert(
+            PeerConfig {
+                key: gateway_key,
+                preshared_key: Some(psk),
+                endpoint: Some(GATEWAY_AT.parse().unwrap()),
+                keepalive: Some(25),
+            },
+            Instant::now(),
+        );
         devices
     }
 
@@ -122,12 +128,15 @@ impl Devices {
         for key in touched {
             match self.policy.peer(&key) {
                 Some(peer) => {
-                    self.gateway.upsert(PeerConfig {
-                        key,
-                        preshared_key: peer.preshared_key.clone(),
-                        endpoint: None,
-                        keepalive: None,
-                    });
+                    self.gateway.upsert(
+                        PeerConfig {
+                            key,
+                            preshared_key: peer.preshared_key.clone(),
+                            endpoint: None,
+                            keepalive: None,
+                        },
+                        Instant::now(),
+                    );
                 }
                 None => {
                     self.gateway.remove(&key);
@@ -143,6 +152,17 @@ impl Devices {
         let Route::Send(key) = route else {
             panic!("the router did not send the packet: {route:?}");
         };
+        self.seal_and_judge(&key, packet)
+    }
+
+    /// A packet through the tunnel as a modified client would send it, past its router.
+    fn send_unrouted(&mut self, packet: &[u8]) -> Vec<Result<(), DropReason>> {
+        let key = self.gateway_key;
+        self.seal_and_judge(&key, packet)
+    }
+
+    fn seal_and_judge(&mut self, key: &WireGuardKey, packet: &[u8]) -> Vec<Result<(), DropReason>> {
+        let key = *key;
         let mut out = vec![0u8; 2048];
         let first = self
             .client
@@ -156,6 +176,7 @@ impl Devices {
                 match self.gateway.handle_network_input(
                     CLIENT_AT.parse().unwrap(),
                     &datagram,
+                    Instant::now(),
                     &mut plain,
                 ) {
                     Received::Packet { peer, packet } => {
@@ -170,6 +191,7 @@ impl Devices {
                 self.client.handle_network_input(
                     GATEWAY_AT.parse().unwrap(),
                     &t.datagram,
+                    Instant::now(),
                     &mut plain,
                 );
             }
@@ -192,10 +214,12 @@ impl Devices {
             .map(|(to, d)| (to, d.to_vec()))?;
         assert_eq!(to, CLIENT_AT.parse::<SocketAddr>().unwrap());
         let mut plain = vec![0u8; 2048];
-        let Received::Packet { peer, packet } =
-            self.client
-                .handle_network_input(GATEWAY_AT.parse().unwrap(), &datagram, &mut plain)
-        else {
+        let Received::Packet { peer, packet } = self.client.handle_network_input(
+            GATEWAY_AT.parse().unwrap(),
+            &datagram,
+            Instant::now(),
+            &mut plain,
+        ) else {
             return None;
         };
         let (src, _) = postern_dataplane::packet::addresses(packet).ok()?;
@@ -241,9 +265,18 @@ fn a_granted_flow_passes_both_ways_and_every_other_packet_gets_its_verdict() {
         "a port the resource's filters do not allow"
     );
     assert_eq!(
-        devices.send(&tcp("100.64.0.99", "10.20.0.5", 5432)),
+        devices.router.route(
+            &tcp("100.64.0.99", "10.20.0.5", 5432),
+            &devices.names,
+            now()
+        ),
+        Route::Drop(postern_dataplane::client::ClientDrop::NotOurSource),
+        "the client's router sends only its own"
+    );
+    assert_eq!(
+        devices.send_unrouted(&tcp("100.64.0.99", "10.20.0.5", 5432)),
         [Err(DropReason::SpoofedSource)],
-        "another client's address"
+        "another client's address, from a client that does not route it"
     );
     assert!(devices.gateway.contains(&devices.client_key));
 
@@ -262,11 +295,14 @@ fn a_granted_flow_passes_both_ways_and_every_other_packet_gets_its_verdict() {
     // Granted again: the client, whose grant was withdrawn too, starts a new session.
     devices.client.remove(&devices.gateway_key);
     devices.authorize();
-    devices.client.upsert(PeerConfig {
-        key: devices.gateway_key,
-        preshared_key: Some(PresharedKey::from_bytes([7; 32])),
-        endpoint: Some(GATEWAY_AT.parse().unwrap()),
-        keepalive: Some(25),
-    });
+    devices.client.upsert(
+        PeerConfig {
+            key: devices.gateway_key,
+            preshared_key: Some(PresharedKey::from_bytes([7; 32])),
+            endpoint: Some(GATEWAY_AT.parse().unwrap()),
+            keepalive: Some(25),
+        },
+        Instant::now(),
+    );
     assert_eq!(devices.send(&tcp(CLIENT_IP, "10.20.0.5", 5432)), [Ok(())]);
 }

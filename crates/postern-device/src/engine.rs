@@ -198,6 +198,7 @@ impl Engine {
                         debug!("UDP receive error: {err}");
                         continue;
                     }
+                    let now = Instant::now();
                     for _ in 0..BATCH {
                         let Some(count) = udp_in.recv(&self.udp, self.udp_state.as_ref()) else { break };
                         for i in 0..count {
@@ -205,7 +206,7 @@ impl Engine {
                             for offset in (0..len).step_by(stride.max(1)) {
                                 let end = (offset + stride).min(len);
                                 let Some(datagram) = udp_in.data(i, offset..end) else { continue };
-                                self.on_udp(&mut forwarding, datagram, from, &mut io).await;
+                                self.on_udp(&mut forwarding, datagram, from, now, &mut io).await;
                             }
                         }
                     }
@@ -267,11 +268,12 @@ impl Engine {
         forwarding: &mut F,
         datagram: &[u8],
         from: SocketAddr,
+        now: Instant,
         io: &mut Io,
     ) {
         match self
             .peers
-            .handle_network_input(from, datagram, &mut io.crypt)
+            .handle_network_input(from, datagram, now, &mut io.crypt)
         {
             Received::Packet { peer, packet } => {
                 if forwarding.inbound(&peer, packet) && io.tun_out.push(packet) {

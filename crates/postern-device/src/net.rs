@@ -185,6 +185,13 @@ pub fn grow_socket_buffers(socket: &impl std::os::fd::AsRawFd, bytes: usize) {
     }
 }
 
+/// Marks every packet of `socket` with `mark` (`SO_MARK`, needs CAP_NET_ADMIN): policy routing
+/// can then tell a device's own tunnel traffic from what it carries.
+pub fn mark_socket(socket: &impl std::os::fd::AsRawFd, mark: u32) -> bool {
+    let value = libc::c_int::from_ne_bytes(mark.to_ne_bytes());
+    set_socket_option(socket.as_raw_fd(), libc::SO_MARK, value)
+}
+
 fn set_socket_option(fd: std::os::fd::RawFd, option: libc::c_int, value: libc::c_int) -> bool {
     // SAFETY: `fd` is an open socket borrowed for the call; the option value is a c_int whose
     // size is passed along.

@@ -197,7 +197,13 @@ pub enum ResourceType {
     Cidr,
     Ip,
     Dns,
+    /// Everywhere else: the full tunnel through a site's gateways (one per account; a client
+    /// uses it only when started with `--internet`).
+    Internet,
 }
+
+/// The address of every Internet resource: every address of both families.
+pub const INTERNET_ADDRESS: &str = "0.0.0.0/0, ::/0";
 
 impl ResourceType {
     pub fn as_str(self) -> &'static str {
@@ -205,6 +211,7 @@ impl ResourceType {
             ResourceType::Cidr => "cidr",
             ResourceType::Ip => "ip",
             ResourceType::Dns => "dns",
+            ResourceType::Internet => "internet",
         }
     }
 
@@ -213,6 +220,7 @@ impl ResourceType {
             "cidr" => Some(ResourceType::Cidr),
             "ip" => Some(ResourceType::Ip),
             "dns" => Some(ResourceType::Dns),
+            "internet" => Some(ResourceType::Internet),
             _ => None,
         }
     }

@@ -4,7 +4,7 @@
 use ipnet::IpNet;
 use std::net::IpAddr;
 
-use crate::model::ResourceType;
+use crate::model::{ResourceType, INTERNET_ADDRESS};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -108,6 +108,15 @@ pub fn resource_address(
     value: &str,
 ) -> Result<String, ValidationError> {
     let value = value.trim();
+    if value.is_empty() && resource_type != ResourceType::Internet {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "an address is required for a {} resource",
+                resource_type.as_str()
+            ),
+        ));
+    }
     match resource_type {
         ResourceType::Ip => {
             let ip = value.parse::<IpAddr>().map_err(|_| {
@@ -133,6 +142,19 @@ pub fn resource_address(
             Ok(net.to_string())
         }
         ResourceType::Dns => dns_name(field, value),
+        ResourceType::Internet => {
+            let compact: String = value.chars().filter(|c| !c.is_whitespace()).collect();
+            if compact.is_empty() || compact == INTERNET_ADDRESS.replace(' ', "") {
+                return Ok(INTERNET_ADDRESS.to_string());
+            }
+            Err(ValidationError::new(
+                field,
+                format!(
+                    "an Internet resource covers every address ({INTERNET_ADDRESS}): leave the \
+                     address out (or use a cidr resource for '{value}')"
+                ),
+            ))
+        }
     }
 }
 
@@ -246,6 +268,27 @@ pub fn dns_name(field: &str, value: &str) -> Result<String, ValidationError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_internet_resource_has_one_address_and_the_others_need_one() {
+        for given in ["", "  ", "0.0.0.0/0, ::/0", "0.0.0.0/0,::/0"] {
+            assert_eq!(
+                resource_address("address", ResourceType::Internet, given).unwrap(),
+                INTERNET_ADDRESS
+            );
+        }
+        let narrower =
+            resource_address("address", ResourceType::Internet, "10.0.0.0/8").unwrap_err();
+        assert!(
+            narrower.message.contains("cidr resource"),
+            "{}",
+            narrower.message
+        );
+        for kind in [ResourceType::Ip, ResourceType::Cidr, ResourceType::Dns] {
+            let missing = resource_address("address", kind, " ").unwrap_err();
+            assert!(missing.message.contains("required"), "{}", missing.message);
+        }
+    }
 
     #[test]
     fn names_are_trimmed_and_bounded() {

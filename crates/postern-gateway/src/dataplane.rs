@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use parking_lot::Mutex;
 use postern_dataplane::gateway::{DropCounters, DropReason, GatewayPolicy};
 use postern_dataplane::peers::{PeerConfig, PeerTable, Refused, Upserted};
-use postern_dataplane::translations::{ProxyVerdict, TranslationChange, Translations};
+use postern_dataplane::translations::{ProxyVerdict, Release, TranslationChange, Translations};
 use postern_dataplane::WireGuardKey;
 use postern_device::engine::{Changes, Emit, Engine, Forwarding};
 use postern_device::net::{self, DataPlaneRuntime, NetError};
@@ -207,8 +207,10 @@ impl Forwarding for GatewayForwarding {
     }
 
     fn poll_emit(&mut self) -> Option<Emit> {
-        if let Some(packet) = self.translations.poll_release() {
-            return Some(Emit::Tun(packet));
+        match self.translations.poll_release() {
+            Some(Release::Tun(packet)) => return Some(Emit::Tun(packet)),
+            Some(Release::Peer(peer, icmp)) => return Some(Emit::Peer(peer, icmp)),
+            None => {}
         }
         self.emits.pop_front()
     }
@@ -240,7 +242,10 @@ impl Forwarding for GatewayForwarding {
             return true;
         }
         // A DNS resource's name: on once its translation is in place.
-        match self.translations.route(src, dst, packet, Instant::now()) {
+        match self
+            .translations
+            .route(peer, src, dst, packet, Instant::now())
+        {
             ProxyVerdict::Deliver => true,
             ProxyVerdict::Held => false,
             ProxyVerdict::Unreachable(icmp) => {
@@ -352,12 +357,15 @@ impl GatewayForwarding {
             IpNet::from(std::net::IpAddr::V6(client.addresses.ipv6)),
         ];
         let ipv4 = client.addresses.ipv4;
-        let upserted = peers.upsert(PeerConfig {
-            key,
-            preshared_key: client.preshared_key.clone(),
-            endpoint: None,
-            keepalive: None,
-        });
+        let upserted = peers.upsert(
+            PeerConfig {
+                key,
+                preshared_key: client.preshared_key.clone(),
+                endpoint: None,
+                keepalive: None,
+            },
+            Instant::now(),
+        );
         let old = self.routes.insert(key, routes.clone()).unwrap_or_default();
         if old == routes && upserted == Upserted::Unchanged {
             return;

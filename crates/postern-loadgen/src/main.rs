@@ -11,6 +11,7 @@
 //!
 //! Everything is bounded: session count, handshake timeout, hold time, fan-out timeout.
 
+mod dns;
 mod grants;
 mod http;
 mod stats;
@@ -82,6 +83,14 @@ enum Command {
         --gateways 10 --clients 1000 --api-token-file api.token --revoke $ACTOR_ID/$TOKEN_ID --json"
     )]
     Grants(grants::GrantsArgs),
+    /// Queries per second and latency of a DNS server over UDP (the client's stub resolver,
+    /// or an upstream for the baseline).
+    #[command(
+        after_help = "Example:\n  postern-loadgen dns --server 198.18.0.53:53 --name app.internal.test \
+        --concurrency 32 --duration 5s --json\n  postern-loadgen dns --server 10.1.1.1:53 \
+        --name 'n{n}.outside.test' --json"
+    )]
+    Dns(dns::DnsArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -254,6 +263,7 @@ fn main() -> anyhow::Result<()> {
         Command::Sessions(a) => a.common.threads,
         Command::Healthz(a) => a.common.threads,
         Command::Grants(a) => a.common.threads,
+        Command::Dns(_) => 1,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
@@ -264,6 +274,7 @@ fn main() -> anyhow::Result<()> {
             Command::Sessions(args) => run_sessions(args).await,
             Command::Healthz(args) => run_healthz(args).await,
             Command::Grants(args) => grants::run(args).await,
+            Command::Dns(args) => dns::run(args).await,
         }
     })?;
     // Leave the remaining (already closed) tasks behind without waiting for them.

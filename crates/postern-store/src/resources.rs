@@ -70,7 +70,8 @@ impl Store {
         .bind(ts(now))
         .bind(ts(now))
         .execute(&mut *tx.tx)
-        .await?;
+        .await
+        .map_err(one_internet_resource)?;
         audit::record(
             &mut tx.tx,
             Entry {
@@ -135,10 +136,14 @@ impl Store {
         if let Some(name) = &patch.name {
             after.name = validate::name("name", name)?;
         }
-        let address = patch
-            .address
-            .clone()
-            .unwrap_or_else(|| before.address.clone());
+        // Turned into the Internet resource, it takes that resource's one address.
+        let becomes_internet = patch.resource_type == Some(ResourceType::Internet)
+            && before.resource_type != ResourceType::Internet;
+        let address = match &patch.address {
+            Some(address) => address.clone(),
+            None if becomes_internet => String::new(),
+            None => before.address.clone(),
+        };
         after.address = validate::resource_address("address", after.resource_type, &address)?;
         if let Some(description) = &patch.description {
             after.description = validate::description("description", description.as_deref())?;
@@ -167,7 +172,8 @@ impl Store {
         .bind(account_id.to_string())
         .bind(resource_id.to_string())
         .execute(&mut *tx.tx)
-        .await?;
+        .await
+        .map_err(one_internet_resource)?;
         audit::record(
             &mut tx.tx,
             Entry {
@@ -274,5 +280,13 @@ fn resource_from_row(row: &AnyRow) -> Result<Resource> {
         filters: db::json(row, "filters")?,
         created_at: time(row, "created_at")?,
         updated_at: time(row, "updated_at")?,
+    })
+}
+
+/// The only unique index on resources is the one Internet resource per account.
+fn one_internet_resource(err: sqlx::Error) -> StoreError {
+    db::unique_violation(err, || {
+        "the account has an Internet resource already: a policy grants that one (or delete it first)"
+            .to_string()
     })
 }

@@ -222,6 +222,10 @@ async fn form_page(
         ("cidr".to_string(), "CIDR range (a network)".to_string()),
         ("ip".to_string(), "IP address (one host)".to_string()),
         ("dns".to_string(), "DNS name".to_string()),
+        (
+            "internet".to_string(),
+            "Internet (every other address: the full tunnel)".to_string(),
+        ),
     ];
     let action = match existing {
         Some(r) => format!("/resources/{}/edit", r.id),
@@ -243,7 +247,7 @@ async fn form_page(
             (ui::input_field("name", "Name", &form.name, &form.errors, "text", true, None, None))
             (ui::select_field("type", "Type", &types, &form.resource_type, &form.errors, None))
             (ui::input_field("address", "Address", &form.address, &form.errors, "text", true, None,
-                Some("10.20.0.0/16, 10.20.0.5 or db.internal.example.com. Patterns: *.corp.example is one label in front (git.corp.example), **.corp.example any depth and corp.example itself, web-?.corp.example one character; the most specific resource wins.")))
+                Some("10.20.0.0/16, 10.20.0.5 or db.internal.example.com. Patterns: *.corp.example is one label in front (git.corp.example), **.corp.example any depth and corp.example itself, web-?.corp.example one character; the most specific resource wins. Empty for Internet: one per account, used by clients started with --internet.")))
             (ui::select_field("site_id", "Site", &sites, &form.site_id, &form.errors, Some("Choose a site…")))
             (ui::input_field("description", "Description", &form.description, &form.errors, "text", false, None, None))
             fieldset.field {

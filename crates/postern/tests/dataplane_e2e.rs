@@ -256,6 +256,12 @@ impl World {
             "ip",
             &["-n", &res, "addr", "add", "10.2.0.6/24", "dev", &rg],
         );
+        // "The Internet": a network no resource covers, behind the gateway.
+        sh(
+            "ip",
+            &["-n", &res, "addr", "add", "10.3.0.5/24", "dev", &rg],
+        );
+        sh("ip", &["-n", &gw, "addr", "add", "10.3.0.1/24", "dev", &gr]);
         sh(
             "ip",
             &[
@@ -517,8 +523,9 @@ impl World {
     }
 }
 
-/// `HTTP/1.0 200` with `hello from ADDR` (the address the connection reached) to any request
-/// on port [`HTTP_PORT`] of every address of namespace `ns`, IPv4 and IPv6.
+/// `HTTP/1.0 200` with `hello from ADDR to PEER` (the address the connection reached, and the
+/// one it came from) to any request on port [`HTTP_PORT`] of every address of namespace `ns`,
+/// IPv4 and IPv6.
 fn http_server(ns: &str) {
     let listener = in_netns(ns, || {
         TcpListener::bind(("::", HTTP_PORT)).expect("http server")
@@ -534,9 +541,13 @@ fn http_server(ns: &str) {
                     .local_addr()
                     .map(|a| a.ip().to_canonical().to_string())
                     .unwrap_or_default();
+                let peer = stream
+                    .peer_addr()
+                    .map(|a| a.ip().to_canonical().to_string())
+                    .unwrap_or_default();
                 let _ = write!(
                     stream,
-                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello from {local}\n"
+                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello from {local} to {peer}\n"
                 );
             });
         }
@@ -1746,5 +1757,91 @@ fn a_killed_client_leaves_the_resolver_configuration_to_its_next_start() {
     assert_eq!(
         std::fs::read_to_string(&dns.resolv_conf).expect("resolv.conf"),
         dns.original_resolv_conf
+    );
+}
+
+// --- the Internet resource ----------------------------------------------------------------------
+
+/// `ip -4 rule` and `ip -4 route show table 7073` in namespace `ns`, for the full tunnel's state.
+fn full_tunnel_routing(ns: &str) -> String {
+    let (_, rules) = in_ns(ns, "ip", &["-4", "rule"]);
+    let (_, table) = in_ns(ns, "ip", &["-4", "route", "show", "table", "7073"]);
+    format!("{rules}{table}")
+}
+
+#[test]
+fn the_internet_resource_carries_everything_else_for_a_client_that_opts_in() {
+    if !can_run() {
+        return;
+    }
+    let mut w = World::new(2);
+    let site_id = string(&w.api.get("/v1/sites")["data"][0], "id");
+    let internet = w.api.post(
+        "/v1/resources",
+        json!({"type": "internet", "name": "internet", "site_id": site_id}),
+    );
+    assert_eq!(internet["data"]["address"], "0.0.0.0/0, ::/0");
+    let internet_id = string(&internet["data"], "id");
+    w.api.post(
+        "/v1/policies",
+        json!({"group_id": w.group_id, "resource_id": internet_id}),
+    );
+    let (status, problem) = w.api.call(
+        reqwest::Method::POST,
+        "/v1/resources",
+        Some(json!({"type": "internet", "name": "second", "site_id": site_id})),
+    );
+    assert_eq!(
+        status,
+        reqwest::StatusCode::CONFLICT,
+        "one per account: {problem}"
+    );
+
+    let token = w.client_token.clone();
+    let full = w.client_with(
+        1,
+        "full-1",
+        &token,
+        1,
+        &["--dns-control", "disabled", "--internet"],
+    );
+    let plain = w.client_with(2, "plain-1", &token, 1, &["--dns-control", "disabled"]);
+    let (full_ns, plain_ns) = (w.client_ns(1), w.client_ns(2));
+
+    // An address outside every resource, through the gateway: the far end sees the gateway.
+    let first = curl_until(&w, &full_ns, "10.3.0.5", "hello from 10.3.0.5 to 10.3.0.1");
+    eprintln!("the first request through the full tunnel answered after {first:?}");
+    // A resource of its own still goes its own way; the portal stays reachable outside.
+    assert_reaches(&w, &full_ns);
+    let routing = full_tunnel_routing(&full_ns);
+    assert!(
+        routing.contains("to 10.1.1.2 lookup main") && routing.contains("lookup 7073"),
+        "{routing}"
+    );
+    let (ok, health) = in_ns(
+        &full_ns,
+        "curl",
+        &["-sS", "--max-time", "3", "http://10.1.1.2:8080/healthz"],
+    );
+    assert!(
+        ok && health.trim() == "ok",
+        "the portal from the full tunnel's host: {health}"
+    );
+    w.wait_status(full, "showing the full tunnel", |s| s["internet"] == "on");
+
+    // Without --internet nothing changes: no route to the far network at all.
+    assert!(curl(&plain_ns, "10.3.0.5", HTTP_PORT, Duration::from_secs(2)).is_err());
+    assert!(!full_tunnel_routing(&plain_ns).contains("7073"));
+    w.wait_status(plain, "showing the Internet resource unused", |s| {
+        s["internet"] == "off"
+    });
+
+    // The policy goes: the full tunnel goes with it, and stopping the client leaves nothing.
+    sh("kill", &["-TERM", &w.procs[full].child.id().to_string()]);
+    let _ = w.procs[full].child.wait();
+    let routing = full_tunnel_routing(&full_ns);
+    assert!(
+        !routing.contains("7073") && !routing.contains("10.1.1.2"),
+        "restored: {routing}"
     );
 }

@@ -36,8 +36,11 @@ enum Command {
     /// Create a resource
     #[command(after_help = "Examples:\n  \
         postern resources create --type dns --name gitlab --address gitlab.corp.example --site office-berlin --filter tcp:22,443\n  \
-        postern resources create --type cidr --name lan --address 10.20.0.0/16 --site office-berlin --filter udp:53 --filter icmp\n\n\
-        Without --filter every protocol and port is allowed.")]
+        postern resources create --type cidr --name lan --address 10.20.0.0/16 --site office-berlin --filter udp:53 --filter icmp\n  \
+        postern resources create --type internet --name internet --site frankfurt\n\n\
+        Without --filter every protocol and port is allowed. An internet resource (one per \
+        account) is the full tunnel: every address no other resource covers, through the site's \
+        gateways, for clients started with --internet.")]
     Create(CreateArgs),
     /// Change a resource; only the given flags change
     #[command(after_help = "Examples:\n  \
@@ -60,6 +63,8 @@ enum TypeArg {
     Cidr,
     Ip,
     Dns,
+    /// Every address no other resource covers (no --address)
+    Internet,
 }
 
 impl TypeArg {
@@ -68,13 +73,15 @@ impl TypeArg {
             TypeArg::Cidr => ResourceType::Cidr,
             TypeArg::Ip => ResourceType::Ip,
             TypeArg::Dns => ResourceType::Dns,
+            TypeArg::Internet => ResourceType::Internet,
         }
     }
 }
 
 #[derive(clap::Args)]
 struct CreateArgs {
-    /// What --address is: a CIDR range, a single IP address, or a DNS name (wildcards allowed)
+    /// What --address is: a CIDR range, a single IP address, or a DNS name (wildcards
+    /// allowed); or internet, the full tunnel (no --address)
     #[arg(long = "type", value_enum)]
     resource_type: TypeArg,
     /// Name of the resource
@@ -84,8 +91,8 @@ struct CreateArgs {
     /// *.corp.example matches one label in front (git.corp.example, not a.git.corp.example),
     /// **.corp.example any depth and corp.example itself, web-?.corp.example one character
     /// (web-1, not web-10); when several match a name the most specific wins (exact, then ?,
-    /// then *, then **)
-    #[arg(long)]
+    /// then *, then **). Required except for --type internet
+    #[arg(long, default_value = "")]
     address: String,
     /// Id or name of the site that reaches the address
     #[arg(long)]
@@ -102,8 +109,8 @@ struct CreateArgs {
 struct UpdateArgs {
     /// Id or name of the resource
     id: String,
-    /// New type (then --address is required)
-    #[arg(long = "type", value_enum, requires = "address")]
+    /// New type (then --address is required, except for internet)
+    #[arg(long = "type", value_enum)]
     resource_type: Option<TypeArg>,
     /// New name
     #[arg(long)]
@@ -235,7 +242,9 @@ async fn update(client: &Client, args: UpdateArgs) -> anyhow::Result<()> {
                 None => Some(address.clone()),
             }
         }
-        (None, _) => None,
+        (None, Some(TypeArg::Internet)) => None,
+        (None, Some(_)) => bail!("--type needs --address (the new type's address)"),
+        (None, None) => None,
     };
     let site_id = match &args.site {
         Some(site) => Some(json!(sites::resolve(client, site).await?)),
