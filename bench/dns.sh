@@ -13,7 +13,8 @@
 # namespace, whose /etc/netns resolv.conf names the stub resolver (198.18.0.53).
 #
 # Per round (ROUNDS, interleaved so that noise hits all alike), `postern-loadgen dns` for
-# DURATION s with CONCURRENCY queries in flight:
+# DURATION s with CONCURRENCY queries in flight, then again one query at a time (latency without
+# load):
 #   resource   → 198.18.0.53, app.internal.test       (answered by the stub resolver itself)
 #   forwarded  → 198.18.0.53, n{n}.outside.test         (forwarded to 10.1.1.1)
 #   upstream   → 10.1.1.1,    n{n}.outside.test         (the baseline: the upstream directly)
@@ -163,8 +164,8 @@ in_ns "$NS_C" curl -fsS -o /dev/null --max-time 2 http://app.internal.test:8000/
     die "app.internal.test never answered through the tunnel"
 
 # --- rounds -------------------------------------------------------------------------------
-load() { # load LABEL SERVER NAME
-    in_ns "$NS_C" "$LOADGEN" dns --server "$2" --name "$3" --concurrency "$CONCURRENCY" \
+load() { # load LABEL SERVER NAME [CONCURRENCY]
+    in_ns "$NS_C" "$LOADGEN" dns --server "$2" --name "$3" --concurrency "${4:-$CONCURRENCY}" \
         --duration "${DURATION}s" --json --label "$1" 2>>"$WORK/loadgen.log"
 }
 first_byte() { # first_byte NAME: seconds from curl's start to the first byte of the answer
@@ -177,6 +178,9 @@ for round in $(seq 1 "$ROUNDS"); do
     load resource 198.18.0.53:53 app.internal.test >>"$WORK/results.jsonl"
     load forwarded 198.18.0.53:53 "r$round-n{n}.outside.test" >>"$WORK/results.jsonl"
     load upstream 10.1.1.1:53 "u$round-n{n}.outside.test" >>"$WORK/results.jsonl"
+    load resource-1 198.18.0.53:53 app.internal.test 1 >>"$WORK/results.jsonl"
+    load forwarded-1 198.18.0.53:53 "r$round-s{n}.outside.test" 1 >>"$WORK/results.jsonl"
+    load upstream-1 10.1.1.1:53 "u$round-s{n}.outside.test" 1 >>"$WORK/results.jsonl"
     for i in $(seq 1 "$FIRST_BYTES"); do
         name="fresh-$round-$i.svc.internal.test"
         printf 'first %s\n' "$(first_byte "$name")" >>"$WORK/first-byte.txt"
@@ -199,6 +203,13 @@ for label in resource forwarded upstream; do
         "$(stat_of "$label" .latency_ms.p99)" "$(stat_of "$label" .lost)" "$(fmt "$qps / $up_qps" 2)"
 done
 printf '\n(upstream p99 %s ms; %s rounds of %s s, %s in flight)\n\n' "$up_p99" "$ROUNDS" "$DURATION" "$CONCURRENCY"
+printf '| one query at a time | p50 ms | p99 ms | p50 - upstream p50 (ms) |\n|---|---|---|---|\n'
+up1="$(stat_of upstream-1 .latency_ms.p50)"
+for label in resource forwarded upstream; do
+    p50="$(stat_of "$label-1" .latency_ms.p50)"
+    printf '| %s | %s | %s | %s |\n' "$label" "$p50" "$(stat_of "$label-1" .latency_ms.p99)" "$(fmt "$p50 - $up1" 3)"
+done
+printf '\n'
 printf '| first byte of http://NAME:8000/ (ms) | p50 | p90 | max |\n|---|---|---|---|\n'
 for kind in first again; do
     printf '| %s | %s | %s | %s |\n' \

@@ -158,6 +158,7 @@ STATEFUL_REFUSALS = [
     ("address", "is not an IP address"),
     ("address", "is not a CIDR range"),
     ("address", "is not a DNS name"),
+    ("address", "an Internet resource covers every address"),
     # A reference to a group, site, resource or actor that does not exist (or not here).
     ("", " in this account"),
     # Tokens belong to machines; the actor in the path may be a person.

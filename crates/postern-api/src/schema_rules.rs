@@ -185,6 +185,11 @@ fn split_by(component: &mut Value, discriminator: &str, branches: Vec<Branch>) {
     *component = Value::Object(replaced);
 }
 
+/// The Internet resource's one address, or nothing (it is optional for that type).
+const INTERNET_PATTERN: &str = "^ *(0\\.0\\.0\\.0/0 *, *::/0 *)?$";
+/// The Internet resource's one address, given.
+const INTERNET_ADDRESS_PATTERN: &str = "^ *0\\.0\\.0\\.0/0 *, *::/0 *$";
+
 fn resource_address_branches() -> Vec<Branch> {
     vec![
         Branch {
@@ -206,7 +211,7 @@ fn resource_address_branches() -> Vec<Branch> {
         },
         Branch {
             values: &["internet"],
-            patch: json!({"address": {"type": ["string", "null"], "pattern": "^ *(0\\.0\\.0\\.0/0 *, *::/0 *)?$"}}),
+            patch: json!({"address": {"type": ["string", "null"], "pattern": INTERNET_PATTERN}}),
             required: &[],
         },
     ]
@@ -245,13 +250,17 @@ pub(crate) fn apply(document: &mut Value) {
     }
     if let Some(resource) = components.get_mut("UpdateResource") {
         let mut branches = resource_address_branches();
+        // A new type keeps the stored address unless one is given.
+        for branch in &mut branches {
+            branch.required = &[];
+        }
         // Without a type, the address is checked against the stored one.
         branches.push(Branch {
             values: &[],
             patch: json!({"address": {"type": ["string", "null"], "anyOf": [
                 {"type": "null"}, {"format": "ipv4"}, {"format": "ipv6"},
                 {"pattern": anchored(&ipv4_range())}, {"pattern": anchored(&ipv6_range())},
-                {"pattern": anchored(&dns_name())}]}}),
+                {"pattern": anchored(&dns_name())}, {"pattern": INTERNET_ADDRESS_PATTERN}]}}),
             required: &[],
         });
         split_by(resource, "type", branches);
@@ -388,7 +397,7 @@ mod tests {
         assert_eq!(filter[1]["properties"]["protocol"]["enum"], json!(["icmp"]));
         assert_eq!(filter[1]["properties"]["ports"]["pattern"], json!("^ *$"));
         let update = &document["components"]["schemas"]["UpdateResource"]["oneOf"];
-        assert_eq!(update[3]["properties"]["type"], json!({"type": "null"}));
+        assert_eq!(update[4]["properties"]["type"], json!({"type": "null"}));
         assert_eq!(update[0]["required"], json!(["type"]));
     }
 }

@@ -297,6 +297,64 @@ async fn resources_and_policies(portal: &Portal) {
         .await;
     assert_eq!(dns["data"]["address"], "*.corp.example");
 
+    // The Internet resource: no address to give, one per account (a unique index decides,
+    // on both databases), and a narrower address is a cidr resource.
+    let internet = portal
+        .post(
+            "/v1/resources",
+            json!({"type": "internet", "name": "internet", "site_id": site_id}),
+        )
+        .await;
+    assert_eq!(internet["data"]["address"], "0.0.0.0/0, ::/0");
+    let (status, problem) = portal
+        .call(
+            Method::POST,
+            "/v1/resources",
+            Some(json!({"type": "internet", "name": "again", "site_id": site_id})),
+        )
+        .await;
+    assert_eq!(status, 409, "{problem}");
+    assert!(problem["detail"]
+        .as_str()
+        .unwrap()
+        .contains("Internet resource already"));
+    let (status, problem) = portal
+        .call(
+            Method::PATCH,
+            &format!("/v1/resources/{resource_id}"),
+            Some(json!({"type": "internet"})),
+        )
+        .await;
+    assert_eq!(status, 409, "a second one by a change of type: {problem}");
+    let (status, problem) = portal
+        .call(
+            Method::POST,
+            "/v1/resources",
+            Some(json!({"type": "internet", "name": "narrow", "address": "10.0.0.0/8", "site_id": site_id})),
+        )
+        .await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["field"], "address", "{problem}");
+    let (status, problem) = portal
+        .call(
+            Method::POST,
+            "/v1/resources",
+            Some(json!({"type": "cidr", "name": "nowhere", "site_id": site_id})),
+        )
+        .await;
+    assert_eq!(status, 422, "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("required"),
+        "{problem}"
+    );
+    portal
+        .call(
+            Method::DELETE,
+            &format!("/v1/resources/{}", internet["data"]["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+
     let (status, problem) = portal
         .call(Method::DELETE, &format!("/v1/sites/{site_id}"), None)
         .await;
