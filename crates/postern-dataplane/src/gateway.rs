@@ -102,8 +102,12 @@ pub struct DropCounters {
 
 impl DropCounters {
     pub fn record(&mut self, reason: DropReason) {
+        self.record_many(reason, 1);
+    }
+
+    pub fn record_many(&mut self, reason: DropReason, count: u64) {
         let slot = &mut self.counts[reason.index()];
-        *slot = slot.saturating_add(1);
+        *slot = slot.saturating_add(count);
     }
 
     pub fn get(&self, reason: DropReason) -> u64 {

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod gateway;
+pub mod hold;
 pub mod packet;
 pub mod peers;
 pub mod translations;

@@ -10,6 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use crate::hold::HoldQueue;
 use crate::{packet, WireGuardKey};
 
 /// Packets held per (client, proxy address) while its translation is set up.
@@ -47,20 +48,22 @@ pub enum ProxyVerdict {
 /// A client's tunnel address and a proxy address.
 type Pair = (IpAddr, IpAddr);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Translations {
     states: HashMap<Pair, Translation>,
-    /// Packets waiting, each with when it arrived and the peer it came from.
-    held: HashMap<Pair, VecDeque<Waiting>>,
-    held_total: usize,
+    /// Packets waiting, each with the peer it came from.
+    held: HoldQueue<Pair, (WireGuardKey, Vec<u8>)>,
     released: VecDeque<Release>,
 }
 
-#[derive(Debug)]
-struct Waiting {
-    at: Instant,
-    peer: WireGuardKey,
-    packet: Vec<u8>,
+impl Default for Translations {
+    fn default() -> Self {
+        Self {
+            states: HashMap::new(),
+            held: HoldQueue::new(MAX_HELD_PER_TARGET, MAX_HELD, HOLD_TIMEOUT),
+            released: VecDeque::new(),
+        }
+    }
 }
 
 /// A packet that waited, on its way now.
@@ -76,7 +79,11 @@ impl Translations {
     /// Takes in changes from the DNS translation; packets waiting for a pair that is ready now
     /// come out of [`Self::poll_release`], and for those of a pair that cannot be translated,
     /// an ICMP error each (so that a connection fails at once, as a fresh one would).
-    pub fn handle_changes(&mut self, changes: impl IntoIterator<Item = TranslationChange>) {
+    pub fn handle_changes(
+        &mut self,
+        changes: impl IntoIterator<Item = TranslationChange>,
+        now: Instant,
+    ) {
         for (pair, state) in changes {
             match state {
                 Some(state) => {
@@ -89,17 +96,17 @@ impl Translations {
             let Some(state) = state else {
                 continue;
             };
-            let Some(waiting) = self.held.remove(&pair) else {
-                continue;
-            };
-            self.held_total -= waiting.len();
-            self.released
-                .extend(waiting.into_iter().filter_map(|w| match state {
-                    Translation::Ready => Some(Release::Tun(w.packet)),
-                    Translation::Unresolvable => {
-                        packet::host_unreachable(&w.packet).map(|icmp| Release::Peer(w.peer, icmp))
-                    }
-                }));
+            let waiting = self.held.take(&pair, now);
+            self.released.extend(
+                waiting
+                    .into_iter()
+                    .filter_map(|(peer, packet)| match state {
+                        Translation::Ready => Some(Release::Tun(packet)),
+                        Translation::Unresolvable => {
+                            packet::host_unreachable(&packet).map(|icmp| Release::Peer(peer, icmp))
+                        }
+                    }),
+            );
         }
     }
 
@@ -119,20 +126,10 @@ impl Translations {
                 Some(icmp) => ProxyVerdict::Unreachable(icmp),
                 None => ProxyVerdict::Dropped,
             },
-            None => {
-                let waiting = self.held.get(&(src, dst)).map_or(0, VecDeque::len);
-                if waiting >= MAX_HELD_PER_TARGET || self.held_total >= MAX_HELD {
-                    return ProxyVerdict::Dropped;
-                }
-                let queue = self.held.entry((src, dst)).or_default();
-                queue.push_back(Waiting {
-                    at: now,
-                    peer: *peer,
-                    packet: packet.to_vec(),
-                });
-                self.held_total += 1;
-                ProxyVerdict::Held
-            }
+            None => match self.held.push(&(src, dst), (*peer, packet.to_vec()), now) {
+                true => ProxyVerdict::Held,
+                false => ProxyVerdict::Dropped,
+            },
         }
     }
 
@@ -143,23 +140,11 @@ impl Translations {
 
     /// Drops packets that waited too long; returns how many.
     pub fn expire(&mut self, now: Instant) -> usize {
-        let mut dropped = 0;
-        self.held.retain(|_, queue| {
-            while queue
-                .front()
-                .is_some_and(|w| now.saturating_duration_since(w.at) >= HOLD_TIMEOUT)
-            {
-                queue.pop_front();
-                dropped += 1;
-            }
-            !queue.is_empty()
-        });
-        self.held_total -= dropped;
-        dropped
+        self.held.expire(now)
     }
 
     pub fn held(&self) -> usize {
-        self.held_total
+        self.held.len()
     }
 }
 
@@ -199,7 +184,7 @@ mod tests {
             ProxyVerdict::Held
         );
         assert_eq!(table.poll_release(), None);
-        table.handle_changes([((src, dst), Some(Translation::Ready))]);
+        table.handle_changes([((src, dst), Some(Translation::Ready))], now);
         assert_eq!(table.poll_release(), Some(Release::Tun(syn(1))));
         assert_eq!(table.poll_release(), Some(Release::Tun(syn(2))));
         assert_eq!(table.poll_release(), None);
@@ -210,7 +195,7 @@ mod tests {
         );
 
         // Withdrawn: waits again (the policy decides first whether it may at all).
-        table.handle_changes([((src, dst), None)]);
+        table.handle_changes([((src, dst), None)], now);
         assert_eq!(
             table.route(&peer(), src, dst, &syn(4), now),
             ProxyVerdict::Held
@@ -223,7 +208,7 @@ mod tests {
         let (src, dst) = pair();
         let now = Instant::now();
         table.route(&peer(), src, dst, &syn(1), now);
-        table.handle_changes([((src, dst), Some(Translation::Unresolvable))]);
+        table.handle_changes([((src, dst), Some(Translation::Unresolvable))], now);
         assert_eq!(table.held(), 0);
         let Some(Release::Peer(to, waited)) = table.poll_release() else {
             panic!("what waited is answered too");

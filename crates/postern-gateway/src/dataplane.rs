@@ -14,6 +14,7 @@ use chrono::Utc;
 use ipnet::IpNet;
 use parking_lot::Mutex;
 use postern_dataplane::gateway::{DropCounters, DropReason, GatewayPolicy};
+use postern_dataplane::hold::HoldQueue;
 use postern_dataplane::peers::{PeerConfig, PeerTable, Refused, Upserted};
 use postern_dataplane::translations::{ProxyVerdict, Release, TranslationChange, Translations};
 use postern_dataplane::WireGuardKey;
@@ -26,6 +27,12 @@ use tracing::{debug, info, warn};
 use crate::plan::{PlanBatch, PlanReceiver};
 
 const COUNTER_LOG: Duration = Duration::from_secs(10);
+/// A packet from a client to a destination none of its authorizations covers waits this long
+/// for one that does: the portal tells the client and the gateway of a grant at the same
+/// moment, so the client's first packet can arrive first. Bounded per client and in all.
+const AUTHORIZATION_WAIT: Duration = Duration::from_secs(1);
+const MAX_WAITING_PER_CLIENT: usize = 16;
+const MAX_WAITING: usize = 1024;
 /// How often `status` sees fresh drop counters.
 const COUNTER_SHARE: Duration = Duration::from_secs(2);
 
@@ -130,6 +137,11 @@ impl GatewayDataPlane {
                 logged_at: None,
                 translations: Translations::default(),
                 emits: VecDeque::new(),
+                unauthorized: HoldQueue::new(
+                    MAX_WAITING_PER_CLIENT,
+                    MAX_WAITING,
+                    AUTHORIZATION_WAIT,
+                ),
             },
         })
     }
@@ -192,8 +204,10 @@ pub struct GatewayForwarding {
     logged_at: Option<Instant>,
     /// Which clients' proxy addresses are translated; packets waiting for theirs.
     translations: Translations,
-    /// ICMP errors for clients.
+    /// ICMP errors for clients, and packets that waited for their authorization.
     emits: VecDeque<Emit>,
+    /// Packets no authorization of their client covered yet, by client.
+    unauthorized: HoldQueue<WireGuardKey, Vec<u8>>,
 }
 
 impl Forwarding for GatewayForwarding {
@@ -201,8 +215,13 @@ impl Forwarding for GatewayForwarding {
 
     async fn apply(&mut self, change: GatewayChange, peers: &mut PeerTable) {
         match change {
-            GatewayChange::Plan(batch) => self.apply_batch(batch, peers).await,
-            GatewayChange::Translations(changes) => self.translations.handle_changes(changes),
+            GatewayChange::Plan(batch) => {
+                self.apply_batch(batch, peers).await;
+                self.recheck_unauthorized();
+            }
+            GatewayChange::Translations(changes) => {
+                self.translations.handle_changes(changes, Instant::now())
+            }
         }
     }
 
@@ -230,31 +249,18 @@ impl Forwarding for GatewayForwarding {
     }
 
     fn inbound(&mut self, peer: &WireGuardKey, packet: &[u8]) -> bool {
-        if let Err(reason) = self.policy.check_inbound(peer, packet, Utc::now()) {
-            self.counters.record(reason);
-            debug!(reason = reason.as_str(), "packet from a client dropped");
-            return false;
-        }
-        let Ok((src, dst)) = postern_dataplane::packet::addresses(packet) else {
-            return false;
-        };
-        if !is_proxy_address(dst) {
-            return true;
-        }
-        // A DNS resource's name: on once its translation is in place.
-        match self
-            .translations
-            .route(peer, src, dst, packet, Instant::now())
-        {
-            ProxyVerdict::Deliver => true,
-            ProxyVerdict::Held => false,
-            ProxyVerdict::Unreachable(icmp) => {
-                self.counters.record(DropReason::Unresolved);
-                self.emits.push_back(Emit::Peer(*peer, icmp));
+        let now = Instant::now();
+        match self.policy.check_inbound(peer, packet, Utc::now()) {
+            Ok(()) => self.forward_allowed(peer, packet, now),
+            // Perhaps its authorization is on its way (see AUTHORIZATION_WAIT).
+            Err(DropReason::NotAuthorized)
+                if self.unauthorized.push(peer, packet.to_vec(), now) =>
+            {
                 false
             }
-            ProxyVerdict::Dropped => {
-                self.counters.record(DropReason::Unresolved);
+            Err(reason) => {
+                self.counters.record(reason);
+                debug!(reason = reason.as_str(), "packet from a client dropped");
                 false
             }
         }
@@ -278,6 +284,9 @@ impl Forwarding for GatewayForwarding {
     }
 
     fn tick(&mut self, _peers: &PeerTable, now: Instant) {
+        let never_authorized = self.unauthorized.expire(now);
+        self.counters
+            .record_many(DropReason::NotAuthorized, never_authorized as u64);
         let expired = self.translations.expire(now);
         if expired > 0 {
             debug!("{expired} packet(s) to DNS resources dropped: no translation in time");
@@ -306,6 +315,55 @@ impl Forwarding for GatewayForwarding {
 }
 
 impl GatewayForwarding {
+    /// A packet the policy allows: into the TUN, or for a DNS resource's name once its
+    /// translation is in place.
+    fn forward_allowed(&mut self, peer: &WireGuardKey, packet: &[u8], now: Instant) -> bool {
+        let Ok((src, dst)) = postern_dataplane::packet::addresses(packet) else {
+            return false;
+        };
+        if !is_proxy_address(dst) {
+            return true;
+        }
+        match self.translations.route(peer, src, dst, packet, now) {
+            ProxyVerdict::Deliver => true,
+            ProxyVerdict::Held => false,
+            ProxyVerdict::Unreachable(icmp) => {
+                self.counters.record(DropReason::Unresolved);
+                self.emits.push_back(Emit::Peer(*peer, icmp));
+                false
+            }
+            ProxyVerdict::Dropped => {
+                self.counters.record(DropReason::Unresolved);
+                false
+            }
+        }
+    }
+
+    /// Judges again the packets that waited for an authorization, after a change: those it
+    /// allows now go on, the others wait out their time.
+    fn recheck_unauthorized(&mut self) {
+        if self.unauthorized.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let keys: Vec<WireGuardKey> = self.unauthorized.keys().copied().collect();
+        for key in keys {
+            for (at, packet) in self.unauthorized.take_timed(&key, now) {
+                match self.policy.check_inbound(&key, &packet, Utc::now()) {
+                    Ok(()) => {
+                        if self.forward_allowed(&key, &packet, now) {
+                            self.emits.push_back(Emit::Tun(packet));
+                        }
+                    }
+                    Err(DropReason::NotAuthorized) => {
+                        self.unauthorized.push(&key, packet, at);
+                    }
+                    Err(reason) => self.counters.record(reason),
+                }
+            }
+        }
+    }
+
     /// Applies each authorization change on its own, then brings the tunnels of the clients
     /// it touched in line: a new client gets a peer, a re-keyed one a new peer, one left with
     /// nothing loses its peer and routes.
