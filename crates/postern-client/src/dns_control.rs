@@ -18,6 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use postern_device::dns_server::{nameservers, upstreams};
 use postern_device::net;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -67,19 +68,6 @@ fn which(program: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
-/// The `nameserver` addresses of a resolv.conf text, in order (a link-local scope is dropped).
-pub fn nameservers(text: &str) -> Vec<IpAddr> {
-    text.lines()
-        .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            (words.next() == Some("nameserver"))
-                .then(|| words.next())
-                .flatten()
-        })
-        .filter_map(|address| address.split('%').next()?.parse().ok())
-        .collect()
-}
-
 /// The resolv.conf that names the stub resolver, keeping `search`, `domain` and `options` of
 /// the previous one.
 pub fn resolv_conf_text(previous: &str, resolver: &[IpAddr]) -> String {
@@ -99,19 +87,6 @@ pub fn resolv_conf_text(previous: &str, resolver: &[IpAddr]) -> String {
         }
     }
     text
-}
-
-/// The upstream servers: `nameservers` on port 53, without the stub resolver itself (and
-/// without systemd-resolved's stub when forwarding to it would come back here).
-pub fn upstreams(servers: &[IpAddr], resolver: &[IpAddr]) -> Vec<SocketAddr> {
-    let mut upstreams: Vec<SocketAddr> = Vec::new();
-    for server in servers {
-        let upstream = SocketAddr::new(*server, 53);
-        if !resolver.contains(server) && !upstreams.contains(&upstream) {
-            upstreams.push(upstream);
-        }
-    }
-    upstreams
 }
 
 /// The previous `/etc/resolv.conf`, as saved before it was replaced.
@@ -334,26 +309,6 @@ mod tests {
             "198.18.0.53".parse().unwrap(),
             "fd70:6f73:7465:726f::53".parse().unwrap(),
         ]
-    }
-
-    #[test]
-    fn the_previous_servers_become_the_upstreams_without_the_resolver_itself() {
-        let servers = nameservers(PREVIOUS);
-        assert_eq!(
-            servers,
-            vec![
-                "10.0.0.2".parse::<IpAddr>().unwrap(),
-                "fe80::1".parse().unwrap(),
-                "198.18.0.53".parse().unwrap()
-            ]
-        );
-        assert_eq!(
-            upstreams(&servers, &resolver()),
-            vec![
-                "10.0.0.2:53".parse::<SocketAddr>().unwrap(),
-                "[fe80::1]:53".parse().unwrap()
-            ]
-        );
     }
 
     #[test]

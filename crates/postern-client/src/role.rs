@@ -265,7 +265,7 @@ impl ClientRole {
 
 impl ClientRole {
     fn dns_status(&self, dns: &DnsState) -> DnsStatus {
-        let resolver = dns.resolver.read();
+        let resolver = dns.server.resolver.read();
         let names = resolver
             .proxies()
             .take(MAX_NAMES_SHOWN)
@@ -294,9 +294,9 @@ impl ClientRole {
             info: dns.info.lock().clone(),
             names,
             name_count: resolver.name_count(),
-            answered: dns.answered.load(Ordering::Relaxed),
-            forwarded: dns.forwarded.load(Ordering::Relaxed),
-            failed: dns.failed.load(Ordering::Relaxed),
+            answered: dns.server.answered.load(Ordering::Relaxed),
+            forwarded: dns.server.forwarded.load(Ordering::Relaxed),
+            failed: dns.server.failed.load(Ordering::Relaxed),
         }
     }
 }
@@ -346,10 +346,7 @@ impl Role for ClientRole {
     }
 
     fn on_wakeup(&mut self, now: DateTime<Utc>) -> bool {
-        let dns_changed = self
-            .dns
-            .as_ref()
-            .is_some_and(|dns| dns.dirty.swap(false, Ordering::Relaxed));
+        let dns_changed = self.dns.as_ref().is_some_and(|dns| dns.take_changed());
         let expired = self.state.expire(now);
         for id in &expired {
             let name = self

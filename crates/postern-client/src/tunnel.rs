@@ -27,16 +27,17 @@ use postern_device::net::{self, DataPlaneRuntime, NetError};
 use postern_domain::dns::{is_proxy_address, NamePattern};
 use postern_domain::{
     DNS_IPV4_NETWORK, DNS_IPV4_PREFIX_LEN, DNS_IPV6_NETWORK, DNS_IPV6_PREFIX_LEN,
-    DNS_RESOLVER_IPV4, DNS_RESOLVER_IPV6,
+    DNS_RESOLVER_IPV4, DNS_RESOLVER_IPV6, GATEWAY_RESOLVER_IPV4, GATEWAY_RESOLVER_IPV6,
 };
 use postern_protocol::{ClientToPortal, DnsTarget, ResourceView, TunnelAddresses};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::dns::{DnsState, Listeners};
+use crate::dns::DnsState;
 use crate::dns_control::{Controlled, DnsControl};
 use crate::internet::FullTunnel;
+use postern_device::dns_server::{self, Listeners};
 
 /// What the control session knows that the data plane needs.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -147,6 +148,7 @@ impl ClientTunnel {
                 portal_addresses: internet
                     .map(|options| options.portal_addresses)
                     .unwrap_or_default(),
+                explicit_upstreams: !dns_options.upstreams.is_empty(),
             },
         })
     }
@@ -200,6 +202,8 @@ pub struct ClientForwarding {
     full_tunnel: Option<FullTunnel>,
     /// Kept outside the full tunnel, with the gateways' endpoints.
     portal_addresses: Vec<IpAddr>,
+    /// `--dns-upstream` was given: the full tunnel does not move the upstreams.
+    explicit_upstreams: bool,
 }
 
 impl Forwarding for ClientForwarding {
@@ -217,7 +221,7 @@ impl Forwarding for ClientForwarding {
 
     fn outbound(&mut self, packet: &[u8]) -> Option<WireGuardKey> {
         let route = {
-            let names = self.dns.resolver.read();
+            let names = self.dns.server.resolver.read();
             self.router.route(packet, &names, Utc::now())
         };
         match route {
@@ -253,7 +257,7 @@ impl Forwarding for ClientForwarding {
         let Ok((src, _)) = packet::addresses(packet) else {
             return false;
         };
-        let names = self.dns.resolver.read();
+        let names = self.dns.server.resolver.read();
         let granted = self
             .router
             .gateway_of(src, &names, Utc::now())
@@ -477,6 +481,31 @@ impl ClientForwarding {
                 .map(|g| g.endpoint.ip().to_canonical()),
         );
         full_tunnel.set(on, excluded).await;
+        // While it is on, names go to the Internet resource's gateway too (unless upstreams
+        // were given by hand): the local network sees no query.
+        let Some(control) = self.control.as_ref().filter(|_| !self.explicit_upstreams) else {
+            return;
+        };
+        let upstreams = match on {
+            true => vec![
+                SocketAddr::new(GATEWAY_RESOLVER_IPV4.into(), DNS_PORT),
+                SocketAddr::new(GATEWAY_RESOLVER_IPV6.into(), DNS_PORT),
+            ],
+            false => control.upstreams.clone(),
+        };
+        if *self.dns.server.upstreams() != *upstreams {
+            info!(
+                "DNS: other names go to {}",
+                if on {
+                    "the Internet resource's gateway"
+                } else {
+                    "the system's servers"
+                }
+            );
+            self.dns.server.set_upstreams(upstreams.clone());
+            self.dns.info.lock().upstreams = upstreams;
+            self.dns.dirty.store(true, Ordering::Relaxed);
+        }
     }
 
     /// The stub resolver answers for the DNS resources of the plan from now on; with
@@ -487,6 +516,7 @@ impl ClientForwarding {
             .filter(|r| r.resource_type == "dns")
             .collect();
         self.dns
+            .server
             .resolver
             .write()
             .set_resources(dns.iter().map(|r| (r.id, r.address.as_str())));
@@ -598,11 +628,8 @@ async fn start_dns(
                 .join(", ")
         }
     );
-    let task = tokio::spawn(crate::dns::serve(
-        listeners,
-        dns.clone(),
-        control.upstreams.clone(),
-    ));
+    dns.server.set_upstreams(control.upstreams.clone());
+    let task = tokio::spawn(dns_server::serve(listeners, dns.server.clone()));
     Ok((task, control))
 }
 

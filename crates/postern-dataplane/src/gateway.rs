@@ -159,6 +159,11 @@ pub struct ClientPeer {
 }
 
 impl ClientPeer {
+    /// An unexpired authorization for the Internet resource.
+    fn has_internet(&self, now: DateTime<Utc>) -> bool {
+        self.rules.iter().any(|r| r.internet && r.expires_at > now)
+    }
+
     fn owns(&self, address: IpAddr) -> bool {
         match address {
             IpAddr::V4(v4) => v4 == self.addresses.ipv4,
@@ -313,6 +318,18 @@ impl GatewayPolicy {
         if info.source_routed {
             return Err(DropReason::SourceRouted);
         }
+        // The gateway's resolver serves its Internet resource's clients: DNS only, whatever
+        // the resource's filters (they are about the Internet, not the gateway).
+        if postern_domain::is_gateway_resolver(info.dst) {
+            let dns = matches!(
+                info.transport,
+                Transport::Udp { dst_port: 53, .. } | Transport::Tcp { dst_port: 53, .. }
+            );
+            return match dns && peer.has_internet(now) {
+                true => Ok(()),
+                false => Err(DropReason::NotAuthorized),
+            };
+        }
         let (protocol, port) = match info.transport {
             Transport::Tcp { dst_port, .. } => (Some(Protocol::Tcp), Some(dst_port)),
             Transport::Udp { dst_port, .. } => (Some(Protocol::Udp), Some(dst_port)),
@@ -363,6 +380,12 @@ impl GatewayPolicy {
         let (src, dst) = packet::addresses(packet).map_err(|_| DropReason::Malformed)?;
         let key = self.by_address.get(&dst).ok_or(DropReason::UnknownPeer)?;
         let peer = self.peers.get(key).ok_or(DropReason::UnknownPeer)?;
+        if postern_domain::is_gateway_resolver(src) {
+            return match peer.has_internet(now) {
+                true => Ok(*key),
+                false => Err(DropReason::NotAuthorized),
+            };
+        }
         let mut reason = DropReason::NotAuthorized;
         for rule in peer.rules.iter().filter(|r| r.covers(src)) {
             if rule.expires_at > now {

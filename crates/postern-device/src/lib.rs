@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod dns_server;
 pub mod engine;
 pub mod keys;
 pub mod net;

@@ -157,6 +157,21 @@ pub const DNS_IPV4_PREFIX_LEN: u8 = 15;
 pub const DNS_IPV6_NETWORK: std::net::Ipv6Addr =
     std::net::Ipv6Addr::new(0xfd70, 0x6f73, 0x7465, 0x726f, 0, 0, 0, 0);
 pub const DNS_IPV6_PREFIX_LEN: u8 = 64;
+/// The resolver of the gateway that serves a client's Internet resource, reached through the
+/// tunnel (the client's names that are not DNS resources go there while its full tunnel is on):
+/// 198.18.0.54 and fd70:6f73:7465:726f::54.
+pub const GATEWAY_RESOLVER_IPV4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 18, 0, 54);
+pub const GATEWAY_RESOLVER_IPV6: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0xfd70, 0x6f73, 0x7465, 0x726f, 0, 0, 0, 0x54);
+
+/// Whether `address` is a gateway's resolver for its Internet resource's clients.
+pub fn is_gateway_resolver(address: std::net::IpAddr) -> bool {
+    match address {
+        std::net::IpAddr::V4(v4) => v4 == GATEWAY_RESOLVER_IPV4,
+        std::net::IpAddr::V6(v6) => v6 == GATEWAY_RESOLVER_IPV6,
+    }
+}
+
 /// The stub resolver's addresses on a client: 198.18.0.53 and fd70:6f73:7465:726f::53.
 pub const DNS_RESOLVER_IPV4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 18, 0, 53);
 pub const DNS_RESOLVER_IPV6: std::net::Ipv6Addr =

@@ -88,6 +88,12 @@ impl GatewayDataPlane {
             postern_domain::DNS_IPV6_NETWORK,
             postern_domain::DNS_IPV6_PREFIX_LEN
         );
+        // The resolver of the Internet resource's clients is the only service of the gateway
+        // host the tunnel reaches (the policy lets only those clients' DNS through).
+        let (resolver4, resolver6) = (
+            postern_domain::GATEWAY_RESOLVER_IPV4,
+            postern_domain::GATEWAY_RESOLVER_IPV6,
+        );
         let rules = format!(
             "table inet {nft_table} {{}}\n\
              delete table inet {nft_table}\n\
@@ -105,6 +111,8 @@ impl GatewayDataPlane {
                }}\n\
                chain input {{\n\
                  type filter hook input priority filter; policy accept;\n\
+                 iifname \"{tun_name}\" ip daddr {resolver4} meta l4proto {{ tcp, udp }} th dport 53 accept\n\
+                 iifname \"{tun_name}\" ip6 daddr {resolver6} meta l4proto {{ tcp, udp }} th dport 53 accept\n\
                  iifname \"{tun_name}\" drop\n\
                }}\n\
                chain forward {{\n\

@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use postern_device::cli::{CommonArgs, EXIT_CODES_HELP};
+use postern_device::net;
 use postern_device::status::{status_command, table};
 use postern_device::{exit, DeviceSettings};
 use postern_protocol::connection::exit_code;
@@ -209,6 +210,7 @@ fn run(mut args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
                 })
             }
         };
+        let internet_dns = internet_resolver(&args.dns_servers).await;
         let (mut plan_tx, plan_rx) = plan::channel();
         let dns_rx = plan_tx.subscribe();
         let nft_table = data_plane.nft_table.clone();
@@ -220,6 +222,12 @@ fn run(mut args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
         drop(role);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), task).await;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), dns_task).await;
+        if let Some(internet_dns) = internet_dns {
+            internet_dns.abort();
+            for address in resolver_addresses() {
+                let _ = net::delete_address(&address, "lo").await;
+            }
+        }
         anyhow::Ok(outcome)
     });
     match outcome {
@@ -234,6 +242,62 @@ fn run(mut args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
             exit(exit_code::FAILURE)
         }
     }
+}
+
+/// The gateway's resolver addresses as `ip addr` takes them.
+fn resolver_addresses() -> [String; 2] {
+    [
+        format!("{}/32", postern_domain::GATEWAY_RESOLVER_IPV4),
+        format!("{}/128", postern_domain::GATEWAY_RESOLVER_IPV6),
+    ]
+}
+
+/// The resolver of the Internet resource's clients: the gateway's resolver addresses on
+/// loopback, forwarding every query to `--dns-server` or the system's servers. `None` (with a
+/// warning) when it cannot listen: those clients' names then fail over to nothing.
+async fn internet_resolver(
+    dns_servers: &[std::net::SocketAddr],
+) -> Option<tokio::task::JoinHandle<()>> {
+    use postern_device::dns_server::{self, DnsServer, Listeners};
+    let mut addresses = Vec::new();
+    for (address, ip) in resolver_addresses().iter().zip([
+        std::net::IpAddr::V4(postern_domain::GATEWAY_RESOLVER_IPV4),
+        std::net::IpAddr::V6(postern_domain::GATEWAY_RESOLVER_IPV6),
+    ]) {
+        match net::set_address(address, "lo").await {
+            Ok(()) => addresses.push(ip),
+            Err(err) => tracing::warn!("the resolver for Internet clients lacks {ip}: {err}"),
+        }
+    }
+    let listeners = match Listeners::bind(&addresses, 53).await {
+        Ok(listeners) => listeners,
+        Err(err) => {
+            tracing::warn!("no resolver for the Internet resource's clients: {err}");
+            return None;
+        }
+    };
+    let upstreams = match dns_servers.is_empty() {
+        false => dns_servers.to_vec(),
+        true => {
+            let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            dns_server::upstreams(&dns_server::nameservers(&text), &addresses)
+        }
+    };
+    tracing::info!(
+        "resolver for the Internet resource's clients on {}; forwarding to {}",
+        addresses
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        upstreams
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let server = std::sync::Arc::new(DnsServer::new(upstreams));
+    Some(tokio::spawn(dns_server::serve(listeners, server)))
 }
 
 fn status(args: StatusArgs) -> ExitCode {

@@ -1797,6 +1797,23 @@ fn the_internet_resource_carries_everything_else_for_a_client_that_opts_in() {
         "one per account: {problem}"
     );
 
+    // Names: the site's DNS knows far.test; the client hosts' resolv.conf names their own
+    // stub resolver, which knows no other server.
+    let res = format!("{}r", w.prefix);
+    w.dnsmasq(
+        &res,
+        "site-dns",
+        &[
+            &format!("--listen-address={SITE_DNS}"),
+            "--address=/far.test/10.3.0.5",
+        ],
+    );
+    for i in [1, 2] {
+        let etc = PathBuf::from(format!("/etc/netns/{}", w.client_ns(i)));
+        std::fs::create_dir_all(&etc).expect("/etc/netns");
+        std::fs::write(etc.join("resolv.conf"), "nameserver 198.18.0.53\n").expect("resolv.conf");
+    }
+
     let token = w.client_token.clone();
     let full = w.client_with(
         1,
@@ -1828,6 +1845,16 @@ fn the_internet_resource_carries_everything_else_for_a_client_that_opts_in() {
         "the portal from the full tunnel's host: {health}"
     );
     w.wait_status(full, "showing the full tunnel", |s| s["internet"] == "on");
+
+    // While it is on, names go to the gateway's resolver too: the site's DNS answers.
+    w.wait_status(full, "forwarding names to the gateway", |s| {
+        s["dns"]["upstreams"] == json!(["198.18.0.54:53", "[fd70:6f73:7465:726f::54]:53"])
+    });
+    curl_until(&w, &full_ns, "far.test", "hello from 10.3.0.5 to 10.3.0.1");
+    assert!(
+        lookup(&plain_ns, "far.test", "v4").is_empty(),
+        "without the full tunnel the name is not the gateway's to resolve"
+    );
 
     // Without --internet nothing changes: no route to the far network at all.
     assert!(curl(&plain_ns, "10.3.0.5", HTTP_PORT, Duration::from_secs(2)).is_err());
