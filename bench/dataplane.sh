@@ -78,55 +78,22 @@ done
 P="pb$(($$ % 100000))"          # prefix of every namespace and interface of this run
 NS_C="${P}c" NS_G="${P}g" NS_R="${P}r"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/postern-dataplane.XXXXXX")"
-declare -a PIDS=()
-declare -a NAMESPACES=()
+# shellcheck source=bench/netns.sh
+source "$BENCH_DIR/netns.sh"
 BT_SOCKS=()
 
 cleanup() {
-    local status=$? pid ns sock
+    local status=$? sock
     trap - EXIT INT TERM
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 1 30); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    for ns in "${NAMESPACES[@]}"; do
-        # Anything still running inside our namespaces is ours.
-        for pid in $(ip netns pids "$ns" 2>/dev/null); do
-            kill -KILL "$pid" 2>/dev/null || true
-        done
-        ip netns del "$ns" 2>/dev/null || true
-    done
+    stop_everything "$status"
     for sock in "${BT_SOCKS[@]}"; do
         rm -f "$sock"
     done
-    if [[ $status -ne 0 ]]; then
-        for f in "$WORK"/*.log; do
-            [[ -f "$f" ]] || continue
-            log "--- last lines of $f ---"
-            tail -n 15 "$f" >&2 || true
-        done
-    fi
-    if [[ "${KEEP_TMP:-0}" == 1 ]]; then
-        log "kept $WORK"
-    else
-        rm -rf "$WORK"
-    fi
     exit "$status"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-# Foreground commands only: a backgrounded shell function is a subshell, and its $! would not be
-# the process to stop (background processes are started with `ip netns exec`, which execs).
-in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
 # --- binaries -----------------------------------------------------------------------------
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
@@ -156,20 +123,7 @@ fi
 
 # --- namespaces ---------------------------------------------------------------------------
 log "namespaces $NS_C / $NS_G / $NS_R"
-for ns in "$NS_C" "$NS_G" "$NS_R"; do
-    ip netns add "$ns"
-    NAMESPACES+=("$ns")
-    ip -n "$ns" link set lo up
-done
-veth() { # veth NS_A IF_A ADDR_A NS_B IF_B ADDR_B
-    ip link add "$2" type veth peer name "$5"
-    ip link set "$2" netns "$1"
-    ip link set "$5" netns "$4"
-    ip -n "$1" addr add "$3" dev "$2"
-    ip -n "$4" addr add "$6" dev "$5"
-    ip -n "$1" link set "$2" up
-    ip -n "$4" link set "$5" up
-}
+namespaces "$NS_C" "$NS_G" "$NS_R"
 veth "$NS_C" "${P}cg" 10.1.1.1/24 "$NS_G" "${P}gc" 10.1.1.2/24
 veth "$NS_G" "${P}gr" 10.2.0.1/24 "$NS_R" "${P}rg" 10.2.0.5/24
 # Addresses of the veth and boringtun paths on the same link.
@@ -216,25 +170,8 @@ if [[ -n "$BORINGTUN" ]]; then
 fi
 
 # --- portal, gateway, client ---------------------------------------------------------------
-mkdir -p "$WORK/portal" "$WORK/gateway" "$WORK/client"
-"$BIN" api-token create --name bench --data-dir "$WORK/portal" >"$WORK/api.token" 2>/dev/null
-[[ -s "$WORK/api.token" ]] || die "postern api-token create printed no token"
-ip netns exec "$NS_G" env RUST_LOG=warn,postern::serve=info "$BIN" serve --listen 0.0.0.0:8080 \
-    --data-dir "$WORK/portal" >"$WORK/portal.log" 2>&1 &
-PIDS+=("$!")
-api() { # api METHOD PATH [BODY]
-    local method=$1 path=$2 body=${3:-}
-    local args=(-fsS -X "$method" -H "Authorization: Bearer $(cat "$WORK/api.token")")
-    if [[ -n "$body" ]]; then
-        args+=(-H 'content-type: application/json' -d "$body")
-    fi
-    in_ns "$NS_G" curl "${args[@]}" "http://127.0.0.1:8080$path"
-}
-for _ in $(seq 1 150); do
-    in_ns "$NS_G" curl -fsS http://127.0.0.1:8080/healthz 2>/dev/null | grep -q '^ok$' && break
-    sleep 0.2
-done
-in_ns "$NS_G" curl -fsS http://127.0.0.1:8080/healthz >/dev/null || die "the portal did not answer /healthz in 30 s"
+mkdir -p "$WORK/gateway" "$WORK/client"
+start_portal "$NS_G"
 
 group="$(api POST /v1/groups '{"name":"bench"}' | jq -er .data.id)"
 sa="$(api POST /v1/actors "{\"type\":\"service_account\",\"name\":\"iperf\",\"group_ids\":[\"$group\"]}")"

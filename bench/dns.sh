@@ -47,38 +47,17 @@ need ip nft dnsmasq curl jq awk python3
 P="pn$(($$ % 100000))"
 NS_C="${P}c" NS_G="${P}g" NS_R="${P}r"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/postern-dns.XXXXXX")"
-declare -a PIDS=()
-declare -a NAMESPACES=()
-
+# shellcheck source=bench/netns.sh
+source "$BENCH_DIR/netns.sh"
 cleanup() {
-    local status=$? pid ns
+    local status=$?
     trap - EXIT INT TERM
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    for ns in "${NAMESPACES[@]}"; do
-        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
-        ip netns del "$ns" 2>/dev/null || true
-        rm -rf "/etc/netns/$ns"
-    done
-    if [[ $status -ne 0 ]]; then
-        for f in "$WORK"/*.log; do
-            [[ -f "$f" ]] || continue
-            log "--- last lines of $f ---"
-            tail -n 15 "$f" >&2 || true
-        done
-    fi
-    if [[ "${KEEP_TMP:-0}" == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+    stop_everything "$status"
     exit "$status"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
     log "building postern, postern-gateway, postern-client and postern-loadgen (release)..."
@@ -89,20 +68,7 @@ for b in "$BIN" "$GATEWAY" "$CLIENT" "$LOADGEN"; do
 done
 
 # --- namespaces ---------------------------------------------------------------------------
-for ns in "$NS_C" "$NS_G" "$NS_R"; do
-    ip netns add "$ns"
-    NAMESPACES+=("$ns")
-    ip -n "$ns" link set lo up
-done
-veth() { # veth NS_A IF_A ADDR_A NS_B IF_B ADDR_B
-    ip link add "$2" type veth peer name "$5"
-    ip link set "$2" netns "$1"
-    ip link set "$5" netns "$4"
-    ip -n "$1" addr add "$3" dev "$2"
-    ip -n "$4" addr add "$6" dev "$5"
-    ip -n "$1" link set "$2" up
-    ip -n "$4" link set "$5" up
-}
+namespaces "$NS_C" "$NS_G" "$NS_R"
 veth "$NS_C" "${P}cg" 10.1.1.1/24 "$NS_G" "${P}gc" 10.1.1.2/24
 veth "$NS_G" "${P}gr" 10.2.0.1/24 "$NS_R" "${P}rg" 10.2.0.5/24
 
@@ -124,20 +90,8 @@ mkdir -p "/etc/netns/$NS_C"
 printf 'nameserver 198.18.0.53\noptions timeout:1\n' >"/etc/netns/$NS_C/resolv.conf"
 
 # --- portal, gateway, client ---------------------------------------------------------------
-mkdir -p "$WORK/portal" "$WORK/gateway" "$WORK/client"
-"$BIN" api-token create --name bench --data-dir "$WORK/portal" >"$WORK/api.token" 2>/dev/null
-ip netns exec "$NS_G" env RUST_LOG=warn,postern::serve=info "$BIN" serve --listen 0.0.0.0:8080 \
-    --data-dir "$WORK/portal" >"$WORK/portal.log" 2>&1 &
-PIDS+=("$!")
-api() { # api METHOD PATH [BODY]
-    local args=(-fsS -X "$1" -H "Authorization: Bearer $(cat "$WORK/api.token")")
-    [[ -z "${3:-}" ]] || args+=(-H 'content-type: application/json' -d "$3")
-    in_ns "$NS_G" curl "${args[@]}" "http://127.0.0.1:8080$2"
-}
-for _ in $(seq 1 150); do
-    in_ns "$NS_G" curl -fsS http://127.0.0.1:8080/healthz 2>/dev/null | grep -q '^ok$' && break
-    sleep 0.2
-done
+mkdir -p "$WORK/gateway" "$WORK/client"
+start_portal "$NS_G"
 group="$(api POST /v1/groups '{"name":"bench"}' | jq -er .data.id)"
 api POST /v1/actors "{\"type\":\"service_account\",\"name\":\"dns\",\"group_ids\":[\"$group\"]}" |
     jq -er .token.secret >"$WORK/client.token"

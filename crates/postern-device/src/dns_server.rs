@@ -116,7 +116,8 @@ impl Listeners {
             let at = SocketAddr::new(*address, port);
             let bound = async {
                 let udp = UdpSocket::bind(at).await?;
-                let tcp = TcpListener::bind(at).await?;
+                // Port 0 (tests): TCP on the port UDP was given.
+                let tcp = TcpListener::bind(udp.local_addr()?).await?;
                 std::io::Result::Ok((udp, tcp))
             };
             match bound.await {
