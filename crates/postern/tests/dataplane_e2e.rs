@@ -61,23 +61,40 @@ fn under_ci() -> bool {
 
 /// `false` (after a loud notice) when this machine cannot run the tests; fails under CI.
 fn can_run() -> bool {
+    can_run_with(&[("ip", "-V", "iproute2"), ("nft", "-V", "nftables")])
+}
+
+/// The same for the tests that also run dnsmasq and curl.
+fn can_run_dns() -> bool {
+    can_run_with(&[
+        ("ip", "-V", "iproute2"),
+        ("nft", "-V", "nftables"),
+        ("dnsmasq", "--version", "dnsmasq-base"),
+        ("curl", "--version", "curl"),
+    ])
+}
+
+/// `tools`: each program, the flag that makes it print its version, its Debian package.
+fn can_run_with(tools: &[(&str, &str, &str)]) -> bool {
     let missing = if unsafe { libc::geteuid() } != 0 {
         Some(
             "not running as root (network namespaces, TUN devices and nftables need it)"
                 .to_string(),
         )
     } else {
-        ["ip", "nft"]
+        tools
             .iter()
-            .find(|tool| {
+            .find(|(tool, version, _)| {
                 Command::new(tool)
-                    .arg("-V")
+                    .arg(version)
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .status()
                     .is_err()
             })
-            .map(|tool| format!("`{tool}` is not installed (apt-get install iproute2 nftables)"))
+            .map(|(tool, _, package)| {
+                format!("`{tool}` is not installed (apt-get install {package})")
+            })
     };
     let Some(why) = missing else { return true };
     assert!(
@@ -1510,7 +1527,7 @@ fn lookup(ns: &str, name: &str, family: &str) -> Vec<std::net::IpAddr> {
 
 #[test]
 fn a_service_account_reaches_services_by_name_and_revocation_cuts_them() {
-    if !can_run() {
+    if !can_run_dns() {
         return;
     }
     let (mut w, dns) = World::with_dns();
@@ -1633,7 +1650,7 @@ fn a_service_account_reaches_services_by_name_and_revocation_cuts_them() {
 
 #[test]
 fn a_moved_record_is_followed_and_ipv6_resources_and_names_work() {
-    if !can_run() {
+    if !can_run_dns() {
         return;
     }
     let (mut w, dns) = World::with_dns();
@@ -1702,7 +1719,7 @@ fn a_moved_record_is_followed_and_ipv6_resources_and_names_work() {
 
 #[test]
 fn a_killed_client_leaves_the_resolver_configuration_to_its_next_start() {
-    if !can_run() {
+    if !can_run_dns() {
         return;
     }
     let (mut w, dns) = World::with_dns();
@@ -1771,7 +1788,7 @@ fn full_tunnel_routing(ns: &str) -> String {
 
 #[test]
 fn the_internet_resource_carries_everything_else_for_a_client_that_opts_in() {
-    if !can_run() {
+    if !can_run_dns() {
         return;
     }
     let mut w = World::new(2);
