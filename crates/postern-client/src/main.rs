@@ -5,8 +5,10 @@
 mod dns;
 mod dns_control;
 mod internet;
+mod proxy;
 mod role;
 mod tunnel;
+mod userspace;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,8 +37,12 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/postern-client";
         With the tunnel, names of DNS resources resolve through the client's own resolver \
         (198.18.0.53), which forwards every other name to the servers the system used before; \
         see --dns-control.\n\n\
+        Without root or CAP_NET_ADMIN, the user-space mode reaches the same resources through \
+        local proxies and port forwards (--socks5, --http-proxy, --forward): nothing on the \
+        machine changes.\n\n\
         Examples:\n  \
         postern-client --api-url https://portal.example.com\n  \
+        postern-client --api-url https://portal.example.com --socks5 1080 --forward 5432=db.internal:5432\n  \
         postern-client --api-url https://portal.example.com --dns-control disabled\n  \
         postern-client --no-tunnel --api-url https://portal.example.com\n  \
         postern-client status\n  \
@@ -71,7 +77,7 @@ struct RestoreDnsArgs {
 }
 
 #[derive(Args, Clone)]
-struct RunArgs {
+pub struct RunArgs {
     #[command(flatten)]
     common: CommonArgs,
 
@@ -113,6 +119,41 @@ struct RunArgs {
     /// tunnel too
     #[arg(long, requires = "internet")]
     internet_include_lan: bool,
+
+    /// User-space mode: no TUN device and no privilege; resources are reached through the
+    /// listeners below (any of them implies it). Names of DNS resources work through them
+    #[arg(long, conflicts_with = "no_tunnel")]
+    userspace: bool,
+
+    /// A SOCKS5 proxy (CONNECT; names resolved by the client, as socks5h://) on PORT or
+    /// ADDR:PORT (PORT alone: loopback), e.g. --socks5 1080
+    #[arg(long, value_name = "ADDR", value_parser = proxy::parse_listen, conflicts_with = "no_tunnel")]
+    socks5: Option<std::net::SocketAddr>,
+
+    /// An HTTP proxy (CONNECT, and plain http:// forwarding) for HTTPS_PROXY / HTTP_PROXY,
+    /// on PORT or ADDR:PORT, e.g. --http-proxy 3128
+    #[arg(long, value_name = "ADDR", value_parser = proxy::parse_listen, conflicts_with = "no_tunnel")]
+    http_proxy: Option<std::net::SocketAddr>,
+
+    /// A local TCP port that reaches one resource, LOCAL=HOST:PORT (repeatable), e.g.
+    /// --forward 5432=db.internal.example:5432
+    #[arg(long = "forward", value_name = "LOCAL=HOST:PORT", value_parser = proxy::forward::Forward::parse, conflicts_with = "no_tunnel")]
+    forwards: Vec<proxy::forward::Forward>,
+
+    /// USER:PASSWORD (first line of a file only its owner may read) that the SOCKS5 and HTTP
+    /// proxies require, for a shared host
+    #[arg(long, value_name = "FILE")]
+    proxy_credentials: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// Without a TUN: chosen with --userspace or any proxy or forward.
+    fn userspace(&self) -> bool {
+        self.userspace
+            || self.socks5.is_some()
+            || self.http_proxy.is_some()
+            || !self.forwards.is_empty()
+    }
 }
 
 fn parse_upstream(text: &str) -> Result<std::net::SocketAddr, String> {
@@ -191,6 +232,9 @@ fn run(args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
             return anyhow::Ok(postern_device::run(config, &mut role, shutdown).await);
         };
         let public_key = keys.public_key();
+        if args.userspace() {
+            return userspace::run(config, &args, keys.private, public_key, shutdown).await;
+        }
         let (requests_tx, requests_rx) = tokio::sync::mpsc::unbounded_channel();
         let (plan_tx, plan_rx) = tokio::sync::watch::channel(tunnel::Plan::default());
         // A run killed before it could restore the system's DNS left it pointing here.
@@ -225,10 +269,18 @@ fn run(args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
         let tunnel = match created {
             Ok(tunnel) => tunnel,
             Err(err) => {
+                let hint = match err {
+                    postern_device::net::NetError::Permission { .. }
+                    | postern_device::net::NetError::NoTunDriver { .. } => {
+                        "; without privileges, the user-space mode reaches the same resources \
+                         through --socks5, --http-proxy or --forward"
+                    }
+                    _ => "",
+                };
                 return anyhow::Ok(postern_device::Outcome {
                     code: exit_code::BAD_CONFIG,
-                    message: Some(err.to_string()),
-                })
+                    message: Some(format!("{err}{hint}")),
+                });
             }
         };
         tracing::info!(
@@ -346,6 +398,9 @@ fn details(details: &ClientDetails) -> String {
         };
         out.push_str(&format!("  internet:     {shown}\n"));
     }
+    if let Some(userspace) = &details.userspace {
+        out.push_str(&userspace_lines(userspace));
+    }
     if let Some(dns) = &details.dns {
         out.push_str(&dns_lines(dns));
     }
@@ -443,5 +498,36 @@ fn dns_lines(dns: &role::DnsStatus) -> String {
             dns.name_count - dns.names.len()
         ));
     }
+    out
+}
+
+/// The user-space mode's lines of `status`: its listeners and open connections.
+fn userspace_lines(userspace: &role::UserspaceStatus) -> String {
+    let mut out = String::from("  mode:         user-space (no TUN device)\n");
+    for listener in &userspace.listeners {
+        out.push_str(&format!("  listening:    {listener}\n"));
+    }
+    out.push_str(&format!(
+        "  connections:  {} open through the tunnel\n",
+        userspace.open
+    ));
+    if userspace.connections.is_empty() {
+        return out;
+    }
+    let rows: Vec<[String; 5]> = userspace
+        .connections
+        .iter()
+        .map(|c| {
+            [
+                c.via.clone(),
+                c.client.to_string(),
+                c.target.clone(),
+                c.resource.clone(),
+                c.since.format("%H:%M:%S").to_string(),
+            ]
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&table(["VIA", "FROM", "TO", "RESOURCE", "SINCE"], &rows));
     out
 }

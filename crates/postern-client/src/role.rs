@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::dns::{DnsInfo, DnsState};
+use crate::proxy::{OpenConnection, Proxies};
 use crate::tunnel::{Plan, PlannedGrant};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -32,6 +33,8 @@ pub struct ClientRole {
     dns: Option<Arc<DnsState>>,
     /// Started with `--internet`: the Internet resource is routed.
     internet: bool,
+    /// The user-space mode's proxies and forwards (shown in the status).
+    proxies: Option<Proxies>,
 }
 
 impl ClientRole {
@@ -44,7 +47,14 @@ impl ClientRole {
             requests: None,
             dns: None,
             internet: false,
+            proxies: None,
         }
+    }
+
+    /// The user-space mode: its listeners and open connections go into the status.
+    pub fn with_proxies(mut self, proxies: Proxies) -> Self {
+        self.proxies = Some(proxies);
+        self
     }
 
     /// A role that keeps the tunnel's plan up to date and forwards its access requests.
@@ -111,6 +121,19 @@ pub struct ClientDetails {
     /// `off` (the client was not started with `--internet`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub internet: Option<String>,
+    /// The user-space mode (no TUN): its listeners and the connections open through them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userspace: Option<UserspaceStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserspaceStatus {
+    pub listeners: Vec<String>,
+    /// How many proxied connections are open; `connections` lists the first few.
+    pub open: usize,
+    pub connections: Vec<OpenConnection>,
+    /// Sockets of the user-space stack (open or closing): back to 0 once all are closed.
+    pub stack_sockets: usize,
 }
 
 /// The stub resolver as `status` shows it.
@@ -407,6 +430,15 @@ impl Role for ClientRole {
                 .values()
                 .any(|r| r.resource_type == "internet")
                 .then(|| if self.internet { "on" } else { "off" }.to_string()),
+            userspace: self.proxies.as_ref().map(|proxies| {
+                let (listeners, connections, open) = proxies.status();
+                UserspaceStatus {
+                    listeners,
+                    open,
+                    connections,
+                    stack_sockets: proxies.stack_sockets(),
+                }
+            }),
         }
     }
 }

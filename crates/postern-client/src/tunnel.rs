@@ -38,6 +38,7 @@ use crate::dns::DnsState;
 use crate::dns_control::{Controlled, DnsControl};
 use crate::internet::FullTunnel;
 use postern_device::dns_server::{self, Listeners};
+use postern_netstack::{NetStack, PacketPipe};
 
 /// What the control session knows that the data plane needs.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -105,18 +106,7 @@ impl ClientTunnel {
         let runtime = DataPlaneRuntime::start("postern-tunnel")?;
         let entered = runtime.enter();
         let tun = net::create_tun(tun_name, mtu)?;
-        let (udp, dual_stack) = match net::bind_udp((std::net::Ipv6Addr::UNSPECIFIED, 0).into()) {
-            Ok(udp) => (udp, true),
-            Err(_) => (
-                net::bind_udp((std::net::Ipv4Addr::UNSPECIFIED, 0).into()).map_err(|err| {
-                    NetError::Command {
-                        command: "bind a UDP socket".into(),
-                        detail: err.to_string(),
-                    }
-                })?,
-                false,
-            ),
-        };
+        let (udp, dual_stack) = bind_any_udp()?;
         drop(entered);
         // Its datagrams to gateways must not follow the full tunnel into the TUN.
         if !net::mark_socket(&udp, crate::internet::MARK) && internet.is_some() {
@@ -128,28 +118,49 @@ impl ClientTunnel {
             Some(options) => Some(FullTunnel::new(tun_name, options.include_lan).await),
             None => None,
         };
+        let explicit_upstreams = !dns_options.upstreams.is_empty();
+        let mut forwarding = ClientForwarding::new(tun_name, mtu, dual_stack, requests, dns);
+        forwarding.dns_task = Some(dns_task);
+        forwarding.control = Some(control);
+        forwarding.full_tunnel = full_tunnel;
+        forwarding.portal_addresses = internet
+            .map(|options| options.portal_addresses)
+            .unwrap_or_default();
+        forwarding.explicit_upstreams = explicit_upstreams;
+        let port = net::PacketPort::Tun(tun);
         Ok(Self {
-            engine: Engine::new(runtime, tun, tun_name, mtu, udp, dual_stack, private),
-            forwarding: ClientForwarding {
-                tun_name: tun_name.to_string(),
-                mtu,
-                dual_stack,
-                router: ClientRouter::default(),
-                gateways: HashMap::new(),
-                routes: BTreeSet::new(),
-                addresses: None,
-                requests,
-                names: HashMap::new(),
-                dns,
-                dns_task: Some(dns_task),
-                control: Some(control),
-                emits: VecDeque::new(),
-                full_tunnel,
-                portal_addresses: internet
-                    .map(|options| options.portal_addresses)
-                    .unwrap_or_default(),
-                explicit_upstreams: !dns_options.upstreams.is_empty(),
-            },
+            engine: Engine::new(runtime, port, tun_name, mtu, udp, dual_stack, private),
+            forwarding,
+        })
+    }
+
+    /// The rootless data plane: the same tunnels, with `stack` (a network stack in this
+    /// process) where the TUN would be. Needs no privilege: a UDP socket and threads.
+    pub async fn create_userspace(
+        mtu: u16,
+        private: StaticSecret,
+        requests: mpsc::UnboundedSender<ClientToPortal>,
+        dns: Arc<DnsState>,
+        stack: NetStack,
+        pipe: PacketPipe,
+        internet: bool,
+    ) -> Result<Self, NetError> {
+        let runtime = DataPlaneRuntime::start("postern-tunnel")?;
+        let entered = runtime.enter();
+        let (udp, dual_stack) = bind_any_udp()?;
+        drop(entered);
+        let name = "user-space";
+        info!(mtu, "user-space network stack ready (no TUN device)");
+        let mut forwarding = ClientForwarding::new(name, mtu, dual_stack, requests, dns);
+        forwarding.stack = Some(stack);
+        forwarding.stack_internet = internet;
+        let port = net::PacketPort::Memory {
+            from_stack: pipe.outbound,
+            to_stack: pipe.inbound,
+        };
+        Ok(Self {
+            engine: Engine::new(runtime, port, name, mtu, udp, dual_stack, private),
+            forwarding,
         })
     }
 
@@ -204,6 +215,11 @@ pub struct ClientForwarding {
     portal_addresses: Vec<IpAddr>,
     /// `--dns-upstream` was given: the full tunnel does not move the upstreams.
     explicit_upstreams: bool,
+    /// The rootless client's network stack: it takes the tunnel addresses, and nothing on
+    /// the machine changes (no TUN, routes, resolver or rules). `None` with a TUN.
+    stack: Option<NetStack>,
+    /// Rootless with `--internet`: the Internet resource is routed (for the proxies).
+    stack_internet: bool,
 }
 
 impl Forwarding for ClientForwarding {
@@ -331,6 +347,9 @@ impl Forwarding for ClientForwarding {
     }
 
     async fn shutdown(&mut self) {
+        if self.stack.is_some() {
+            return;
+        }
         if let Some(full_tunnel) = self.full_tunnel.as_mut() {
             full_tunnel.shutdown().await;
         }
@@ -353,13 +372,45 @@ impl Forwarding for ClientForwarding {
 }
 
 impl ClientForwarding {
+    fn new(
+        tun_name: &str,
+        mtu: u16,
+        dual_stack: bool,
+        requests: mpsc::UnboundedSender<ClientToPortal>,
+        dns: Arc<DnsState>,
+    ) -> Self {
+        ClientForwarding {
+            tun_name: tun_name.to_string(),
+            mtu,
+            dual_stack,
+            router: ClientRouter::default(),
+            gateways: HashMap::new(),
+            routes: BTreeSet::new(),
+            addresses: None,
+            requests,
+            names: HashMap::new(),
+            dns,
+            dns_task: None,
+            control: None,
+            emits: VecDeque::new(),
+            full_tunnel: None,
+            portal_addresses: Vec::new(),
+            explicit_upstreams: false,
+            stack: None,
+            stack_internet: false,
+        }
+    }
+
     async fn apply_plan(
         &mut self,
         plan: Plan,
         peers: &mut PeerTable,
     ) -> Vec<(WireGuardKey, Vec<u8>)> {
         if plan.addresses != self.addresses {
-            if let Some(addresses) = plan.addresses {
+            if let (Some(addresses), Some(stack)) = (plan.addresses, &self.stack) {
+                stack.set_addresses(addresses.ipv4, addresses.ipv6);
+                info!(ipv4 = %addresses.ipv4, ipv6 = %addresses.ipv6, "tunnel addresses set");
+            } else if let Some(addresses) = plan.addresses {
                 let v4 = format!("{}/32", addresses.ipv4);
                 let v6 = format!("{}/128", addresses.ipv6);
                 if let Err(err) = net::set_address(&v4, &self.tun_name).await {
@@ -380,12 +431,16 @@ impl ClientForwarding {
             .collect();
         self.set_dns_resources(&plan.resources).await;
         // The Internet resource routes only for a client that opted in.
-        let opted_in = self.full_tunnel.is_some();
+        let opted_in = self.full_tunnel.is_some() || self.stack_internet;
         let routed = plan
             .resources
             .iter()
             .filter(|r| opted_in || r.resource_type != "internet");
         let wanted: BTreeSet<IpNet> = self.router.set_resources(routed).into_iter().collect();
+        if self.stack.is_some() {
+            // No routes: the stack sends every packet here.
+            self.routes = wanted.clone();
+        }
         for route in self.routes.difference(&wanted).copied().collect::<Vec<_>>() {
             match net::delete_route(&route, &self.tun_name).await {
                 Ok(()) => info!("route removed: {route}"),
@@ -631,6 +686,20 @@ async fn start_dns(
     dns.server.set_upstreams(control.upstreams.clone());
     let task = tokio::spawn(dns_server::serve(listeners, dns.server.clone()));
     Ok((task, control))
+}
+
+/// The data plane's UDP socket on any port: dual-stack, or IPv4 where IPv6 is off.
+fn bind_any_udp() -> Result<(tokio::net::UdpSocket, bool), NetError> {
+    if let Ok(udp) = net::bind_udp((std::net::Ipv6Addr::UNSPECIFIED, 0).into()) {
+        return Ok((udp, true));
+    }
+    let udp = net::bind_udp((std::net::Ipv4Addr::UNSPECIFIED, 0).into()).map_err(|err| {
+        NetError::Command {
+            command: "bind a UDP socket".into(),
+            detail: err.to_string(),
+        }
+    })?;
+    Ok((udp, false))
 }
 
 /// An ICMP "host unreachable" (ICMPv6 "address unreachable"): what a gateway answers for a

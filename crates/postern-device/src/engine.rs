@@ -22,7 +22,7 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tracing::{debug, warn};
 
-use crate::net::{self, DataPlaneRuntime, TunReader, TunWriter, UdpBatch};
+use crate::net::{self, DataPlaneRuntime, PacketPort, TunReader, TunWriter, UdpBatch};
 
 /// Reads from one source before the others are polled again.
 pub const BATCH: usize = 64;
@@ -88,7 +88,8 @@ pub enum Emit {
 /// The devices of one data plane, created on its thread.
 pub struct Engine {
     runtime: DataPlaneRuntime,
-    tun: tun_rs::AsyncDevice,
+    /// The TUN device, or the rootless client's stack in this process.
+    port: PacketPort,
     tun_name: String,
     mtu: u16,
     udp: UdpSocket,
@@ -104,7 +105,7 @@ impl Engine {
     /// wake its thread.
     pub fn new(
         runtime: DataPlaneRuntime,
-        tun: tun_rs::AsyncDevice,
+        port: PacketPort,
         tun_name: &str,
         mtu: u16,
         udp: UdpSocket,
@@ -123,7 +124,7 @@ impl Engine {
         };
         Self {
             runtime,
-            tun,
+            port,
             tun_name: tun_name.to_string(),
             mtu,
             udp,
@@ -170,14 +171,14 @@ impl Engine {
                 timer.as_mut().reset(deadline);
             }
             tokio::select! {
-                read = tun_in.recv(&self.tun) => match read {
+                read = tun_in.recv(&mut self.port) => match read {
                     Ok(count) => {
                         let now = Instant::now();
                         for i in 0..count {
                             self.on_tun(&mut forwarding, tun_in.packet(i), now, &mut io).await;
                         }
                         for _ in 1..BATCH {
-                            let Ok(count) = tun_in.try_recv(&self.tun) else { break };
+                            let Ok(count) = tun_in.try_recv(&mut self.port) else { break };
                             for i in 0..count {
                                 self.on_tun(&mut forwarding, tun_in.packet(i), now, &mut io).await;
                             }
@@ -277,7 +278,7 @@ impl Engine {
         {
             Received::Packet { peer, packet } => {
                 if forwarding.inbound(&peer, packet) && io.tun_out.push(packet) {
-                    if let Err(err) = io.tun_out.flush(&self.tun).await {
+                    if let Err(err) = io.tun_out.flush(&mut self.port).await {
                         debug!("writing to the TUN device failed: {err}");
                     }
                 }
@@ -318,7 +319,7 @@ impl Engine {
     }
 
     async fn flush_tun(&mut self, io: &mut Io) {
-        if let Err(err) = io.tun_out.flush(&self.tun).await {
+        if let Err(err) = io.tun_out.flush(&mut self.port).await {
             debug!("writing to the TUN device failed: {err}");
         }
     }

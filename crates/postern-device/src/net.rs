@@ -5,6 +5,7 @@
 use std::io;
 use std::process::Stdio;
 
+use tokio::sync::mpsc;
 use tun_rs::{AsyncDevice, DeviceBuilder, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 /// MTUs accepted for the tunnel. IPv6 needs at least 1280.
@@ -75,6 +76,17 @@ pub fn create_tun(name: &str, mtu: u16) -> Result<AsyncDevice, NetError> {
     })
 }
 
+/// Where the data plane's plain packets come from and go to.
+pub enum PacketPort {
+    /// A TUN device: the machine's own network stack.
+    Tun(AsyncDevice),
+    /// A network stack in this process (the rootless client's), over channels of packets.
+    Memory {
+        from_stack: mpsc::Receiver<Vec<u8>>,
+        to_stack: mpsc::Sender<Vec<u8>>,
+    },
+}
+
 /// Reads from the TUN device: one system call gives one packet, or with offloads one segment
 /// of up to 64 KiB split into MTU-sized packets (checksums completed).
 pub struct TunReader {
@@ -93,14 +105,54 @@ impl TunReader {
     }
 
     /// Waits for the next read; returns how many packets it gave.
-    pub async fn recv(&mut self, tun: &AsyncDevice) -> io::Result<usize> {
-        tun.recv_multiple(&mut self.original, &mut self.bufs, &mut self.sizes, 0)
-            .await
+    pub async fn recv(&mut self, port: &mut PacketPort) -> io::Result<usize> {
+        match port {
+            PacketPort::Tun(tun) => {
+                tun.recv_multiple(&mut self.original, &mut self.bufs, &mut self.sizes, 0)
+                    .await
+            }
+            PacketPort::Memory { from_stack, .. } => {
+                // A stack that is gone sends nothing more; the engine ends with its changes.
+                let Some(packet) = from_stack.recv().await else {
+                    return std::future::pending().await;
+                };
+                self.put(0, packet);
+                Ok(1 + self.take_queued(from_stack, 1))
+            }
+        }
     }
 
     /// Like [`TunReader::recv`], `WouldBlock` when nothing is queued.
-    pub fn try_recv(&mut self, tun: &AsyncDevice) -> io::Result<usize> {
-        tun.try_recv_multiple(&mut self.original, &mut self.bufs, &mut self.sizes, 0)
+    pub fn try_recv(&mut self, port: &mut PacketPort) -> io::Result<usize> {
+        match port {
+            PacketPort::Tun(tun) => {
+                tun.try_recv_multiple(&mut self.original, &mut self.bufs, &mut self.sizes, 0)
+            }
+            PacketPort::Memory { from_stack, .. } => match self.take_queued(from_stack, 0) {
+                0 => Err(io::Error::from(io::ErrorKind::WouldBlock)),
+                count => Ok(count),
+            },
+        }
+    }
+
+    /// Takes what the stack has queued into slots `from..`; returns how many.
+    fn take_queued(&mut self, from_stack: &mut mpsc::Receiver<Vec<u8>>, from: usize) -> usize {
+        let mut count = 0;
+        while from + count < self.bufs.len() {
+            let Ok(packet) = from_stack.try_recv() else {
+                break;
+            };
+            self.put(from + count, packet);
+            count += 1;
+        }
+        count
+    }
+
+    fn put(&mut self, slot: usize, packet: Vec<u8>) {
+        if let (Some(buf), Some(size)) = (self.bufs.get_mut(slot), self.sizes.get_mut(slot)) {
+            *size = packet.len();
+            *buf = packet;
+        }
     }
 
     /// Packet `i` of the last read (empty past its count).
@@ -150,8 +202,9 @@ impl TunWriter {
         self.len >= self.bufs.len()
     }
 
-    /// Writes the queued packets (nothing when none are queued).
-    pub async fn flush(&mut self, tun: &AsyncDevice) -> io::Result<()> {
+    /// Writes the queued packets (nothing when none are queued). A stack in this process
+    /// whose queue is full loses the packet, as a NIC's full ring would.
+    pub async fn flush(&mut self, port: &mut PacketPort) -> io::Result<()> {
         let len = std::mem::take(&mut self.len);
         if len == 0 {
             return Ok(());
@@ -159,9 +212,19 @@ impl TunWriter {
         let Some(bufs) = self.bufs.get_mut(..len) else {
             return Ok(());
         };
-        tun.send_multiple(&mut self.gro, bufs, VIRTIO_NET_HDR_LEN)
-            .await
-            .map(|_| ())
+        match port {
+            PacketPort::Tun(tun) => tun
+                .send_multiple(&mut self.gro, bufs, VIRTIO_NET_HDR_LEN)
+                .await
+                .map(|_| ()),
+            PacketPort::Memory { to_stack, .. } => {
+                for buf in bufs.iter() {
+                    let packet = buf.get(VIRTIO_NET_HDR_LEN..).unwrap_or_default();
+                    let _ = to_stack.try_send(packet.to_vec());
+                }
+                Ok(())
+            }
+        }
     }
 }
 

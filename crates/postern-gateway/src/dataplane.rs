@@ -126,7 +126,15 @@ impl GatewayDataPlane {
         );
         net::run_with_input("nft", &["-f", "-"], Some(&rules)).await?;
         let nft_table_name = nft_table.clone();
-        let engine = Engine::new(runtime, tun, tun_name, mtu, udp, false, private);
+        let engine = Engine::new(
+            runtime,
+            net::PacketPort::Tun(tun),
+            tun_name,
+            mtu,
+            udp,
+            false,
+            private,
+        );
         if let Some(address) = engine.udp_address() {
             info!(tun = %tun_name, "data plane listening on UDP {address}");
         }

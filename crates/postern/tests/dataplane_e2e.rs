@@ -1889,3 +1889,283 @@ fn the_internet_resource_carries_everything_else_for_a_client_that_opts_in() {
         "restored: {routing}"
     );
 }
+
+// --- the rootless client ----------------------------------------------------------------------
+
+const SOCKS5: &str = "127.0.0.1:1080";
+const HTTP_PROXY: &str = "127.0.0.1:3128";
+/// `--forward 7070=10.2.0.5:7000`: the TCP echo of the CIDR resource.
+const FORWARD: &str = "127.0.0.1:7070";
+
+impl World {
+    /// `postern-client` in client namespace `i` as `nobody`, without capabilities and without a
+    /// TUN, with a SOCKS5 proxy, an HTTP proxy and a forward to the TCP echo. Its binary and
+    /// state directory are copies `nobody` may use (the checkout may not be readable to it).
+    fn rootless_client(&mut self, i: usize, id: &str, token: &str) -> usize {
+        use std::os::unix::fs::PermissionsExt;
+        let root = self.data_dir.path();
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let dir = root.join(id);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let binary = dir.join("postern-client");
+        std::fs::copy(sibling_binary("postern-client"), &binary).expect("binary copied");
+        let state_dir = dir.join("state");
+        std::fs::create_dir_all(&state_dir).expect("state dir");
+        sh(
+            "chown",
+            &["-R", "nobody:nogroup", state_dir.to_str().expect("utf-8")],
+        );
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let log = dir.join("log");
+        let file = File::create(&log).expect("log");
+        let ns = self.client_ns(i);
+        let forward = format!("7070={RESOURCE}:{TCP_PORT}");
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                "setpriv",
+                "--reuid=nobody",
+                "--regid=nogroup",
+            ])
+            .args([
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+                "--",
+            ])
+            .arg(&binary)
+            .args(["--id", id, "--name", id, "--state-dir"])
+            .arg(&state_dir)
+            .args(["--api-url", "http://10.1.1.2:8080", "--insecure"])
+            .args([
+                "--socks5",
+                SOCKS5,
+                "--http-proxy",
+                HTTP_PROXY,
+                "--forward",
+                &forward,
+            ])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info,postern_client=debug")
+            .env("POSTERN_TOKEN", token)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .expect("setpriv");
+        self.procs.push(Proc {
+            name: format!("rootless postern-client {id}"),
+            child,
+            log,
+            state_dir,
+        });
+        let index = self.procs.len() - 1;
+        self.wait_status(index, "connected with its addresses", |s| {
+            s["state"] == "connected" && s["addresses"].is_object()
+        });
+        index
+    }
+}
+
+/// `curl` in namespace `ns` with extra arguments: the body, or curl's error.
+fn curl_via(ns: &str, args: &[&str], url: &str) -> Result<String, String> {
+    let mut all = vec!["-sS", "--max-time", "10"];
+    all.extend_from_slice(args);
+    all.push(url);
+    let (ok, text) = in_ns(ns, "curl", &all);
+    if ok {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}
+
+/// A TCP connection to `to` from namespace `ns` (a thread in it connects).
+fn connect_in(ns: &str, to: &'static str) -> TcpStream {
+    in_netns(ns, move || {
+        let stream = TcpStream::connect(to).expect("connected");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        stream
+    })
+}
+
+fn echo_through(stream: &mut TcpStream, payload: &[u8]) -> Result<(), String> {
+    stream.write_all(payload).map_err(|e| e.to_string())?;
+    let mut back = vec![0u8; payload.len()];
+    stream.read_exact(&mut back).map_err(|e| e.to_string())?;
+    (back == payload)
+        .then_some(())
+        .ok_or_else(|| "wrong echo".to_string())
+}
+
+#[test]
+fn a_client_without_privileges_reaches_resources_through_its_proxies_and_forwards() {
+    if !can_run_dns() {
+        return;
+    }
+    let (mut w, _dns) = World::with_dns();
+    let token = w.client_token.clone();
+    let client = w.rootless_client(1, "rootless-1", &token);
+    let ns = w.client_ns(1);
+    assert!(
+        !in_ns(&ns, "ip", &["link", "show", "postern0"]).0,
+        "no TUN device in user-space mode"
+    );
+
+    // SOCKS5 with the name resolved by the client (a DNS resource), and the HTTP proxy both
+    // ways: plain forwarding and CONNECT.
+    let socks = format!("socks5h://{SOCKS5}");
+    let url = format!("http://app.internal.test:{HTTP_PORT}/");
+    let body = curl_via(&ns, &["--proxy", &socks], &url)
+        .unwrap_or_else(|e| panic!("SOCKS5 by name: {e}\n{}", logs(&w)));
+    assert!(body.contains("hello from 10.2.0.5"), "{body}");
+    let proxy = format!("http://{HTTP_PROXY}");
+    let body = curl_via(&ns, &["--proxy", &proxy], &url).expect("HTTP forwarding");
+    assert!(body.contains("hello from 10.2.0.5"), "{body}");
+    let body = curl_via(&ns, &["--proxy", &proxy, "--proxytunnel"], &url).expect("CONNECT");
+    assert!(body.contains("hello from 10.2.0.5"), "{body}");
+
+    // A port outside the filter and an address outside every resource fail at once with the
+    // proxies' errors.
+    let started = Instant::now();
+    let filtered = format!("http://{RESOURCE}:{BLOCKED_PORT}/");
+    let refused = curl_via(&ns, &["--proxy", &socks], &filtered).expect_err("filtered");
+    // Reply 2: "connection not allowed by ruleset".
+    assert!(
+        refused.contains("(97)") && refused.contains("(2)"),
+        "{refused}"
+    );
+    let answer = curl_via(
+        &ns,
+        &["--proxy", &proxy, "-w", "\n%{http_code}"],
+        "http://10.9.9.9/",
+    )
+    .expect("an HTTP answer");
+    assert!(
+        answer.ends_with("403") && answer.contains("10.9.9.9 is in no resource"),
+        "403 saying why: {answer}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused, not timed out"
+    );
+
+    // The forward reaches the TCP echo; 200 connections at once work and leave nothing behind.
+    let mut stream = connect_in(&ns, FORWARD);
+    echo_through(&mut stream, b"hello forward").expect("echo through the forward");
+    let mut many: Vec<TcpStream> = (0..200).map(|_| connect_in(&ns, FORWARD)).collect();
+    for (n, stream) in many.iter_mut().enumerate() {
+        echo_through(stream, format!("connection {n}").as_bytes())
+            .unwrap_or_else(|e| panic!("connection {n}: {e}\n{}", logs(&w)));
+    }
+    w.wait_status(client, "with 201 proxied connections", |s| {
+        s["userspace"]["open"] == 201
+    });
+    drop(many);
+    w.wait_status(client, "with the 200 closed and their sockets gone", |s| {
+        s["userspace"]["open"] == 1 && s["userspace"]["stack_sockets"] == 1
+    });
+
+    // Revoking the token closes the open proxied connection within 1 s.
+    w.api
+        .delete(&format!("/v1/actors/{}/tokens/{}", w.actor_id, w.token_id));
+    let revoked = Instant::now();
+    let mut buf = [0u8; 1];
+    let read = stream.read(&mut buf);
+    let cut = revoked.elapsed();
+    eprintln!("revoking the token closed the proxied connection after {cut:?}");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the connection is closed: {read:?}"
+    );
+    assert!(cut <= CUT_BOUND, "closed after {cut:?}");
+}
+
+#[test]
+fn a_hundred_megabytes_through_socks5_arrive_intact() {
+    if !can_run_dns() {
+        return;
+    }
+    let (mut w, _dns) = World::with_dns();
+    let token = w.client_token.clone();
+    w.rootless_client(1, "rootless-1", &token);
+    let ns = w.client_ns(1);
+    // A SOCKS5 CONNECT to the TCP echo, by hand (RFC 1928): no authentication, IPv4 target.
+    let mut stream = connect_in(&ns, SOCKS5);
+    stream.write_all(&[5, 1, 0]).expect("greeting");
+    let mut reply = [0u8; 2];
+    stream.read_exact(&mut reply).expect("method");
+    assert_eq!(reply, [5, 0]);
+    let mut request = vec![5, 1, 0, 1, 10, 2, 0, 5];
+    request.extend_from_slice(&TCP_PORT.to_be_bytes());
+    stream.write_all(&request).expect("connect");
+    let mut reply = [0u8; 10];
+    stream.read_exact(&mut reply).expect("reply");
+    assert_eq!(
+        reply[1],
+        0,
+        "SOCKS5 CONNECT succeeded: {reply:?}\n{}",
+        logs(&w)
+    );
+
+    const TOTAL: usize = 100 * 1024 * 1024;
+    let mut writer = stream.try_clone().expect("clone");
+    let sender = std::thread::spawn(move || {
+        let mut block = vec![0u8; 64 * 1024];
+        let mut digest = Crc::new();
+        let mut sent = 0;
+        while sent < TOTAL {
+            for (i, byte) in block.iter_mut().enumerate() {
+                *byte = ((sent + i) * 31 % 253) as u8;
+            }
+            writer.write_all(&block).expect("sent");
+            digest.update(&block);
+            sent += block.len();
+        }
+        digest.value()
+    });
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let mut received = 0;
+    let mut digest = Crc::new();
+    let mut buffer = vec![0u8; 256 * 1024];
+    let started = Instant::now();
+    while received < TOTAL {
+        let n = stream.read(&mut buffer).expect("received");
+        assert!(n > 0, "closed after {received} bytes");
+        digest.update(&buffer[..n]);
+        received += n;
+    }
+    let elapsed = started.elapsed();
+    let sent = sender.join().expect("sender");
+    assert_eq!(digest.value(), sent, "what came back is what was sent");
+    eprintln!(
+        "100 MiB each way through SOCKS5 in {elapsed:?} ({:.0} Mbit/s each way)",
+        (TOTAL * 8) as f64 / elapsed.as_secs_f64() / 1e6
+    );
+}
+
+/// FNV-1a over a stream of bytes: enough to tell a corrupted, reordered or truncated copy.
+struct Crc(u64);
+
+impl Crc {
+    fn new() -> Self {
+        Crc(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn value(&self) -> u64 {
+        self.0
+    }
+}
