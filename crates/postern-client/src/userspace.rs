@@ -60,13 +60,26 @@ pub async fn run(
         None => None,
     };
     let mut forwards = Vec::new();
+    let mut udp_forwards = Vec::new();
     for forward in &args.forwards {
+        if forward.udp {
+            match tokio::net::UdpSocket::bind(forward.local).await {
+                Ok(socket) => udp_forwards.push((socket, forward.target.clone())),
+                Err(err) => {
+                    return Ok(bad_config(format!(
+                        "cannot listen on UDP {} for the forward: {err}",
+                        forward.local
+                    )))
+                }
+            }
+            continue;
+        }
         match bind("forward", forward.local).await {
             Ok(listener) => forwards.push((listener, forward.target.clone())),
             Err(err) => return Ok(bad_config(err)),
         }
     }
-    if socks5.is_none() && http.is_none() && forwards.is_empty() {
+    if socks5.is_none() && http.is_none() && args.forwards.is_empty() {
         tracing::warn!(
             "user-space mode without --socks5, --http-proxy or --forward: nothing can use the tunnel"
         );
@@ -120,6 +133,9 @@ pub async fn run(
     }
     for (listener, target) in forwards {
         tasks.spawn(proxy::forward::serve(listener, target, proxies.clone()));
+    }
+    for (socket, target) in udp_forwards {
+        tasks.spawn(proxy::forward::serve_udp(socket, target, proxies.clone()));
     }
     let data_plane = tokio::spawn(tunnel.run(plan_rx));
     let mut role =

@@ -15,6 +15,7 @@ mod dns;
 mod grants;
 mod http;
 mod stats;
+mod tcp;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -91,6 +92,15 @@ enum Command {
         --name 'n{n}.outside.test' --json"
     )]
     Dns(dns::DnsArgs),
+    /// A TCP server for `tcp`: streams data (`D`) or answers one byte (`P`) per connection.
+    TcpServer(tcp::ServerArgs),
+    /// TCP throughput (download) and connection setup rate to a tcp-server, directly or
+    /// through a SOCKS5 proxy.
+    #[command(
+        after_help = "Example:\n  postern-loadgen tcp --target 10.2.0.5:9000 --socks5 127.0.0.1:1080 \
+        --streams 4 --duration 5s --connections 2000 --json"
+    )]
+    Tcp(tcp::ClientArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -263,7 +273,7 @@ fn main() -> anyhow::Result<()> {
         Command::Sessions(a) => a.common.threads,
         Command::Healthz(a) => a.common.threads,
         Command::Grants(a) => a.common.threads,
-        Command::Dns(_) => 1,
+        Command::Dns(_) | Command::TcpServer(_) | Command::Tcp(_) => 1,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
@@ -275,6 +285,8 @@ fn main() -> anyhow::Result<()> {
             Command::Healthz(args) => run_healthz(args).await,
             Command::Grants(args) => grants::run(args).await,
             Command::Dns(args) => dns::run(args).await,
+            Command::TcpServer(args) => tcp::serve(args).await,
+            Command::Tcp(args) => tcp::run(args).await,
         }
     })?;
     // Leave the remaining (already closed) tasks behind without waiting for them.

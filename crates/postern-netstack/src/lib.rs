@@ -28,12 +28,16 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
-use smoltcp::socket::tcp;
+use smoltcp::socket::{tcp, udp};
 use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, Notify};
 use tracing::debug;
+
+/// Datagrams buffered each way per UDP socket, and their bytes.
+const UDP_DATAGRAMS: usize = 256;
+const UDP_BYTES: usize = 256 * 1024;
 
 /// Receive buffer (the window offered) of each connection.
 pub const RECEIVE_BUFFER: usize = 256 * 1024;
@@ -219,6 +223,47 @@ impl NetStack {
         };
         poll_fn(|cx| connection.poll_established(cx)).await?;
         Ok(connection)
+    }
+
+    /// A UDP socket on an ephemeral port of the client's tunnel address of `remote`'s family,
+    /// for datagrams to and from `remote`.
+    pub fn udp(&self, remote: SocketAddr) -> Result<UdpSocket, ConnectError> {
+        let mut inner = self.shared.inner.lock();
+        let Some((ipv4, ipv6)) = inner.addresses else {
+            return Err(ConnectError::NoAddresses);
+        };
+        if self.shared.stats.open.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+            return Err(ConnectError::TooMany);
+        }
+        let local = match remote.ip() {
+            IpAddr::V4(_) => IpAddress::Ipv4(ipv4),
+            IpAddr::V6(_) => IpAddress::Ipv6(ipv6),
+        };
+        let buffer = || {
+            udp::PacketBuffer::new(
+                vec![udp::PacketMetadata::EMPTY; UDP_DATAGRAMS],
+                vec![0; UDP_BYTES],
+            )
+        };
+        let mut socket = udp::Socket::new(buffer(), buffer());
+        let port = inner.next_port;
+        inner.next_port = if port >= LAST_PORT {
+            FIRST_PORT
+        } else {
+            port + 1
+        };
+        socket
+            .bind((local, port))
+            .map_err(|_| ConnectError::Unaddressable(remote))?;
+        let handle = inner.sockets.add(socket);
+        drop(inner);
+        self.shared.stats.open.fetch_add(1, Ordering::Relaxed);
+        self.shared.stats.opened.fetch_add(1, Ordering::Relaxed);
+        Ok(UdpSocket {
+            shared: self.shared.clone(),
+            handle,
+            remote,
+        })
     }
 
     /// Moves packets between smoltcp and the data plane until the data plane's end is gone.
@@ -480,6 +525,60 @@ impl Drop for TcpConnection {
         inner.closing.push(self.handle);
         drop(inner);
         self.shared.poll.notify_one();
+    }
+}
+
+/// UDP datagrams to and from one remote endpoint through the tunnel.
+pub struct UdpSocket {
+    shared: Arc<Shared>,
+    handle: SocketHandle,
+    remote: SocketAddr,
+}
+
+impl UdpSocket {
+    /// Sends one datagram to the remote endpoint (waits while the send buffer is full).
+    pub async fn send(&self, datagram: &[u8]) -> io::Result<()> {
+        poll_fn(|cx| {
+            let mut inner = self.shared.inner.lock();
+            let socket = inner.sockets.get_mut::<udp::Socket>(self.handle);
+            if !socket.can_send() {
+                socket.register_send_waker(cx.waker());
+                return Poll::Pending;
+            }
+            let sent = socket
+                .send_slice(datagram, endpoint(self.remote))
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+            drop(inner);
+            self.shared.poll.notify_one();
+            Poll::Ready(sent)
+        })
+        .await
+    }
+
+    /// The next datagram from the remote endpoint (others are dropped), into `buffer`.
+    pub async fn recv(&self, buffer: &mut [u8]) -> io::Result<usize> {
+        let remote = endpoint(self.remote);
+        poll_fn(|cx| {
+            let mut inner = self.shared.inner.lock();
+            let socket = inner.sockets.get_mut::<udp::Socket>(self.handle);
+            while socket.can_recv() {
+                match socket.recv_slice(buffer) {
+                    Ok((len, meta)) if meta.endpoint == remote => return Poll::Ready(Ok(len)),
+                    Ok(_) | Err(_) => continue,
+                }
+            }
+            socket.register_recv_waker(cx.waker());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+impl Drop for UdpSocket {
+    fn drop(&mut self) {
+        let mut inner = self.shared.inner.lock();
+        inner.sockets.remove(self.handle);
+        self.shared.stats.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use postern_netstack::{ConnectError, NetStack, PacketPipe};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
-use smoltcp::socket::tcp;
+use smoltcp::socket::{tcp, udp};
 use smoltcp::time::Instant;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,6 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const CLIENT: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 5);
 const ECHO_PORT: u16 = 7000;
+const UDP_ECHO_PORT: u16 = 7001;
 const LISTENERS: usize = 64;
 
 struct Queues {
@@ -88,6 +89,11 @@ async fn remote_host(mut pipe: PacketPipe) {
     let _ = iface.routes_mut().add_default_ipv4_route(REMOTE);
     let mut sockets = SocketSet::new(Vec::new());
     let mut handles: Vec<SocketHandle> = (0..LISTENERS).map(|_| sockets.add(listener())).collect();
+    let udp_buffer =
+        || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 64], vec![0; 64 * 1024]);
+    let mut udp_echo = udp::Socket::new(udp_buffer(), udp_buffer());
+    udp_echo.bind(UDP_ECHO_PORT).expect("bind");
+    let udp_echo = sockets.add(udp_echo);
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
         iface.poll(Instant::now(), &mut device, &mut sockets);
@@ -111,6 +117,11 @@ async fn remote_host(mut pipe: PacketPipe) {
                 sockets.remove(*handle);
                 *handle = sockets.add(listener());
             }
+        }
+        let socket = sockets.get_mut::<udp::Socket>(udp_echo);
+        while let Ok((len, meta)) = socket.recv_slice(&mut buffer) {
+            let datagram = buffer[..len].to_vec();
+            let _ = socket.send_slice(&datagram, meta.endpoint);
         }
         iface.poll(Instant::now(), &mut device, &mut sockets);
         for packet in device.tx.drain(..) {
@@ -216,4 +227,28 @@ async fn many_connections_open_and_leave_no_state_once_closed() {
         }
     }
     assert_eq!(stack.stats().opened.load(Ordering::Relaxed), 200);
+}
+
+#[tokio::test]
+async fn udp_datagrams_go_and_come_back_from_their_one_remote() {
+    let stack = stack();
+    let remote = SocketAddr::from((REMOTE, UDP_ECHO_PORT));
+    let socket = stack.udp(remote).expect("a UDP socket");
+    let mut buffer = [0u8; 2048];
+    for n in 0..20u8 {
+        let datagram = vec![n; 1000];
+        socket.send(&datagram).await.expect("sent");
+        let len = tokio::time::timeout(Duration::from_secs(5), socket.recv(&mut buffer))
+            .await
+            .expect("echoed in time")
+            .expect("received");
+        assert_eq!(&buffer[..len], &datagram[..]);
+    }
+    assert_eq!(stack.stats().open.load(Ordering::Relaxed), 1);
+    drop(socket);
+    assert_eq!(
+        stack.stats().open.load(Ordering::Relaxed),
+        0,
+        "dropped at once"
+    );
 }

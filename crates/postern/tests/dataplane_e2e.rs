@@ -393,7 +393,7 @@ impl World {
         let resource = api.post(
             "/v1/resources",
             json!({"type": "cidr", "name": "lan", "address": "10.2.0.0/24", "site_id": site_id,
-                   "filters": [{"protocol": "tcp", "ports": TCP_PORT.to_string()},
+                   "filters": [{"protocol": "tcp", "ports": format!("{TCP_PORT},{HTTP_PORT}")},
                                {"protocol": "udp", "ports": UDP_PORT.to_string()},
                                {"protocol": "icmp"}]}),
         );
@@ -1896,6 +1896,8 @@ const SOCKS5: &str = "127.0.0.1:1080";
 const HTTP_PROXY: &str = "127.0.0.1:3128";
 /// `--forward 7070=10.2.0.5:7000`: the TCP echo of the CIDR resource.
 const FORWARD: &str = "127.0.0.1:7070";
+/// `--forward udp:7071=10.2.0.5:7001`: its UDP echo.
+const UDP_FORWARD: &str = "127.0.0.1:7071";
 
 impl World {
     /// `postern-client` in client namespace `i` as `nobody`, without capabilities and without a
@@ -1920,6 +1922,7 @@ impl World {
         let file = File::create(&log).expect("log");
         let ns = self.client_ns(i);
         let forward = format!("7070={RESOURCE}:{TCP_PORT}");
+        let udp_forward = format!("udp:7071={RESOURCE}:{UDP_PORT}");
         let child = Command::new("ip")
             .args([
                 "netns",
@@ -1947,6 +1950,7 @@ impl World {
                 "--forward",
                 &forward,
             ])
+            .args(["--forward", &udp_forward])
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("RUST_LOG", "info,postern_client=debug")
@@ -2029,6 +2033,25 @@ fn a_client_without_privileges_reaches_resources_through_its_proxies_and_forward
     assert!(body.contains("hello from 10.2.0.5"), "{body}");
     let body = curl_via(&ns, &["--proxy", &proxy, "--proxytunnel"], &url).expect("CONNECT");
     assert!(body.contains("hello from 10.2.0.5"), "{body}");
+    let by_address = format!("http://{RESOURCE}:{HTTP_PORT}/");
+    let body = curl_via(&ns, &["--proxy", &socks], &by_address).expect("SOCKS5 by address");
+    assert!(body.contains("hello from 10.2.0.5"), "{body}");
+
+    // A UDP forward reaches the UDP echo.
+    let udp = in_netns(&ns, || {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("udp");
+        socket.connect(UDP_FORWARD).expect("connect");
+        socket
+    });
+    assert!(
+        (0..20).any(|n| udp_echo(
+            &udp,
+            format!("udp {n}").as_bytes(),
+            Duration::from_millis(500)
+        )),
+        "no UDP echo through the forward\n{}",
+        logs(&w)
+    );
 
     // A port outside the filter and an address outside every resource fail at once with the
     // proxies' errors.
@@ -2063,12 +2086,13 @@ fn a_client_without_privileges_reaches_resources_through_its_proxies_and_forward
         echo_through(stream, format!("connection {n}").as_bytes())
             .unwrap_or_else(|e| panic!("connection {n}: {e}\n{}", logs(&w)));
     }
-    w.wait_status(client, "with 201 proxied connections", |s| {
-        s["userspace"]["open"] == 201
+    // 200 TCP connections, the first one and the UDP flow.
+    w.wait_status(client, "with 202 proxied connections", |s| {
+        s["userspace"]["open"] == 202
     });
     drop(many);
     w.wait_status(client, "with the 200 closed and their sockets gone", |s| {
-        s["userspace"]["open"] == 1 && s["userspace"]["stack_sockets"] == 1
+        s["userspace"]["open"] == 2 && s["userspace"]["stack_sockets"] == 2
     });
 
     // Revoking the token closes the open proxied connection within 1 s.

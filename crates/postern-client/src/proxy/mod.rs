@@ -23,7 +23,7 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use postern_dataplane::{internet_networks, resource_network};
 use postern_domain::dns::is_proxy_address;
-use postern_netstack::{ConnectError, NetStack, TcpConnection};
+use postern_netstack::{ConnectError, NetStack, TcpConnection, UdpSocket};
 use postern_policy::{filters_allow, Protocol};
 use postern_protocol::ResourceView;
 use serde::{Deserialize, Serialize};
@@ -47,8 +47,12 @@ const MAX_LISTED: usize = 256;
 pub enum Refusal {
     #[error("{0} is in no resource this service account may reach")]
     NoResource(IpAddr),
-    #[error("tcp port {port} is outside the filters of resource '{resource}'")]
-    Filtered { port: u16, resource: String },
+    #[error("{protocol} port {port} is outside the filters of resource '{resource}'")]
+    Filtered {
+        protocol: &'static str,
+        port: u16,
+        resource: String,
+    },
     #[error("{0} does not resolve")]
     Unresolved(String),
     #[error("{0}")]
@@ -200,7 +204,7 @@ impl Proxies {
         self.credentials.as_deref()
     }
 
-    fn listening(&self, what: String) {
+    pub(crate) fn listening(&self, what: String) {
         info!("listening: {what}");
         self.listeners.lock().push(what);
         self.changed();
@@ -231,13 +235,21 @@ impl Proxies {
     /// Resolves and checks `target`, then connects through the tunnel.
     pub async fn open(&self, target: &Target) -> Result<(TcpConnection, ResourceView), Refusal> {
         let address = self.address_of(target).await?;
-        let resource = self.check(address)?;
+        let resource = self.check(address, Protocol::Tcp)?;
         let connecting = self.stack.connect(address);
         match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Ok(Ok(connection)) => Ok((connection, resource)),
             Ok(Err(err)) => Err(Refusal::Connect(err)),
             Err(_) => Err(Refusal::TimedOut(address)),
         }
+    }
+
+    /// Resolves and checks `target` for UDP, and gives a UDP socket through the tunnel to it.
+    pub async fn open_udp(&self, target: &Target) -> Result<(UdpSocket, ResourceView), Refusal> {
+        let address = self.address_of(target).await?;
+        let resource = self.check(address, Protocol::Udp)?;
+        let socket = self.stack.udp(address).map_err(Refusal::Connect)?;
+        Ok((socket, resource))
     }
 
     /// A name of a reachable DNS resource gets its proxy address; any other name is resolved
@@ -262,9 +274,9 @@ impl Proxies {
             .ok_or_else(|| Refusal::Unresolved(name.to_string()))
     }
 
-    /// The resource `address` belongs to, and whether its filters let TCP to its port
+    /// The resource `address` belongs to, and whether its filters let `protocol` to its port
     /// through: what the gateway would decide, said now.
-    fn check(&self, address: SocketAddr) -> Result<ResourceView, Refusal> {
+    fn check(&self, address: SocketAddr, protocol: Protocol) -> Result<ResourceView, Refusal> {
         let plan = self.plan.borrow();
         let ip = address.ip();
         let resource = if is_proxy_address(ip) {
@@ -276,8 +288,9 @@ impl Proxies {
             most_specific(&plan.resources, ip, self.internet)
         };
         let resource = resource.ok_or(Refusal::NoResource(ip))?;
-        if !filters_allow(&resource.filters, Protocol::Tcp, Some(address.port())) {
+        if !filters_allow(&resource.filters, protocol, Some(address.port())) {
             return Err(Refusal::Filtered {
+                protocol: protocol_name(protocol),
                 port: address.port(),
                 resource: resource.name.clone(),
             });
@@ -285,17 +298,15 @@ impl Proxies {
         Ok(resource.clone())
     }
 
-    /// Copies both ways between the local socket and the tunnel until either side ends, or
-    /// until the connection's resource is withdrawn.
-    pub async fn relay<L: AsyncRead + AsyncWrite + Unpin>(
+    /// Registers a connection for `status` and for withdrawal; the receiver fires when its
+    /// resource is withdrawn. [`Proxies::unregister`] it when it ends.
+    pub(crate) fn register(
         &self,
         via: &str,
-        mut local: L,
         client: SocketAddr,
         target: &Target,
-        mut connection: TcpConnection,
         resource: &ResourceView,
-    ) {
+    ) -> (u64, tokio::sync::oneshot::Receiver<()>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (stop, stopped) = tokio::sync::oneshot::channel();
         self.registry.lock().insert(
@@ -313,6 +324,26 @@ impl Proxies {
             },
         );
         self.changed();
+        (id, stopped)
+    }
+
+    pub(crate) fn unregister(&self, id: u64) {
+        self.registry.lock().remove(&id);
+        self.changed();
+    }
+
+    /// Copies both ways between the local socket and the tunnel until either side ends, or
+    /// until the connection's resource is withdrawn.
+    pub async fn relay<L: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        via: &str,
+        mut local: L,
+        client: SocketAddr,
+        target: &Target,
+        mut connection: TcpConnection,
+        resource: &ResourceView,
+    ) {
+        let (id, stopped) = self.register(via, client, target, resource);
         tokio::select! {
             copied = tokio::io::copy_bidirectional(&mut local, &mut connection) => {
                 if let Err(err) = copied {
@@ -324,8 +355,7 @@ impl Proxies {
                 connection.abort();
             }
         }
-        self.registry.lock().remove(&id);
-        self.changed();
+        self.unregister(id);
     }
 
     /// Closes the connections whose resource left the plan, whenever the plan changes.
@@ -371,6 +401,14 @@ fn most_specific(resources: &[ResourceView], ip: IpAddr, internet: bool) -> Opti
         .iter()
         .find(|r| r.resource_type == "internet")
         .filter(|_| allowed)
+}
+
+fn protocol_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Icmp => "icmp",
+    }
 }
 
 /// `PORT` (on loopback) or `ADDR:PORT`.
