@@ -39,6 +39,10 @@ use crate::tunnel::Plan;
 /// A connection through the tunnel has this long to be established (an access request, a
 /// handshake and the SYN's answer).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes moved per read each way between the local socket and the tunnel: fewer, larger
+/// copies (with tokio's default of 8 KiB one SOCKS5 stream made 1.68 Gbit/s, with 64 KiB 1.99;
+/// bench/rootless.sh).
+const RELAY_BUFFER: usize = 64 * 1024;
 /// Connections listed in `status` (the count says how many are open).
 const MAX_LISTED: usize = 256;
 
@@ -345,7 +349,7 @@ impl Proxies {
     ) {
         let (id, stopped) = self.register(via, client, target, resource);
         tokio::select! {
-            copied = tokio::io::copy_bidirectional(&mut local, &mut connection) => {
+            copied = tokio::io::copy_bidirectional_with_sizes(&mut local, &mut connection, RELAY_BUFFER, RELAY_BUFFER) => {
                 if let Err(err) = copied {
                     debug!(%client, %target, "proxied connection ended: {err}");
                 }
