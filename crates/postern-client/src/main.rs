@@ -135,8 +135,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR", value_parser = proxy::parse_listen, conflicts_with = "no_tunnel")]
     http_proxy: Option<std::net::SocketAddr>,
 
-    /// A local TCP port that reaches one resource, LOCAL=HOST:PORT (repeatable), e.g.
-    /// --forward 5432=db.internal.example:5432
+    /// A local port that reaches one resource, [udp:]LOCAL=HOST:PORT (repeatable; TCP unless
+    /// udp:), e.g. --forward 5432=db.internal.example:5432 --forward udp:5353=10.0.0.53:53
     #[arg(long = "forward", value_name = "LOCAL=HOST:PORT", value_parser = proxy::forward::Forward::parse, conflicts_with = "no_tunnel")]
     forwards: Vec<proxy::forward::Forward>,
 
