@@ -444,12 +444,16 @@ fn dns_lines(dns: &role::DnsStatus) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let mut out = format!(
-        "  dns:          {} (resolver {}; other names to {})\n",
-        dns.info.mode,
-        join(&dns.info.listen),
-        join(&dns.info.upstreams)
-    );
+    // The user-space mode has no resolver on the machine: names are resolved for its proxies.
+    let mut out = match dns.info.listen.is_empty() {
+        true => format!("  dns:          {}\n", dns.info.mode),
+        false => format!(
+            "  dns:          {} (resolver {}; other names to {})\n",
+            dns.info.mode,
+            join(&dns.info.listen),
+            join(&dns.info.upstreams)
+        ),
+    };
     if !dns.info.domains.is_empty() {
         out.push_str(&format!(
             "  dns domains:  {}\n",
