@@ -49,23 +49,9 @@ NS_C="${P}c" NS_G="${P}g" NS_R="${P}r"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/postern-dns.XXXXXX")"
 # shellcheck source=bench/netns.sh
 source "$BENCH_DIR/netns.sh"
-cleanup() {
-    local status=$?
-    trap - EXIT INT TERM
-    stop_everything "$status"
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+stop_on_exit
 
-if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-    log "building postern, postern-gateway, postern-client and postern-loadgen (release)..."
-    (cd "$ROOT" && cargo build --release -p postern -p postern-gateway -p postern-client -p postern-loadgen >&2)
-fi
-for b in "$BIN" "$GATEWAY" "$CLIENT" "$LOADGEN"; do
-    [[ -x "$b" ]] || die "$b missing (cargo build --release -p postern -p postern-gateway -p postern-client -p postern-loadgen)"
-done
+release_binaries postern postern-gateway postern-client postern-loadgen
 
 # --- namespaces ---------------------------------------------------------------------------
 namespaces "$NS_C" "$NS_G" "$NS_R"

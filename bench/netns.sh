@@ -1,8 +1,9 @@
 # What the network-namespace benchmarks share (bench/dataplane.sh, bench/dns.sh); `source` it
 # after bench/lib.sh, with P (the run's prefix of namespaces and interfaces) and WORK set.
 # Defines PIDS and NAMESPACES (filled by the caller), and: in_ns, namespaces, veth,
-# stop_everything (for the EXIT trap), start_portal and api (a portal in namespace $1 on :8080,
-# SQLite in $WORK/portal, its API token in $WORK/api.token).
+# stop_everything (for the EXIT trap; stop_on_exit installs it), release_binaries, start_portal
+# and api (a portal in namespace $1 on :8080, SQLite in $WORK/portal, its API token in
+# $WORK/api.token).
 
 declare -a PIDS=()
 declare -a NAMESPACES=()
@@ -55,6 +56,28 @@ stop_everything() {
         done
     fi
     if [[ "${KEEP_TMP:-0}" == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+}
+
+# stop_on_exit: on exit (also on failure or Ctrl-C) stop_everything
+stop_on_exit() {
+    trap '_status=$?; trap - EXIT INT TERM; stop_everything "$_status"; exit "$_status"' EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+}
+
+# release_binaries PACKAGE...: builds them in release (unless SKIP_BUILD=1) and checks that
+# each binary of that name is in target/release
+release_binaries() {
+    local package args=()
+    for package in "$@"; do args+=(-p "$package"); done
+    if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+        log "building $* (release)..."
+        (cd "$ROOT" && cargo build --release "${args[@]}" >&2)
+    fi
+    for package in "$@"; do
+        [[ -x "$ROOT/target/release/$package" ]] ||
+            die "$ROOT/target/release/$package missing (cargo build --release ${args[*]})"
+    done
 }
 
 # start_portal NS: `postern serve` on 0.0.0.0:8080 in namespace NS (SQLite in $WORK/portal),

@@ -183,16 +183,7 @@ impl NetStack {
     pub async fn connect(&self, remote: SocketAddr) -> Result<TcpConnection, ConnectError> {
         let handle = {
             let mut inner = self.shared.inner.lock();
-            let Some((ipv4, ipv6)) = inner.addresses else {
-                return Err(ConnectError::NoAddresses);
-            };
-            if self.shared.stats.open.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
-                return Err(ConnectError::TooMany);
-            }
-            let local = match remote.ip() {
-                IpAddr::V4(_) => IpAddress::Ipv4(ipv4),
-                IpAddr::V6(_) => IpAddress::Ipv6(ipv6),
-            };
+            let (local, port) = self.local_endpoint(&mut inner, remote)?;
             let mut socket = tcp::Socket::new(
                 tcp::SocketBuffer::new(vec![0; RECEIVE_BUFFER]),
                 tcp::SocketBuffer::new(vec![0; SEND_BUFFER]),
@@ -200,12 +191,6 @@ impl NetStack {
             socket.set_timeout(Some(IDLE_TIMEOUT.into()));
             socket.set_keep_alive(Some(KEEPALIVE.into()));
             socket.set_nagle_enabled(false);
-            let port = inner.next_port;
-            inner.next_port = if port >= LAST_PORT {
-                FIRST_PORT
-            } else {
-                port + 1
-            };
             let inner = &mut *inner;
             socket
                 .connect(inner.iface.context(), endpoint(remote), (local, port))
@@ -229,16 +214,7 @@ impl NetStack {
     /// for datagrams to and from `remote`.
     pub fn udp(&self, remote: SocketAddr) -> Result<UdpSocket, ConnectError> {
         let mut inner = self.shared.inner.lock();
-        let Some((ipv4, ipv6)) = inner.addresses else {
-            return Err(ConnectError::NoAddresses);
-        };
-        if self.shared.stats.open.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
-            return Err(ConnectError::TooMany);
-        }
-        let local = match remote.ip() {
-            IpAddr::V4(_) => IpAddress::Ipv4(ipv4),
-            IpAddr::V6(_) => IpAddress::Ipv6(ipv6),
-        };
+        let (local, port) = self.local_endpoint(&mut inner, remote)?;
         let buffer = || {
             udp::PacketBuffer::new(
                 vec![udp::PacketMetadata::EMPTY; UDP_DATAGRAMS],
@@ -246,12 +222,6 @@ impl NetStack {
             )
         };
         let mut socket = udp::Socket::new(buffer(), buffer());
-        let port = inner.next_port;
-        inner.next_port = if port >= LAST_PORT {
-            FIRST_PORT
-        } else {
-            port + 1
-        };
         socket
             .bind((local, port))
             .map_err(|_| ConnectError::Unaddressable(remote))?;
@@ -264,6 +234,32 @@ impl NetStack {
             handle,
             remote,
         })
+    }
+
+    /// The local end of a new socket toward `remote`: the tunnel address of its family and the
+    /// next ephemeral port; refused before the addresses are known, or past the bound.
+    fn local_endpoint(
+        &self,
+        inner: &mut Inner,
+        remote: SocketAddr,
+    ) -> Result<(IpAddress, u16), ConnectError> {
+        let Some((ipv4, ipv6)) = inner.addresses else {
+            return Err(ConnectError::NoAddresses);
+        };
+        if self.shared.stats.open.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+            return Err(ConnectError::TooMany);
+        }
+        let local = match remote.ip() {
+            IpAddr::V4(_) => IpAddress::Ipv4(ipv4),
+            IpAddr::V6(_) => IpAddress::Ipv6(ipv6),
+        };
+        let port = inner.next_port;
+        inner.next_port = if port >= LAST_PORT {
+            FIRST_PORT
+        } else {
+            port + 1
+        };
+        Ok((local, port))
     }
 
     /// Moves packets between smoltcp and the data plane until the data plane's end is gone.

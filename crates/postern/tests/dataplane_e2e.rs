@@ -1610,23 +1610,8 @@ fn a_service_account_reaches_services_by_name_and_revocation_cuts_them() {
 
     // Revoking the token cuts the named resource within 1 s, and the client puts the
     // system's resolver back as it exits.
-    let udp = in_netns(&ns, {
-        let proxy = app[0];
-        move || {
-            let socket = UdpSocket::bind("0.0.0.0:0").expect("udp");
-            socket.connect((proxy, UDP_PORT)).expect("connect");
-            socket
-        }
-    });
-    assert!(
-        (0..20).any(|n| udp_echo(
-            &udp,
-            format!("named {n}").as_bytes(),
-            Duration::from_millis(300)
-        )),
-        "no UDP echo by name\n{}",
-        logs(&w)
-    );
+    let udp = udp_socket_to(&ns, SocketAddr::new(app[0], UDP_PORT));
+    assert_udp_echoes(&w, &udp, "by name");
     w.api
         .delete(&format!("/v1/actors/{}/tokens/{}", w.actor_id, w.token_id));
     let cut = time_to_cut(&udp, Instant::now());
@@ -1974,6 +1959,30 @@ impl World {
     }
 }
 
+/// A UDP socket in namespace `ns` connected to `to`.
+fn udp_socket_to(ns: &str, to: SocketAddr) -> UdpSocket {
+    let local = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    in_netns(ns, move || {
+        let socket = UdpSocket::bind(local).expect("udp");
+        socket.connect(to).expect("connect");
+        socket
+    })
+}
+
+/// An echo comes back within 20 tries (the first datagrams ask for access).
+#[track_caller]
+fn assert_udp_echoes(world: &World, udp: &UdpSocket, what: &str) {
+    assert!(
+        (0..20).any(|n| udp_echo(
+            udp,
+            format!("{what} {n}").as_bytes(),
+            Duration::from_millis(500)
+        )),
+        "no UDP echo {what}\n{}",
+        logs(world)
+    );
+}
+
 /// `curl` in namespace `ns` with extra arguments: the body, or curl's error.
 fn curl_via(ns: &str, args: &[&str], url: &str) -> Result<String, String> {
     let mut all = vec!["-sS", "--max-time", "10"];
@@ -2038,20 +2047,9 @@ fn a_client_without_privileges_reaches_resources_through_its_proxies_and_forward
     assert!(body.contains("hello from 10.2.0.5"), "{body}");
 
     // A UDP forward reaches the UDP echo.
-    let udp = in_netns(&ns, || {
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("udp");
-        socket.connect(UDP_FORWARD).expect("connect");
-        socket
-    });
-    assert!(
-        (0..20).any(|n| udp_echo(
-            &udp,
-            format!("udp {n}").as_bytes(),
-            Duration::from_millis(500)
-        )),
-        "no UDP echo through the forward\n{}",
-        logs(&w)
-    );
+    let forward: SocketAddr = UDP_FORWARD.parse().expect("address");
+    let udp = udp_socket_to(&ns, forward);
+    assert_udp_echoes(&w, &udp, "through the forward");
 
     // A port outside the filter and an address outside every resource fail at once with the
     // proxies' errors.
