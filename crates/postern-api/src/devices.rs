@@ -2,7 +2,7 @@
 //! they are online now.
 
 use axum::extract::{Path, State};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use postern_domain::{Device, DeviceKind};
 use postern_store::DeviceFilter;
@@ -12,12 +12,14 @@ use uuid::Uuid;
 
 use crate::error::{ApiError, Problem};
 use crate::extract::{parse_id, ApiQuery, Authed, PageQuery};
-use crate::shapes::List;
+use crate::shapes::{Data, List};
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/clients", get(list_clients))
+        .route("/v1/clients/{id}/block", post(block_client))
+        .route("/v1/clients/{id}/unblock", post(unblock_client))
         .route("/v1/sites/{id}/gateways", get(list_gateways))
 }
 
@@ -27,6 +29,9 @@ pub struct DeviceStatus {
     #[serde(flatten)]
     pub device: Device,
     pub online: bool,
+    /// Blocked by an administrator: refused, while its token works for other devices (clients
+    /// only; always false for gateways).
+    pub blocked: bool,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -36,6 +41,10 @@ pub struct ClientQuery {
     pub actor_id: Option<Uuid>,
     /// Only clients whose latest session used this token.
     pub token_id: Option<Uuid>,
+    /// Only the client with this device id (the one it reports, as in `device_id`).
+    pub device_id: Option<String>,
+    /// Only blocked clients (`true`), or only the others (`false`).
+    pub blocked: Option<bool>,
     /// Items per page: 1 to 500, default 50.
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
@@ -60,6 +69,8 @@ pub(crate) async fn list_clients(
         actor_id: query.actor_id,
         token_id: query.token_id,
         site_id: None,
+        device_id: query.device_id,
+        blocked: query.blocked,
     };
     list(&state, &auth, DeviceKind::Client, &filter, page).await
 }
@@ -97,6 +108,10 @@ async fn list(
         .hub
         .online_devices(auth.account_id(), kind, &ids)
         .await;
+    let blocked = match kind {
+        DeviceKind::Client => state.store.blocked_among(auth.account_id(), &ids).await?,
+        DeviceKind::Gateway => Default::default(),
+    };
     let statuses = postern_store::Paged {
         next_cursor: devices.next_cursor,
         items: devices
@@ -104,9 +119,64 @@ async fn list(
             .into_iter()
             .map(|device| DeviceStatus {
                 online: online.contains(&device.device_id),
+                blocked: blocked.contains(&device.device_id),
                 device,
             })
             .collect(),
     };
     Ok(List::from_page(statuses, page.limit))
+}
+
+#[utoipa::path(post, path = "/v1/clients/{id}/block", tag = "devices",
+    params(("id" = Uuid, Path, description = "The client's id (from `GET /v1/clients`)")),
+    responses((status = 200, body = Data<DeviceStatus>), (status = 404, body = Problem)))]
+/// Blocks one client device: its sessions end and its grants are withdrawn at once, on every
+/// portal node, and its device id and WireGuard key are refused until it is unblocked; the
+/// token keeps working for every other device. Idempotent.
+pub(crate) async fn block_client(
+    State(state): State<AppState>,
+    auth: Authed,
+    Path(id): Path<String>,
+) -> Result<Json<Data<DeviceStatus>>, ApiError> {
+    let id = parse_id("client", &id)?;
+    let device = state
+        .store
+        .block_client(auth.account_id(), id, &auth.acting)
+        .await?;
+    Ok(one(&state, &auth, device, true).await)
+}
+
+#[utoipa::path(post, path = "/v1/clients/{id}/unblock", tag = "devices",
+    params(("id" = Uuid, Path, description = "The client's id (from `GET /v1/clients`)")),
+    responses((status = 200, body = Data<DeviceStatus>), (status = 404, body = Problem)))]
+/// Lets a blocked client device connect again. Idempotent.
+pub(crate) async fn unblock_client(
+    State(state): State<AppState>,
+    auth: Authed,
+    Path(id): Path<String>,
+) -> Result<Json<Data<DeviceStatus>>, ApiError> {
+    let id = parse_id("client", &id)?;
+    let device = state
+        .store
+        .unblock_client(auth.account_id(), id, &auth.acting)
+        .await?;
+    Ok(one(&state, &auth, device, false).await)
+}
+
+async fn one(
+    state: &AppState,
+    auth: &Authed,
+    device: Device,
+    blocked: bool,
+) -> Json<Data<DeviceStatus>> {
+    let ids = [device.device_id.clone()];
+    let online = state
+        .hub
+        .online_devices(auth.account_id(), DeviceKind::Client, &ids)
+        .await;
+    Data::new(DeviceStatus {
+        online: !blocked && online.contains(&device.device_id),
+        blocked,
+        device,
+    })
 }

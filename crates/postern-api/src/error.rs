@@ -72,6 +72,17 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail)
     }
 
+    /// The token works, but the device may not use it: the problem type is
+    /// [`postern_protocol::DEVICE_REFUSED_PROBLEM`], on which devices exit without retrying.
+    pub fn device_refused(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "device-refused",
+            "Device refused",
+            detail,
+        )
+    }
+
     /// A request body over the portal's limit (`HttpLimits::body_limit`).
     pub fn payload_too_large() -> Self {
         Self::new(

@@ -83,7 +83,7 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
         policies::update_policy, policies::delete_policy,
         account::get_account, account::update_account,
         audit::list_audit_events,
-        devices::list_clients, devices::list_gateways,
+        devices::list_clients, devices::list_gateways, devices::block_client, devices::unblock_client,
     ),
 )]
 struct ApiDoc;

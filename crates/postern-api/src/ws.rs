@@ -97,6 +97,7 @@ fn refusal(err: SessionError) -> ApiError {
         SessionError::Unauthorized(auth) => ApiError::unauthorized(auth.to_string()),
         SessionError::Conflict(why) => ApiError::conflict(why),
         SessionError::Forbidden(why) => ApiError::forbidden(why),
+        SessionError::DeviceRefused(why) => ApiError::device_refused(why),
         SessionError::Unavailable(why) => ApiError::unavailable(why, 1),
         SessionError::Closed => ApiError::unavailable(err.to_string(), 1),
     }

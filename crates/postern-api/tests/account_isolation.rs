@@ -209,8 +209,14 @@ impl Objects {
         ];
         let mut snapshot = BTreeMap::new();
         for path in paths {
-            let (status, body) = portal.call_as(token, Method::GET, &path, None).await;
+            let (status, mut body) = portal.call_as(token, Method::GET, &path, None).await;
             assert_eq!(status, StatusCode::OK, "GET {path} as the owner: {body}");
+            // The API client taking the snapshot is seen with each of its own calls.
+            if let Some(actors) = body["data"].as_array_mut() {
+                for actor in actors.iter_mut().filter(|a| a["type"] == "api_client") {
+                    actor["last_seen_at"] = Value::Null;
+                }
+            }
             snapshot.insert(path, body);
         }
         snapshot

@@ -523,6 +523,23 @@ async fn call_node(
 /// deletes the grant from the database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_on_one_node_reaches_a_gateway_on_another_and_a_third_revokes() {
+    across_nodes(Cut::RevokeToken).await;
+}
+
+/// The same, with the client device blocked through node C instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_on_one_node_reaches_a_gateway_on_another_and_a_third_blocks_it() {
+    across_nodes(Cut::BlockDevice).await;
+}
+
+/// How node C cuts the client off.
+#[derive(Clone, Copy)]
+enum Cut {
+    RevokeToken,
+    BlockDevice,
+}
+
+async fn across_nodes(cut: Cut) {
     use futures_util::SinkExt;
     use postern_protocol::{ClientToPortal, PortalToClient, PortalToGateway};
     let Some(node_a) = Portal::start(Backend::Postgres).await else {
@@ -651,14 +668,37 @@ async fn a_client_on_one_node_reaches_a_gateway_on_another_and_a_third_revokes()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // Revoked through node C: the gateway on B drops the grant, the client on A is ended.
-    call_node(
-        &node_a,
-        addr_c,
-        reqwest::Method::DELETE,
-        &format!("/v1/actors/{actor_id}/tokens/{token_id}"),
-    )
-    .await;
+    // Cut off through node C: the gateway on B drops the grant, the client on A is ended.
+    let expected = match cut {
+        Cut::RevokeToken => {
+            call_node(
+                &node_a,
+                addr_c,
+                reqwest::Method::DELETE,
+                &format!("/v1/actors/{actor_id}/tokens/{token_id}"),
+            )
+            .await;
+            postern_protocol::DisconnectReason::TokenRevoked
+        }
+        Cut::BlockDevice => {
+            let listed = call_node(
+                &node_a,
+                addr_c,
+                reqwest::Method::GET,
+                "/v1/clients?device_id=runner-1",
+            )
+            .await;
+            let client_id = listed["data"][0]["id"].as_str().expect("runner-1 listed");
+            call_node(
+                &node_a,
+                addr_c,
+                reqwest::Method::POST,
+                &format!("/v1/clients/{client_id}/block"),
+            )
+            .await;
+            postern_protocol::DisconnectReason::DeviceBlocked
+        }
+    };
     let PortalToGateway::Revoke {
         authorization_ids, ..
     } = next_gateway_message(&mut gateway, Duration::from_secs(5)).await
@@ -671,7 +711,7 @@ async fn a_client_on_one_node_reaches_a_gateway_on_another_and_a_third_revokes()
     else {
         panic!("the client's session ends");
     };
-    assert_eq!(reason, postern_protocol::DisconnectReason::TokenRevoked);
+    assert_eq!(reason, expected);
     let deadline = Instant::now() + Duration::from_secs(5);
     while !node_a
         .store

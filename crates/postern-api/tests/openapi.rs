@@ -56,6 +56,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("delete", "/v1/policies/{id}"),
     ("get", "/v1/audit-events"),
     ("get", "/v1/clients"),
+    ("post", "/v1/clients/{id}/block"),
+    ("post", "/v1/clients/{id}/unblock"),
     ("get", "/v1/sites/{id}/gateways"),
 ];
 

@@ -23,6 +23,7 @@ on_both_backends!(
     a_client_gets_its_resources_and_live_changes,
     access_requests_reach_a_gateway_and_revocation_ends_everything,
     the_database_does_not_rebind_a_device_to_another_service_account,
+    a_blocked_device_is_ended_and_refused_while_its_token_serves_the_others,
 );
 
 struct World {
@@ -98,6 +99,19 @@ async fn connect_to(
     token: &str,
     device: &str,
 ) -> Result<Socket, StatusCode> {
+    match tokio_tungstenite::connect_async(upgrade_request(addr, path, token, device)).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(response.status()),
+        Err(err) => panic!("connect: {err}"),
+    }
+}
+
+fn upgrade_request(
+    addr: &std::net::SocketAddr,
+    path: &str,
+    token: &str,
+    device: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
     let url = format!("ws://{addr}{path}?id={device}&name={device}&version=test");
     let mut request = url.into_client_request().unwrap();
     request
@@ -106,9 +120,19 @@ async fn connect_to(
     request
         .headers_mut()
         .insert(PROTOCOL_HEADER, "1".parse().unwrap());
+    request
+}
+
+/// The status and problem body of a client upgrade the portal refuses.
+async fn refusal(portal: &Portal, token: &str, device: &str) -> (StatusCode, Value) {
+    let request = upgrade_request(&portal.addr(), CLIENT_PATH, token, device);
     match tokio_tungstenite::connect_async(request).await {
-        Ok((socket, _)) => Ok(socket),
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(response.status()),
+        Ok(_) => panic!("{device} was not refused"),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let body = response.body().as_deref().unwrap_or_default();
+            let problem = serde_json::from_slice(body).unwrap_or(Value::Null);
+            (response.status(), problem)
+        }
         Err(err) => panic!("connect: {err}"),
     }
 }
@@ -490,4 +514,156 @@ async fn the_database_does_not_rebind_a_device_to_another_service_account(portal
         row.public_key,
         Some(postern_domain::WireGuardKey::from_bytes([1; 32]))
     );
+}
+
+async fn a_blocked_device_is_ended_and_refused_while_its_token_serves_the_others(portal: &Portal) {
+    let w = world(portal).await;
+    let mut a = connect(portal, CLIENT_PATH, &w.secret, "box-a")
+        .await
+        .unwrap();
+    assert!(matches!(
+        next::<PortalToClient>(&mut a).await,
+        PortalToClient::Init(_)
+    ));
+    let mut b = connect(portal, CLIENT_PATH, &w.secret, "box-b")
+        .await
+        .unwrap();
+    assert!(matches!(
+        next::<PortalToClient>(&mut b).await,
+        PortalToClient::Init(_)
+    ));
+    let clients = portal
+        .get(&format!("/v1/clients?actor_id={}", w.actor_id))
+        .await;
+    let a_id = clients["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["device_id"] == "box-a")
+        .expect("box-a listed")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let (status, blocked) = portal
+        .call(Method::POST, &format!("/v1/clients/{a_id}/block"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{blocked}");
+    assert_eq!(blocked["data"]["blocked"], true);
+    match next::<PortalToClient>(&mut a).await {
+        PortalToClient::Disconnect { reason, message } => {
+            assert_eq!(reason, DisconnectReason::DeviceBlocked);
+            assert!(message.contains("blocked"), "{message}");
+        }
+        other => panic!("not ended: {other:?}"),
+    }
+    let (status, problem) = refusal(portal, &w.secret, "box-a").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "refused on reconnect");
+    assert_eq!(
+        problem["type"],
+        postern_protocol::DEVICE_REFUSED_PROBLEM,
+        "devices recognise the refusal by its type: {problem}"
+    );
+
+    // The token still serves the other devices, and new ones.
+    b.send(Message::text(encode(&ClientToPortal::RequestAccess {
+        resource_id: w.resource_id.parse().unwrap(),
+        dns: None,
+    })))
+    .await
+    .unwrap();
+    assert!(
+        matches!(
+            next::<PortalToClient>(&mut b).await,
+            PortalToClient::AccessDenied { .. }
+        ),
+        "box-b's session goes on (no gateway is online: a denial, not a disconnect)"
+    );
+    let mut c = connect(portal, CLIENT_PATH, &w.secret, "box-c")
+        .await
+        .unwrap();
+    assert!(matches!(
+        next::<PortalToClient>(&mut c).await,
+        PortalToClient::Init(_)
+    ));
+
+    let listed = portal.get("/v1/clients?blocked=true").await;
+    let ids: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["device_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["box-a"]);
+    let others = portal.get("/v1/clients?blocked=false").await;
+    assert_eq!(others["data"].as_array().unwrap().len(), 2);
+    let audit = portal.get("/v1/audit-events?limit=500").await;
+    assert!(
+        audit["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "client.block"),
+        "audited"
+    );
+
+    let (status, unblocked) = portal
+        .call(Method::POST, &format!("/v1/clients/{a_id}/unblock"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{unblocked}");
+    assert_eq!(unblocked["data"]["blocked"], false);
+    let mut again = connect(portal, CLIENT_PATH, &w.secret, "box-a")
+        .await
+        .expect("connects once unblocked");
+    assert!(matches!(
+        next::<PortalToClient>(&mut again).await,
+        PortalToClient::Init(_)
+    ));
+    let (status, _) = portal
+        .call(
+            Method::POST,
+            &format!("/v1/clients/{}/block", uuid::Uuid::now_v7()),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // A block goes with its service account: none is left that nobody can see or lift, and
+    // the device id is free for another service account.
+    let (status, _) = portal
+        .call(Method::POST, &format!("/v1/clients/{a_id}/block"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    drop((again, b, c));
+    let (status, body) = portal
+        .call(Method::DELETE, &format!("/v1/actors/{}", w.actor_id), None)
+        .await;
+    assert!(status.is_success(), "{status} {body}");
+    let listed = portal.get("/v1/clients?blocked=true").await;
+    assert_eq!(listed["data"].as_array().map(Vec::len), Some(0), "{listed}");
+    let other = portal
+        .post(
+            "/v1/actors",
+            json!({"type": "service_account", "name": "successor"}),
+        )
+        .await;
+    let successor = other["token"]["secret"].as_str().unwrap();
+    let mut reused = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match connect(portal, CLIENT_PATH, successor, "box-a").await {
+                Ok(socket) => break socket,
+                // The deletion reaches the sessions a moment after the call returns.
+                Err(
+                    StatusCode::CONFLICT | StatusCode::FORBIDDEN | StatusCode::SERVICE_UNAVAILABLE,
+                ) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(other) => panic!("box-a under another service account: {other}"),
+            }
+        }
+    })
+    .await
+    .expect("the id is free once its service account is deleted");
+    assert!(matches!(
+        next::<PortalToClient>(&mut reused).await,
+        PortalToClient::Init(_)
+    ));
 }

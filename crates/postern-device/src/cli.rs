@@ -12,7 +12,9 @@ pub const EXIT_CODES_HELP: &str = "Exit codes:\n  \
     version no longer supported, ...)\n  \
     2  bad configuration (missing or unsafe token file, wrong token kind, bad flags; a device \
     id or key the portal says is bound to another service account or site)\n  \
-    3  token rejected (unknown, expired, revoked, holder disabled or deleted): do not restart";
+    3  token rejected (unknown, expired, revoked, holder disabled or deleted): do not restart\n  \
+    4  this device was blocked by an administrator (the token still works for other devices): \
+    do not restart until it is unblocked";
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct CommonArgs {

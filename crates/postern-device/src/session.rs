@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures_util::{SinkExt, StreamExt};
 use postern_protocol::connection::{exit_code, Action, ConnectFailure, Connection};
-use postern_protocol::{DisconnectReason, PROTOCOL_HEADER, PROTOCOL_VERSION};
+use postern_protocol::{
+    DisconnectReason, DEVICE_REFUSED_PROBLEM, PROTOCOL_HEADER, PROTOCOL_VERSION,
+};
 use postern_token::SecretString;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -509,7 +511,13 @@ pub fn classify_refusal(
     now: DateTime<Utc>,
 ) -> ConnectFailure {
     let message = format!("{} (HTTP {status})", problem_detail(status, body));
+    let problem_type = body
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+        .and_then(|problem| problem.get("type")?.as_str().map(str::to_string));
     match status {
+        403 if problem_type.as_deref() == Some(DEVICE_REFUSED_PROBLEM) => {
+            ConnectFailure::DeviceRefused(message)
+        }
         401 | 403 => ConnectFailure::Unauthorized(message),
         426 => ConnectFailure::UpgradeRequired(message),
         // 409: the device's id or key is bound to someone else; its settings must change.
@@ -671,6 +679,18 @@ mod tests {
             classify_refusal(426, Some(br#"{"title":"Upgrade Required"}"#), None, now()),
             ConnectFailure::UpgradeRequired(m) if m == "Upgrade Required (HTTP 426)"
         ));
+        let blocked = format!(
+            r#"{{"type":"{DEVICE_REFUSED_PROBLEM}","status":403,"detail":"device 'x' is blocked"}}"#
+        );
+        assert_eq!(
+            classify_refusal(403, Some(blocked.as_bytes()), None, now()),
+            ConnectFailure::DeviceRefused("device 'x' is blocked (HTTP 403)".into())
+        );
+        let forbidden = br#"{"type":"urn:postern:problem:forbidden","status":403,"detail":"no"}"#;
+        assert_eq!(
+            classify_refusal(403, Some(forbidden), None, now()),
+            ConnectFailure::Unauthorized("no (HTTP 403)".into())
+        );
         assert!(matches!(
             classify_refusal(400, None, None, now()),
             ConnectFailure::BadRequest(m) if m == "Bad Request (HTTP 400)"

@@ -97,6 +97,16 @@ pub enum ChangeEvent {
     AccountUpdated {
         account_id: Uuid,
     },
+    /// An administrator blocked one client device (its id and key): its sessions end, its
+    /// grants go, and it is refused from now on; the token keeps working for the others.
+    DeviceBlocked {
+        account_id: Uuid,
+        device_id: String,
+    },
+    DeviceUnblocked {
+        account_id: Uuid,
+        device_id: String,
+    },
     /// Authorizations a portal node saved or deleted. Only in the change feed: the node that
     /// wrote them knows already, the others keep their copies of the account's grants in step.
     AuthorizationsWritten {
@@ -138,6 +148,8 @@ impl ChangeEvent {
             | ChangeEvent::SiteCreated { account_id, .. }
             | ChangeEvent::SiteUpdated { account_id, .. }
             | ChangeEvent::SiteDeleted { account_id, .. }
+            | ChangeEvent::DeviceBlocked { account_id, .. }
+            | ChangeEvent::DeviceUnblocked { account_id, .. }
             | ChangeEvent::ResourceCreated { account_id, .. }
             | ChangeEvent::ResourceUpdated { account_id, .. }
             | ChangeEvent::ResourceDeleted { account_id, .. }

@@ -21,6 +21,9 @@ pub mod exit_code {
     /// The token was refused (unknown, expired, revoked, holder disabled or deleted): restarting
     /// will not help.
     pub const TOKEN_REJECTED: i32 = 3;
+    /// The token works, but not for this device: an administrator blocked it. Restarting will
+    /// not help until it is unblocked.
+    pub const DEVICE_REFUSED: i32 = 4;
 }
 
 /// Why a connection attempt did not become a session.
@@ -28,6 +31,9 @@ pub mod exit_code {
 pub enum ConnectFailure {
     /// HTTP 401/403: the token was refused.
     Unauthorized(String),
+    /// HTTP 403 with the problem type `…:device-refused`: the token works, this device may not
+    /// use it.
+    DeviceRefused(String),
     /// HTTP 426: this device speaks a protocol version the portal no longer accepts.
     UpgradeRequired(String),
     /// HTTP 400: the device's own parameters are wrong.
@@ -125,6 +131,10 @@ impl Connection {
                 exit_code::TOKEN_REJECTED,
                 format!("the portal refused the token: {message}"),
             ),
+            ConnectFailure::DeviceRefused(message) => self.stop(
+                exit_code::DEVICE_REFUSED,
+                format!("the portal refused this device: {message}"),
+            ),
             ConnectFailure::UpgradeRequired(message) => {
                 self.stop(exit_code::FAILURE, format!("upgrade required: {message}"))
             }
@@ -147,6 +157,10 @@ impl Connection {
         rng: &mut impl Rng,
     ) -> Action {
         match reason {
+            Some((DisconnectReason::DeviceBlocked, message)) => self.stop(
+                exit_code::DEVICE_REFUSED,
+                format!("the portal ended the session: {message}"),
+            ),
             Some((reason, message)) if reason.is_fatal() => self.stop(
                 exit_code::TOKEN_REJECTED,
                 format!("the portal ended the session: {message}"),

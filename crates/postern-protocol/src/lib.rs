@@ -22,6 +22,9 @@ pub use messages::*;
 pub const PROTOCOL_VERSION: u32 = 1;
 /// The request header that carries [`PROTOCOL_VERSION`] on the WebSocket upgrade.
 pub const PROTOCOL_HEADER: &str = "x-postern-protocol";
+/// The problem type (RFC 9457) of an upgrade refused (HTTP 403) because of the device, not its
+/// token: a blocked device. Devices exit with [`connection::exit_code::DEVICE_REFUSED`] and do not retry.
+pub const DEVICE_REFUSED_PROBLEM: &str = "urn:postern:problem:device-refused";
 /// Where headless clients connect.
 pub const CLIENT_PATH: &str = "/v1/client/websocket";
 /// Where gateways connect.

@@ -126,6 +126,8 @@ pub enum DisconnectReason {
     ActorDisabled,
     ActorDeleted,
     SiteDeleted,
+    /// An administrator blocked this device: it is refused until unblocked.
+    DeviceBlocked,
     ProtocolError,
     ServerShutdown,
 }
@@ -140,6 +142,7 @@ impl DisconnectReason {
                 | DisconnectReason::ActorDisabled
                 | DisconnectReason::ActorDeleted
                 | DisconnectReason::SiteDeleted
+                | DisconnectReason::DeviceBlocked
         )
     }
 }

@@ -98,6 +98,8 @@ pub enum Refusal {
     Conflict(String),
     /// The token cannot open this kind of session.
     Forbidden(String),
+    /// The token works, but this device may not use it (an administrator blocked it).
+    DeviceRefused(String),
     /// A passing condition (the account could not be read, the portal is stopping): retry.
     Unavailable(String),
 }
@@ -425,8 +427,35 @@ struct Loaded {
     keys: HashMap<WireGuardKey, (DeviceKind, String)>,
     used_ipv4: HashSet<Ipv4Addr>,
     site_names: HashMap<Uuid, String>,
+    /// Client devices an administrator blocked, by id and by the key they had then.
+    blocked: Blocked,
     /// The next time window boundary (a view may change on its own then).
     next_boundary: DateTime<Utc>,
+}
+
+/// Blocked client devices: refused by id, and by the WireGuard key they had when blocked (a
+/// copy of the device under another id is refused too).
+#[derive(Debug, Default)]
+struct Blocked {
+    ids: HashSet<String>,
+    keys: HashSet<WireGuardKey>,
+}
+
+impl Blocked {
+    fn from(list: &[postern_store::BlockedDevice]) -> Self {
+        Blocked {
+            ids: list.iter().map(|b| b.device_id.clone()).collect(),
+            keys: list.iter().filter_map(|b| b.public_key).collect(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ids.is_empty() && self.keys.is_empty()
+    }
+
+    fn refuses(&self, device_id: &str, key: Option<&WireGuardKey>) -> bool {
+        self.ids.contains(device_id) || key.is_some_and(|k| self.keys.contains(k))
+    }
 }
 
 impl Loaded {
@@ -794,6 +823,13 @@ impl AccountSessions {
                 }
                 self.want_reload();
             }
+            ChangeEvent::DeviceBlocked { device_id, .. } => {
+                // Refused from now on: the reload brings the blocked list, and registrations
+                // wait for it.
+                self.end_client_device(device_id, now);
+                self.want_reload();
+            }
+            ChangeEvent::DeviceUnblocked { .. } => self.want_reload(),
             ChangeEvent::ActorEnabled { .. }
             | ChangeEvent::GroupDeleted { .. }
             | ChangeEvent::MembershipChanged { .. }
@@ -856,6 +892,7 @@ impl AccountSessions {
     pub fn handle_account_loaded(&mut self, load: AccountLoad, now: DateTime<Utc>) {
         self.load = LoadState::Idle;
         let site_names = load.access.site_names.clone();
+        let blocked = Blocked::from(&load.access.blocked_devices);
         let mut loaded = Loaded {
             slug: load.slug,
             snapshot: snapshot_of(load.access),
@@ -863,6 +900,7 @@ impl AccountSessions {
             keys: HashMap::new(),
             used_ipv4: HashSet::new(),
             site_names,
+            blocked,
             next_boundary: now,
         };
         for device in load.devices {
@@ -878,6 +916,7 @@ impl AccountSessions {
         self.loaded = Some(loaded);
         self.view_cache.clear();
         self.restore(load.authorizations, now);
+        self.end_blocked_clients(now);
         self.take_remote_gateways(load.remote_gateways, now);
         self.after_load(now);
     }
@@ -891,6 +930,7 @@ impl AccountSessions {
         };
         loaded.slug = load.slug;
         loaded.site_names = load.access.site_names.clone();
+        loaded.blocked = Blocked::from(&load.access.blocked_devices);
         loaded.snapshot = snapshot_of(load.access);
         loaded.next_boundary =
             postern_access::next_time_boundary(&loaded.snapshot, now, self.config.boundary_horizon);
@@ -907,6 +947,7 @@ impl AccountSessions {
                 );
             }
         }
+        self.end_blocked_clients(now);
         self.refresh(now);
         self.after_load(now);
     }
@@ -1478,6 +1519,17 @@ impl AccountSessions {
             ));
         }
         let key = (kind, params.id.clone());
+        if kind == DeviceKind::Client
+            && loaded
+                .blocked
+                .refuses(&params.id, params.public_key.as_ref())
+        {
+            return Err(Refusal::DeviceRefused(format!(
+                "device '{}' is blocked by an administrator of the account; the token works \
+                 for the service account's other devices",
+                params.id
+            )));
+        }
         // A device known only from another node's grant, without its addresses, is claimed
         // like a new one: the store answers with its row.
         let known = loaded
@@ -1718,6 +1770,40 @@ impl AccountSessions {
         let sessions = sorted(self.by_token.get(&token_id).into_iter().flatten().copied());
         for session in sessions {
             self.close(session, reason, message, now);
+        }
+    }
+
+    /// Ends the connected clients the blocked list (as just read) refuses: a block this node
+    /// did not hear of (a gap in the change feed) still ends them at the next read.
+    fn end_blocked_clients(&mut self, now: DateTime<Utc>) {
+        let Some(loaded) = &self.loaded else {
+            return;
+        };
+        if loaded.blocked.is_empty() {
+            return;
+        }
+        let blocked = sorted(
+            self.by_device
+                .keys()
+                .filter(|(kind, _)| *kind == DeviceKind::Client)
+                .filter(|key| {
+                    let key_now = loaded.devices.get(*key).and_then(|d| d.public_key);
+                    loaded.blocked.refuses(&key.1, key_now.as_ref())
+                })
+                .map(|(_, device_id)| device_id.clone()),
+        );
+        for device_id in blocked {
+            self.end_client_device(&device_id, now);
+        }
+    }
+
+    /// Ends a blocked client device: its grants first (the gateways' cut), then its sessions.
+    fn end_client_device(&mut self, device_id: &str, now: DateTime<Utc>) {
+        let message = "this device was blocked by an administrator";
+        let ids = Grants::ids_of(&self.grants.by_client, &device_id.to_string());
+        self.withdraw(&ids, message, Withdrawal::Quietly);
+        for session in self.sessions_of(DeviceKind::Client, device_id) {
+            self.close(session, DisconnectReason::DeviceBlocked, message, now);
         }
     }
 
@@ -2188,6 +2274,12 @@ impl AccountSessions {
         let authorization = &grant.authorization;
         if authorization.expires_at <= now {
             return Verdict::Withdraw("the authorization expired".into());
+        }
+        if loaded.blocked.refuses(
+            &authorization.client_device_id,
+            authorization.client_public_key.as_ref(),
+        ) {
+            return Verdict::Withdraw("the client device is blocked".into());
         }
         let source_ip = grant
             .session

@@ -62,6 +62,9 @@ pub enum SessionError {
     /// The token cannot open this kind of session.
     #[error("{0}")]
     Forbidden(String),
+    /// The token works, but this device may not use it (blocked).
+    #[error("{0}")]
+    DeviceRefused(String),
     /// Passing: retry.
     #[error("{0}")]
     Unavailable(String),
@@ -74,6 +77,7 @@ impl From<Refusal> for SessionError {
         match refusal {
             Refusal::Conflict(why) => SessionError::Conflict(why),
             Refusal::Forbidden(why) => SessionError::Forbidden(why),
+            Refusal::DeviceRefused(why) => SessionError::DeviceRefused(why),
             Refusal::Unavailable(why) => SessionError::Unavailable(why),
             Refusal::Recheck => {
                 SessionError::Unavailable("the token is being checked again; retry".into())

@@ -5,7 +5,7 @@
 //! while a session is being admitted), actor disables, devices claiming other devices' ids or
 //! keys, slow gateways with full queues, failing store reads and writes, time advancing across
 //! window boundaries, renewals and expiries, and portal restarts (graceful, and crashes that
-//! lose what was not yet written), and gaps in the change feed (a revocation and a grant
+//! lose what was not yet written), administrators blocking and unblocking client devices, and gaps in the change feed (a revocation and a grant
 //! deletion of another node never heard, then a resync). The core runs against a fake store that keeps exactly what
 //! its store operations persisted; devices run the real protocol state machines
 //! (`ClientState`, `GatewayState`) over bounded queues, as the tokio shell delivers them.
@@ -13,6 +13,7 @@
 //! A small reference model says who may reach what at each instant. After every step:
 //! - every unexpired grant a connected gateway holds (or has queued) is allowed by the model;
 //! - a revoked token holds no grant anywhere (core, store, connected gateways) and no session;
+//! - a blocked client device holds no grant at a connected gateway and no session;
 //! - at most one grant per (client device, resource), and no device above its cap;
 //! - the store holds exactly the core's grants once the writes are done;
 //! - after a graceful restart, each gateway's grants are those it had before minus the ones
@@ -38,7 +39,7 @@ use postern_sessions::account::{
 };
 use postern_sessions::Outbound;
 use postern_store::{
-    AccessData, AuthorizationWrites, DeviceClaim, LoadedAuthorization, Principal,
+    AccessData, AuthorizationWrites, BlockedDevice, DeviceClaim, LoadedAuthorization, Principal,
     StoredAuthorization, TokenState,
 };
 use postern_token::TokenKind;
@@ -94,6 +95,14 @@ fn access_stays_withdrawn_under_random_histories() {
             total.missed_deletes > cases / 8,
             "too few grants deleted unheard: {total:?}"
         );
+        assert!(
+            total.blocked_with_grants > cases / 8 && total.blocked_refused > cases / 8,
+            "too few devices blocked while granted, or refused: {total:?}"
+        );
+        assert!(
+            total.blocked_unheard > cases / 16,
+            "too few devices blocked unheard: {total:?}"
+        );
     }
 }
 
@@ -113,6 +122,9 @@ struct Coverage {
     lost_in_crash: u64,
     claims_contested: u64,
     missed_deletes: u64,
+    blocked_with_grants: u64,
+    blocked_refused: u64,
+    blocked_unheard: u64,
 }
 
 impl Coverage {
@@ -130,6 +142,9 @@ impl Coverage {
         self.lost_in_crash += other.lost_in_crash;
         self.claims_contested += other.claims_contested;
         self.missed_deletes += other.missed_deletes;
+        self.blocked_with_grants += other.blocked_with_grants;
+        self.blocked_refused += other.blocked_refused;
+        self.blocked_unheard += other.blocked_unheard;
     }
 }
 
@@ -199,6 +214,8 @@ struct Db {
     /// Device sightings buffered by the store (written every few seconds; lost in a crash).
     pending_devices: BTreeMap<(DeviceKind, String), Device>,
     authorizations: BTreeMap<Uuid, StoredAuthorization>,
+    /// Client devices an administrator blocked, with the key their row had then.
+    blocked: BTreeMap<String, Option<postern_protocol::WireGuardKey>>,
     /// The store's revocation generation.
     generation: u64,
 }
@@ -211,7 +228,20 @@ impl Db {
             memberships: self.memberships.iter().copied().collect(),
             disabled_actors: self.disabled_actors.iter().copied().collect(),
             site_names: self.sites.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            blocked_devices: self
+                .blocked
+                .iter()
+                .map(|(device_id, public_key)| BlockedDevice {
+                    device_id: device_id.clone(),
+                    public_key: *public_key,
+                })
+                .collect(),
         }
+    }
+
+    fn is_blocked(&self, device_id: &str, key: Option<&postern_protocol::WireGuardKey>) -> bool {
+        self.blocked.contains_key(device_id)
+            || key.is_some_and(|k| self.blocked.values().any(|b| b.as_ref() == Some(k)))
     }
 
     fn device(&self, kind: DeviceKind, id: &str) -> Option<&Device> {
@@ -833,6 +863,9 @@ impl Sim {
                     self.refusals.push(refusal);
                     return;
                 }
+                if matches!(refusal, Refusal::DeviceRefused(_)) {
+                    self.coverage.blocked_refused += 1;
+                }
                 if refusal == Refusal::Recheck {
                     self.coverage.rechecks += 1;
                     // The hub checks the token again and registers anew.
@@ -1013,7 +1046,8 @@ impl Sim {
         let roll = self.rng.gen_range(0..100);
         match roll {
             0..=11 => self.connect_random_client(),
-            12..=13 => self.disconnect_random_client(),
+            12 => self.disconnect_random_client(),
+            13 => self.toggle_block(),
             14..=19 => self.connect_random_gateway(),
             20..=21 => self.disconnect_random_gateway(),
             22..=37 => self.request_random_access(),
@@ -1377,6 +1411,20 @@ impl Sim {
                 }
             }
         }
+        if self.rng.gen_bool(0.3) {
+            let i = self.rng.gen_range(0..self.clients.len());
+            let device_id = self.clients[i].device_id.clone();
+            let row = self
+                .db
+                .devices
+                .get(&(DeviceKind::Client, device_id.clone()));
+            if let Some(row) = row.filter(|r| r.actor_id == Some(self.clients[i].actor_id)) {
+                let key = row.public_key;
+                self.db.blocked.insert(device_id.clone(), key);
+                self.log(format!("client {device_id} blocked unheard"));
+                self.coverage.blocked_unheard += 1;
+            }
+        }
         if self.rng.gen_bool(0.7) && self.write_in_flight.is_none() {
             let ids: Vec<Uuid> = self.db.authorizations.keys().copied().collect();
             if !ids.is_empty() {
@@ -1441,6 +1489,61 @@ impl Sim {
             self.drive();
             self.revoke(token_id);
         }
+    }
+
+    /// An administrator blocks a client device (its row's id and key), or unblocks one.
+    fn toggle_block(&mut self) {
+        // Mostly a device that holds grants: the case that matters.
+        let granted: Vec<usize> = (0..self.clients.len())
+            .filter(|&i| {
+                let id = &self.clients[i].device_id;
+                self.core
+                    .authorizations()
+                    .iter()
+                    .any(|a| &a.client_device_id == id)
+            })
+            .collect();
+        let i = if !granted.is_empty() && self.rng.gen_bool(0.7) {
+            granted[self.rng.gen_range(0..granted.len())]
+        } else {
+            self.rng.gen_range(0..self.clients.len())
+        };
+        let device_id = self.clients[i].device_id.clone();
+        let account_id = self.db.account_id;
+        if self.db.blocked.remove(&device_id).is_some() {
+            self.log(format!("unblock client {device_id}"));
+            self.change(ChangeEvent::DeviceUnblocked {
+                account_id,
+                device_id,
+            });
+            return;
+        }
+        // The store blocks rows it has written: a device it never saw cannot be blocked.
+        let Some(row) = self
+            .db
+            .devices
+            .get(&(DeviceKind::Client, device_id.clone()))
+        else {
+            return;
+        };
+        if row.actor_id != Some(self.clients[i].actor_id) {
+            return;
+        }
+        let key = row.public_key;
+        if self
+            .core
+            .authorizations()
+            .iter()
+            .any(|a| a.client_device_id == device_id)
+        {
+            self.coverage.blocked_with_grants += 1;
+        }
+        self.db.blocked.insert(device_id.clone(), key);
+        self.log(format!("block client {device_id}"));
+        self.change(ChangeEvent::DeviceBlocked {
+            account_id,
+            device_id,
+        });
     }
 
     fn toggle_actor(&mut self) {
@@ -1652,9 +1755,12 @@ impl Sim {
             }
             self.advance(Duration::seconds(1));
         }
+        let blocked =
+            victim_kind == DeviceKind::Client && self.db.is_blocked(&device_id, Some(&claimed_key));
         assert!(
-            matches!(answer, Some(Refusal::Conflict(_))),
-            "an intruder must be refused as a conflict, got {answer:?}"
+            matches!(answer, Some(Refusal::Conflict(_)))
+                || (blocked && matches!(answer, Some(Refusal::DeviceRefused(_)))),
+            "an intruder must be refused as a conflict (or as blocked), got {answer:?}"
         );
         let after = self
             .db
@@ -1854,6 +1960,12 @@ impl Sim {
             .ok_or("no device record")?;
         if device.public_key != authorization.client_public_key {
             return Err("the client's key changed".into());
+        }
+        if self
+            .db
+            .is_blocked(&device_id, authorization.client_public_key.as_ref())
+        {
+            return Err("the client device is blocked".into());
         }
         if !current {
             return Ok(());
@@ -2063,6 +2175,22 @@ impl Sim {
                 Some(self.actors[1]),
                 "c5's row was rebound"
             );
+        }
+        // A blocked client device has no session.
+        for client in &self.clients {
+            if !self.db.blocked.contains_key(&client.device_id) {
+                continue;
+            }
+            if let Some(session) = client.session {
+                assert!(
+                    !self
+                        .queues
+                        .get(&session)
+                        .is_some_and(|q| q.live && !q.closed),
+                    "blocked client {} keeps its session",
+                    client.device_id
+                );
+            }
         }
         // No live session holds a revoked or expired token.
         for (session, queue) in &self.queues {

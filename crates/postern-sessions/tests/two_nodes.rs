@@ -124,6 +124,7 @@ impl Db {
             memberships: self.memberships.iter().copied().collect(),
             disabled_actors: Vec::new(),
             site_names: [(id(SITE), "dc".to_string())].into_iter().collect(),
+            blocked_devices: Vec::new(),
         }
     }
 

@@ -1,6 +1,8 @@
 //! Actors: users, admins, service accounts and API clients.
 
-use chrono::Utc;
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
 use postern_domain::{new_id, rules, validate, Acting, Actor, ActorType, ChangeEvent};
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -182,15 +184,16 @@ impl Store {
             query = query.bind(bind);
         }
         let rows = query.fetch_all(self.pool()).await?;
+        let seen = self.inner.tokens.pending_seen();
         let items = rows
             .iter()
-            .map(actor_from_row)
+            .map(|row| actor_from_row(row).map(|actor| with_pending_seen(actor, &seen)))
             .collect::<Result<Vec<_>>>()?;
         Ok(db::paginate(items, page.limit, |a| a.id))
     }
 
     pub async fn get_actor(&self, account_id: Uuid, actor_id: Uuid) -> Result<Actor> {
-        db::get_in_account(
+        let actor = db::get_in_account(
             self,
             "actors",
             account_id,
@@ -198,7 +201,8 @@ impl Store {
             "actor",
             actor_from_row,
         )
-        .await
+        .await?;
+        Ok(with_pending_seen(actor, &self.inner.tokens.pending_seen()))
     }
 
     /// The actor with this email and its password hash, for sign-in.
@@ -350,6 +354,14 @@ fn escape_like(text: &str) -> String {
     text.replace('\\', "\\\\")
         .replace('%', "\\%")
         .replace('_', "\\_")
+}
+
+/// Lays a not-yet-flushed token use over the stored `last_seen_at`, so reads are never behind.
+fn with_pending_seen(mut actor: Actor, seen: &HashMap<Uuid, DateTime<Utc>>) -> Actor {
+    if let Some(at) = seen.get(&actor.id) {
+        actor.last_seen_at = Some(actor.last_seen_at.map_or(*at, |stored| stored.max(*at)));
+    }
+    actor
 }
 
 pub(crate) fn actor_from_row(row: &AnyRow) -> Result<Actor> {

@@ -2,10 +2,12 @@
 //! read. Device sightings are buffered and written in batches: a fleet reconnecting at once
 //! costs one transaction a second, not one per session.
 
-use postern_domain::{ChangeEvent, Device, DeviceKind, Policy, Resource, WireGuardKey};
+use chrono::Utc;
+use postern_domain::{Acting, ChangeEvent, Device, DeviceKind, Policy, Resource, WireGuardKey};
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
+use crate::audit::{self, snapshot, Entry};
 use crate::db::{self, opt_text, opt_uuid, text, time, ts};
 use crate::{Page, Paged, Result, Store, StoreError};
 
@@ -19,6 +21,18 @@ pub struct DeviceFilter {
     pub actor_id: Option<Uuid>,
     pub token_id: Option<Uuid>,
     pub site_id: Option<Uuid>,
+    /// Only the device with this device id (the one it reports).
+    pub device_id: Option<String>,
+    /// Only blocked devices (`true`), or only the others (`false`).
+    pub blocked: Option<bool>,
+}
+
+/// A client device an administrator blocked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockedDevice {
+    pub device_id: String,
+    /// Its WireGuard key when it was blocked: refused under any id.
+    pub public_key: Option<WireGuardKey>,
 }
 
 /// What became of a new device's claim on its id and tunnel address.
@@ -43,6 +57,8 @@ pub struct AccessData {
     pub disabled_actors: Vec<Uuid>,
     /// Site names, for the reasons given to devices.
     pub site_names: std::collections::HashMap<Uuid, String>,
+    /// Client devices refused by an administrator.
+    pub blocked_devices: Vec<BlockedDevice>,
 }
 
 impl Store {
@@ -103,6 +119,17 @@ impl Store {
                 sql.push_str(&format!(" AND {column} = ${}", binds.len()));
             }
         }
+        if let Some(device_id) = &filter.device_id {
+            binds.push(device_id.clone());
+            sql.push_str(&format!(" AND device_id = ${}", binds.len()));
+        }
+        if let Some(blocked) = filter.blocked {
+            let negation = if blocked { "" } else { "NOT " };
+            sql.push_str(&format!(
+                " AND {negation}EXISTS (SELECT 1 FROM blocked_devices b WHERE \
+                 b.account_id = devices.account_id AND b.device_id = devices.device_id)"
+            ));
+        }
         sql.push_str(&format!(" ORDER BY id LIMIT {}", page.limit + 1));
         let mut query = sqlx::query(&sql);
         for bind in binds {
@@ -155,7 +182,148 @@ impl Store {
             memberships,
             disabled_actors,
             site_names,
+            blocked_devices: self.blocked_devices(account_id).await?,
         })
+    }
+
+    /// The account's blocked client devices.
+    pub async fn blocked_devices(&self, account_id: Uuid) -> Result<Vec<BlockedDevice>> {
+        let rows =
+            sqlx::query("SELECT device_id, public_key FROM blocked_devices WHERE account_id = $1")
+                .bind(account_id.to_string())
+                .fetch_all(self.pool())
+                .await?;
+        rows.iter()
+            .map(|row| {
+                let device_id = text(row, "device_id")?;
+                let public_key = stored_key(opt_text(row, "public_key")?, &device_id);
+                Ok(BlockedDevice {
+                    device_id,
+                    public_key,
+                })
+            })
+            .collect()
+    }
+
+    /// One client device of the account, by its row's id.
+    pub async fn get_client(&self, account_id: Uuid, id: Uuid) -> Result<Device> {
+        self.flush_devices().await?;
+        let row =
+            sqlx::query("SELECT * FROM devices WHERE account_id = $1 AND id = $2 AND kind = $3")
+                .bind(account_id.to_string())
+                .bind(id.to_string())
+                .bind(DeviceKind::Client.as_str())
+                .fetch_optional(self.pool())
+                .await?
+                .ok_or(StoreError::NotFound("client"))?;
+        device_from_row(&row)
+    }
+
+    /// Blocks a client device: its sessions end and its grants go on every portal node, and
+    /// its id and current key are refused until [`Store::unblock_client`]. Blocking a blocked
+    /// device changes nothing.
+    pub async fn block_client(
+        &self,
+        account_id: Uuid,
+        id: Uuid,
+        acting: &Acting,
+    ) -> Result<Device> {
+        self.set_blocked(account_id, id, true, acting).await
+    }
+
+    pub async fn unblock_client(
+        &self,
+        account_id: Uuid,
+        id: Uuid,
+        acting: &Acting,
+    ) -> Result<Device> {
+        self.set_blocked(account_id, id, false, acting).await
+    }
+
+    /// Whether each of `device_ids` (clients of the account) is blocked.
+    pub async fn blocked_among(
+        &self,
+        account_id: Uuid,
+        device_ids: &[String],
+    ) -> Result<std::collections::HashSet<String>> {
+        let blocked = self.blocked_devices(account_id).await?;
+        Ok(blocked
+            .into_iter()
+            .map(|b| b.device_id)
+            .filter(|id| device_ids.contains(id))
+            .collect())
+    }
+
+    async fn set_blocked(
+        &self,
+        account_id: Uuid,
+        id: Uuid,
+        blocked: bool,
+        acting: &Acting,
+    ) -> Result<Device> {
+        let device = self.get_client(account_id, id).await?;
+        let actor_id = device.actor_id.ok_or_else(|| {
+            StoreError::Corrupt(format!("client {} has no service account", device.id))
+        })?;
+        let now = Utc::now();
+        let mut tx = self.begin_write().await?;
+        let changed = if blocked {
+            sqlx::query(
+                "INSERT INTO blocked_devices \
+                 (account_id, device_id, actor_id, public_key, blocked_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (account_id, device_id) DO NOTHING",
+            )
+            .bind(account_id.to_string())
+            .bind(device.device_id.clone())
+            .bind(actor_id.to_string())
+            .bind(device.public_key.map(|k| k.to_string()))
+            .bind(ts(now))
+            .execute(&mut *tx.tx)
+            .await?
+            .rows_affected()
+        } else {
+            sqlx::query("DELETE FROM blocked_devices WHERE account_id = $1 AND device_id = $2")
+                .bind(account_id.to_string())
+                .bind(device.device_id.clone())
+                .execute(&mut *tx.tx)
+                .await?
+                .rows_affected()
+        };
+        if changed == 0 {
+            return Ok(device);
+        }
+        let (action, event) = match blocked {
+            true => (
+                "client.block",
+                ChangeEvent::DeviceBlocked {
+                    account_id,
+                    device_id: device.device_id.clone(),
+                },
+            ),
+            false => (
+                "client.unblock",
+                ChangeEvent::DeviceUnblocked {
+                    account_id,
+                    device_id: device.device_id.clone(),
+                },
+            ),
+        };
+        audit::record(
+            &mut tx.tx,
+            Entry {
+                account_id: Some(account_id),
+                acting,
+                action,
+                object_type: "client",
+                object_id: Some(device.id),
+                before: None,
+                after: snapshot(&device),
+                now,
+            },
+        )
+        .await?;
+        self.commit_publishing(tx, vec![event]).await?;
+        Ok(device)
     }
 
     /// Claims new devices' rows, each on its own (one transaction for the batch): the database's

@@ -39,7 +39,7 @@ pub use authorizations::{
     AuthorizationWrites, LoadedAuthorization, StoredAuthorization, TokenState,
 };
 pub use cluster::{PresenceCount, RemoteGateway, NODE_TIMEOUT};
-pub use devices::{AccessData, DeviceClaim, DeviceFilter};
+pub use devices::{AccessData, BlockedDevice, DeviceClaim, DeviceFilter};
 pub use groups::MembershipChange;
 pub use policies::{NewPolicy, PolicyPatch};
 pub use resources::{NewResource, ResourcePatch};

@@ -130,6 +130,19 @@ impl TokenCache {
         self.usage.lock().get(token_id).cloned()
     }
 
+    /// The latest not-yet-flushed use per actor.
+    pub fn pending_seen(&self) -> HashMap<Uuid, DateTime<Utc>> {
+        let mut seen: HashMap<Uuid, DateTime<Utc>> = HashMap::new();
+        for used in self.usage.lock().values() {
+            let Some(actor_id) = used.actor_id else {
+                continue;
+            };
+            let latest = seen.entry(actor_id).or_insert(used.at);
+            *latest = (*latest).max(used.at);
+        }
+        seen
+    }
+
     pub fn take_usage(&self) -> HashMap<Uuid, PendingUse> {
         std::mem::take(&mut *self.usage.lock())
     }

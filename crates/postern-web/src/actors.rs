@@ -36,6 +36,11 @@ pub fn routes() -> Router<WebState> {
         .route("/actors/{id}/token", get(token_once))
         .route("/actors/{id}/tokens/new", get(new_token).post(create_token))
         .route("/actors/{id}/tokens/{token_id}/revoke", post(revoke_token))
+        .route("/actors/{id}/clients/{client_id}/block", post(block_client))
+        .route(
+            "/actors/{id}/clients/{client_id}/unblock",
+            post(unblock_client),
+        )
         .route("/actors/{id}/edit", get(edit).post(update))
         .route("/actors/{id}/disable", post(disable))
         .route("/actors/{id}/enable", post(enable))
@@ -552,6 +557,9 @@ async fn detail(
         .hub
         .online_devices(account_id, DeviceKind::Client, &client_ids)
         .await;
+    let clients_blocked = state.store().blocked_among(account_id, &client_ids).await?;
+    let token_names: HashMap<Uuid, String> =
+        tokens.iter().map(|t| (t.id, t.name.clone())).collect();
     let now = chrono::Utc::now();
     let disabled = actor.is_disabled();
     let base = format!("/actors/{}", actor.id);
@@ -586,7 +594,7 @@ async fn detail(
                     @for (id, name) in &group_names { a.chip href={ "/groups/" (id) } { (name) } }
                 } }
                 div { dt { "Created" } dd { (ui::time(actor.created_at)) } }
-                div { dt { "Last seen" } dd { (ui::opt_time(actor.last_seen_at, "Never")) } }
+                div { dt { "Last seen" } dd data-testid="actor-last-seen" { (ui::opt_time(actor.last_seen_at, "Never")) } }
             }
         }
         @if holds_tokens {
@@ -665,22 +673,50 @@ async fn detail(
                 } @else {
                     div.table-wrap {
                         table data-testid="clients-table" {
-                            thead { tr { th { "Name" } th { "Device id" } th { "Address" } th { "Version" } th { "Last seen" } th { "Status" } } }
+                            thead { tr { th { "Name" } th { "Device id" } th { "Token" } th { "Address" } th { "Version" } th { "Last seen" } th { "Status" } th { span.sr-only { "Actions" } } } }
                             tbody {
                                 @for client in &clients {
-                                    tr {
+                                    @let blocked = clients_blocked.contains(&client.device_id);
+                                    @let dialog = format!("confirm-block-{}", client.id);
+                                    tr data-testid="client-row" data-name=(client.name) {
                                         td data-label="Name" { (client.name) }
                                         td data-label="Device id" { code { (client.device_id) } }
+                                        td data-label="Token" {
+                                            @match client.token_id.and_then(|id| token_names.get(&id)) {
+                                                Some(name) => (name),
+                                                None => span.muted { "—" },
+                                            }
+                                        }
                                         td data-label="Address" { (client.ipv4.to_string()) }
                                         td data-label="Version" { (client.version.as_deref().unwrap_or("—")) }
                                         td data-label="Last seen" {
                                             (ui::time(client.last_seen_at))
                                             @if let Some(ip) = &client.last_seen_ip { div.muted.small { "from " (ip) } }
                                         }
-                                        td data-label="Status" {
-                                            @if clients_online.contains(&client.device_id) {
+                                        td data-label="Status" data-testid="client-status" {
+                                            @if blocked { (ui::badge("danger", "Blocked")) }
+                                            @else if clients_online.contains(&client.device_id) {
                                                 (ui::badge("ok", "Online"))
                                             } @else { (ui::badge("muted", "Offline")) }
+                                        }
+                                        td.actions {
+                                            @if blocked {
+                                                form method="post" action={ (base) "/clients/" (client.id) "/unblock" } {
+                                                    (ui::csrf(&admin))
+                                                    button.btn.btn-small type="submit" data-testid="unblock-client" { "Unblock" }
+                                                }
+                                            } @else {
+                                                button.btn.btn-small.btn-danger-ghost type="button" data-open=(dialog)
+                                                    aria-label={ "Block client " (client.name) } data-testid="block-client" { "Block" }
+                                                (ui::confirm_dialog(&admin, &Confirm {
+                                                    id: &dialog,
+                                                    title: &format!("Block {}?", client.name),
+                                                    text: "Its session ends and its access is withdrawn at once, and this device (its id and its key) cannot connect again until you unblock it. The token keeps working for the service account's other devices.",
+                                                    action: &format!("{base}/clients/{}/block", client.id),
+                                                    confirm_label: "Block device",
+                                                    testid: "block",
+                                                }))
+                                            }
                                         }
                                     }
                                 }
@@ -832,6 +868,55 @@ async fn revoke_token(
             &admin.acting(),
         )
         .await?;
+    Ok(Redirect::to(&format!("/actors/{}", actor.id)))
+}
+
+async fn block_client(
+    State(state): State<WebState>,
+    Path((id, client_id)): Path<(String, String)>,
+    Post { admin, .. }: Post,
+) -> WebResult<Redirect> {
+    set_client_blocked(&state, &admin, &id, &client_id, true).await
+}
+
+async fn unblock_client(
+    State(state): State<WebState>,
+    Path((id, client_id)): Path<(String, String)>,
+    Post { admin, .. }: Post,
+) -> WebResult<Redirect> {
+    set_client_blocked(&state, &admin, &id, &client_id, false).await
+}
+
+/// Blocks or unblocks one of the service account's client devices.
+async fn set_client_blocked(
+    state: &WebState,
+    admin: &Admin,
+    id: &str,
+    client_id: &str,
+    blocked: bool,
+) -> WebResult<Redirect> {
+    let actor = load_actor(state, admin, id).await?;
+    let client_id = form::parse_path_id(client_id, "client")?;
+    let client = state
+        .store()
+        .get_client(admin.account_id(), client_id)
+        .await?;
+    if client.actor_id != Some(actor.id) {
+        return Err(WebError::NotFound("client"));
+    }
+    let store = state.store();
+    match blocked {
+        true => {
+            store
+                .block_client(admin.account_id(), client.id, &admin.acting())
+                .await?
+        }
+        false => {
+            store
+                .unblock_client(admin.account_id(), client.id, &admin.acting())
+                .await?
+        }
+    };
     Ok(Redirect::to(&format!("/actors/{}", actor.id)))
 }
 

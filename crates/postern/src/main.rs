@@ -110,10 +110,14 @@ enum Command {
         postern policies disable <POLICY_ID>")]
     Policies(remote::policies::Args),
 
-    /// Headless clients that opened a session with the portal, and whether they are online
+    /// Headless clients that opened a session with the portal, whether they are online, and
+    /// blocking one device on a shared token
     #[command(after_help = "Examples:\n  \
         postern clients --online\n  \
-        postern clients --actor ci-runner --json")]
+        postern clients --actor ci-runner --json\n  \
+        postern clients --blocked\n  \
+        postern clients block runner-17      # ended and refused; the token serves the others\n  \
+        postern clients unblock runner-17")]
     Clients(remote::clients::Args),
 
     /// The audit log: who changed what, and when

@@ -26,6 +26,8 @@ use serde_json::json;
 const REVOCATION_BOUND: Duration = Duration::from_secs(2);
 /// Exit code of a device whose token was rejected.
 const TOKEN_REJECTED: i32 = 3;
+/// Exit code of a client device an administrator blocked.
+const DEVICE_REFUSED: i32 = 4;
 
 on_both_backends!(
     twenty_clients_on_one_token_all_see_a_new_resource,
@@ -33,6 +35,7 @@ on_both_backends!(
     an_expired_or_revoked_token_is_refused_with_code_3,
     leaving_the_policy_group_withdraws_the_resource_and_the_client_keeps_running,
     clients_and_gateways_reconnect_through_a_portal_restart,
+    blocking_a_device_ends_it_with_code_4_and_refuses_its_id_and_key_until_unblocked,
 );
 
 struct Token {
@@ -493,6 +496,104 @@ fn clients_and_gateways_reconnect_through_a_portal_restart(backend: Backend) {
     let second = w.grant("git", "10.30.0.0/24");
     wait_for_all(&mut clients, PROPAGATION, "showing the new resource", |s| {
         shows_exactly(s, &[first, second.as_str()])
+    });
+}
+
+/// `postern clients block DEVICE`, as an operator runs it: the blocked client (user-space
+/// mode, so it has a WireGuard key) exits 4 at once, and is refused at connect under its device
+/// id and, with its key, under another id; its sibling on the same token keeps its session and
+/// resource. `postern clients unblock` lets it back.
+fn blocking_a_device_ends_it_with_code_4_and_refuses_its_id_and_key_until_unblocked(
+    backend: Backend,
+) {
+    let Some(w) = World::new(backend) else { return };
+    let userspace = |id: &str| {
+        Device::start(
+            "postern-client",
+            w.root.path(),
+            &w.url(),
+            id,
+            &w.token_a.secret,
+            &["--userspace"],
+        )
+    };
+    let mut devices = [userspace("stolen"), w.client("sibling", &w.token_a, &[])];
+    let first = w.resource_id.as_str();
+    wait_for_all(&mut devices, START, "connected", |s| {
+        shows_exactly(s, &[first])
+    });
+    let [mut stolen, sibling] = devices;
+    let env = [
+        ("POSTERN_API_URL", w.api.url.as_str()),
+        ("POSTERN_API_TOKEN", w.api.token()),
+    ];
+
+    let blocked = postern(&["clients", "block", "stolen"], &env).ok();
+    assert!(
+        blocked.stdout.contains("blocked stolen"),
+        "{}",
+        blocked.stdout
+    );
+    let status = stolen.wait_exit(Duration::from_secs(10));
+    assert_eq!(
+        status.and_then(|status| status.code()),
+        Some(DEVICE_REFUSED),
+        "the blocked client exits 4:\n{}",
+        stolen.describe()
+    );
+    let recorded = stolen.status_file().expect("a status file");
+    assert_eq!(
+        recorded["last_error"],
+        "the portal ended the session: this device was blocked by an administrator",
+        "{recorded:#}"
+    );
+
+    // Started again, under its id or under a new id with the same key: refused, exit 4.
+    let mut again = userspace("stolen");
+    let renamed_state = w.root.path().join("renamed").join("state");
+    std::fs::create_dir_all(&renamed_state).expect("state dir");
+    std::fs::copy(
+        w.root.path().join("stolen/state/wireguard.key"),
+        renamed_state.join("wireguard.key"),
+    )
+    .expect("the blocked client's key");
+    let mut renamed = userspace("renamed");
+    for (device, what) in [(&mut again, "its id"), (&mut renamed, "its key")] {
+        let status = device.wait_exit(Duration::from_secs(20));
+        assert_eq!(
+            status.and_then(|status| status.code()),
+            Some(DEVICE_REFUSED),
+            "a blocked device is refused by {what}:\n{}",
+            device.describe()
+        );
+        let recorded = device.status_file().expect("a status file");
+        assert!(
+            recorded["last_error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("the portal refused this device")),
+            "{recorded:#}"
+        );
+    }
+
+    let mut sibling = [sibling];
+    assert!(sibling[0].running(), "{}", sibling[0].describe());
+    assert_status(&sibling, &w.token_a, &[first]);
+    let listed = postern(&["clients", "--blocked", "--json"], &env).ok();
+    let listed: serde_json::Value = serde_json::from_str(&listed.stdout).expect("JSON");
+    let ids: Vec<&str> = listed
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|c| c["device_id"].as_str())
+        .collect();
+    assert_eq!(ids, ["stolen"], "{listed:#}");
+
+    postern(&["clients", "block", "no-such-box"], &env)
+        .fails_with(&["no client with device id 'no-such-box'"]);
+    postern(&["clients", "unblock", "stolen"], &env).ok();
+    let mut back = [userspace("stolen")];
+    wait_for_all(&mut back, START, "connected once unblocked", |s| {
+        shows_exactly(s, &[first])
     });
 }
 

@@ -198,6 +198,7 @@ test("the token read from the page authenticates a headless client", async () =>
   assert.equal((await row.locator("[data-testid=token-online]").textContent()).trim(), "1");
   assert.match(await row.textContent(), new RegExp(state.expiry));
   assert.match(await page.textContent("[data-testid=clients-table]"), /e2e-client/);
+  assert.doesNotMatch(await page.textContent("[data-testid=actor-last-seen]"), /Never/);
 });
 
 test("a second token is added from the ⋮ menu", async () => {
@@ -235,6 +236,41 @@ test("the trash icon revokes a token after confirmation; the row stays as revoke
   const { ws, message } = await connectClient(state.second, "e2e-client-3");
   assert.equal(message.type, "init", "the other token still works");
   ws.terminate();
+});
+
+test("Block on a client row ends that device and refuses it; Unblock lets it back", async () => {
+  const blocked = await connectClient(state.second, "e2e-blocked");
+  assert.equal(blocked.message.type, "init");
+  const disconnect = new Promise((resolveMsg) => {
+    blocked.ws.on("message", (data) => {
+      const message = JSON.parse(data.toString());
+      if (message.type === "disconnect") resolveMsg(message);
+    });
+  });
+  await page.goto(state.actorUrl);
+  const row = page.locator("[data-testid=client-row][data-name=e2e-blocked]");
+  assert.match(await row.locator("[data-testid=client-status]").textContent(), /Online/);
+  await row.locator("[data-testid=block-client]").click();
+  const dialog = row.locator("dialog");
+  await dialog.waitFor({ state: "visible" });
+  await dialog.locator("[data-testid=confirm-block]").click();
+  await page.waitForSelector("[data-testid=client-row][data-name=e2e-blocked] [data-testid=unblock-client]");
+  assert.match(await row.locator("[data-testid=client-status]").textContent(), /Blocked/);
+  await shot("client-blocked");
+  assert.equal((await disconnect).reason, "device_blocked", "the live session is ended");
+  blocked.ws.terminate();
+  const refused = await connectClient(state.second, "e2e-blocked");
+  assert.equal(refused.status, 403, "the blocked device is refused");
+  const other = await connectClient(state.second, "e2e-other");
+  assert.equal(other.message.type, "init", "the token still serves the other devices");
+  other.ws.terminate();
+  const listed = await api(`/v1/clients?blocked=true`);
+  assert.deepEqual(listed.data.map((c) => c.device_id), ["e2e-blocked"]);
+  await row.locator("[data-testid=unblock-client]").click();
+  await page.waitForSelector("[data-testid=client-row][data-name=e2e-blocked] [data-testid=block-client]");
+  const back = await connectClient(state.second, "e2e-blocked");
+  assert.equal(back.message.type, "init", "an unblocked device connects again");
+  back.ws.terminate();
 });
 
 test("the service account is added to a group from the group page", async () => {

@@ -1,12 +1,17 @@
-//! `postern clients`: headless clients that opened a session, and whether they are online.
+//! `postern clients`: headless clients that opened a session, whether they are online, and
+//! blocking one device on a shared token.
 
-use serde_json::Value;
+use anyhow::anyhow;
+use serde_json::{json, Value};
 
 use super::{service_accounts, Client, ListQuery, RemoteOpts};
 use crate::output::{self, Table};
 
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     #[command(flatten)]
     remote: RemoteOpts,
     /// Only clients of this service account (id or name)
@@ -18,12 +23,38 @@ pub struct Args {
     /// Only clients online now
     #[arg(long)]
     online: bool,
+    /// Only blocked clients
+    #[arg(long)]
+    blocked: bool,
     /// Fetch at most this many
     #[arg(long)]
     limit: Option<usize>,
 }
 
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Block one client device: its session ends and its access is withdrawn at once, and its
+    /// device id and WireGuard key are refused (it exits with code 4) until unblocked; the
+    /// token keeps working for every other device
+    Block(Target),
+    /// Let a blocked client device connect again
+    Unblock(Target),
+}
+
+#[derive(clap::Args)]
+struct Target {
+    /// The client's device id (as `postern clients` shows it) or its id
+    device: String,
+    #[command(flatten)]
+    remote: RemoteOpts,
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    match args.command {
+        Some(Command::Block(target)) => return set_blocked(target, true).await,
+        Some(Command::Unblock(target)) => return set_blocked(target, false).await,
+        None => {}
+    }
     let client = Client::new(&args.remote)?;
     let mut query = ListQuery::new("/v1/clients");
     if let Some(actor) = &args.actor {
@@ -32,6 +63,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(token) = args.token {
         query.params.push(("token_id", token.to_string()));
+    }
+    if args.blocked {
+        query.params.push(("blocked", "true".to_string()));
     }
     query.limit = args.limit;
     let mut devices = client.list(query).await?;
@@ -57,7 +91,9 @@ pub fn print_devices(client: &Client, devices: Vec<Value>) -> anyhow::Result<()>
         "TOKEN",
     ]);
     for device in &devices {
-        let status = if device["online"] == Value::Bool(true) {
+        let status = if device["blocked"] == Value::Bool(true) {
+            "blocked"
+        } else if device["online"] == Value::Bool(true) {
             "online"
         } else {
             "offline"
@@ -74,4 +110,44 @@ pub fn print_devices(client: &Client, devices: Vec<Value>) -> anyhow::Result<()>
         ]);
     }
     table.print()
+}
+
+/// Finds the client by device id (or, failing that, by id), then blocks or unblocks it.
+async fn set_blocked(target: Target, blocked: bool) -> anyhow::Result<()> {
+    let client = Client::new(&target.remote)?;
+    let mut query = ListQuery::new("/v1/clients");
+    query.params.push(("device_id", target.device.clone()));
+    query.limit = Some(1);
+    let by_device_id = client.list(query).await?;
+    let id = match by_device_id.first() {
+        Some(found) => output::text(found, "id"),
+        None if uuid::Uuid::parse_str(&target.device).is_ok() => target.device.clone(),
+        None => {
+            return Err(anyhow!(
+                "no client with device id '{}' (see postern clients)",
+                target.device
+            ))
+        }
+    };
+    let verb = if blocked { "block" } else { "unblock" };
+    let device = client
+        .post(&format!("/v1/clients/{id}/{verb}"), &json!({}))
+        .await?;
+    if client.json {
+        return output::print_json(&device);
+    }
+    let device = &device;
+    match blocked {
+        true => println!(
+            "blocked {} ({}): its session ended and it is refused until unblocked",
+            output::text(device, "device_id"),
+            output::text(device, "name")
+        ),
+        false => println!(
+            "unblocked {} ({}): it may connect again",
+            output::text(device, "device_id"),
+            output::text(device, "name")
+        ),
+    }
+    Ok(())
 }
