@@ -43,6 +43,8 @@ pub struct ClientQuery {
     pub token_id: Option<Uuid>,
     /// Only the client with this device id (the one it reports, as in `device_id`).
     pub device_id: Option<String>,
+    /// Only clients whose name or device id contains this (case-insensitive).
+    pub q: Option<String>,
     /// Only blocked clients (`true`), or only the others (`false`).
     pub blocked: Option<bool>,
     /// Items per page: 1 to 500, default 50.
@@ -70,6 +72,7 @@ pub(crate) async fn list_clients(
         token_id: query.token_id,
         site_id: None,
         device_id: query.device_id,
+        search: query.q,
         blocked: query.blocked,
     };
     list(&state, &auth, DeviceKind::Client, &filter, page).await

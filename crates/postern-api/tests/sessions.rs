@@ -123,6 +123,24 @@ fn upgrade_request(
     request
 }
 
+/// The id of the client with this device id, once its row is written (its session may be told
+/// `Init` a moment before).
+async fn listed_client_id(portal: &Portal, device_id: &str) -> String {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let listed = portal
+                .get(&format!("/v1/clients?device_id={device_id}"))
+                .await;
+            if let Some(id) = listed["data"][0]["id"].as_str() {
+                return id.to_string();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{device_id} is not listed"))
+}
+
 /// The status and problem body of a client upgrade the portal refuses.
 async fn refusal(portal: &Portal, token: &str, device: &str) -> (StatusCode, Value) {
     let request = upgrade_request(&portal.addr(), CLIENT_PATH, token, device);
@@ -532,18 +550,7 @@ async fn a_blocked_device_is_ended_and_refused_while_its_token_serves_the_others
         next::<PortalToClient>(&mut b).await,
         PortalToClient::Init(_)
     ));
-    let clients = portal
-        .get(&format!("/v1/clients?actor_id={}", w.actor_id))
-        .await;
-    let a_id = clients["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["device_id"] == "box-a")
-        .expect("box-a listed")["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let a_id = listed_client_id(portal, "box-a").await;
 
     let (status, blocked) = portal
         .call(Method::POST, &format!("/v1/clients/{a_id}/block"), None)

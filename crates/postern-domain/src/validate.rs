@@ -25,13 +25,14 @@ impl ValidationError {
 pub const MAX_NAME_LEN: usize = 255;
 pub const MAX_DESCRIPTION_LEN: usize = 1024;
 
-/// A display name: trimmed, 1 to 255 characters, no control characters.
+/// A display name: at most 255 characters as sent (the schema's `maxLength`), trimmed, not
+/// empty, no control characters.
 pub fn name(field: &str, value: &str) -> Result<String, ValidationError> {
     let trimmed = value.trim();
     if trimmed.is_empty() {
         return Err(ValidationError::new(field, "must not be empty"));
     }
-    if trimmed.chars().count() > MAX_NAME_LEN {
+    if value.chars().count() > MAX_NAME_LEN {
         return Err(ValidationError::new(
             field,
             format!("must be at most {MAX_NAME_LEN} characters"),
@@ -49,14 +50,14 @@ pub fn name(field: &str, value: &str) -> Result<String, ValidationError> {
 pub fn description(field: &str, value: Option<&str>) -> Result<Option<String>, ValidationError> {
     let Some(value) = value else { return Ok(None) };
     let trimmed = value.trim();
-    if trimmed.is_empty() {
-        return Ok(None);
-    }
-    if trimmed.chars().count() > MAX_DESCRIPTION_LEN {
+    if value.chars().count() > MAX_DESCRIPTION_LEN {
         return Err(ValidationError::new(
             field,
             format!("must be at most {MAX_DESCRIPTION_LEN} characters"),
         ));
+    }
+    if trimmed.is_empty() {
+        return Ok(None);
     }
     Ok(Some(trimmed.to_string()))
 }
@@ -295,6 +296,9 @@ mod tests {
         assert_eq!(name("name", "  ci runner ").unwrap(), "ci runner");
         assert_eq!(name("name", "   ").unwrap_err().field, "name");
         assert!(name("name", &"x".repeat(256)).is_err());
+        // The limit is on what was sent (the schema's maxLength), not on what is kept.
+        assert!(name("name", &format!(" {}", "x".repeat(255))).is_err());
+        assert!(name("name", &"x".repeat(255)).is_ok());
         assert!(name("name", "a\u{0}b").is_err());
     }
 

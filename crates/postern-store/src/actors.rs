@@ -172,7 +172,7 @@ impl Store {
             sql.push_str(&format!(" AND type = ${}", binds.len()));
         }
         if let Some(needle) = filter.name_contains.as_deref().filter(|n| !n.is_empty()) {
-            binds.push(format!("%{}%", escape_like(&needle.to_lowercase())));
+            binds.push(format!("%{}%", db::escape_like(&needle.to_lowercase())));
             sql.push_str(&format!(
                 " AND LOWER(name) LIKE ${} ESCAPE '\\'",
                 binds.len()
@@ -348,12 +348,6 @@ impl Store {
         self.commit_publishing(tx, events).await?;
         Ok(())
     }
-}
-
-fn escape_like(text: &str) -> String {
-    text.replace('\\', "\\\\")
-        .replace('%', "\\%")
-        .replace('_', "\\_")
 }
 
 /// Lays a not-yet-flushed token use over the stored `last_seen_at`, so reads are never behind.

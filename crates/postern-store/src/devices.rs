@@ -5,6 +5,7 @@
 use chrono::Utc;
 use postern_domain::{Acting, ChangeEvent, Device, DeviceKind, Policy, Resource, WireGuardKey};
 use sqlx::any::AnyRow;
+use sqlx::Row;
 use uuid::Uuid;
 
 use crate::audit::{self, snapshot, Entry};
@@ -23,8 +24,49 @@ pub struct DeviceFilter {
     pub site_id: Option<Uuid>,
     /// Only the device with this device id (the one it reports).
     pub device_id: Option<String>,
+    /// Only devices whose name or device id contains this (case-insensitive).
+    pub search: Option<String>,
     /// Only blocked devices (`true`), or only the others (`false`).
     pub blocked: Option<bool>,
+}
+
+/// The `WHERE` conditions of a device listing and their bound values (`$1`, `$2`, ...).
+fn device_conditions(
+    account_id: Uuid,
+    kind: DeviceKind,
+    filter: &DeviceFilter,
+) -> (String, Vec<String>) {
+    let mut sql = String::from("account_id = $1 AND kind = $2");
+    let mut binds = vec![account_id.to_string(), kind.as_str().to_string()];
+    for (column, value) in [
+        ("actor_id", filter.actor_id),
+        ("token_id", filter.token_id),
+        ("site_id", filter.site_id),
+    ] {
+        if let Some(value) = value {
+            binds.push(value.to_string());
+            sql.push_str(&format!(" AND {column} = ${}", binds.len()));
+        }
+    }
+    if let Some(device_id) = &filter.device_id {
+        binds.push(device_id.clone());
+        sql.push_str(&format!(" AND device_id = ${}", binds.len()));
+    }
+    if let Some(needle) = filter.search.as_deref().filter(|n| !n.is_empty()) {
+        binds.push(format!("%{}%", db::escape_like(&needle.to_lowercase())));
+        let n = binds.len();
+        sql.push_str(&format!(
+            " AND (LOWER(name) LIKE ${n} ESCAPE '\\' OR LOWER(device_id) LIKE ${n} ESCAPE '\\')"
+        ));
+    }
+    if let Some(blocked) = filter.blocked {
+        let negation = if blocked { "" } else { "NOT " };
+        sql.push_str(&format!(
+            " AND {negation}EXISTS (SELECT 1 FROM blocked_devices b WHERE \
+             b.account_id = devices.account_id AND b.device_id = devices.device_id)"
+        ));
+    }
+    (sql, binds)
 }
 
 /// A client device an administrator blocked.
@@ -102,35 +144,13 @@ impl Store {
         page: Page,
     ) -> Result<Paged<Device>> {
         self.flush_devices().await?;
-        let mut sql =
-            String::from("SELECT * FROM devices WHERE account_id = $1 AND kind = $2 AND id > $3");
-        let mut binds = vec![
-            account_id.to_string(),
-            kind.as_str().to_string(),
-            page.cursor.map(|c| c.to_string()).unwrap_or_default(),
-        ];
-        for (column, value) in [
-            ("actor_id", filter.actor_id),
-            ("token_id", filter.token_id),
-            ("site_id", filter.site_id),
-        ] {
-            if let Some(value) = value {
-                binds.push(value.to_string());
-                sql.push_str(&format!(" AND {column} = ${}", binds.len()));
-            }
-        }
-        if let Some(device_id) = &filter.device_id {
-            binds.push(device_id.clone());
-            sql.push_str(&format!(" AND device_id = ${}", binds.len()));
-        }
-        if let Some(blocked) = filter.blocked {
-            let negation = if blocked { "" } else { "NOT " };
-            sql.push_str(&format!(
-                " AND {negation}EXISTS (SELECT 1 FROM blocked_devices b WHERE \
-                 b.account_id = devices.account_id AND b.device_id = devices.device_id)"
-            ));
-        }
-        sql.push_str(&format!(" ORDER BY id LIMIT {}", page.limit + 1));
+        let (conditions, mut binds) = device_conditions(account_id, kind, filter);
+        binds.push(page.cursor.map(|c| c.to_string()).unwrap_or_default());
+        let sql = format!(
+            "SELECT * FROM devices WHERE {conditions} AND id > ${} ORDER BY id LIMIT {}",
+            binds.len(),
+            page.limit + 1
+        );
         let mut query = sqlx::query(&sql);
         for bind in binds {
             query = query.bind(bind);
@@ -141,6 +161,24 @@ impl Store {
             .map(device_from_row)
             .collect::<Result<Vec<_>>>()?;
         Ok(db::paginate(items, page.limit, |d| d.id))
+    }
+
+    /// How many devices match the filter (all pages).
+    pub async fn count_devices(
+        &self,
+        account_id: Uuid,
+        kind: DeviceKind,
+        filter: &DeviceFilter,
+    ) -> Result<u64> {
+        let (conditions, binds) = device_conditions(account_id, kind, filter);
+        let sql = format!("SELECT COUNT(*) AS n FROM devices WHERE {conditions}");
+        let mut query = sqlx::query(&sql);
+        for bind in binds {
+            query = query.bind(bind);
+        }
+        let row = query.fetch_one(self.pool()).await?;
+        let count: i64 = row.try_get("n")?;
+        Ok(u64::try_from(count).unwrap_or_default())
     }
 
     /// The account's resources, enabled and disabled policies, memberships and disabled actors.

@@ -8,15 +8,15 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use maud::{html, Markup};
-use postern_domain::{Actor, ActorType, DeviceKind, GroupKind};
+use postern_domain::{Actor, ActorType, GroupKind};
 use postern_store::{
-    ActorFilter, ActorPatch, DeviceFilter, MembershipChange, NewActor, NewTokenRequest, Page,
-    TokenHolder,
+    ActorFilter, ActorPatch, MembershipChange, NewActor, NewTokenRequest, Page, TokenHolder,
 };
 use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::auth::Admin;
+use crate::clients::{self, ClientsQuery};
 use crate::error::{WebError, WebResult};
 use crate::form::{self, FieldErrors, Fields, Post, TokenForm};
 use crate::once::{self, Shown};
@@ -36,11 +36,6 @@ pub fn routes() -> Router<WebState> {
         .route("/actors/{id}/token", get(token_once))
         .route("/actors/{id}/tokens/new", get(new_token).post(create_token))
         .route("/actors/{id}/tokens/{token_id}/revoke", post(revoke_token))
-        .route("/actors/{id}/clients/{client_id}/block", post(block_client))
-        .route(
-            "/actors/{id}/clients/{client_id}/unblock",
-            post(unblock_client),
-        )
         .route("/actors/{id}/edit", get(edit).post(update))
         .route("/actors/{id}/disable", post(disable))
         .route("/actors/{id}/enable", post(enable))
@@ -121,10 +116,13 @@ async fn list(
     }
     let filtered = actor_type.is_some() || filter.name_contains.is_some();
     let next = actors.next_cursor.map(|c| {
-        format!(
-            "/actors?type={}&q={}&cursor={c}",
-            query_escape(&query.actor_type),
-            query_escape(&query.q)
+        ui::href(
+            "/actors",
+            &[
+                ("type", &query.actor_type),
+                ("q", &query.q),
+                ("cursor", &c.to_string()),
+            ],
         )
     });
     let types = [
@@ -196,19 +194,6 @@ async fn list(
         actions,
         content,
     ))
-}
-
-pub fn query_escape(text: &str) -> String {
-    let mut out = String::new();
-    for byte in text.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(byte as char)
-            }
-            _ => out.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    out
 }
 
 fn status_badge(actor: &Actor) -> Markup {
@@ -487,6 +472,7 @@ async fn detail(
     State(state): State<WebState>,
     admin: Admin,
     Path(id): Path<String>,
+    Query(clients_query): Query<ClientsQuery>,
 ) -> WebResult<Markup> {
     let actor = load_actor(&state, &admin, &id).await?;
     let account_id = admin.account_id();
@@ -528,38 +514,14 @@ async fn detail(
             }
         }
     }
-    let clients = if actor.actor_type == ActorType::ServiceAccount {
-        let filter = DeviceFilter {
-            actor_id: Some(actor.id),
-            ..Default::default()
-        };
-        state
-            .store()
-            .list_devices(
-                account_id,
-                DeviceKind::Client,
-                &filter,
-                Page {
-                    limit: 200,
-                    cursor: None,
-                },
-            )
-            .await?
-            .items
-    } else {
-        Vec::new()
-    };
     let token_ids: Vec<Uuid> = tokens.iter().map(|t| t.id).collect();
     let token_sessions = state.app.hub.token_sessions(account_id, &token_ids).await;
-    let client_ids: Vec<String> = clients.iter().map(|c| c.device_id.clone()).collect();
-    let clients_online = state
-        .app
-        .hub
-        .online_devices(account_id, DeviceKind::Client, &client_ids)
-        .await;
-    let clients_blocked = state.store().blocked_among(account_id, &client_ids).await?;
-    let token_names: HashMap<Uuid, String> =
-        tokens.iter().map(|t| (t.id, t.name.clone())).collect();
+    let clients = match actor.actor_type {
+        ActorType::ServiceAccount => {
+            Some(clients::section(&state, &admin, &actor, &tokens, &clients_query).await?)
+        }
+        _ => None,
+    };
     let now = chrono::Utc::now();
     let disabled = actor.is_disabled();
     let base = format!("/actors/{}", actor.id);
@@ -663,69 +625,7 @@ async fn detail(
                 }
             }
         }
-        @if actor.actor_type == ActorType::ServiceAccount {
-            section {
-                div.section-head { h2 { "Connected clients" } }
-                @if clients.is_empty() {
-                    (ui::empty_state("No clients yet",
-                        "Start a headless client with one of this account's tokens (POSTERN_TOKEN=… postern-client); it appears here.",
-                        html! {}))
-                } @else {
-                    div.table-wrap {
-                        table data-testid="clients-table" {
-                            thead { tr { th { "Name" } th { "Device id" } th { "Token" } th { "Address" } th { "Version" } th { "Last seen" } th { "Status" } th { span.sr-only { "Actions" } } } }
-                            tbody {
-                                @for client in &clients {
-                                    @let blocked = clients_blocked.contains(&client.device_id);
-                                    @let dialog = format!("confirm-block-{}", client.id);
-                                    tr data-testid="client-row" data-name=(client.name) {
-                                        td data-label="Name" { (client.name) }
-                                        td data-label="Device id" { code { (client.device_id) } }
-                                        td data-label="Token" {
-                                            @match client.token_id.and_then(|id| token_names.get(&id)) {
-                                                Some(name) => (name),
-                                                None => span.muted { "—" },
-                                            }
-                                        }
-                                        td data-label="Address" { (client.ipv4.to_string()) }
-                                        td data-label="Version" { (client.version.as_deref().unwrap_or("—")) }
-                                        td data-label="Last seen" {
-                                            (ui::time(client.last_seen_at))
-                                            @if let Some(ip) = &client.last_seen_ip { div.muted.small { "from " (ip) } }
-                                        }
-                                        td data-label="Status" data-testid="client-status" {
-                                            @if blocked { (ui::badge("danger", "Blocked")) }
-                                            @else if clients_online.contains(&client.device_id) {
-                                                (ui::badge("ok", "Online"))
-                                            } @else { (ui::badge("muted", "Offline")) }
-                                        }
-                                        td.actions {
-                                            @if blocked {
-                                                form method="post" action={ (base) "/clients/" (client.id) "/unblock" } {
-                                                    (ui::csrf(&admin))
-                                                    button.btn.btn-small type="submit" data-testid="unblock-client" { "Unblock" }
-                                                }
-                                            } @else {
-                                                button.btn.btn-small.btn-danger-ghost type="button" data-open=(dialog)
-                                                    aria-label={ "Block client " (client.name) } data-testid="block-client" { "Block" }
-                                                (ui::confirm_dialog(&admin, &Confirm {
-                                                    id: &dialog,
-                                                    title: &format!("Block {}?", client.name),
-                                                    text: "Its session ends and its access is withdrawn at once, and this device (its id and its key) cannot connect again until you unblock it. The token keeps working for the service account's other devices.",
-                                                    action: &format!("{base}/clients/{}/block", client.id),
-                                                    confirm_label: "Block device",
-                                                    testid: "block",
-                                                }))
-                                            }
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        @if let Some(clients) = clients { (clients) }
         (ui::confirm_dialog(&admin, &Confirm {
             id: "confirm-disable",
             title: &format!("Disable {}?", actor.name),
@@ -868,55 +768,6 @@ async fn revoke_token(
             &admin.acting(),
         )
         .await?;
-    Ok(Redirect::to(&format!("/actors/{}", actor.id)))
-}
-
-async fn block_client(
-    State(state): State<WebState>,
-    Path((id, client_id)): Path<(String, String)>,
-    Post { admin, .. }: Post,
-) -> WebResult<Redirect> {
-    set_client_blocked(&state, &admin, &id, &client_id, true).await
-}
-
-async fn unblock_client(
-    State(state): State<WebState>,
-    Path((id, client_id)): Path<(String, String)>,
-    Post { admin, .. }: Post,
-) -> WebResult<Redirect> {
-    set_client_blocked(&state, &admin, &id, &client_id, false).await
-}
-
-/// Blocks or unblocks one of the service account's client devices.
-async fn set_client_blocked(
-    state: &WebState,
-    admin: &Admin,
-    id: &str,
-    client_id: &str,
-    blocked: bool,
-) -> WebResult<Redirect> {
-    let actor = load_actor(state, admin, id).await?;
-    let client_id = form::parse_path_id(client_id, "client")?;
-    let client = state
-        .store()
-        .get_client(admin.account_id(), client_id)
-        .await?;
-    if client.actor_id != Some(actor.id) {
-        return Err(WebError::NotFound("client"));
-    }
-    let store = state.store();
-    match blocked {
-        true => {
-            store
-                .block_client(admin.account_id(), client.id, &admin.acting())
-                .await?
-        }
-        false => {
-            store
-                .unblock_client(admin.account_id(), client.id, &admin.acting())
-                .await?
-        }
-    };
     Ok(Redirect::to(&format!("/actors/{}", actor.id)))
 }
 

@@ -10,7 +10,6 @@ use postern_store::{ActorFilter, AuditFilter, Page};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::actors::query_escape;
 use crate::auth::Admin;
 use crate::error::WebResult;
 use crate::ui::{self, Nav};
@@ -106,12 +105,15 @@ async fn list(
         .map(|a| (a.id.to_string(), a.name.clone()))
         .collect();
     actor_options.sort_by_key(|a| a.1.to_lowercase());
-    let base = format!(
-        "/audit?actor={}&action={}",
-        query_escape(&query.actor),
-        query_escape(&query.action)
-    );
-    let next = events.next_cursor.map(|c| format!("{base}&cursor={c}"));
+    let filter = [
+        ("actor", query.actor.as_str()),
+        ("action", query.action.as_str()),
+    ];
+    let base = ui::href("/audit", &filter);
+    let next = events.next_cursor.map(|c| {
+        let cursor = c.to_string();
+        ui::href("/audit", &[filter[0], filter[1], ("cursor", &cursor)])
+    });
     let first = cursor.is_some().then(|| base.clone());
     let content = html! {
         form.toolbar method="get" action="/audit" role="search" {

@@ -7,6 +7,7 @@ mod actors;
 mod assets;
 mod audit;
 mod auth;
+mod clients;
 mod error;
 mod form;
 mod groups;
@@ -75,6 +76,7 @@ pub fn router(app: AppState, config: WebConfig) -> Router {
         .route("/login", get(auth::login_page).post(auth::login))
         .route("/logout", post(auth::logout))
         .merge(actors::routes())
+        .merge(clients::routes())
         .merge(groups::routes())
         .merge(resources::routes())
         .merge(sites::routes())

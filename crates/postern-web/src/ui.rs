@@ -346,13 +346,26 @@ pub fn actor_type_label(actor_type: postern_domain::ActorType) -> &'static str {
     }
 }
 
+/// `path?key=value&...` with the non-empty values, URL-encoded.
+pub fn href(path: &str, params: &[(&str, &str)]) -> String {
+    let set: Vec<(&str, &str)> = params
+        .iter()
+        .copied()
+        .filter(|(_, v)| !v.is_empty())
+        .collect();
+    match serde_urlencoded::to_string(&set) {
+        Ok(query) if !query.is_empty() => format!("{path}?{query}"),
+        _ => path.to_string(),
+    }
+}
+
 /// A "Next page" link when there is one.
 pub fn pager(next: Option<String>, first: Option<String>) -> Markup {
     html! {
         @if next.is_some() || first.is_some() {
             nav.pager aria-label="Pages" {
-                @if let Some(first) = first { a.btn.btn-sm href=(first) data-testid="page-first" { "← Newest" } }
-                @if let Some(next) = next { a.btn.btn-sm href=(next) data-testid="page-next" { "Older →" } }
+                @if let Some(first) = first { a.btn.btn-sm href=(first) data-testid="page-first" { "← First page" } }
+                @if let Some(next) = next { a.btn.btn-sm href=(next) data-testid="page-next" { "Next page →" } }
             }
         }
     }

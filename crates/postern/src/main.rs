@@ -116,6 +116,7 @@ enum Command {
         postern clients --online\n  \
         postern clients --actor ci-runner --json\n  \
         postern clients --blocked\n  \
+        postern clients --actor ci-runner --search runner-1   # name or device id contains\n  \
         postern clients block runner-17      # ended and refused; the token serves the others\n  \
         postern clients unblock runner-17")]
     Clients(remote::clients::Args),

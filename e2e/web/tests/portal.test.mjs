@@ -90,6 +90,17 @@ async function api(path) {
   return res.json();
 }
 
+// Waits until the API lists `count` clients of the service account: a session is told `init`
+// a moment before its device row is written.
+async function clientsListed(count) {
+  for (let i = 0; i < 250; i++) {
+    const listed = await api(`/v1/clients?actor_id=${state.actorId}&limit=500`);
+    if (listed.data.length >= count) return;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error(`fewer than ${count} clients listed`);
+}
+
 async function shot(name) {
   await page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
 }
@@ -193,6 +204,7 @@ test("the token read from the page authenticates a headless client", async () =>
   const tokens = await api(`/v1/actors/${state.actorId}/tokens`);
   const used = tokens.data.find((t) => t.name === "default");
   assert.ok(used.last_used_at, "the API lists the token as used");
+  await clientsListed(1);
   await page.goto(state.actorUrl);
   const row = page.locator("[data-testid=token-row][data-name=default]");
   assert.equal((await row.locator("[data-testid=token-online]").textContent()).trim(), "1");
@@ -247,6 +259,7 @@ test("Block on a client row ends that device and refuses it; Unblock lets it bac
       if (message.type === "disconnect") resolveMsg(message);
     });
   });
+  await clientsListed(3);
   await page.goto(state.actorUrl);
   const row = page.locator("[data-testid=client-row][data-name=e2e-blocked]");
   assert.match(await row.locator("[data-testid=client-status]").textContent(), /Online/);
@@ -271,6 +284,39 @@ test("Block on a client row ends that device and refuses it; Unblock lets it bac
   const back = await connectClient(state.second, "e2e-blocked");
   assert.equal(back.message.type, "init", "an unblocked device connects again");
   back.ws.terminate();
+});
+
+test("the clients section searches, filters by token and status, and pages", async () => {
+  const names = async () =>
+    page.locator("[data-testid=client-row]").evaluateAll((rows) => rows.map((r) => r.dataset.name));
+  await page.goto(state.actorUrl);
+  assert.equal((await page.textContent("[data-testid=clients-count]")).trim(), "(4)");
+  await page.fill("[data-testid=clients-q]", "CLIENT-3");
+  await page.click("[data-testid=clients-apply]");
+  await page.waitForURL(/clients_q=CLIENT-3/);
+  assert.deepEqual(await names(), ["e2e-client-3"], "search is on name or device id, any case");
+
+  await page.goto(state.actorUrl);
+  await page.selectOption("[data-testid=clients-token]", { label: "default" });
+  await page.waitForURL(/clients_token=/);
+  assert.deepEqual(await names(), ["e2e-client"], "only the devices of that token");
+  await page.selectOption("[data-testid=clients-status]", "blocked");
+  await page.waitForURL(/clients_status=blocked/);
+  assert.match(await page.textContent("[data-testid=empty-state]"), /No clients match/);
+
+  // A fleet: more devices than a page holds.
+  for (let n = 0; n < 50; n++) {
+    const { ws } = await connectClient(state.second, `bulk-${String(n).padStart(2, "0")}`);
+    ws.terminate();
+  }
+  await clientsListed(54);
+  await page.goto(state.actorUrl);
+  assert.equal((await page.textContent("[data-testid=clients-count]")).trim(), "(54)");
+  assert.equal((await names()).length, 50);
+  await page.click("[data-testid=page-next]");
+  await page.waitForURL(/clients_cursor=/);
+  assert.equal((await names()).length, 4, "the rest on the next page");
+  await shot("clients-page-2");
 });
 
 test("the service account is added to a group from the group page", async () => {

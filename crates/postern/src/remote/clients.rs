@@ -26,6 +26,9 @@ pub struct Args {
     /// Only blocked clients
     #[arg(long)]
     blocked: bool,
+    /// Only clients whose name or device id contains this (case-insensitive)
+    #[arg(long, value_name = "TEXT")]
+    search: Option<String>,
     /// Fetch at most this many
     #[arg(long)]
     limit: Option<usize>,
@@ -66,6 +69,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.blocked {
         query.params.push(("blocked", "true".to_string()));
+    }
+    if let Some(search) = args.search {
+        query.params.push(("q", search));
     }
     query.limit = args.limit;
     let mut devices = client.list(query).await?;
