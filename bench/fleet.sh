@@ -105,8 +105,8 @@ BASE_P50=""
 scenario() {
     local label=$1 path=$2 auth=$3 out="$WORK/times-${#ROWS[@]}.txt"
     local urls=() n
-    for n in $(seq 1 "$REQUESTS"); do urls+=("$BASE$path"); done
-    local args=(-sS -o /dev/null -w '%{http_code} %{time_total}\n')
+    for n in $(seq 1 "$REQUESTS"); do urls+=(-o /dev/null "$BASE$path"); done
+    local args=(-sS -w '%{http_code} %{time_total}\n')
     case "$auth" in
         api) args+=(-H "Authorization: Bearer $API_TOKEN") ;;
         web) args+=(-b "$JAR") ;;
