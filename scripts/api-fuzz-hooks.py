@@ -163,6 +163,8 @@ STATEFUL_REFUSALS = [
     ("", " in this account"),
     # Tokens belong to machines; the actor in the path may be a person.
     ("actor_id", "signs in and holds no tokens"),
+    # Guardrails are for service accounts' tokens; the actor in the path may be an API client.
+    ("max_clients", "apply to service-account tokens only"),
     # The longest token lifetime is an account setting the fuzzer also changes.
     ("expires_at", "is later than this account allows"),
 ]

@@ -5,7 +5,8 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use postern_domain::{Actor, ActorType};
+use postern_domain::{validate, Actor, ActorType, TokenGuardrails};
+use postern_policy::json::Whole;
 use postern_store::{ActorFilter, ActorPatch, NewActor, NewTokenRequest};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -49,13 +50,56 @@ pub struct TokenRequest {
     pub name: Option<String>,
     /// RFC 3339; in the future and within the account's longest token lifetime.
     pub expires_at: Option<DateTime<Utc>>,
+    /// Service-account tokens: at most this many devices connected with the token at once;
+    /// the next is refused and its client exits with code 5. Omitted: no limit.
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 1000000)]
+    pub max_clients: Option<Whole<u32>>,
+    /// Service-account tokens: sessions only from these networks (CIDR ranges or addresses,
+    /// at most 64); others are refused and their client exits with code 4. Omitted or empty:
+    /// from anywhere.
+    #[schema(max_items = 64)]
+    pub allowed_source_cidrs: Option<Vec<String>>,
+    /// Service-account tokens: a device new to the portal is granted nothing until an
+    /// administrator approves it (`POST /v1/clients/{id}/approve`).
+    pub require_approval: Option<bool>,
 }
 
-impl From<TokenRequest> for NewTokenRequest {
-    fn from(request: TokenRequest) -> Self {
+impl TryFrom<TokenRequest> for NewTokenRequest {
+    type Error = ApiError;
+
+    fn try_from(request: TokenRequest) -> Result<Self, ApiError> {
+        let allowed_source_cidrs = validate::source_networks(
+            "allowed_source_cidrs",
+            request.allowed_source_cidrs.as_deref().unwrap_or_default(),
+        )?;
+        Ok(NewTokenRequest {
+            name: request.name,
+            expires_at: request.expires_at,
+            guardrails: TokenGuardrails {
+                max_clients: request.max_clients.map(|Whole(n)| n),
+                allowed_source_cidrs,
+                require_approval: request.require_approval.unwrap_or(false),
+            },
+        })
+    }
+}
+
+/// A gateway token: a name and an expiry.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayTokenRequest {
+    #[schema(min_length = 1, max_length = 255)]
+    pub name: Option<String>,
+    /// RFC 3339; in the future and within the account's longest token lifetime.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl From<GatewayTokenRequest> for NewTokenRequest {
+    fn from(request: GatewayTokenRequest) -> Self {
         NewTokenRequest {
             name: request.name,
             expires_at: request.expires_at,
+            guardrails: TokenGuardrails::default(),
         }
     }
 }
@@ -140,7 +184,10 @@ pub(crate) async fn create_actor(
         email: body.email,
         password_hash: None,
         group_ids: body.group_ids,
-        token: machine.then(|| body.token.unwrap_or_default().into()),
+        token: match machine {
+            true => Some(body.token.unwrap_or_default().try_into()?),
+            false => None,
+        },
     };
     let (actor, token) = state
         .store

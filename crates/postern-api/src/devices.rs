@@ -20,6 +20,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/clients", get(list_clients))
         .route("/v1/clients/{id}/block", post(block_client))
         .route("/v1/clients/{id}/unblock", post(unblock_client))
+        .route("/v1/clients/{id}/approve", post(approve_client))
         .route("/v1/sites/{id}/gateways", get(list_gateways))
 }
 
@@ -47,6 +48,9 @@ pub struct ClientQuery {
     pub q: Option<String>,
     /// Only blocked clients (`true`), or only the others (`false`).
     pub blocked: Option<bool>,
+    /// Only clients waiting for an administrator's approval (`true`: `approved_at` is null),
+    /// or only approved ones (`false`).
+    pub awaiting_approval: Option<bool>,
     /// Items per page: 1 to 500, default 50.
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
@@ -74,6 +78,7 @@ pub(crate) async fn list_clients(
         device_id: query.device_id,
         search: query.q,
         blocked: query.blocked,
+        awaiting_approval: query.awaiting_approval,
     };
     list(&state, &auth, DeviceKind::Client, &filter, page).await
 }
@@ -164,6 +169,29 @@ pub(crate) async fn unblock_client(
         .unblock_client(auth.account_id(), id, &auth.acting)
         .await?;
     Ok(one(&state, &auth, device, false).await)
+}
+
+#[utoipa::path(post, path = "/v1/clients/{id}/approve", tag = "devices",
+    params(("id" = Uuid, Path, description = "The client's id (from `GET /v1/clients`)")),
+    responses((status = 200, body = Data<DeviceStatus>), (status = 404, body = Problem)))]
+/// Approves a client device that waits for it (its token requires approval): from now on it
+/// is shown and granted what its policies allow, on every portal node. Idempotent.
+pub(crate) async fn approve_client(
+    State(state): State<AppState>,
+    auth: Authed,
+    Path(id): Path<String>,
+) -> Result<Json<Data<DeviceStatus>>, ApiError> {
+    let id = parse_id("client", &id)?;
+    let device = state
+        .store
+        .approve_client(auth.account_id(), id, &auth.acting)
+        .await?;
+    let blocked = state
+        .store
+        .blocked_among(auth.account_id(), std::slice::from_ref(&device.device_id))
+        .await?
+        .contains(&device.device_id);
+    Ok(one(&state, &auth, device, blocked).await)
 }
 
 async fn one(

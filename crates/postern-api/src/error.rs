@@ -83,6 +83,17 @@ impl ApiError {
         )
     }
 
+    /// The token serves as many devices as its `max_clients` allows: the problem type is
+    /// [`postern_protocol::TOKEN_LIMIT_PROBLEM`], on which clients exit without retrying.
+    pub fn token_limit(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "token-limit",
+            "Token at its device limit",
+            detail,
+        )
+    }
+
     /// A request body over the portal's limit (`HttpLimits::body_limit`).
     pub fn payload_too_large() -> Self {
         Self::new(
@@ -190,6 +201,12 @@ impl From<StoreError> for ApiError {
                 ApiError::internal()
             }
         }
+    }
+}
+
+impl From<postern_domain::ValidationError> for ApiError {
+    fn from(err: postern_domain::ValidationError) -> Self {
+        ApiError::validation(err.field, err.message)
     }
 }
 

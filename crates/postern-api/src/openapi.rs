@@ -69,7 +69,7 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
         actors::update_actor, actors::delete_actor,
         tokens::list_actor_tokens, tokens::create_actor_token,
         tokens::revoke_all_actor_tokens, tokens::get_actor_token,
-        tokens::revoke_actor_token, tokens::list_gateway_tokens,
+        tokens::update_actor_token, tokens::revoke_actor_token, tokens::list_gateway_tokens,
         tokens::create_gateway_token, tokens::revoke_gateway_token,
         groups::list_groups, groups::create_group, groups::get_group,
         groups::update_group, groups::delete_group, groups::list_memberships,
@@ -84,6 +84,7 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
         account::get_account, account::update_account,
         audit::list_audit_events,
         devices::list_clients, devices::list_gateways, devices::block_client, devices::unblock_client,
+        devices::approve_client,
     ),
 )]
 struct ApiDoc;

@@ -226,6 +226,14 @@ pub(crate) fn apply(document: &mut Value) {
         return;
     };
     name_patterns(components);
+    for component in ["TokenRequest", "UpdateToken"] {
+        if let Some(networks) = components
+            .get_mut(component)
+            .and_then(|c| c.pointer_mut("/properties/allowed_source_cidrs"))
+        {
+            networks["items"] = ip_or_range_schema();
+        }
+    }
     if let Some(actor) = components.get_mut("CreateActor") {
         split_by(
             actor,
@@ -393,6 +401,12 @@ mod tests {
             actor[1]["properties"]["name"]["pattern"],
             anchored(&display_name())
         );
+        for component in ["TokenRequest", "UpdateToken"] {
+            let networks =
+                &document["components"]["schemas"][component]["properties"]["allowed_source_cidrs"];
+            assert_eq!(networks["items"], ip_or_range_schema(), "{component}");
+            assert_eq!(networks["maxItems"], json!(64), "{component}");
+        }
         let filter = &document["components"]["schemas"]["Filter"]["oneOf"];
         assert_eq!(filter[1]["properties"]["protocol"]["enum"], json!(["icmp"]));
         assert_eq!(filter[1]["properties"]["ports"]["pattern"], json!("^ *$"));

@@ -5,13 +5,17 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
+use postern_domain::validate;
 use postern_domain::Token;
-use postern_store::TokenHolder;
+use postern_policy::json::Whole;
+use postern_store::{NewTokenRequest, TokenHolder, TokenPatch};
+use serde::Deserialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::actors::TokenRequest;
+use crate::actors::{GatewayTokenRequest, TokenRequest};
 use crate::error::{ApiError, Problem};
-use crate::extract::{parse_id, ApiQuery, Authed, MaybeJson, PageQuery};
+use crate::extract::{parse_id, ApiJson, ApiQuery, Authed, MaybeJson, PageQuery};
 use crate::shapes::{Data, List, RevokedCount, TokenWithSecret};
 use crate::AppState;
 
@@ -25,7 +29,9 @@ pub(crate) fn routes() -> Router<AppState> {
         )
         .route(
             "/v1/actors/{id}/tokens/{token_id}",
-            get(get_actor_token).delete(revoke_actor_token),
+            get(get_actor_token)
+                .patch(update_actor_token)
+                .delete(revoke_actor_token),
         )
         .route(
             "/v1/sites/{id}/gateway_tokens",
@@ -87,7 +93,8 @@ pub(crate) async fn create_actor_token(
     Path(id): Path<String>,
     MaybeJson(body): MaybeJson<TokenRequest>,
 ) -> Result<(StatusCode, Json<Data<TokenWithSecret>>), ApiError> {
-    create(state, auth, actor(&id)?, body).await
+    let request = body.unwrap_or_default().try_into()?;
+    create(state, auth, actor(&id)?, request).await
 }
 
 #[utoipa::path(delete, path = "/v1/actors/{id}/tokens", tag = "tokens",
@@ -121,6 +128,62 @@ pub(crate) async fn get_actor_token(
     Ok(Data::new(status))
 }
 
+/// What `PATCH` changes on a service account's token; omitted fields stay as they are.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateToken {
+    #[schema(min_length = 1, max_length = 255)]
+    pub name: Option<String>,
+    /// At most this many devices connected with the token at once; `null` removes the limit.
+    /// Lowering it refuses new sessions and leaves the connected devices be.
+    #[serde(default, deserialize_with = "crate::shapes::double_option")]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 1000000)]
+    pub max_clients: Option<Option<Whole<u32>>>,
+    /// Sessions only from these networks; `[]` lifts the restriction. Connected devices outside
+    /// the new networks are disconnected at once (their clients exit with code 4).
+    #[schema(max_items = 64)]
+    pub allowed_source_cidrs: Option<Vec<String>>,
+    /// `true`: devices new to the portal wait for approval. `false` lets waiting devices in.
+    pub require_approval: Option<bool>,
+}
+
+#[utoipa::path(patch, path = "/v1/actors/{id}/tokens/{token_id}", tag = "tokens",
+    request_body = UpdateToken,
+    responses((status = 200, body = Data<TokenStatus>), (status = 404, body = Problem), (status = 422, body = Problem)))]
+/// Renames a token or changes its guardrails, live: every portal node applies them to the
+/// token's sessions at once. Audited as `token.update`.
+pub(crate) async fn update_actor_token(
+    State(state): State<AppState>,
+    auth: Authed,
+    Path((id, token_id)): Path<(String, String)>,
+    ApiJson(body): ApiJson<UpdateToken>,
+) -> Result<Json<Data<TokenStatus>>, ApiError> {
+    let token_id = parse_id("token", &token_id)?;
+    let allowed_source_cidrs = body
+        .allowed_source_cidrs
+        .map(|values| validate::source_networks("allowed_source_cidrs", &values))
+        .transpose()?;
+    let patch = TokenPatch {
+        name: body.name,
+        max_clients: body.max_clients.map(|max| max.map(|Whole(n)| n)),
+        allowed_source_cidrs,
+        require_approval: body.require_approval,
+    };
+    let token = state
+        .store
+        .update_token(
+            auth.account_id(),
+            actor(&id)?,
+            token_id,
+            patch,
+            &auth.acting,
+        )
+        .await?;
+    let status = TokenStatus::of_all(vec![token], auth.account_id(), &state).await;
+    let status = status.into_iter().next().ok_or_else(ApiError::internal)?;
+    Ok(Data::new(status))
+}
+
 #[utoipa::path(delete, path = "/v1/actors/{id}/tokens/{token_id}", tag = "tokens",
     responses((status = 200, description = "The revoked token", body = Data<Token>), (status = 404, body = Problem)))]
 pub(crate) async fn revoke_actor_token(
@@ -142,15 +205,15 @@ pub(crate) async fn list_gateway_tokens(
     list(state, auth, site(&id)?, query).await
 }
 
-#[utoipa::path(post, path = "/v1/sites/{id}/gateway_tokens", tag = "sites", request_body(content = Option<TokenRequest>, description = "Optional: without a body the token is named `default` and lives the default 365 days"),
+#[utoipa::path(post, path = "/v1/sites/{id}/gateway_tokens", tag = "sites", request_body(content = Option<GatewayTokenRequest>, description = "Optional: without a body the token is named `default` and lives the default 365 days"),
     responses((status = 201, body = Data<TokenWithSecret>), (status = 422, body = Problem)))]
 pub(crate) async fn create_gateway_token(
     state: State<AppState>,
     auth: Authed,
     Path(id): Path<String>,
-    MaybeJson(body): MaybeJson<TokenRequest>,
+    MaybeJson(body): MaybeJson<GatewayTokenRequest>,
 ) -> Result<(StatusCode, Json<Data<TokenWithSecret>>), ApiError> {
-    create(state, auth, site(&id)?, body).await
+    create(state, auth, site(&id)?, body.unwrap_or_default().into()).await
 }
 
 #[utoipa::path(delete, path = "/v1/sites/{id}/gateway_tokens/{token_id}", tag = "sites",
@@ -185,12 +248,11 @@ async fn create(
     State(state): State<AppState>,
     auth: Authed,
     holder: TokenHolder,
-    body: Option<TokenRequest>,
+    request: NewTokenRequest,
 ) -> Result<(StatusCode, Json<Data<TokenWithSecret>>), ApiError> {
-    let request = body.unwrap_or_default();
     let created = state
         .store
-        .create_token(auth.account_id(), holder, request.into(), &auth.acting)
+        .create_token(auth.account_id(), holder, request, &auth.acting)
         .await?;
     Ok((StatusCode::CREATED, Data::new(created.into())))
 }

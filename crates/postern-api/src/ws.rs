@@ -98,6 +98,7 @@ fn refusal(err: SessionError) -> ApiError {
         SessionError::Conflict(why) => ApiError::conflict(why),
         SessionError::Forbidden(why) => ApiError::forbidden(why),
         SessionError::DeviceRefused(why) => ApiError::device_refused(why),
+        SessionError::TokenLimit(why) => ApiError::token_limit(why),
         SessionError::Unavailable(why) => ApiError::unavailable(why, 1),
         SessionError::Closed => ApiError::unavailable(err.to_string(), 1),
     }

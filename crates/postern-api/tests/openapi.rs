@@ -28,6 +28,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/actors/{id}/tokens"),
     ("delete", "/v1/actors/{id}/tokens"),
     ("get", "/v1/actors/{id}/tokens/{token_id}"),
+    ("patch", "/v1/actors/{id}/tokens/{token_id}"),
     ("delete", "/v1/actors/{id}/tokens/{token_id}"),
     ("get", "/v1/groups"),
     ("post", "/v1/groups"),
@@ -58,6 +59,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/clients"),
     ("post", "/v1/clients/{id}/block"),
     ("post", "/v1/clients/{id}/unblock"),
+    ("post", "/v1/clients/{id}/approve"),
     ("get", "/v1/sites/{id}/gateways"),
 ];
 

@@ -24,6 +24,7 @@ on_both_backends!(
     access_requests_reach_a_gateway_and_revocation_ends_everything,
     the_database_does_not_rebind_a_device_to_another_service_account,
     a_blocked_device_is_ended_and_refused_while_its_token_serves_the_others,
+    a_tokens_guardrails_limit_place_and_hold_its_sessions_live,
 );
 
 struct World {
@@ -479,6 +480,7 @@ async fn the_database_does_not_rebind_a_device_to_another_service_account(portal
         last_seen_ip: None,
         last_seen_at: now,
         created_at: now,
+        approved_at: Some(now),
     };
     let claimed = portal
         .store
@@ -673,4 +675,194 @@ async fn a_blocked_device_is_ended_and_refused_while_its_token_serves_the_others
         next::<PortalToClient>(&mut reused).await,
         PortalToClient::Init(_)
     ));
+}
+
+async fn a_tokens_guardrails_limit_place_and_hold_its_sessions_live(portal: &Portal) {
+    let w = world(portal).await;
+    let tokens = format!("/v1/actors/{}/tokens", w.actor_id);
+    let created = portal
+        .post(&tokens, json!({"name": "fleet", "max_clients": 2}))
+        .await["data"]
+        .clone();
+    assert_eq!(created["max_clients"], 2, "{created}");
+    let secret = created["secret"].as_str().unwrap().to_string();
+    let token = format!("{tokens}/{}", created["id"].as_str().unwrap());
+
+    // max_clients: two devices, the third refused with its own problem type.
+    let mut a = connect(portal, CLIENT_PATH, &secret, "box-a")
+        .await
+        .unwrap();
+    assert!(matches!(
+        next::<PortalToClient>(&mut a).await,
+        PortalToClient::Init(_)
+    ));
+    let mut b = connect(portal, CLIENT_PATH, &secret, "box-b")
+        .await
+        .unwrap();
+    assert!(matches!(
+        next::<PortalToClient>(&mut b).await,
+        PortalToClient::Init(_)
+    ));
+    let (status, problem) = refusal(portal, &secret, "box-c").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{problem}");
+    assert_eq!(
+        problem["type"],
+        postern_protocol::TOKEN_LIMIT_PROBLEM,
+        "{problem}"
+    );
+    assert!(
+        problem["detail"].as_str().unwrap().contains("allows 2"),
+        "{problem}"
+    );
+    let (status, listed) = portal.call(Method::GET, &token, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        listed["data"]["online_sessions"], 2,
+        "the first two stay connected"
+    );
+
+    // allowed_source_cidrs, changed live: the connected devices (from 127.0.0.1) are ended.
+    let (status, updated) = portal
+        .call(
+            Method::PATCH,
+            &token,
+            Some(json!({"allowed_source_cidrs": ["10.1.2.3/8", "192.0.2.7"], "max_clients": null})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!(
+        updated["data"]["allowed_source_cidrs"],
+        json!(["10.0.0.0/8", "192.0.2.7/32"]),
+        "kept in canonical form"
+    );
+    assert_eq!(updated["data"]["max_clients"], Value::Null);
+    for socket in [&mut a, &mut b] {
+        match next::<PortalToClient>(socket).await {
+            PortalToClient::Disconnect { reason, message } => {
+                assert_eq!(reason, DisconnectReason::SourceNotAllowed);
+                assert!(message.contains("10.0.0.0/8"), "{message}");
+            }
+            other => panic!("not ended: {other:?}"),
+        }
+    }
+    let (status, problem) = refusal(portal, &secret, "box-a").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        problem["type"],
+        postern_protocol::DEVICE_REFUSED_PROBLEM,
+        "{problem}"
+    );
+    assert!(
+        problem["detail"].as_str().unwrap().contains("127.0.0.1"),
+        "{problem}"
+    );
+
+    // require_approval: a new device waits with nothing until approved; a known one does not.
+    let (status, updated) = portal
+        .call(
+            Method::PATCH,
+            &token,
+            Some(json!({"allowed_source_cidrs": [], "require_approval": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    let mut known = connect(portal, CLIENT_PATH, &secret, "box-a")
+        .await
+        .unwrap();
+    let PortalToClient::Init(init) = next(&mut known).await else {
+        panic!("Init first")
+    };
+    assert!(
+        !init.awaiting_approval && init.resources.len() == 1,
+        "{init:?}"
+    );
+    let mut kiosk = connect(portal, CLIENT_PATH, &secret, "kiosk")
+        .await
+        .unwrap();
+    let PortalToClient::Init(init) = next(&mut kiosk).await else {
+        panic!("Init first")
+    };
+    assert!(init.awaiting_approval, "{init:?}");
+    assert!(
+        init.resources.is_empty(),
+        "shown nothing while waiting: {init:?}"
+    );
+    kiosk
+        .send(Message::text(encode(&ClientToPortal::RequestAccess {
+            resource_id: w.resource_id.parse().unwrap(),
+            dns: None,
+        })))
+        .await
+        .unwrap();
+    match next::<PortalToClient>(&mut kiosk).await {
+        PortalToClient::AccessDenied { reason, .. } => {
+            assert!(reason.contains("approv"), "{reason}")
+        }
+        other => panic!("not denied: {other:?}"),
+    }
+    let kiosk_id = listed_client_id(portal, "kiosk").await;
+    let waiting = portal.get("/v1/clients?awaiting_approval=true").await;
+    let ids: Vec<&str> = waiting["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["device_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["kiosk"]);
+    let (status, approved) = portal
+        .call(
+            Method::POST,
+            &format!("/v1/clients/{kiosk_id}/approve"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{approved}");
+    assert!(approved["data"]["approved_at"].is_string(), "{approved}");
+    assert!(matches!(
+        next::<PortalToClient>(&mut kiosk).await,
+        PortalToClient::Approval {
+            awaiting_approval: false
+        }
+    ));
+    match next::<PortalToClient>(&mut kiosk).await {
+        PortalToClient::ResourceUpserted { resource } => {
+            assert_eq!(resource.id.to_string(), w.resource_id)
+        }
+        other => panic!("its resources follow the approval: {other:?}"),
+    }
+
+    // Guardrails are for service-account tokens, within their bounds, and audited.
+    let (status, problem) = portal
+        .call(Method::PATCH, &token, Some(json!({"max_clients": 0})))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert_eq!(problem["field"], "max_clients");
+    let (status, problem) = portal
+        .call(
+            Method::PATCH,
+            &token,
+            Some(json!({"allowed_source_cidrs": ["10.0.0.300/8"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    let (status, _) = portal
+        .call(
+            Method::POST,
+            &format!("/v1/sites/{}/gateway_tokens", w.site_id),
+            Some(json!({"max_clients": 3})),
+        )
+        .await;
+    assert!(
+        status.is_client_error(),
+        "gateway tokens have no guardrails: {status}"
+    );
+    let audit = portal.get("/v1/audit-events?limit=500").await;
+    let actions: Vec<&str> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert!(actions.contains(&"token.update"), "{actions:?}");
+    assert!(actions.contains(&"client.approve"), "{actions:?}");
 }

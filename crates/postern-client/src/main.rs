@@ -383,6 +383,13 @@ fn details(details: &ClientDetails) -> String {
             addresses.ipv4, addresses.ipv6
         ));
     }
+    if details.awaiting_approval {
+        out.push_str(
+            "  approval:     awaiting: the token requires an administrator to approve this device \
+             (postern clients approve, or Approve on the service account's page); nothing is \
+             granted until then\n",
+        );
+    }
     out.push_str(&format!(
         "  tunnel:       {}\n",
         if details.tunnel {

@@ -113,6 +113,10 @@ pub struct ClientDetails {
     pub account: Option<AccountInfo>,
     pub token: TokenInfo,
     pub addresses: Option<TunnelAddresses>,
+    /// The token requires approval and this device has none yet: it is granted nothing until
+    /// an administrator approves it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub awaiting_approval: bool,
     pub resources: Vec<ResourceStatus>,
     /// The stub resolver (with a tunnel).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -240,6 +244,12 @@ impl ClientRole {
                         token_expires_at = %identity.token_expires_at,
                         "session ready: {resources} resource(s) available"
                     );
+                    if self.state.awaiting_approval {
+                        warn!(
+                            device_id = %identity.device_id,
+                            "this device awaits an administrator's approval (its token requires one): it is granted nothing until then; approve it with `postern clients approve` or on the service account's page"
+                        );
+                    }
                 }
                 for (id, resource) in &self.state.resources {
                     match before.get(id) {
@@ -281,6 +291,12 @@ impl ClientRole {
                 let name = current(resource_id)
                     .map_or_else(|| resource_id.to_string(), |r| r.name.clone());
                 warn!("access denied: {name}: {reason}");
+            }
+            ClientUpdate::Approval { awaiting: true } => {
+                warn!("this device awaits an administrator's approval: it is granted nothing until then");
+            }
+            ClientUpdate::Approval { awaiting: false } => {
+                info!("this device was approved: its resources follow");
             }
         }
     }
@@ -407,6 +423,7 @@ impl Role for ClientRole {
                 expires_at: identity.map(|i| i.token_expires_at),
             },
             addresses: identity.map(|i| i.addresses),
+            awaiting_approval: self.state.awaiting_approval,
             resources: self
                 .state
                 .resources

@@ -102,6 +102,7 @@ fn init(resources: Vec<ResourceView>) -> PortalToClient {
             ipv6: "fd00::7".parse().unwrap(),
         },
         resources,
+        awaiting_approval: false,
     })
 }
 

@@ -11,6 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use postern_protocol::connection::{exit_code, Action, ConnectFailure, Connection};
 use postern_protocol::{
     DisconnectReason, DEVICE_REFUSED_PROBLEM, PROTOCOL_HEADER, PROTOCOL_VERSION,
+    TOKEN_LIMIT_PROBLEM,
 };
 use postern_token::SecretString;
 use rand::rngs::StdRng;
@@ -518,6 +519,9 @@ pub fn classify_refusal(
         403 if problem_type.as_deref() == Some(DEVICE_REFUSED_PROBLEM) => {
             ConnectFailure::DeviceRefused(message)
         }
+        403 if problem_type.as_deref() == Some(TOKEN_LIMIT_PROBLEM) => {
+            ConnectFailure::TokenLimit(message)
+        }
         401 | 403 => ConnectFailure::Unauthorized(message),
         426 => ConnectFailure::UpgradeRequired(message),
         // 409: the device's id or key is bound to someone else; its settings must change.
@@ -685,6 +689,11 @@ mod tests {
         assert_eq!(
             classify_refusal(403, Some(blocked.as_bytes()), None, now()),
             ConnectFailure::DeviceRefused("device 'x' is blocked (HTTP 403)".into())
+        );
+        let limit = format!(r#"{{"type":"{TOKEN_LIMIT_PROBLEM}","status":403,"detail":"full"}}"#);
+        assert_eq!(
+            classify_refusal(403, Some(limit.as_bytes()), None, now()),
+            ConnectFailure::TokenLimit("full (HTTP 403)".into())
         );
         let forbidden = br#"{"type":"urn:postern:problem:forbidden","status":403,"detail":"no"}"#;
         assert_eq!(

@@ -13,6 +13,11 @@ pub enum ChangeEvent {
         account_id: Uuid,
         token_id: Uuid,
     },
+    /// A token's name or guardrails changed.
+    TokenUpdated {
+        account_id: Uuid,
+        token_id: Uuid,
+    },
     /// The tokens no longer authenticate: revoked, or deleted with their actor or site.
     TokensRevoked {
         account_id: Uuid,
@@ -107,6 +112,12 @@ pub enum ChangeEvent {
         account_id: Uuid,
         device_id: String,
     },
+    /// An administrator approved a client device that waited for it (its token requires
+    /// approval): it is granted what its policies allow from now on.
+    DeviceApproved {
+        account_id: Uuid,
+        device_id: String,
+    },
     /// Authorizations a portal node saved or deleted. Only in the change feed: the node that
     /// wrote them knows already, the others keep their copies of the account's grants in step.
     AuthorizationsWritten {
@@ -135,6 +146,7 @@ impl ChangeEvent {
     pub fn account_id(&self) -> Uuid {
         match self {
             ChangeEvent::TokenCreated { account_id, .. }
+            | ChangeEvent::TokenUpdated { account_id, .. }
             | ChangeEvent::TokensRevoked { account_id, .. }
             | ChangeEvent::ActorCreated { account_id, .. }
             | ChangeEvent::ActorUpdated { account_id, .. }
@@ -150,6 +162,7 @@ impl ChangeEvent {
             | ChangeEvent::SiteDeleted { account_id, .. }
             | ChangeEvent::DeviceBlocked { account_id, .. }
             | ChangeEvent::DeviceUnblocked { account_id, .. }
+            | ChangeEvent::DeviceApproved { account_id, .. }
             | ChangeEvent::ResourceCreated { account_id, .. }
             | ChangeEvent::ResourceUpdated { account_id, .. }
             | ChangeEvent::ResourceDeleted { account_id, .. }

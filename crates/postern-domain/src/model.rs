@@ -291,6 +291,45 @@ pub struct Token {
     pub last_used_user_agent: Option<String>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub revoked_by: Option<Uuid>,
+    /// Limits for a fleet sharing the token (service-account tokens only).
+    #[serde(flatten)]
+    pub guardrails: TokenGuardrails,
+}
+
+/// Limits on one service-account token, for a fleet of machines sharing it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct TokenGuardrails {
+    /// At most this many client devices hold a session on the token at once; the next one is
+    /// refused (the client exits 5). `null`: no limit.
+    #[schema(minimum = 1, maximum = 1000000)]
+    pub max_clients: Option<u32>,
+    /// Sessions only from these networks (the client's address as the portal sees it, behind
+    /// its trusted proxies); others are refused (the client exits 4). Empty: from anywhere.
+    #[schema(value_type = Vec<String>, example = json!(["10.0.0.0/8", "203.0.113.7/32"]))]
+    #[serde(default)]
+    pub allowed_source_cidrs: Vec<ipnet::IpNet>,
+    /// A device new to the portal connects with this token but is granted nothing until an
+    /// administrator approves it (`POST /v1/clients/{id}/approve`).
+    #[serde(default)]
+    pub require_approval: bool,
+}
+
+impl TokenGuardrails {
+    /// Whether a session may come from `source` (unknown: only when any address may).
+    pub fn allows_source(&self, source: Option<std::net::IpAddr>) -> bool {
+        if self.allowed_source_cidrs.is_empty() {
+            return true;
+        }
+        source.is_some_and(|ip| {
+            self.allowed_source_cidrs
+                .iter()
+                .any(|net| net.contains(&ip))
+        })
+    }
+
+    pub fn is_set(&self) -> bool {
+        *self != TokenGuardrails::default()
+    }
 }
 
 impl Token {
@@ -375,6 +414,9 @@ pub struct Device {
     pub last_seen_ip: Option<String>,
     pub last_seen_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
+    /// When an administrator approved it, or when it was first seen on a token that does not
+    /// require approval; `null`: it waits for approval (it holds a session and nothing else).
+    pub approved_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]

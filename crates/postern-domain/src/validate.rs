@@ -47,6 +47,62 @@ pub fn name(field: &str, value: &str) -> Result<String, ValidationError> {
     Ok(trimmed.to_string())
 }
 
+/// The most networks one token's `allowed_source_cidrs` holds.
+pub const MAX_SOURCE_CIDRS: usize = 64;
+/// The highest `max_clients`.
+pub const MAX_CLIENTS_LIMIT: u32 = 1_000_000;
+
+/// A token's guardrails: `max_clients` from 1 to a million, at most 64 networks, each kept in
+/// its canonical form (`10.1.2.3/8` is `10.0.0.0/8`) and once.
+pub fn guardrails(
+    guardrails: crate::TokenGuardrails,
+) -> Result<crate::TokenGuardrails, ValidationError> {
+    if let Some(max) = guardrails.max_clients {
+        if max == 0 || max > MAX_CLIENTS_LIMIT {
+            return Err(ValidationError::new(
+                "max_clients",
+                format!("must be from 1 to {MAX_CLIENTS_LIMIT} (or null for no limit)"),
+            ));
+        }
+    }
+    if guardrails.allowed_source_cidrs.len() > MAX_SOURCE_CIDRS {
+        return Err(ValidationError::new(
+            "allowed_source_cidrs",
+            format!("must hold at most {MAX_SOURCE_CIDRS} networks"),
+        ));
+    }
+    let mut networks: Vec<IpNet> = guardrails
+        .allowed_source_cidrs
+        .iter()
+        .map(IpNet::trunc)
+        .collect();
+    networks.sort();
+    networks.dedup();
+    Ok(crate::TokenGuardrails {
+        allowed_source_cidrs: networks,
+        ..guardrails
+    })
+}
+
+/// Networks as written by people: CIDR ranges or single addresses (`192.0.2.7` is
+/// `192.0.2.7/32`).
+pub fn source_networks(field: &str, values: &[String]) -> Result<Vec<IpNet>, ValidationError> {
+    values
+        .iter()
+        .map(|value| {
+            let text = value.trim();
+            text.parse::<IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    ValidationError::new(
+                        field,
+                        format!("'{text}' is not an IP address or CIDR range (such as 10.0.0.0/8)"),
+                    )
+                })
+        })
+        .collect()
+}
+
 pub fn description(field: &str, value: Option<&str>) -> Result<Option<String>, ValidationError> {
     let Some(value) = value else { return Ok(None) };
     let trimmed = value.trim();

@@ -83,6 +83,17 @@ pub fn whole_number<'de, D: Deserializer<'de>, T: TryFrom<u64>>(
     T::try_from(value).map_err(|_| serde::de::Error::custom(format!("{value} is too large")))
 }
 
+/// A whole number that may be written with a zero fraction (`7.0`), for fields that are
+/// optional (`Option<Whole<u32>>`) or nullable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Whole<T>(pub T);
+
+impl<'de, T: TryFrom<u64>> Deserialize<'de> for Whole<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        whole_number(deserializer).map(Whole)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,17 +26,28 @@ pub struct AccessGrant {
 /// What changed, for logs and for the data plane (routes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientUpdate {
-    Synced { resources: usize },
+    Synced {
+        resources: usize,
+    },
     ResourceAdded(Uuid),
     ResourceChanged(Uuid),
     ResourceRemoved(Uuid),
     AccessGranted(Uuid),
-    AccessDenied { resource_id: Uuid, reason: String },
+    AccessDenied {
+        resource_id: Uuid,
+        reason: String,
+    },
+    /// The device now waits for approval (`true`), or was approved (`false`).
+    Approval {
+        awaiting: bool,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientState {
     pub identity: Option<ClientInit>,
+    /// The device waits for an administrator's approval (granted nothing meanwhile).
+    pub awaiting_approval: bool,
     pub resources: BTreeMap<Uuid, ResourceView>,
     pub grants: BTreeMap<Uuid, AccessGrant>,
 }
@@ -50,6 +61,7 @@ impl ClientState {
                 let resources = std::mem::take(&mut init.resources);
                 self.resources = resources.into_iter().map(|r| (r.id, r)).collect();
                 self.grants.retain(|id, _| self.resources.contains_key(id));
+                self.awaiting_approval = init.awaiting_approval;
                 self.identity = Some(init);
                 vec![ClientUpdate::Synced {
                     resources: self.resources.len(),
@@ -109,6 +121,15 @@ impl ClientState {
                     reason,
                 }]
             }
+            PortalToClient::Approval { awaiting_approval } => {
+                if self.awaiting_approval == awaiting_approval {
+                    return vec![];
+                }
+                self.awaiting_approval = awaiting_approval;
+                vec![ClientUpdate::Approval {
+                    awaiting: awaiting_approval,
+                }]
+            }
             PortalToClient::Disconnect { .. } | PortalToClient::Heartbeat => vec![],
         }
     }
@@ -160,6 +181,7 @@ mod tests {
                 ipv6: "fd00::1".parse().unwrap(),
             },
             resources,
+            awaiting_approval: false,
         })
     }
 

@@ -21,9 +21,12 @@ pub mod exit_code {
     /// The token was refused (unknown, expired, revoked, holder disabled or deleted): restarting
     /// will not help.
     pub const TOKEN_REJECTED: i32 = 3;
-    /// The token works, but not for this device: an administrator blocked it. Restarting will
-    /// not help until it is unblocked.
+    /// The token works, but not for this device: an administrator blocked it, or it connects
+    /// from outside the token's allowed networks. Restarting will not help until that changes.
     pub const DEVICE_REFUSED: i32 = 4;
+    /// The token already serves as many devices as its `max_clients` allows. Restarting will
+    /// not help until one of them stops or the limit is raised.
+    pub const TOKEN_LIMIT: i32 = 5;
 }
 
 /// Why a connection attempt did not become a session.
@@ -34,6 +37,9 @@ pub enum ConnectFailure {
     /// HTTP 403 with the problem type `…:device-refused`: the token works, this device may not
     /// use it.
     DeviceRefused(String),
+    /// HTTP 403 with the problem type `…:token-limit`: the token serves as many devices as it
+    /// may.
+    TokenLimit(String),
     /// HTTP 426: this device speaks a protocol version the portal no longer accepts.
     UpgradeRequired(String),
     /// HTTP 400: the device's own parameters are wrong.
@@ -135,6 +141,10 @@ impl Connection {
                 exit_code::DEVICE_REFUSED,
                 format!("the portal refused this device: {message}"),
             ),
+            ConnectFailure::TokenLimit(message) => self.stop(
+                exit_code::TOKEN_LIMIT,
+                format!("the token is at its limit of devices: {message}"),
+            ),
             ConnectFailure::UpgradeRequired(message) => {
                 self.stop(exit_code::FAILURE, format!("upgrade required: {message}"))
             }
@@ -157,7 +167,10 @@ impl Connection {
         rng: &mut impl Rng,
     ) -> Action {
         match reason {
-            Some((DisconnectReason::DeviceBlocked, message)) => self.stop(
+            Some((
+                DisconnectReason::DeviceBlocked | DisconnectReason::SourceNotAllowed,
+                message,
+            )) => self.stop(
                 exit_code::DEVICE_REFUSED,
                 format!("the portal ended the session: {message}"),
             ),

@@ -25,6 +25,9 @@ pub const PROTOCOL_HEADER: &str = "x-postern-protocol";
 /// The problem type (RFC 9457) of an upgrade refused (HTTP 403) because of the device, not its
 /// token: a blocked device. Devices exit with [`connection::exit_code::DEVICE_REFUSED`] and do not retry.
 pub const DEVICE_REFUSED_PROBLEM: &str = "urn:postern:problem:device-refused";
+/// The problem type of an upgrade refused (HTTP 403) because the token already serves its
+/// `max_clients` devices. Devices exit with [`connection::exit_code::TOKEN_LIMIT`].
+pub const TOKEN_LIMIT_PROBLEM: &str = "urn:postern:problem:token-limit";
 /// Where headless clients connect.
 pub const CLIENT_PATH: &str = "/v1/client/websocket";
 /// Where gateways connect.

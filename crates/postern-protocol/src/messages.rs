@@ -103,6 +103,10 @@ pub struct ClientInit {
     pub device_id: String,
     pub addresses: TunnelAddresses,
     pub resources: Vec<ResourceView>,
+    /// The token requires approval and this device has none yet: it holds a session and is
+    /// granted nothing until an administrator approves it (then `approval` follows).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub awaiting_approval: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,6 +132,8 @@ pub enum DisconnectReason {
     SiteDeleted,
     /// An administrator blocked this device: it is refused until unblocked.
     DeviceBlocked,
+    /// The token's allowed networks no longer include the address the device connects from.
+    SourceNotAllowed,
     ProtocolError,
     ServerShutdown,
 }
@@ -143,6 +149,7 @@ impl DisconnectReason {
                 | DisconnectReason::ActorDeleted
                 | DisconnectReason::SiteDeleted
                 | DisconnectReason::DeviceBlocked
+                | DisconnectReason::SourceNotAllowed
         )
     }
 }
@@ -175,6 +182,11 @@ pub enum PortalToClient {
     AccessDenied {
         resource_id: Uuid,
         reason: String,
+    },
+    /// Whether the device waits for an administrator's approval now (its resources follow
+    /// as `resource_upserted` once approved).
+    Approval {
+        awaiting_approval: bool,
     },
     Disconnect {
         reason: DisconnectReason,

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use postern_access::{diff, resource_view, AccessSnapshot, View};
-use postern_domain::{ChangeEvent, Device, DeviceKind};
+use postern_domain::{ChangeEvent, Device, DeviceKind, TokenGuardrails};
 use postern_protocol::{
     encode, Authorization, ClientInit, ConnectParams, DisconnectReason, DnsTarget, GatewayInfo,
     GatewayInit, PortalToClient, PortalToGateway, PresharedKey, ResourceView, TunnelAddresses,
@@ -86,6 +86,9 @@ pub struct Registration {
     pub principal: Principal,
     pub params: ConnectParams,
     pub source_ip: Option<IpAddr>,
+    /// Sessions on the same token on other portal nodes, when the token limits them
+    /// (`max_clients`); 0 otherwise.
+    pub remote_sessions_on_token: u32,
 }
 
 /// Why a registration was not accepted, and so what the device should do.
@@ -98,8 +101,11 @@ pub enum Refusal {
     Conflict(String),
     /// The token cannot open this kind of session.
     Forbidden(String),
-    /// The token works, but this device may not use it (an administrator blocked it).
+    /// The token works, but this device may not use it (an administrator blocked it, or it
+    /// connects from outside the token's allowed networks).
     DeviceRefused(String),
+    /// The token already serves as many sessions as its `max_clients` allows.
+    TokenLimit(String),
     /// A passing condition (the account could not be read, the portal is stopping): retry.
     Unavailable(String),
 }
@@ -226,6 +232,8 @@ pub struct AccessLoad {
     pub access: AccessData,
     /// Tokens that no longer exist are missing.
     pub tokens: HashMap<Uuid, TokenState>,
+    /// The guardrails of the same tokens, as they are now.
+    pub guardrails: HashMap<Uuid, TokenGuardrails>,
 }
 
 /// What is stored of a grant, so that a restarted portal still knows (and can withdraw) it.
@@ -378,6 +386,9 @@ struct Session {
     /// Clients: until when a throttled session is not told again that it is throttled (one
     /// notice a second, so that a flood cannot fill its own queue with refusals).
     throttle_notice_until: Option<DateTime<Utc>>,
+    /// Clients: the device waits for an administrator's approval (its token requires one):
+    /// it is shown no resource and granted nothing.
+    held: bool,
 }
 
 impl Session {
@@ -830,6 +841,14 @@ impl AccountSessions {
                 self.want_reload();
             }
             ChangeEvent::DeviceUnblocked { .. } => self.want_reload(),
+            ChangeEvent::DeviceApproved { device_id, .. } => self.approve_device(device_id, now),
+            ChangeEvent::TokenUpdated { token_id, .. } => {
+                // Its guardrails may have changed: the reload reads them for its sessions.
+                if self.by_token.contains_key(token_id) {
+                    self.tokens_to_check.insert(*token_id);
+                    self.want_reload();
+                }
+            }
             ChangeEvent::ActorEnabled { .. }
             | ChangeEvent::GroupDeleted { .. }
             | ChangeEvent::MembershipChanged { .. }
@@ -945,6 +964,10 @@ impl AccountSessions {
                     "the token no longer authenticates",
                     now,
                 );
+                continue;
+            }
+            if let Some(guardrails) = load.guardrails.get(&token_id) {
+                self.apply_guardrails(token_id, guardrails, now);
             }
         }
         self.end_blocked_clients(now);
@@ -1370,8 +1393,10 @@ impl AccountSessions {
             principal,
             params,
             source_ip,
+            ..
         } = registration;
         let (actor_id, site_id) = (principal.actor_id, principal.site_id);
+        let held = kind == DeviceKind::Client && awaits_approval(&principal.guardrails, &device);
         let mut entry = Session {
             kind,
             device_id: device.device_id.clone(),
@@ -1384,6 +1409,7 @@ impl AccountSessions {
             view: Arc::new(View::new()),
             requests: Bucket::full(self.config.access_request_burst, now),
             throttle_notice_until: None,
+            held,
         };
         let slug = self
             .loaded
@@ -1392,7 +1418,9 @@ impl AccountSessions {
             .unwrap_or_default();
         let init = match (kind, actor_id) {
             (DeviceKind::Client, Some(actor_id)) => {
-                entry.view = self.view_for((actor_id, source_ip), now);
+                if !held {
+                    entry.view = self.view_for((actor_id, source_ip), now);
+                }
                 encode(&PortalToClient::Init(ClientInit {
                     account_id: self.account_id,
                     account_slug: slug,
@@ -1403,6 +1431,7 @@ impl AccountSessions {
                     device_id: entry.device_id.clone(),
                     addresses: addresses_of(&device),
                     resources: entry.view.values().cloned().collect(),
+                    awaiting_approval: held,
                 }))
             }
             _ => {
@@ -1489,7 +1518,50 @@ impl AccountSessions {
                 return Err(Refusal::Forbidden(why.into()));
             }
         }
+        if registration.kind == DeviceKind::Client {
+            self.check_guardrails(registration)?;
+        }
         self.sight_device(registration, now)
+    }
+
+    /// A client token's limits for its fleet: where sessions may come from, how many there
+    /// may be at once. The device's own sessions do not count (a reconnect replaces one).
+    fn check_guardrails(&self, registration: &Registration) -> Result<(), Refusal> {
+        let guardrails = &registration.principal.guardrails;
+        if !guardrails.allows_source(registration.source_ip) {
+            let from = registration
+                .source_ip
+                .map_or_else(|| "an unknown address".to_string(), |ip| ip.to_string());
+            return Err(Refusal::DeviceRefused(format!(
+                "the token accepts sessions only from {}; this device connects from {from}",
+                cidr_list(&guardrails.allowed_source_cidrs)
+            )));
+        }
+        let Some(max_clients) = guardrails.max_clients else {
+            return Ok(());
+        };
+        let token_id = registration.principal.token_id;
+        let own = self
+            .by_device
+            .get(&(DeviceKind::Client, registration.params.id.clone()))
+            .map_or(0, |sessions| {
+                sessions
+                    .iter()
+                    .filter(|s| self.clients.get(s).is_some_and(|c| c.token_id == token_id))
+                    .count()
+            });
+        let local = self.by_token.get(&token_id).map_or(0, HashSet::len) - own;
+        let others = u32::try_from(local)
+            .unwrap_or(u32::MAX)
+            .saturating_add(registration.remote_sessions_on_token);
+        if others >= max_clients {
+            return Err(Refusal::TokenLimit(format!(
+                "the token allows {max_clients} connected device{} at once and {others} {}                  connected; stop one of them or raise the token's max_clients",
+                if max_clients == 1 { "" } else { "s" },
+                if others == 1 { "is" } else { "are" },
+            )));
+        }
+        Ok(())
     }
 
     /// Finds or creates the device record of a registering device, refusing identities that
@@ -1572,6 +1644,9 @@ impl AccountSessions {
             addresses_of(known),
             Some(known.public_key),
         );
+        let approved_at = known
+            .approved_at
+            .or((!principal.guardrails.require_approval).then_some(now));
         if let Some(Some(old)) = &old_key {
             if loaded.keys.get(old) == Some(&key) {
                 loaded.keys.remove(old);
@@ -1596,6 +1671,7 @@ impl AccountSessions {
             last_seen_ip: source_ip.map(|ip| ip.to_string()),
             last_seen_at: now,
             created_at,
+            approved_at,
         };
         let news = loaded
             .devices
@@ -1664,6 +1740,7 @@ impl AccountSessions {
             last_seen_ip: source_ip.map(|ip| ip.to_string()),
             last_seen_at: now,
             created_at: now,
+            approved_at: (!principal.guardrails.require_approval).then_some(now),
         };
         if let Some(public_key) = &device.public_key {
             loaded.keys.insert(*public_key, key.clone());
@@ -1775,6 +1852,116 @@ impl AccountSessions {
 
     /// Ends the connected clients the blocked list (as just read) refuses: a block this node
     /// did not hear of (a gap in the change feed) still ends them at the next read.
+    /// A token's guardrails as they are now, for its live sessions: those from outside its
+    /// networks end (their grants withdrawn first), approval is required or no longer. A lower
+    /// `max_clients` refuses new sessions and leaves the live ones be.
+    fn apply_guardrails(
+        &mut self,
+        token_id: Uuid,
+        guardrails: &TokenGuardrails,
+        now: DateTime<Utc>,
+    ) {
+        let sessions: Vec<SessionId> = sorted(
+            self.by_token
+                .get(&token_id)
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|s| self.clients.contains_key(s)),
+        );
+        let mut unheld = Vec::new();
+        for session in sessions {
+            let Some(client) = self.clients.get(&session) else {
+                continue;
+            };
+            if !guardrails.allows_source(client.source_ip) {
+                let device_id = client.device_id.clone();
+                let ids: Vec<Uuid> = Grants::ids_of(&self.grants.by_client, &device_id)
+                    .into_iter()
+                    .filter(|id| {
+                        self.grants
+                            .by_id
+                            .get(id)
+                            .is_some_and(|g| g.token_id == token_id)
+                    })
+                    .collect();
+                self.withdraw(
+                    &ids,
+                    "the token's allowed networks changed",
+                    Withdrawal::Quietly,
+                );
+                let why = format!(
+                    "the token now accepts sessions only from {}",
+                    cidr_list(&guardrails.allowed_source_cidrs)
+                );
+                self.close(session, DisconnectReason::SourceNotAllowed, &why, now);
+                continue;
+            }
+            let held = self
+                .device(DeviceKind::Client, &client.device_id)
+                .is_some_and(|device| awaits_approval(guardrails, device));
+            if held != client.held {
+                self.set_held(session, held);
+                if !held {
+                    unheld.push(session);
+                }
+            }
+        }
+        if !unheld.is_empty() {
+            self.refresh(now);
+        }
+    }
+
+    /// An administrator approved a client device: its waiting sessions are shown what their
+    /// policies allow, on this node as on every other.
+    fn approve_device(&mut self, device_id: &str, now: DateTime<Utc>) {
+        let key = (DeviceKind::Client, device_id.to_string());
+        if let Some(device) = self.loaded.as_mut().and_then(|l| l.devices.get_mut(&key)) {
+            device.approved_at.get_or_insert(now);
+        }
+        if let Some(claim) = self.claims.get_mut(&key) {
+            claim.device.approved_at.get_or_insert(now);
+        }
+        let held: Vec<SessionId> = sorted(
+            self.by_device
+                .get(&key)
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|s| self.clients.get(s).is_some_and(|c| c.held)),
+        );
+        if held.is_empty() {
+            return;
+        }
+        for session in held {
+            self.set_held(session, false);
+        }
+        self.refresh(now);
+    }
+
+    /// Holds a client session (it is shown nothing, its view emptied) or lets it go (the next
+    /// refresh shows it its resources), and tells the client.
+    fn set_held(&mut self, session: SessionId, held: bool) {
+        let Some(client) = self.clients.get_mut(&session) else {
+            return;
+        };
+        client.held = held;
+        let mut messages = Vec::new();
+        if held {
+            let before = std::mem::replace(&mut client.view, Arc::new(View::new()));
+            messages = diff(&before, &client.view);
+            let device_id = client.device_id.clone();
+            let ids = Grants::ids_of(&self.grants.by_client, &device_id);
+            self.withdraw(&ids, "the device awaits approval", Withdrawal::Quietly);
+        }
+        messages.push(PortalToClient::Approval {
+            awaiting_approval: held,
+        });
+        for message in messages {
+            self.transmit(session, Outbound::Text(encode(&message).into()));
+        }
+    }
+
     fn end_blocked_clients(&mut self, now: DateTime<Utc>) {
         let Some(loaded) = &self.loaded else {
             return;
@@ -1898,6 +2085,15 @@ impl AccountSessions {
             let why = format!(
                 "too many access requests from this session (at most {burst} at once and \
                  {rate} a second); retry later"
+            );
+            self.deny(session, resource_id, why);
+            return;
+        }
+        if client.held {
+            let why = format!(
+                "device '{}' awaits an administrator's approval (its token requires one): \
+                 postern clients approve, or Approve on the service account's page",
+                client.device_id
             );
             self.deny(session, resource_id, why);
             return;
@@ -2462,6 +2658,7 @@ impl AccountSessions {
             let mut keys: Vec<_> = self
                 .clients
                 .iter()
+                .filter(|(_, s)| !s.held)
                 .filter_map(|(id, s)| s.actor_id.map(|a| (*id, (a, s.source_ip))))
                 .collect();
             keys.sort_by_key(|(id, _)| *id);
@@ -2607,7 +2804,22 @@ fn sighting_is_news(before: &Device, now: &Device) -> bool {
         || before.public_key != now.public_key
         || before.token_id != now.token_id
         || before.last_seen_ip != now.last_seen_ip
+        || before.approved_at != now.approved_at
         || now.last_seen_at - before.last_seen_at >= LAST_SEEN_PRECISION
+}
+
+/// Whether a client device waits for approval: its token requires one and it has none.
+fn awaits_approval(guardrails: &TokenGuardrails, device: &Device) -> bool {
+    guardrails.require_approval && device.approved_at.is_none()
+}
+
+/// Networks as a person reads them: `10.0.0.0/8, 192.0.2.0/24`.
+fn cidr_list(networks: &[ipnet::IpNet]) -> String {
+    networks
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn sorted<T: Ord>(items: impl IntoIterator<Item = T>) -> Vec<T> {

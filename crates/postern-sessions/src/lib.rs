@@ -62,9 +62,13 @@ pub enum SessionError {
     /// The token cannot open this kind of session.
     #[error("{0}")]
     Forbidden(String),
-    /// The token works, but this device may not use it (blocked).
+    /// The token works, but this device may not use it (blocked, or outside the token's
+    /// allowed networks).
     #[error("{0}")]
     DeviceRefused(String),
+    /// The token already serves as many devices as its `max_clients` allows.
+    #[error("{0}")]
+    TokenLimit(String),
     /// Passing: retry.
     #[error("{0}")]
     Unavailable(String),
@@ -78,6 +82,7 @@ impl From<Refusal> for SessionError {
             Refusal::Conflict(why) => SessionError::Conflict(why),
             Refusal::Forbidden(why) => SessionError::Forbidden(why),
             Refusal::DeviceRefused(why) => SessionError::DeviceRefused(why),
+            Refusal::TokenLimit(why) => SessionError::TokenLimit(why),
             Refusal::Unavailable(why) => SessionError::Unavailable(why),
             Refusal::Recheck => {
                 SessionError::Unavailable("the token is being checked again; retry".into())
@@ -270,6 +275,27 @@ impl Hub {
             .unwrap_or(0)
     }
 
+    /// Sessions on a token limited by `max_clients` on the other live nodes (as of their last
+    /// presence write), so that the limit holds across nodes; 0 for tokens without a limit, on
+    /// a single node, or when the database cannot say (the limit then holds per node).
+    async fn remote_sessions_on_token(&self, principal: &Principal) -> u32 {
+        if principal.guardrails.max_clients.is_none() || !self.inner.store.is_clustered() {
+            return 0;
+        }
+        match self
+            .inner
+            .store
+            .remote_token_sessions(principal.account_id, &[principal.token_id])
+            .await
+        {
+            Ok(counts) => counts.get(&principal.token_id).copied().unwrap_or(0),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read other portal nodes' presence; max_clients holds per node");
+                0
+            }
+        }
+    }
+
     /// Registers a session with its account's worker. A registration whose token check may
     /// predate a revocation comes back to be checked again, so that no revoked token leaves a
     /// live session behind.
@@ -280,6 +306,7 @@ impl Hub {
             params,
             source_ip,
         } = hello;
+        let remote_sessions_on_token = self.remote_sessions_on_token(&principal).await;
         for _ in 0..RECHECKS {
             let session = SessionId(self.inner.next_session.fetch_add(1, Ordering::Relaxed));
             let capacity = match kind {
@@ -294,6 +321,7 @@ impl Hub {
                 principal: principal.clone(),
                 params: params.clone(),
                 source_ip,
+                remote_sessions_on_token,
             };
             worker
                 .commands

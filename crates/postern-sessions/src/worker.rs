@@ -389,11 +389,13 @@ impl Worker {
         let account_id = self.core.account_id();
         let account = self.store.get_account(account_id).await?;
         let access = self.store.access_data(account_id).await?;
+        let guardrails = self.store.token_guardrails(account_id, tokens).await?;
         let tokens = self.store.token_states(account_id, tokens).await?;
         Ok(AccessLoad {
             slug: account.slug,
             access,
             tokens,
+            guardrails,
         })
     }
 }

@@ -305,6 +305,7 @@ impl Db {
             site_id: token.site_id,
             holder_name: "holder".into(),
             expires_at: token.expires_at,
+            guardrails: Default::default(),
             generation: self.generation,
         })
     }
@@ -644,6 +645,7 @@ impl Sim {
             last_seen_ip: None,
             last_seen_at: self.now,
             created_at: self.now,
+            approved_at: Some(self.now),
         };
         self.db
             .devices
@@ -832,6 +834,7 @@ impl Sim {
                         .iter()
                         .filter_map(|t| self.db.token_state(*t).map(|s| (*t, s)))
                         .collect(),
+                    guardrails: Default::default(),
                 };
                 self.core.handle_access_loaded(load, self.now);
             }
@@ -990,6 +993,7 @@ impl Sim {
                 principal,
                 params,
                 source_ip,
+                remote_sessions_on_token: 0,
             },
             self.now,
         );
@@ -1732,6 +1736,7 @@ impl Sim {
                     principal: principal.clone(),
                     params: params(&device_id, Some(claimed_key), None),
                     source_ip: Some("198.51.100.7".parse().unwrap()),
+                    remote_sessions_on_token: 0,
                 },
                 self.now,
             );

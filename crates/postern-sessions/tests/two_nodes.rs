@@ -411,6 +411,7 @@ impl World {
                 site_id: actor.is_none().then(|| id(SITE)),
                 holder_name: "holder".into(),
                 expires_at: self.db.now + Duration::days(300),
+                guardrails: Default::default(),
                 generation: self.db.generation,
             },
             params: ConnectParams {
@@ -421,6 +422,7 @@ impl World {
                 endpoint: matches!(who, Who::Gateway(_)).then(|| format!("{name}:51820")),
             },
             source_ip: Some("192.0.2.1".parse().unwrap()),
+            remote_sessions_on_token: 0,
         };
         self.log(format!("{name} connects to n{node}"));
         self.sessions.insert(session, (node, who));
@@ -811,6 +813,7 @@ impl World {
                         .iter()
                         .filter_map(|t| self.db.token_state(*t).map(|s| (*t, s)))
                         .collect(),
+                    guardrails: Default::default(),
                 };
                 if let Some(core) = self.nodes[node].core.as_mut() {
                     core.handle_access_loaded(load, now);

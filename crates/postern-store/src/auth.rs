@@ -21,6 +21,8 @@ pub struct Principal {
     /// The name of the holder (service account or site) when the token was checked.
     pub holder_name: String,
     pub expires_at: DateTime<Utc>,
+    /// The token's limits for a fleet sharing it.
+    pub guardrails: postern_domain::TokenGuardrails,
     /// The store's revocation generation before the token was checked: when a revocation has
     /// been applied since, the check may predate it and must be repeated (`recheck_token`).
     pub generation: u64,
@@ -178,7 +180,7 @@ impl Store {
     async fn load_token_record(&self, token_id: Uuid) -> Result<Option<CachedToken>, StoreError> {
         let row = sqlx::query(
             "SELECT t.kind, t.account_id, t.actor_id, t.site_id, t.secret_hash, t.expires_at, \
-             t.revoked_at, a.disabled_at AS actor_disabled_at, a.name AS actor_name, \
+             t.revoked_at, t.max_clients, t.allowed_source_cidrs, t.require_approval, a.disabled_at AS actor_disabled_at, a.name AS actor_name, \
              s.name AS site_name \
              FROM tokens t LEFT JOIN actors a ON a.id = t.actor_id \
              LEFT JOIN sites s ON s.id = t.site_id WHERE t.id = $1",
@@ -207,6 +209,7 @@ impl Store {
             expires_at: from_ts(row.try_get("expires_at")?)?,
             revoked: revoked_at.is_some(),
             holder_disabled: actor_disabled_at.is_some(),
+            guardrails: crate::tokens::guardrails_from_row(&row)?,
             loaded_at: Instant::now(),
         }))
     }
@@ -246,6 +249,7 @@ fn principal_of(
         site_id: record.site_id,
         holder_name: record.holder_name,
         expires_at: record.expires_at,
+        guardrails: record.guardrails,
         generation,
     })
 }

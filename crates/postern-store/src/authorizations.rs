@@ -216,6 +216,34 @@ impl Store {
         }
         Ok(states)
     }
+
+    /// The guardrails of these tokens of the account as they are now; tokens that do not
+    /// exist are missing from the answer.
+    pub async fn token_guardrails(
+        &self,
+        account_id: Uuid,
+        token_ids: &[Uuid],
+    ) -> Result<std::collections::HashMap<Uuid, postern_domain::TokenGuardrails>> {
+        let mut guardrails = std::collections::HashMap::new();
+        for chunk in token_ids.chunks(IDS_PER_QUERY) {
+            let sql = format!(
+                "SELECT id, max_clients, allowed_source_cidrs, require_approval FROM tokens \
+                 WHERE account_id = $1 AND id IN ({})",
+                db::placeholders(2, chunk.len())
+            );
+            let mut query = sqlx::query(&sql).bind(account_id.to_string());
+            for id in chunk {
+                query = query.bind(id.to_string());
+            }
+            for row in query.fetch_all(self.pool()).await? {
+                guardrails.insert(
+                    db::uuid(&row, "id")?,
+                    crate::tokens::guardrails_from_row(&row)?,
+                );
+            }
+        }
+        Ok(guardrails)
+    }
 }
 
 impl Store {

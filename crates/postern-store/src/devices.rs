@@ -9,10 +9,10 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use crate::audit::{self, snapshot, Entry};
-use crate::db::{self, opt_text, opt_uuid, text, time, ts};
+use crate::db::{self, opt_text, opt_time, opt_uuid, text, time, ts};
 use crate::{Page, Paged, Result, Store, StoreError};
 
-/// Devices per claiming `INSERT` (15 bind parameters each: well under SQLite's and
+/// Devices per claiming `INSERT` (16 bind parameters each: well under SQLite's and
 /// PostgreSQL's limits).
 const CLAIMS_PER_QUERY: usize = 500;
 
@@ -26,6 +26,8 @@ pub struct DeviceFilter {
     pub device_id: Option<String>,
     /// Only devices whose name or device id contains this (case-insensitive).
     pub search: Option<String>,
+    /// Only devices waiting for approval (`true`), or only the approved ones (`false`).
+    pub awaiting_approval: Option<bool>,
     /// Only blocked devices (`true`), or only the others (`false`).
     pub blocked: Option<bool>,
 }
@@ -58,6 +60,10 @@ fn device_conditions(
         sql.push_str(&format!(
             " AND (LOWER(name) LIKE ${n} ESCAPE '\\' OR LOWER(device_id) LIKE ${n} ESCAPE '\\')"
         ));
+    }
+    if let Some(awaiting) = filter.awaiting_approval {
+        let negation = if awaiting { "" } else { "NOT " };
+        sql.push_str(&format!(" AND approved_at IS {negation}NULL"));
     }
     if let Some(blocked) = filter.blocked {
         // The blocked list is short: the database looks its ids up in the device id index.
@@ -130,6 +136,8 @@ impl Store {
                 *device = Device {
                     id: device.id,
                     created_at: device.created_at,
+                    // An approval is written by an administrator, never undone by a sighting.
+                    approved_at: device.approved_at.or(newer.approved_at),
                     ..newer.clone()
                 };
             }
@@ -279,6 +287,63 @@ impl Store {
         self.set_blocked(account_id, id, false, acting).await
     }
 
+    /// Approves a client device that waits for it (its token requires approval): it is granted
+    /// what its policies allow from now on, on every portal node. Approving an approved device
+    /// changes nothing.
+    pub async fn approve_client(
+        &self,
+        account_id: Uuid,
+        id: Uuid,
+        acting: &Acting,
+    ) -> Result<Device> {
+        let before = self.get_client(account_id, id).await?;
+        if before.approved_at.is_some() {
+            return Ok(before);
+        }
+        let now = Utc::now();
+        let mut tx = self.begin_write().await?;
+        let changed = sqlx::query(
+            "UPDATE devices SET approved_at = $1 \
+             WHERE account_id = $2 AND id = $3 AND approved_at IS NULL",
+        )
+        .bind(ts(now))
+        .bind(account_id.to_string())
+        .bind(id.to_string())
+        .execute(&mut *tx.tx)
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            return self.get_client(account_id, id).await;
+        }
+        let after = Device {
+            approved_at: Some(now),
+            ..before.clone()
+        };
+        audit::record(
+            &mut tx.tx,
+            Entry {
+                account_id: Some(account_id),
+                acting,
+                action: "client.approve",
+                object_type: "client",
+                object_id: Some(id),
+                before: snapshot(&before),
+                after: snapshot(&after),
+                now,
+            },
+        )
+        .await?;
+        self.commit_publishing(
+            tx,
+            vec![ChangeEvent::DeviceApproved {
+                account_id,
+                device_id: after.device_id.clone(),
+            }],
+        )
+        .await?;
+        Ok(after)
+    }
+
     /// Whether each of `device_ids` (clients of the account) is blocked.
     pub async fn blocked_among(
         &self,
@@ -373,12 +438,12 @@ impl Store {
         let mut inserted: std::collections::HashSet<(String, String)> = Default::default();
         for chunk in devices.chunks(CLAIMS_PER_QUERY) {
             let rows: Vec<String> = (0..chunk.len())
-                .map(|i| format!("({})", db::placeholders(i * 15 + 1, 15)))
+                .map(|i| format!("({})", db::placeholders(i * 16 + 1, 16)))
                 .collect();
             let sql = format!(
                 "INSERT INTO devices (id, account_id, kind, device_id, actor_id, site_id, token_id, \
-                 name, version, public_key, ipv4, ipv6, last_seen_ip, last_seen_at, created_at) \
-                 VALUES {} ON CONFLICT DO NOTHING RETURNING kind, device_id",
+                 name, version, public_key, ipv4, ipv6, last_seen_ip, last_seen_at, created_at, \
+                 approved_at) VALUES {} ON CONFLICT DO NOTHING RETURNING kind, device_id",
                 rows.join(", ")
             );
             let mut query = sqlx::query(&sql);
@@ -398,7 +463,8 @@ impl Store {
                     .bind(device.ipv6.to_string())
                     .bind(device.last_seen_ip.clone())
                     .bind(ts(device.last_seen_at))
-                    .bind(ts(device.created_at));
+                    .bind(ts(device.created_at))
+                    .bind(db::opt_ts(device.approved_at));
             }
             for row in query.fetch_all(&mut *tx.tx).await? {
                 inserted.insert((text(&row, "kind")?, text(&row, "device_id")?));
@@ -473,7 +539,7 @@ impl Store {
         for device in pending {
             sqlx::query(
                 "UPDATE devices SET token_id = $1, name = $2, version = $3, public_key = $4, \
-                 last_seen_ip = $5, last_seen_at = $6 \
+                 last_seen_ip = $5, last_seen_at = $6, approved_at = COALESCE(approved_at, $12) \
                  WHERE account_id = $7 AND kind = $8 AND device_id = $9 \
                  AND COALESCE(actor_id, '') = COALESCE($10, '') \
                  AND COALESCE(site_id, '') = COALESCE($11, '')",
@@ -489,6 +555,7 @@ impl Store {
             .bind(device.device_id.clone())
             .bind(device.actor_id.map(|id| id.to_string()))
             .bind(device.site_id.map(|id| id.to_string()))
+            .bind(db::opt_ts(device.approved_at))
             .execute(&mut *tx.tx)
             .await?;
         }
@@ -533,6 +600,7 @@ pub(crate) fn device_from_row(row: &AnyRow) -> Result<Device> {
         last_seen_ip: opt_text(row, "last_seen_ip")?,
         last_seen_at: time(row, "last_seen_at")?,
         created_at: time(row, "created_at")?,
+        approved_at: opt_time(row, "approved_at")?,
     })
 }
 

@@ -43,7 +43,7 @@ pub use devices::{AccessData, BlockedDevice, DeviceClaim, DeviceFilter};
 pub use groups::MembershipChange;
 pub use policies::{NewPolicy, PolicyPatch};
 pub use resources::{NewResource, ResourcePatch};
-pub use tokens::{CreatedToken, NewTokenRequest, TokenHolder};
+pub use tokens::{CreatedToken, NewTokenRequest, TokenHolder, TokenPatch};
 pub use web_sessions::WebSession;
 
 #[derive(Debug, thiserror::Error)]
@@ -331,6 +331,7 @@ mod tests {
                     token: with_token.then_some(tokens::NewTokenRequest {
                         name: None,
                         expires_at: None,
+                        guardrails: Default::default(),
                     }),
                 },
                 &postern_domain::Acting::local_cli(),
@@ -375,6 +376,7 @@ mod tests {
                 last_used_at: None,
                 last_used_ip: None,
                 last_used_user_agent: None,
+                guardrails: Default::default(),
             },
             secret: postern_token::SecretString::from("postern_client_s3cr3t".to_string()),
         };
@@ -408,6 +410,7 @@ mod tests {
             last_seen_ip: None,
             last_seen_at: now,
             created_at: now,
+            approved_at: Some(now),
         };
         store
             .claim_devices(std::slice::from_ref(&device))
@@ -550,6 +553,7 @@ mod tests {
                     tokens::NewTokenRequest {
                         name: None,
                         expires_at: None,
+                        guardrails: Default::default(),
                     },
                     &acting,
                 )

@@ -26,6 +26,7 @@ pub(crate) struct CachedToken {
     pub expires_at: DateTime<Utc>,
     pub revoked: bool,
     pub holder_disabled: bool,
+    pub guardrails: postern_domain::TokenGuardrails,
     pub loaded_at: Instant,
 }
 
@@ -90,6 +91,7 @@ impl TokenCache {
     pub fn apply(&self, event: &ChangeEvent) {
         match event {
             ChangeEvent::TokensRevoked { token_ids, .. } => self.invalidate_tokens(token_ids),
+            ChangeEvent::TokenUpdated { token_id, .. } => self.invalidate_tokens(&[*token_id]),
             ChangeEvent::ActorDisabled { actor_id, .. }
             | ChangeEvent::ActorEnabled { actor_id, .. }
             | ChangeEvent::ActorDeleted { actor_id, .. } => self.invalidate_holder(*actor_id),
@@ -171,6 +173,7 @@ mod tests {
             expires_at: Utc::now() + chrono::Duration::days(1),
             revoked,
             holder_disabled: false,
+            guardrails: Default::default(),
             loaded_at: Instant::now(),
         }
     }

@@ -1,10 +1,10 @@
 //! Tokens of service accounts, API clients and sites (gateway tokens).
 
 use chrono::{DateTime, Utc};
-use postern_domain::{new_id, rules, validate, Acting, ChangeEvent, Token};
+use postern_domain::{new_id, rules, validate, Acting, ChangeEvent, Token, TokenGuardrails};
 use postern_token::{SecretString, TokenKind};
 use sqlx::any::AnyRow;
-use sqlx::AnyConnection;
+use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
 use crate::audit::{self, snapshot, Entry};
@@ -22,6 +22,18 @@ pub enum TokenHolder {
 pub struct NewTokenRequest {
     pub name: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// Service-account tokens only.
+    pub guardrails: TokenGuardrails,
+}
+
+/// What [`Store::update_token`] changes; `None` keeps a field as it is.
+#[derive(Debug, Default, Clone)]
+pub struct TokenPatch {
+    pub name: Option<String>,
+    /// `Some(None)` removes the limit.
+    pub max_clients: Option<Option<u32>>,
+    pub allowed_source_cidrs: Option<Vec<ipnet::IpNet>>,
+    pub require_approval: Option<bool>,
 }
 
 /// A token just created: the only moment its secret exists outside the holder's hands.
@@ -113,6 +125,75 @@ impl Store {
             .map(|row| self.token_from_row(row))
             .transpose()?
             .ok_or(StoreError::NotFound("token"))
+    }
+
+    /// Renames a token or changes its guardrails. Sessions already open stay unless a change
+    /// shuts them out: a narrower `allowed_source_cidrs` ends those from elsewhere, approval
+    /// newly required holds the devices not yet approved (see the sessions core); a lower
+    /// `max_clients` only refuses new ones.
+    pub async fn update_token(
+        &self,
+        account_id: Uuid,
+        holder: TokenHolder,
+        token_id: Uuid,
+        patch: TokenPatch,
+        acting: &Acting,
+    ) -> Result<Token> {
+        let before = self.get_token(account_id, holder, token_id).await?;
+        let mut after = before.clone();
+        if let Some(name) = &patch.name {
+            after.name = validate::name("name", name)?;
+        }
+        if let Some(max_clients) = patch.max_clients {
+            after.guardrails.max_clients = max_clients;
+        }
+        if let Some(cidrs) = patch.allowed_source_cidrs {
+            after.guardrails.allowed_source_cidrs = cidrs;
+        }
+        if let Some(require_approval) = patch.require_approval {
+            after.guardrails.require_approval = require_approval;
+        }
+        after.guardrails = checked_guardrails(after.kind, after.guardrails)?;
+        if after == before {
+            return Ok(before);
+        }
+        let now = Utc::now();
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE tokens SET name = $1, max_clients = $2, allowed_source_cidrs = $3, \
+             require_approval = $4 WHERE account_id = $5 AND id = $6",
+        )
+        .bind(after.name.clone())
+        .bind(after.guardrails.max_clients.map(i64::from))
+        .bind(db::to_json(&after.guardrails.allowed_source_cidrs)?)
+        .bind(i64::from(after.guardrails.require_approval))
+        .bind(account_id.to_string())
+        .bind(token_id.to_string())
+        .execute(&mut *tx.tx)
+        .await?;
+        audit::record(
+            &mut tx.tx,
+            Entry {
+                account_id: Some(account_id),
+                acting,
+                action: "token.update",
+                object_type: "token",
+                object_id: Some(token_id),
+                before: snapshot(&before),
+                after: snapshot(&after),
+                now,
+            },
+        )
+        .await?;
+        self.commit_publishing(
+            tx,
+            vec![ChangeEvent::TokenUpdated {
+                account_id,
+                token_id,
+            }],
+        )
+        .await?;
+        Ok(after)
     }
 
     /// Revokes one token. Revoking a revoked token changes nothing and returns it as it is.
@@ -256,6 +337,7 @@ pub(crate) async fn insert_token(
         None => DEFAULT_TOKEN_NAME.to_string(),
     };
     let expires_at = rules::token_expiry(now, request.expires_at, settings)?;
+    let guardrails = checked_guardrails(kind, request.guardrails.clone())?;
     let id = new_id();
     let generated = postern_token::generate(kind, id, &store.inner.hash_key);
     let (actor_id, site_id) = match holder {
@@ -277,10 +359,12 @@ pub(crate) async fn insert_token(
         last_used_user_agent: None,
         revoked_at: None,
         revoked_by: None,
+        guardrails,
     };
     sqlx::query(
         "INSERT INTO tokens (id, account_id, kind, actor_id, site_id, name, secret_hash, \
-         created_at, created_by, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+         created_at, created_by, expires_at, max_clients, allowed_source_cidrs, \
+         require_approval) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
     .bind(id.to_string())
     .bind(account_id.to_string())
@@ -292,6 +376,9 @@ pub(crate) async fn insert_token(
     .bind(ts(now))
     .bind(acting.actor_id.map(|id| id.to_string()))
     .bind(ts(expires_at))
+    .bind(token.guardrails.max_clients.map(i64::from))
+    .bind(db::to_json(&token.guardrails.allowed_source_cidrs)?)
+    .bind(i64::from(token.guardrails.require_approval))
     .execute(&mut *conn)
     .await?;
     audit::record(
@@ -399,5 +486,36 @@ fn token_from_row(row: &AnyRow) -> Result<Token> {
         last_used_user_agent: opt_text(row, "last_used_user_agent")?,
         revoked_at: opt_time(row, "revoked_at")?,
         revoked_by: opt_uuid(row, "revoked_by")?,
+        guardrails: guardrails_from_row(row)?,
     })
+}
+
+/// The guardrail columns of a `tokens` row.
+pub(crate) fn guardrails_from_row(row: &AnyRow) -> Result<TokenGuardrails> {
+    let max_clients: Option<i64> = row.try_get("max_clients")?;
+    let require_approval: i64 = row.try_get("require_approval")?;
+    Ok(TokenGuardrails {
+        max_clients: max_clients
+            .map(|n| {
+                u32::try_from(n)
+                    .map_err(|_| StoreError::Corrupt(format!("a token's max_clients is {n}")))
+            })
+            .transpose()?,
+        allowed_source_cidrs: db::json(row, "allowed_source_cidrs")?,
+        require_approval: require_approval != 0,
+    })
+}
+
+/// Guardrails are for the tokens of service accounts: refused on others, checked otherwise.
+fn checked_guardrails(kind: TokenKind, guardrails: TokenGuardrails) -> Result<TokenGuardrails> {
+    if guardrails.is_set() && kind != TokenKind::Client {
+        return Err(StoreError::Validation(
+            postern_domain::ValidationError::new(
+                "max_clients",
+                "guardrails (max_clients, allowed_source_cidrs, require_approval) apply to \
+             service-account tokens only",
+            ),
+        ));
+    }
+    Ok(validate::guardrails(guardrails)?)
 }

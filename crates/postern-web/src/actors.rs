@@ -20,6 +20,7 @@ use crate::clients::{self, ClientsQuery};
 use crate::error::{WebError, WebResult};
 use crate::form::{self, FieldErrors, Fields, Post, TokenForm};
 use crate::once::{self, Shown};
+use crate::tokens;
 use crate::ui::{self, Confirm, Nav};
 use crate::WebState;
 
@@ -350,6 +351,7 @@ async fn create_service_account(
         token: Some(NewTokenRequest {
             name: (!token_name.is_empty()).then(|| token_name.to_string()),
             expires_at,
+            guardrails: Default::default(),
         }),
     };
     let created = state
@@ -463,7 +465,7 @@ async fn create_user(
     }
 }
 
-async fn load_actor(state: &WebState, admin: &Admin, id: &str) -> WebResult<Actor> {
+pub(crate) async fn load_actor(state: &WebState, admin: &Admin, id: &str) -> WebResult<Actor> {
     let id = form::parse_path_id(id, "actor")?;
     Ok(state.store().get_actor(admin.account_id(), id).await?)
 }
@@ -574,7 +576,7 @@ async fn detail(
                         table data-testid="tokens-table" {
                             thead { tr {
                                 th { "Name" } th { "Created" } th { "Created by" } th { "Expires" }
-                                th { "Last used" } th { "Clients online" } th { "Status" } th { span.sr-only { "Actions" } }
+                                th { "Last used" } th { "Clients online" } th { "Guardrails" } th { "Status" } th { span.sr-only { "Actions" } }
                             } }
                             tbody {
                                 @for token in &tokens {
@@ -595,13 +597,21 @@ async fn detail(
                                             (ui::opt_time(token.last_used_at, "Never"))
                                             @if let Some(ip) = &token.last_used_ip { div.muted.small { "from " (ip) } }
                                         }
-                                        td data-label="Clients online" data-testid="token-online" { (token_sessions.get(&token.id).copied().unwrap_or(0)) }
+                                        td data-label="Clients online" data-testid="token-online" {
+                                            (token_sessions.get(&token.id).copied().unwrap_or(0))
+                                            @if let Some(max) = token.guardrails.max_clients { span.muted { " / " (max) } }
+                                        }
+                                        td data-label="Guardrails" data-testid="token-guardrails" { (tokens::guardrails_summary(&token.guardrails)) }
                                         td data-label="Status" data-testid="token-status" {
                                             @if revoked { (ui::badge("danger", "Revoked")) }
                                             @else if expired { (ui::badge("muted", "Expired")) }
                                             @else { (ui::badge("ok", "Active")) }
                                         }
                                         td.actions {
+                                            @if !revoked && actor.actor_type == ActorType::ServiceAccount {
+                                                a.btn.btn-small href={ (base) "/tokens/" (token.id) "/edit" }
+                                                    aria-label={ "Edit token " (token.name) } data-testid="edit-token" { "Edit" }
+                                            }
                                             @if !revoked {
                                                 button.btn.btn-icon.btn-danger-ghost type="button" data-open=(dialog)
                                                     aria-label={ "Revoke token " (token.name) } title="Revoke token" data-testid="revoke-token" {
@@ -675,11 +685,12 @@ fn token_page(admin: &Admin, actor: &Actor, form: &TokenForm) -> Response {
     let content = html! {
         form.card.form method="post" action={ "/actors/" (actor.id) "/tokens/new" } novalidate data-testid="token-form" {
             (ui::csrf(admin))
-            (ui::form_error(&form.errors, &["name", "expires_at"]))
+            (ui::form_error(&form.errors, &["name", "expires_at", "max_clients", "allowed_source_cidrs"]))
             (ui::input_field("name", "Token name", &form.name, &form.errors, "text", true, None,
                 Some("Say where it is used, e.g. fleet-eu or rotation-2025.")))
             (ui::input_field("expires_at", "Expires on", &form.expires, &form.errors, "date", true, None,
                 Some("The token stops working at 00:00 UTC on this day.")))
+            @if let Some(guardrails) = &form.guardrails { (guardrails.fields(&form.errors)) }
             div.form-actions {
                 a.btn href={ "/actors/" (actor.id) } { "Cancel" }
                 button.btn.btn-primary type="submit" data-testid="create-token" { "Create token" }
@@ -707,7 +718,10 @@ async fn new_token(
     Path(id): Path<String>,
 ) -> WebResult<Response> {
     let actor = load_actor(&state, &admin, &id).await?;
-    let form = TokenForm::blank();
+    let form = match actor.actor_type {
+        ActorType::ServiceAccount => TokenForm::blank_with_guardrails(),
+        _ => TokenForm::blank(),
+    };
     Ok(token_page(&admin, &actor, &form))
 }
 
@@ -717,7 +731,9 @@ async fn create_token(
     Post { admin, fields }: Post,
 ) -> WebResult<Response> {
     let actor = load_actor(&state, &admin, &id).await?;
-    let (mut form, request) = TokenForm::read(&state, admin.account_id(), &fields).await?;
+    let with_guardrails = actor.actor_type == ActorType::ServiceAccount;
+    let (mut form, request) =
+        TokenForm::read(&state, admin.account_id(), &fields, with_guardrails).await?;
     let Some(request) = request else {
         return Ok(token_page(&admin, &actor, &form));
     };

@@ -27,6 +27,7 @@ pub fn routes() -> Router<WebState> {
     Router::new()
         .route("/actors/{id}/clients/{client_id}/block", post(block))
         .route("/actors/{id}/clients/{client_id}/unblock", post(unblock))
+        .route("/actors/{id}/clients/{client_id}/approve", post(approve))
 }
 
 /// The clients filter, in the service account page's query string.
@@ -38,7 +39,7 @@ pub struct ClientsQuery {
     /// A token id.
     #[serde(default)]
     clients_token: String,
-    /// `blocked`, `active` (not blocked) or empty (all).
+    /// `blocked`, `active` (not blocked), `awaiting` (approval) or empty (all).
     #[serde(default)]
     clients_status: String,
     #[serde(default)]
@@ -56,6 +57,7 @@ impl ClientsQuery {
                 "active" => Some(false),
                 _ => None,
             },
+            awaiting_approval: (self.clients_status == "awaiting").then_some(true),
             ..Default::default()
         }
     }
@@ -165,6 +167,7 @@ fn filter_form(actor: &Actor, tokens: &[Token], query: &ClientsQuery) -> Markup 
         ("", "All"),
         ("active", "Not blocked"),
         ("blocked", "Blocked"),
+        ("awaiting", "Awaiting approval"),
     ];
     html! {
         form.toolbar method="get" action={ "/actors/" (actor.id) "#clients" } role="search" data-testid="clients-filter" {
@@ -228,10 +231,18 @@ impl Rows<'_> {
                 }
                 td data-label="Status" data-testid="client-status" {
                     @if blocked { (ui::badge("danger", "Blocked")) }
+                    @else if client.approved_at.is_none() { (ui::badge("warn", "Awaiting approval")) }
                     @else if self.online.contains(&client.device_id) { (ui::badge("ok", "Online")) }
                     @else { (ui::badge("muted", "Offline")) }
                 }
                 td.actions {
+                    @if client.approved_at.is_none() && !blocked {
+                        form method="post" action={ (base) "/approve" } {
+                            (ui::csrf(self.admin))
+                            button.btn.btn-small.btn-primary type="submit"
+                                aria-label={ "Approve client " (client.name) } data-testid="approve-client" { "Approve" }
+                        }
+                    }
                     @if blocked {
                         form method="post" action={ (base) "/unblock" } {
                             (ui::csrf(self.admin))
@@ -271,6 +282,38 @@ async fn unblock(
     set_blocked(&state, &admin, &id, &client_id, false).await
 }
 
+async fn approve(
+    State(state): State<WebState>,
+    Path((id, client_id)): Path<(String, String)>,
+    Post { admin, .. }: Post,
+) -> WebResult<Redirect> {
+    let (actor_id, client) = actor_client(&state, &admin, &id, &client_id).await?;
+    state
+        .store()
+        .approve_client(admin.account_id(), client.id, &admin.acting())
+        .await?;
+    Ok(Redirect::to(&format!("/actors/{actor_id}#clients")))
+}
+
+/// One of the service account's client devices, by the ids in a path.
+async fn actor_client(
+    state: &WebState,
+    admin: &Admin,
+    id: &str,
+    client_id: &str,
+) -> WebResult<(Uuid, Device)> {
+    let actor_id = form::parse_path_id(id, "actor")?;
+    let client_id = form::parse_path_id(client_id, "client")?;
+    let client = state
+        .store()
+        .get_client(admin.account_id(), client_id)
+        .await?;
+    if client.actor_id != Some(actor_id) {
+        return Err(WebError::NotFound("client"));
+    }
+    Ok((actor_id, client))
+}
+
 /// Blocks or unblocks one of the service account's client devices.
 async fn set_blocked(
     state: &WebState,
@@ -279,13 +322,8 @@ async fn set_blocked(
     client_id: &str,
     blocked: bool,
 ) -> WebResult<Redirect> {
-    let actor_id = form::parse_path_id(id, "actor")?;
-    let client_id = form::parse_path_id(client_id, "client")?;
+    let (actor_id, client) = actor_client(state, admin, id, client_id).await?;
     let store = state.store();
-    let client = store.get_client(admin.account_id(), client_id).await?;
-    if client.actor_id != Some(actor_id) {
-        return Err(WebError::NotFound("client"));
-    }
     match blocked {
         true => {
             store

@@ -172,7 +172,112 @@ pub fn parse_path_id(value: &str, what: &'static str) -> Result<Uuid, WebError> 
 pub struct TokenForm {
     pub name: String,
     pub expires: String,
+    /// Service-account tokens only.
+    pub guardrails: Option<GuardrailsForm>,
     pub errors: FieldErrors,
+}
+
+/// A service-account token's guardrails as typed in a form.
+#[derive(Debug, Clone, Default)]
+pub struct GuardrailsForm {
+    /// Empty: no limit.
+    pub max_clients: String,
+    /// Networks separated by commas, spaces or new lines.
+    pub allowed_source_cidrs: String,
+    pub require_approval: bool,
+}
+
+impl GuardrailsForm {
+    pub fn of(guardrails: &postern_domain::TokenGuardrails) -> Self {
+        Self {
+            max_clients: guardrails
+                .max_clients
+                .map(|n| n.to_string())
+                .unwrap_or_default(),
+            allowed_source_cidrs: guardrails
+                .allowed_source_cidrs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            require_approval: guardrails.require_approval,
+        }
+    }
+
+    pub fn read(fields: &Fields) -> Self {
+        Self {
+            max_clients: fields.get("max_clients").trim().to_string(),
+            allowed_source_cidrs: fields.get("allowed_source_cidrs").to_string(),
+            require_approval: fields.checked("require_approval"),
+        }
+    }
+
+    /// The guardrails, or the errors of the fields that are wrong.
+    pub fn check(&self, errors: &mut FieldErrors) -> postern_domain::TokenGuardrails {
+        let max_clients = match self.max_clients.as_str() {
+            "" => None,
+            text => match text.parse::<u32>() {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    errors.add(
+                        "max_clients",
+                        "Enter a whole number, or leave it empty for no limit",
+                    );
+                    None
+                }
+            },
+        };
+        let networks = split_list(&self.allowed_source_cidrs)
+            .into_iter()
+            .map(str::to_string)
+            .collect::<Vec<_>>();
+        let allowed_source_cidrs =
+            match postern_domain::validate::source_networks("allowed_source_cidrs", &networks) {
+                Ok(networks) => networks,
+                Err(err) => {
+                    errors.add("allowed_source_cidrs", capitalize(&err.message));
+                    Vec::new()
+                }
+            };
+        let guardrails = postern_domain::TokenGuardrails {
+            max_clients,
+            allowed_source_cidrs,
+            require_approval: self.require_approval,
+        };
+        match postern_domain::validate::guardrails(guardrails.clone()) {
+            Ok(checked) => checked,
+            Err(err) => {
+                errors.add(&err.field, capitalize(&err.message));
+                guardrails
+            }
+        }
+    }
+
+    /// The fields, for a form that holds them.
+    pub fn fields(&self, errors: &FieldErrors) -> maud::Markup {
+        maud::html! {
+            div data-testid="guardrails" {
+                h2.section-title { "Guardrails for a fleet" }
+                p.hint { "For one token shared by many machines. All optional; you can change them later." }
+                (crate::ui::input_field("max_clients", "Most devices connected at once", &self.max_clients, errors, "number", false, None,
+                    Some("The next device is refused (its client exits with code 5). Empty: no limit.")))
+                (crate::ui::textarea_field("allowed_source_cidrs", "Allowed source networks", &self.allowed_source_cidrs, errors,
+                    "Sessions only from these IP addresses or CIDR ranges, as the portal sees the device; others are refused (code 4). Empty: from anywhere.",
+                    "10.0.0.0/8, 203.0.113.7"))
+                label.check {
+                    input type="checkbox" name="require_approval" value="on" checked[self.require_approval] data-testid="require-approval";
+                    span { "Require approval: a new device is granted nothing until an administrator approves it" }
+                }
+            }
+        }
+    }
+}
+
+/// Items of a list typed into one field, separated by commas, spaces or new lines.
+pub fn split_list(text: &str) -> Vec<&str> {
+    text.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 impl TokenForm {
@@ -181,7 +286,16 @@ impl TokenForm {
         Self {
             name: String::new(),
             expires: default_expiry_date(),
+            guardrails: None,
             errors: FieldErrors::default(),
+        }
+    }
+
+    /// A service-account token's form: with its guardrails.
+    pub fn blank_with_guardrails() -> Self {
+        Self {
+            guardrails: Some(GuardrailsForm::default()),
+            ..Self::blank()
         }
     }
 
@@ -190,13 +304,19 @@ impl TokenForm {
         state: &crate::WebState,
         account_id: Uuid,
         fields: &Fields,
+        with_guardrails: bool,
     ) -> Result<(Self, Option<postern_store::NewTokenRequest>), WebError> {
         let mut form = Self {
             name: fields.get("name").to_string(),
             expires: fields.get("expires_at").to_string(),
+            guardrails: with_guardrails.then(|| GuardrailsForm::read(fields)),
             errors: FieldErrors::default(),
         };
         let expires_at = parse_expiry(&mut form.errors, "expires_at", &form.expires);
+        let guardrails = match &form.guardrails {
+            Some(guardrails) => guardrails.check(&mut form.errors),
+            None => postern_domain::TokenGuardrails::default(),
+        };
         precheck_token(
             state,
             account_id,
@@ -211,6 +331,7 @@ impl TokenForm {
             .then(|| postern_store::NewTokenRequest {
                 name: Some(form.name.clone()),
                 expires_at,
+                guardrails,
             });
         Ok((form, request))
     }

@@ -15,6 +15,7 @@ mod once;
 mod policies;
 mod resources;
 mod sites;
+mod tokens;
 mod ui;
 
 use std::sync::Arc;
@@ -77,6 +78,7 @@ pub fn router(app: AppState, config: WebConfig) -> Router {
         .route("/logout", post(auth::logout))
         .merge(actors::routes())
         .merge(clients::routes())
+        .merge(tokens::routes())
         .merge(groups::routes())
         .merge(resources::routes())
         .merge(sites::routes())

@@ -160,12 +160,6 @@ struct PolicyForm {
     errors: FieldErrors,
 }
 
-fn split_list(text: &str) -> Vec<&str> {
-    text.split(|c: char| c == ',' || c.is_whitespace())
-        .filter(|s| !s.is_empty())
-        .collect()
-}
-
 impl PolicyForm {
     fn from_policy(p: &Policy) -> Self {
         let mut form = PolicyForm {
@@ -218,7 +212,7 @@ impl PolicyForm {
             "resource",
         );
         let mut conditions = Vec::new();
-        let ranges: Result<Vec<IpNet>, String> = split_list(&self.ip_ranges)
+        let ranges: Result<Vec<IpNet>, String> = crate::form::split_list(&self.ip_ranges)
             .into_iter()
             .map(|s| {
                 s.parse::<IpNet>()

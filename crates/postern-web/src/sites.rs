@@ -303,7 +303,7 @@ async fn create_token(
     Post { admin, fields }: Post,
 ) -> WebResult<Response> {
     let site = load(&state, &admin, &id).await?;
-    let (mut form, request) = TokenForm::read(&state, admin.account_id(), &fields).await?;
+    let (mut form, request) = TokenForm::read(&state, admin.account_id(), &fields, false).await?;
     let Some(request) = request else {
         return detail_page(&state, &admin, &site, &form).await;
     };

@@ -274,6 +274,7 @@ async fn create_api_token(
         token: Some(NewTokenRequest {
             name: None,
             expires_at,
+            guardrails: Default::default(),
         }),
     };
     let (actor, created) = store

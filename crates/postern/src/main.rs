@@ -118,7 +118,9 @@ enum Command {
         postern clients --blocked\n  \
         postern clients --actor ci-runner --search runner-1   # name or device id contains\n  \
         postern clients block runner-17      # ended and refused; the token serves the others\n  \
-        postern clients unblock runner-17")]
+        postern clients unblock runner-17\n  \
+        postern clients --awaiting-approval\n  \
+        postern clients approve kiosk-3      # its token requires approval: granted from now on")]
     Clients(remote::clients::Args),
 
     /// The audit log: who changed what, and when

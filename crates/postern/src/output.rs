@@ -132,6 +132,7 @@ pub fn print_tokens(tokens: &[Value]) -> anyhow::Result<()> {
         "LAST USED",
         "FROM",
         "ONLINE",
+        "GUARDRAILS",
         "CREATED",
     ]);
     for token in tokens {
@@ -143,10 +144,33 @@ pub fn print_tokens(tokens: &[Value]) -> anyhow::Result<()> {
             date(token, "last_used_at", "never"),
             token["last_used_ip"].as_str().unwrap_or("-").to_string(),
             token["online_sessions"].as_u64().unwrap_or(0).to_string(),
+            guardrails(token),
             date(token, "created_at", "-"),
         ]);
     }
     table.print()
+}
+
+/// A token's guardrails in a few words: `max 20, from 10.0.0.0/8, approval`, or `-`.
+pub fn guardrails(token: &Value) -> String {
+    let mut parts = Vec::new();
+    if let Some(max) = token["max_clients"].as_u64() {
+        parts.push(format!("max {max}"));
+    }
+    let networks: Vec<&str> = token["allowed_source_cidrs"]
+        .as_array()
+        .map(|list| list.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if !networks.is_empty() {
+        parts.push(format!("from {}", networks.join(" ")));
+    }
+    if token["require_approval"] == Value::Bool(true) {
+        parts.push("approval".to_string());
+    }
+    if parts.is_empty() {
+        return "-".to_string();
+    }
+    parts.join(", ")
 }
 
 /// Prints a freshly created token's secret: the warning to stderr, the secret alone as the last

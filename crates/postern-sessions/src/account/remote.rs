@@ -334,6 +334,8 @@ impl AccountSessions {
                     last_seen_ip: None,
                     last_seen_at: now,
                     created_at: now,
+                    // Granted something on another node: not waiting for approval.
+                    approved_at: Some(now),
                 })
             };
             self.learn_device(device);
@@ -356,6 +358,7 @@ impl AccountSessions {
                 last_seen_ip: None,
                 last_seen_at: now,
                 created_at: now,
+                approved_at: Some(now),
             });
         }
     }

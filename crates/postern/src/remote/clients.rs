@@ -26,6 +26,9 @@ pub struct Args {
     /// Only blocked clients
     #[arg(long)]
     blocked: bool,
+    /// Only clients waiting for an administrator's approval (their token requires one)
+    #[arg(long)]
+    awaiting_approval: bool,
     /// Only clients whose name or device id contains this (case-insensitive)
     #[arg(long, value_name = "TEXT")]
     search: Option<String>,
@@ -42,6 +45,9 @@ enum Command {
     Block(Target),
     /// Let a blocked client device connect again
     Unblock(Target),
+    /// Approve a client device that waits for it (its token requires approval): it is granted
+    /// what its policies allow from now on
+    Approve(Target),
 }
 
 #[derive(clap::Args)]
@@ -54,8 +60,9 @@ struct Target {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
-        Some(Command::Block(target)) => return set_blocked(target, true).await,
-        Some(Command::Unblock(target)) => return set_blocked(target, false).await,
+        Some(Command::Block(target)) => return act_on(target, Action::Block).await,
+        Some(Command::Unblock(target)) => return act_on(target, Action::Unblock).await,
+        Some(Command::Approve(target)) => return act_on(target, Action::Approve).await,
         None => {}
     }
     let client = Client::new(&args.remote)?;
@@ -69,6 +76,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.blocked {
         query.params.push(("blocked", "true".to_string()));
+    }
+    if args.awaiting_approval {
+        query.params.push(("awaiting_approval", "true".to_string()));
     }
     if let Some(search) = args.search {
         query.params.push(("q", search));
@@ -99,6 +109,8 @@ pub fn print_devices(client: &Client, devices: Vec<Value>) -> anyhow::Result<()>
     for device in &devices {
         let status = if device["blocked"] == Value::Bool(true) {
             "blocked"
+        } else if device["kind"] == "client" && device["approved_at"].is_null() {
+            "awaiting approval"
         } else if device["online"] == Value::Bool(true) {
             "online"
         } else {
@@ -118,8 +130,16 @@ pub fn print_devices(client: &Client, devices: Vec<Value>) -> anyhow::Result<()>
     table.print()
 }
 
-/// Finds the client by device id (or, failing that, by id), then blocks or unblocks it.
-async fn set_blocked(target: Target, blocked: bool) -> anyhow::Result<()> {
+#[derive(Clone, Copy)]
+enum Action {
+    Block,
+    Unblock,
+    Approve,
+}
+
+/// Finds the client by device id (or, failing that, by id), then blocks, unblocks or
+/// approves it.
+async fn act_on(target: Target, action: Action) -> anyhow::Result<()> {
     let client = Client::new(&target.remote)?;
     let mut query = ListQuery::new("/v1/clients");
     query.params.push(("device_id", target.device.clone()));
@@ -135,7 +155,11 @@ async fn set_blocked(target: Target, blocked: bool) -> anyhow::Result<()> {
             ))
         }
     };
-    let verb = if blocked { "block" } else { "unblock" };
+    let verb = match action {
+        Action::Block => "block",
+        Action::Unblock => "unblock",
+        Action::Approve => "approve",
+    };
     let device = client
         .post(&format!("/v1/clients/{id}/{verb}"), &json!({}))
         .await?;
@@ -143,16 +167,17 @@ async fn set_blocked(target: Target, blocked: bool) -> anyhow::Result<()> {
         return output::print_json(&device);
     }
     let device = &device;
-    match blocked {
-        true => println!(
-            "blocked {} ({}): its session ended and it is refused until unblocked",
-            output::text(device, "device_id"),
-            output::text(device, "name")
+    let (device_id, name) = (
+        output::text(device, "device_id"),
+        output::text(device, "name"),
+    );
+    match action {
+        Action::Block => println!(
+            "blocked {device_id} ({name}): its session ended and it is refused until unblocked"
         ),
-        false => println!(
-            "unblocked {} ({}): it may connect again",
-            output::text(device, "device_id"),
-            output::text(device, "name")
+        Action::Unblock => println!("unblocked {device_id} ({name}): it may connect again"),
+        Action::Approve => println!(
+            "approved {device_id} ({name}): it is granted what its policies allow from now on"
         ),
     }
     Ok(())

@@ -20,8 +20,10 @@ pub struct Args {
 #[derive(Subcommand)]
 enum Command {
     /// Create another token for an actor (the secret is printed last, once)
-    #[command(after_help = "Example:\n  \
-        postern tokens create --actor <ACTOR_ID> --name rotation-2 --expires-in 30d | tail -1")]
+    #[command(after_help = "Examples:\n  \
+        postern tokens create --actor <ACTOR_ID> --name rotation-2 --expires-in 30d | tail -1\n  \
+        postern tokens create --actor <ACTOR_ID> --name ci --max-clients 20 --allow-source 10.0.0.0/8\n  \
+        postern tokens create --actor <ACTOR_ID> --name kiosks --require-approval")]
     Create {
         /// Id of the service account or API client
         #[arg(long)]
@@ -31,6 +33,55 @@ enum Command {
         name: Option<String>,
         #[command(flatten)]
         expiry: ExpiryArgs,
+        /// Service accounts: at most this many devices connected with the token at once (the
+        /// next one is refused and its client exits with code 5)
+        #[arg(long, value_name = "N")]
+        max_clients: Option<u32>,
+        /// Service accounts: accept sessions only from this network (CIDR or address; repeat
+        /// for several); others are refused and their client exits with code 4
+        #[arg(long = "allow-source", value_name = "CIDR")]
+        allow_source: Vec<String>,
+        /// Service accounts: a device new to the portal is granted nothing until an
+        /// administrator approves it (postern clients approve)
+        #[arg(long)]
+        require_approval: bool,
+    },
+    /// Rename a service account's token or change its guardrails, live for its connected
+    /// devices
+    #[command(after_help = "Examples:\n  \
+        postern tokens update --actor <ACTOR_ID> <TOKEN_ID> --max-clients 50\n  \
+        postern tokens update --actor <ACTOR_ID> <TOKEN_ID> --no-max-clients --any-source\n  \
+        postern tokens update --actor <ACTOR_ID> <TOKEN_ID> --allow-source 10.0.0.0/8 --allow-source 192.0.2.7\n  \
+        postern tokens update --actor <ACTOR_ID> <TOKEN_ID> --require-approval false")]
+    Update {
+        /// Id of the service account
+        #[arg(long)]
+        actor: Uuid,
+        /// Id of the token
+        token_id: Uuid,
+        /// A new name
+        #[arg(long)]
+        name: Option<String>,
+        /// At most this many devices at once; lowering it leaves connected devices be
+        #[arg(long, value_name = "N", conflicts_with = "no_max_clients")]
+        max_clients: Option<u32>,
+        /// Remove the limit on devices
+        #[arg(long)]
+        no_max_clients: bool,
+        /// Accept sessions only from these networks (repeat for several; replaces the list);
+        /// connected devices outside them are disconnected at once
+        #[arg(
+            long = "allow-source",
+            value_name = "CIDR",
+            conflicts_with = "any_source"
+        )]
+        allow_source: Vec<String>,
+        /// Accept sessions from anywhere
+        #[arg(long)]
+        any_source: bool,
+        /// Whether new devices wait for approval (`false` lets the waiting ones in)
+        #[arg(long, value_name = "true|false")]
+        require_approval: Option<bool>,
     },
     /// List an actor's tokens
     #[command(after_help = "Example:\n  postern tokens list --actor <ACTOR_ID>")]
@@ -73,14 +124,65 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             actor,
             name,
             expiry,
+            max_clients,
+            allow_source,
+            require_approval,
         } => {
             let body = object(vec![
                 ("name", name.map(Value::String)),
                 ("expires_at", expiry.resolve(Utc::now())?.map(timestamp)),
+                ("max_clients", max_clients.map(Value::from)),
+                (
+                    "allowed_source_cidrs",
+                    (!allow_source.is_empty()).then(|| json!(allow_source)),
+                ),
+                (
+                    "require_approval",
+                    require_approval.then_some(Value::Bool(true)),
+                ),
             ]);
             let path = format!("/v1/actors/{actor}/tokens");
             let token = client.post(&path, &body).await?;
             print_created(&client, &token)
+        }
+        Command::Update {
+            actor,
+            token_id,
+            name,
+            max_clients,
+            no_max_clients,
+            allow_source,
+            any_source,
+            require_approval,
+        } => {
+            let mut body = object(vec![
+                ("name", name.map(Value::String)),
+                ("max_clients", max_clients.map(Value::from)),
+                (
+                    "allowed_source_cidrs",
+                    (!allow_source.is_empty() || any_source).then(|| json!(allow_source)),
+                ),
+                ("require_approval", require_approval.map(Value::Bool)),
+            ]);
+            if no_max_clients {
+                body["max_clients"] = Value::Null;
+            }
+            if body.as_object().is_some_and(|fields| fields.is_empty()) {
+                anyhow::bail!(
+                    "nothing to change: give --name, --max-clients, --no-max-clients, \
+                     --allow-source, --any-source or --require-approval"
+                );
+            }
+            let path = format!("/v1/actors/{actor}/tokens/{token_id}");
+            let token = client.patch(&path, &body).await?;
+            if client.json {
+                return output::print_json(&token);
+            }
+            output::print_fields(&[
+                ("token id", output::text(&token, "id")),
+                ("token name", output::text(&token, "name")),
+                ("guardrails", output::guardrails(&token)),
+            ])
         }
         Command::List { actor } => {
             let path = format!("/v1/actors/{actor}/tokens");
@@ -116,6 +218,7 @@ pub fn print_created(client: &Client, token: &Value) -> anyhow::Result<()> {
         ("token name", output::text(token, "name")),
         ("kind", output::text(token, "kind")),
         ("expires", output::date(token, "expires_at", "-")),
+        ("guardrails", output::guardrails(token)),
     ])?;
     let Some(secret) = token.get("secret").and_then(Value::as_str) else {
         anyhow::bail!("the portal created the token but returned no secret");
