@@ -7,7 +7,9 @@
 #   1. idle hold, one portal: SESSIONS_ONE sessions held HOLD s (past the 30 s peer timeout);
 #      the portal's VmRSS idle and with the sessions -> resident memory per session;
 #   2. connect rate (ROUNDS rounds): baseline = CONNECT_N fresh TCP connections each doing
-#      GET /healthz, then CONNECT_N sessions; ratio sessions/s / healthz-connects/s;
+#      GET /healthz, then CONNECT_N sessions; ratio sessions/s / healthz-connects/s; then (unless
+#      GUARDRAILS=0) CONNECT_N sessions on a token with guardrails set (max_clients 1 000 000,
+#      allowed_source_cidrs 127.0.0.0/8), ratio to the plain token's rate of the same round;
 #   3. revocation fan-out: FANOUT_N sessions on one token, the load generator revokes it and
 #      times each session's disconnect from the moment the DELETE returned;
 #   4. policy-change fan-out: FANOUT_N sessions, the policy is disabled (resource_removed) then
@@ -31,6 +33,7 @@
 #   TOTAL=100000        sessions of the multi-process run (0 skips it)
 #   PORTALS=6           portal processes (and load generators) of the multi-process run
 #   CONCURRENCY=256     handshakes in flight per load generator
+#   GUARDRAILS=1        also measure the connect rate on a token with guardrails (0 skips it)
 #   SKIP_BUILD=1        use the existing release binaries
 #   KEEP_TMP=1          keep the temporary directory (logs, JSON of every run)
 set -euo pipefail
@@ -43,6 +46,7 @@ FANOUT_N="${FANOUT_N:-10000}"
 TOTAL="${TOTAL:-100000}"
 PORTALS="${PORTALS:-6}"
 CONCURRENCY="${CONCURRENCY:-256}"
+GUARDRAILS="${GUARDRAILS:-1}"
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$BENCH_DIR/lib.sh"
@@ -123,11 +127,11 @@ fixtures() {
     POLICY_ID[$k]="$(api "$k" POST /v1/policies "{\"group_id\":\"$group\",\"resource_id\":\"$resource\"}" | jq -er .data.id)"
 }
 
-# new_token K NAME: another client token of the service account; file $WORK/portal-K/NAME.token;
-# prints its id
+# new_token K NAME [BODY]: another client token of the service account (BODY: its JSON, e.g.
+# guardrails); file $WORK/portal-K/NAME.token; prints its id
 new_token() {
-    local k=$1 name=$2 answer
-    answer="$(api "$k" POST "/v1/actors/${ACTOR_ID[$k]}/tokens" '{}')"
+    local k=$1 name=$2 body=${3:-'{}'} answer
+    answer="$(api "$k" POST "/v1/actors/${ACTOR_ID[$k]}/tokens" "$body")"
     jq -er .data.secret <<<"$answer" >"$WORK/portal-$k/$name.token"
     jq -er .data.id <<<"$answer"
 }
@@ -173,6 +177,9 @@ row "| Idle sessions held by one portal | $HOLD_EST established, $HOLD_ALIVE sti
 sleep 3
 
 # 2. connect rate, alternating with its baseline
+if [[ "$GUARDRAILS" == 1 ]]; then
+    new_token 0 guarded '{"name":"guarded","max_clients":1000000,"allowed_source_cidrs":["127.0.0.0/8"]}' >/dev/null
+fi
 for r in $(seq 1 "$ROUNDS"); do
     log ""
     log "=== connect rate, round $r: baseline healthz x $CONNECT_N, then $CONNECT_N sessions"
@@ -189,6 +196,18 @@ for r in $(seq 1 "$ROUNDS"); do
     OK=$(awk -v s="$S" 'BEGIN { print (s >= 5000) ? "met" : "not met" }')
     row "| New sessions/s, round $r ($CONNECT_N sessions, $CONCURRENCY handshakes in flight) | $E established, $F failed | healthz: $(fmt "$H") connects/s | **$(fmt "$S") sessions/s** | $(fmt "$S/$H" 3) | ≥ 5 000/s: $OK |"
     sleep 2
+    if [[ "$GUARDRAILS" == 1 ]]; then
+        log "=== connect rate, round $r: $CONNECT_N sessions on a token with guardrails"
+        "$LOADGEN" sessions --api-url "http://${PORTAL_ADDR[0]}" --token-file "$WORK/portal-0/guarded.token" \
+            --sessions "$CONNECT_N" --concurrency "$CONCURRENCY" --source-ips "$(ips $((70 + r)))" \
+            --device-prefix "guarded-$r" --hold 0s --label "guarded-$r" --json >"$WORK/guarded-$r.json"
+        G="$(jq -r .connect.sessions_per_sec "$WORK/guarded-$r.json")"
+        GE="$(jq -r .connect.established "$WORK/guarded-$r.json")"
+        GF="$(jq -r '[.connect.failures[]] | add // 0' "$WORK/guarded-$r.json")"
+        GOK=$(awk -v g="$G" -v s="$S" 'BEGIN { print (g >= 0.9 * s) ? "met" : "not met" }')
+        row "| New sessions/s with guardrails (max_clients, allowed_source_cidrs), round $r | $GE established, $GF failed | the plain token's rate of this round: $(fmt "$S") sessions/s | **$(fmt "$G") sessions/s** | $(fmt "$G/$S" 3) | no worse (≥ 0.9): $GOK |"
+        sleep 2
+    fi
 done
 
 # 3. revocation fan-out

@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use postern_domain::{Account, AccountSettings};
+use postern_policy::json::Whole;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -22,7 +23,39 @@ pub struct UpdateAccount {
     #[schema(min_length = 1, max_length = 255)]
     pub name: Option<String>,
     #[serde(default, deserialize_with = "postern_policy::json::optional_object")]
-    pub settings: Option<AccountSettings>,
+    pub settings: Option<UpdateSettings>,
+}
+
+/// The settings to change; omitted ones stay as they are.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSettings {
+    /// The longest lifetime, in days, that a new token of this account may have.
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 36500)]
+    pub max_token_lifetime_days: Option<Whole<u32>>,
+    /// Seconds after its last session ended that an ephemeral device that did not say goodbye
+    /// is removed.
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 2592000)]
+    pub ephemeral_device_timeout_seconds: Option<Whole<u32>>,
+    /// Days after which a device (not ephemeral) that was not seen is removed.
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 3650)]
+    pub stale_device_days: Option<Whole<u32>>,
+}
+
+impl UpdateSettings {
+    fn applied_to(self, current: AccountSettings) -> AccountSettings {
+        AccountSettings {
+            max_token_lifetime_days: self
+                .max_token_lifetime_days
+                .map_or(current.max_token_lifetime_days, |Whole(n)| n),
+            ephemeral_device_timeout_seconds: self
+                .ephemeral_device_timeout_seconds
+                .map_or(current.ephemeral_device_timeout_seconds, |Whole(n)| n),
+            stale_device_days: self
+                .stale_device_days
+                .map_or(current.stale_device_days, |Whole(n)| n),
+        }
+    }
 }
 
 #[utoipa::path(get, path = "/v1/account", tag = "account",
@@ -41,12 +74,19 @@ pub(crate) async fn update_account(
     auth: Authed,
     ApiJson(body): ApiJson<UpdateAccount>,
 ) -> Result<Json<Data<Account>>, ApiError> {
+    let settings = match body.settings {
+        Some(patch) => {
+            let current = state.store.get_account(auth.account_id()).await?.settings;
+            Some(patch.applied_to(current))
+        }
+        None => None,
+    };
     let account = state
         .store
         .update_account(
             auth.account_id(),
             body.name.as_deref(),
-            body.settings,
+            settings,
             &auth.acting,
         )
         .await?;

@@ -62,6 +62,9 @@ pub struct TokenRequest {
     /// Service-account tokens: a device new to the portal is granted nothing until an
     /// administrator approves it (`POST /v1/clients/{id}/approve`).
     pub require_approval: Option<bool>,
+    /// Service-account tokens: every device using the token is ephemeral (removed when it
+    /// stops, or the account's `ephemeral_device_timeout_seconds` after it vanished).
+    pub ephemeral: Option<bool>,
 }
 
 impl TryFrom<TokenRequest> for NewTokenRequest {
@@ -79,6 +82,7 @@ impl TryFrom<TokenRequest> for NewTokenRequest {
                 max_clients: request.max_clients.map(|Whole(n)| n),
                 allowed_source_cidrs,
                 require_approval: request.require_approval.unwrap_or(false),
+                ephemeral: request.ephemeral.unwrap_or(false),
             },
         })
     }

@@ -145,6 +145,8 @@ pub struct UpdateToken {
     pub allowed_source_cidrs: Option<Vec<String>>,
     /// `true`: devices new to the portal wait for approval. `false` lets waiting devices in.
     pub require_approval: Option<bool>,
+    /// `true`: every device using the token is ephemeral from its next session on.
+    pub ephemeral: Option<bool>,
 }
 
 #[utoipa::path(patch, path = "/v1/actors/{id}/tokens/{token_id}", tag = "tokens",
@@ -168,6 +170,7 @@ pub(crate) async fn update_actor_token(
         max_clients: body.max_clients.map(|max| max.map(|Whole(n)| n)),
         allowed_source_cidrs,
         require_approval: body.require_approval,
+        ephemeral: body.ephemeral,
     };
     let token = state
         .store

@@ -170,7 +170,7 @@ async fn run(socket: WebSocket, mut handle: SessionHandle, kind: DeviceKind) {
             incoming = stream.next() => match incoming {
                 Some(Ok(Message::Text(text))) => {
                     last_heard = tokio::time::Instant::now();
-                    if let Err(problem) = handle_incoming(&handle, kind, text.as_str()).await {
+                    if let Err(problem) = handle_incoming(&mut handle, kind, text.as_str()).await {
                         break Some((DisconnectReason::ProtocolError, problem));
                     }
                 }
@@ -213,7 +213,7 @@ async fn send(
 }
 
 async fn handle_incoming(
-    handle: &SessionHandle,
+    handle: &mut SessionHandle,
     kind: DeviceKind,
     text: &str,
 ) -> Result<(), String> {
@@ -223,6 +223,7 @@ async fn handle_incoming(
                 handle.request_access(resource_id, dns).await
             }
             ClientToPortal::Heartbeat => {}
+            ClientToPortal::Goodbye => handle.goodbye(),
         },
         DeviceKind::Gateway => match decode::<GatewayToPortal>(text).map_err(|e| e.to_string())? {
             GatewayToPortal::Heartbeat => {}

@@ -738,3 +738,139 @@ async fn across_nodes(cut: Cut) {
     node_c.close().await;
     node_a.stop().await;
 }
+
+/// `max_clients` counts the sessions on every live node: with a limit of one and a device
+/// connected to node A, node B refuses a second device once A's presence is written (a second
+/// or so), with the token-limit problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tokens_max_clients_holds_across_nodes() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let Some(node_a) = Portal::start(Backend::Postgres).await else {
+        return;
+    };
+    let url = node_a.postgres_url().await.expect("postgres url");
+    let (node_b, addr_b, _listener) = second_node(&url).await;
+    // The nodes' heartbeats: presence counts only from live nodes.
+    let _heartbeats = [
+        node_a.store.spawn_node_heartbeat().expect("heartbeats"),
+        node_b.spawn_node_heartbeat().expect("heartbeats"),
+    ];
+    let created = node_a
+        .post(
+            "/v1/actors",
+            json!({"type": "service_account", "name": "fleet", "token": {"max_clients": 1}}),
+        )
+        .await;
+    assert_eq!(created["token"]["max_clients"], 1, "{created}");
+    let secret = created["token"]["secret"].as_str().unwrap().to_string();
+    let mut first = client_session(node_a.addr(), &secret, "box-1").await;
+    assert!(matches!(
+        next_message(&mut first, Duration::from_secs(5)).await,
+        postern_protocol::PortalToClient::Init(_)
+    ));
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let path = postern_protocol::CLIENT_PATH;
+        let url = format!("ws://{addr_b}{path}?id=box-2&name=box-2&version=test");
+        let mut request = url.into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {secret}").parse().unwrap());
+        request
+            .headers_mut()
+            .insert(postern_protocol::PROTOCOL_HEADER, "1".parse().unwrap());
+        match tokio_tungstenite::connect_async(request).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), reqwest::StatusCode::FORBIDDEN);
+                let problem: serde_json::Value =
+                    serde_json::from_slice(response.body().as_deref().unwrap_or_default())
+                        .unwrap_or_default();
+                assert_eq!(
+                    problem["type"],
+                    postern_protocol::TOKEN_LIMIT_PROBLEM,
+                    "{problem}"
+                );
+                break;
+            }
+            Ok((mut accepted, _)) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "node B still accepts a second device on a token of one"
+                );
+                let _ = accepted.close(None).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => panic!("connect: {err}"),
+        }
+    }
+}
+
+/// Two nodes sweep at the same moment: a device unseen for longer than the account's
+/// `stale_device_days` is removed once (one audit entry, one node reports it), and both nodes'
+/// lists lose it; a device seen lately stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_device_is_removed_once_when_two_nodes_sweep() {
+    let Some(node_a) = Portal::start(Backend::Postgres).await else {
+        return;
+    };
+    let url = node_a.postgres_url().await.expect("postgres url");
+    let (node_b, _addr_b, _listener) = second_node(&url).await;
+    let created = node_a
+        .post(
+            "/v1/actors",
+            json!({"type": "service_account", "name": "fleet"}),
+        )
+        .await;
+    let actor_id: uuid::Uuid = created["data"]["id"].as_str().unwrap().parse().unwrap();
+    let now = Utc::now();
+    let device = |n: u8, seen_days_ago: i64| postern_domain::Device {
+        id: uuid::Uuid::now_v7(),
+        account_id: node_a.account_id,
+        kind: postern_domain::DeviceKind::Client,
+        device_id: format!("box-{n}"),
+        actor_id: Some(actor_id),
+        site_id: None,
+        token_id: None,
+        name: format!("box-{n}"),
+        version: None,
+        public_key: None,
+        ipv4: format!("100.64.1.{n}").parse().unwrap(),
+        ipv6: format!("fd70:6f73:7465:726e::1:{n}").parse().unwrap(),
+        last_seen_ip: None,
+        last_seen_at: now - chrono::Duration::days(seen_days_ago),
+        created_at: now - chrono::Duration::days(200),
+        approved_at: Some(now),
+        ephemeral: false,
+    };
+    node_a
+        .store
+        .claim_devices(&[device(1, 120), device(2, 3)])
+        .await
+        .unwrap();
+    let hub_a = postern_sessions::Hub::new(node_a.store.clone());
+    let hub_b = postern_sessions::Hub::new(node_b.clone());
+    let (a, b) = tokio::join!(hub_a.sweep_devices(), hub_b.sweep_devices());
+    let (a, b) = (a.expect("sweeps"), b.expect("sweeps"));
+    assert_eq!(a + b, 1, "removed once between the two nodes ({a} + {b})");
+    let listed = node_a.get("/v1/clients").await;
+    let ids: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["device_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["box-2"], "the device seen 3 days ago stays");
+    let audit = node_a
+        .get("/v1/audit-events?action=client.remove&limit=10")
+        .await;
+    let entries = audit["data"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{audit}");
+    assert!(
+        entries[0]["before"]["removed_because"]
+            .as_str()
+            .unwrap()
+            .contains("stale_device_days"),
+        "{audit}"
+    );
+}

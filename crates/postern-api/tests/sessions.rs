@@ -481,6 +481,7 @@ async fn the_database_does_not_rebind_a_device_to_another_service_account(portal
         last_seen_at: now,
         created_at: now,
         approved_at: Some(now),
+        ephemeral: false,
     };
     let claimed = portal
         .store

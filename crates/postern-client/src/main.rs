@@ -89,6 +89,12 @@ pub struct RunArgs {
     #[arg(long)]
     no_tunnel: bool,
 
+    /// An ephemeral device (a CI job, a short-lived container): the portal removes it when it
+    /// stops (SIGTERM), or a while after it vanished (the account's
+    /// ephemeral_device_timeout_seconds, 10 minutes by default), freeing its address
+    #[arg(long, env = "POSTERN_EPHEMERAL")]
+    ephemeral: bool,
+
     /// Name of the TUN device
     #[arg(long, env = "POSTERN_TUN_NAME", default_value = "postern0")]
     tun_name: String,
@@ -204,6 +210,7 @@ fn run(args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
             version: env!("CARGO_PKG_VERSION"),
             public_key: None,
             endpoint: None,
+            ephemeral: args.ephemeral,
             max_partition: args.common.max_partition_time,
         },
         (!args.no_tunnel).then_some(args.mtu),

@@ -352,6 +352,10 @@ impl Role for ClientRole {
         ClientToPortal::Heartbeat
     }
 
+    fn goodbye() -> Option<ClientToPortal> {
+        Some(ClientToPortal::Goodbye)
+    }
+
     fn disconnect(message: &PortalToClient) -> Option<(DisconnectReason, String)> {
         match message {
             PortalToClient::Disconnect { reason, message } => Some((*reason, message.clone())),

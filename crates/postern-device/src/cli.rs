@@ -13,8 +13,10 @@ pub const EXIT_CODES_HELP: &str = "Exit codes:\n  \
     2  bad configuration (missing or unsafe token file, wrong token kind, bad flags; a device \
     id or key the portal says is bound to another service account or site)\n  \
     3  token rejected (unknown, expired, revoked, holder disabled or deleted): do not restart\n  \
-    4  this device was blocked by an administrator (the token still works for other devices): \
-    do not restart until it is unblocked";
+    4  this device was blocked by an administrator, or connects from outside its token's \
+    allowed networks (the token still works for other devices): do not restart until that changes\n  \
+    5  the token already serves as many devices as its max_clients allows: do not restart until \
+    one of them stops or the limit is raised";
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct CommonArgs {

@@ -238,6 +238,9 @@ pub fn session_url(base: &Url, path: &str, params: &ConnectParams) -> Url {
         if let Some(endpoint) = &params.endpoint {
             query.append_pair("endpoint", endpoint);
         }
+        if params.ephemeral {
+            query.append_pair("ephemeral", "true");
+        }
     }
     url
 }
@@ -360,6 +363,8 @@ pub struct DeviceSettings<'a> {
     pub public_key: Option<postern_protocol::WireGuardKey>,
     /// Gateways: where clients reach the WireGuard listener.
     pub endpoint: Option<String>,
+    /// Clients: `--ephemeral`.
+    pub ephemeral: bool,
     pub max_partition: Option<Duration>,
 }
 
@@ -396,6 +401,7 @@ impl DeviceConfig {
             version: settings.version.to_string(),
             public_key: settings.public_key,
             endpoint: settings.endpoint,
+            ephemeral: settings.ephemeral,
         };
         params.validate().map_err(ConfigError::Params)?;
         Ok(Self {
@@ -598,6 +604,7 @@ mod tests {
             version: "0.1.0".into(),
             public_key: None,
             endpoint: None,
+            ephemeral: false,
         };
         let base = portal_base_url("https://portal.example.com/postern/", false).unwrap();
         let url = session_url(&base, "/v1/client/websocket", &params);

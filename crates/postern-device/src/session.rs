@@ -56,6 +56,10 @@ pub trait Role {
     const PROGRAM: &'static str;
 
     fn heartbeat() -> Self::Outgoing;
+    /// What the device says before it closes the session on a clean stop, if anything.
+    fn goodbye() -> Option<Self::Outgoing> {
+        None
+    }
     /// `Some` when the message is the portal's `Disconnect`.
     fn disconnect(message: &Self::Incoming) -> Option<(DisconnectReason, String)>;
     /// Applies a message (never a `Disconnect`); returns whether the state changed.
@@ -337,6 +341,12 @@ async fn session<R: Role, S: Future<Output = ()>>(
         let now = Instant::now();
         let text = match event {
             Event::Shutdown => {
+                if let Some(goodbye) = R::goodbye() {
+                    let text = postern_protocol::encode(&goodbye);
+                    let _ =
+                        tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Text(text.into())))
+                            .await;
+                }
                 close(&mut sink, &mut stream).await;
                 return None;
             }

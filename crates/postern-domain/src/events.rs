@@ -112,6 +112,13 @@ pub enum ChangeEvent {
         account_id: Uuid,
         device_id: String,
     },
+    /// Devices removed: ephemeral ones that stopped or vanished, others unseen for long. Their
+    /// addresses are free again; a session one of them holds meanwhile is told to reconnect.
+    DevicesRemoved {
+        account_id: Uuid,
+        kind: crate::DeviceKind,
+        device_ids: Vec<String>,
+    },
     /// An administrator approved a client device that waited for it (its token requires
     /// approval): it is granted what its policies allow from now on.
     DeviceApproved {
@@ -163,6 +170,7 @@ impl ChangeEvent {
             | ChangeEvent::DeviceBlocked { account_id, .. }
             | ChangeEvent::DeviceUnblocked { account_id, .. }
             | ChangeEvent::DeviceApproved { account_id, .. }
+            | ChangeEvent::DevicesRemoved { account_id, .. }
             | ChangeEvent::ResourceCreated { account_id, .. }
             | ChangeEvent::ResourceUpdated { account_id, .. }
             | ChangeEvent::ResourceDeleted { account_id, .. }

@@ -28,12 +28,37 @@ pub struct AccountSettings {
     #[schema(minimum = 1, maximum = 36500)]
     #[serde(deserialize_with = "postern_policy::json::whole_number")]
     pub max_token_lifetime_days: u32,
+    /// How long after its last session ended an ephemeral client device that did not say
+    /// goodbye (it crashed, or lost its network) is removed, in seconds.
+    #[schema(minimum = 1, maximum = 2592000)]
+    #[serde(
+        default = "default_ephemeral_timeout",
+        deserialize_with = "postern_policy::json::whole_number"
+    )]
+    pub ephemeral_device_timeout_seconds: u32,
+    /// Devices (not ephemeral) unseen for this many days are removed.
+    #[schema(minimum = 1, maximum = 3650)]
+    #[serde(
+        default = "default_stale_device_days",
+        deserialize_with = "postern_policy::json::whole_number"
+    )]
+    pub stale_device_days: u32,
+}
+
+fn default_ephemeral_timeout() -> u32 {
+    crate::rules::DEFAULT_EPHEMERAL_DEVICE_TIMEOUT_SECONDS
+}
+
+fn default_stale_device_days() -> u32 {
+    crate::rules::DEFAULT_STALE_DEVICE_DAYS
 }
 
 impl Default for AccountSettings {
     fn default() -> Self {
         Self {
             max_token_lifetime_days: crate::rules::DEFAULT_MAX_TOKEN_LIFETIME_DAYS,
+            ephemeral_device_timeout_seconds: default_ephemeral_timeout(),
+            stale_device_days: default_stale_device_days(),
         }
     }
 }
@@ -312,6 +337,10 @@ pub struct TokenGuardrails {
     /// administrator approves it (`POST /v1/clients/{id}/approve`).
     #[serde(default)]
     pub require_approval: bool,
+    /// Every device connecting with this token is ephemeral (as if started with
+    /// `--ephemeral`): removed when it stops, or a while after it vanished.
+    #[serde(default)]
+    pub ephemeral: bool,
 }
 
 impl TokenGuardrails {
@@ -417,6 +446,10 @@ pub struct Device {
     /// When an administrator approved it, or when it was first seen on a token that does not
     /// require approval; `null`: it waits for approval (it holds a session and nothing else).
     pub approved_at: Option<DateTime<Utc>>,
+    /// Removed when it stops (it says goodbye), or the account's
+    /// `ephemeral_device_timeout_seconds` after its last session ended.
+    #[serde(default)]
+    pub ephemeral: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]

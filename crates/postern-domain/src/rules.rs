@@ -12,6 +12,12 @@ pub const DEFAULT_TOKEN_LIFETIME_DAYS: i64 = 365;
 pub const DEFAULT_MAX_TOKEN_LIFETIME_DAYS: u32 = 3650;
 /// The lowest and highest cap an account may configure.
 pub const MAX_TOKEN_LIFETIME_RANGE: (u32, u32) = (1, 36500);
+/// An ephemeral device that vanished is removed this long after its last session ended.
+pub const DEFAULT_EPHEMERAL_DEVICE_TIMEOUT_SECONDS: u32 = 600;
+pub const EPHEMERAL_DEVICE_TIMEOUT_RANGE: (u32, u32) = (1, 30 * 86_400);
+/// Devices unseen for this many days are removed.
+pub const DEFAULT_STALE_DEVICE_DAYS: u32 = 90;
+pub const STALE_DEVICE_DAYS_RANGE: (u32, u32) = (1, 3650);
 
 /// When a new token expires: the requested instant, or `now` + 365 days (capped by the account's
 /// longest lifetime). A requested expiry must lie in the future and within the cap.
@@ -47,12 +53,30 @@ pub fn token_expiry(
 }
 
 pub fn validate_settings(settings: &AccountSettings) -> Result<(), ValidationError> {
-    let (low, high) = MAX_TOKEN_LIFETIME_RANGE;
-    if !(low..=high).contains(&settings.max_token_lifetime_days) {
-        return Err(ValidationError::new(
+    let checks = [
+        (
             "settings.max_token_lifetime_days",
-            format!("must be between {low} and {high}"),
-        ));
+            settings.max_token_lifetime_days,
+            MAX_TOKEN_LIFETIME_RANGE,
+        ),
+        (
+            "settings.ephemeral_device_timeout_seconds",
+            settings.ephemeral_device_timeout_seconds,
+            EPHEMERAL_DEVICE_TIMEOUT_RANGE,
+        ),
+        (
+            "settings.stale_device_days",
+            settings.stale_device_days,
+            STALE_DEVICE_DAYS_RANGE,
+        ),
+    ];
+    for (field, value, (low, high)) in checks {
+        if !(low..=high).contains(&value) {
+            return Err(ValidationError::new(
+                field,
+                format!("must be between {low} and {high}"),
+            ));
+        }
     }
     Ok(())
 }
@@ -116,7 +140,7 @@ pub fn parse_duration(value: &str) -> Result<Duration, ValidationError> {
         ValidationError::new(
             "expires_in",
             format!(
-                "'{value}' is not a duration: use a number and a unit, such as 30d, 12h, 2w or 1y"
+                "'{value}' is not a duration: use a number and a unit, such as 30d, 12h, 2w or 1y (also s and m)"
             ),
         )
     };
@@ -133,6 +157,7 @@ pub fn parse_duration(value: &str) -> Result<Duration, ValidationError> {
     }
     let days_limit = 36_500;
     let duration = match unit {
+        "s" => Duration::try_seconds(number),
         "m" | "min" => Duration::try_minutes(number),
         "h" => Duration::try_hours(number),
         "d" => Duration::try_days(number),
@@ -172,6 +197,7 @@ mod tests {
     fn default_expiry_respects_a_lower_cap() {
         let settings = AccountSettings {
             max_token_lifetime_days: 90,
+            ..AccountSettings::default()
         };
         assert_eq!(
             token_expiry(now(), None, &settings).unwrap(),
@@ -183,6 +209,7 @@ mod tests {
     fn explicit_expiry_must_be_future_and_within_cap() {
         let settings = AccountSettings {
             max_token_lifetime_days: 30,
+            ..AccountSettings::default()
         };
         let past = token_expiry(now(), Some(now() - Duration::seconds(1)), &settings).unwrap_err();
         assert_eq!(past.field, "expires_at");

@@ -142,6 +142,7 @@ fn run(mut args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
             version: env!("CARGO_PKG_VERSION"),
             public_key: None,
             endpoint: args.public_endpoint.clone(),
+            ephemeral: false,
             max_partition: args.common.max_partition_time,
         },
         (!args.no_tunnel).then_some(args.mtu),

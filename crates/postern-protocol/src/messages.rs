@@ -23,6 +23,10 @@ pub struct ConnectParams {
     /// Gateways: the `host:port` where clients reach its WireGuard listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// Clients: removed from the portal when it stops (`goodbye`), or a while after it
+    /// vanished, instead of kept as a known device.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ephemeral: bool,
 }
 
 pub const MAX_DEVICE_ID_LEN: usize = 128;
@@ -134,6 +138,9 @@ pub enum DisconnectReason {
     DeviceBlocked,
     /// The token's allowed networks no longer include the address the device connects from.
     SourceNotAllowed,
+    /// The device's record was removed (an ephemeral device that vanished, or one unseen for
+    /// long) while it reconnected: connect again to register anew.
+    DeviceRemoved,
     ProtocolError,
     ServerShutdown,
 }
@@ -205,6 +212,8 @@ pub enum ClientToPortal {
         dns: Option<DnsTarget>,
     },
     Heartbeat,
+    /// The client stops cleanly (its close frame follows): an ephemeral one is removed at once.
+    Goodbye,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

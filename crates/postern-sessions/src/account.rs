@@ -190,6 +190,9 @@ pub enum StoreOp {
         endpoint: Option<String>,
         online: bool,
     },
+    /// Remove these devices' rows (ephemeral ones that said goodbye), audited, and tell every
+    /// node (`Store::remove_devices`); nothing to report back.
+    RemoveDevices { ids: Vec<Uuid>, why: String },
     /// Read the account's stored grants and the gateways on other nodes ([`GrantsLoad`]) again
     /// and call [`AccountSessions::handle_grants_loaded`], or
     /// [`AccountSessions::handle_load_failed`]: other nodes' writes may have been missed.
@@ -731,6 +734,16 @@ impl AccountSessions {
         self.end(session, now);
     }
 
+    /// The session ended after the client said goodbye (a clean stop): an ephemeral device
+    /// goes with it. While the account is being read again the device stays, and the sweep
+    /// removes it once its timeout has passed.
+    pub fn handle_goodbye(&mut self, session: SessionId, now: DateTime<Utc>) {
+        if self.is_current() {
+            self.goodbye(session, now);
+        }
+        self.end(session, now);
+    }
+
     /// The caller could not queue a message for the session (its queue is full): the session
     /// ends, so that the device reconnects and starts again from a fresh `Init` — nothing it
     /// was told is lost while the portal moves on.
@@ -842,6 +855,9 @@ impl AccountSessions {
             }
             ChangeEvent::DeviceUnblocked { .. } => self.want_reload(),
             ChangeEvent::DeviceApproved { device_id, .. } => self.approve_device(device_id, now),
+            ChangeEvent::DevicesRemoved {
+                kind, device_ids, ..
+            } => self.remove_devices(*kind, device_ids, now),
             ChangeEvent::TokenUpdated { token_id, .. } => {
                 // Its guardrails may have changed: the reload reads them for its sessions.
                 if self.by_token.contains_key(token_id) {
@@ -1672,6 +1688,7 @@ impl AccountSessions {
             last_seen_at: now,
             created_at,
             approved_at,
+            ephemeral: params.ephemeral || principal.guardrails.ephemeral,
         };
         let news = loaded
             .devices
@@ -1741,6 +1758,7 @@ impl AccountSessions {
             last_seen_at: now,
             created_at: now,
             approved_at: (!principal.guardrails.require_approval).then_some(now),
+            ephemeral: params.ephemeral || principal.guardrails.ephemeral,
         };
         if let Some(public_key) = &device.public_key {
             loaded.keys.insert(*public_key, key.clone());
@@ -1827,11 +1845,97 @@ impl AccountSessions {
                 let wake = self.wake_time(id, now);
                 self.grants.set_wake(id, wake);
             }
+            if !self.by_device.contains_key(&device_key) && !self.shutting_down {
+                self.record_last_session_end(&device_key, now);
+            }
         }
         self.events.push_back(Event::Ended {
             session,
             presence: entry.presence(),
         });
+    }
+
+    /// A client device's last session here ended: when it was last seen is now (an ephemeral
+    /// device that vanished is removed a while after this).
+    fn record_last_session_end(&mut self, key: &(DeviceKind, String), now: DateTime<Utc>) {
+        if self.claims.contains_key(key) {
+            return;
+        }
+        let Some(device) = self.loaded.as_mut().and_then(|l| l.devices.get_mut(key)) else {
+            return;
+        };
+        if device.ipv4.is_unspecified() {
+            return;
+        }
+        device.last_seen_at = now;
+        self.store_ops
+            .push_back(StoreOp::RecordDevice(device.clone()));
+    }
+
+    /// A client stops cleanly. An ephemeral device with no other session is removed at once:
+    /// its grants withdrawn, its address free, its row deleted on every node. The session
+    /// itself ends with its close frame, as any other.
+    fn goodbye(&mut self, session: SessionId, now: DateTime<Utc>) {
+        let Some(client) = self.clients.get(&session) else {
+            return;
+        };
+        let key = (DeviceKind::Client, client.device_id.clone());
+        let alone = self.by_device.get(&key).is_some_and(|s| s.len() == 1);
+        let device = self
+            .loaded
+            .as_ref()
+            .and_then(|l| l.devices.get(&key))
+            .filter(|d| d.ephemeral && !d.ipv4.is_unspecified())
+            .cloned();
+        let Some(device) = device else { return };
+        if !alone || self.claims.contains_key(&key) {
+            return;
+        }
+        self.end(session, now);
+        self.forget_client_devices(std::slice::from_ref(&device.device_id));
+        self.store_ops.push_back(StoreOp::RemoveDevices {
+            ids: vec![device.id],
+            why: "the ephemeral device stopped".into(),
+        });
+    }
+
+    /// Devices whose rows were removed (here or on another node): their grants go, their
+    /// addresses and keys are free, and a session one of them holds is told to reconnect.
+    fn remove_devices(&mut self, kind: DeviceKind, device_ids: &[String], now: DateTime<Utc>) {
+        for device_id in device_ids {
+            for session in self.sessions_of(kind, device_id) {
+                self.close(
+                    session,
+                    DisconnectReason::DeviceRemoved,
+                    "this device's record was removed; reconnect to register again",
+                    now,
+                );
+            }
+        }
+        match kind {
+            DeviceKind::Client => self.forget_client_devices(device_ids),
+            DeviceKind::Gateway => {
+                for device_id in device_ids {
+                    let ids = Grants::ids_of(&self.grants.by_gateway, device_id);
+                    self.withdraw(&ids, "the gateway was removed", Withdrawal::TellClient);
+                }
+                let gone: HashSet<&String> = device_ids.iter().collect();
+                if let Some(loaded) = &mut self.loaded {
+                    loaded.forget_devices(|d| d.kind == kind && gone.contains(&d.device_id));
+                }
+            }
+        }
+    }
+
+    fn forget_client_devices(&mut self, device_ids: &[String]) {
+        for device_id in device_ids {
+            let ids = Grants::ids_of(&self.grants.by_client, device_id);
+            self.withdraw(&ids, "the device was removed", Withdrawal::Quietly);
+        }
+        let gone: HashSet<&String> = device_ids.iter().collect();
+        if let Some(loaded) = &mut self.loaded {
+            loaded.forget_devices(|d| d.kind == DeviceKind::Client && gone.contains(&d.device_id));
+        }
     }
 
     fn end_token(
@@ -2805,6 +2909,7 @@ fn sighting_is_news(before: &Device, now: &Device) -> bool {
         || before.token_id != now.token_id
         || before.last_seen_ip != now.last_seen_ip
         || before.approved_at != now.approved_at
+        || before.ephemeral != now.ephemeral
         || now.last_seen_at - before.last_seen_at >= LAST_SEEN_PRECISION
 }
 

@@ -104,6 +104,7 @@ pub struct SessionHandle {
     pub id: SessionId,
     pub outbound: mpsc::Receiver<Outbound>,
     worker: WorkerHandle,
+    said_goodbye: bool,
 }
 
 impl SessionHandle {
@@ -122,9 +123,19 @@ impl SessionHandle {
     }
 }
 
+impl SessionHandle {
+    /// The client stops cleanly: when the session ends, an ephemeral device goes with it.
+    pub fn goodbye(&mut self) {
+        self.said_goodbye = true;
+    }
+}
+
 impl Drop for SessionHandle {
     fn drop(&mut self) {
-        let _ = self.worker.departures.send(self.id);
+        let _ = self.worker.departures.send(worker::Departure {
+            session: self.id,
+            said_goodbye: self.said_goodbye,
+        });
     }
 }
 
@@ -151,6 +162,9 @@ pub(crate) struct Online {
     /// nodes, with their token (PostgreSQL only: nobody else reads it).
     dirty: HashMap<(Uuid, String), Uuid>,
 }
+
+/// Devices removed per account in one sweep (the next sweep takes the rest).
+const SWEEP_BATCH: u32 = 1000;
 
 /// How often this node writes its clients' presence for the other nodes.
 const PRESENCE_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
@@ -255,6 +269,72 @@ impl Hub {
         sessions
     }
 
+    /// Removes the devices due for it in every account: ephemeral clients whose last session
+    /// ended longer ago than the account's `ephemeral_device_timeout_seconds`, and devices
+    /// unseen for its `stale_device_days`, leaving out those online on any live node. Every
+    /// node may sweep: each device is removed (and audited) once. Returns how many went here.
+    pub async fn sweep_devices(&self) -> Result<usize, postern_store::StoreError> {
+        let store = &self.inner.store;
+        let now = chrono::Utc::now();
+        let mut removed = 0;
+        for account in store.list_accounts().await? {
+            let due = store
+                .devices_due_for_removal(account.id, &account.settings, now, SWEEP_BATCH)
+                .await?;
+            if due.is_empty() {
+                continue;
+            }
+            let mut online = std::collections::HashSet::new();
+            for kind in [DeviceKind::Client, DeviceKind::Gateway] {
+                let ids: Vec<String> = due
+                    .iter()
+                    .filter(|(d, _)| d.kind == kind)
+                    .map(|(d, _)| d.device_id.clone())
+                    .collect();
+                for device_id in self.online_devices(account.id, kind, &ids).await {
+                    online.insert((kind, device_id));
+                }
+            }
+            let mut by_cutoff: std::collections::BTreeMap<_, Vec<Uuid>> = Default::default();
+            for (device, cutoff) in &due {
+                if online.contains(&(device.kind, device.device_id.clone())) {
+                    continue;
+                }
+                let why = match device.ephemeral {
+                    true => "the ephemeral device vanished (no goodbye) and its timeout passed",
+                    false => "the device was not seen for the account's stale_device_days",
+                };
+                by_cutoff.entry((*cutoff, why)).or_default().push(device.id);
+            }
+            for ((cutoff, why), ids) in by_cutoff {
+                let gone = store
+                    .remove_devices(account.id, &ids, Some(cutoff), why)
+                    .await?;
+                if !gone.is_empty() {
+                    tracing::info!(account = %account.slug, devices = gone.len(), why, "removed devices");
+                }
+                removed += gone.len();
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Sweeps every `period` ([`Self::sweep_devices`]) until the hub is dropped.
+    pub fn spawn_device_sweep(&self, period: std::time::Duration) -> tokio::task::JoinHandle<()> {
+        let hub = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(period);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(inner) = hub.upgrade() else { return };
+                if let Err(err) = (Hub { inner }).sweep_devices().await {
+                    tracing::warn!(error = %err, "could not sweep vanished and stale devices; retrying");
+                }
+            }
+        })
+    }
+
     /// Whether a device has at least one open session on this portal.
     pub fn is_online(&self, account_id: Uuid, kind: DeviceKind, device_id: &str) -> bool {
         self.inner
@@ -338,6 +418,7 @@ impl Hub {
                         id: session,
                         outbound,
                         worker,
+                        said_goodbye: false,
                     })
                 }
                 Err(Refusal::Recheck) => {

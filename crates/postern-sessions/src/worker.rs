@@ -29,6 +29,13 @@ const COMMAND_QUEUE: usize = 4096;
 /// read of the account, but a flood cannot starve the outputs.
 const COMMANDS_PER_ROUND: usize = 1024;
 
+/// A session that ended, and whether its client said goodbye first (a clean stop).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Departure {
+    pub(crate) session: SessionId,
+    pub(crate) said_goodbye: bool,
+}
+
 pub(crate) enum Command {
     Register {
         registration: Box<Registration>,
@@ -56,7 +63,7 @@ pub(crate) struct WorkerHandle {
     pub(crate) commands: mpsc::Sender<Command>,
     /// Sessions that ended. Unbounded, but each session sends here once, so it never holds
     /// more than the sessions the worker has.
-    pub(crate) departures: mpsc::UnboundedSender<SessionId>,
+    pub(crate) departures: mpsc::UnboundedSender<Departure>,
     /// Set when a change event could not be queued: the worker resyncs the account.
     missed: Arc<Missed>,
 }
@@ -148,7 +155,7 @@ impl Worker {
     async fn run(
         mut self,
         mut commands: mpsc::Receiver<Command>,
-        mut departures: mpsc::UnboundedReceiver<SessionId>,
+        mut departures: mpsc::UnboundedReceiver<Departure>,
         missed: Arc<Missed>,
     ) {
         loop {
@@ -158,10 +165,10 @@ impl Worker {
             // change, a due timer), so that a stream of commands cannot starve them.
             tokio::select! {
                 biased;
-                Some(session) = departures.recv() => {
-                    self.core.handle_unregister(session, Utc::now());
-                    while let Ok(session) = departures.try_recv() {
-                        self.core.handle_unregister(session, Utc::now());
+                Some(departure) = departures.recv() => {
+                    self.depart(departure);
+                    while let Ok(departure) = departures.try_recv() {
+                        self.depart(departure);
                     }
                 }
                 failed = finished(&mut self.write) => {
@@ -301,6 +308,16 @@ impl Worker {
                         }
                     }));
                 }
+                StoreOp::RemoveDevices { ids, why } => {
+                    // In the background: the sessions go on meanwhile. If it fails, the sweep
+                    // removes the device once its timeout has passed.
+                    let (store, account_id) = (self.store.clone(), self.core.account_id());
+                    tokio::spawn(async move {
+                        if let Err(err) = store.remove_devices(account_id, &ids, None, &why).await {
+                            tracing::warn!(error = %err, "could not remove an ephemeral device; the sweep will");
+                        }
+                    });
+                }
                 StoreOp::LoadGrants => match self.load_grants().await {
                     Ok(load) => self.core.handle_grants_loaded(load, Utc::now()),
                     Err(err) => {
@@ -318,6 +335,13 @@ impl Worker {
                     }
                 },
             }
+        }
+    }
+
+    fn depart(&mut self, departure: Departure) {
+        match departure.said_goodbye {
+            true => self.core.handle_goodbye(departure.session, Utc::now()),
+            false => self.core.handle_unregister(departure.session, Utc::now()),
         }
     }
 

@@ -646,6 +646,7 @@ impl Sim {
             last_seen_at: self.now,
             created_at: self.now,
             approved_at: Some(self.now),
+            ephemeral: false,
         };
         self.db
             .devices
@@ -749,6 +750,9 @@ impl Sim {
 
     fn carry_out(&mut self, op: StoreOp) {
         match op {
+            StoreOp::RemoveDevices { ids, .. } => {
+                self.db.devices.retain(|_, d| !ids.contains(&d.id));
+            }
             StoreOp::RecordDevice(device) => {
                 self.db
                     .pending_devices
@@ -2308,5 +2312,6 @@ fn params(
         version: "sim".into(),
         public_key: key,
         endpoint,
+        ephemeral: false,
     }
 }

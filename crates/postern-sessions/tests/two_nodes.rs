@@ -420,6 +420,7 @@ impl World {
                 version: "sim".into(),
                 public_key: Some(key_named(&name)),
                 endpoint: matches!(who, Who::Gateway(_)).then(|| format!("{name}:51820")),
+                ephemeral: false,
             },
             source_ip: Some("192.0.2.1".parse().unwrap()),
             remote_sessions_on_token: 0,
@@ -833,6 +834,24 @@ impl World {
                 if self.rng.gen_bool(0.5) {
                     self.finish_write(node);
                 }
+            }
+            StoreOp::RemoveDevices { ids, .. } => {
+                let device_ids: Vec<String> = self
+                    .db
+                    .devices
+                    .values()
+                    .filter(|d| ids.contains(&d.id))
+                    .map(|d| d.device_id.clone())
+                    .collect();
+                self.db.devices.retain(|_, d| !ids.contains(&d.id));
+                self.announce(
+                    node,
+                    ChangeEvent::DevicesRemoved {
+                        account_id: id(ACCOUNT),
+                        kind: DeviceKind::Client,
+                        device_ids,
+                    },
+                );
             }
             StoreOp::RecordDevice(device) => {
                 let key = (device.kind, device.device_id.clone());

@@ -180,7 +180,7 @@ impl Store {
     async fn load_token_record(&self, token_id: Uuid) -> Result<Option<CachedToken>, StoreError> {
         let row = sqlx::query(
             "SELECT t.kind, t.account_id, t.actor_id, t.site_id, t.secret_hash, t.expires_at, \
-             t.revoked_at, t.max_clients, t.allowed_source_cidrs, t.require_approval, a.disabled_at AS actor_disabled_at, a.name AS actor_name, \
+             t.revoked_at, t.max_clients, t.allowed_source_cidrs, t.require_approval, t.ephemeral, a.disabled_at AS actor_disabled_at, a.name AS actor_name, \
              s.name AS site_name \
              FROM tokens t LEFT JOIN actors a ON a.id = t.actor_id \
              LEFT JOIN sites s ON s.id = t.site_id WHERE t.id = $1",

@@ -227,7 +227,7 @@ impl Store {
         let mut guardrails = std::collections::HashMap::new();
         for chunk in token_ids.chunks(IDS_PER_QUERY) {
             let sql = format!(
-                "SELECT id, max_clients, allowed_source_cidrs, require_approval FROM tokens \
+                "SELECT id, max_clients, allowed_source_cidrs, require_approval, ephemeral FROM tokens \
                  WHERE account_id = $1 AND id IN ({})",
                 db::placeholders(2, chunk.len())
             );

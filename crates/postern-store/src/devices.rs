@@ -2,7 +2,7 @@
 //! read. Device sightings are buffered and written in batches: a fleet reconnecting at once
 //! costs one transaction a second, not one per session.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use postern_domain::{Acting, ChangeEvent, Device, DeviceKind, Policy, Resource, WireGuardKey};
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -12,9 +12,11 @@ use crate::audit::{self, snapshot, Entry};
 use crate::db::{self, opt_text, opt_time, opt_uuid, text, time, ts};
 use crate::{Page, Paged, Result, Store, StoreError};
 
-/// Devices per claiming `INSERT` (16 bind parameters each: well under SQLite's and
+/// Devices per claiming `INSERT` (17 bind parameters each: well under SQLite's and
 /// PostgreSQL's limits).
 const CLAIMS_PER_QUERY: usize = 500;
+/// Devices per removing `DELETE`.
+const REMOVALS_PER_QUERY: usize = 500;
 
 /// Which devices to list.
 #[derive(Debug, Clone, Default)]
@@ -344,6 +346,128 @@ impl Store {
         Ok(after)
     }
 
+    /// Removes devices of the account, each once however many portal nodes try at the same
+    /// time: the row goes, the audit log records it (`client.remove` or `gateway.remove`, with
+    /// `why`) and every node forgets the device and frees its address (`DevicesRemoved`).
+    /// With `seen_before`, only devices not seen since then go (one that came back stays).
+    /// Returns the devices removed here.
+    pub async fn remove_devices(
+        &self,
+        account_id: Uuid,
+        ids: &[Uuid],
+        seen_before: Option<DateTime<Utc>>,
+        why: &str,
+    ) -> Result<Vec<Device>> {
+        let mut removed = Vec::new();
+        for chunk in ids.chunks(REMOVALS_PER_QUERY) {
+            let mut tx = self.begin_write().await?;
+            let seen = match seen_before {
+                Some(_) => format!(" AND last_seen_at < ${}", chunk.len() + 2),
+                None => String::new(),
+            };
+            let sql = format!(
+                "DELETE FROM devices WHERE account_id = $1 AND id IN ({}){seen} RETURNING *",
+                db::placeholders(2, chunk.len())
+            );
+            let mut query = sqlx::query(&sql).bind(account_id.to_string());
+            for id in chunk {
+                query = query.bind(id.to_string());
+            }
+            if let Some(before) = seen_before {
+                query = query.bind(ts(before));
+            }
+            let rows = query.fetch_all(&mut *tx.tx).await?;
+            let devices = rows
+                .iter()
+                .map(device_from_row)
+                .collect::<Result<Vec<Device>>>()?;
+            if devices.is_empty() {
+                continue;
+            }
+            let now = Utc::now();
+            let acting = Acting::default();
+            for device in &devices {
+                let action = match device.kind {
+                    DeviceKind::Client => "client.remove",
+                    DeviceKind::Gateway => "gateway.remove",
+                };
+                let mut before = snapshot(device);
+                if let Some(fields) = before.as_mut().and_then(|v| v.as_object_mut()) {
+                    fields.insert("removed_because".into(), serde_json::json!(why));
+                }
+                audit::record(
+                    &mut tx.tx,
+                    Entry {
+                        account_id: Some(account_id),
+                        acting: &acting,
+                        action,
+                        object_type: device.kind.as_str(),
+                        object_id: Some(device.id),
+                        before,
+                        after: None,
+                        now,
+                    },
+                )
+                .await?;
+            }
+            let mut events = Vec::new();
+            for kind in [DeviceKind::Client, DeviceKind::Gateway] {
+                let device_ids: Vec<String> = devices
+                    .iter()
+                    .filter(|d| d.kind == kind)
+                    .map(|d| d.device_id.clone())
+                    .collect();
+                if !device_ids.is_empty() {
+                    events.push(ChangeEvent::DevicesRemoved {
+                        account_id,
+                        kind,
+                        device_ids,
+                    });
+                }
+            }
+            self.commit_publishing(tx, events).await?;
+            removed.extend(devices);
+        }
+        Ok(removed)
+    }
+
+    /// Devices of the account due for removal at `now`: ephemeral clients last seen before
+    /// its `ephemeral_device_timeout_seconds`, and every device last seen before its
+    /// `stale_device_days`; at most `limit`, the longest unseen first. The caller leaves out
+    /// the ones online now.
+    pub async fn devices_due_for_removal(
+        &self,
+        account_id: Uuid,
+        settings: &postern_domain::AccountSettings,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<(Device, DateTime<Utc>)>> {
+        self.flush_devices().await?;
+        let ephemeral_cutoff =
+            now - chrono::Duration::seconds(i64::from(settings.ephemeral_device_timeout_seconds));
+        let stale_cutoff = now - chrono::Duration::days(i64::from(settings.stale_device_days));
+        let rows = sqlx::query(&format!(
+            "SELECT * FROM devices WHERE account_id = $1 AND \
+             ((ephemeral = 1 AND last_seen_at < $2) OR last_seen_at < $3) \
+             ORDER BY last_seen_at LIMIT {limit}"
+        ))
+        .bind(account_id.to_string())
+        .bind(ts(ephemeral_cutoff))
+        .bind(ts(stale_cutoff))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let device = device_from_row(row)?;
+                let cutoff = match device.ephemeral {
+                    true => ephemeral_cutoff,
+                    false => stale_cutoff,
+                };
+                Ok((device, cutoff))
+            })
+            .collect()
+    }
+
     /// Whether each of `device_ids` (clients of the account) is blocked.
     pub async fn blocked_among(
         &self,
@@ -438,12 +562,12 @@ impl Store {
         let mut inserted: std::collections::HashSet<(String, String)> = Default::default();
         for chunk in devices.chunks(CLAIMS_PER_QUERY) {
             let rows: Vec<String> = (0..chunk.len())
-                .map(|i| format!("({})", db::placeholders(i * 16 + 1, 16)))
+                .map(|i| format!("({})", db::placeholders(i * 17 + 1, 17)))
                 .collect();
             let sql = format!(
                 "INSERT INTO devices (id, account_id, kind, device_id, actor_id, site_id, token_id, \
                  name, version, public_key, ipv4, ipv6, last_seen_ip, last_seen_at, created_at, \
-                 approved_at) VALUES {} ON CONFLICT DO NOTHING RETURNING kind, device_id",
+                 approved_at, ephemeral) VALUES {} ON CONFLICT DO NOTHING RETURNING kind, device_id",
                 rows.join(", ")
             );
             let mut query = sqlx::query(&sql);
@@ -464,7 +588,8 @@ impl Store {
                     .bind(device.last_seen_ip.clone())
                     .bind(ts(device.last_seen_at))
                     .bind(ts(device.created_at))
-                    .bind(db::opt_ts(device.approved_at));
+                    .bind(db::opt_ts(device.approved_at))
+                    .bind(i64::from(device.ephemeral));
             }
             for row in query.fetch_all(&mut *tx.tx).await? {
                 inserted.insert((text(&row, "kind")?, text(&row, "device_id")?));
@@ -539,7 +664,8 @@ impl Store {
         for device in pending {
             sqlx::query(
                 "UPDATE devices SET token_id = $1, name = $2, version = $3, public_key = $4, \
-                 last_seen_ip = $5, last_seen_at = $6, approved_at = COALESCE(approved_at, $12) \
+                 last_seen_ip = $5, last_seen_at = $6, approved_at = COALESCE(approved_at, $12), \
+                 ephemeral = $13 \
                  WHERE account_id = $7 AND kind = $8 AND device_id = $9 \
                  AND COALESCE(actor_id, '') = COALESCE($10, '') \
                  AND COALESCE(site_id, '') = COALESCE($11, '')",
@@ -556,6 +682,7 @@ impl Store {
             .bind(device.actor_id.map(|id| id.to_string()))
             .bind(device.site_id.map(|id| id.to_string()))
             .bind(db::opt_ts(device.approved_at))
+            .bind(i64::from(device.ephemeral))
             .execute(&mut *tx.tx)
             .await?;
         }
@@ -601,6 +728,7 @@ pub(crate) fn device_from_row(row: &AnyRow) -> Result<Device> {
         last_seen_at: time(row, "last_seen_at")?,
         created_at: time(row, "created_at")?,
         approved_at: opt_time(row, "approved_at")?,
+        ephemeral: row.try_get::<i64, _>("ephemeral")? != 0,
     })
 }
 

@@ -411,6 +411,7 @@ mod tests {
             last_seen_at: now,
             created_at: now,
             approved_at: Some(now),
+            ephemeral: false,
         };
         store
             .claim_devices(std::slice::from_ref(&device))

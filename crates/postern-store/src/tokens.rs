@@ -34,6 +34,7 @@ pub struct TokenPatch {
     pub max_clients: Option<Option<u32>>,
     pub allowed_source_cidrs: Option<Vec<ipnet::IpNet>>,
     pub require_approval: Option<bool>,
+    pub ephemeral: Option<bool>,
 }
 
 /// A token just created: the only moment its secret exists outside the holder's hands.
@@ -153,6 +154,9 @@ impl Store {
         if let Some(require_approval) = patch.require_approval {
             after.guardrails.require_approval = require_approval;
         }
+        if let Some(ephemeral) = patch.ephemeral {
+            after.guardrails.ephemeral = ephemeral;
+        }
         after.guardrails = checked_guardrails(after.kind, after.guardrails)?;
         if after == before {
             return Ok(before);
@@ -161,7 +165,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "UPDATE tokens SET name = $1, max_clients = $2, allowed_source_cidrs = $3, \
-             require_approval = $4 WHERE account_id = $5 AND id = $6",
+             require_approval = $4, ephemeral = $7 WHERE account_id = $5 AND id = $6",
         )
         .bind(after.name.clone())
         .bind(after.guardrails.max_clients.map(i64::from))
@@ -169,6 +173,7 @@ impl Store {
         .bind(i64::from(after.guardrails.require_approval))
         .bind(account_id.to_string())
         .bind(token_id.to_string())
+        .bind(i64::from(after.guardrails.ephemeral))
         .execute(&mut *tx.tx)
         .await?;
         audit::record(
@@ -364,7 +369,8 @@ pub(crate) async fn insert_token(
     sqlx::query(
         "INSERT INTO tokens (id, account_id, kind, actor_id, site_id, name, secret_hash, \
          created_at, created_by, expires_at, max_clients, allowed_source_cidrs, \
-         require_approval) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+         require_approval, ephemeral) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
     )
     .bind(id.to_string())
     .bind(account_id.to_string())
@@ -379,6 +385,7 @@ pub(crate) async fn insert_token(
     .bind(token.guardrails.max_clients.map(i64::from))
     .bind(db::to_json(&token.guardrails.allowed_source_cidrs)?)
     .bind(i64::from(token.guardrails.require_approval))
+    .bind(i64::from(token.guardrails.ephemeral))
     .execute(&mut *conn)
     .await?;
     audit::record(
@@ -494,6 +501,7 @@ fn token_from_row(row: &AnyRow) -> Result<Token> {
 pub(crate) fn guardrails_from_row(row: &AnyRow) -> Result<TokenGuardrails> {
     let max_clients: Option<i64> = row.try_get("max_clients")?;
     let require_approval: i64 = row.try_get("require_approval")?;
+    let ephemeral: i64 = row.try_get("ephemeral")?;
     Ok(TokenGuardrails {
         max_clients: max_clients
             .map(|n| {
@@ -503,6 +511,7 @@ pub(crate) fn guardrails_from_row(row: &AnyRow) -> Result<TokenGuardrails> {
             .transpose()?,
         allowed_source_cidrs: db::json(row, "allowed_source_cidrs")?,
         require_approval: require_approval != 0,
+        ephemeral: ephemeral != 0,
     })
 }
 
@@ -512,7 +521,7 @@ fn checked_guardrails(kind: TokenKind, guardrails: TokenGuardrails) -> Result<To
         return Err(StoreError::Validation(
             postern_domain::ValidationError::new(
                 "max_clients",
-                "guardrails (max_clients, allowed_source_cidrs, require_approval) apply to \
+                "guardrails (max_clients, allowed_source_cidrs, require_approval, ephemeral) apply to \
              service-account tokens only",
             ),
         ));

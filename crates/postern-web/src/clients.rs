@@ -215,7 +215,10 @@ impl Rows<'_> {
         let dialog = format!("confirm-block-{}", client.id);
         html! {
             tr data-testid="client-row" data-name=(client.name) {
-                td data-label="Name" { (client.name) }
+                td data-label="Name" {
+                    (client.name)
+                    @if client.ephemeral { " " (ui::badge("neutral", "Ephemeral")) }
+                }
                 td data-label="Device id" { code { (client.device_id) } }
                 td data-label="Token" {
                     @match client.token_id.and_then(|id| self.token_names.get(&id)) {

@@ -185,6 +185,7 @@ pub struct GuardrailsForm {
     /// Networks separated by commas, spaces or new lines.
     pub allowed_source_cidrs: String,
     pub require_approval: bool,
+    pub ephemeral: bool,
 }
 
 impl GuardrailsForm {
@@ -201,6 +202,7 @@ impl GuardrailsForm {
                 .collect::<Vec<_>>()
                 .join(", "),
             require_approval: guardrails.require_approval,
+            ephemeral: guardrails.ephemeral,
         }
     }
 
@@ -209,6 +211,7 @@ impl GuardrailsForm {
             max_clients: fields.get("max_clients").trim().to_string(),
             allowed_source_cidrs: fields.get("allowed_source_cidrs").to_string(),
             require_approval: fields.checked("require_approval"),
+            ephemeral: fields.checked("ephemeral"),
         }
     }
 
@@ -243,6 +246,7 @@ impl GuardrailsForm {
             max_clients,
             allowed_source_cidrs,
             require_approval: self.require_approval,
+            ephemeral: self.ephemeral,
         };
         match postern_domain::validate::guardrails(guardrails.clone()) {
             Ok(checked) => checked,
@@ -267,6 +271,10 @@ impl GuardrailsForm {
                 label.check {
                     input type="checkbox" name="require_approval" value="on" checked[self.require_approval] data-testid="require-approval";
                     span { "Require approval: a new device is granted nothing until an administrator approves it" }
+                }
+                label.check {
+                    input type="checkbox" name="ephemeral" value="on" checked[self.ephemeral] data-testid="ephemeral";
+                    span { "Ephemeral devices: removed when they stop, or a while after they vanish (CI jobs, short-lived containers)" }
                 }
             }
         }

@@ -39,6 +39,9 @@ pub fn guardrails_summary(guardrails: &TokenGuardrails) -> Markup {
     if guardrails.require_approval {
         parts.push("approval required".to_string());
     }
+    if guardrails.ephemeral {
+        parts.push("ephemeral devices".to_string());
+    }
     html! {
         @if parts.is_empty() { span.muted { "None" } }
         @else { (parts.join(" · ")) }
@@ -140,6 +143,7 @@ async fn update(
         max_clients: Some(guardrails.max_clients),
         allowed_source_cidrs: Some(guardrails.allowed_source_cidrs),
         require_approval: Some(guardrails.require_approval),
+        ephemeral: Some(guardrails.ephemeral),
     };
     let updated = state
         .store()

@@ -167,6 +167,9 @@ pub fn guardrails(token: &Value) -> String {
     if token["require_approval"] == Value::Bool(true) {
         parts.push("approval".to_string());
     }
+    if token["ephemeral"] == Value::Bool(true) {
+        parts.push("ephemeral".to_string());
+    }
     if parts.is_empty() {
         return "-".to_string();
     }

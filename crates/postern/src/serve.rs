@@ -92,6 +92,15 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     failed_auth_limit: u32,
+    /// How often the portal removes vanished ephemeral devices and devices unseen for long
+    /// (the timeouts are account settings; every node may sweep, each device goes once)
+    #[arg(
+        long,
+        env = "POSTERN_DEVICE_SWEEP_INTERVAL",
+        default_value = "1m",
+        value_name = "DURATION"
+    )]
+    device_sweep_interval: String,
     #[command(flatten)]
     db: DbOpts,
 }
@@ -206,6 +215,13 @@ async fn serve(
         Duration::from_secs(60),
     ));
     let hub = state.hub.clone();
+    let sweep_interval = postern_domain::rules::parse_duration(&args.device_sweep_interval)
+        .map_err(|err| anyhow!("--device-sweep-interval: {}", err.message))?
+        .to_std()
+        .ok()
+        .filter(|period| !period.is_zero())
+        .context("--device-sweep-interval must be longer than 0")?;
+    let _sweep = hub.spawn_device_sweep(sweep_interval);
     let router =
         postern_api::router(state.clone()).merge(postern_web::router(state, args.web_config()?));
     tracing::info!("admin web portal on {scheme}://{address}/");

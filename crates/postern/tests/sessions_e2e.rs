@@ -26,8 +26,10 @@ use serde_json::json;
 const REVOCATION_BOUND: Duration = Duration::from_secs(2);
 /// Exit code of a device whose token was rejected.
 const TOKEN_REJECTED: i32 = 3;
-/// Exit code of a client device an administrator blocked.
+/// Exit code of a client device an administrator blocked, or outside its token's networks.
 const DEVICE_REFUSED: i32 = 4;
+/// Exit code of a client refused because its token serves `max_clients` devices already.
+const TOKEN_LIMIT: i32 = 5;
 
 on_both_backends!(
     twenty_clients_on_one_token_all_see_a_new_resource,
@@ -36,6 +38,8 @@ on_both_backends!(
     leaving_the_policy_group_withdraws_the_resource_and_the_client_keeps_running,
     clients_and_gateways_reconnect_through_a_portal_restart,
     blocking_a_device_ends_it_with_code_4_and_refuses_its_id_and_key_until_unblocked,
+    a_tokens_guardrails_refuse_the_extra_device_and_the_outsider_and_hold_a_new_one_until_approved,
+    ephemeral_clients_go_when_they_stop_and_after_the_timeout_when_killed,
 );
 
 struct Token {
@@ -66,7 +70,11 @@ impl World {
     fn new(backend: Backend) -> Option<World> {
         let db = Database::create(backend)?;
         let api_token = db.api_token();
-        let portal = Portal::start(&db.args());
+        // A sweep each second: the ephemeral devices' test sets a timeout of seconds; the other
+        // tests' devices are far from the default timeouts.
+        let mut args = db.args();
+        args.extend(["--device-sweep-interval", "1s"]);
+        let portal = Portal::start(&args);
         let api = Api::new(&portal.url, &api_token);
 
         let group = api.post("/v1/groups", json!({"name": "fleet"}));
@@ -595,6 +603,222 @@ fn blocking_a_device_ends_it_with_code_4_and_refuses_its_id_and_key_until_unbloc
     wait_for_all(&mut back, START, "connected once unblocked", |s| {
         shows_exactly(s, &[first])
     });
+}
+
+/// A token's guardrails, set and changed with the CLI as an operator does: with
+/// `--max-clients 2` the third client exits 5 while the first two keep their sessions;
+/// `--allow-source 10.0.0.0/8` ends the connected clients (they come from 127.0.0.1) and
+/// refuses the next, exit 4; with `--require-approval` a new client connects, says it waits and
+/// lists nothing until `postern clients approve`, then its resource.
+fn a_tokens_guardrails_refuse_the_extra_device_and_the_outsider_and_hold_a_new_one_until_approved(
+    backend: Backend,
+) {
+    let Some(w) = World::new(backend) else { return };
+    let env = [
+        ("POSTERN_API_URL", w.api.url.as_str()),
+        ("POSTERN_API_TOKEN", w.api.token()),
+    ];
+    let created = postern(
+        &[
+            "tokens",
+            "create",
+            "--actor",
+            &w.actor_id,
+            "--name",
+            "fleet",
+            "--max-clients",
+            "2",
+            "--json",
+        ],
+        &env,
+    )
+    .ok();
+    let created: serde_json::Value = serde_json::from_str(&created.stdout).expect("JSON");
+    let fleet = Token {
+        id: string(&created, "id"),
+        secret: string(&created, "secret"),
+    };
+    let first = w.resource_id.as_str();
+    let mut two = [
+        w.client("fleet-1", &fleet, &[]),
+        w.client("fleet-2", &fleet, &[]),
+    ];
+    wait_for_all(&mut two, START, "connected", |s| shows_exactly(s, &[first]));
+    let mut third = w.client("fleet-3", &fleet, &[]);
+    let status = third.wait_exit(Duration::from_secs(20));
+    assert_eq!(
+        status.and_then(|status| status.code()),
+        Some(TOKEN_LIMIT),
+        "the third client on a token of two exits 5:\n{}",
+        third.describe()
+    );
+    let recorded = third.status_file().expect("a status file");
+    assert!(
+        recorded["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("at its limit") && e.contains("allows 2")),
+        "{recorded:#}"
+    );
+    for device in &mut two {
+        assert!(device.running(), "{}", device.describe());
+    }
+    assert_status(&two, &fleet, &[first]);
+    assert_eq!(w.online_sessions(&fleet), 2);
+
+    let update = |args: &[&str]| {
+        let mut all = vec!["tokens", "update", "--actor", &w.actor_id, &fleet.id];
+        all.extend_from_slice(args);
+        postern(&all, &env).ok()
+    };
+    let updated = update(&["--allow-source", "10.0.0.0/8", "--no-max-clients"]);
+    assert!(
+        updated.stdout.contains("from 10.0.0.0/8"),
+        "{}",
+        updated.stdout
+    );
+    for device in &mut two {
+        let status = device.wait_exit(Duration::from_secs(10));
+        assert_eq!(
+            status.and_then(|status| status.code()),
+            Some(DEVICE_REFUSED),
+            "a client outside the new networks is ended, exit 4:\n{}",
+            device.describe()
+        );
+    }
+    let mut outsider = w.client("fleet-4", &fleet, &[]);
+    let status = outsider.wait_exit(Duration::from_secs(20));
+    assert_eq!(
+        status.and_then(|status| status.code()),
+        Some(DEVICE_REFUSED),
+        "{}",
+        outsider.describe()
+    );
+    let recorded = outsider.status_file().expect("a status file");
+    assert!(
+        recorded["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("only from 10.0.0.0/8") && e.contains("127.0.0.1")),
+        "{recorded:#}"
+    );
+
+    update(&["--any-source", "--require-approval", "true"]);
+    let mut kiosk = [w.client("kiosk", &fleet, &[])];
+    wait_for_all(&mut kiosk, START, "connected and waiting", |s| {
+        shows_exactly(s, &[]) && s["awaiting_approval"] == true
+    });
+    let waiting = postern(&["clients", "--awaiting-approval"], &env).ok();
+    assert!(
+        waiting.stdout.contains("kiosk") && waiting.stdout.contains("awaiting approval"),
+        "{}",
+        waiting.stdout
+    );
+    let approved = postern(&["clients", "approve", "kiosk"], &env).ok();
+    assert!(
+        approved.stdout.contains("approved kiosk"),
+        "{}",
+        approved.stdout
+    );
+    wait_for_all(
+        &mut kiosk,
+        PROPAGATION,
+        "shown its resource once approved",
+        |s| shows_exactly(s, &[first]) && s.get("awaiting_approval").is_none(),
+    );
+    // The others of the fleet were seen before approval was required: they are not held.
+    let mut back = [w.client("fleet-1", &fleet, &[])];
+    wait_for_all(&mut back, START, "connected", |s| {
+        shows_exactly(s, &[first])
+    });
+}
+
+/// `postern-client --ephemeral`: stopped with SIGTERM it says goodbye and is gone from
+/// `GET /v1/clients` at once; killed with SIGKILL it is still listed, then gone once the
+/// account's timeout (3 s here) has passed since its session ended. Each removal is audited
+/// once; a client that is not ephemeral stays.
+fn ephemeral_clients_go_when_they_stop_and_after_the_timeout_when_killed(backend: Backend) {
+    let Some(w) = World::new(backend) else { return };
+    let env = [
+        ("POSTERN_API_URL", w.api.url.as_str()),
+        ("POSTERN_API_TOKEN", w.api.token()),
+    ];
+    postern(
+        &[
+            "account",
+            "update",
+            "--ephemeral-device-timeout-seconds",
+            "3",
+        ],
+        &env,
+    )
+    .ok();
+    let first = w.resource_id.as_str();
+    let mut devices = [
+        w.client("eph-term", &w.token_a, &["--ephemeral"]),
+        w.client("eph-kill", &w.token_a, &["--ephemeral"]),
+        w.client("keeper", &w.token_a, &[]),
+    ];
+    wait_for_all(&mut devices, START, "connected", |s| {
+        shows_exactly(s, &[first])
+    });
+    let listed = |device: &str| {
+        let found = w.api.get(&format!("/v1/clients?device_id={device}"));
+        found["data"]
+            .as_array()
+            .and_then(|rows| rows.first())
+            .cloned()
+    };
+    let deadline_gone = |device: &str, limit: Duration| {
+        let deadline = Instant::now() + limit;
+        while listed(device).is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "{device} still listed after {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let shown = postern(&["clients"], &env).ok();
+    assert!(
+        shown.stdout.contains("online, ephemeral"),
+        "{}",
+        shown.stdout
+    );
+    let [mut term, mut kill, mut keeper] = devices;
+    assert_eq!(listed("eph-term").expect("listed")["ephemeral"], true);
+
+    term.terminate();
+    let status = term.wait_exit(Duration::from_secs(10));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        term.describe()
+    );
+    deadline_gone("eph-term", PROPAGATION);
+
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &kill.pid().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    kill.wait_exit(Duration::from_secs(10));
+    assert!(
+        listed("eph-kill").is_some(),
+        "a vanished ephemeral device stays until its timeout"
+    );
+    deadline_gone("eph-kill", Duration::from_secs(20));
+
+    assert!(keeper.running(), "{}", keeper.describe());
+    assert!(listed("keeper").is_some());
+    let audit = w.api.get("/v1/audit-events?action=client.remove&limit=50");
+    let removed: Vec<String> = audit["data"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|e| e["before"]["device_id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(removed.len(), 2, "each removal audited once: {audit:#}");
+    assert!(removed.contains(&"eph-term".to_string()) && removed.contains(&"eph-kill".to_string()));
 }
 
 /// `GET /v1/sites/{id}/gateways` lists `device` as online (polled: the listing follows the

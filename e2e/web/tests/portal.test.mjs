@@ -69,10 +69,10 @@ function dateInDays(days) {
 
 // Opens the client WebSocket with a service-account token; resolves with the first message, or
 // with {status} when the upgrade is refused.
-function connectClient(token, id = "e2e-client") {
+function connectClient(token, id = "e2e-client", extra = "") {
   const host = base.replace(/^http/, "ws");
   return new Promise((resolveConn) => {
-    const ws = new WebSocket(`${host}/v1/client/websocket?id=${id}&name=${id}&version=1`, {
+    const ws = new WebSocket(`${host}/v1/client/websocket?id=${id}&name=${id}&version=1${extra}`, {
       headers: { Authorization: `Bearer ${token}`, "x-postern-protocol": "1" },
     });
     ws.on("message", (data) => resolveConn({ ws, message: JSON.parse(data.toString()) }));
@@ -317,6 +317,95 @@ test("the clients section searches, filters by token and status, and pages", asy
   await page.waitForURL(/clients_cursor=/);
   assert.equal((await names()).length, 4, "the rest on the next page");
   await shot("clients-page-2");
+});
+
+test("a token's guardrails are set on Add Token and edited; a waiting device is approved from its row", async () => {
+  await page.goto(state.actorUrl);
+  await page.click("[data-testid=actor-menu-button]");
+  await page.click("[data-testid=menu-add-token]");
+  await page.fill("#name", "kiosks");
+  await page.fill("#max_clients", "0");
+  await page.click("[data-testid=create-token]");
+  await page.waitForSelector("#max_clients[aria-invalid=true]");
+  assert.match(await page.textContent("[data-testid=token-form]"), /from 1 to 1000000/);
+  await page.fill("#max_clients", "1");
+  await page.check("[data-testid=require-approval]");
+  await page.click("[data-testid=create-token]");
+  await page.waitForSelector("[data-testid=token-once]");
+  const secret = await page.inputValue("[data-testid=token-secret]");
+  await page.click("[data-testid=token-done]");
+  const row = page.locator("[data-testid=token-row][data-name=kiosks]");
+  assert.match(await row.locator("[data-testid=token-guardrails]").textContent(), /at most 1 device · approval required/);
+
+  const kiosk = await connectClient(secret, "kiosk-1");
+  assert.equal(kiosk.message.type, "init");
+  assert.equal(kiosk.message.awaiting_approval, true, "a new device waits");
+  assert.deepEqual(kiosk.message.resources, []);
+  const heard = (type) =>
+    new Promise((resolveMsg) => {
+      kiosk.ws.on("message", (data) => {
+        const message = JSON.parse(data.toString());
+        if (message.type === type) resolveMsg(message);
+      });
+    });
+  const approval = heard("approval");
+  const disconnect = heard("disconnect");
+  const second = await connectClient(secret, "kiosk-2");
+  assert.equal(second.status, 403, "the token serves one device at a time");
+
+  await clientsListed(55);
+  await page.goto(state.actorUrl);
+  await page.selectOption("[data-testid=clients-status]", "awaiting");
+  await page.waitForURL(/clients_status=awaiting/);
+  const waiting = page.locator("[data-testid=client-row][data-name=kiosk-1]");
+  assert.match(await waiting.locator("[data-testid=client-status]").textContent(), /Awaiting approval/);
+  await shot("client-awaiting-approval");
+  await waiting.locator("[data-testid=approve-client]").click();
+  await page.waitForURL((url) => !url.search.includes("clients_status"));
+  assert.equal((await approval).awaiting_approval, false, "the live session is let in");
+  const approved = await api(`/v1/clients?device_id=kiosk-1`);
+  assert.ok(approved.data[0].approved_at, "approved in the API too");
+
+  await page.goto(state.actorUrl);
+  await row.locator("[data-testid=edit-token]").click();
+  await page.waitForSelector("[data-testid=token-edit-form]");
+  assert.equal(await page.inputValue("#max_clients"), "1");
+  await page.fill("#max_clients", "");
+  await page.fill("#allowed_source_cidrs", "10.1.2.3/8, 192.0.2.7");
+  await page.click("[data-testid=save-token]");
+  await page.waitForSelector("[data-testid=token-row][data-name=kiosks]");
+  assert.match(
+    await row.locator("[data-testid=token-guardrails]").textContent(),
+    /from 10.0.0.0\/8 and 1 more · approval required/,
+  );
+  assert.equal((await disconnect).reason, "source_not_allowed", "a device outside the networks is ended");
+  kiosk.ws.terminate();
+  const outside = await connectClient(secret, "kiosk-1");
+  assert.equal(outside.status, 403, "and refused");
+});
+
+test("an ephemeral client is badged, and gone from the page once it says goodbye", async () => {
+  const eph = await connectClient(state.second, "eph-1", "&ephemeral=true");
+  assert.equal(eph.message.type, "init");
+  await page.goto(`${state.actorUrl}?clients_q=eph-1#clients`);
+  for (let i = 0; i < 50 && (await page.locator("[data-testid=client-row][data-name=eph-1]").count()) === 0; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    await page.reload();
+  }
+  const row = page.locator("[data-testid=client-row][data-name=eph-1]");
+  assert.match(await row.textContent(), /Ephemeral/);
+  eph.ws.send(JSON.stringify({ type: "goodbye" }));
+  eph.ws.close();
+  let listed = [];
+  for (let i = 0; i < 100; i++) {
+    listed = (await api(`/v1/clients?device_id=eph-1`)).data;
+    if (listed.length === 0) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.equal(listed.length, 0, "removed when it said goodbye");
+  await page.reload();
+  assert.equal(await row.count(), 0);
+  assert.match(await page.textContent("[data-testid=empty-state]"), /No clients match/);
 });
 
 test("the service account is added to a group from the group page", async () => {

@@ -336,6 +336,7 @@ impl AccountSessions {
                     created_at: now,
                     // Granted something on another node: not waiting for approval.
                     approved_at: Some(now),
+                    ephemeral: false,
                 })
             };
             self.learn_device(device);
@@ -359,6 +360,7 @@ impl AccountSessions {
                 last_seen_at: now,
                 created_at: now,
                 approved_at: Some(now),
+                ephemeral: false,
             });
         }
     }

@@ -116,10 +116,14 @@ pub fn print_devices(client: &Client, devices: Vec<Value>) -> anyhow::Result<()>
         } else {
             "offline"
         };
+        let status = match device["ephemeral"] == Value::Bool(true) {
+            true => format!("{status}, ephemeral"),
+            false => status.to_string(),
+        };
         table.row(vec![
             output::text(device, "device_id"),
             output::text(device, "name"),
-            status.to_string(),
+            status,
             output::text(device, "ipv4"),
             output::text(device, "version"),
             output::date(device, "last_seen_at", "-"),

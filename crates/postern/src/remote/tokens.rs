@@ -45,6 +45,10 @@ enum Command {
         /// administrator approves it (postern clients approve)
         #[arg(long)]
         require_approval: bool,
+        /// Service accounts: every device using the token is ephemeral (removed when it stops,
+        /// or a while after it vanished), as if started with postern-client --ephemeral
+        #[arg(long)]
+        ephemeral: bool,
     },
     /// Rename a service account's token or change its guardrails, live for its connected
     /// devices
@@ -82,6 +86,9 @@ enum Command {
         /// Whether new devices wait for approval (`false` lets the waiting ones in)
         #[arg(long, value_name = "true|false")]
         require_approval: Option<bool>,
+        /// Whether the devices using the token are ephemeral
+        #[arg(long, value_name = "true|false")]
+        ephemeral: Option<bool>,
     },
     /// List an actor's tokens
     #[command(after_help = "Example:\n  postern tokens list --actor <ACTOR_ID>")]
@@ -127,6 +134,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             max_clients,
             allow_source,
             require_approval,
+            ephemeral,
         } => {
             let body = object(vec![
                 ("name", name.map(Value::String)),
@@ -140,6 +148,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     "require_approval",
                     require_approval.then_some(Value::Bool(true)),
                 ),
+                ("ephemeral", ephemeral.then_some(Value::Bool(true))),
             ]);
             let path = format!("/v1/actors/{actor}/tokens");
             let token = client.post(&path, &body).await?;
@@ -154,6 +163,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             allow_source,
             any_source,
             require_approval,
+            ephemeral,
         } => {
             let mut body = object(vec![
                 ("name", name.map(Value::String)),
@@ -163,6 +173,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     (!allow_source.is_empty() || any_source).then(|| json!(allow_source)),
                 ),
                 ("require_approval", require_approval.map(Value::Bool)),
+                ("ephemeral", ephemeral.map(Value::Bool)),
             ]);
             if no_max_clients {
                 body["max_clients"] = Value::Null;
@@ -170,7 +181,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             if body.as_object().is_some_and(|fields| fields.is_empty()) {
                 anyhow::bail!(
                     "nothing to change: give --name, --max-clients, --no-max-clients, \
-                     --allow-source, --any-source or --require-approval"
+                     --allow-source, --any-source, --require-approval or --ephemeral"
                 );
             }
             let path = format!("/v1/actors/{actor}/tokens/{token_id}");
