@@ -183,6 +183,11 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+
+    /// The last part of the problem type, such as `token-limit`.
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
 }
 
 impl From<StoreError> for ApiError {

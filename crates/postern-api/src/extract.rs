@@ -77,6 +77,12 @@ pub async fn authenticate(
         Err(postern_store::AuthError::Store(err)) => Err(err.into()),
         Err(err) => {
             state.auth_limiter.record_failure(limiter_key);
+            metrics::counter!(
+                postern_metrics::AUTH_FAILURES,
+                "surface" => kind.as_str(),
+                "reason" => err.reason()
+            )
+            .increment(1);
             let (account_id, token_id) = err.attribution();
             tracing::info!(reason = err.reason(), ?token_id, source_ip = ?ip, kind = kind.as_str(), "authentication failed");
             if let Err(audit_err) = state

@@ -81,6 +81,47 @@ pub struct ServerConfig {
 /// Serves `router` on `listener` with `config` until `shutdown` completes, then waits a few
 /// seconds for open requests to finish. Extractors see the TCP peer as
 /// `ConnectInfo<SocketAddr>` and the client, as trusted proxies tell it, as [`ClientAddr`].
+/// Records each request's duration by method, route template (not the path: ids would make a
+/// series each) and status.
+async fn time_request(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_string();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(
+            || "unmatched".to_string(),
+            |path| route_label(path.as_str()),
+        );
+    let response = next.run(request).await;
+    metrics::histogram!(
+        postern_metrics::HTTP_REQUEST_DURATION,
+        "method" => method,
+        "route" => route,
+        "status" => response.status().as_u16().to_string()
+    )
+    .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// A route template as a label: `/v1/actors/:id` rather than axum's `/v1/actors/{id}`, since
+/// some text-format parsers trip over braces inside label values.
+fn route_label(template: &str) -> String {
+    template
+        .split('/')
+        .map(
+            |segment| match segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some(name) => format!(":{name}"),
+                None => segment.to_string(),
+            },
+        )
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
@@ -94,7 +135,9 @@ pub async fn serve(
     } = config;
     let trusted_proxies = Arc::new(trusted_proxies);
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
-    let router = router.layer(DefaultBodyLimit::max(limits.body_limit));
+    let router = router
+        .layer(DefaultBodyLimit::max(limits.body_limit))
+        .layer(axum::middleware::from_fn(time_request));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());

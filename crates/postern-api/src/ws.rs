@@ -48,7 +48,7 @@ async fn upgrade(state: AppState, request: Request, kind: DeviceKind) -> Respons
     let (mut parts, _body) = request.into_parts();
     let hello = match admit(&parts, &state, kind).await {
         Ok(hello) => hello,
-        Err(err) => return err.into_response(),
+        Err(err) => return refused(kind, err).into_response(),
     };
     let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
         Ok(upgrade) => upgrade,
@@ -65,9 +65,10 @@ async fn upgrade(state: AppState, request: Request, kind: DeviceKind) -> Respons
         Ok(handle) => handle,
         Err(err) => {
             tracing::warn!(device = %hello.params.id, kind = kind.as_str(), error = %err, "could not open a session");
-            return refusal(err).into_response();
+            return refused(kind, refusal(err)).into_response();
         }
     };
+    metrics::counter!(postern_metrics::SESSION_CONNECTS, "kind" => kind.as_str()).increment(1);
     tracing::debug!(device = %hello.params.id, kind = kind.as_str(), "session opened");
     // The upgraded connection keeps its place among the listener's connections while it lives.
     let slot = parts
@@ -83,6 +84,17 @@ async fn upgrade(state: AppState, request: Request, kind: DeviceKind) -> Respons
             run(socket, handle, kind).await;
             drop(slot);
         })
+}
+
+/// Counts a refused upgrade by its problem type.
+fn refused(kind: DeviceKind, err: ApiError) -> ApiError {
+    metrics::counter!(
+        postern_metrics::SESSION_REFUSALS,
+        "kind" => kind.as_str(),
+        "reason" => err.kind()
+    )
+    .increment(1);
+    err
 }
 
 /// The answer to a device whose session was not opened. Only passing conditions are a 503

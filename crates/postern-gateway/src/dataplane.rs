@@ -24,6 +24,7 @@ use postern_domain::dns::is_proxy_address;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::metrics::DataPlaneMetrics;
 use crate::plan::{PlanBatch, PlanReceiver};
 
 const COUNTER_LOG: Duration = Duration::from_secs(10);
@@ -158,6 +159,7 @@ impl GatewayDataPlane {
                     MAX_WAITING,
                     AUTHORIZATION_WAIT,
                 ),
+                metrics: DataPlaneMetrics::default(),
             },
         })
     }
@@ -224,6 +226,7 @@ pub struct GatewayForwarding {
     emits: VecDeque<Emit>,
     /// Packets no authorization of their client covered yet, by client.
     unauthorized: HoldQueue<WireGuardKey, Vec<u8>>,
+    metrics: DataPlaneMetrics,
 }
 
 impl Forwarding for GatewayForwarding {
@@ -252,7 +255,10 @@ impl Forwarding for GatewayForwarding {
 
     fn outbound(&mut self, packet: &[u8]) -> Option<WireGuardKey> {
         match self.policy.route_reply(packet, Utc::now()) {
-            Ok(key) => Some(key),
+            Ok(key) => {
+                self.metrics.count_to_client(packet.len());
+                Some(key)
+            }
             // The kernel's own traffic on the TUN (IPv6 neighbour discovery, multicast) is
             // for no client: not worth counting.
             Err(DropReason::UnknownPeer) => None,
@@ -267,7 +273,13 @@ impl Forwarding for GatewayForwarding {
     fn inbound(&mut self, peer: &WireGuardKey, packet: &[u8]) -> bool {
         let now = Instant::now();
         match self.policy.check_inbound(peer, packet, Utc::now()) {
-            Ok(()) => self.forward_allowed(peer, packet, now),
+            Ok(()) => {
+                let allowed = self.forward_allowed(peer, packet, now);
+                if allowed {
+                    self.metrics.count_from_client(packet.len());
+                }
+                allowed
+            }
             // Perhaps its authorization is on its way (see AUTHORIZATION_WAIT).
             Err(DropReason::NotAuthorized)
                 if self.unauthorized.push(peer, packet.to_vec(), now) =>
@@ -299,7 +311,7 @@ impl Forwarding for GatewayForwarding {
         debug!(%to, "sending to a client failed: {err}");
     }
 
-    fn tick(&mut self, _peers: &PeerTable, now: Instant) {
+    fn tick(&mut self, peers: &PeerTable, now: Instant) {
         let never_authorized = self.unauthorized.expire(now);
         self.counters
             .record_many(DropReason::NotAuthorized, never_authorized as u64);
@@ -310,6 +322,14 @@ impl Forwarding for GatewayForwarding {
         if self.shared_at.is_none_or(|at| now >= at + COUNTER_SHARE) {
             *self.shared_counters.lock() = self.counters;
             self.shared_at = Some(now);
+            let authorizations = self.policy.live_authorizations(Utc::now()).len();
+            self.metrics.publish(
+                &self.counters,
+                peers,
+                self.routes.keys().copied(),
+                authorizations,
+                now,
+            );
         }
         let quiet = self.logged_at.is_some_and(|at| now < at + COUNTER_LOG);
         if self.counters != self.logged && !quiet {

@@ -5,6 +5,7 @@
 
 mod dataplane;
 mod dns_nat;
+mod metrics;
 mod plan;
 mod role;
 
@@ -90,6 +91,23 @@ struct RunArgs {
     /// default: the servers of /etc/resolv.conf)
     #[arg(long = "dns-server", value_name = "ADDR", value_parser = parse_dns_server)]
     dns_servers: Vec<std::net::SocketAddr>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics: packets and bytes each way, drops by
+    /// reason, handshakes, peers, authorizations (docs/metrics.md). Off by default
+    #[arg(long, env = "POSTERN_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<String>,
+}
+
+/// Starts the metrics endpoint (`--metrics-listen`).
+async fn serve_metrics(
+    address: &str,
+) -> Result<tokio::task::JoinHandle<()>, postern_metrics::MetricsError> {
+    let exporter = postern_metrics::Exporter::install()?;
+    let listener = postern_metrics::bind(address).await?;
+    if let Ok(bound) = listener.local_addr() {
+        tracing::info!("metrics on http://{bound}/metrics");
+    }
+    Ok(postern_metrics::serve(listener, exporter, || async {}))
 }
 
 /// `10.0.0.2` or `10.0.0.2:5353` or `[fd00::2]:53`.
@@ -169,6 +187,18 @@ fn run(mut args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
             env!("CARGO_PKG_VERSION"),
             if keys.is_none() { " (control session only, no data plane)" } else { "" }
         );
+        let _metrics = match &args.metrics_listen {
+            Some(address) => match serve_metrics(address).await {
+                Ok(task) => Some(task),
+                Err(err) => {
+                    return anyhow::Ok(postern_device::Outcome {
+                        code: exit_code::BAD_CONFIG,
+                        message: Some(err.to_string()),
+                    })
+                }
+            },
+            None => None,
+        };
         let role = GatewayRole::new(
             config.token.id,
             args.listen.to_string(),

@@ -2853,7 +2853,7 @@ enum Verdict {
 }
 
 /// Changes after which a token checked before them may no longer be valid.
-fn revokes_credentials(event: &ChangeEvent) -> bool {
+pub(crate) fn revokes_credentials(event: &ChangeEvent) -> bool {
     matches!(
         event,
         ChangeEvent::TokensRevoked { .. }

@@ -163,6 +163,9 @@ pub(crate) struct Online {
     dirty: HashMap<(Uuid, String), Uuid>,
 }
 
+const VANISHED: &str = "the ephemeral device vanished (no goodbye) and its timeout passed";
+const STALE: &str = "the device was not seen for the account's stale_device_days";
+
 /// Devices removed per account in one sweep (the next sweep takes the rest).
 const SWEEP_BATCH: u32 = 1000;
 
@@ -301,17 +304,20 @@ impl Hub {
                     continue;
                 }
                 let why = match device.ephemeral {
-                    true => "the ephemeral device vanished (no goodbye) and its timeout passed",
-                    false => "the device was not seen for the account's stale_device_days",
+                    true => VANISHED,
+                    false => STALE,
                 };
                 by_cutoff.entry((*cutoff, why)).or_default().push(device.id);
             }
             for ((cutoff, why), ids) in by_cutoff {
+                let reason = if why == VANISHED { "vanished" } else { "stale" };
                 let gone = store
                     .remove_devices(account.id, &ids, Some(cutoff), why)
                     .await?;
                 if !gone.is_empty() {
                     tracing::info!(account = %account.slug, devices = gone.len(), why, "removed devices");
+                    metrics::counter!(postern_metrics::DEVICES_REMOVED, "reason" => reason)
+                        .increment(gone.len() as u64);
                 }
                 removed += gone.len();
             }

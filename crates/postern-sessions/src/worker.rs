@@ -124,6 +124,7 @@ pub(crate) fn spawn(
         write: None,
         claim: None,
         announcing: None,
+        revoking_since: None,
     };
     tokio::spawn(worker.run(command_rx, departure_rx, missed.clone()));
     WorkerHandle {
@@ -131,6 +132,14 @@ pub(crate) fn spawn(
         departures,
         missed,
     }
+}
+
+fn session_gauge(account_id: Uuid, presence: &crate::account::Presence) -> metrics::Gauge {
+    metrics::gauge!(
+        postern_metrics::SESSIONS,
+        "kind" => presence.kind.as_str(),
+        "account" => account_id.to_string()
+    )
 }
 
 struct Worker {
@@ -149,6 +158,8 @@ struct Worker {
     claim: Option<JoinHandle<Option<Vec<DeviceClaim>>>>,
     /// The latest gateway announcement, while it runs.
     announcing: Option<JoinHandle<()>>,
+    /// When the oldest revoking change not yet carried out arrived (for the fan-out metric).
+    revoking_since: Option<std::time::Instant>,
 }
 
 impl Worker {
@@ -224,6 +235,10 @@ impl Worker {
                 .core
                 .handle_request_access(session, resource_id, dns, now),
             Command::Change { event, generation } => {
+                if crate::account::revokes_credentials(&event) {
+                    self.revoking_since
+                        .get_or_insert_with(std::time::Instant::now);
+                }
                 self.core.handle_change(&event, generation, now)
             }
             Command::NodeGone(node_id) => self.core.handle_node_gone(node_id),
@@ -237,6 +252,10 @@ impl Worker {
         loop {
             self.core
                 .deliver(&mut SessionQueues(&mut self.queues), Utc::now());
+            if let Some(since) = self.revoking_since.take() {
+                metrics::histogram!(postern_metrics::REVOCATION_FANOUT)
+                    .record(since.elapsed().as_secs_f64());
+            }
             while let Some(event) = self.core.poll_event() {
                 self.on_event(event);
             }
@@ -313,8 +332,14 @@ impl Worker {
                     // removes the device once its timeout has passed.
                     let (store, account_id) = (self.store.clone(), self.core.account_id());
                     tokio::spawn(async move {
-                        if let Err(err) = store.remove_devices(account_id, &ids, None, &why).await {
-                            tracing::warn!(error = %err, "could not remove an ephemeral device; the sweep will");
+                        match store.remove_devices(account_id, &ids, None, &why).await {
+                            Ok(gone) => {
+                                metrics::counter!(postern_metrics::DEVICES_REMOVED, "reason" => "goodbye")
+                                    .increment(gone.len() as u64);
+                            }
+                            Err(err) => {
+                                tracing::warn!(error = %err, "could not remove an ephemeral device; the sweep will");
+                            }
                         }
                     });
                 }
@@ -352,6 +377,7 @@ impl Worker {
                 if let Some(hub) = self.hub.upgrade() {
                     hub.mark_online(account_id, &presence);
                 }
+                session_gauge(account_id, &presence).increment(1.0);
                 let answered = self
                     .replies
                     .remove(&session)
@@ -372,6 +398,7 @@ impl Worker {
                 if let Some(hub) = self.hub.upgrade() {
                     hub.mark_offline(account_id, &presence);
                 }
+                session_gauge(account_id, &presence).decrement(1.0);
                 self.queues.remove(&session);
             }
         }

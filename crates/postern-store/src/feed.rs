@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use uuid::Uuid;
 
-use crate::db::{self, ts, WriteTx};
+use crate::db::{self, from_ts, ts, WriteTx};
 use crate::{Backend, Result, Store, StoreError};
 
 pub(crate) const CHANNEL: &str = "postern_changes";
@@ -50,6 +50,18 @@ struct Announcement {
     id: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     event: Option<ChangeEvent>,
+    /// When the event was written (microseconds since the epoch), for the lag metric.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    at: Option<i64>,
+}
+
+/// Records how long another node's change took to be applied here.
+fn observe_lag(written_at: DateTime<Utc>) {
+    let lag = (Utc::now() - written_at)
+        .num_microseconds()
+        .unwrap_or(0)
+        .max(0);
+    metrics::histogram!(postern_metrics::CHANGE_EVENT_LAG).record(lag as f64 / 1e6);
 }
 
 impl Store {
@@ -118,6 +130,7 @@ impl Store {
                     node: self.inner.node_id,
                     id: Some(id),
                     event: inline.then(|| event.clone()),
+                    at: Some(now),
                 };
                 sqlx::query("SELECT pg_notify($1, $2)")
                     .bind(CHANNEL)
@@ -199,6 +212,7 @@ impl Store {
             node: self.inner.node_id,
             id: None,
             event: None,
+            at: None,
         };
         let Ok(payload) = db::to_json(&announcement) else {
             return;
@@ -281,6 +295,9 @@ impl Follower {
             return;
         }
         if let Some(event) = announcement.event {
+            if let Some(at) = announcement.at.and_then(|at| from_ts(at).ok()) {
+                observe_lag(at);
+            }
             store.apply_remote(event);
             return;
         }
@@ -307,6 +324,7 @@ impl Follower {
         match (event, at) {
             (Ok(event), Ok(at)) => {
                 self.last_at = Some(self.last_at.map_or(at, |last| last.max(at)));
+                observe_lag(at);
                 store.apply_remote(event);
             }
             _ => tracing::warn!("ignoring a change event that cannot be read"),

@@ -294,6 +294,11 @@ impl Store {
         &self.inner.pool
     }
 
+    /// The database pool's connections: `(open, idle)`.
+    pub fn pool_connections(&self) -> (u32, usize) {
+        (self.inner.pool.size(), self.inner.pool.num_idle())
+    }
+
     /// Makes committed changes take effect in this process: stale token records are dropped at
     /// once and subscribers hear of them (other nodes heard through the feed at commit).
     fn publish(&self, events: Vec<ChangeEvent>) {

@@ -498,6 +498,33 @@ fn token_from_row(row: &AnyRow) -> Result<Token> {
 }
 
 /// The guardrail columns of a `tokens` row.
+impl Store {
+    /// Live tokens (not revoked, not yet expired) expiring before `until`, counted by account
+    /// slug, for the expiry metrics.
+    pub async fn count_tokens_expiring(
+        &self,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<(String, u64)>> {
+        let rows = sqlx::query(
+            "SELECT a.slug AS slug, COUNT(t.id) AS expiring FROM tokens t \
+             JOIN accounts a ON a.id = t.account_id \
+             WHERE t.revoked_at IS NULL AND t.expires_at > $1 AND t.expires_at <= $2 \
+             GROUP BY a.slug",
+        )
+        .bind(ts(now))
+        .bind(ts(until))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let count: i64 = row.try_get("expiring")?;
+                Ok((row.try_get("slug")?, u64::try_from(count).unwrap_or(0)))
+            })
+            .collect()
+    }
+}
+
 pub(crate) fn guardrails_from_row(row: &AnyRow) -> Result<TokenGuardrails> {
     let max_clients: Option<i64> = row.try_get("max_clients")?;
     let require_approval: i64 = row.try_get("require_approval")?;

@@ -101,6 +101,10 @@ pub struct ServeArgs {
         value_name = "DURATION"
     )]
     device_sweep_interval: String,
+    /// Serve Prometheus metrics at http://ADDR/metrics (a listener of its own: keep it
+    /// private). Off by default. The metrics are listed in docs/metrics.md
+    #[arg(long, env = "POSTERN_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<String>,
     #[command(flatten)]
     db: DbOpts,
 }
@@ -222,6 +226,10 @@ async fn serve(
         .filter(|period| !period.is_zero())
         .context("--device-sweep-interval must be longer than 0")?;
     let _sweep = hub.spawn_device_sweep(sweep_interval);
+    let _metrics = match &args.metrics_listen {
+        Some(address) => Some(serve_metrics(address, store.clone()).await?),
+        None => None,
+    };
     let router =
         postern_api::router(state.clone()).merge(postern_web::router(state, args.web_config()?));
     tracing::info!("admin web portal on {scheme}://{address}/");
@@ -290,4 +298,56 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             _ = terminate.recv() => tracing::info!("SIGTERM received, shutting down"),
         }
     })
+}
+
+/// Starts the metrics endpoint; the gauges read from the database are refreshed at each scrape.
+async fn serve_metrics(address: &str, store: Store) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let exporter = postern_metrics::Exporter::install()?;
+    let listener = postern_metrics::bind(address).await?;
+    let bound = listener
+        .local_addr()
+        .context("cannot read the metrics listener's address")?;
+    tracing::info!("metrics on http://{bound}/metrics");
+    let reported = Arc::new(parking_lot::Mutex::new(std::collections::HashSet::new()));
+    Ok(postern_metrics::serve(listener, exporter, move || {
+        let (store, reported) = (store.clone(), reported.clone());
+        async move { refresh_gauges(&store, &reported).await }
+    }))
+}
+
+/// The database pool and the tokens expiring within 7 and 30 days, per account; an account
+/// whose count fell to none is set to 0 rather than left at its last value.
+async fn refresh_gauges(
+    store: &Store,
+    reported: &parking_lot::Mutex<std::collections::HashSet<(String, &'static str)>>,
+) {
+    let (open, idle) = store.pool_connections();
+    let in_use = f64::from(open) - idle as f64;
+    metrics::gauge!(postern_metrics::DB_POOL_CONNECTIONS, "state" => "idle").set(idle as f64);
+    metrics::gauge!(postern_metrics::DB_POOL_CONNECTIONS, "state" => "in_use").set(in_use.max(0.0));
+    let now = chrono::Utc::now();
+    let mut seen = std::collections::HashSet::new();
+    for (within, days) in [("7d", 7), ("30d", 30)] {
+        let counts = match store
+            .count_tokens_expiring(now, now + chrono::Duration::days(days))
+            .await
+        {
+            Ok(counts) => counts,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot count the tokens expiring soon");
+                return;
+            }
+        };
+        for (account, count) in counts {
+            metrics::gauge!(postern_metrics::TOKENS_EXPIRING, "account" => account.clone(), "within" => within)
+                .set(count as f64);
+            seen.insert((account, within));
+        }
+    }
+    let mut reported = reported.lock();
+    for (account, within) in reported.difference(&seen) {
+        metrics::gauge!(postern_metrics::TOKENS_EXPIRING, "account" => account.clone(), "within" => *within)
+            .set(0.0);
+    }
+    *reported = seen;
 }

@@ -37,6 +37,8 @@ use common::{string, Portal};
 use e2e::{sibling_binary, Api, Backend, Database};
 use serde_json::{json, Value};
 
+/// Where the gateway serves its metrics, in its namespace.
+const GATEWAY_METRICS: &str = "10.1.1.2:9465";
 const TCP_PORT: u16 = 7000;
 const UDP_PORT: u16 = 7001;
 const BLOCKED_PORT: u16 = 7002;
@@ -438,6 +440,8 @@ impl World {
                 "10.1.1.2:51820",
                 "--dns-server",
                 SITE_DNS,
+                "--metrics-listen",
+                GATEWAY_METRICS,
             ],
         );
         world.procs.push(gateway);
@@ -796,6 +800,89 @@ fn a_member_reaches_tcp_and_udp_but_not_a_filtered_port_and_an_outsider_reaches_
     w.wait_status(0, "counting filtered packets", |s| {
         s["dropped_packets"]["filtered"].as_u64().unwrap_or(0) > 0 || s["authorizations_count"] == 1
     });
+
+    // Its metrics say the same, read as Prometheus reads them (published every 2 s).
+    let gateway_ns = format!("{}g", w.prefix);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let scrape = loop {
+        let scrape = gateway_metrics(&gateway_ns);
+        let filtered = metric(
+            &scrape,
+            "postern_gateway_drops_total",
+            ("reason", "filtered"),
+        );
+        if filtered > 0.0 || Instant::now() >= deadline {
+            break scrape;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for direction in ["from_clients", "to_clients"] {
+        let packets = metric(
+            &scrape,
+            "postern_gateway_packets_total",
+            ("direction", direction),
+        );
+        let bytes = metric(
+            &scrape,
+            "postern_gateway_bytes_total",
+            ("direction", direction),
+        );
+        assert!(
+            packets > 0.0 && bytes >= 20.0 * packets,
+            "{direction}: {packets} packets, {bytes} bytes"
+        );
+    }
+    assert!(
+        metric(
+            &scrape,
+            "postern_gateway_drops_total",
+            ("reason", "filtered")
+        ) > 0.0
+    );
+    assert!(
+        metric(
+            &scrape,
+            "postern_gateway_handshakes_total",
+            ("outcome", "completed")
+        ) >= 1.0
+    );
+    assert!(metric(&scrape, "postern_gateway_peers", ("", "")) >= 1.0);
+    assert!(metric(&scrape, "postern_gateway_authorizations", ("", "")) >= 1.0);
+}
+
+/// The gateway's metrics endpoint, inside its namespace, parsed as the Prometheus text format.
+fn gateway_metrics(ns: &str) -> prometheus_parse::Scrape {
+    let text = in_netns(ns, || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(GATEWAY_METRICS).expect("the metrics port");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n")
+            .expect("a request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("a response");
+        response
+    });
+    let body = text
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("parses")
+}
+
+/// The sum of `name`'s samples with the label `(key, value)` (an empty key: any).
+fn metric(scrape: &prometheus_parse::Scrape, name: &str, (key, value): (&str, &str)) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && (key.is_empty() || s.labels.get(key) == Some(value)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
 }
 
 #[test]
