@@ -190,6 +190,10 @@ pub enum StoreOp {
         endpoint: Option<String>,
         online: bool,
     },
+    /// Write at once that these client devices are approved (their token no longer requires
+    /// approval when they were seen): not buffered like a sighting, so that a crash cannot
+    /// leave a device with grants recorded as waiting. Nothing to report back.
+    ApproveDevices(Vec<Uuid>),
     /// Remove these devices' rows (ephemeral ones that said goodbye), audited, and tell every
     /// node (`Store::remove_devices`); nothing to report back.
     RemoveDevices { ids: Vec<Uuid>, why: String },
@@ -1058,6 +1062,14 @@ impl AccountSessions {
             };
             let outcome = outcomes.next();
             if outcome == Some(DeviceClaim::Claimed) {
+                let approved_meanwhile = claim.device.approved_at.is_none()
+                    && self
+                        .device(key.0, &key.1)
+                        .is_some_and(|d| d.approved_at.is_some());
+                if approved_meanwhile {
+                    self.store_ops
+                        .push_back(StoreOp::ApproveDevices(vec![claim.device.id]));
+                }
                 for (session, resource_id, dns) in claim.requests {
                     self.handle_request_access(session, resource_id, dns, now);
                 }
@@ -1663,6 +1675,9 @@ impl AccountSessions {
         let approved_at = known
             .approved_at
             .or((!principal.guardrails.require_approval).then_some(now));
+        if known.approved_at.is_none() && approved_at.is_some() {
+            self.store_ops.push_back(StoreOp::ApproveDevices(vec![id]));
+        }
         if let Some(Some(old)) = &old_key {
             if loaded.keys.get(old) == Some(&key) {
                 loaded.keys.remove(old);
@@ -2005,14 +2020,37 @@ impl AccountSessions {
                 .device(DeviceKind::Client, &client.device_id)
                 .is_some_and(|device| awaits_approval(guardrails, device));
             if held != client.held {
+                let device_id = client.device_id.clone();
                 self.set_held(session, held);
                 if !held {
+                    // The token no longer requires approval: the device is approved from now
+                    // on, as any device seen on such a token.
+                    self.record_approval(&device_id, now);
                     unheld.push(session);
                 }
             }
         }
         if !unheld.is_empty() {
             self.refresh(now);
+        }
+    }
+
+    /// Records a client device as approved at `now`, if it was not.
+    fn record_approval(&mut self, device_id: &str, now: DateTime<Utc>) {
+        let key = (DeviceKind::Client, device_id.to_string());
+        let Some(device) = self.loaded.as_mut().and_then(|l| l.devices.get_mut(&key)) else {
+            return;
+        };
+        if device.approved_at.is_some() || device.ipv4.is_unspecified() {
+            return;
+        }
+        device.approved_at = Some(now);
+        let id = device.id;
+        match self.claims.get_mut(&key) {
+            Some(claim) if !claim.sent => claim.device.approved_at = Some(now),
+            // Its row is being written as waiting: approved once it is (`handle_devices_claimed`).
+            Some(_) => {}
+            None => self.store_ops.push_back(StoreOp::ApproveDevices(vec![id])),
         }
     }
 

@@ -327,6 +327,14 @@ impl Worker {
                         }
                     }));
                 }
+                StoreOp::ApproveDevices(ids) => {
+                    let (store, account_id) = (self.store.clone(), self.core.account_id());
+                    tokio::spawn(async move {
+                        if let Err(err) = store.mark_approved(account_id, &ids).await {
+                            tracing::warn!(error = %err, "could not record devices as approved");
+                        }
+                    });
+                }
                 StoreOp::RemoveDevices { ids, why } => {
                     // In the background: the sessions go on meanwhile. If it fails, the sweep
                     // removes the device once its timeout has passed.

@@ -96,6 +96,10 @@ fn access_stays_withdrawn_under_random_histories() {
             "too few grants deleted unheard: {total:?}"
         );
         assert!(
+            total.approved > cases / 8,
+            "too few devices approved after waiting: {total:?}"
+        );
+        assert!(
             total.blocked_with_grants > cases / 8 && total.blocked_refused > cases / 8,
             "too few devices blocked while granted, or refused: {total:?}"
         );
@@ -125,6 +129,7 @@ struct Coverage {
     blocked_with_grants: u64,
     blocked_refused: u64,
     blocked_unheard: u64,
+    approved: u64,
 }
 
 impl Coverage {
@@ -145,6 +150,7 @@ impl Coverage {
         self.blocked_with_grants += other.blocked_with_grants;
         self.blocked_refused += other.blocked_refused;
         self.blocked_unheard += other.blocked_unheard;
+        self.approved += other.approved;
     }
 }
 
@@ -197,6 +203,8 @@ struct TokenRecord {
     site_id: Option<Uuid>,
     revoked: bool,
     expires_at: DateTime<Utc>,
+    /// A device new to the portal is granted nothing until approved.
+    require_approval: bool,
 }
 
 /// What the database holds: what the core's store operations persisted and what the
@@ -305,9 +313,29 @@ impl Db {
             site_id: token.site_id,
             holder_name: "holder".into(),
             expires_at: token.expires_at,
-            guardrails: Default::default(),
+            guardrails: self.guardrails(token_id),
             generation: self.generation,
         })
+    }
+
+    fn guardrails(&self, token_id: Uuid) -> postern_domain::TokenGuardrails {
+        postern_domain::TokenGuardrails {
+            require_approval: self
+                .tokens
+                .get(&token_id)
+                .is_some_and(|t| t.require_approval),
+            ..Default::default()
+        }
+    }
+
+    /// Whether a client device's row (or its sighting not yet written) says it was approved.
+    fn approved(&self, device_id: &str) -> bool {
+        let key = (DeviceKind::Client, device_id.to_string());
+        self.devices
+            .get(&key)
+            .into_iter()
+            .chain(self.pending_devices.get(&key))
+            .any(|d| d.approved_at.is_some())
     }
 
     fn write(&mut self, writes: &AuthorizationWrites) {
@@ -333,6 +361,9 @@ impl Db {
                     row.name = seen.name;
                     row.token_id = seen.token_id;
                     row.last_seen_at = seen.last_seen_at;
+                    // As the store's sighting does: an approval is never undone.
+                    row.approved_at = row.approved_at.or(seen.approved_at);
+                    row.ephemeral = seen.ephemeral;
                 }
             }
         }
@@ -472,6 +503,7 @@ impl Sim {
                     site_id: None,
                     revoked: false,
                     expires_at: start + Duration::days(days),
+                    require_approval: false,
                 },
             );
         }
@@ -483,6 +515,7 @@ impl Sim {
                     site_id: Some(site),
                     revoked: false,
                     expires_at: start + Duration::days(365),
+                    require_approval: false,
                 },
             );
         }
@@ -753,6 +786,14 @@ impl Sim {
             StoreOp::RemoveDevices { ids, .. } => {
                 self.db.devices.retain(|_, d| !ids.contains(&d.id));
             }
+            StoreOp::ApproveDevices(ids) => {
+                let now = self.now;
+                for row in self.db.devices.values_mut() {
+                    if ids.contains(&row.id) {
+                        row.approved_at.get_or_insert(now);
+                    }
+                }
+            }
             StoreOp::RecordDevice(device) => {
                 self.db
                     .pending_devices
@@ -838,7 +879,11 @@ impl Sim {
                         .iter()
                         .filter_map(|t| self.db.token_state(*t).map(|s| (*t, s)))
                         .collect(),
-                    guardrails: Default::default(),
+                    guardrails: tokens
+                        .iter()
+                        .filter(|t| self.db.tokens.contains_key(t))
+                        .map(|t| (*t, self.db.guardrails(*t)))
+                        .collect(),
                 };
                 self.core.handle_access_loaded(load, self.now);
             }
@@ -1074,7 +1119,8 @@ impl Sim {
             65..=67 => self.toggle_slow_gateway(),
             68 => self.fail_next_write = true,
             69 => self.fail_next_load = true,
-            70..=84 => {
+            70..=72 => self.toggle_approval(),
+            73..=84 => {
                 let seconds = self.rng.gen_range(1..40);
                 self.log(format!("advance {seconds} s"));
                 self.advance(Duration::seconds(seconds));
@@ -1554,6 +1600,58 @@ impl Sim {
         });
     }
 
+    /// An administrator makes a client token require approval (or no longer), or approves a
+    /// device that waits.
+    fn toggle_approval(&mut self) {
+        let account_id = self.db.account_id;
+        let waiting: Vec<String> = self
+            .db
+            .devices
+            .values()
+            .filter(|d| d.kind == DeviceKind::Client && d.approved_at.is_none())
+            .map(|d| d.device_id.clone())
+            .collect();
+        if !waiting.is_empty() && self.rng.gen_bool(0.5) {
+            let device_id = waiting[self.rng.gen_range(0..waiting.len())].clone();
+            let now = self.now;
+            if let Some(row) = self
+                .db
+                .devices
+                .get_mut(&(DeviceKind::Client, device_id.clone()))
+            {
+                row.approved_at = Some(now);
+            }
+            self.coverage.approved += 1;
+            self.log(format!("approve client {device_id}"));
+            self.change(ChangeEvent::DeviceApproved {
+                account_id,
+                device_id,
+            });
+            return;
+        }
+        let tokens: Vec<Uuid> = self
+            .db
+            .tokens
+            .iter()
+            .filter(|(_, t)| t.actor_id.is_some() && !t.revoked)
+            .map(|(id, _)| *id)
+            .collect();
+        if tokens.is_empty() {
+            return;
+        }
+        let token_id = tokens[self.rng.gen_range(0..tokens.len())];
+        let Some(token) = self.db.tokens.get_mut(&token_id) else {
+            return;
+        };
+        token.require_approval = !token.require_approval;
+        let now = token.require_approval;
+        self.log(format!("token {token_id} requires approval: {now}"));
+        self.change(ChangeEvent::TokenUpdated {
+            account_id,
+            token_id,
+        });
+    }
+
     fn toggle_actor(&mut self) {
         let actor_id = self.actors[self.rng.gen_range(0..self.actors.len())];
         let account_id = self.db.account_id;
@@ -1675,11 +1773,15 @@ impl Sim {
             1 => {
                 let i = self.rng.gen_range(0..self.clients.len());
                 let victim = &self.clients[i];
-                let key = self
-                    .db
-                    .device(DeviceKind::Client, &victim.device_id)
-                    .and_then(|d| d.public_key);
-                let Some(key) = key else { return };
+                // The key the victim holds now: one it gave up (a restart with a new key whose
+                // registration waits for a reload) is free to be used by another device.
+                let live = victim
+                    .session
+                    .is_some_and(|s| self.queues.get(&s).is_some_and(|q| q.live));
+                if !live {
+                    return;
+                }
+                let key = wire_key(&victim.key);
                 let token = victim.token_id;
                 (
                     DeviceKind::Client,
@@ -1776,14 +1878,28 @@ impl Sim {
             .device(victim_kind, &victim_id)
             .expect("still there");
         assert_eq!(
-            (after.actor_id, after.site_id, after.ipv4, &after.public_key),
-            (
-                before.actor_id,
-                before.site_id,
-                before.ipv4,
-                &before.public_key
-            ),
+            (after.actor_id, after.site_id, after.ipv4),
+            (before.actor_id, before.site_id, before.ipv4),
             "the victim's device record changed"
+        );
+        // Its key may move only to the victim's own new one (a restart with a new key whose
+        // registration waited for a reload and completed meanwhile), never to the intruder's.
+        let victim_key = self
+            .clients
+            .iter()
+            .find(|c| c.device_id == victim_id)
+            .map(|c| wire_key(&c.key))
+            .or_else(|| {
+                self.gateways
+                    .iter()
+                    .find(|g| g.device_id == victim_id)
+                    .map(|g| wire_key(&g.key))
+            });
+        assert!(
+            after.public_key == before.public_key || after.public_key == victim_key,
+            "the victim's key changed to another: {:?} -> {:?}",
+            before.public_key,
+            after.public_key
         );
     }
 
@@ -1956,6 +2072,9 @@ impl Sim {
         let token = &self.db.tokens[token_id];
         if token.revoked {
             return Err(format!("its token {token_id} is revoked"));
+        }
+        if current && token.require_approval && !self.db.approved(&device_id) {
+            return Err(format!("{device_id} awaits approval (token {token_id})"));
         }
         if token.expires_at <= self.now || authorization.expires_at > token.expires_at {
             return Err(format!("it outlives its token {token_id}"));

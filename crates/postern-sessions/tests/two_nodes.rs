@@ -835,6 +835,13 @@ impl World {
                     self.finish_write(node);
                 }
             }
+            StoreOp::ApproveDevices(ids) => {
+                for row in self.db.devices.values_mut() {
+                    if ids.contains(&row.id) {
+                        row.approved_at.get_or_insert(now);
+                    }
+                }
+            }
             StoreOp::RemoveDevices { ids, .. } => {
                 let device_ids: Vec<String> = self
                     .db

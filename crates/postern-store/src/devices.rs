@@ -15,7 +15,7 @@ use crate::{Page, Paged, Result, Store, StoreError};
 /// Devices per claiming `INSERT` (17 bind parameters each: well under SQLite's and
 /// PostgreSQL's limits).
 const CLAIMS_PER_QUERY: usize = 500;
-/// Devices per removing `DELETE`.
+/// Devices per removing `DELETE` or approving `UPDATE`.
 const REMOVALS_PER_QUERY: usize = 500;
 
 /// Which devices to list.
@@ -466,6 +466,28 @@ impl Store {
                 Ok((device, cutoff))
             })
             .collect()
+    }
+
+    /// Records client devices as approved now, if they were not: seen on a token that does not
+    /// require approval (the portal approves them; not audited as an administrator's act).
+    pub async fn mark_approved(&self, account_id: Uuid, ids: &[Uuid]) -> Result<()> {
+        for chunk in ids.chunks(REMOVALS_PER_QUERY) {
+            let sql = format!(
+                "UPDATE devices SET approved_at = $2 WHERE account_id = $1 \
+                 AND approved_at IS NULL AND id IN ({})",
+                db::placeholders(3, chunk.len())
+            );
+            let mut query = sqlx::query(&sql)
+                .bind(account_id.to_string())
+                .bind(ts(Utc::now()));
+            for id in chunk {
+                query = query.bind(id.to_string());
+            }
+            let mut tx = self.begin_write().await?;
+            query.execute(&mut *tx.tx).await?;
+            tx.commit().await?;
+        }
+        Ok(())
     }
 
     /// Whether each of `device_ids` (clients of the account) is blocked.

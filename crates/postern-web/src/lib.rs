@@ -14,6 +14,7 @@ mod groups;
 mod once;
 mod policies;
 mod resources;
+mod settings;
 mod sites;
 mod tokens;
 mod ui;
@@ -79,6 +80,7 @@ pub fn router(app: AppState, config: WebConfig) -> Router {
         .merge(actors::routes())
         .merge(clients::routes())
         .merge(tokens::routes())
+        .merge(settings::routes())
         .merge(groups::routes())
         .merge(resources::routes())
         .merge(sites::routes())

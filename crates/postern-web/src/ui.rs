@@ -15,15 +15,17 @@ pub enum Nav {
     Sites,
     Policies,
     Audit,
+    Settings,
 }
 
-const NAV: [(Nav, &str, &str); 6] = [
+const NAV: [(Nav, &str, &str); 7] = [
     (Nav::Actors, "/actors", "Actors"),
     (Nav::Groups, "/groups", "Groups"),
     (Nav::Resources, "/resources", "Resources"),
     (Nav::Sites, "/sites", "Sites"),
     (Nav::Policies, "/policies", "Policies"),
     (Nav::Audit, "/audit", "Audit log"),
+    (Nav::Settings, "/settings", "Settings"),
 ];
 
 fn head(title: &str) -> Markup {
@@ -409,6 +411,9 @@ fn nav_icon(nav: Nav) -> Markup {
         }
         Nav::Audit => {
             r#"<path d="M6 3h9l4 4v14H6z"/><path d="M14 3v5h5"/><path d="M9 13h7M9 17h7"/>"#
+        }
+        Nav::Settings => {
+            r#"<circle cx="12" cy="12" r="3"/><path d="M12 2v3M12 19v3M2 12h3M19 12h3M4.9 4.9l2.1 2.1M17 17l2.1 2.1M4.9 19.1L7 17M17 7l2.1-2.1"/>"#
         }
     })
 }

@@ -408,6 +408,24 @@ test("an ephemeral client is badged, and gone from the page once it says goodbye
   assert.match(await page.textContent("[data-testid=empty-state]"), /No clients match/);
 });
 
+test("Settings keeps the token lifetime and the device timeouts, refusing values out of range", async () => {
+  await page.goto(`${base}/settings`);
+  assert.equal(await page.inputValue("#ephemeral_device_timeout_seconds"), "600");
+  assert.equal(await page.inputValue("#stale_device_days"), "90");
+  await page.fill("#stale_device_days", "0");
+  await page.click("[data-testid=save-settings]");
+  await page.waitForSelector("#stale_device_days[aria-invalid=true]");
+  assert.match(await page.textContent("[data-testid=settings-form]"), /between 1 and 3650/);
+  await page.fill("#stale_device_days", "30");
+  await page.fill("#ephemeral_device_timeout_seconds", "120");
+  await page.click("[data-testid=save-settings]");
+  await page.waitForSelector("[data-testid=settings-saved]");
+  const account = await api("/v1/account");
+  assert.equal(account.data.settings.stale_device_days, 30);
+  assert.equal(account.data.settings.ephemeral_device_timeout_seconds, 120);
+  assert.equal(await page.inputValue("#ephemeral_device_timeout_seconds"), "120");
+});
+
 test("the service account is added to a group from the group page", async () => {
   await page.click("[data-testid=nav-groups]");
   await page.click("[data-testid=group-row][data-name=fleet] a");

@@ -42,9 +42,11 @@ impl AccountSessions {
             self.grants
                 .by_id
                 .keys()
+                // A pending save creates the row; a pending update would not (another node
+                // deleted it: it stays deleted, and so it goes here too).
                 .filter(|id| {
                     !stored.contains(id)
-                        && !self.writes.contains_key(id)
+                        && !matches!(self.writes.get(id), Some(Write::Save(_)))
                         && !self.writing.contains(id)
                 })
                 .copied(),
