@@ -121,6 +121,19 @@ async fn session(
     device: &str,
     extra: &str,
 ) -> Socket {
+    try_session(addr, path, token, device, extra)
+        .await
+        .unwrap_or_else(|err| panic!("{device} connects to {addr}: {err}"))
+}
+
+/// The same, with the portal's refusal as an error.
+async fn try_session(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: &str,
+    device: &str,
+    extra: &str,
+) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let url = format!("ws://{addr}{path}?id={device}&name={device}&version=test{extra}");
     let mut request = url.into_client_request().unwrap();
@@ -132,8 +145,7 @@ async fn session(
         .insert(postern_protocol::PROTOCOL_HEADER, "1".parse().unwrap());
     tokio_tungstenite::connect_async(request)
         .await
-        .unwrap_or_else(|err| panic!("{device} connects to {addr}: {err}"))
-        .0
+        .map(|(socket, _)| socket)
 }
 
 /// The next protocol message that is not `heartbeat`, within `limit`.
@@ -744,7 +756,6 @@ async fn across_nodes(cut: Cut) {
 /// or so), with the token-limit problem.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tokens_max_clients_holds_across_nodes() {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let Some(node_a) = Portal::start(Backend::Postgres).await else {
         return;
     };
@@ -772,15 +783,7 @@ async fn a_tokens_max_clients_holds_across_nodes() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let path = postern_protocol::CLIENT_PATH;
-        let url = format!("ws://{addr_b}{path}?id=box-2&name=box-2&version=test");
-        let mut request = url.into_client_request().unwrap();
-        request
-            .headers_mut()
-            .insert("authorization", format!("Bearer {secret}").parse().unwrap());
-        request
-            .headers_mut()
-            .insert(postern_protocol::PROTOCOL_HEADER, "1".parse().unwrap());
-        match tokio_tungstenite::connect_async(request).await {
+        match try_session(addr_b, path, &secret, "box-2", "").await {
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                 assert_eq!(response.status(), reqwest::StatusCode::FORBIDDEN);
                 let problem: serde_json::Value =
@@ -793,7 +796,7 @@ async fn a_tokens_max_clients_holds_across_nodes() {
                 );
                 break;
             }
-            Ok((mut accepted, _)) => {
+            Ok(mut accepted) => {
                 assert!(
                     Instant::now() < deadline,
                     "node B still accepts a second device on a token of one"

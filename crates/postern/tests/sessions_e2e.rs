@@ -645,20 +645,7 @@ fn a_tokens_guardrails_refuse_the_extra_device_and_the_outsider_and_hold_a_new_o
     ];
     wait_for_all(&mut two, START, "connected", |s| shows_exactly(s, &[first]));
     let mut third = w.client("fleet-3", &fleet, &[]);
-    let status = third.wait_exit(Duration::from_secs(20));
-    assert_eq!(
-        status.and_then(|status| status.code()),
-        Some(TOKEN_LIMIT),
-        "the third client on a token of two exits 5:\n{}",
-        third.describe()
-    );
-    let recorded = third.status_file().expect("a status file");
-    assert!(
-        recorded["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("at its limit") && e.contains("allows 2")),
-        "{recorded:#}"
-    );
+    assert_exits(&mut third, TOKEN_LIMIT, &["at its limit", "allows 2"]);
     for device in &mut two {
         assert!(device.running(), "{}", device.describe());
     }
@@ -677,28 +664,13 @@ fn a_tokens_guardrails_refuse_the_extra_device_and_the_outsider_and_hold_a_new_o
         updated.stdout
     );
     for device in &mut two {
-        let status = device.wait_exit(Duration::from_secs(10));
-        assert_eq!(
-            status.and_then(|status| status.code()),
-            Some(DEVICE_REFUSED),
-            "a client outside the new networks is ended, exit 4:\n{}",
-            device.describe()
-        );
+        assert_exits(device, DEVICE_REFUSED, &["only from 10.0.0.0/8"]);
     }
     let mut outsider = w.client("fleet-4", &fleet, &[]);
-    let status = outsider.wait_exit(Duration::from_secs(20));
-    assert_eq!(
-        status.and_then(|status| status.code()),
-        Some(DEVICE_REFUSED),
-        "{}",
-        outsider.describe()
-    );
-    let recorded = outsider.status_file().expect("a status file");
-    assert!(
-        recorded["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("only from 10.0.0.0/8") && e.contains("127.0.0.1")),
-        "{recorded:#}"
+    assert_exits(
+        &mut outsider,
+        DEVICE_REFUSED,
+        &["only from 10.0.0.0/8", "127.0.0.1"],
     );
 
     update(&["--any-source", "--require-approval", "true"]);
@@ -819,6 +791,21 @@ fn ephemeral_clients_go_when_they_stop_and_after_the_timeout_when_killed(backend
         .collect();
     assert_eq!(removed.len(), 2, "each removal audited once: {audit:#}");
     assert!(removed.contains(&"eph-term".to_string()) && removed.contains(&"eph-kill".to_string()));
+}
+
+/// Waits for `device` to exit with `code`, its status file's last error saying each of `says`.
+#[track_caller]
+fn assert_exits(device: &mut Device, code: i32, says: &[&str]) {
+    let status = device.wait_exit(Duration::from_secs(20));
+    assert_eq!(
+        status.and_then(|status| status.code()),
+        Some(code),
+        "expected exit {code}:\n{}",
+        device.describe()
+    );
+    let recorded = device.status_file().expect("a status file");
+    let error = recorded["last_error"].as_str().unwrap_or_default();
+    assert!(says.iter().all(|s| error.contains(s)), "{recorded:#}");
 }
 
 /// `GET /v1/sites/{id}/gateways` lists `device` as online (polled: the listing follows the
