@@ -325,6 +325,40 @@ pub fn dns_name(field: &str, value: &str) -> Result<String, ValidationError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any text is an error or networks, never a panic; a network kept is canonical, once,
+        /// and contains the address that was written.
+        #[test]
+        fn source_networks_are_parsed_canonical_and_deduplicated(
+            texts in proptest::collection::vec(
+                prop_oneof![
+                    any::<String>(),
+                    (any::<[u8; 4]>(), 0u8..=32).prop_map(|(a, p)| format!("{}/{p}", std::net::Ipv4Addr::from(a))),
+                    any::<[u8; 16]>().prop_map(|a| std::net::Ipv6Addr::from(a).to_string()),
+                ],
+                0..8,
+            )
+        ) {
+            let Ok(networks) = source_networks("allowed_source_cidrs", &texts) else {
+                return Ok(());
+            };
+            let written = networks.clone();
+            let checked = guardrails(crate::TokenGuardrails {
+                allowed_source_cidrs: networks,
+                ..Default::default()
+            })
+            .expect("at most 8 networks");
+            for (net, text) in written.iter().zip(&texts) {
+                prop_assert!(checked.allowed_source_cidrs.contains(&net.trunc()), "{text}");
+                prop_assert!(net.trunc().contains(&net.addr()));
+            }
+            let mut sorted = checked.allowed_source_cidrs.clone();
+            sorted.dedup();
+            prop_assert_eq!(sorted, checked.allowed_source_cidrs.clone());
+        }
+    }
 
     #[test]
     fn an_internet_resource_has_one_address_and_the_others_need_one() {
