@@ -1578,7 +1578,11 @@ impl AccountSessions {
                     .filter(|s| self.clients.get(s).is_some_and(|c| c.token_id == token_id))
                     .count()
             });
-        let local = self.by_token.get(&token_id).map_or(0, HashSet::len) - own;
+        let local = self
+            .by_token
+            .get(&token_id)
+            .map_or(0, HashSet::len)
+            .saturating_sub(own);
         let others = u32::try_from(local)
             .unwrap_or(u32::MAX)
             .saturating_add(registration.remote_sessions_on_token);
@@ -1906,8 +1910,9 @@ impl AccountSessions {
         if !alone || self.claims.contains_key(&key) {
             return;
         }
-        self.end(session, now);
+        // Forgotten first, so that the session's end records no sighting of a removed device.
         self.forget_client_devices(std::slice::from_ref(&device.device_id));
+        self.end(session, now);
         self.store_ops.push_back(StoreOp::RemoveDevices {
             ids: vec![device.id],
             why: "the ephemeral device stopped".into(),
