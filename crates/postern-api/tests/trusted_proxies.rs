@@ -193,3 +193,49 @@ async fn source_ip_conditions_see_the_client_behind_the_proxy() {
     );
     portal.stop().await;
 }
+
+/// A token's `allowed_source_cidrs` judges the client the proxy names, not the proxy: a session
+/// forwarded for an address inside the networks opens, one forwarded for an address outside is
+/// refused as `device-refused` though the proxy itself (127.0.0.1) would be neither.
+#[tokio::test]
+async fn a_tokens_allowed_networks_see_the_client_behind_the_proxy() {
+    let portal = behind_proxy().await;
+    let sa = portal
+        .post(
+            "/v1/actors",
+            json!({"type": "service_account", "name": "fleet",
+                "token": {"allowed_source_cidrs": ["203.0.113.0/24"]}}),
+        )
+        .await;
+    let secret = sa["token"]["secret"].as_str().unwrap().to_string();
+    assert!(matches!(
+        first_message(&portal, &secret, "203.0.113.7").await,
+        PortalToClient::Init(_)
+    ));
+    let url = format!(
+        "ws://{}{CLIENT_PATH}?id=outsider&name=outsider&version=test",
+        portal.addr()
+    );
+    let mut request = url.into_client_request().unwrap();
+    let headers = request.headers_mut();
+    headers.insert("authorization", format!("Bearer {secret}").parse().unwrap());
+    headers.insert(PROTOCOL_HEADER, "1".parse().unwrap());
+    headers.insert("x-forwarded-for", "198.51.100.7".parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::FORBIDDEN);
+            let problem: Value =
+                serde_json::from_slice(response.body().as_deref().unwrap_or_default())
+                    .unwrap_or_default();
+            assert_eq!(problem["type"], postern_protocol::DEVICE_REFUSED_PROBLEM);
+            assert!(
+                problem["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("198.51.100.7")),
+                "{problem}"
+            );
+        }
+        other => panic!("a client outside the token's networks was not refused: {other:?}"),
+    }
+    portal.stop().await;
+}
