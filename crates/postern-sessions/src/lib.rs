@@ -151,6 +151,9 @@ pub(crate) struct HubInner {
     workers: Mutex<HashMap<Uuid, WorkerHandle>>,
     next_session: AtomicU64,
     online: RwLock<Online>,
+    /// Other nodes' session counts of tokens with `max_clients`, as last read, and when: read
+    /// again at most once per presence period, so that a burst of connects costs one query.
+    remote_counts: Mutex<HashMap<Uuid, (u32, std::time::Instant)>>,
 }
 
 /// Who is online, readable without asking the workers (for the REST API).
@@ -168,6 +171,9 @@ const STALE: &str = "the device was not seen for the account's stale_device_days
 
 /// Devices removed per account in one sweep (the next sweep takes the rest).
 const SWEEP_BATCH: u32 = 1000;
+
+/// Tokens whose other nodes' session counts are kept at most.
+const REMOTE_COUNTS: usize = 100_000;
 
 /// How often this node writes its clients' presence for the other nodes.
 const PRESENCE_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
@@ -187,6 +193,7 @@ impl Hub {
                 workers: Mutex::new(HashMap::new()),
                 next_session: AtomicU64::new(1),
                 online: RwLock::new(Online::default()),
+                remote_counts: Mutex::new(HashMap::new()),
             }),
         };
         if store.is_clustered() {
@@ -368,18 +375,33 @@ impl Hub {
         if principal.guardrails.max_clients.is_none() || !self.inner.store.is_clustered() {
             return 0;
         }
-        match self
-            .inner
-            .store
-            .remote_token_sessions(principal.account_id, &[principal.token_id])
-            .await
-        {
-            Ok(counts) => counts.get(&principal.token_id).copied().unwrap_or(0),
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot read other portal nodes' presence; max_clients holds per node");
-                0
+        let token_id = principal.token_id;
+        let cached = self.inner.remote_counts.lock().get(&token_id).copied();
+        if let Some((count, at)) = cached {
+            if at.elapsed() < PRESENCE_PERIOD {
+                return count;
             }
         }
+        let count = match self
+            .inner
+            .store
+            .remote_token_sessions(principal.account_id, &[token_id])
+            .await
+        {
+            Ok(counts) => counts.get(&token_id).copied().unwrap_or(0),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read other portal nodes' presence; max_clients holds per node");
+                return 0;
+            }
+        };
+        let mut counts = self.inner.remote_counts.lock();
+        if counts.len() >= REMOTE_COUNTS {
+            counts.retain(|_, (_, at)| at.elapsed() < PRESENCE_PERIOD);
+        }
+        if counts.len() < REMOTE_COUNTS {
+            counts.insert(token_id, (count, std::time::Instant::now()));
+        }
+        count
     }
 
     /// Registers a session with its account's worker. A registration whose token check may
