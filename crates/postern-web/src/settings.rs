@@ -51,27 +51,32 @@ impl SettingsForm {
         }
     }
 
-    /// The settings, or the errors of the fields that are not whole numbers.
+    /// The settings, or `None` with an error on each field that is not a whole number.
     fn settings(&mut self) -> Option<AccountSettings> {
-        let mut number = |field: &str, text: &str| match text.parse::<u32>() {
-            Ok(n) => Some(n),
-            Err(_) => {
-                self.errors.add(field, "Enter a whole number");
-                None
-            }
-        };
-        let settings = AccountSettings {
-            max_token_lifetime_days: number(
-                "max_token_lifetime_days",
-                &self.max_token_lifetime_days.clone(),
-            )?,
-            ephemeral_device_timeout_seconds: number(
+        let fields = [
+            ("max_token_lifetime_days", &self.max_token_lifetime_days),
+            (
                 "ephemeral_device_timeout_seconds",
-                &self.ephemeral_device_timeout_seconds.clone(),
-            )?,
-            stale_device_days: number("stale_device_days", &self.stale_device_days.clone())?,
+                &self.ephemeral_device_timeout_seconds,
+            ),
+            ("stale_device_days", &self.stale_device_days),
+        ];
+        let numbers = fields.map(|(field, text)| (field, text.parse::<u32>().ok()));
+        for (field, number) in numbers {
+            if number.is_none() {
+                self.errors.add(field, "Enter a whole number");
+            }
+        }
+        let [(_, Some(max_token_lifetime_days)), (_, Some(ephemeral_device_timeout_seconds)), (_, Some(stale_device_days))] =
+            numbers
+        else {
+            return None;
         };
-        Some(settings)
+        Some(AccountSettings {
+            max_token_lifetime_days,
+            ephemeral_device_timeout_seconds,
+            stale_device_days,
+        })
     }
 }
 
