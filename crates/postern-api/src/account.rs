@@ -40,6 +40,9 @@ pub struct UpdateSettings {
     /// Days after which a device (not ephemeral) that was not seen is removed.
     #[schema(value_type = Option<u32>, minimum = 1, maximum = 3650)]
     pub stale_device_days: Option<Whole<u32>>,
+    /// Tokens expiring within this many days are shown as expiring soon.
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 365)]
+    pub token_expiry_warning_days: Option<Whole<u32>>,
 }
 
 impl UpdateSettings {
@@ -54,6 +57,9 @@ impl UpdateSettings {
             stale_device_days: self
                 .stale_device_days
                 .map_or(current.stale_device_days, |Whole(n)| n),
+            token_expiry_warning_days: self
+                .token_expiry_warning_days
+                .map_or(current.token_expiry_warning_days, |Whole(n)| n),
         }
     }
 }

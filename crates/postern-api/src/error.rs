@@ -59,6 +59,11 @@ impl ApiError {
         )
     }
 
+    /// Not found, with a sentence that says what is missing and why.
+    pub fn not_found_because(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
+    }
+
     pub fn unauthorized(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,

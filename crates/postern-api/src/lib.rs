@@ -9,6 +9,7 @@ mod devices;
 mod error;
 mod extract;
 mod groups;
+mod leaks;
 mod openapi;
 mod policies;
 mod rate_limit;
@@ -32,6 +33,7 @@ pub use error::ApiError;
 pub use openapi::{openapi_document, openapi_json};
 
 pub use client_addr::{source_ip, ClientAddr, ForwardedHeader, TrustedProxies};
+pub use leaks::{GithubKeysFile, KeysFileError};
 pub use rate_limit::AuthRateLimiter;
 pub use server::{HttpLimits, ServerConfig};
 pub use tls::{ReloadingCertificate, TlsError, TlsFiles};
@@ -42,6 +44,8 @@ pub struct AppState {
     pub store: Store,
     pub auth_limiter: Arc<AuthRateLimiter>,
     pub hub: postern_sessions::Hub,
+    /// GitHub's secret-scanning keys, when the portal takes GitHub's leak reports.
+    pub github_keys: Option<Arc<GithubKeysFile>>,
 }
 
 impl AppState {
@@ -55,6 +59,7 @@ impl AppState {
             hub: postern_sessions::Hub::with_config(store.clone(), sessions),
             store,
             auth_limiter: Arc::new(AuthRateLimiter::default()),
+            github_keys: None,
         }
     }
 }
@@ -94,6 +99,7 @@ pub fn router(state: AppState) -> Router {
         .merge(account::routes())
         .merge(actors::routes())
         .merge(tokens::routes())
+        .merge(leaks::routes())
         .merge(groups::routes())
         .merge(sites::routes())
         .merge(resources::routes())

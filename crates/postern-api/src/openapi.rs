@@ -10,7 +10,7 @@ use utoipa::openapi::{RefOr, Required};
 use utoipa::{Modify, OpenApi};
 
 use crate::{
-    account, actors, audit, devices, groups, policies, resources, sites, tokens, AppState,
+    account, actors, audit, devices, groups, leaks, policies, resources, sites, tokens, AppState,
 };
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -67,6 +67,7 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     paths(
         actors::list_actors, actors::create_actor, actors::get_actor,
         actors::update_actor, actors::delete_actor,
+        tokens::list_account_tokens,
         tokens::list_actor_tokens, tokens::create_actor_token,
         tokens::revoke_all_actor_tokens, tokens::get_actor_token,
         tokens::update_actor_token, tokens::revoke_actor_token, tokens::list_gateway_tokens,
@@ -85,6 +86,7 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
         audit::list_audit_events,
         devices::list_clients, devices::list_gateways, devices::block_client, devices::unblock_client,
         devices::approve_client,
+        leaks::revoke_presented, leaks::github_secret_scanning,
     ),
 )]
 struct ApiDoc;

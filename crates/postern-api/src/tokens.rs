@@ -5,11 +5,14 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
+use chrono::{DateTime, Utc};
 use postern_domain::validate;
-use postern_domain::Token;
+use postern_domain::{HolderType, Token};
 use postern_policy::json::Whole;
-use postern_store::{NewTokenRequest, TokenHolder, TokenPatch};
+use postern_store::{NewTokenRequest, TokenFilter, TokenHolder, TokenPatch};
+use postern_token::TokenKind;
 use serde::Deserialize;
+use utoipa::IntoParams;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -21,6 +24,7 @@ use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
+        .route("/v1/tokens", get(list_account_tokens))
         .route(
             "/v1/actors/{id}/tokens",
             get(list_actor_tokens)
@@ -64,6 +68,129 @@ impl TokenStatus {
             })
             .collect()
     }
+}
+
+/// Which tokens `GET /v1/tokens` lists.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AccountTokensQuery {
+    /// Only tokens expiring before this instant (RFC 3339).
+    pub expires_before: Option<DateTime<Utc>>,
+    /// `true`: only tokens expiring within the account's warning period
+    /// (`settings.token_expiry_warning_days`, 30 days by default). Not with `expires_before`.
+    pub expiring: Option<bool>,
+    /// Only tokens of this kind.
+    pub kind: Option<KindParam>,
+    /// Also revoked tokens (left out by default).
+    pub include_revoked: Option<bool>,
+    /// Also tokens that have expired (left out by default).
+    pub include_expired: Option<bool>,
+    /// Items per page: 1 to 500, default 50.
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page (an id).
+    #[param(format = Uuid)]
+    pub cursor: Option<String>,
+}
+
+/// A token kind in a query.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KindParam {
+    Client,
+    Gateway,
+    Api,
+}
+
+impl From<KindParam> for TokenKind {
+    fn from(kind: KindParam) -> Self {
+        match kind {
+            KindParam::Client => TokenKind::Client,
+            KindParam::Gateway => TokenKind::Gateway,
+            KindParam::Api => TokenKind::Api,
+        }
+    }
+}
+
+/// A token of any holder in the account, with its holder and how soon it expires.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct AccountToken {
+    #[serde(flatten)]
+    pub token: TokenStatus,
+    pub holder_type: HolderType,
+    /// The service account's, API client's, person's or site's name.
+    pub holder_name: String,
+    /// Whole days until it expires (0 on its last day; negative once expired).
+    pub expires_in_days: i64,
+    /// It expires within the account's warning period and is neither expired nor revoked.
+    pub expiring_soon: bool,
+}
+
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", params(AccountTokensQuery),
+    responses((status = 200, body = List<AccountToken>), (status = 422, body = Problem)))]
+/// Every token of the account, whoever holds it: by default the live ones (neither revoked nor
+/// expired), in creation order. `?expiring=true` lists those within the account's warning
+/// period; `?expires_before=` any other horizon.
+pub(crate) async fn list_account_tokens(
+    State(state): State<AppState>,
+    auth: Authed,
+    ApiQuery(query): ApiQuery<AccountTokensQuery>,
+) -> Result<Json<List<AccountToken>>, ApiError> {
+    let page = PageQuery {
+        limit: query.limit,
+        cursor: query.cursor,
+    }
+    .page()?;
+    let now = Utc::now();
+    let settings = state.store.get_account(auth.account_id()).await?.settings;
+    let warning = chrono::Duration::days(i64::from(settings.token_expiry_warning_days));
+    let expires_before = match (query.expires_before, query.expiring) {
+        (Some(_), Some(true)) => {
+            return Err(ApiError::validation(
+                "expiring",
+                "give expiring=true or expires_before, not both",
+            ))
+        }
+        (_, Some(true)) => Some(now + warning),
+        (before, _) => before,
+    };
+    let filter = TokenFilter {
+        now,
+        expires_before,
+        kind: query.kind.map(TokenKind::from),
+        include_revoked: query.include_revoked.unwrap_or(false),
+        include_expired: query.include_expired.unwrap_or(false),
+    };
+    let held = state
+        .store
+        .list_account_tokens(auth.account_id(), &filter, page)
+        .await?;
+    let (tokens, holders): (Vec<Token>, Vec<(HolderType, String)>) = held
+        .items
+        .into_iter()
+        .map(|held| (held.token, (held.holder_type, held.holder_name)))
+        .unzip();
+    let items = TokenStatus::of_all(tokens, auth.account_id(), &state)
+        .await
+        .into_iter()
+        .zip(holders)
+        .map(|(status, (holder_type, holder_name))| {
+            let expires_in_days = (status.token.expires_at - now).num_days();
+            let live = status.token.revoked_at.is_none() && status.token.expires_at > now;
+            AccountToken {
+                expiring_soon: live && status.token.expires_at <= now + warning,
+                expires_in_days,
+                holder_type,
+                holder_name,
+                token: status,
+            }
+        })
+        .collect();
+    let page_of = postern_store::Paged {
+        next_cursor: held.next_cursor,
+        items,
+    };
+    Ok(List::from_page(page_of, page.limit))
 }
 
 fn actor(id: &str) -> Result<TokenHolder, ApiError> {

@@ -43,6 +43,18 @@ pub struct AccountSettings {
         deserialize_with = "postern_policy::json::whole_number"
     )]
     pub stale_device_days: u32,
+    /// Tokens expiring within this many days are shown as expiring soon (badges, the list of
+    /// expiring tokens, `GET /v1/tokens?expiring=true`).
+    #[schema(minimum = 1, maximum = 365)]
+    #[serde(
+        default = "default_token_expiry_warning_days",
+        deserialize_with = "postern_policy::json::whole_number"
+    )]
+    pub token_expiry_warning_days: u32,
+}
+
+fn default_token_expiry_warning_days() -> u32 {
+    crate::rules::DEFAULT_TOKEN_EXPIRY_WARNING_DAYS
 }
 
 fn default_ephemeral_timeout() -> u32 {
@@ -59,6 +71,7 @@ impl Default for AccountSettings {
             max_token_lifetime_days: crate::rules::DEFAULT_MAX_TOKEN_LIFETIME_DAYS,
             ephemeral_device_timeout_seconds: default_ephemeral_timeout(),
             stale_device_days: default_stale_device_days(),
+            token_expiry_warning_days: default_token_expiry_warning_days(),
         }
     }
 }
@@ -293,6 +306,17 @@ pub struct Policy {
     pub disabled_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// Who holds a token: a kind of actor, or a site (gateway tokens).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HolderType {
+    User,
+    Admin,
+    ServiceAccount,
+    ApiClient,
+    Site,
 }
 
 /// A token's record. The secret is never part of it: only its keyed hash is stored, and the

@@ -18,6 +18,9 @@ pub const EPHEMERAL_DEVICE_TIMEOUT_RANGE: (u32, u32) = (1, 30 * 86_400);
 /// Devices unseen for this many days are removed.
 pub const DEFAULT_STALE_DEVICE_DAYS: u32 = 90;
 pub const STALE_DEVICE_DAYS_RANGE: (u32, u32) = (1, 3650);
+/// Tokens expiring within this many days are shown and listed as expiring soon.
+pub const DEFAULT_TOKEN_EXPIRY_WARNING_DAYS: u32 = 30;
+pub const TOKEN_EXPIRY_WARNING_DAYS_RANGE: (u32, u32) = (1, 365);
 
 /// When a new token expires: the requested instant, or `now` + 365 days (capped by the account's
 /// longest lifetime). A requested expiry must lie in the future and within the cap.
@@ -68,6 +71,11 @@ pub fn validate_settings(settings: &AccountSettings) -> Result<(), ValidationErr
             "settings.stale_device_days",
             settings.stale_device_days,
             STALE_DEVICE_DAYS_RANGE,
+        ),
+        (
+            "settings.token_expiry_warning_days",
+            settings.token_expiry_warning_days,
+            TOKEN_EXPIRY_WARNING_DAYS_RANGE,
         ),
     ];
     for (field, value, (low, high)) in checks {

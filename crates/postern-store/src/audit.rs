@@ -7,7 +7,7 @@ use sqlx::any::AnyRow;
 use sqlx::AnyConnection;
 use uuid::Uuid;
 
-use crate::db::{self, opt_text, opt_uuid, text, time, ts};
+use crate::db::{self, opt_text, opt_uuid, text, time, ts, BindValue};
 use crate::{Page, Paged, Result, Store};
 
 /// What to list: every field narrows the result.
@@ -88,14 +88,9 @@ impl Store {
             push("occurred_at <", BindValue::Int(ts(until)));
         }
         sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", page.limit + 1));
-        let mut query = sqlx::query(&sql);
-        for value in binds {
-            query = match value {
-                BindValue::Text(text) => query.bind(text),
-                BindValue::Int(int) => query.bind(int),
-            };
-        }
-        let rows = query.fetch_all(self.pool()).await?;
+        let rows = db::bind_all(sqlx::query(&sql), binds)
+            .fetch_all(self.pool())
+            .await?;
         let items = rows
             .iter()
             .map(event_from_row)
@@ -249,11 +244,6 @@ impl UnattributedFailures {
             self.add(key, bucket);
         }
     }
-}
-
-enum BindValue {
-    Text(String),
-    Int(i64),
 }
 
 fn event_from_row(row: &AnyRow) -> Result<AuditEvent> {

@@ -177,7 +177,10 @@ impl Store {
         Ok((Some(record), generation))
     }
 
-    async fn load_token_record(&self, token_id: Uuid) -> Result<Option<CachedToken>, StoreError> {
+    pub(crate) async fn load_token_record(
+        &self,
+        token_id: Uuid,
+    ) -> Result<Option<CachedToken>, StoreError> {
         let row = sqlx::query(
             "SELECT t.kind, t.account_id, t.actor_id, t.site_id, t.secret_hash, t.expires_at, \
              t.revoked_at, t.max_clients, t.allowed_source_cidrs, t.require_approval, t.ephemeral, a.disabled_at AS actor_disabled_at, a.name AS actor_name, \

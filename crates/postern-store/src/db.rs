@@ -32,6 +32,26 @@ impl Store {
     }
 }
 
+/// A value bound to a query built at run time (filters that are there or not).
+pub(crate) enum BindValue {
+    Text(String),
+    Int(i64),
+}
+
+/// Binds `values` in order.
+pub(crate) fn bind_all<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    values: Vec<BindValue>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    for value in values {
+        query = match value {
+            BindValue::Text(text) => query.bind(text),
+            BindValue::Int(int) => query.bind(int),
+        };
+    }
+    query
+}
+
 /// `$first, $first+1, …` for `count` bind parameters (an `IN (…)` list).
 pub(crate) fn placeholders(first: usize, count: usize) -> String {
     (first..first + count)

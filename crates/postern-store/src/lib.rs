@@ -16,6 +16,7 @@ mod devices;
 mod feed;
 mod groups;
 mod policies;
+mod presented;
 mod resources;
 mod sealed;
 mod sites;
@@ -42,8 +43,9 @@ pub use cluster::{PresenceCount, RemoteGateway, NODE_TIMEOUT};
 pub use devices::{AccessData, BlockedDevice, DeviceClaim, DeviceFilter};
 pub use groups::MembershipChange;
 pub use policies::{NewPolicy, PolicyPatch};
+pub use presented::{PresentedToken, RevocationCause};
 pub use resources::{NewResource, ResourcePatch};
-pub use tokens::{CreatedToken, NewTokenRequest, TokenHolder, TokenPatch};
+pub use tokens::{CreatedToken, HeldToken, NewTokenRequest, TokenFilter, TokenHolder, TokenPatch};
 pub use web_sessions::WebSession;
 
 #[derive(Debug, thiserror::Error)]

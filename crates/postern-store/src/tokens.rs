@@ -1,14 +1,16 @@
 //! Tokens of service accounts, API clients and sites (gateway tokens).
 
 use chrono::{DateTime, Utc};
-use postern_domain::{new_id, rules, validate, Acting, ChangeEvent, Token, TokenGuardrails};
+use postern_domain::{
+    new_id, rules, validate, Acting, ChangeEvent, HolderType, Token, TokenGuardrails,
+};
 use postern_token::{SecretString, TokenKind};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
 use crate::audit::{self, snapshot, Entry};
-use crate::db::{self, opt_text, opt_time, opt_uuid, text, time, ts};
+use crate::db::{self, opt_text, opt_time, opt_uuid, text, time, ts, BindValue};
 use crate::{Page, Paged, Result, Store, StoreError};
 
 /// Whose tokens: a service account's or API client's, or a site's gateway tokens.
@@ -24,6 +26,26 @@ pub struct NewTokenRequest {
     pub expires_at: Option<DateTime<Utc>>,
     /// Service-account tokens only.
     pub guardrails: TokenGuardrails,
+}
+
+/// Which tokens [`Store::list_account_tokens`] lists: every field narrows the result.
+#[derive(Debug, Clone)]
+pub struct TokenFilter {
+    /// The instant "expired" and "revoked" are judged at.
+    pub now: DateTime<Utc>,
+    /// Only tokens expiring before this instant.
+    pub expires_before: Option<DateTime<Utc>>,
+    pub kind: Option<TokenKind>,
+    pub include_revoked: bool,
+    pub include_expired: bool,
+}
+
+/// A token with its holder.
+#[derive(Debug, Clone)]
+pub struct HeldToken {
+    pub token: Token,
+    pub holder_type: HolderType,
+    pub holder_name: String,
 }
 
 /// What [`Store::update_token`] changes; `None` keeps a field as it is.
@@ -105,6 +127,69 @@ impl Store {
             .map(|row| self.token_from_row(row))
             .collect::<Result<Vec<_>>>()?;
         Ok(db::paginate(items, page.limit, |t| t.id))
+    }
+
+    /// Tokens of every holder in the account that match `filter`, in creation order, each with
+    /// its holder's kind and name.
+    pub async fn list_account_tokens(
+        &self,
+        account_id: Uuid,
+        filter: &TokenFilter,
+        page: Page,
+    ) -> Result<Paged<HeldToken>> {
+        let mut sql = String::from(
+            "SELECT t.*, a.name AS actor_name, a.type AS actor_type, s.name AS site_name \
+             FROM tokens t LEFT JOIN actors a ON a.id = t.actor_id \
+             LEFT JOIN sites s ON s.id = t.site_id WHERE t.account_id = $1 AND t.id > $2",
+        );
+        let mut binds = vec![
+            BindValue::Text(account_id.to_string()),
+            BindValue::Text(page.cursor.map(|c| c.to_string()).unwrap_or_default()),
+        ];
+        let mut push = |clause: &str, value: BindValue| {
+            binds.push(value);
+            sql.push_str(&format!(" AND {clause} ${}", binds.len()));
+        };
+        if let Some(before) = filter.expires_before {
+            push("t.expires_at <", BindValue::Int(ts(before)));
+        }
+        if let Some(kind) = filter.kind {
+            push("t.kind =", BindValue::Text(kind.as_str().to_string()));
+        }
+        if !filter.include_expired {
+            push("t.expires_at >", BindValue::Int(ts(filter.now)));
+        }
+        if !filter.include_revoked {
+            sql.push_str(" AND t.revoked_at IS NULL");
+        }
+        sql.push_str(&format!(" ORDER BY t.id LIMIT {}", page.limit + 1));
+        let rows = db::bind_all(sqlx::query(&sql), binds)
+            .fetch_all(self.pool())
+            .await?;
+        let items = rows
+            .iter()
+            .map(|row| {
+                let token = self.token_from_row(row)?;
+                let holder_type = match opt_text(row, "actor_type")? {
+                    Some(actor_type) => {
+                        serde_json::from_value(serde_json::Value::String(actor_type.clone()))
+                            .map_err(|_| {
+                                StoreError::Corrupt(format!("unknown actor type '{actor_type}'"))
+                            })?
+                    }
+                    None => HolderType::Site,
+                };
+                let holder_name = opt_text(row, "actor_name")?
+                    .or(opt_text(row, "site_name")?)
+                    .unwrap_or_default();
+                Ok(HeldToken {
+                    token,
+                    holder_type,
+                    holder_name,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(db::paginate(items, page.limit, |held| held.token.id))
     }
 
     pub async fn get_token(

@@ -525,6 +525,12 @@ async fn detail(
         _ => None,
     };
     let now = chrono::Utc::now();
+    let warning_days = state
+        .store()
+        .get_account(account_id)
+        .await?
+        .settings
+        .token_expiry_warning_days;
     let disabled = actor.is_disabled();
     let base = format!("/actors/{}", actor.id);
     let menu = html! {
@@ -603,9 +609,7 @@ async fn detail(
                                         }
                                         td data-label="Guardrails" data-testid="token-guardrails" { (tokens::guardrails_summary(&token.guardrails)) }
                                         td data-label="Status" data-testid="token-status" {
-                                            @if revoked { (ui::badge("danger", "Revoked")) }
-                                            @else if expired { (ui::badge("muted", "Expired")) }
-                                            @else { (ui::badge("ok", "Active")) }
+                                            (tokens::status_badge(token, now, warning_days))
                                         }
                                         td.actions {
                                             @if !revoked && actor.actor_type == ActorType::ServiceAccount {

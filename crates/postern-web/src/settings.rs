@@ -1,4 +1,5 @@
-//! The account's settings: its name, the longest token lifetime, and how long vanished
+//! The account's settings: its name, the longest token lifetime, how early expiring tokens
+//! are flagged, and how long vanished
 //! ephemeral devices and long-unseen devices are kept.
 
 use axum::extract::State;
@@ -23,6 +24,7 @@ struct SettingsForm {
     max_token_lifetime_days: String,
     ephemeral_device_timeout_seconds: String,
     stale_device_days: String,
+    token_expiry_warning_days: String,
     errors: FieldErrors,
 }
 
@@ -34,6 +36,7 @@ impl SettingsForm {
             max_token_lifetime_days: settings.max_token_lifetime_days.to_string(),
             ephemeral_device_timeout_seconds: settings.ephemeral_device_timeout_seconds.to_string(),
             stale_device_days: settings.stale_device_days.to_string(),
+            token_expiry_warning_days: settings.token_expiry_warning_days.to_string(),
             errors: FieldErrors::default(),
         }
     }
@@ -47,6 +50,7 @@ impl SettingsForm {
                 .trim()
                 .to_string(),
             stale_device_days: fields.get("stale_device_days").trim().to_string(),
+            token_expiry_warning_days: fields.get("token_expiry_warning_days").trim().to_string(),
             errors: FieldErrors::default(),
         }
     }
@@ -60,6 +64,7 @@ impl SettingsForm {
                 &self.ephemeral_device_timeout_seconds,
             ),
             ("stale_device_days", &self.stale_device_days),
+            ("token_expiry_warning_days", &self.token_expiry_warning_days),
         ];
         let numbers = fields.map(|(field, text)| (field, text.parse::<u32>().ok()));
         for (field, number) in numbers {
@@ -67,7 +72,7 @@ impl SettingsForm {
                 self.errors.add(field, "Enter a whole number");
             }
         }
-        let [(_, Some(max_token_lifetime_days)), (_, Some(ephemeral_device_timeout_seconds)), (_, Some(stale_device_days))] =
+        let [(_, Some(max_token_lifetime_days)), (_, Some(ephemeral_device_timeout_seconds)), (_, Some(stale_device_days)), (_, Some(token_expiry_warning_days))] =
             numbers
         else {
             return None;
@@ -76,14 +81,16 @@ impl SettingsForm {
             max_token_lifetime_days,
             ephemeral_device_timeout_seconds,
             stale_device_days,
+            token_expiry_warning_days,
         })
     }
 }
 
 fn page(admin: &Admin, form: &SettingsForm, saved: bool) -> Response {
-    const FIELDS: [&str; 4] = [
+    const FIELDS: [&str; 5] = [
         "name",
         "max_token_lifetime_days",
+        "token_expiry_warning_days",
         "ephemeral_device_timeout_seconds",
         "stale_device_days",
     ];
@@ -96,6 +103,8 @@ fn page(admin: &Admin, form: &SettingsForm, saved: bool) -> Response {
             h2.section-title { "Tokens" }
             (ui::input_field("max_token_lifetime_days", "Longest token lifetime (days)", &form.max_token_lifetime_days, &form.errors, "number", true, None,
                 Some("New tokens may live at most this long (1 to 36500).")))
+            (ui::input_field("token_expiry_warning_days", "Warn of expiring tokens (days before)", &form.token_expiry_warning_days, &form.errors, "number", true, None,
+                Some("Tokens expiring within this many days are marked and listed on the Tokens page (1 to 365; default 30).")))
             h2.section-title { "Devices" }
             (ui::input_field("ephemeral_device_timeout_seconds", "Remove vanished ephemeral devices after (seconds)", &form.ephemeral_device_timeout_seconds, &form.errors, "number", true, None,
                 Some("An ephemeral device that stopped without saying goodbye (it crashed, or lost its network) is removed this long after its last session ended (1 to 2592000; default 600).")))

@@ -161,6 +161,12 @@ async fn detail_page(
     let token_ids: Vec<Uuid> = tokens.iter().map(|t| t.id).collect();
     let token_sessions = state.app.hub.token_sessions(account_id, &token_ids).await;
     let now = chrono::Utc::now();
+    let warning_days = state
+        .store()
+        .get_account(account_id)
+        .await?
+        .settings
+        .token_expiry_warning_days;
     let base = format!("/sites/{}", site.id);
     let actions = html! {
         button.btn.btn-danger-outline type="button" data-open="confirm-delete-site" data-testid="delete-site" { (ui::icon_trash()) "Delete site" }
@@ -195,9 +201,7 @@ async fn detail_page(
                                     }
                                     td data-label="Online" { (token_sessions.get(&token.id).copied().unwrap_or(0)) }
                                     td data-label="Status" data-testid="token-status" {
-                                        @if revoked { (ui::badge("danger", "Revoked")) }
-                                        @else if token.expires_at <= now { (ui::badge("muted", "Expired")) }
-                                        @else { (ui::badge("ok", "Active")) }
+                                        (crate::tokens::status_badge(token, now, warning_days))
                                     }
                                     td.actions {
                                         @if !revoked {

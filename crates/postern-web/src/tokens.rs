@@ -1,12 +1,14 @@
 //! A service account's token: its name and guardrails, changed on their own page.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
+use chrono::{DateTime, Utc};
 use maud::{html, Markup};
-use postern_domain::{Actor, ActorType, Token, TokenGuardrails};
-use postern_store::{TokenHolder, TokenPatch};
+use postern_domain::{Actor, ActorType, HolderType, Token, TokenGuardrails};
+use postern_store::{Page, TokenFilter, TokenHolder, TokenPatch};
+use uuid::Uuid;
 
 use crate::actors::load_actor;
 use crate::auth::Admin;
@@ -16,10 +18,142 @@ use crate::ui::{self, Nav};
 use crate::WebState;
 
 pub fn routes() -> Router<WebState> {
-    Router::new().route(
-        "/actors/{id}/tokens/{token_id}/edit",
-        get(edit_page).post(update),
-    )
+    Router::new()
+        .route(
+            "/actors/{id}/tokens/{token_id}/edit",
+            get(edit_page).post(update),
+        )
+        .route("/tokens", get(expiring_page))
+}
+
+/// A token's state for its row: Revoked, Expired, "Expires in N days" within the account's
+/// warning period, or Active.
+pub fn status_badge(token: &Token, now: DateTime<Utc>, warning_days: u32) -> Markup {
+    if token.revoked_at.is_some() {
+        return ui::badge("danger", "Revoked");
+    }
+    if token.expires_at <= now {
+        return ui::badge("muted", "Expired");
+    }
+    if token.expires_at <= now + chrono::Duration::days(i64::from(warning_days)) {
+        return ui::badge("warn", &expires_in(token.expires_at, now));
+    }
+    ui::badge("ok", "Active")
+}
+
+/// "Expires today", "Expires in 1 day", "Expires in 12 days".
+fn expires_in(expires_at: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    match (expires_at - now).num_days() {
+        0 => "Expires today".to_string(),
+        1 => "Expires in 1 day".to_string(),
+        days => format!("Expires in {days} days"),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ExpiringQuery {
+    within: Option<String>,
+}
+
+/// The account's live tokens, of every holder, that expire within the warning period (or
+/// `?within=DAYS`), the soonest first.
+async fn expiring_page(
+    State(state): State<WebState>,
+    admin: Admin,
+    Query(query): Query<ExpiringQuery>,
+) -> WebResult<Markup> {
+    let account_id = admin.account_id();
+    let settings = state.store().get_account(account_id).await?.settings;
+    let within = query
+        .within
+        .as_deref()
+        .and_then(|days| days.trim().parse::<u32>().ok())
+        .filter(|days| (1..=3650).contains(days))
+        .unwrap_or(settings.token_expiry_warning_days);
+    let now = Utc::now();
+    let filter = TokenFilter {
+        now,
+        expires_before: Some(now + chrono::Duration::days(i64::from(within))),
+        kind: None,
+        include_revoked: false,
+        include_expired: false,
+    };
+    let mut held = state
+        .store()
+        .list_account_tokens(
+            account_id,
+            &filter,
+            Page {
+                limit: 500,
+                cursor: None,
+            },
+        )
+        .await?;
+    held.items.sort_by_key(|held| held.token.expires_at);
+    let token_ids: Vec<Uuid> = held.items.iter().map(|held| held.token.id).collect();
+    let sessions = state.app.hub.token_sessions(account_id, &token_ids).await;
+    let content = html! {
+        form.card.form.inline-form method="get" action="/tokens" data-testid="expiring-filter" {
+            (ui::input_field("within", "Expiring within (days)", &within.to_string(), &FieldErrors::default(), "number", false, None,
+                Some(&format!("The account warns {} days ahead (Settings).", settings.token_expiry_warning_days))))
+            button.btn type="submit" { "Show" }
+        }
+        @if held.items.is_empty() {
+            (ui::empty_state(&format!("No token expires in the next {within} days"), "Tokens expiring within the warning period appear here, whoever holds them.", html! {}))
+        } @else {
+            @if held.next_cursor.is_some() {
+                p.notice role="status" { "Showing the first 500 tokens; narrow the period to see the soonest." }
+            }
+            div.table-wrap {
+                table data-testid="expiring-tokens-table" {
+                    thead { tr {
+                        th { "Expires" } th { "Token" } th { "Holder" } th { "Kind" } th { "Clients online" } th { "Last used" }
+                    } }
+                    tbody {
+                        @for held in &held.items {
+                            @let token = &held.token;
+                            tr data-testid="expiring-token-row" data-name=(token.name) {
+                                td data-label="Expires" {
+                                    (ui::badge("warn", &expires_in(token.expires_at, now)))
+                                    div.muted.small { (ui::time(token.expires_at)) }
+                                }
+                                td data-label="Token" { span.strong { (token.name) } }
+                                td data-label="Holder" {
+                                    @match (token.actor_id, token.site_id) {
+                                        (Some(actor_id), _) => a href={ "/actors/" (actor_id) } { (held.holder_name) },
+                                        (_, Some(site_id)) => a href={ "/sites/" (site_id) } { (held.holder_name) },
+                                        _ => (held.holder_name),
+                                    }
+                                    div.muted.small { (holder_label(held.holder_type)) }
+                                }
+                                td data-label="Kind" { (token.kind.as_str()) }
+                                td data-label="Clients online" { (sessions.get(&token.id).copied().unwrap_or(0)) }
+                                td data-label="Last used" { (ui::opt_time(token.last_used_at, "Never")) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Ok(ui::page(
+        &admin,
+        Nav::Tokens,
+        "Expiring tokens",
+        None,
+        html! {},
+        content,
+    ))
+}
+
+fn holder_label(holder: HolderType) -> &'static str {
+    match holder {
+        HolderType::User => "User",
+        HolderType::Admin => "Admin",
+        HolderType::ServiceAccount => "Service account",
+        HolderType::ApiClient => "API client",
+        HolderType::Site => "Site (gateway token)",
+    }
 }
 
 /// The guardrails in a table cell: "≤ 5 devices · 10.0.0.0/8 · approval", or "None".

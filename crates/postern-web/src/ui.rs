@@ -14,16 +14,18 @@ pub enum Nav {
     Resources,
     Sites,
     Policies,
+    Tokens,
     Audit,
     Settings,
 }
 
-const NAV: [(Nav, &str, &str); 7] = [
+const NAV: [(Nav, &str, &str); 8] = [
     (Nav::Actors, "/actors", "Actors"),
     (Nav::Groups, "/groups", "Groups"),
     (Nav::Resources, "/resources", "Resources"),
     (Nav::Sites, "/sites", "Sites"),
     (Nav::Policies, "/policies", "Policies"),
+    (Nav::Tokens, "/tokens", "Tokens"),
     (Nav::Audit, "/audit", "Audit log"),
     (Nav::Settings, "/settings", "Settings"),
 ];
@@ -409,6 +411,7 @@ fn nav_icon(nav: Nav) -> Markup {
         Nav::Policies => {
             r#"<path d="M12 3l8 3v6c0 4.5-3.4 8.3-8 9-4.6-.7-8-4.5-8-9V6z"/><path d="M9 12l2 2 4-4"/>"#
         }
+        Nav::Tokens => r#"<circle cx="8" cy="15" r="4"/><path d="M11 12l9-9M16 7l3 3M14 9l2 2"/>"#,
         Nav::Audit => {
             r#"<path d="M6 3h9l4 4v14H6z"/><path d="M14 3v5h5"/><path d="M9 13h7M9 17h7"/>"#
         }

@@ -151,6 +151,43 @@ pub fn print_tokens(tokens: &[Value]) -> anyhow::Result<()> {
     table.print()
 }
 
+/// Prints a table of the account's tokens with their holders, for `tokens expiring`.
+pub fn print_expiring_tokens(tokens: &[Value]) -> anyhow::Result<()> {
+    let mut table = Table::new(&[
+        "EXPIRES IN",
+        "EXPIRES",
+        "ID",
+        "NAME",
+        "KIND",
+        "HOLDER",
+        "ONLINE",
+        "LAST USED",
+    ]);
+    for token in tokens {
+        let days = token["expires_in_days"].as_i64().unwrap_or(0);
+        let expires_in = match days {
+            0 => "today".to_string(),
+            1 => "1 day".to_string(),
+            n => format!("{n} days"),
+        };
+        table.row(vec![
+            expires_in,
+            date(token, "expires_at", "-"),
+            text(token, "id"),
+            text(token, "name"),
+            text(token, "kind"),
+            format!(
+                "{} ({})",
+                text(token, "holder_name"),
+                text(token, "holder_type").replace('_', " ")
+            ),
+            token["online_sessions"].as_u64().unwrap_or(0).to_string(),
+            date(token, "last_used_at", "never"),
+        ]);
+    }
+    table.print()
+}
+
 /// A token's guardrails in a few words: `max 20, from 10.0.0.0/8, approval`, or `-`.
 pub fn guardrails(token: &Value) -> String {
     let mut parts = Vec::new();

@@ -92,6 +92,12 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     failed_auth_limit: u32,
+    /// Take GitHub's secret-scanning reports at POST /v1/secret-scanning/github: a token of this
+    /// portal that GitHub finds in public is revoked at once. FILE is GitHub's signing keys in
+    /// the JSON of https://api.github.com/meta/public_keys/secret_scanning (saved by the
+    /// operator: the portal makes no outbound call); read again when it changes
+    #[arg(long, env = "POSTERN_GITHUB_SECRET_SCANNING_KEYS", value_name = "FILE")]
+    github_secret_scanning_keys: Option<PathBuf>,
     /// How often the portal removes vanished ephemeral devices and devices unseen for long
     /// (the timeouts are account settings; every node may sweep, each device goes once)
     #[arg(
@@ -218,6 +224,11 @@ async fn serve(
         args.failed_auth_limit,
         Duration::from_secs(60),
     ));
+    if let Some(path) = &args.github_secret_scanning_keys {
+        let keys = postern_api::GithubKeysFile::load(path.clone())?;
+        tracing::info!(path = %path.display(), "taking GitHub secret-scanning reports at /v1/secret-scanning/github");
+        state.github_keys = Some(Arc::new(keys));
+    }
     let hub = state.hub.clone();
     let sweep_interval = postern_domain::rules::parse_duration(&args.device_sweep_interval)
         .map_err(|err| anyhow!("--device-sweep-interval: {}", err.message))?

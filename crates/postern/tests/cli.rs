@@ -157,6 +157,47 @@ fn serve_reports_a_port_in_use() {
 }
 
 #[test]
+fn serve_refuses_a_github_keys_file_that_is_not_githubs() {
+    let (dir, path) = data_dir();
+    let keys = dir.path().join("github-keys.json");
+    std::fs::write(
+        &keys,
+        r#"{"public_keys": [{"key_identifier": "k1", "key": "not a key"}]}"#,
+    )
+    .expect("write");
+    let keys = keys.to_str().expect("utf-8");
+    postern(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &path,
+            "--github-secret-scanning-keys",
+            keys,
+        ],
+        &[],
+    )
+    .fails_with(&[
+        "github-keys.json",
+        "key 'k1' is not a PEM-encoded P-256 public key",
+    ]);
+    postern(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &path,
+            "--github-secret-scanning-keys",
+            "/nonexistent/keys.json",
+        ],
+        &[],
+    )
+    .fails_with(&["cannot read the GitHub secret-scanning keys file /nonexistent/keys.json"]);
+}
+
+#[test]
 fn service_account_round_trip() {
     let (_dir, path) = data_dir();
     let token = api_token(std::path::Path::new(&path));
@@ -690,6 +731,48 @@ fn account_commands_local_and_remote() {
     portal
         .cli(&token, &["sa", "create", "too-long", "--expires-in", "30d"])
         .fails_with(&["error: ", "20 days"]);
+
+    // Tokens expiring within the account's warning period, across holders.
+    portal
+        .cli(&token, &["sa", "create", "soon", "--expires-in", "5d"])
+        .ok();
+    let expiring = portal.cli(&token, &["tokens", "expiring"]).ok().stdout;
+    assert!(
+        expiring.contains("soon (service account)") && expiring.contains("4 days"),
+        "{expiring}"
+    );
+    let listed = portal
+        .cli(&token, &["tokens", "expiring", "--within", "10d", "--json"])
+        .ok()
+        .json();
+    let holders: Vec<&str> = listed
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|t| t["holder_name"].as_str())
+        .collect();
+    assert_eq!(holders, ["soon"], "{listed:#}");
+    portal
+        .cli(
+            &token,
+            &["account", "update", "--token-expiry-warning-days", "3"],
+        )
+        .ok();
+    let shown = portal.cli(&token, &["account", "show"]).ok().stdout;
+    assert!(shown.contains("token expiry warning (days)"), "{shown}");
+    let run = portal.cli(&token, &["tokens", "expiring"]).ok();
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+    assert!(
+        run.stderr.contains("no live token expires"),
+        "{}",
+        run.stderr
+    );
+    portal
+        .cli(
+            &token,
+            &["account", "update", "--token-expiry-warning-days", "0"],
+        )
+        .fails_with(&["token_expiry_warning_days", "between 1 and 365"]);
 }
 
 #[test]
@@ -740,6 +823,8 @@ fn every_command_has_help_with_an_example() {
         &["sa", "delete"],
         &["tokens", "create"],
         &["tokens", "revoke-all"],
+        &["tokens", "expiring"],
+        &["tokens", "revoke-presented"],
         &["groups", "add-member"],
         &["sites", "gateway-tokens", "create"],
         &["resources", "create"],

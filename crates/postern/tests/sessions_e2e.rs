@@ -40,6 +40,7 @@ on_both_backends!(
     blocking_a_device_ends_it_with_code_4_and_refuses_its_id_and_key_until_unblocked,
     a_tokens_guardrails_refuse_the_extra_device_and_the_outsider_and_hold_a_new_one_until_approved,
     ephemeral_clients_go_when_they_stop_and_after_the_timeout_when_killed,
+    a_token_revoked_by_whoever_presents_it_ends_its_client_with_code_3,
 );
 
 struct Token {
@@ -383,6 +384,63 @@ fn an_expired_or_revoked_token_is_refused_with_code_3(backend: Backend) {
             "a token was logged:\n{log}"
         );
     }
+}
+
+/// `postern tokens revoke-presented`, with no API token, given a leaked client token on its
+/// standard input: the token is revoked and its running client exits 3; a second time it says
+/// so; a text that is no token of this portal is refused with the reason.
+fn a_token_revoked_by_whoever_presents_it_ends_its_client_with_code_3(backend: Backend) {
+    let Some(w) = World::new(backend) else { return };
+    let mut client = [w.client("leaky", &w.token_b, &[])];
+    let first = w.resource_id.as_str();
+    wait_for_all(&mut client, START, "connected", |s| {
+        shows_exactly(s, &[first])
+    });
+    let [mut client] = client;
+    let url = w.url();
+    let present = |text: &str| {
+        common::postern_with_input(
+            &["tokens", "revoke-presented"],
+            &[("POSTERN_API_URL", &url)],
+            Some(text),
+        )
+    };
+
+    let run = present(&format!("{}\n", w.token_b.secret)).ok();
+    assert!(
+        run.stderr
+            .contains(&format!("client token {} revoked", w.token_b.id)),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !(run.stdout.contains(&w.token_b.secret) || run.stderr.contains(&w.token_b.secret)),
+        "the secret is echoed"
+    );
+    let status = client.wait_exit(Duration::from_secs(20));
+    assert_eq!(
+        status.and_then(|status| status.code()),
+        Some(TOKEN_REJECTED),
+        "the client of the presented token must exit 3:\n{}",
+        client.describe()
+    );
+    let recorded = client.status_file().expect("a status file");
+    assert_eq!(
+        recorded["last_error"], "the portal ended the session: the token was revoked",
+        "{recorded:#}"
+    );
+
+    let run = present(&w.token_b.secret).ok();
+    assert!(run.stderr.contains("was already revoked"), "{}", run.stderr);
+    present("postern_client_not-a-token").fails_with(&["no token of this portal matches"]);
+    let events = w.api.get("/v1/audit-events?action=token.revoke");
+    let presented = events["data"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|event| event["after"]["revoked_because"] == "presented")
+        .count();
+    assert_eq!(presented, 1, "{events:#}");
 }
 
 /// The device exits 3 because the portal refused its token when connecting.

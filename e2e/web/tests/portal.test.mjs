@@ -217,7 +217,7 @@ test("a second token is added from the ⋮ menu", async () => {
   await page.click("[data-testid=actor-menu-button]");
   await page.click("[data-testid=menu-add-token]");
   await page.fill("#name", "rotation-2");
-  await page.fill("#expires_at", dateInDays(30));
+  await page.fill("#expires_at", dateInDays(60));
   await page.click("[data-testid=create-token]");
   await page.waitForSelector("[data-testid=token-once]");
   const second = await page.inputValue("[data-testid=token-secret]");
@@ -424,6 +424,49 @@ test("Settings keeps the token lifetime and the device timeouts, refusing values
   assert.equal(account.data.settings.stale_device_days, 30);
   assert.equal(account.data.settings.ephemeral_device_timeout_seconds, 120);
   assert.equal(await page.inputValue("#ephemeral_device_timeout_seconds"), "120");
+  assert.equal(await page.inputValue("#token_expiry_warning_days"), "30");
+  await page.fill("#token_expiry_warning_days", "366");
+  await page.click("[data-testid=save-settings]");
+  await page.waitForSelector("#token_expiry_warning_days[aria-invalid=true]");
+  assert.match(await page.textContent("[data-testid=settings-form]"), /between 1 and 365/);
+});
+
+test("a token expiring within the warning period is badged and listed on the Tokens page", async () => {
+  await page.goto(state.actorUrl);
+  await page.click("[data-testid=actor-menu-button]");
+  await page.click("[data-testid=menu-add-token]");
+  await page.fill("#name", "short-lived");
+  await page.fill("#expires_at", dateInDays(5));
+  await page.click("[data-testid=create-token]");
+  await page.waitForSelector("[data-testid=token-once]");
+  await page.click("[data-testid=token-done]");
+  const short = page.locator("[data-testid=token-row][data-name=short-lived]");
+  await short.waitFor();
+  assert.match(await short.locator("[data-testid=token-status]").textContent(), /Expires in [45] days/);
+  const later = page.locator("[data-testid=token-row][data-name=rotation-2]");
+  assert.match(await later.locator("[data-testid=token-status]").textContent(), /Active/);
+
+  await page.click("[data-testid=nav-tokens]");
+  await page.waitForSelector("[data-testid=expiring-tokens-table]");
+  const rows = page.locator("[data-testid=expiring-token-row]");
+  assert.equal(await rows.count(), 1);
+  const row = page.locator("[data-testid=expiring-token-row][data-name=short-lived]");
+  assert.match(await row.textContent(), /ci-runner/);
+  assert.match(await row.textContent(), /Service account/);
+  await shot("expiring-tokens");
+  // A longer horizon shows the 60-day token too; the account setting sets the default.
+  await page.fill("#within", "90");
+  await page.click("[data-testid=expiring-filter] button[type=submit]");
+  await page.waitForSelector("[data-testid=expiring-token-row][data-name=rotation-2]");
+  await page.goto(`${base}/settings`);
+  await page.fill("#token_expiry_warning_days", "90");
+  await page.click("[data-testid=save-settings]");
+  await page.waitForSelector("[data-testid=settings-saved]");
+  assert.equal((await api("/v1/account")).data.settings.token_expiry_warning_days, 90);
+  await page.goto(state.actorUrl);
+  assert.match(await later.locator("[data-testid=token-status]").textContent(), /Expires in 5\d days/);
+  const listed = await api("/v1/tokens?expiring=true");
+  assert.deepEqual(listed.data.map((t) => t.name).sort(), ["rotation-2", "short-lived"]);
 });
 
 test("the service account is added to a group from the group page", async () => {

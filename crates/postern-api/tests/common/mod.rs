@@ -59,6 +59,15 @@ impl Portal {
 
     /// The same with a chosen listener configuration (trusted proxies, limits).
     pub async fn start_with(backend: Backend, config: postern_api::ServerConfig) -> Option<Portal> {
+        Self::start_customized(backend, config, |state| state).await
+    }
+
+    /// The same with the handlers' state changed first (GitHub keys, limits).
+    pub async fn start_customized(
+        backend: Backend,
+        config: postern_api::ServerConfig,
+        customize: impl FnOnce(AppState) -> AppState,
+    ) -> Option<Portal> {
         let (store, data_dir, database) = match backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("tempdir");
@@ -89,7 +98,7 @@ impl Portal {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let state = AppState::new(store.clone());
+        let state = customize(AppState::new(store.clone()));
         let server = tokio::spawn(async move {
             let router = postern_api::router(state);
             let _ =

@@ -30,6 +30,10 @@ pub struct UpdateArgs {
     /// default: 90]
     #[arg(long, value_name = "DAYS")]
     stale_device_days: Option<u32>,
+    /// Tokens expiring within this many days are shown as expiring soon (badges, `postern
+    /// tokens expiring`) [portal default: 30]
+    #[arg(long, value_name = "DAYS")]
+    token_expiry_warning_days: Option<u32>,
 }
 
 pub async fn show(args: ShowArgs) -> anyhow::Result<()> {
@@ -49,6 +53,10 @@ pub async fn update(args: UpdateArgs) -> anyhow::Result<()> {
             args.ephemeral_device_timeout_seconds.map(Value::from),
         ),
         ("stale_device_days", args.stale_device_days.map(Value::from)),
+        (
+            "token_expiry_warning_days",
+            args.token_expiry_warning_days.map(Value::from),
+        ),
     ]);
     let settings = settings
         .as_object()
@@ -57,7 +65,8 @@ pub async fn update(args: UpdateArgs) -> anyhow::Result<()> {
     if args.name.is_none() && settings.is_none() {
         bail!(
             "nothing to change: give --name, --max-token-lifetime-days, \
-             --ephemeral-device-timeout-seconds or --stale-device-days"
+             --ephemeral-device-timeout-seconds, --stale-device-days or \
+             --token-expiry-warning-days"
         );
     }
     let client = Client::new(&args.remote)?;
@@ -92,6 +101,10 @@ fn print_account(client: &Client, account: &Value) -> anyhow::Result<()> {
             setting("ephemeral_device_timeout_seconds"),
         ),
         ("stale device removal (days)", setting("stale_device_days")),
+        (
+            "token expiry warning (days)",
+            setting("token_expiry_warning_days"),
+        ),
         ("created", output::date(account, "created_at", "-")),
         ("updated", output::date(account, "updated_at", "-")),
     ])

@@ -68,7 +68,8 @@ impl std::error::Error for Problem {}
 pub struct Client {
     http: reqwest::Client,
     base: String,
-    auth: HeaderValue,
+    /// `None` for the requests that take no API token (revoking a presented token).
+    auth: Option<HeaderValue>,
     pub json: bool,
 }
 
@@ -103,6 +104,15 @@ impl Client {
         let mut auth = HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|_| anyhow!("{TOKEN_ENV} holds characters that no API token has"))?;
         auth.set_sensitive(true);
+        Self::build(opts, Some(auth))
+    }
+
+    /// A client that sends no API token, for the requests that need none.
+    pub fn anonymous(opts: &RemoteOpts) -> anyhow::Result<Self> {
+        Self::build(opts, None)
+    }
+
+    fn build(opts: &RemoteOpts, auth: Option<HeaderValue>) -> anyhow::Result<Self> {
         let base = opts.api_url.trim_end_matches('/').to_string();
         let url = reqwest::Url::parse(&base)
             .map_err(|err| anyhow!("invalid --api-url '{base}': {err}"))?;
@@ -170,11 +180,10 @@ impl Client {
         body: Option<&Value>,
     ) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
-        let mut request = self
-            .http
-            .request(method.clone(), &url)
-            .header(AUTHORIZATION, self.auth.clone())
-            .query(params);
+        let mut request = self.http.request(method.clone(), &url).query(params);
+        if let Some(auth) = &self.auth {
+            request = request.header(AUTHORIZATION, auth.clone());
+        }
         if let Some(body) = body {
             request = request.json(body);
         }

@@ -1,5 +1,8 @@
 //! `postern tokens`: tokens of service accounts and API clients.
 
+use std::io::IsTerminal;
+
+use anyhow::Context;
 use chrono::Utc;
 use clap::Subcommand;
 use serde_json::{json, Value};
@@ -19,6 +22,29 @@ pub struct Args {
 
 #[derive(Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Manage(Manage),
+    /// Revoke a token you hold (one that leaked, say) by presenting it: no API token needed.
+    /// Reads the token from standard input or --file, never from the command line
+    #[command(
+        name = "revoke-presented",
+        after_help = "Examples:\n  \
+        postern tokens revoke-presented --api-url https://portal.example.com < leaked.txt\n  \
+        postern tokens revoke-presented --file /etc/postern/token\n\n\
+        Any kind of Postern token works (client, gateway, API). The portal answers whether the \
+        text was one of its tokens; a text that is not counts as a failed authentication of \
+        your address."
+    )]
+    RevokePresented {
+        /// Read the token from this file instead of standard input
+        #[arg(long, value_name = "PATH")]
+        file: Option<std::path::PathBuf>,
+    },
+}
+
+/// What needs an API token (POSTERN_API_TOKEN).
+#[derive(Subcommand)]
+enum Manage {
     /// Create another token for an actor (the secret is printed last, once)
     #[command(after_help = "Examples:\n  \
         postern tokens create --actor <ACTOR_ID> --name rotation-2 --expires-in 30d | tail -1\n  \
@@ -97,6 +123,21 @@ enum Command {
         #[arg(long)]
         actor: Uuid,
     },
+    /// Tokens of the whole account (every service account, API client and site) that expire
+    /// soon, the soonest first
+    #[command(after_help = "Examples:\n  \
+        postern tokens expiring                 # within the account's warning period (30 days by default)\n  \
+        postern tokens expiring --within 7d --kind client\n  \
+        postern tokens expiring --json | jq -r '.[] | \"\\(.holder_name) \\(.name) \\(.expires_at)\"'\n\n\
+        The warning period is an account setting: postern account update --token-expiry-warning-days N")]
+    Expiring {
+        /// Expiring within this long instead of the account's warning period (e.g. 7d, 12h)
+        #[arg(long, value_name = "DURATION")]
+        within: Option<String>,
+        /// Only tokens of this kind
+        #[arg(long, value_parser = ["client", "gateway", "api"])]
+        kind: Option<String>,
+    },
     /// Revoke one token: it stops working at once
     #[command(after_help = "Example:\n  postern tokens revoke --actor <ACTOR_ID> <TOKEN_ID>")]
     Revoke {
@@ -122,11 +163,19 @@ enum Command {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    if let Command::Create { expiry, .. } = &args.command {
+    match args.command {
+        Command::Manage(command) => manage(&args.remote, command).await,
+        Command::RevokePresented { file } => revoke_presented(&args.remote, file.as_deref()).await,
+    }
+}
+
+async fn manage(remote: &RemoteOpts, command: Manage) -> anyhow::Result<()> {
+    use Manage as Command;
+    if let Command::Create { expiry, .. } = &command {
         expiry.resolve(Utc::now())?;
     }
-    let client = Client::new(&args.remote)?;
-    match args.command {
+    let client = Client::new(remote)?;
+    match command {
         Command::Create {
             actor,
             name,
@@ -195,6 +244,36 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 ("guardrails", output::guardrails(&token)),
             ])
         }
+        Command::Expiring { within, kind } => {
+            let mut query = ListQuery::new("/v1/tokens");
+            match within {
+                Some(within) => {
+                    let within = postern_domain::rules::parse_duration(&within)
+                        .map_err(|err| anyhow::anyhow!("--within: {}", err.message))?;
+                    query
+                        .params
+                        .push(("expires_before", (Utc::now() + within).to_rfc3339()));
+                }
+                None => query.params.push(("expiring", "true".to_string())),
+            }
+            if let Some(kind) = kind {
+                query.params.push(("kind", kind));
+            }
+            let mut tokens = client.list(query).await?;
+            tokens.sort_by_key(|token| {
+                output::text(token, "expires_at")
+                    .parse::<chrono::DateTime<Utc>>()
+                    .ok()
+            });
+            if client.json {
+                return output::print_json(&Value::Array(tokens));
+            }
+            if tokens.is_empty() {
+                eprintln!("no live token expires in that period");
+                return Ok(());
+            }
+            output::print_expiring_tokens(&tokens)
+        }
         Command::List { actor } => {
             let path = format!("/v1/actors/{actor}/tokens");
             print_list(&client, &path).await
@@ -217,6 +296,45 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `postern tokens revoke-presented`: the token read from `file` or standard input.
+async fn revoke_presented(
+    remote: &RemoteOpts,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let text = match file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the token file {}", path.display()))?,
+        None => {
+            if std::io::stdin().is_terminal() {
+                eprintln!("paste the token, then press Enter:");
+            }
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("cannot read the token from standard input")?;
+            line
+        }
+    };
+    let token = text.trim();
+    if token.is_empty() {
+        anyhow::bail!("no token given: pipe it to standard input or name a file with --file");
+    }
+    let client = Client::anonymous(remote)?;
+    let body = json!({ "token": token });
+    let revoked = client.post("/v1/tokens/revoke-presented", &body).await?;
+    if client.json {
+        return output::print_json(&revoked);
+    }
+    let token_id = output::text(&revoked, "token_id");
+    let kind = output::text(&revoked, "kind");
+    if revoked.get("newly_revoked").and_then(Value::as_bool) == Some(false) {
+        eprintln!("{kind} token {token_id} was already revoked; nothing changed");
+    } else {
+        eprintln!("{kind} token {token_id} revoked: every session using it ends now");
+    }
+    Ok(())
 }
 
 /// Prints a token just created (of an actor or a site): its fields, then the secret last.
