@@ -20,6 +20,7 @@ mod shapes;
 mod sites;
 mod tls;
 mod tokens;
+mod webhooks;
 mod ws;
 
 use std::future::Future;
@@ -108,6 +109,7 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::routes())
         .merge(ws::routes())
         .merge(devices::routes())
+        .merge(webhooks::routes())
         .fallback(error::not_found_fallback)
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)

@@ -10,7 +10,8 @@ use utoipa::openapi::{RefOr, Required};
 use utoipa::{Modify, OpenApi};
 
 use crate::{
-    account, actors, audit, devices, groups, leaks, policies, resources, sites, tokens, AppState,
+    account, actors, audit, devices, groups, leaks, policies, resources, sites, tokens, webhooks,
+    AppState,
 };
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -87,6 +88,9 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
         devices::list_clients, devices::list_gateways, devices::block_client, devices::unblock_client,
         devices::approve_client,
         leaks::revoke_presented, leaks::github_secret_scanning,
+        webhooks::list_webhooks, webhooks::create_webhook, webhooks::get_webhook,
+        webhooks::update_webhook, webhooks::delete_webhook, webhooks::send_test_event,
+        webhooks::list_deliveries,
     ),
 )]
 struct ApiDoc;

@@ -73,6 +73,16 @@ fn dns_name() -> String {
     format!("(?:\\*\\*?\\.)?{LABEL}(?:\\.{LABEL}){{0,6}}\\.?")
 }
 
+/// A webhook endpoint: `https://` to a host name (its last label starts with a letter, or it
+/// would be read as an IPv4 address), or `http://` to this machine; a port and a plain path.
+fn webhook_url() -> String {
+    let label = "[a-z0-9](?:[a-z0-9-]{0,20}[a-z0-9])?";
+    let last = "[a-z](?:[a-z0-9-]{0,20}[a-z0-9])?";
+    format!(
+        "(?:https://(?:{label}\\.){{0,3}}{last}|http://(?:localhost|127\\.0\\.0\\.1))(?::[1-9][0-9]{{0,3}})?(?:/[A-Za-z0-9._~-]{{0,40}}){{0,4}}"
+    )
+}
+
 /// ASCII only: the server bounds an email's bytes, JSON Schema its characters.
 fn email() -> String {
     "[!-?A-~]{1,64}@[!-\\-/-~][!-~]{0,60}\\.[!-~]{0,60}[!-\\-/-~]".to_string()
@@ -226,6 +236,29 @@ pub(crate) fn apply(document: &mut Value) {
         return;
     };
     name_patterns(components);
+    for component in ["CreateWebhook", "UpdateWebhook"] {
+        let Some(properties) = components
+            .get_mut(component)
+            .and_then(|c| c.pointer_mut("/properties"))
+        else {
+            continue;
+        };
+        if let Some(url) = properties.get_mut("url").and_then(Value::as_object_mut) {
+            url.insert("pattern".into(), anchored(&webhook_url()));
+        }
+        // `webhook.test` is an event a webhook is sent on request, not one to subscribe to.
+        if let Some(events) = properties.get_mut("events").and_then(Value::as_object_mut) {
+            let subscribable: Vec<&str> = postern_domain::webhooks::WebhookEvent::ALL
+                .into_iter()
+                .filter(|event| event.subscribable())
+                .map(|event| event.as_str())
+                .collect();
+            events.insert(
+                "items".into(),
+                json!({"type": "string", "enum": subscribable}),
+            );
+        }
+    }
     for component in ["TokenRequest", "UpdateToken"] {
         if let Some(networks) = components
             .get_mut(component)
@@ -370,6 +403,14 @@ mod tests {
         fn every_display_name_of_the_pattern_is_valid(name in strings(&display_name())) {
             prop_assume!(name.trim().chars().count() <= 255);
             prop_assert!(postern_domain::validate::name("name", &name).is_ok(), "{name:?}");
+        }
+
+        #[test]
+        fn every_webhook_url_of_the_pattern_is_valid(url in strings(&webhook_url())) {
+            prop_assert!(
+                postern_domain::webhooks::validate_url("url", &url).is_ok(),
+                "{url:?}"
+            );
         }
 
         #[test]

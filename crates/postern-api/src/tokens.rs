@@ -77,7 +77,8 @@ pub struct AccountTokensQuery {
     /// Only tokens expiring before this instant (RFC 3339).
     pub expires_before: Option<DateTime<Utc>>,
     /// `true`: only tokens expiring within the account's warning period
-    /// (`settings.token_expiry_warning_days`, 30 days by default). Not with `expires_before`.
+    /// (`settings.token_expiry_warning_days`, 30 days by default). With `expires_before`, the
+    /// earlier of the two holds.
     pub expiring: Option<bool>,
     /// Only tokens of this kind.
     pub kind: Option<KindParam>,
@@ -144,15 +145,11 @@ pub(crate) async fn list_account_tokens(
     let now = Utc::now();
     let settings = state.store.get_account(auth.account_id()).await?.settings;
     let warning = chrono::Duration::days(i64::from(settings.token_expiry_warning_days));
-    let expires_before = match (query.expires_before, query.expiring) {
-        (Some(_), Some(true)) => {
-            return Err(ApiError::validation(
-                "expiring",
-                "give expiring=true or expires_before, not both",
-            ))
-        }
-        (_, Some(true)) => Some(now + warning),
-        (before, _) => before,
+    // Every filter narrows: with both, the earlier horizon holds.
+    let expiring = (query.expiring == Some(true)).then_some(now + warning);
+    let expires_before = match (query.expires_before, expiring) {
+        (Some(before), Some(horizon)) => Some(before.min(horizon)),
+        (before, horizon) => before.or(horizon),
     };
     let filter = TokenFilter {
         now,

@@ -10,6 +10,7 @@ pub mod keys;
 pub mod model;
 pub mod rules;
 pub mod validate;
+pub mod webhooks;
 
 pub use events::ChangeEvent;
 pub use keys::{KeyError, PresharedKey, WireGuardKey};

@@ -32,6 +32,8 @@ pub const CHANGE_EVENT_LAG: &str = "postern_change_event_lag_seconds";
 pub const TOKENS_EXPIRING: &str = "postern_tokens_expiring";
 /// Portal: devices removed (`reason`: goodbye, vanished, stale).
 pub const DEVICES_REMOVED: &str = "postern_devices_removed_total";
+/// Portal: webhook delivery tries (`outcome`: delivered, retry, failed).
+pub const WEBHOOK_DELIVERIES: &str = "postern_webhook_deliveries_total";
 
 /// Gateway: packets through the data plane (`direction`: from_clients, to_clients).
 pub const GATEWAY_PACKETS: &str = "postern_gateway_packets_total";
@@ -77,6 +79,10 @@ pub fn describe() {
     );
     describe_gauge!(TOKENS_EXPIRING, "Live tokens expiring within 7 or 30 days");
     describe_counter!(DEVICES_REMOVED, "Devices removed, by reason");
+    describe_counter!(
+        WEBHOOK_DELIVERIES,
+        "Webhook delivery tries by this node, by outcome"
+    );
     describe_counter!(
         GATEWAY_PACKETS,
         "IP packets through the gateway, by direction"

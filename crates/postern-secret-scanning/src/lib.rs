@@ -211,10 +211,7 @@ impl Verdict {
 
 /// The SHA-256 of a token's text in lowercase hexadecimal, as GitHub's `token_hash`.
 pub fn token_hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 #[cfg(test)]

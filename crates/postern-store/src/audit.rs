@@ -34,15 +34,17 @@ pub(crate) fn snapshot<T: Serialize>(value: &T) -> Option<serde_json::Value> {
     serde_json::to_value(value).ok()
 }
 
+/// Writes the entry, and queues the webhook event it raises (if any) in the same transaction.
 pub(crate) async fn record(conn: &mut AnyConnection, entry: Entry<'_>) -> Result<()> {
     let before = entry.before.as_ref().map(db::to_json).transpose()?;
     let after = entry.after.as_ref().map(db::to_json).transpose()?;
+    let id = new_id();
     sqlx::query(
         "INSERT INTO audit_events (id, account_id, occurred_at, actor_id, token_id, source_ip, \
          action, object_type, object_id, before_state, after_state) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
-    .bind(new_id().to_string())
+    .bind(id.to_string())
     .bind(entry.account_id.map(|id| id.to_string()))
     .bind(ts(entry.now))
     .bind(entry.acting.actor_id.map(|id| id.to_string()))
@@ -53,9 +55,25 @@ pub(crate) async fn record(conn: &mut AnyConnection, entry: Entry<'_>) -> Result
     .bind(entry.object_id.map(|id| id.to_string()))
     .bind(before)
     .bind(after)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
-    Ok(())
+    let (Some(account_id), Some(event)) = (
+        entry.account_id,
+        postern_domain::webhooks::WebhookEvent::of_audit_action(entry.action),
+    ) else {
+        return Ok(());
+    };
+    let data = serde_json::json!({
+        "action": entry.action,
+        "object_type": entry.object_type,
+        "object_id": entry.object_id,
+        "actor_id": entry.acting.actor_id,
+        "token_id": entry.acting.token_id,
+        "source_ip": entry.acting.source_ip,
+        "before": entry.before,
+        "after": entry.after,
+    });
+    crate::webhooks::enqueue(conn, account_id, event, id, data, entry.now).await
 }
 
 impl Store {

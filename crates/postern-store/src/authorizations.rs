@@ -145,11 +145,15 @@ impl Store {
         account_id: Uuid,
         now: DateTime<Utc>,
     ) -> Result<Vec<LoadedAuthorization>> {
+        // Under the writer's lock like every write: a write beside an open SQLite write
+        // transaction makes that one fail with "database is locked".
+        let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM authorizations WHERE account_id = $1 AND expires_at <= $2")
             .bind(account_id.to_string())
             .bind(ts(now))
-            .execute(self.pool())
+            .execute(&mut *tx.tx)
             .await?;
+        tx.commit().await?;
         let rows = sqlx::query(
             "SELECT a.id, a.token_id, a.gateway_device_id, a.expires_at, a.body, \
              t.id AS token_found, t.revoked_at AS token_revoked_at, \

@@ -9,15 +9,58 @@ use uuid::Uuid;
 
 use crate::{Result, Store, StoreError};
 
+/// A write transaction. On SQLite it holds the store's one-writer lock until it is committed
+/// or, when dropped uncommitted (an error, a cancelled request), until its rollback has run:
+/// sqlx would otherwise roll back lazily, after the lock went to the next writer, which then
+/// finds the database locked.
 pub(crate) struct WriteTx {
-    pub tx: Transaction<'static, Any>,
-    _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    pub tx: OpenTx,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+/// The transaction's connection; it is there from `begin_write` until `commit` or drop.
+pub(crate) struct OpenTx(Option<Transaction<'static, Any>>);
+
+impl std::ops::Deref for OpenTx {
+    type Target = sqlx::AnyConnection;
+
+    fn deref(&self) -> &sqlx::AnyConnection {
+        self.0.as_deref().expect("open until committed or dropped")
+    }
+}
+
+impl std::ops::DerefMut for OpenTx {
+    fn deref_mut(&mut self) -> &mut sqlx::AnyConnection {
+        self.0
+            .as_deref_mut()
+            .expect("open until committed or dropped")
+    }
 }
 
 impl WriteTx {
-    pub async fn commit(self) -> Result<()> {
-        self.tx.commit().await?;
+    pub async fn commit(mut self) -> Result<()> {
+        if let Some(tx) = self.tx.0.take() {
+            tx.commit().await?;
+        }
         Ok(())
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        let Some(tx) = self.tx.0.take() else { return };
+        let guard = self.guard.take();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if let Err(err) = tx.rollback().await {
+                        tracing::warn!(error = %err, "could not roll back an abandoned write");
+                    }
+                    drop(guard);
+                });
+            }
+            Err(_) => drop(tx),
+        }
     }
 }
 
@@ -28,7 +71,10 @@ impl Store {
             None => None,
         };
         let tx = self.pool().begin().await?;
-        Ok(WriteTx { tx, _guard: guard })
+        Ok(WriteTx {
+            tx: OpenTx(Some(tx)),
+            guard,
+        })
     }
 }
 

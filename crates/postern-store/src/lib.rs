@@ -23,6 +23,7 @@ mod sites;
 mod token_cache;
 mod tokens;
 mod web_sessions;
+mod webhooks;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -47,6 +48,7 @@ pub use presented::{PresentedToken, RevocationCause};
 pub use resources::{NewResource, ResourcePatch};
 pub use tokens::{CreatedToken, HeldToken, NewTokenRequest, TokenFilter, TokenHolder, TokenPatch};
 pub use web_sessions::WebSession;
+pub use webhooks::{DeliveryOutcome, DueDelivery, NewWebhook, WebhookPatch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

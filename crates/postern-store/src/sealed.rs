@@ -40,6 +40,46 @@ impl Sealer {
         }
     }
 
+    /// `plain` sealed and bound to `aad` (what it belongs to), as hex of nonce + ciphertext.
+    pub(crate) fn seal_text(&self, aad: &[u8], plain: &str) -> crate::Result<String> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let sealed = self
+            .cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plain.as_bytes(),
+                    aad,
+                },
+            )
+            .map_err(|_| StoreError::Corrupt("cannot seal a secret".into()))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&sealed);
+        Ok(hex::encode(out))
+    }
+
+    /// What [`Sealer::seal_text`] sealed with the same `aad`; `None` if it does not open
+    /// (another server secret, another `aad`, tampering).
+    pub(crate) fn open_text(&self, aad: &[u8], sealed: &str) -> Option<String> {
+        let bytes = hex::decode(sealed).ok()?;
+        if bytes.len() <= NONCE_LEN {
+            return None;
+        }
+        let (nonce, ciphertext) = bytes.split_at(NONCE_LEN);
+        let plain = self
+            .cipher
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad,
+                },
+            )
+            .ok()?;
+        String::from_utf8(plain).ok()
+    }
+
     /// The document with every `preshared_key` string replaced by `preshared_key_sealed`.
     pub(crate) fn seal(&self, id: Uuid, body: &Value) -> crate::Result<Value> {
         let mut body = body.clone();
@@ -47,21 +87,8 @@ impl Sealer {
             let Some(Value::String(plain)) = map.remove(PLAIN) else {
                 return Ok(());
             };
-            let mut nonce = [0u8; NONCE_LEN];
-            rand::rngs::OsRng.fill_bytes(&mut nonce);
-            let sealed = self
-                .cipher
-                .encrypt(
-                    Nonce::from_slice(&nonce),
-                    Payload {
-                        msg: plain.as_bytes(),
-                        aad: id.as_bytes(),
-                    },
-                )
-                .map_err(|_| StoreError::Corrupt("cannot seal a preshared key".into()))?;
-            let mut out = nonce.to_vec();
-            out.extend_from_slice(&sealed);
-            map.insert(SEALED.to_string(), Value::String(hex::encode(out)));
+            let sealed = self.seal_text(id.as_bytes(), &plain)?;
+            map.insert(SEALED.to_string(), Value::String(sealed));
             Ok(())
         })?;
         Ok(body)
@@ -80,22 +107,7 @@ impl Sealer {
             let Some(Value::String(sealed)) = map.remove(SEALED) else {
                 return Ok(());
             };
-            let bytes = hex::decode(sealed).map_err(|_| corrupt())?;
-            if bytes.len() <= NONCE_LEN {
-                return Err(corrupt());
-            }
-            let (nonce, ciphertext) = bytes.split_at(NONCE_LEN);
-            let plain = self
-                .cipher
-                .decrypt(
-                    Nonce::from_slice(nonce),
-                    Payload {
-                        msg: ciphertext,
-                        aad: id.as_bytes(),
-                    },
-                )
-                .map_err(|_| corrupt())?;
-            let plain = String::from_utf8(plain).map_err(|_| corrupt())?;
+            let plain = self.open_text(id.as_bytes(), &sealed).ok_or_else(corrupt)?;
             map.insert(PLAIN.to_string(), Value::String(plain));
             Ok(())
         })?;

@@ -560,7 +560,7 @@ async fn write_usage(
     tx.commit().await
 }
 
-fn token_from_row(row: &AnyRow) -> Result<Token> {
+pub(crate) fn token_from_row(row: &AnyRow) -> Result<Token> {
     let kind_text = text(row, "kind")?;
     Ok(Token {
         id: db::uuid(row, "id")?,

@@ -249,7 +249,7 @@ async fn service_account_page(
             (ui::form_error(&form.errors, &["name", "group_ids", "token_name", "expires_at"]))
             (ui::input_field("name", "Name", &form.name, &form.errors, "text", true, None,
                 Some("For example ci-runner or backup-server.")))
-            (ui::checkbox_list("group_ids", "Groups", &groups, &form.group_ids, &form.errors,
+            (ui::checkbox_list("group_ids", "Groups", false, &groups, &form.group_ids, &form.errors,
                 html! { "No groups yet. " a href="/groups" { "Create a group" } " to grant access through policies." }))
             h2.section-title { "Initial token" }
             (ui::input_field("token_name", "Token name", &form.token_name, &form.errors, "text", false, None,
@@ -396,7 +396,7 @@ async fn user_page(state: &WebState, admin: &Admin, form: &UserForm) -> WebResul
             (ui::form_error(&form.errors, &["name", "email", "group_ids"]))
             (ui::text_field("name", "Name", &form.name, &form.errors, "text", true, None))
             (ui::text_field("email", "Email", &form.email, &form.errors, "email", true, None))
-            (ui::checkbox_list("group_ids", "Groups", &groups, &form.group_ids, &form.errors,
+            (ui::checkbox_list("group_ids", "Groups", false, &groups, &form.group_ids, &form.errors,
                 html! { "No groups yet. Users always belong to Everyone." }))
             div.form-actions {
                 a.btn href="/actors/new" { "Cancel" }
@@ -809,7 +809,7 @@ async fn edit_page(
             (ui::csrf(admin))
             (ui::form_error(&form.errors, &["name", "group_ids"]))
             (ui::text_field("name", "Name", &form.name, &form.errors, "text", true, None))
-            (ui::checkbox_list("group_ids", "Groups", &groups, &form.group_ids, &form.errors,
+            (ui::checkbox_list("group_ids", "Groups", false, &groups, &form.group_ids, &form.errors,
                 html! { "No groups yet. " a href="/groups" { "Create a group" } }))
             div.form-actions {
                 a.btn href={ "/actors/" (actor.id) } { "Cancel" }

@@ -18,6 +18,7 @@ mod settings;
 mod sites;
 mod tokens;
 mod ui;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,6 +87,7 @@ pub fn router(app: AppState, config: WebConfig) -> Router {
         .merge(sites::routes())
         .merge(policies::routes())
         .merge(audit::routes())
+        .merge(webhooks::routes())
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }

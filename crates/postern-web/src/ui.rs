@@ -16,10 +16,11 @@ pub enum Nav {
     Policies,
     Tokens,
     Audit,
+    Webhooks,
     Settings,
 }
 
-const NAV: [(Nav, &str, &str); 8] = [
+const NAV: [(Nav, &str, &str); 9] = [
     (Nav::Actors, "/actors", "Actors"),
     (Nav::Groups, "/groups", "Groups"),
     (Nav::Resources, "/resources", "Resources"),
@@ -27,6 +28,7 @@ const NAV: [(Nav, &str, &str); 8] = [
     (Nav::Policies, "/policies", "Policies"),
     (Nav::Tokens, "/tokens", "Tokens"),
     (Nav::Audit, "/audit", "Audit log"),
+    (Nav::Webhooks, "/webhooks", "Webhooks"),
     (Nav::Settings, "/settings", "Settings"),
 ];
 
@@ -262,6 +264,7 @@ pub fn select_field(
 pub fn checkbox_list(
     name: &str,
     legend: &str,
+    required: bool,
     options: &[(String, String)],
     checked: &[String],
     errors: &FieldErrors,
@@ -269,7 +272,7 @@ pub fn checkbox_list(
 ) -> Markup {
     html! {
         fieldset.field.invalid[errors.get(name).is_some()] {
-            legend { (legend) span.optional { " (optional)" } }
+            legend { (legend) @if !required { span.optional { " (optional)" } } }
             @if options.is_empty() {
                 p.hint { (empty) }
             } @else {
@@ -414,6 +417,9 @@ fn nav_icon(nav: Nav) -> Markup {
         Nav::Tokens => r#"<circle cx="8" cy="15" r="4"/><path d="M11 12l9-9M16 7l3 3M14 9l2 2"/>"#,
         Nav::Audit => {
             r#"<path d="M6 3h9l4 4v14H6z"/><path d="M14 3v5h5"/><path d="M9 13h7M9 17h7"/>"#
+        }
+        Nav::Webhooks => {
+            r#"<circle cx="6" cy="17" r="2.5"/><circle cx="18" cy="17" r="2.5"/><circle cx="12" cy="6" r="2.5"/><path d="M10.8 8.2L7.2 14.8M13.2 8.2l3.6 6.6M8.5 17h7"/>"#
         }
         Nav::Settings => {
             r#"<circle cx="12" cy="12" r="3"/><path d="M12 2v3M12 19v3M2 12h3M19 12h3M4.9 4.9l2.1 2.1M17 17l2.1 2.1M4.9 19.1L7 17M17 7l2.1-2.1"/>"#

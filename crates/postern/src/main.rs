@@ -6,6 +6,7 @@ mod local;
 mod output;
 mod remote;
 mod serve;
+mod webhooks;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -128,6 +129,13 @@ enum Command {
         postern audit --limit 20\n  \
         postern audit --action token.revoke --since 2026-01-01T00:00:00Z --json")]
     Audit(remote::audit::Args),
+
+    /// Webhooks: tell your systems of token, device and leak events, signed, retried for a day
+    #[command(after_help = "Examples:\n  \
+        postern webhooks create --url https://hooks.example.com/postern --event token.leaked --event token.expiring\n  \
+        postern webhooks test <WEBHOOK_ID>\n  \
+        postern webhooks deliveries <WEBHOOK_ID>")]
+    Webhooks(remote::webhooks::Args),
 }
 
 #[derive(clap::Args)]
@@ -193,6 +201,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policies(args) => remote::policies::run(args).await,
         Command::Clients(args) => remote::clients::run(args).await,
         Command::Audit(args) => remote::audit::run(args).await,
+        Command::Webhooks(args) => remote::webhooks::run(args).await,
     }
 }
 

@@ -107,6 +107,15 @@ pub struct ServeArgs {
         value_name = "DURATION"
     )]
     device_sweep_interval: String,
+    /// How long after a webhook delivery's first failure it is tried again; each next retry
+    /// waits twice as long, up to 1 h, for a day in all
+    #[arg(
+        long,
+        env = "POSTERN_WEBHOOK_FIRST_RETRY",
+        default_value = "10s",
+        value_name = "DURATION"
+    )]
+    webhook_first_retry: String,
     /// Serve Prometheus metrics at http://ADDR/metrics (a listener of its own: keep it
     /// private). Off by default. The metrics are listed in docs/metrics.md
     #[arg(long, env = "POSTERN_METRICS_LISTEN", value_name = "ADDR")]
@@ -237,6 +246,10 @@ async fn serve(
         .filter(|period| !period.is_zero())
         .context("--device-sweep-interval must be longer than 0")?;
     let _sweep = hub.spawn_device_sweep(sweep_interval);
+    let first_retry = postern_domain::rules::parse_duration(&args.webhook_first_retry)
+        .map_err(|err| anyhow!("--webhook-first-retry: {}", err.message))?;
+    let _webhooks =
+        crate::webhooks::Deliverer::new(store.clone(), first_retry)?.spawn(Duration::from_secs(1));
     let _metrics = match &args.metrics_listen {
         Some(address) => Some(serve_metrics(address, store.clone()).await?),
         None => None,

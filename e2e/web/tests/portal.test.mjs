@@ -11,6 +11,8 @@ import { join, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 import WebSocket from "ws";
+import { createServer } from "node:http";
+import { createHmac, timingSafeEqual } from "node:crypto";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, "../../..");
@@ -467,6 +469,77 @@ test("a token expiring within the warning period is badged and listed on the Tok
   assert.match(await later.locator("[data-testid=token-status]").textContent(), /Expires in 5\d days/);
   const listed = await api("/v1/tokens?expiring=true");
   assert.deepEqual(listed.data.map((t) => t.name).sort(), ["rotation-2", "short-lived"]);
+});
+
+/// A webhook receiver on 127.0.0.1 that records each request's headers and raw body.
+function startReceiver() {
+  const received = [];
+  const server = createServer((req, res) => {
+    const chunks = [];
+    req.on("data", (chunk) => chunks.push(chunk));
+    req.on("end", () => {
+      received.push({ headers: req.headers, body: Buffer.concat(chunks) });
+      res.writeHead(200).end("ok");
+    });
+  });
+  return new Promise((done) =>
+    server.listen(0, "127.0.0.1", () =>
+      done({ server, received, url: `http://127.0.0.1:${server.address().port}/hooks/postern` }),
+    ),
+  );
+}
+
+/// The receiver's check of Postern-Signature (docs/webhooks.md), in plain Node.
+function signedBy(secret, request) {
+  const parts = Object.fromEntries(request.headers["postern-signature"].split(",").map((p) => p.split("=")));
+  const mac = createHmac("sha256", secret).update(`${parts.t}.`).update(request.body).digest();
+  return Math.abs(Date.now() / 1000 - Number(parts.t)) < 300 && timingSafeEqual(mac, Buffer.from(parts.v1, "hex"));
+}
+
+test("a webhook is added with its secret shown once, sent a signed test event, paused and deleted", async () => {
+  const receiver = await startReceiver();
+  try {
+    await page.click("[data-testid=nav-webhooks]");
+    await page.waitForSelector("[data-testid=empty-state]");
+    await page.fill("#url", "http://hooks.example.com/postern");
+    await page.click("[data-testid=create-webhook]");
+    await page.waitForSelector("#url[aria-invalid=true]");
+    assert.match(await page.textContent("[data-testid=webhook-form]"), /must be https/i);
+    await page.fill("#url", receiver.url);
+    await page.check("[data-testid='check-token.revoked']");
+    await page.click("[data-testid=create-webhook]");
+    await page.waitForSelector("[data-testid=webhook-secret-once]");
+    const secret = await page.inputValue("[data-testid=webhook-secret]");
+    assert.match(secret, /^whsec_[0-9a-f]{64}$/);
+    await shot("webhook-secret-once");
+    await page.click("[data-testid=secret-done]");
+    assert.match(await page.textContent("[data-testid=webhook-events]"), /token\.revoked, token\.leaked, token\.expiring/);
+    assert.equal(await page.content().then((html) => html.includes(secret)), false, "the secret is shown again");
+
+    await page.click("[data-testid=send-test]");
+    await page.waitForSelector("[data-testid=delivery-row][data-event='webhook.test']");
+    for (let i = 0; i < 100 && receiver.received.length === 0; i++) await new Promise((r) => setTimeout(r, 100));
+    assert.equal(receiver.received.length, 1, "the receiver got the test event");
+    const [request] = receiver.received;
+    assert.equal(request.headers["postern-event"], "webhook.test");
+    assert.ok(signedBy(secret, request), "the signature verifies with the secret");
+    for (let i = 0; i < 50; i++) {
+      await page.reload();
+      if (await page.locator("[data-testid=delivery-row][data-state=delivered]").count()) break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    await page.waitForSelector("[data-testid=delivery-row][data-state=delivered]");
+    await shot("webhook-detail");
+
+    await page.click("[data-testid=toggle-enabled]");
+    await page.waitForSelector("[data-testid=webhook-state]:has-text('Paused')");
+    await page.click("[data-testid=delete-webhook]");
+    await page.click("[data-testid=confirm-delete-webhook]");
+    await page.waitForSelector("[data-testid=empty-state]");
+    assert.deepEqual((await api("/v1/webhooks")).data, []);
+  } finally {
+    receiver.server.close();
+  }
 });
 
 test("the service account is added to a group from the group page", async () => {

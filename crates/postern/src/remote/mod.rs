@@ -9,6 +9,7 @@ pub mod resources;
 pub mod service_accounts;
 pub mod sites;
 pub mod tokens;
+pub mod webhooks;
 
 use std::collections::HashMap;
 use std::fmt;
