@@ -184,6 +184,42 @@ async fn a_change_queues_its_event_for_the_subscribed_webhooks_only(portal: &Por
         1,
         "a test goes to one webhook"
     );
+
+    // What a node claims is not claimed again until its lease ends; an ended delivery leaves
+    // the log after the retention, a pending one stays.
+    let now = Utc::now();
+    let claimed = portal
+        .store
+        .claim_due_deliveries(now, 100, Duration::seconds(60))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 3, "{claimed:?}");
+    assert!(claimed.iter().all(|d| d.secret.starts_with("whsec_")));
+    let again = portal
+        .store
+        .claim_due_deliveries(now, 100, Duration::seconds(60))
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "claimed twice: {again:?}");
+    let state = portal
+        .store
+        .finish_delivery(
+            &claimed[0],
+            postern_store::DeliveryOutcome::Delivered { status: 204 },
+            now,
+            Duration::seconds(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(state, postern_domain::webhooks::DeliveryState::Delivered);
+    let pruned = portal
+        .store
+        .prune_deliveries(now + Duration::days(31))
+        .await
+        .unwrap();
+    assert_eq!(pruned, 1, "only the delivered one");
+    let left = deliveries(portal, a).await.len() + deliveries(portal, b).await.len();
+    assert_eq!(left, 2);
 }
 
 async fn expiring_tokens_are_noticed_once_per_threshold(portal: &Portal) {

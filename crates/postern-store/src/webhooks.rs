@@ -460,6 +460,21 @@ impl Store {
         Ok(state)
     }
 
+    /// Deletes the deliveries that ended (delivered or given up) before `before`, from every
+    /// account; returns how many. The log keeps what is recent, the table stays bounded.
+    pub async fn prune_deliveries(&self, before: DateTime<Utc>) -> Result<u64> {
+        let mut tx = self.begin_write().await?;
+        let pruned = sqlx::query(
+            "DELETE FROM webhook_deliveries WHERE state <> 'pending' AND finished_at < $1",
+        )
+        .bind(ts(before))
+        .execute(&mut *tx.tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(pruned)
+    }
+
     /// Queues `token.expiring` for every live token of every account that has crossed 30, 7 or
     /// 1 days before its expiry and was not told of that yet (only the nearest threshold is
     /// sent: a token created 5 days before its expiry is told "7 days", never "30"). The

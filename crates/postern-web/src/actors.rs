@@ -525,12 +525,7 @@ async fn detail(
         _ => None,
     };
     let now = chrono::Utc::now();
-    let warning_days = state
-        .store()
-        .get_account(account_id)
-        .await?
-        .settings
-        .token_expiry_warning_days;
+    let warning_days = crate::tokens::warning_days(&state, account_id).await?;
     let disabled = actor.is_disabled();
     let base = format!("/actors/{}", actor.id);
     let menu = html! {

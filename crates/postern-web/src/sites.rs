@@ -161,12 +161,7 @@ async fn detail_page(
     let token_ids: Vec<Uuid> = tokens.iter().map(|t| t.id).collect();
     let token_sessions = state.app.hub.token_sessions(account_id, &token_ids).await;
     let now = chrono::Utc::now();
-    let warning_days = state
-        .store()
-        .get_account(account_id)
-        .await?
-        .settings
-        .token_expiry_warning_days;
+    let warning_days = crate::tokens::warning_days(state, account_id).await?;
     let base = format!("/sites/{}", site.id);
     let actions = html! {
         button.btn.btn-danger-outline type="button" data-open="confirm-delete-site" data-testid="delete-site" { (ui::icon_trash()) "Delete site" }

@@ -26,6 +26,16 @@ pub fn routes() -> Router<WebState> {
         .route("/tokens", get(expiring_page))
 }
 
+/// The account's warning period for expiring tokens, in days (its setting).
+pub async fn warning_days(state: &WebState, account_id: Uuid) -> WebResult<u32> {
+    Ok(state
+        .store()
+        .get_account(account_id)
+        .await?
+        .settings
+        .token_expiry_warning_days)
+}
+
 /// A token's state for its row: Revoked, Expired, "Expires in N days" within the account's
 /// warning period, or Active.
 pub fn status_badge(token: &Token, now: DateTime<Utc>, warning_days: u32) -> Markup {

@@ -1,6 +1,7 @@
 //! The webhook delivery loop of `postern serve`: every second it claims the deliveries that
 //! are due (on any node, each is claimed by one node at a time), POSTs each signed to its
-//! webhook's URL, and records the outcome; every minute it queues `token.expiring` notices.
+//! webhook's URL, and records the outcome; every minute it queues `token.expiring` notices and
+//! drops deliveries that ended more than 30 days ago.
 
 use std::time::Duration;
 
@@ -19,6 +20,8 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 const EXPIRY_SCAN: Duration = Duration::from_secs(60);
 /// The most of a receiver's error body kept in the delivery log.
 const MAX_ERROR: usize = 200;
+/// How long ended deliveries stay in the log.
+const KEEP_DELIVERIES: chrono::Duration = chrono::Duration::days(30);
 
 pub struct Deliverer {
     store: Store,
@@ -58,6 +61,10 @@ impl Deliverer {
                         Err(err) => {
                             tracing::warn!(error = %err, "could not look for expiring tokens")
                         }
+                    }
+                    let ended_before = Utc::now() - KEEP_DELIVERIES;
+                    if let Err(err) = self.store.prune_deliveries(ended_before).await {
+                        tracing::warn!(error = %err, "could not prune the webhook delivery log");
                     }
                 }
                 if let Err(err) = self.run_once().await {

@@ -1,6 +1,7 @@
 //! `postern webhooks`: the account's webhooks, their delivery log, and test events.
 
 use clap::Subcommand;
+use postern_domain::webhooks::WebhookEvent;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -8,15 +9,16 @@ use super::{object, Client, ListQuery, RemoteOpts};
 use crate::output::{self, Table};
 
 /// Every event a webhook can subscribe to.
-const EVENTS: [&str; 7] = [
-    "token.created",
-    "token.revoked",
-    "token.leaked",
-    "token.expiring",
-    "device.blocked",
-    "device.approved",
-    "device.removed",
-];
+fn subscribable() -> impl Iterator<Item = &'static str> {
+    WebhookEvent::ALL
+        .into_iter()
+        .filter(|event| event.subscribable())
+        .map(WebhookEvent::as_str)
+}
+
+fn event_parser() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(subscribable())
+}
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -39,11 +41,12 @@ enum Command {
         #[arg(long)]
         url: String,
         /// An event to send (repeat for several)
-        #[arg(long = "event", value_name = "EVENT", value_parser = EVENTS, required_unless_present = "all_events")]
+        #[arg(long = "event", value_name = "EVENT", value_parser = event_parser(), required_unless_present = "all_events")]
         events: Vec<String>,
         /// Send every event
         #[arg(long, conflicts_with = "events")]
         all_events: bool,
+        /// What it is for, shown in lists
         #[arg(long)]
         description: Option<String>,
     },
@@ -55,12 +58,15 @@ enum Command {
         postern webhooks update <WEBHOOK_ID> --enabled false\n  \
         postern webhooks update <WEBHOOK_ID> --event token.revoked --event token.leaked")]
     Update {
+        /// Id of the webhook (postern webhooks list)
         webhook_id: Uuid,
+        /// A new endpoint URL
         #[arg(long)]
         url: Option<String>,
         /// The events to send from now on (repeat; replaces the list)
-        #[arg(long = "event", value_name = "EVENT", value_parser = EVENTS)]
+        #[arg(long = "event", value_name = "EVENT", value_parser = event_parser())]
         events: Vec<String>,
+        /// A new description
         #[arg(long)]
         description: Option<String>,
         /// `false` pauses deliveries (they wait for `true`)
@@ -69,15 +75,22 @@ enum Command {
     },
     /// Delete a webhook and its delivery log
     #[command(after_help = "Example:\n  postern webhooks delete <WEBHOOK_ID>")]
-    Delete { webhook_id: Uuid },
+    Delete {
+        /// Id of the webhook (postern webhooks list)
+        webhook_id: Uuid,
+    },
     /// Send a webhook.test event to a webhook now
     #[command(
         after_help = "Example:\n  postern webhooks test <WEBHOOK_ID> && postern webhooks deliveries <WEBHOOK_ID>"
     )]
-    Test { webhook_id: Uuid },
+    Test {
+        /// Id of the webhook (postern webhooks list)
+        webhook_id: Uuid,
+    },
     /// A webhook's deliveries, newest first: state, tries, the receiver's last answer
     #[command(after_help = "Example:\n  postern webhooks deliveries <WEBHOOK_ID> --limit 20")]
     Deliveries {
+        /// Id of the webhook (postern webhooks list)
         webhook_id: Uuid,
         /// Fetch at most this many
         #[arg(long, default_value_t = 50)]
@@ -95,7 +108,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             description,
         } => {
             let events: Vec<String> = if all_events {
-                EVENTS.iter().map(|event| event.to_string()).collect()
+                subscribable().map(str::to_string).collect()
             } else {
                 events
             };
