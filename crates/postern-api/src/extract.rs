@@ -58,10 +58,9 @@ pub async fn authenticate(
     kind: TokenKind,
 ) -> Result<(Principal, Option<IpAddr>), ApiError> {
     let ip = source_ip(parts);
-    let limiter_key = ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
     // No token at all is a 401 whatever the limit: it costs no lookup.
     let token = bearer_token(parts)?;
-    if let Some(retry_after) = state.auth_limiter.check(limiter_key) {
+    if let Some(retry_after) = state.auth_limiter.check(ip) {
         return Err(ApiError::too_many_requests(retry_after));
     }
     let usage = TokenUse {
@@ -76,7 +75,7 @@ pub async fn authenticate(
         Ok(principal) => Ok((principal, ip)),
         Err(postern_store::AuthError::Store(err)) => Err(err.into()),
         Err(err) => {
-            state.auth_limiter.record_failure(limiter_key);
+            state.auth_limiter.record_failure(ip);
             metrics::counter!(
                 postern_metrics::AUTH_FAILURES,
                 "surface" => kind.as_str(),

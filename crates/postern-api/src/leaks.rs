@@ -2,7 +2,6 @@
 //! and `POST /v1/secret-scanning/github` (GitHub's secret-scanning partner endpoint). Neither
 //! takes an API token: holding the leaked token, or GitHub's signature, is the credential.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -127,10 +126,6 @@ pub struct PresentedTokenRevoked {
     pub newly_revoked: bool,
 }
 
-fn limiter_key(ip: Option<IpAddr>) -> IpAddr {
-    ip.unwrap_or(IpAddr::from([0, 0, 0, 0]))
-}
-
 #[utoipa::path(post, path = "/v1/tokens/revoke-presented", tag = "tokens",
     request_body = PresentedTokenRequest, security(()),
     responses((status = 200, description = "The token is revoked (or was already)", body = Data<PresentedTokenRevoked>),
@@ -147,7 +142,7 @@ pub(crate) async fn revoke_presented(
     ApiJson(body): ApiJson<PresentedTokenRequest>,
 ) -> Result<Json<Data<PresentedTokenRevoked>>, ApiError> {
     let ip = source_ip(&parts);
-    if let Some(retry_after) = state.auth_limiter.check(limiter_key(ip)) {
+    if let Some(retry_after) = state.auth_limiter.check(ip) {
         return Err(ApiError::too_many_requests(retry_after));
     }
     let outcome = state
@@ -173,7 +168,7 @@ pub(crate) async fn revoke_presented(
             }))
         }
         PresentedToken::Unknown => {
-            state.auth_limiter.record_failure(limiter_key(ip));
+            state.auth_limiter.record_failure(ip);
             Err(ApiError::not_found_because(
                 "no token of this portal matches the presented text",
             ))
@@ -207,7 +202,7 @@ pub(crate) async fn github_secret_scanning(
         ));
     };
     let ip = source_ip(&parts);
-    if let Some(retry_after) = state.auth_limiter.check(limiter_key(ip)) {
+    if let Some(retry_after) = state.auth_limiter.check(ip) {
         return Err(ApiError::too_many_requests(retry_after));
     }
     let headers = &parts.headers;
@@ -217,7 +212,7 @@ pub(crate) async fn github_secret_scanning(
         &body,
     );
     if let Err(err) = signed {
-        state.auth_limiter.record_failure(limiter_key(ip));
+        state.auth_limiter.record_failure(ip);
         metrics::counter!(postern_metrics::AUTH_FAILURES, "surface" => "github_secret_scanning", "reason" => "signature").increment(1);
         tracing::warn!(error = %err, source_ip = ?ip, "refused a GitHub secret-scanning report");
         return Err(ApiError::unauthorized(err.to_string()));

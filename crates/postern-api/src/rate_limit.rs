@@ -20,8 +20,12 @@ pub struct AuthRateLimiter {
     failures: Mutex<LruCache<IpAddr, (Instant, u32)>>,
 }
 
-/// The key an address is counted under: itself, or for IPv6 its /64.
-fn key(ip: IpAddr) -> IpAddr {
+/// The key an address is counted under: itself, or for IPv6 its /64. Requests whose address
+/// is unknown share one key.
+fn key(ip: Option<IpAddr>) -> IpAddr {
+    let Some(ip) = ip else {
+        return IpAddr::from([0, 0, 0, 0]);
+    };
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
@@ -49,9 +53,9 @@ impl AuthRateLimiter {
     }
 
     /// `Some(seconds)` to wait when the address has used up its failures for this window.
-    pub fn check(&self, ip: IpAddr) -> Option<u64> {
+    pub fn check(&self, ip: impl Into<Option<IpAddr>>) -> Option<u64> {
         let failures = self.failures.lock();
-        let (started, count) = failures.peek(&key(ip))?;
+        let (started, count) = failures.peek(&key(ip.into()))?;
         let elapsed = started.elapsed();
         if elapsed >= self.window || *count < self.max_failures {
             return None;
@@ -59,9 +63,9 @@ impl AuthRateLimiter {
         Some((self.window - elapsed).as_secs().max(1))
     }
 
-    pub fn record_failure(&self, ip: IpAddr) {
+    pub fn record_failure(&self, ip: impl Into<Option<IpAddr>>) {
         let mut failures = self.failures.lock();
-        let entry = failures.get_or_insert_mut(key(ip), || (Instant::now(), 0));
+        let entry = failures.get_or_insert_mut(key(ip.into()), || (Instant::now(), 0));
         if entry.0.elapsed() >= self.window {
             *entry = (Instant::now(), 0);
         }
@@ -89,10 +93,23 @@ mod tests {
     #[test]
     fn an_ipv6_machine_counts_as_its_64() {
         let limiter = AuthRateLimiter::new(2, Duration::from_secs(60));
-        limiter.record_failure("2001:db8:1:2::1".parse().unwrap());
-        limiter.record_failure("2001:db8:1:2:ffff::9".parse().unwrap());
-        assert!(limiter.check("2001:db8:1:2::77".parse().unwrap()).is_some());
-        assert!(limiter.check("2001:db8:1:3::1".parse().unwrap()).is_none());
+        limiter.record_failure("2001:db8:1:2::1".parse::<IpAddr>().unwrap());
+        limiter.record_failure("2001:db8:1:2:ffff::9".parse::<IpAddr>().unwrap());
+        assert!(limiter
+            .check("2001:db8:1:2::77".parse::<IpAddr>().unwrap())
+            .is_some());
+        assert!(limiter
+            .check("2001:db8:1:3::1".parse::<IpAddr>().unwrap())
+            .is_none());
+    }
+
+    #[test]
+    fn requests_of_unknown_address_share_one_count() {
+        let limiter = AuthRateLimiter::new(2, Duration::from_secs(60));
+        limiter.record_failure(None);
+        limiter.record_failure(None);
+        assert!(limiter.check(None).is_some());
+        assert!(limiter.check(IpAddr::from([192, 0, 2, 1])).is_none());
     }
 
     #[test]

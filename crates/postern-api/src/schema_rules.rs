@@ -248,11 +248,8 @@ pub(crate) fn apply(document: &mut Value) {
         }
         // `webhook.test` is an event a webhook is sent on request, not one to subscribe to.
         if let Some(events) = properties.get_mut("events").and_then(Value::as_object_mut) {
-            let subscribable: Vec<&str> = postern_domain::webhooks::WebhookEvent::ALL
-                .into_iter()
-                .filter(|event| event.subscribable())
-                .map(|event| event.as_str())
-                .collect();
+            let subscribable: Vec<&str> =
+                postern_domain::webhooks::WebhookEvent::subscribable_names().collect();
             events.insert(
                 "items".into(),
                 json!({"type": "string", "enum": subscribable}),

@@ -102,6 +102,14 @@ impl WebhookEvent {
     pub fn subscribable(self) -> bool {
         self != WebhookEvent::WebhookTest
     }
+
+    /// The names of the events a webhook may subscribe to, in the canonical order.
+    pub fn subscribable_names() -> impl Iterator<Item = &'static str> {
+        Self::ALL
+            .into_iter()
+            .filter(|event| event.subscribable())
+            .map(WebhookEvent::as_str)
+    }
 }
 
 /// An account's webhook (its secret is shown once, at creation).
@@ -221,11 +229,7 @@ pub fn validate_events(
         let event = WebhookEvent::parse(name.trim())
             .filter(|event| event.subscribable())
             .ok_or_else(|| {
-                let known: Vec<&str> = WebhookEvent::ALL
-                    .iter()
-                    .filter(|event| event.subscribable())
-                    .map(|event| event.as_str())
-                    .collect();
+                let known: Vec<&str> = WebhookEvent::subscribable_names().collect();
                 ValidationError::new(
                     field,
                     format!(

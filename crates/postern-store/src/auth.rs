@@ -128,17 +128,25 @@ impl Store {
                 actual: parsed.kind.as_str(),
             });
         }
-        let (record, generation) = self.token_record(parsed.id).await?;
-        let invalid = AuthError::Invalid {
+        let (record, generation) = self.matching_record(&parsed).await?;
+        let record = record.ok_or(AuthError::Invalid {
             token_id: Some(parsed.id),
-        };
-        let record = record.ok_or(invalid)?;
-        if record.kind != parsed.kind || !parsed.verify(&self.inner.hash_key, &record.hash()) {
-            return Err(AuthError::Invalid {
-                token_id: Some(parsed.id),
-            });
-        }
+        })?;
         principal_of(parsed.id, record, generation, now)
+    }
+
+    /// The stored record of the token `parsed` names, if it is of that kind and the secret
+    /// matches (constant time) — the one check every path that takes a presented token makes —
+    /// and the revocation generation read before it.
+    pub(crate) async fn matching_record(
+        &self,
+        parsed: &postern_token::ParsedToken,
+    ) -> Result<(Option<CachedToken>, u64), StoreError> {
+        let (record, generation) = self.token_record(parsed.id).await?;
+        let record = record.filter(|record| {
+            record.kind == parsed.kind && parsed.verify(&self.inner.hash_key, &record.hash())
+        });
+        Ok((record, generation))
     }
 
     /// Checks again, by id, a token whose secret was verified before (a session being admitted
@@ -177,10 +185,7 @@ impl Store {
         Ok((Some(record), generation))
     }
 
-    pub(crate) async fn load_token_record(
-        &self,
-        token_id: Uuid,
-    ) -> Result<Option<CachedToken>, StoreError> {
+    async fn load_token_record(&self, token_id: Uuid) -> Result<Option<CachedToken>, StoreError> {
         let row = sqlx::query(
             "SELECT t.kind, t.account_id, t.actor_id, t.site_id, t.secret_hash, t.expires_at, \
              t.revoked_at, t.max_clients, t.allowed_source_cidrs, t.require_approval, t.ephemeral, a.disabled_at AS actor_disabled_at, a.name AS actor_name, \

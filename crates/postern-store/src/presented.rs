@@ -54,12 +54,9 @@ impl Store {
         let Ok(parsed) = postern_token::parse(text) else {
             return Ok(PresentedToken::Unknown);
         };
-        let Some(record) = self.load_token_record(parsed.id).await? else {
+        let (Some(record), _) = self.matching_record(&parsed).await? else {
             return Ok(PresentedToken::Unknown);
         };
-        if record.kind != parsed.kind || !parsed.verify(&self.inner.hash_key, &record.hash()) {
-            return Ok(PresentedToken::Unknown);
-        }
         let (account_id, token_id) = (record.account_id, parsed.id);
         let now = Utc::now();
         let mut tx = self.begin_write().await?;

@@ -25,12 +25,10 @@ pub fn routes() -> Router<WebState> {
         .route("/webhooks/{id}/delete", post(delete))
 }
 
-/// The events offered on the form, with what each means.
+/// The events offered on the form (value and label: the event's name).
 fn event_options() -> Vec<(String, String)> {
-    WebhookEvent::ALL
-        .into_iter()
-        .filter(|event| event.subscribable())
-        .map(|event| (event.as_str().to_string(), event.as_str().to_string()))
+    WebhookEvent::subscribable_names()
+        .map(|name| (name.to_string(), name.to_string()))
         .collect()
 }
 

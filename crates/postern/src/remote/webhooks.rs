@@ -8,16 +8,8 @@ use uuid::Uuid;
 use super::{object, Client, ListQuery, RemoteOpts};
 use crate::output::{self, Table};
 
-/// Every event a webhook can subscribe to.
-fn subscribable() -> impl Iterator<Item = &'static str> {
-    WebhookEvent::ALL
-        .into_iter()
-        .filter(|event| event.subscribable())
-        .map(WebhookEvent::as_str)
-}
-
 fn event_parser() -> clap::builder::PossibleValuesParser {
-    clap::builder::PossibleValuesParser::new(subscribable())
+    clap::builder::PossibleValuesParser::new(WebhookEvent::subscribable_names())
 }
 
 #[derive(clap::Args)]
@@ -108,7 +100,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             description,
         } => {
             let events: Vec<String> = if all_events {
-                subscribable().map(str::to_string).collect()
+                WebhookEvent::subscribable_names()
+                    .map(str::to_string)
+                    .collect()
             } else {
                 events
             };
