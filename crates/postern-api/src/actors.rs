@@ -84,6 +84,7 @@ impl TryFrom<TokenRequest> for NewTokenRequest {
                 require_approval: request.require_approval.unwrap_or(false),
                 ephemeral: request.ephemeral.unwrap_or(false),
             },
+            rotated_from: None,
         })
     }
 }
@@ -104,6 +105,7 @@ impl From<GatewayTokenRequest> for NewTokenRequest {
             name: request.name,
             expires_at: request.expires_at,
             guardrails: TokenGuardrails::default(),
+            rotated_from: None,
         }
     }
 }

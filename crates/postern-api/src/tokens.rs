@@ -3,7 +3,7 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use postern_domain::validate;
@@ -38,6 +38,10 @@ pub(crate) fn routes() -> Router<AppState> {
                 .delete(revoke_actor_token),
         )
         .route(
+            "/v1/actors/{id}/tokens/{token_id}/rotate",
+            post(rotate_actor_token),
+        )
+        .route(
             "/v1/sites/{id}/gateway_tokens",
             get(list_gateway_tokens).post(create_gateway_token),
         )
@@ -54,19 +58,38 @@ pub struct TokenStatus {
     pub token: Token,
     /// Sessions open with this token right now, on every live portal node.
     pub online_sessions: u32,
+    /// A rotated token only: the client devices that moved to its successor (their last
+    /// session used it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clients_moved: Option<u64>,
 }
 
 impl TokenStatus {
-    async fn of_all(tokens: Vec<Token>, account_id: Uuid, state: &AppState) -> Vec<Self> {
+    async fn of_all(
+        tokens: Vec<Token>,
+        account_id: Uuid,
+        state: &AppState,
+    ) -> Result<Vec<Self>, ApiError> {
         let ids: Vec<Uuid> = tokens.iter().map(|t| t.id).collect();
         let sessions = state.hub.token_sessions(account_id, &ids).await;
-        tokens
-            .into_iter()
-            .map(|token| Self {
+        let mut statuses = Vec::with_capacity(tokens.len());
+        for token in tokens {
+            let clients_moved = match token.successor_id {
+                Some(successor) => Some(state.store.clients_on_token(account_id, successor).await?),
+                None => None,
+            };
+            statuses.push(Self {
                 online_sessions: sessions.get(&token.id).copied().unwrap_or(0),
+                clients_moved,
                 token,
-            })
-            .collect()
+            });
+        }
+        Ok(statuses)
+    }
+
+    async fn of_one(token: Token, account_id: Uuid, state: &AppState) -> Result<Self, ApiError> {
+        let status = Self::of_all(vec![token], account_id, state).await?;
+        status.into_iter().next().ok_or_else(ApiError::internal)
     }
 }
 
@@ -168,7 +191,7 @@ pub(crate) async fn list_account_tokens(
         .map(|held| (held.token, (held.holder_type, held.holder_name)))
         .unzip();
     let items = TokenStatus::of_all(tokens, auth.account_id(), &state)
-        .await
+        .await?
         .into_iter()
         .zip(holders)
         .map(|(status, (holder_type, holder_name))| {
@@ -247,9 +270,67 @@ pub(crate) async fn get_actor_token(
         .store
         .get_token(auth.account_id(), actor(&id)?, token_id)
         .await?;
-    let status = TokenStatus::of_all(vec![token], auth.account_id(), &state).await;
-    let status = status.into_iter().next().ok_or_else(ApiError::internal)?;
-    Ok(Data::new(status))
+    Ok(Data::new(
+        TokenStatus::of_one(token, auth.account_id(), &state).await?,
+    ))
+}
+
+/// How to rotate a token.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateToken {
+    /// How long the rotated token keeps working beside its successor, such as `24h`, `90m`
+    /// or `7d` (default `24h`; at most the account's longest token lifetime).
+    #[schema(example = "24h", pattern = r"^[0-9]+(s|m|min|h|d|w|y)$")]
+    pub overlap: Option<String>,
+}
+
+/// A rotation: the successor with its secret (shown once) and the rotated token, which now
+/// expires at the end of the overlap window.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct Rotation {
+    pub successor: TokenWithSecret,
+    pub rotated: Token,
+}
+
+#[utoipa::path(post, path = "/v1/actors/{id}/tokens/{token_id}/rotate", tag = "tokens",
+    request_body(content = Option<RotateToken>, description = "Optional: without a body the overlap window is 24 hours"),
+    responses((status = 201, body = Data<Rotation>), (status = 404, body = Problem), (status = 409, description = "The token is revoked, expired or already rotated", body = Problem), (status = 422, body = Problem)))]
+/// Rotates a service account's (or API client's) token without downtime: a successor is
+/// created (the same guardrails, the name with a `(rotated DATE)` suffix, as long a life as the
+/// rotated token had, within the account's cap) and the rotated token keeps working until the
+/// end of the overlap window. Meanwhile every portal node hands the successor to the clients
+/// connected with the rotated token; they write it to their token file and reconnect with it,
+/// keeping their tunnels. Audited as `token.create` and `token.rotate`.
+pub(crate) async fn rotate_actor_token(
+    State(state): State<AppState>,
+    auth: Authed,
+    Path((id, token_id)): Path<(String, String)>,
+    MaybeJson(body): MaybeJson<RotateToken>,
+) -> Result<(StatusCode, Json<Data<Rotation>>), ApiError> {
+    let token_id = parse_id("token", &token_id)?;
+    let overlap = body
+        .unwrap_or_default()
+        .overlap
+        .map(|text| postern_domain::rules::parse_duration_of("overlap", &text))
+        .transpose()?;
+    let rotated = state
+        .store
+        .rotate_token(
+            auth.account_id(),
+            actor(&id)?,
+            token_id,
+            overlap,
+            &auth.acting,
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Data::new(Rotation {
+            successor: rotated.successor.into(),
+            rotated: rotated.predecessor,
+        }),
+    ))
 }
 
 /// What `PATCH` changes on a service account's token; omitted fields stay as they are.
@@ -306,9 +387,9 @@ pub(crate) async fn update_actor_token(
             &auth.acting,
         )
         .await?;
-    let status = TokenStatus::of_all(vec![token], auth.account_id(), &state).await;
-    let status = status.into_iter().next().ok_or_else(ApiError::internal)?;
-    Ok(Data::new(status))
+    Ok(Data::new(
+        TokenStatus::of_one(token, auth.account_id(), &state).await?,
+    ))
 }
 
 #[utoipa::path(delete, path = "/v1/actors/{id}/tokens/{token_id}", tag = "tokens",
@@ -366,7 +447,7 @@ async fn list(
         .await?;
     let statuses = postern_store::Paged {
         next_cursor: tokens.next_cursor,
-        items: TokenStatus::of_all(tokens.items, auth.account_id(), &state).await,
+        items: TokenStatus::of_all(tokens.items, auth.account_id(), &state).await?,
     };
     Ok(List::from_page(statuses, page.limit))
 }

@@ -30,6 +30,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/actors/{id}/tokens/{token_id}"),
     ("patch", "/v1/actors/{id}/tokens/{token_id}"),
     ("delete", "/v1/actors/{id}/tokens/{token_id}"),
+    ("post", "/v1/actors/{id}/tokens/{token_id}/rotate"),
     ("get", "/v1/tokens"),
     ("post", "/v1/tokens/revoke-presented"),
     ("post", "/v1/secret-scanning/github"),
@@ -740,6 +741,33 @@ async fn responses_match_the_document() {
     .await;
     c.call(
         p,
+        Method::POST,
+        "/v1/actors/{id}/tokens/{token_id}/rotate",
+        &[&actor_id, &token_id],
+        Some(json!({"overlap": "1h"})),
+        StatusCode::CREATED,
+    )
+    .await;
+    c.call(
+        p,
+        Method::POST,
+        "/v1/actors/{id}/tokens/{token_id}/rotate",
+        &[&actor_id, &token_id],
+        none.clone(),
+        StatusCode::CONFLICT,
+    )
+    .await;
+    c.call(
+        p,
+        Method::GET,
+        "/v1/actors/{id}/tokens/{token_id}",
+        &[&actor_id, &token_id],
+        none.clone(),
+        StatusCode::OK,
+    )
+    .await;
+    c.call(
+        p,
         Method::DELETE,
         "/v1/actors/{id}/tokens/{token_id}",
         &[&actor_id, &token_id],
@@ -757,7 +785,8 @@ async fn responses_match_the_document() {
             StatusCode::OK,
         )
         .await;
-    assert_eq!(revoked["data"]["revoked"], 2);
+    // The original token, the one created later, and the rotated one's successor.
+    assert_eq!(revoked["data"]["revoked"], 3);
 
     // Sites and gateway tokens.
     let site = c

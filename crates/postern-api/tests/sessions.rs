@@ -25,6 +25,7 @@ on_both_backends!(
     the_database_does_not_rebind_a_device_to_another_service_account,
     a_blocked_device_is_ended_and_refused_while_its_token_serves_the_others,
     a_tokens_guardrails_limit_place_and_hold_its_sessions_live,
+    a_rotated_token_hands_its_successor_over_and_stops_at_the_end_of_its_window,
 );
 
 struct World {
@@ -445,6 +446,184 @@ async fn access_requests_reach_a_gateway_and_revocation_ends_everything(portal: 
     let rows: &Vec<Value> = clients["data"].as_array().unwrap();
     assert_eq!(rows.len(), 2);
     assert!(rows.iter().all(|c| c["online"] == false), "{clients}");
+}
+
+/// The next client message that `pick` takes, skipping others (grant updates), within 5 s.
+async fn next_such<T>(socket: &mut Socket, pick: impl Fn(PortalToClient) -> Option<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Some(found) = pick(next::<PortalToClient>(socket).await) {
+                return found;
+            }
+        }
+    })
+    .await
+    .expect("the message within 5 s")
+}
+
+async fn request_access(socket: &mut Socket, resource_id: uuid::Uuid) -> uuid::Uuid {
+    let request = encode(&ClientToPortal::RequestAccess {
+        resource_id,
+        dns: None,
+    });
+    socket.send(Message::Text(request.into())).await.unwrap();
+    next_such(socket, |message| match message {
+        PortalToClient::AccessGranted {
+            authorization_id, ..
+        } => Some(authorization_id),
+        PortalToClient::AccessDenied { reason, .. } => panic!("denied: {reason}"),
+        _ => None,
+    })
+    .await
+}
+
+async fn a_rotated_token_hands_its_successor_over_and_stops_at_the_end_of_its_window(
+    portal: &Portal,
+) {
+    let w = world(portal).await;
+    let resource_id: uuid::Uuid = w.resource_id.parse().unwrap();
+    let tokens = format!("/v1/actors/{}/tokens", w.actor_id);
+    portal
+        .call(
+            Method::PATCH,
+            &format!("{tokens}/{}", w.token_id),
+            Some(json!({"max_clients": 10, "allowed_source_cidrs": ["127.0.0.0/8"]})),
+        )
+        .await;
+    let mut gateway = connect(portal, GATEWAY_PATH, &w.gateway_secret, "gw-1")
+        .await
+        .unwrap();
+    let _: PortalToGateway = next(&mut gateway).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while portal
+        .get(&format!("/v1/sites/{}/gateways", w.site_id))
+        .await["data"][0]["online"]
+        != true
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway is not online"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut moving = connect(portal, CLIENT_PATH, &w.secret, "runner-a")
+        .await
+        .unwrap();
+    let _: PortalToClient = next(&mut moving).await;
+    let granted = request_access(&mut moving, resource_id).await;
+
+    // Bad windows and unknown tokens change nothing.
+    let rotate = format!("{tokens}/{}/rotate", w.token_id);
+    for bad in ["0s", "soon", "3651d"] {
+        let (status, problem) = portal
+            .call(Method::POST, &rotate, Some(json!({"overlap": bad})))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {problem}");
+        assert!(problem.to_string().contains("overlap"), "{problem}");
+    }
+    let (status, _) = portal
+        .call(
+            Method::POST,
+            &format!("{tokens}/{}/rotate", uuid::Uuid::now_v7()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, rotation) = portal
+        .call(Method::POST, &rotate, Some(json!({"overlap": "3s"})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{rotation}");
+    let successor = &rotation["data"]["successor"];
+    let rotated = &rotation["data"]["rotated"];
+    let successor_id = successor["id"].as_str().unwrap().to_string();
+    let successor_secret = successor["secret"].as_str().unwrap().to_string();
+    assert!(successor_secret.starts_with("postern_client_"));
+    assert_eq!(rotated["successor_id"], successor["id"]);
+    assert_eq!(successor["rotated_from"], rotated["id"]);
+    assert!(
+        successor["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("default (rotated 20"),
+        "{successor}"
+    );
+    assert_eq!(successor["max_clients"], 10, "the guardrails are kept");
+    assert_eq!(successor["allowed_source_cidrs"], json!(["127.0.0.0/8"]));
+    let window_end: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(rotated["expires_at"].clone()).unwrap();
+    let left = window_end - chrono::Utc::now();
+    assert!(left > chrono::Duration::zero() && left <= chrono::Duration::seconds(3));
+    let (status, problem) = portal.call(Method::POST, &rotate, None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "rotated twice: {problem}");
+    assert!(problem.to_string().contains(&successor_id), "{problem}");
+
+    // The connected client is handed the successor; so is one connecting with the old token
+    // during the window.
+    let pick_successor = |message| match message {
+        PortalToClient::TokenRotated {
+            token_id,
+            secret,
+            replaced_token_expires_at,
+            ..
+        } => Some((
+            token_id,
+            secret.expose().to_string(),
+            replaced_token_expires_at,
+        )),
+        _ => None,
+    };
+    let (token_id, secret, ends) = next_such(&mut moving, pick_successor).await;
+    assert_eq!(token_id.to_string(), successor_id);
+    assert_eq!(secret, successor_secret);
+    assert_eq!(ends, window_end);
+    let mut staying = connect(portal, CLIENT_PATH, &w.secret, "runner-b")
+        .await
+        .unwrap();
+    let (token_id, _, _) = next_such(&mut staying, pick_successor).await;
+    assert_eq!(token_id.to_string(), successor_id);
+
+    // runner-a moves: its grant goes with it.
+    drop(moving);
+    let mut moved = connect(portal, CLIENT_PATH, &successor_secret, "runner-a")
+        .await
+        .unwrap();
+    let PortalToClient::Init(init) = next(&mut moved).await else {
+        panic!("Init")
+    };
+    assert_eq!(init.token_id.to_string(), successor_id);
+
+    // The window ends: runner-b (still on the old token) is ended, the old token refused;
+    // runner-a's grant lives on under the successor (the same authorization, renewed).
+    let reason = next_such(&mut staying, |message| match message {
+        PortalToClient::Disconnect { reason, .. } => Some(reason),
+        _ => None,
+    })
+    .await;
+    assert_eq!(reason, DisconnectReason::TokenExpired);
+    assert_eq!(
+        connect(portal, CLIENT_PATH, &w.secret, "runner-c")
+            .await
+            .err(),
+        Some(StatusCode::UNAUTHORIZED)
+    );
+    assert_eq!(request_access(&mut moved, resource_id).await, granted);
+    let status = portal.get(&format!("{tokens}/{}", w.token_id)).await;
+    let clients = portal.get("/v1/clients?device_id=runner-a").await;
+    assert_eq!(status["data"]["clients_moved"], 1, "{status} {clients}");
+    let audit = portal.get("/v1/audit-events?action=token.rotate").await;
+    assert_eq!(audit["data"][0]["object_id"], rotated["id"], "{audit}");
+    assert_eq!(
+        audit["data"][0]["after"]["successor_id"], successor["id"],
+        "{audit}"
+    );
+    // The successor's secret is not kept once the window is over, nor anywhere in plain text.
+    portal
+        .store
+        .clear_ended_rotations(chrono::Utc::now())
+        .await
+        .unwrap();
+    assert!(!stored_data(portal).await.contains(&successor_secret));
 }
 
 /// The database decides device ids and tunnel addresses between portal nodes: a claim on a

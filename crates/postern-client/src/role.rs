@@ -4,12 +4,14 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use postern_device::session::Successor;
 use postern_device::Role;
 use postern_policy::{format_ports, Filter, Protocol};
 use postern_protocol::client::{ClientState, ClientUpdate};
 use postern_protocol::{
     ClientToPortal, DisconnectReason, PortalToClient, ResourceView, TunnelAddresses, CLIENT_PATH,
 };
+use postern_token::SecretString;
 use serde::{Deserialize, Serialize};
 
 use std::sync::atomic::Ordering;
@@ -359,6 +361,23 @@ impl Role for ClientRole {
     fn disconnect(message: &PortalToClient) -> Option<(DisconnectReason, String)> {
         match message {
             PortalToClient::Disconnect { reason, message } => Some((*reason, message.clone())),
+            _ => None,
+        }
+    }
+
+    fn successor(message: &PortalToClient) -> Option<Successor> {
+        match message {
+            PortalToClient::TokenRotated {
+                token_id,
+                secret,
+                expires_at,
+                replaced_token_expires_at,
+            } => Some(Successor {
+                token_id: *token_id,
+                secret: SecretString::new(secret.expose().to_string()),
+                expires_at: *expires_at,
+                replaced_token_expires_at: *replaced_token_expires_at,
+            }),
             _ => None,
         }
     }

@@ -107,6 +107,8 @@ pub struct Token {
     pub id: Uuid,
     /// Where it came from, for messages: `POSTERN_TOKEN` or the file's path.
     pub origin: String,
+    /// The token file it was read from; `None` when it came from the environment.
+    pub file: Option<PathBuf>,
 }
 
 /// The token from the environment (if [`take_token_from_env`] found one) or else from `path`,
@@ -117,9 +119,17 @@ pub fn load_token(
     expected: TokenKind,
     program: &str,
 ) -> Result<Token, ConfigError> {
-    let (secret, origin) = match from_env {
-        Some(secret) => (secret, format!("the {TOKEN_ENV} environment variable")),
-        None => (read_token_file(path)?, path.display().to_string()),
+    let (secret, origin, file) = match from_env {
+        Some(secret) => (
+            secret,
+            format!("the {TOKEN_ENV} environment variable"),
+            None,
+        ),
+        None => (
+            read_token_file(path)?,
+            path.display().to_string(),
+            Some(path.to_path_buf()),
+        ),
     };
     if secret.expose().is_empty() {
         return Err(ConfigError::TokenEmpty { origin });
@@ -140,7 +150,42 @@ pub fn load_token(
         id: parsed.id,
         secret,
         origin,
+        file,
     })
+}
+
+/// Replaces the token in a token file: written to a temporary file beside it (mode 0600, the
+/// owner and group of the file it replaces), flushed to disk, then renamed over it, so that a
+/// crash leaves the old token or the new one, never a part.
+pub fn replace_token_file(path: &Path, secret: &SecretString) -> io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let owner = std::fs::metadata(path)?;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = dir.join(format!(".{name}.{}.new", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)?;
+        std::os::unix::fs::fchown(&file, Some(owner.uid()), Some(owner.gid()))?;
+        io::Write::write_all(&mut file, secret.expose().as_bytes())?;
+        io::Write::write_all(&mut file, b"\n")?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result
 }
 
 /// Reads a token file, refusing one that group or others may read.
@@ -456,6 +501,33 @@ mod tests {
             .secret
             .expose()
             .to_string()
+    }
+
+    #[test]
+    fn a_replaced_token_file_holds_the_new_token_with_its_owner_and_mode_600() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let old = token(TokenKind::Client);
+        let path = token_file(dir.path(), &old, 0o400);
+        let nobody = 65534;
+        std::os::unix::fs::chown(&path, Some(nobody), Some(nobody)).unwrap();
+        let new = token(TokenKind::Client);
+        replace_token_file(&path, &SecretString::new(new.clone())).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+        assert_eq!((meta.uid(), meta.gid()), (nobody, nobody));
+        let loaded = load_token(None, &path, TokenKind::Client, "postern-client").unwrap();
+        assert_eq!(loaded.secret.expose(), new);
+        assert_eq!(loaded.file.as_deref(), Some(path.as_path()));
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file left: {leftovers:?}");
+        // A directory that cannot be written keeps the old file as it was.
+        assert!(
+            replace_token_file(&dir.path().join("missing/token"), &SecretString::new(new)).is_err()
+        );
     }
 
     fn token_file(dir: &Path, contents: &str, mode: u32) -> PathBuf {

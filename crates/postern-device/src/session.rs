@@ -25,12 +25,13 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use url::Url;
+use uuid::Uuid;
 use zeroize::Zeroizing;
 
-use crate::config::{session_url, DeviceConfig};
-use crate::status::{write_status, ConnectionState, Status};
+use crate::config::{replace_token_file, session_url, DeviceConfig};
+use crate::status::{write_status, ConnectionState, Status, TokenRotation};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -62,6 +63,10 @@ pub trait Role {
     }
     /// `Some` when the message is the portal's `Disconnect`.
     fn disconnect(message: &Self::Incoming) -> Option<(DisconnectReason, String)>;
+    /// `Some` when the message hands over a successor of the device's token (a rotation).
+    fn successor(_message: &Self::Incoming) -> Option<Successor> {
+        None
+    }
     /// Applies a message (never a `Disconnect`); returns whether the state changed.
     fn on_message(&mut self, message: Self::Incoming) -> bool;
     /// When `on_wakeup` is next due (an expiry), if ever.
@@ -81,6 +86,16 @@ async fn next_outgoing<R: Role>(role: &mut R) -> Option<R::Outgoing> {
         Some(outbox) => outbox.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// The successor of the device's token, handed over by the portal when the token was rotated.
+#[derive(Debug)]
+pub struct Successor {
+    pub token_id: Uuid,
+    pub secret: SecretString,
+    pub expires_at: DateTime<Utc>,
+    /// When the token the device holds now stops working.
+    pub replaced_token_expires_at: DateTime<Utc>,
 }
 
 /// How the session ended: the process exit code and why.
@@ -107,7 +122,7 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
 /// Runs the session with the portal until the state machine says to exit or `shutdown`
 /// resolves (then the socket is closed cleanly and the outcome is exit code 0).
 pub async fn run<R: Role>(
-    config: DeviceConfig,
+    mut config: DeviceConfig,
     role: &mut R,
     shutdown: impl Future<Output = ()>,
 ) -> Outcome {
@@ -164,6 +179,7 @@ pub async fn run<R: Role>(
                         status.set(ConnectionState::Connected, None);
                         status.write(role);
                         info!(%portal, "connected to the portal");
+                        let mut successor = None;
                         let end = session(
                             ws,
                             &mut conn,
@@ -171,8 +187,12 @@ pub async fn run<R: Role>(
                             &mut status,
                             shutdown.as_mut(),
                             &mut rng,
+                            &mut successor,
                         )
                         .await;
+                        if let Some(successor) = successor {
+                            adopt_successor(&mut config, successor, &mut status);
+                        }
                         match end {
                             Some(action @ Action::Reconnect { .. }) => {
                                 // The node may be gone: the next attempt goes to another one.
@@ -317,7 +337,72 @@ enum Event {
     Frame(Option<Result<Message, WsError>>),
 }
 
-/// Runs one open session; returns the next action, or `None` on shutdown.
+/// Takes a successor of the device's token: it is written to the token file (when the token
+/// came from one) and used for every connection from now on. The secret is never logged.
+fn adopt_successor(config: &mut DeviceConfig, successor: Successor, status: &mut StatusWriter) {
+    let replaced = config.token.id;
+    let (persisted, action_needed) = match &config.token.file {
+        Some(path) => match replace_token_file(path, &successor.secret) {
+            Ok(()) => {
+                info!(
+                    token = %successor.token_id,
+                    replaced = %replaced,
+                    "the token was rotated: its successor is in {}",
+                    path.display()
+                );
+                (true, None)
+            }
+            Err(err) => {
+                let why = format!(
+                    "the token was rotated but its successor could not be written to {}: {err}; \
+                     this client uses it until it stops, but must be given the new token by hand \
+                     before {}",
+                    path.display(),
+                    successor.replaced_token_expires_at.to_rfc3339()
+                );
+                error!(token = %successor.token_id, "{why}");
+                (false, Some(why))
+            }
+        },
+        None => {
+            let why = format!(
+                "the token was rotated, and this client uses its successor {} until it stops, but \
+                 it came from {} and cannot be persisted: give the client the new token \
+                 (`postern tokens rotate` showed it) before the old one stops working at {}",
+                successor.token_id,
+                config.token.origin,
+                successor.replaced_token_expires_at.to_rfc3339()
+            );
+            warn!("{why}");
+            (false, Some(why))
+        }
+    };
+    status.token_rotation = Some(TokenRotation {
+        at: Utc::now(),
+        replaced_token_id: replaced,
+        replaced_token_expires_at: successor.replaced_token_expires_at,
+        token_id: successor.token_id,
+        expires_at: successor.expires_at,
+        persisted,
+        action_needed,
+    });
+    config.token.id = successor.token_id;
+    config.token.secret = successor.secret;
+}
+
+/// A successor as the portal sent it, if it is a well-formed token of the kind the device
+/// uses, with the id it claims, and not the token the device holds already.
+fn checked_successor(successor: Successor, current: Uuid) -> Option<Successor> {
+    let parsed = postern_token::parse(successor.secret.expose()).ok()?;
+    if parsed.id != successor.token_id || successor.token_id == current {
+        return None;
+    }
+    Some(successor)
+}
+
+/// Runs one open session; returns the next action, or `None` on shutdown. A successor of the
+/// token ends the session (to connect again with it at once) and is put in `successor`.
+#[allow(clippy::too_many_arguments)]
 async fn session<R: Role, S: Future<Output = ()>>(
     ws: Ws,
     conn: &mut Connection,
@@ -325,6 +410,7 @@ async fn session<R: Role, S: Future<Output = ()>>(
     status: &mut StatusWriter,
     mut shutdown: Pin<&mut S>,
     rng: &mut StdRng,
+    successor: &mut Option<Successor>,
 ) -> Option<Action> {
     let (mut sink, mut stream) = ws.split();
     loop {
@@ -430,6 +516,22 @@ async fn session<R: Role, S: Future<Output = ()>>(
             info!(reason = %reason_name, "the portal ended the session: {text}");
             close(&mut sink, &mut stream).await;
             return Some(conn.on_disconnected(now, Some((reason, text)), rng));
+        }
+        if let Some(next) = R::successor(&message) {
+            let current = status.token_id;
+            match checked_successor(next, current) {
+                Some(next) => {
+                    info!(token = %next.token_id, "the portal handed over a successor of the token: reconnecting with it");
+                    status.token_id = next.token_id;
+                    *successor = Some(next);
+                    close(&mut sink, &mut stream).await;
+                    return Some(conn.on_token_replaced(Instant::now()));
+                }
+                None => {
+                    debug!("ignoring a successor that is this token or not a token");
+                    continue;
+                }
+            }
         }
         if role.on_message(message) {
             status.write(role);
@@ -608,6 +710,9 @@ struct StatusWriter {
     retry_at: Option<DateTime<Utc>>,
     last_error: Option<String>,
     exit_code: Option<i32>,
+    token_rotation: Option<TokenRotation>,
+    /// The token the device holds now.
+    token_id: Uuid,
     warned: bool,
 }
 
@@ -627,6 +732,8 @@ impl StatusWriter {
             retry_at: None,
             last_error: None,
             exit_code: None,
+            token_rotation: None,
+            token_id: config.token.id,
             warned: false,
         }
     }
@@ -648,6 +755,7 @@ impl StatusWriter {
             device_id: self.device_id.clone(),
             device_name: self.device_name.clone(),
             version: self.version.clone(),
+            token_rotation: self.token_rotation.clone(),
             details: role.details(),
         };
         match write_status(&self.state_dir, &status) {
@@ -677,6 +785,24 @@ impl StatusWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_well_formed_new_token_with_its_own_id_is_taken_as_a_successor() {
+        let key = postern_token::HashKey::generate();
+        let current = Uuid::now_v7();
+        let id = Uuid::now_v7();
+        let secret = postern_token::generate(postern_token::TokenKind::Client, id, &key).secret;
+        let offer = |token_id: Uuid, secret: &str| Successor {
+            token_id,
+            secret: SecretString::new(secret.to_string()),
+            expires_at: now(),
+            replaced_token_expires_at: now(),
+        };
+        assert!(checked_successor(offer(id, secret.expose()), current).is_some());
+        assert!(checked_successor(offer(Uuid::now_v7(), secret.expose()), current).is_none());
+        assert!(checked_successor(offer(id, "postern_client_nope"), current).is_none());
+        assert!(checked_successor(offer(id, secret.expose()), id).is_none());
+    }
 
     fn now() -> DateTime<Utc> {
         "2026-03-01T12:00:00Z".parse().unwrap()

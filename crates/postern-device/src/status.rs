@@ -51,8 +51,28 @@ pub struct Status<T> {
     pub device_id: String,
     pub device_name: String,
     pub version: String,
+    /// The last time the portal handed this device a successor of its token (a rotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_rotation: Option<TokenRotation>,
     #[serde(flatten)]
     pub details: T,
+}
+
+/// A rotation of the device's token, as the device carried it out.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenRotation {
+    pub at: DateTime<Utc>,
+    /// The rotated token, which stops working at `replaced_token_expires_at`.
+    pub replaced_token_id: uuid::Uuid,
+    pub replaced_token_expires_at: DateTime<Utc>,
+    /// The successor, which the device uses from now on.
+    pub token_id: uuid::Uuid,
+    pub expires_at: DateTime<Utc>,
+    /// Whether the successor was written to the token file (a restart uses it).
+    pub persisted: bool,
+    /// What the operator must do, if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action_needed: Option<String>,
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
@@ -292,6 +312,7 @@ mod tests {
             device_id: "dev".into(),
             device_name: "box".into(),
             version: "0.1.0".into(),
+            token_rotation: None,
             details: Details {
                 resources: vec!["db".into()],
             },

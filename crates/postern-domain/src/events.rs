@@ -18,6 +18,15 @@ pub enum ChangeEvent {
         account_id: Uuid,
         token_id: Uuid,
     },
+    /// A token was rotated: it now stops working at `expires_at` (the end of the overlap
+    /// window), and `successor_id` replaces it. Sessions with it are cut to `expires_at` at
+    /// once, without a read, on every node.
+    TokenRotated {
+        account_id: Uuid,
+        token_id: Uuid,
+        successor_id: Uuid,
+        expires_at: chrono::DateTime<chrono::Utc>,
+    },
     /// The tokens no longer authenticate: revoked, or deleted with their actor or site.
     TokensRevoked {
         account_id: Uuid,
@@ -154,6 +163,7 @@ impl ChangeEvent {
         match self {
             ChangeEvent::TokenCreated { account_id, .. }
             | ChangeEvent::TokenUpdated { account_id, .. }
+            | ChangeEvent::TokenRotated { account_id, .. }
             | ChangeEvent::TokensRevoked { account_id, .. }
             | ChangeEvent::ActorCreated { account_id, .. }
             | ChangeEvent::ActorUpdated { account_id, .. }

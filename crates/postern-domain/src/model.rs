@@ -343,6 +343,17 @@ pub struct Token {
     /// Limits for a fleet sharing the token (service-account tokens only).
     #[serde(flatten)]
     pub guardrails: TokenGuardrails,
+    /// The token this one replaced by rotation, if any.
+    #[serde(default)]
+    pub rotated_from: Option<Uuid>,
+    /// The token that replaces this one (it was rotated): this one keeps working until
+    /// `expires_at`, the end of the overlap window, and the clients connected with it are
+    /// handed the successor meanwhile.
+    #[serde(default)]
+    pub successor_id: Option<Uuid>,
+    /// When this token was rotated.
+    #[serde(default)]
+    pub rotated_at: Option<DateTime<Utc>>,
 }
 
 /// Limits on one service-account token, for a fleet of machines sharing it.

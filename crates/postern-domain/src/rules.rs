@@ -3,8 +3,8 @@
 use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 
-use crate::model::{AccountSettings, Actor, ActorType, GroupKind};
-use crate::validate::ValidationError;
+use crate::model::{AccountSettings, Actor, ActorType, GroupKind, Token};
+use crate::validate::{self, ValidationError};
 
 /// A token lives this long unless its creator chooses otherwise.
 pub const DEFAULT_TOKEN_LIFETIME_DAYS: i64 = 365;
@@ -143,10 +143,15 @@ pub fn automatic_groups(actor_type: ActorType, everyone_group: Uuid) -> Vec<Uuid
 
 /// Parses a human duration such as `30d`, `12h`, `90m`, `2w` or `1y` (365 days).
 pub fn parse_duration(value: &str) -> Result<Duration, ValidationError> {
+    parse_duration_of("expires_in", value)
+}
+
+/// [`parse_duration`] of the field `field`, which errors name.
+pub fn parse_duration_of(field: &str, value: &str) -> Result<Duration, ValidationError> {
     let value = value.trim();
     let invalid = || {
         ValidationError::new(
-            "expires_in",
+            field,
             format!(
                 "'{value}' is not a duration: use a number and a unit, such as 30d, 12h, 2w or 1y (also s and m)"
             ),
@@ -158,10 +163,7 @@ pub fn parse_duration(value: &str) -> Result<Duration, ValidationError> {
     let (number, unit) = value.split_at(split);
     let number: i64 = number.parse().map_err(|_| invalid())?;
     if number <= 0 {
-        return Err(ValidationError::new(
-            "expires_in",
-            "must be longer than zero",
-        ));
+        return Err(ValidationError::new(field, "must be longer than zero"));
     }
     let days_limit = 36_500;
     let duration = match unit {
@@ -175,12 +177,89 @@ pub fn parse_duration(value: &str) -> Result<Duration, ValidationError> {
     }
     .ok_or_else(invalid)?;
     if duration > Duration::days(days_limit) {
-        return Err(ValidationError::new(
-            "expires_in",
-            "must be at most 100 years",
-        ));
+        return Err(ValidationError::new(field, "must be at most 100 years"));
     }
     Ok(duration)
+}
+
+/// How long a rotated token keeps working beside its successor unless the caller says.
+pub const DEFAULT_ROTATION_OVERLAP: Duration = Duration::hours(24);
+
+/// What a rotation does to a token and its successor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationPlan {
+    /// The rotated token's new expiry: the end of the overlap window (never later than it was).
+    pub predecessor_expires_at: DateTime<Utc>,
+    /// The successor lives as long as the rotated token was meant to, within the account's cap.
+    pub successor_expires_at: DateTime<Utc>,
+    /// The rotated token's name with ` (rotated YYYY-MM-DD)`, an earlier such suffix replaced.
+    pub successor_name: String,
+}
+
+/// Why a token cannot be rotated: bad input, or a conflict with the token's state.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RotationError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("the token is revoked; create a new one instead")]
+    Revoked,
+    #[error("the token has expired; create a new one instead")]
+    Expired,
+    #[error("the token was already rotated (its successor is {0}); rotate the successor instead")]
+    AlreadyRotated(Uuid),
+}
+
+/// Plans the rotation of `token` at `now` with an overlap window of `overlap` (default 24 h; at
+/// most the account's longest token lifetime).
+pub fn plan_rotation(
+    token: &Token,
+    overlap: Option<Duration>,
+    now: DateTime<Utc>,
+    settings: &AccountSettings,
+) -> Result<RotationPlan, RotationError> {
+    let cap = Duration::days(i64::from(settings.max_token_lifetime_days));
+    let overlap = overlap.unwrap_or(DEFAULT_ROTATION_OVERLAP);
+    if overlap <= Duration::zero() {
+        return Err(ValidationError::new("overlap", "must be longer than zero").into());
+    }
+    if overlap > cap {
+        return Err(ValidationError::new(
+            "overlap",
+            format!(
+                "is longer than this account's longest token lifetime ({} days)",
+                settings.max_token_lifetime_days
+            ),
+        )
+        .into());
+    }
+    if token.revoked_at.is_some() {
+        return Err(RotationError::Revoked);
+    }
+    if token.expires_at <= now {
+        return Err(RotationError::Expired);
+    }
+    if let Some(successor) = token.successor_id {
+        return Err(RotationError::AlreadyRotated(successor));
+    }
+    let lifetime = (token.expires_at - token.created_at).clamp(Duration::days(1), cap);
+    Ok(RotationPlan {
+        predecessor_expires_at: token.expires_at.min(now + overlap),
+        successor_expires_at: now + lifetime,
+        successor_name: successor_name(&token.name, now),
+    })
+}
+
+const ROTATED_SUFFIX: &str = " (rotated ";
+
+fn successor_name(name: &str, now: DateTime<Utc>) -> String {
+    let base = match name.rfind(ROTATED_SUFFIX) {
+        Some(at) if name.ends_with(')') => &name[..at],
+        _ => name,
+    };
+    let suffix = format!("{ROTATED_SUFFIX}{})", now.format("%Y-%m-%d"));
+    let room = validate::MAX_NAME_LEN.saturating_sub(suffix.chars().count());
+    let base: String = base.chars().take(room).collect();
+    format!("{}{suffix}", base.trim_end())
 }
 
 #[cfg(test)]
@@ -247,6 +326,95 @@ mod tests {
         for bad in ["", "d", "30", "30x", "-1d", "0d", "999999999999y"] {
             assert!(parse_duration(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    fn token(name: &str, created: DateTime<Utc>, expires: DateTime<Utc>) -> Token {
+        Token {
+            id: Uuid::now_v7(),
+            account_id: Uuid::now_v7(),
+            kind: postern_token::TokenKind::Client,
+            actor_id: Some(Uuid::now_v7()),
+            site_id: None,
+            name: name.into(),
+            created_at: created,
+            created_by: None,
+            expires_at: expires,
+            last_used_at: None,
+            last_used_ip: None,
+            last_used_user_agent: None,
+            revoked_at: None,
+            revoked_by: None,
+            guardrails: Default::default(),
+            rotated_from: None,
+            successor_id: None,
+            rotated_at: None,
+        }
+    }
+
+    #[test]
+    fn a_rotation_ends_the_old_token_after_the_window_and_renews_its_lifetime() {
+        let settings = AccountSettings::default();
+        let created = now() - Duration::days(300);
+        let old = token("ci", created, created + Duration::days(365));
+        let plan = plan_rotation(&old, None, now(), &settings).unwrap();
+        assert_eq!(plan.predecessor_expires_at, now() + Duration::hours(24));
+        assert_eq!(plan.successor_expires_at, now() + Duration::days(365));
+        assert_eq!(plan.successor_name, "ci (rotated 2026-11-28)");
+        // A window longer than what is left of the token does not extend it.
+        let plan = plan_rotation(&old, Some(Duration::days(90)), now(), &settings).unwrap();
+        assert_eq!(plan.predecessor_expires_at, old.expires_at);
+        // Rotating the successor replaces the suffix; the account's cap bounds the lifetime.
+        let capped = AccountSettings {
+            max_token_lifetime_days: 30,
+            ..AccountSettings::default()
+        };
+        let plan = plan_rotation(
+            &token(
+                "ci (rotated 2026-01-01)",
+                created,
+                created + Duration::days(365),
+            ),
+            Some(Duration::hours(1)),
+            now(),
+            &capped,
+        )
+        .unwrap();
+        assert_eq!(plan.successor_name, "ci (rotated 2026-11-28)");
+        assert_eq!(plan.successor_expires_at, now() + Duration::days(30));
+        let long = token(&"x".repeat(255), created, created + Duration::days(365));
+        let plan = plan_rotation(&long, None, now(), &settings).unwrap();
+        assert_eq!(plan.successor_name.chars().count(), 255);
+        assert!(plan.successor_name.ends_with(" (rotated 2026-11-28)"));
+    }
+
+    #[test]
+    fn a_rotation_is_refused_for_a_dead_or_rotated_token_and_a_bad_window() {
+        let settings = AccountSettings::default();
+        let live = token("ci", now() - Duration::days(1), now() + Duration::days(1));
+        for overlap in [Duration::zero(), Duration::days(3651)] {
+            assert!(matches!(
+                plan_rotation(&live, Some(overlap), now(), &settings),
+                Err(RotationError::Invalid(e)) if e.field == "overlap"
+            ));
+        }
+        let mut revoked = live.clone();
+        revoked.revoked_at = Some(now());
+        assert_eq!(
+            plan_rotation(&revoked, None, now(), &settings),
+            Err(RotationError::Revoked)
+        );
+        let expired = token("ci", now() - Duration::days(2), now());
+        assert_eq!(
+            plan_rotation(&expired, None, now(), &settings),
+            Err(RotationError::Expired)
+        );
+        let mut rotated = live;
+        let successor = Uuid::now_v7();
+        rotated.successor_id = Some(successor);
+        assert_eq!(
+            plan_rotation(&rotated, None, now(), &settings),
+            Err(RotationError::AlreadyRotated(successor))
+        );
     }
 
     #[test]

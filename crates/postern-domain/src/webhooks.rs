@@ -39,6 +39,10 @@ pub enum WebhookEvent {
     TokenCreated,
     #[serde(rename = "token.revoked")]
     TokenRevoked,
+    /// A token was rotated: `data` is the rotated token, with its successor and the end of
+    /// the overlap window (its new `expires_at`).
+    #[serde(rename = "token.rotated")]
+    TokenRotated,
     /// A secret scanner found a token in public (it is revoked).
     #[serde(rename = "token.leaked")]
     TokenLeaked,
@@ -57,9 +61,10 @@ pub enum WebhookEvent {
 }
 
 impl WebhookEvent {
-    pub const ALL: [WebhookEvent; 8] = [
+    pub const ALL: [WebhookEvent; 9] = [
         WebhookEvent::TokenCreated,
         WebhookEvent::TokenRevoked,
+        WebhookEvent::TokenRotated,
         WebhookEvent::TokenLeaked,
         WebhookEvent::TokenExpiring,
         WebhookEvent::DeviceBlocked,
@@ -72,6 +77,7 @@ impl WebhookEvent {
         match self {
             WebhookEvent::TokenCreated => "token.created",
             WebhookEvent::TokenRevoked => "token.revoked",
+            WebhookEvent::TokenRotated => "token.rotated",
             WebhookEvent::TokenLeaked => "token.leaked",
             WebhookEvent::TokenExpiring => "token.expiring",
             WebhookEvent::DeviceBlocked => "device.blocked",
@@ -90,6 +96,7 @@ impl WebhookEvent {
         match action {
             "token.create" => Some(WebhookEvent::TokenCreated),
             "token.revoke" => Some(WebhookEvent::TokenRevoked),
+            "token.rotate" => Some(WebhookEvent::TokenRotated),
             "token.leaked" => Some(WebhookEvent::TokenLeaked),
             "client.block" => Some(WebhookEvent::DeviceBlocked),
             "client.approve" => Some(WebhookEvent::DeviceApproved),

@@ -130,7 +130,9 @@ impl ClientState {
                     awaiting: awaiting_approval,
                 }]
             }
-            PortalToClient::Disconnect { .. } | PortalToClient::Heartbeat => vec![],
+            PortalToClient::Disconnect { .. }
+            | PortalToClient::Heartbeat
+            | PortalToClient::TokenRotated { .. } => vec![],
         }
     }
 

@@ -188,6 +188,14 @@ impl Connection {
         }
     }
 
+    /// The device was handed a new token (its token was rotated) and closed the session to
+    /// open one with it: connect again at once.
+    pub fn on_token_replaced(&mut self, now: Instant) -> Action {
+        self.phase = Phase::Connecting;
+        self.offline_since.get_or_insert(now);
+        Action::Connect
+    }
+
     /// When `handle_timeout` next has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.phase {
@@ -303,6 +311,16 @@ mod tests {
             let action = conn.handle_timeout(now, &mut rng);
             assert!(!matches!(action, Some(Action::Reconnect { .. })));
         }
+    }
+
+    #[test]
+    fn a_replaced_token_connects_again_at_once() {
+        let start = Instant::now();
+        let mut conn = Connection::new(start, None);
+        conn.on_connected(start);
+        assert_eq!(conn.on_token_replaced(start), Action::Connect);
+        assert_eq!(conn.phase(), &Phase::Connecting);
+        assert_eq!(conn.poll_timeout(), None, "no backoff, no heartbeat");
     }
 
     #[test]

@@ -195,11 +195,48 @@ pub enum PortalToClient {
     Approval {
         awaiting_approval: bool,
     },
+    /// The session's token was rotated: this successor replaces it, and the session's token
+    /// stops working at `replaced_token_expires_at`. The client keeps the successor (in its
+    /// token file when it has one) and reconnects with it; its tunnels stay up.
+    TokenRotated {
+        token_id: Uuid,
+        secret: TokenSecret,
+        expires_at: DateTime<Utc>,
+        replaced_token_expires_at: DateTime<Utc>,
+    },
     Disconnect {
         reason: DisconnectReason,
         message: String,
     },
     Heartbeat,
+}
+
+/// A token's full secret in a message: never shown by `Debug`, wiped when dropped.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TokenSecret(String);
+
+impl TokenSecret {
+    pub fn new(secret: String) -> Self {
+        TokenSecret(secret)
+    }
+
+    /// The secret itself. Do not log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for TokenSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Drop for TokenSecret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

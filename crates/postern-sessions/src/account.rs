@@ -24,8 +24,8 @@ use postern_access::{diff, resource_view, AccessSnapshot, View};
 use postern_domain::{ChangeEvent, Device, DeviceKind, TokenGuardrails};
 use postern_protocol::{
     encode, Authorization, ClientInit, ConnectParams, DisconnectReason, DnsTarget, GatewayInfo,
-    GatewayInit, PortalToClient, PortalToGateway, PresharedKey, ResourceView, TunnelAddresses,
-    WireGuardKey,
+    GatewayInit, PortalToClient, PortalToGateway, PresharedKey, ResourceView, TokenSecret,
+    TunnelAddresses, WireGuardKey,
 };
 use postern_store::{
     AccessData, AuthorizationWrites, DeviceClaim, LoadedAuthorization, Principal, RemoteGateway,
@@ -241,6 +241,17 @@ pub struct AccessLoad {
     pub tokens: HashMap<Uuid, TokenState>,
     /// The guardrails of the same tokens, as they are now.
     pub guardrails: HashMap<Uuid, TokenGuardrails>,
+    /// The successors of those of the same tokens that were rotated and are in their overlap
+    /// window.
+    pub successors: HashMap<Uuid, Successor>,
+}
+
+/// The token that replaces a rotated one, to hand to the clients still connected with it.
+#[derive(Debug, Clone)]
+pub struct Successor {
+    pub token_id: Uuid,
+    pub secret: TokenSecret,
+    pub expires_at: DateTime<Utc>,
 }
 
 /// What is stored of a grant, so that a restarted portal still knows (and can withdraw) it.
@@ -331,6 +342,15 @@ impl Grants {
         remove_from(&mut self.by_token, &grant.token_id, &id);
         self.wakeups.remove(&(grant.wake_at, id));
         Some(grant)
+    }
+
+    fn rebind_token(&mut self, id: Uuid, token_id: Uuid) {
+        let Some(grant) = self.by_id.get_mut(&id) else {
+            return;
+        };
+        let previous = std::mem::replace(&mut grant.token_id, token_id);
+        remove_from(&mut self.by_token, &previous, &id);
+        self.by_token.entry(token_id).or_default().insert(id);
     }
 
     fn set_wake(&mut self, id: Uuid, at: DateTime<Utc>) {
@@ -862,6 +882,19 @@ impl AccountSessions {
             ChangeEvent::DevicesRemoved {
                 kind, device_ids, ..
             } => self.remove_devices(*kind, device_ids, now),
+            ChangeEvent::TokenRotated {
+                token_id,
+                expires_at,
+                ..
+            } => {
+                // Cut at once to the end of its window; the reload brings the successor to
+                // hand to its clients.
+                self.shorten_token(*token_id, *expires_at, now);
+                if self.by_token.contains_key(token_id) {
+                    self.tokens_to_check.insert(*token_id);
+                    self.want_reload();
+                }
+            }
             ChangeEvent::TokenUpdated { token_id, .. } => {
                 // Its guardrails may have changed: the reload reads them for its sessions.
                 if self.by_token.contains_key(token_id) {
@@ -976,8 +1009,8 @@ impl AccountSessions {
         self.view_cache.clear();
         let checked: Vec<Uuid> = sorted(self.tokens_to_check.drain());
         for token_id in checked {
-            let usable = load.tokens.get(&token_id).is_some_and(|t| t.is_usable(now));
-            if !usable {
+            let state = load.tokens.get(&token_id).filter(|t| t.is_usable(now));
+            let Some(state) = state else {
                 self.end_token(
                     token_id,
                     DisconnectReason::TokenRevoked,
@@ -985,9 +1018,13 @@ impl AccountSessions {
                     now,
                 );
                 continue;
-            }
+            };
+            self.shorten_token(token_id, state.expires_at, now);
             if let Some(guardrails) = load.guardrails.get(&token_id) {
                 self.apply_guardrails(token_id, guardrails, now);
+            }
+            if let Some(successor) = load.successors.get(&token_id) {
+                self.offer_successor(token_id, successor, state.expires_at);
             }
         }
         self.end_blocked_clients(now);
@@ -1424,6 +1461,11 @@ impl AccountSessions {
             ..
         } = registration;
         let (actor_id, site_id) = (principal.actor_id, principal.site_id);
+        if principal.rotated && kind == DeviceKind::Client {
+            // Connected with a rotated token: the reload hands it the successor.
+            self.tokens_to_check.insert(principal.token_id);
+            self.want_reload();
+        }
         let held = kind == DeviceKind::Client && awaits_approval(&principal.guardrails, &device);
         let mut entry = Session {
             kind,
@@ -1512,7 +1554,20 @@ impl AccountSessions {
             // The device's grants (also those read back after a restart) serve this session
             // now, from its address: check them as such.
             let ids = Grants::ids_of(&self.grants.by_client, &device.device_id);
+            let mut moved_grants = Vec::new();
             for id in &ids {
+                let moved = self.grants.by_id.get(id).is_some_and(|grant| {
+                    grant.token_id != token_id && Some(grant.token_id) == principal.rotated_from
+                });
+                if moved {
+                    moved_grants.push(*id);
+                    // The device moved to the successor of a rotated token: its grants go
+                    // with it, so the tunnels stay up and the rotated token's end leaves them.
+                    self.grants.rebind_token(*id, token_id);
+                    if let Some(stored) = self.grants.by_id.get(id).map(Grant::stored) {
+                        self.update_write(*id, stored);
+                    }
+                }
                 if let Some(grant) = self.grants.by_id.get_mut(id) {
                     if grant.token_id == token_id {
                         grant.session = Some(session);
@@ -1521,6 +1576,12 @@ impl AccountSessions {
                 }
             }
             self.check_grants(&ids, now);
+            // They were cut to the rotated token's window: extended under the successor now.
+            if self.is_current() {
+                for id in moved_grants {
+                    self.renew(id, now);
+                }
+            }
         }
     }
 
@@ -1974,8 +2035,72 @@ impl AccountSessions {
         }
     }
 
-    /// Ends the connected clients the blocked list (as just read) refuses: a block this node
-    /// did not hear of (a gap in the change feed) still ends them at the next read.
+    /// A token now ends earlier than its sessions were told (it was rotated): they end then,
+    /// and so do its grants.
+    fn shorten_token(&mut self, token_id: Uuid, expires_at: DateTime<Utc>, now: DateTime<Utc>) {
+        let sessions = sorted(self.by_token.get(&token_id).into_iter().flatten().copied());
+        for session in sessions {
+            let entry = match self.clients.get_mut(&session) {
+                Some(entry) => entry,
+                None => match self.gateways.get_mut(&session) {
+                    Some(entry) => entry,
+                    None => continue,
+                },
+            };
+            if entry.token_expires_at <= expires_at {
+                continue;
+            }
+            self.expiries.remove(&(entry.token_expires_at, session));
+            entry.token_expires_at = expires_at;
+            self.expiries.insert((expires_at, session));
+        }
+        let ids = Grants::ids_of(&self.grants.by_token, &token_id);
+        for id in ids {
+            let Some(grant) = self.grants.by_id.get(&id) else {
+                continue;
+            };
+            if grant.authorization.expires_at > expires_at {
+                let resource = grant.authorization.resource.clone();
+                self.update_grant(id, resource, expires_at, now);
+            }
+        }
+    }
+
+    /// Hands a rotated token's successor to the clients connected with the rotated token.
+    fn offer_successor(
+        &mut self,
+        token_id: Uuid,
+        successor: &Successor,
+        replaced_expires_at: DateTime<Utc>,
+    ) {
+        let sessions = self.client_sessions_of_token(token_id);
+        if sessions.is_empty() {
+            return;
+        }
+        let text: Arc<str> = encode(&PortalToClient::TokenRotated {
+            token_id: successor.token_id,
+            secret: successor.secret.clone(),
+            expires_at: successor.expires_at,
+            replaced_token_expires_at: replaced_expires_at,
+        })
+        .into();
+        for session in sessions {
+            self.transmit_text(session, &text);
+        }
+    }
+
+    /// The client sessions holding this token, in order.
+    fn client_sessions_of_token(&self, token_id: Uuid) -> Vec<SessionId> {
+        sorted(
+            self.by_token
+                .get(&token_id)
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|s| self.clients.contains_key(s)),
+        )
+    }
+
     /// A token's guardrails as they are now, for its live sessions: those from outside its
     /// networks end (their grants withdrawn first), approval is required or no longer. A lower
     /// `max_clients` refuses new sessions and leaves the live ones be.
@@ -1985,14 +2110,7 @@ impl AccountSessions {
         guardrails: &TokenGuardrails,
         now: DateTime<Utc>,
     ) {
-        let sessions: Vec<SessionId> = sorted(
-            self.by_token
-                .get(&token_id)
-                .into_iter()
-                .flatten()
-                .copied()
-                .filter(|s| self.clients.contains_key(s)),
-        );
+        let sessions = self.client_sessions_of_token(token_id);
         let mut unheld = Vec::new();
         for session in sessions {
             let Some(client) = self.clients.get(&session) else {
@@ -2109,6 +2227,8 @@ impl AccountSessions {
         }
     }
 
+    /// Ends the connected clients the blocked list (as just read) refuses: a block this node
+    /// did not hear of (a gap in the change feed) still ends them at the next read.
     fn end_blocked_clients(&mut self, now: DateTime<Utc>) {
         let Some(loaded) = &self.loaded else {
             return;
@@ -2900,6 +3020,8 @@ pub(crate) fn revokes_credentials(event: &ChangeEvent) -> bool {
     matches!(
         event,
         ChangeEvent::TokensRevoked { .. }
+            | ChangeEvent::TokenUpdated { .. }
+            | ChangeEvent::TokenRotated { .. }
             | ChangeEvent::ActorDisabled { .. }
             | ChangeEvent::ActorDeleted { .. }
             | ChangeEvent::SiteDeleted { .. }

@@ -18,9 +18,10 @@ use uuid::Uuid;
 
 use crate::account::{
     AccessLoad, AccountLoad, AccountSessions, Event, GrantsLoad, Queued, Queues, Refusal,
-    Registration, SessionId, SessionsConfig, StoreOp,
+    Registration, SessionId, SessionsConfig, StoreOp, Successor,
 };
 use crate::{HubInner, Outbound};
+use postern_protocol::TokenSecret;
 
 /// Commands a worker takes, at most this many waiting: senders wait (connects, access
 /// requests) or fall back to a resync (change events).
@@ -449,12 +450,27 @@ impl Worker {
         let account = self.store.get_account(account_id).await?;
         let access = self.store.access_data(account_id).await?;
         let guardrails = self.store.token_guardrails(account_id, tokens).await?;
+        let successors = self
+            .store
+            .token_successors(account_id, tokens)
+            .await?
+            .into_iter()
+            .map(|(id, successor)| {
+                let successor = Successor {
+                    token_id: successor.token_id,
+                    secret: TokenSecret::new(successor.secret.expose().to_string()),
+                    expires_at: successor.expires_at,
+                };
+                (id, successor)
+            })
+            .collect();
         let tokens = self.store.token_states(account_id, tokens).await?;
         Ok(AccessLoad {
             slug: account.slug,
             access,
             tokens,
             guardrails,
+            successors,
         })
     }
 }

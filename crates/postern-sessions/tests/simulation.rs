@@ -31,11 +31,12 @@ use postern_policy::{evaluate, Condition, Decision, EvalContext, Filter, IpOpera
 use postern_protocol::client::ClientState;
 use postern_protocol::gateway::GatewayState;
 use postern_protocol::{
-    decode, Authorization, ConnectParams, PortalToClient, PortalToGateway, TunnelAddresses,
+    decode, Authorization, ConnectParams, PortalToClient, PortalToGateway, TokenSecret,
+    TunnelAddresses,
 };
 use postern_sessions::account::{
     AccessLoad, AccountLoad, AccountSessions, Event, GrantsLoad, Queued, Queues, Refusal,
-    Registration, SessionId, SessionsConfig, StoreOp,
+    Registration, SessionId, SessionsConfig, StoreOp, Successor,
 };
 use postern_sessions::Outbound;
 use postern_store::{
@@ -107,6 +108,10 @@ fn access_stays_withdrawn_under_random_histories() {
             total.blocked_unheard > cases / 16,
             "too few devices blocked unheard: {total:?}"
         );
+        assert!(
+            total.rotations > cases / 4 && total.moved > cases / 8,
+            "too few rotations, or clients moving to a successor: {total:?}"
+        );
     }
 }
 
@@ -130,6 +135,8 @@ struct Coverage {
     blocked_refused: u64,
     blocked_unheard: u64,
     approved: u64,
+    rotations: u64,
+    moved: u64,
 }
 
 impl Coverage {
@@ -151,6 +158,8 @@ impl Coverage {
         self.blocked_refused += other.blocked_refused;
         self.blocked_unheard += other.blocked_unheard;
         self.approved += other.approved;
+        self.rotations += other.rotations;
+        self.moved += other.moved;
     }
 }
 
@@ -205,6 +214,9 @@ struct TokenRecord {
     expires_at: DateTime<Utc>,
     /// A device new to the portal is granted nothing until approved.
     require_approval: bool,
+    /// Rotation: the token this one replaced, and the one that replaces this one.
+    rotated_from: Option<Uuid>,
+    successor: Option<Uuid>,
 }
 
 /// What the database holds: what the core's store operations persisted and what the
@@ -314,7 +326,24 @@ impl Db {
             holder_name: "holder".into(),
             expires_at: token.expires_at,
             guardrails: self.guardrails(token_id),
+            rotated_from: token.rotated_from,
+            rotated: token.successor.is_some(),
             generation: self.generation,
+        })
+    }
+
+    /// The successor of a rotated token within its window, as `Store::token_successors` reads.
+    fn successor(&self, token_id: Uuid, now: DateTime<Utc>) -> Option<Successor> {
+        let token = self.tokens.get(&token_id)?;
+        let successor_id = token.successor?;
+        let successor = self.tokens.get(&successor_id)?;
+        if token.revoked || successor.revoked || token.expires_at <= now {
+            return None;
+        }
+        Some(Successor {
+            token_id: successor_id,
+            secret: TokenSecret::new(format!("secret of {successor_id}")),
+            expires_at: successor.expires_at,
         })
     }
 
@@ -394,6 +423,8 @@ struct SimClient {
     source_ip: IpAddr,
     session: Option<SessionId>,
     state: ClientState,
+    /// The successor of its token the portal handed it, until it moves to it.
+    handed: Option<Uuid>,
 }
 
 #[derive(Debug)]
@@ -504,6 +535,8 @@ impl Sim {
                     revoked: false,
                     expires_at: start + Duration::days(days),
                     require_approval: false,
+                    rotated_from: None,
+                    successor: None,
                 },
             );
         }
@@ -516,6 +549,8 @@ impl Sim {
                     revoked: false,
                     expires_at: start + Duration::days(365),
                     require_approval: false,
+                    rotated_from: None,
+                    successor: None,
                 },
             );
         }
@@ -566,6 +601,7 @@ impl Sim {
             source_ip: ip.parse().unwrap(),
             session: None,
             state: ClientState::default(),
+            handed: None,
         })
         .collect();
         let gateways = [
@@ -884,6 +920,10 @@ impl Sim {
                         .filter(|t| self.db.tokens.contains_key(t))
                         .map(|t| (*t, self.db.guardrails(*t)))
                         .collect(),
+                    successors: tokens
+                        .iter()
+                        .filter_map(|t| self.db.successor(*t, self.now).map(|s| (*t, s)))
+                        .collect(),
                 };
                 self.core.handle_access_loaded(load, self.now);
             }
@@ -989,6 +1029,16 @@ impl Sim {
         match who {
             Who::Client(i) => {
                 let message: PortalToClient = decode(text).expect("a client message");
+                if let PortalToClient::TokenRotated { token_id, .. } = &message {
+                    let client = &mut self.clients[i];
+                    assert_eq!(
+                        self.db.tokens[token_id].rotated_from,
+                        Some(client.token_id),
+                        "{} was handed a successor of another token",
+                        client.device_id
+                    );
+                    client.handed = Some(*token_id);
+                }
                 self.clients[i].state.apply(message);
             }
             Who::Gateway(j) => {
@@ -1052,6 +1102,8 @@ impl Sim {
         if matches!(
             event,
             ChangeEvent::TokensRevoked { .. }
+                | ChangeEvent::TokenUpdated { .. }
+                | ChangeEvent::TokenRotated { .. }
                 | ChangeEvent::ActorDisabled { .. }
                 | ChangeEvent::ActorDeleted { .. }
                 | ChangeEvent::SiteDeleted { .. }
@@ -1096,6 +1148,9 @@ impl Sim {
     // ----- random steps -----
 
     fn random_step(&mut self) {
+        if self.rng.gen_bool(0.7) {
+            self.move_handed_clients();
+        }
         let roll = self.rng.gen_range(0..100);
         match roll {
             0..=11 => self.connect_random_client(),
@@ -1109,7 +1164,8 @@ impl Sim {
             44..=46 => self.create_policy(),
             47..=49 => self.delete_or_toggle_policy(),
             50..=53 => self.change_resource(),
-            54..=56 => self.revoke_random_token(),
+            54..=55 => self.revoke_random_token(),
+            56 => self.rotate_random_token(),
             57 => self.admission_race(),
             58..=59 => self.toggle_actor(),
             60 => self.rotate_client_key(),
@@ -1411,6 +1467,86 @@ impl Sim {
         });
     }
 
+    /// Rotates a live client token with a window of a few minutes to hours, as
+    /// `Store::rotate_token` does.
+    fn rotate_random_token(&mut self) {
+        let now = self.now;
+        let live: Vec<Uuid> = self
+            .db
+            .tokens
+            .iter()
+            .filter(|(_, t)| {
+                t.actor_id.is_some() && !t.revoked && t.successor.is_none() && t.expires_at > now
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+        let token_id = live[self.rng.gen_range(0..live.len())];
+        let overlap = Duration::minutes(self.rng.gen_range(1..180));
+        let successor = Uuid::from_u128(7_000_000 + self.rng.gen_range(0..1_000_000u128));
+        let token = self.db.tokens.get_mut(&token_id).expect("token");
+        token.expires_at = token.expires_at.min(now + overlap);
+        token.successor = Some(successor);
+        let record = TokenRecord {
+            expires_at: now + Duration::days(30),
+            rotated_from: Some(token_id),
+            successor: None,
+            ..token.clone()
+        };
+        self.db.tokens.insert(successor, record);
+        self.coverage.rotations += 1;
+        self.log(format!(
+            "rotate token {token_id} to {successor} (window {overlap})"
+        ));
+        self.change(ChangeEvent::TokenCreated {
+            account_id: self.db.account_id,
+            token_id: successor,
+        });
+        let expires_at = self.db.tokens[&token_id].expires_at;
+        self.change(ChangeEvent::TokenRotated {
+            account_id: self.db.account_id,
+            token_id,
+            successor_id: successor,
+            expires_at,
+        });
+    }
+
+    /// The clients handed a successor reconnect with it, as the device's session loop does;
+    /// the model takes their grants to the successor with them.
+    fn move_handed_clients(&mut self) {
+        for i in 0..self.clients.len() {
+            let Some(successor) = self.clients[i].handed.take() else {
+                continue;
+            };
+            let old = self.clients[i].token_id;
+            if let Some(session) = self.clients[i].session.take() {
+                self.queues.remove(&session);
+                self.core.handle_unregister(session, self.now);
+            }
+            self.log(format!(
+                "client {} moves from {old} to {successor}",
+                self.clients[i].device_id
+            ));
+            self.clients[i].token_id = successor;
+            let device = self.clients[i].device_id.clone();
+            for (id, token) in self.grant_tokens.iter_mut() {
+                let of_device = self
+                    .told
+                    .get(id)
+                    .is_some_and(|a| a.client_device_id == device);
+                if *token == old && of_device {
+                    *token = successor;
+                }
+            }
+            if let Ok(principal) = self.db.verify(successor, self.now) {
+                self.coverage.moved += 1;
+                self.register(Who::Client(i), principal);
+            }
+        }
+    }
+
     fn revoke_random_token(&mut self) {
         let ids: Vec<Uuid> = self.db.tokens.keys().copied().collect();
         let token_id = ids[self.rng.gen_range(0..ids.len())];
@@ -1434,6 +1570,8 @@ impl Sim {
             let record = TokenRecord {
                 revoked: false,
                 expires_at: self.now + Duration::days(self.rng.gen_range(1..30)),
+                rotated_from: None,
+                successor: None,
                 ..self.db.tokens[&token_id].clone()
             };
             self.db.tokens.insert(replacement, record);
@@ -2072,6 +2210,12 @@ impl Sim {
         let token = &self.db.tokens[token_id];
         if token.revoked {
             return Err(format!("its token {token_id} is revoked"));
+        }
+        if current && token.expires_at < authorization.expires_at {
+            return Err(format!(
+                "it outlives its token {token_id} (until {})",
+                token.expires_at
+            ));
         }
         if current && token.require_approval && !self.db.approved(&device_id) {
             return Err(format!("{device_id} awaits approval (token {token_id})"));

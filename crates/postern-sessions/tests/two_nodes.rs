@@ -412,6 +412,8 @@ impl World {
                 holder_name: "holder".into(),
                 expires_at: self.db.now + Duration::days(300),
                 guardrails: Default::default(),
+                rotated_from: None,
+                rotated: false,
                 generation: self.db.generation,
             },
             params: ConnectParams {
@@ -815,6 +817,7 @@ impl World {
                         .filter_map(|t| self.db.token_state(*t).map(|s| (*t, s)))
                         .collect(),
                     guardrails: Default::default(),
+                    successors: Default::default(),
                 };
                 if let Some(core) = self.nodes[node].core.as_mut() {
                     core.handle_access_loaded(load, now);

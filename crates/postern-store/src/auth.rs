@@ -23,6 +23,10 @@ pub struct Principal {
     pub expires_at: DateTime<Utc>,
     /// The token's limits for a fleet sharing it.
     pub guardrails: postern_domain::TokenGuardrails,
+    /// The token this one replaced by rotation: a client moving to it keeps its grants.
+    pub rotated_from: Option<Uuid>,
+    /// The token was rotated: its successor is handed to the client, which moves to it.
+    pub rotated: bool,
     /// The store's revocation generation before the token was checked: when a revocation has
     /// been applied since, the check may predate it and must be repeated (`recheck_token`).
     pub generation: u64,
@@ -188,7 +192,7 @@ impl Store {
     async fn load_token_record(&self, token_id: Uuid) -> Result<Option<CachedToken>, StoreError> {
         let row = sqlx::query(
             "SELECT t.kind, t.account_id, t.actor_id, t.site_id, t.secret_hash, t.expires_at, \
-             t.revoked_at, t.max_clients, t.allowed_source_cidrs, t.require_approval, t.ephemeral, a.disabled_at AS actor_disabled_at, a.name AS actor_name, \
+             t.revoked_at, t.max_clients, t.allowed_source_cidrs, t.require_approval, t.ephemeral, t.rotated_from, t.successor_id, a.disabled_at AS actor_disabled_at, a.name AS actor_name, \
              s.name AS site_name \
              FROM tokens t LEFT JOIN actors a ON a.id = t.actor_id \
              LEFT JOIN sites s ON s.id = t.site_id WHERE t.id = $1",
@@ -218,6 +222,8 @@ impl Store {
             revoked: revoked_at.is_some(),
             holder_disabled: actor_disabled_at.is_some(),
             guardrails: crate::tokens::guardrails_from_row(&row)?,
+            rotated_from: db::opt_uuid(&row, "rotated_from")?,
+            rotated: db::opt_uuid(&row, "successor_id")?.is_some(),
             loaded_at: Instant::now(),
         }))
     }
@@ -258,6 +264,8 @@ fn principal_of(
         holder_name: record.holder_name,
         expires_at: record.expires_at,
         guardrails: record.guardrails,
+        rotated_from: record.rotated_from,
+        rotated: record.rotated,
         generation,
     })
 }

@@ -51,7 +51,7 @@ impl AuthorizationWrites {
 }
 
 /// Ids per `… IN (…)`: well under SQLite's and PostgreSQL's bind limits.
-const IDS_PER_QUERY: usize = 500;
+pub(crate) const IDS_PER_QUERY: usize = 500;
 
 /// Deletes the grants made with these tokens, in the caller's transaction.
 pub(crate) async fn delete_by_tokens(

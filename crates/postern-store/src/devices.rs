@@ -122,6 +122,27 @@ impl Store {
         );
     }
 
+    /// Corrects the ids of the client devices whose last session used `token_id`, as read from
+    /// the database, by the sightings not yet written.
+    pub(crate) fn overlay_pending_sightings(
+        &self,
+        account_id: Uuid,
+        token_id: Uuid,
+        device_ids: &mut std::collections::HashSet<String>,
+    ) {
+        let pending = self.inner.devices.lock();
+        for ((account, kind, device_id), device) in pending.iter() {
+            if *account != account_id || *kind != DeviceKind::Client {
+                continue;
+            }
+            if device.token_id == Some(token_id) {
+                device_ids.insert(device_id.clone());
+            } else {
+                device_ids.remove(device_id);
+            }
+        }
+    }
+
     /// Every device of the account, for address allocation and lookups.
     pub async fn load_devices(&self, account_id: Uuid) -> Result<Vec<Device>> {
         let rows = sqlx::query("SELECT * FROM devices WHERE account_id = $1")

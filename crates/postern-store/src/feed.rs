@@ -81,6 +81,8 @@ impl Store {
                 // A revocation deletes its grants in its own transaction: no node can restore
                 // them, even one that had not loaded the account when it was made.
                 crate::authorizations::delete_by_tokens(&mut tx, *account_id, token_ids).await?;
+                // Nor is a revoked token's successor handed out, or a revoked successor.
+                crate::tokens::forget_successors(&mut tx, *account_id, token_ids).await?;
             }
         }
         // In a task of its own: a request cancelled while its change commits (a client that

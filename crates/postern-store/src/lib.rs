@@ -46,7 +46,10 @@ pub use groups::MembershipChange;
 pub use policies::{NewPolicy, PolicyPatch};
 pub use presented::{PresentedToken, RevocationCause};
 pub use resources::{NewResource, ResourcePatch};
-pub use tokens::{CreatedToken, HeldToken, NewTokenRequest, TokenFilter, TokenHolder, TokenPatch};
+pub use tokens::{
+    CreatedToken, HeldToken, NewTokenRequest, RotatedToken, TokenFilter, TokenHolder, TokenPatch,
+    TokenSuccessor,
+};
 pub use web_sessions::WebSession;
 pub use webhooks::{DeliveryOutcome, DueDelivery, NewWebhook, WebhookPatch};
 
@@ -341,6 +344,7 @@ mod tests {
                         name: None,
                         expires_at: None,
                         guardrails: Default::default(),
+                        rotated_from: None,
                     }),
                 },
                 &postern_domain::Acting::local_cli(),
@@ -386,6 +390,9 @@ mod tests {
                 last_used_ip: None,
                 last_used_user_agent: None,
                 guardrails: Default::default(),
+                rotated_from: None,
+                successor_id: None,
+                rotated_at: None,
             },
             secret: postern_token::SecretString::from("postern_client_s3cr3t".to_string()),
         };
@@ -564,6 +571,7 @@ mod tests {
                         name: None,
                         expires_at: None,
                         guardrails: Default::default(),
+                        rotated_from: None,
                     },
                     &acting,
                 )

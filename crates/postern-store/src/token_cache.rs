@@ -27,6 +27,8 @@ pub(crate) struct CachedToken {
     pub revoked: bool,
     pub holder_disabled: bool,
     pub guardrails: postern_domain::TokenGuardrails,
+    pub rotated_from: Option<Uuid>,
+    pub rotated: bool,
     pub loaded_at: Instant,
 }
 
@@ -91,7 +93,8 @@ impl TokenCache {
     pub fn apply(&self, event: &ChangeEvent) {
         match event {
             ChangeEvent::TokensRevoked { token_ids, .. } => self.invalidate_tokens(token_ids),
-            ChangeEvent::TokenUpdated { token_id, .. } => self.invalidate_tokens(&[*token_id]),
+            ChangeEvent::TokenUpdated { token_id, .. }
+            | ChangeEvent::TokenRotated { token_id, .. } => self.invalidate_tokens(&[*token_id]),
             ChangeEvent::ActorDisabled { actor_id, .. }
             | ChangeEvent::ActorEnabled { actor_id, .. }
             | ChangeEvent::ActorDeleted { actor_id, .. } => self.invalidate_holder(*actor_id),
@@ -174,6 +177,8 @@ mod tests {
             revoked,
             holder_disabled: false,
             guardrails: Default::default(),
+            rotated_from: None,
+            rotated: false,
             loaded_at: Instant::now(),
         }
     }

@@ -26,6 +26,8 @@ pub struct NewTokenRequest {
     pub expires_at: Option<DateTime<Utc>>,
     /// Service-account tokens only.
     pub guardrails: TokenGuardrails,
+    /// The token this one replaces (rotation).
+    pub rotated_from: Option<Uuid>,
 }
 
 /// Which tokens [`Store::list_account_tokens`] lists: every field narrows the result.
@@ -64,6 +66,28 @@ pub struct TokenPatch {
 pub struct CreatedToken {
     pub token: Token,
     pub secret: SecretString,
+}
+
+/// A rotation: the rotated token as it is now (expiring at the end of the overlap window) and
+/// its successor with the secret.
+#[derive(Debug)]
+pub struct RotatedToken {
+    pub predecessor: Token,
+    pub successor: CreatedToken,
+}
+
+/// The successor of a rotated token, for the clients still connected with the rotated one.
+#[derive(Debug)]
+pub struct TokenSuccessor {
+    pub token_id: Uuid,
+    pub secret: SecretString,
+    pub expires_at: DateTime<Utc>,
+}
+
+fn successor_aad(predecessor_id: Uuid) -> Vec<u8> {
+    let mut aad = b"token successor:".to_vec();
+    aad.extend_from_slice(predecessor_id.as_bytes());
+    aad
 }
 
 pub const DEFAULT_TOKEN_NAME: &str = "default";
@@ -338,6 +362,182 @@ impl Store {
         Ok(after)
     }
 
+    /// Rotates a token: creates its successor (the same guardrails, the name with a
+    /// `(rotated DATE)` suffix, as long a life as the rotated token had, within the account's
+    /// cap) and ends the rotated token at the end of the overlap window (`overlap`, 24 h by
+    /// default). Until then every portal node hands the successor to the clients connected with
+    /// the rotated token (its secret is kept sealed for that, and cleared when the window ends).
+    /// Audited as `token.create` (the successor) and `token.rotate` (the rotated token).
+    pub async fn rotate_token(
+        &self,
+        account_id: Uuid,
+        holder: TokenHolder,
+        token_id: Uuid,
+        overlap: Option<chrono::Duration>,
+        acting: &Acting,
+    ) -> Result<RotatedToken> {
+        let before = self.get_token(account_id, holder, token_id).await?;
+        let settings = self.get_account(account_id).await?.settings;
+        // What is stored (microseconds) is what is answered.
+        let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
+        let plan =
+            rules::plan_rotation(&before, overlap, now, &settings).map_err(|err| match err {
+                rules::RotationError::Invalid(invalid) => StoreError::Validation(invalid),
+                refused => StoreError::Conflict(refused.to_string()),
+            })?;
+        let request = NewTokenRequest {
+            name: Some(plan.successor_name),
+            expires_at: Some(plan.successor_expires_at),
+            guardrails: before.guardrails.clone(),
+            rotated_from: Some(token_id),
+        };
+        let mut tx = self.begin_write().await?;
+        let successor = insert_token(
+            self,
+            &mut tx.tx,
+            account_id,
+            holder,
+            before.kind,
+            &request,
+            &settings,
+            acting,
+        )
+        .await?;
+        let sealed = self
+            .inner
+            .sealer
+            .seal_text(&successor_aad(token_id), successor.secret.expose())?;
+        let updated = sqlx::query(
+            "UPDATE tokens SET expires_at = $1, successor_id = $2, successor_secret = $3,              rotated_at = $4 WHERE account_id = $5 AND id = $6 AND revoked_at IS NULL              AND successor_id IS NULL",
+        )
+        .bind(ts(plan.predecessor_expires_at))
+        .bind(successor.token.id.to_string())
+        .bind(sealed)
+        .bind(ts(now))
+        .bind(account_id.to_string())
+        .bind(token_id.to_string())
+        .execute(&mut *tx.tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::Conflict(
+                "the token was revoked or rotated at the same time; nothing was changed".into(),
+            ));
+        }
+        let mut after = before.clone();
+        after.expires_at = plan.predecessor_expires_at;
+        after.successor_id = Some(successor.token.id);
+        after.rotated_at = Some(now);
+        audit::record(
+            &mut tx.tx,
+            Entry {
+                account_id: Some(account_id),
+                acting,
+                action: "token.rotate",
+                object_type: "token",
+                object_id: Some(token_id),
+                before: snapshot(&before),
+                after: snapshot(&after),
+                now,
+            },
+        )
+        .await?;
+        self.commit_publishing(
+            tx,
+            vec![
+                ChangeEvent::TokenCreated {
+                    account_id,
+                    token_id: successor.token.id,
+                },
+                ChangeEvent::TokenRotated {
+                    account_id,
+                    token_id,
+                    successor_id: successor.token.id,
+                    expires_at: plan.predecessor_expires_at,
+                },
+            ],
+        )
+        .await?;
+        Ok(RotatedToken {
+            predecessor: after,
+            successor,
+        })
+    }
+
+    /// The successors of those of these tokens that were rotated and are still in their
+    /// overlap window (neither token revoked), with their secrets.
+    pub async fn token_successors(
+        &self,
+        account_id: Uuid,
+        token_ids: &[Uuid],
+    ) -> Result<std::collections::HashMap<Uuid, TokenSuccessor>> {
+        let mut successors = std::collections::HashMap::new();
+        let now = ts(Utc::now());
+        for chunk in token_ids.chunks(crate::authorizations::IDS_PER_QUERY) {
+            let sql = format!(
+                "SELECT t.id, t.successor_id, t.successor_secret, s.expires_at \
+                 FROM tokens t JOIN tokens s ON s.id = t.successor_id \
+                 WHERE t.account_id = $1 AND s.account_id = $1 AND t.successor_secret IS NOT NULL \
+                 AND t.revoked_at IS NULL AND s.revoked_at IS NULL AND t.expires_at > $2 \
+                 AND t.id IN ({})",
+                db::placeholders(3, chunk.len())
+            );
+            let mut query = sqlx::query(&sql).bind(account_id.to_string()).bind(now);
+            for id in chunk {
+                query = query.bind(id.to_string());
+            }
+            for row in query.fetch_all(self.pool()).await? {
+                let id = db::uuid(&row, "id")?;
+                let sealed = text(&row, "successor_secret")?;
+                let Some(secret) = self.inner.sealer.open_text(&successor_aad(id), &sealed) else {
+                    return Err(StoreError::Corrupt(format!(
+                        "the successor of token {id} does not open with this server's secret"
+                    )));
+                };
+                successors.insert(
+                    id,
+                    TokenSuccessor {
+                        token_id: db::uuid(&row, "successor_id")?,
+                        secret: SecretString::new(secret),
+                        expires_at: time(&row, "expires_at")?,
+                    },
+                );
+            }
+        }
+        Ok(successors)
+    }
+
+    /// Forgets the sealed successors of rotations whose window has ended; returns how many.
+    pub async fn clear_ended_rotations(&self, now: DateTime<Utc>) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE tokens SET successor_secret = NULL \
+             WHERE successor_secret IS NOT NULL AND expires_at <= $1",
+        )
+        .bind(ts(now))
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// How many client devices connect with this token now (their last session used it):
+    /// after a rotation, the devices that moved to the successor. Sightings this node has not
+    /// written yet count.
+    pub async fn clients_on_token(&self, account_id: Uuid, token_id: Uuid) -> Result<u64> {
+        let rows = sqlx::query(
+            "SELECT device_id FROM devices WHERE account_id = $1 AND kind = 'client' \
+             AND token_id = $2",
+        )
+        .bind(account_id.to_string())
+        .bind(token_id.to_string())
+        .fetch_all(self.pool())
+        .await?;
+        let mut devices = rows
+            .iter()
+            .map(|row| text(row, "device_id"))
+            .collect::<Result<std::collections::HashSet<String>>>()?;
+        self.overlay_pending_sightings(account_id, token_id, &mut devices);
+        Ok(devices.len() as u64)
+    }
+
     /// Revokes every active token of the holder; returns how many were revoked now.
     pub async fn revoke_all_tokens(
         &self,
@@ -450,12 +650,15 @@ pub(crate) async fn insert_token(
         revoked_at: None,
         revoked_by: None,
         guardrails,
+        rotated_from: request.rotated_from,
+        successor_id: None,
+        rotated_at: None,
     };
     sqlx::query(
         "INSERT INTO tokens (id, account_id, kind, actor_id, site_id, name, secret_hash, \
          created_at, created_by, expires_at, max_clients, allowed_source_cidrs, \
-         require_approval, ephemeral) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+         require_approval, ephemeral, rotated_from) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
     )
     .bind(id.to_string())
     .bind(account_id.to_string())
@@ -471,6 +674,7 @@ pub(crate) async fn insert_token(
     .bind(db::to_json(&token.guardrails.allowed_source_cidrs)?)
     .bind(i64::from(token.guardrails.require_approval))
     .bind(i64::from(token.guardrails.ephemeral))
+    .bind(request.rotated_from.map(|id| id.to_string()))
     .execute(&mut *conn)
     .await?;
     audit::record(
@@ -491,6 +695,28 @@ pub(crate) async fn insert_token(
         token,
         secret: generated.secret,
     })
+}
+
+/// Clears the sealed successors of rotations in which one of these tokens (being revoked) is
+/// the rotated token or the successor.
+pub(crate) async fn forget_successors(
+    tx: &mut crate::db::WriteTx,
+    account_id: Uuid,
+    token_ids: &[Uuid],
+) -> Result<()> {
+    for chunk in token_ids.chunks(crate::authorizations::IDS_PER_QUERY) {
+        let list = db::placeholders(2, chunk.len());
+        let sql = format!(
+            "UPDATE tokens SET successor_secret = NULL WHERE account_id = $1 \
+             AND successor_secret IS NOT NULL AND (id IN ({list}) OR successor_id IN ({list}))"
+        );
+        let mut query = sqlx::query(&sql).bind(account_id.to_string());
+        for id in chunk {
+            query = query.bind(id.to_string());
+        }
+        query.execute(&mut *tx.tx).await?;
+    }
+    Ok(())
 }
 
 /// Ids of the holder's tokens that still authenticate (not revoked).
@@ -579,6 +805,9 @@ pub(crate) fn token_from_row(row: &AnyRow) -> Result<Token> {
         revoked_at: opt_time(row, "revoked_at")?,
         revoked_by: opt_uuid(row, "revoked_by")?,
         guardrails: guardrails_from_row(row)?,
+        rotated_from: opt_uuid(row, "rotated_from")?,
+        successor_id: opt_uuid(row, "successor_id")?,
+        rotated_at: opt_time(row, "rotated_at")?,
     })
 }
 

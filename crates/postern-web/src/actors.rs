@@ -352,6 +352,7 @@ async fn create_service_account(
             name: (!token_name.is_empty()).then(|| token_name.to_string()),
             expires_at,
             guardrails: Default::default(),
+            rotated_from: None,
         }),
     };
     let created = state
@@ -518,6 +519,16 @@ async fn detail(
     }
     let token_ids: Vec<Uuid> = tokens.iter().map(|t| t.id).collect();
     let token_sessions = state.app.hub.token_sessions(account_id, &token_ids).await;
+    let mut clients_moved: HashMap<Uuid, u64> = HashMap::new();
+    for token in tokens.iter().filter(|t| t.revoked_at.is_none()) {
+        if let Some(successor) = token.successor_id {
+            let moved = state
+                .store()
+                .clients_on_token(account_id, successor)
+                .await?;
+            clients_moved.insert(token.id, moved);
+        }
+    }
     let clients = match actor.actor_type {
         ActorType::ServiceAccount => {
             Some(clients::section(&state, &admin, &actor, &tokens, &clients_query).await?)
@@ -605,11 +616,21 @@ async fn detail(
                                         td data-label="Guardrails" data-testid="token-guardrails" { (tokens::guardrails_summary(&token.guardrails)) }
                                         td data-label="Status" data-testid="token-status" {
                                             (tokens::status_badge(token, now, warning_days))
+                                            @if let (Some(moved), false) = (clients_moved.get(&token.id), expired) {
+                                                div.muted.small data-testid="token-rotation" {
+                                                    "Rotated: " (moved) " client" (if *moved == 1 { "" } else { "s" }) " moved; "
+                                                    (token_sessions.get(&token.id).copied().unwrap_or(0)) " still on it"
+                                                }
+                                            }
                                         }
                                         td.actions {
                                             @if !revoked && actor.actor_type == ActorType::ServiceAccount {
                                                 a.btn.btn-small href={ (base) "/tokens/" (token.id) "/edit" }
                                                     aria-label={ "Edit token " (token.name) } data-testid="edit-token" { "Edit" }
+                                            }
+                                            @if !revoked && !expired && token.successor_id.is_none() && actor.actor_type == ActorType::ServiceAccount {
+                                                a.btn.btn-small href={ (base) "/tokens/" (token.id) "/rotate" }
+                                                    aria-label={ "Rotate token " (token.name) } data-testid="rotate-token" { "Rotate" }
                                             }
                                             @if !revoked {
                                                 button.btn.btn-icon.btn-danger-ghost type="button" data-open=(dialog)

@@ -340,6 +340,7 @@ impl TokenForm {
                 name: Some(form.name.clone()),
                 expires_at,
                 guardrails,
+                rotated_from: None,
             });
         Ok((form, request))
     }

@@ -14,6 +14,7 @@ use crate::actors::load_actor;
 use crate::auth::Admin;
 use crate::error::{WebError, WebResult};
 use crate::form::{self, FieldErrors, GuardrailsForm, Post};
+use crate::once::{self, Shown};
 use crate::ui::{self, Nav};
 use crate::WebState;
 
@@ -22,6 +23,10 @@ pub fn routes() -> Router<WebState> {
         .route(
             "/actors/{id}/tokens/{token_id}/edit",
             get(edit_page).post(update),
+        )
+        .route(
+            "/actors/{id}/tokens/{token_id}/rotate",
+            get(rotate_page).post(rotate),
         )
         .route("/tokens", get(expiring_page))
 }
@@ -304,4 +309,114 @@ async fn update(
         return Ok(page(&admin, &actor, &token, &form));
     }
     Ok(Redirect::to(&format!("/actors/{}", actor.id)).into_response())
+}
+
+/// The overlap windows the rotation form offers, the default first.
+const OVERLAPS: [(&str, &str); 5] = [
+    ("24h", "24 hours (default)"),
+    ("1h", "1 hour"),
+    ("12h", "12 hours"),
+    ("7d", "7 days"),
+    ("30d", "30 days"),
+];
+
+fn rotate_form(
+    admin: &Admin,
+    actor: &Actor,
+    token: &Token,
+    overlap: &str,
+    errors: &FieldErrors,
+) -> Response {
+    let back = format!("/actors/{}", actor.id);
+    let options: Vec<(String, String)> = OVERLAPS
+        .iter()
+        .map(|(value, text)| (value.to_string(), text.to_string()))
+        .collect();
+    let content = html! {
+        form.card.form method="post" action={ (back) "/tokens/" (token.id) "/rotate" } novalidate data-testid="token-rotate-form" {
+            (ui::csrf(admin))
+            (ui::form_error(errors, &["overlap", "name"]))
+            p { "A successor of \u{201c}" (token.name) "\u{201d} is created with the same guardrails and shown once. "
+                "Every client connected with this token is handed the successor, writes it to its token file and reconnects with it, keeping its tunnels. "
+                "This token keeps working until the end of the window, then stops." }
+            (ui::select_field("overlap", "Keep the old token working for", &options, overlap, errors, None))
+            p.hint { "A client offline during the whole window, or started with POSTERN_TOKEN, needs the new token by hand." }
+            div.form-actions {
+                a.btn href=(back) { "Cancel" }
+                button.btn.btn-primary type="submit" data-testid="confirm-rotate" { "Rotate token" }
+            }
+        }
+    };
+    (
+        errors.status(),
+        ui::page(
+            admin,
+            Nav::Actors,
+            &format!("Rotate token {}", token.name),
+            Some((&back, &actor.name)),
+            html! {},
+            content,
+        ),
+    )
+        .into_response()
+}
+
+async fn rotate_page(
+    State(state): State<WebState>,
+    admin: Admin,
+    Path((id, token_id)): Path<(String, String)>,
+) -> WebResult<Response> {
+    let (actor, token) = load(&state, &admin, &id, &token_id).await?;
+    Ok(rotate_form(
+        &admin,
+        &actor,
+        &token,
+        OVERLAPS[0].0,
+        &FieldErrors::default(),
+    ))
+}
+
+async fn rotate(
+    State(state): State<WebState>,
+    Path((id, token_id)): Path<(String, String)>,
+    Post { admin, fields }: Post,
+) -> WebResult<Response> {
+    let (actor, token) = load(&state, &admin, &id, &token_id).await?;
+    let overlap_text = fields.get("overlap").to_string();
+    let overlap = match postern_domain::rules::parse_duration_of("overlap", &overlap_text) {
+        Ok(overlap) => overlap,
+        Err(err) => {
+            let errors = FieldErrors::from_store(err.into(), |f| f)?;
+            return Ok(rotate_form(&admin, &actor, &token, &overlap_text, &errors));
+        }
+    };
+    let rotated = state
+        .store()
+        .rotate_token(
+            admin.account_id(),
+            TokenHolder::Actor(actor.id),
+            token.id,
+            Some(overlap),
+            &admin.acting(),
+        )
+        .await;
+    match rotated {
+        Ok(rotated) => {
+            once::put(
+                &state,
+                &admin,
+                actor.id,
+                Shown {
+                    token: rotated.successor.token,
+                    secret: rotated.successor.secret,
+                },
+            )
+            .await?;
+            Ok(Redirect::to(&format!("/actors/{}/token", actor.id)).into_response())
+        }
+        Err(err) => {
+            let errors = FieldErrors::from_store(err, |f| f)?;
+            Ok(rotate_form(&admin, &actor, &token, &overlap_text, &errors))
+        }
+    }
 }

@@ -275,6 +275,7 @@ async fn create_api_token(
             name: None,
             expires_at,
             guardrails: Default::default(),
+            rotated_from: None,
         }),
     };
     let (actor, created) = store

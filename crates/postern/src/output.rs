@@ -121,6 +121,17 @@ pub fn token_status(token: &Value, now: DateTime<Utc>) -> &'static str {
     }
 }
 
+/// A live rotated token's status says so, with how many clients moved to its successor.
+fn rotation_status(token: &Value, status: &str) -> String {
+    match (status, token["successor_id"].as_str()) {
+        ("active", Some(_)) => format!(
+            "rotated, {} moved",
+            token["clients_moved"].as_u64().unwrap_or(0)
+        ),
+        _ => status.to_string(),
+    }
+}
+
 /// Prints a table of tokens (of an actor or a site).
 pub fn print_tokens(tokens: &[Value]) -> anyhow::Result<()> {
     let now = Utc::now();
@@ -139,7 +150,7 @@ pub fn print_tokens(tokens: &[Value]) -> anyhow::Result<()> {
         table.row(vec![
             text(token, "id"),
             text(token, "name"),
-            token_status(token, now).to_string(),
+            rotation_status(token, token_status(token, now)),
             date(token, "expires_at", "-"),
             date(token, "last_used_at", "never"),
             token["last_used_ip"].as_str().unwrap_or("-").to_string(),

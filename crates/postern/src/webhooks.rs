@@ -66,6 +66,11 @@ impl Deliverer {
                     if let Err(err) = self.store.prune_deliveries(ended_before).await {
                         tracing::warn!(error = %err, "could not prune the webhook delivery log");
                     }
+                    // Not a webhook's business, but the same minute's token housekeeping: a
+                    // rotation's sealed successor is kept no longer than its window.
+                    if let Err(err) = self.store.clear_ended_rotations(Utc::now()).await {
+                        tracing::warn!(error = %err, "could not clear ended token rotations");
+                    }
                 }
                 if let Err(err) = self.run_once().await {
                     tracing::warn!(error = %err, "webhook deliveries: will try again");

@@ -315,14 +315,83 @@ fn service_account_round_trip() {
         "{table}"
     );
 
+    // Rotation: the successor's secret last, once; the old token's row says it was rotated.
+    let second_id = str_of(&tokens[1], "id").to_string();
+    let rotated = cli(&[
+        "tokens",
+        "rotate",
+        "--actor",
+        &actor_id,
+        &second_id,
+        "--overlap",
+        "2h",
+    ])
+    .ok();
+    let successor = rotated.last_line().to_string();
+    assert!(
+        successor.starts_with("postern_client_"),
+        "{}",
+        rotated.stdout
+    );
+    assert!(
+        rotated.stdout.contains("second (rotated "),
+        "{}",
+        rotated.stdout
+    );
+    assert!(
+        rotated.stderr.contains("keeps working until"),
+        "{}",
+        rotated.stderr
+    );
+    let table = cli(&["tokens", "list", "--actor", &actor_id]).ok().stdout;
+    assert!(table.contains("rotated, 0 moved"), "{table}");
+    cli(&["tokens", "rotate", "--actor", &actor_id, &second_id])
+        .fails_with(&["already rotated", "rotate the successor"]);
+    cli(&[
+        "tokens",
+        "rotate",
+        "--actor",
+        &actor_id,
+        &second_id,
+        "--overlap",
+        "soon",
+    ])
+    .fails_with(&["overlap", "not a duration"]);
+    let tokens = cli(&["tokens", "list", "--actor", &actor_id, "--json"])
+        .ok()
+        .json();
+    let successor_row = tokens
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|t| t["rotated_from"] == second_id.as_str())
+        .cloned()
+        .expect("the successor is listed");
+    let again = cli(&[
+        "tokens",
+        "rotate",
+        "--actor",
+        &actor_id,
+        str_of(&successor_row, "id"),
+        "--json",
+    ])
+    .ok()
+    .json();
+    assert!(str_of(&again["successor"], "secret").starts_with("postern_client_"));
+    assert_eq!(again["rotated"]["id"], successor_row["id"]);
+
     cli(&["tokens", "revoke-all", "--actor", &actor_id]).fails_with(&["--yes"]);
     let all = cli(&["tokens", "revoke-all", "--actor", &actor_id, "--yes"]).ok();
-    assert_eq!(all.stdout.trim(), "1");
+    assert_eq!(
+        all.stdout.trim(),
+        "3",
+        "the rotated token and two successors"
+    );
 
     cli(&["sa", "disable", &actor_id]).ok();
     let shown = cli(&["sa", "show", &actor_id, "--json"]).ok().json();
     assert!(!shown["actor"]["disabled_at"].is_null());
-    assert_eq!(shown["tokens"].as_array().map(Vec::len), Some(2));
+    assert_eq!(shown["tokens"].as_array().map(Vec::len), Some(4));
     assert!(cli(&["sa", "show", "ci-runner"])
         .ok()
         .stdout

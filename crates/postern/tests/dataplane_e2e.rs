@@ -468,12 +468,26 @@ impl World {
     }
 
     fn spawn(&self, program: &'static str, ns: &str, id: &str, token: &str, args: &[&str]) -> Proc {
+        self.spawn_with(program, ns, id, Some(token), args)
+    }
+
+    /// A process given `POSTERN_TOKEN` when `env_token` is set (else its arguments name a
+    /// token file).
+    fn spawn_with(
+        &self,
+        program: &'static str,
+        ns: &str,
+        id: &str,
+        env_token: Option<&str>,
+        args: &[&str],
+    ) -> Proc {
         let dir = self.data_dir.path().join(id);
         std::fs::create_dir_all(&dir).expect("dir");
         let state_dir = dir.join("state");
         let log = dir.join("log");
         let file = File::create(&log).expect("log");
-        let child = Command::new("ip")
+        let mut command = Command::new("ip");
+        command
             .args(["netns", "exec", ns])
             .arg(sibling_binary(program))
             .args(["--id", id, "--name", id, "--state-dir"])
@@ -484,8 +498,11 @@ impl World {
             .env(
                 "RUST_LOG",
                 "info,postern_client=debug,postern_gateway=debug",
-            )
-            .env("POSTERN_TOKEN", token)
+            );
+        if let Some(token) = env_token {
+            command.env("POSTERN_TOKEN", token);
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log"))
             .stderr(file)
@@ -514,11 +531,23 @@ impl World {
 
     /// A client with more arguments.
     fn client_with(&mut self, i: usize, id: &str, token: &str, node: u16, args: &[&str]) -> usize {
+        self.client_given(i, id, Some(token), node, args)
+    }
+
+    /// A client given its token in `POSTERN_TOKEN`, or (`None`) by `--token-path` in `args`.
+    fn client_given(
+        &mut self,
+        i: usize,
+        id: &str,
+        env_token: Option<&str>,
+        node: u16,
+        args: &[&str],
+    ) -> usize {
         let ns = self.client_ns(i);
         let url = format!("http://10.1.1.2:{}", 8079 + node);
         let mut all = vec!["--api-url", &url, "--insecure"];
         all.extend_from_slice(args);
-        let proc = self.spawn("postern-client", &ns, id, token, &all);
+        let proc = self.spawn_with("postern-client", &ns, id, env_token, &all);
         self.procs.push(proc);
         let index = self.procs.len() - 1;
         self.wait_status(index, "connected with its addresses", |s| {
@@ -1055,44 +1084,12 @@ fn a_portal_restart_does_not_interrupt_an_open_tcp_transfer() {
     w.client(1, "runner-1", &token);
     let ns = w.client_ns(1);
     assert_reaches(&w, &ns);
-    let mut stream = in_netns(&ns, || {
-        TcpStream::connect((RESOURCE, TCP_PORT)).expect("connect through the tunnel")
-    });
-    stream
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .expect("timeout");
-    let sent = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let mut stream = stream.try_clone().expect("clone");
-        let (sent, stop) = (sent.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let chunk = [7u8; 1000];
-            while !stop.load(Ordering::SeqCst) {
-                if stream.write_all(&chunk).is_err() {
-                    return false;
-                }
-                sent.fetch_add(chunk.len() as u64, Ordering::SeqCst);
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            true
-        })
-    };
-    let mut received = 0u64;
-    let mut buf = [0u8; 4096];
-    let mut read_for = |limit: Duration, received: &mut u64| {
-        let until = Instant::now() + limit;
-        while Instant::now() < until {
-            let n = stream.read(&mut buf).expect("the echo stalled or broke");
-            assert!(n > 0, "the connection closed");
-            *received += n as u64;
-        }
-    };
-    read_for(Duration::from_secs(1), &mut received);
+    let mut transfer = Transfer::start(&ns);
+    transfer.read_for(Duration::from_secs(1));
 
     let portal = w.portal.take().expect("portal");
     assert_eq!(portal.terminate(), Some(0));
-    read_for(Duration::from_secs(2), &mut received);
+    transfer.read_for(Duration::from_secs(2));
     let args = [
         "serve",
         "--listen",
@@ -1102,20 +1099,197 @@ fn a_portal_restart_does_not_interrupt_an_open_tcp_transfer() {
     ];
     w.portal = Some(Portal::try_start(&args).expect("the portal restarts"));
     w.wait_status(1, "reconnected", |s| s["state"] == "connected");
-    read_for(Duration::from_secs(2), &mut received);
+    transfer.read_for(Duration::from_secs(2));
+    let total = transfer.finish();
+    assert!(total > 100_000, "only {total} bytes went through");
+}
 
-    stop.store(true, Ordering::SeqCst);
-    assert!(
-        writer.join().expect("writer"),
-        "writing through the tunnel failed"
-    );
-    let total = sent.load(Ordering::SeqCst);
-    while received < total {
-        let n = stream.read(&mut buf).expect("the rest of the echo");
-        assert!(n > 0);
-        received += n as u64;
+/// A TCP echo through a client's tunnel that writes 100 kB/s until finished: it fails the
+/// test if the connection stalls for 2 s or breaks.
+struct Transfer {
+    stream: TcpStream,
+    sent: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    writer: std::thread::JoinHandle<bool>,
+    received: u64,
+}
+
+impl Transfer {
+    fn start(ns: &str) -> Transfer {
+        let stream = in_netns(ns, || {
+            TcpStream::connect((RESOURCE, TCP_PORT)).expect("connect through the tunnel")
+        });
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let sent = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let mut stream = stream.try_clone().expect("clone");
+            let (sent, stop) = (sent.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let chunk = [7u8; 1000];
+                while !stop.load(Ordering::SeqCst) {
+                    if stream.write_all(&chunk).is_err() {
+                        return false;
+                    }
+                    sent.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                true
+            })
+        };
+        Transfer {
+            stream,
+            sent,
+            stop,
+            writer,
+            received: 0,
+        }
     }
-    assert_eq!(received, total);
+
+    /// Reads the echo for `limit`.
+    fn read_for(&mut self, limit: Duration) {
+        let mut buf = [0u8; 4096];
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            let n = self
+                .stream
+                .read(&mut buf)
+                .expect("the echo stalled or broke");
+            assert!(n > 0, "the connection closed");
+            self.received += n as u64;
+        }
+    }
+
+    /// Stops writing, reads the rest of the echo and checks that every byte came back; returns
+    /// how many went through.
+    fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        assert!(
+            self.writer.join().expect("writer"),
+            "writing through the tunnel failed"
+        );
+        let total = self.sent.load(Ordering::SeqCst);
+        let mut buf = [0u8; 4096];
+        while self.received < total {
+            let n = self.stream.read(&mut buf).expect("the rest of the echo");
+            assert!(n > 0);
+            self.received += n as u64;
+        }
+        assert_eq!(self.received, total);
+        total
+    }
+}
+
+#[test]
+fn a_rotation_moves_five_clients_to_the_successor_without_dropping_a_transfer() {
+    if !can_run() {
+        return;
+    }
+    let mut w = World::new(5);
+    let token = w.client_token.clone();
+    // Four clients read the token from a file, the fifth from POSTERN_TOKEN.
+    let mut files = Vec::new();
+    let mut clients = Vec::new();
+    for i in 1..=4 {
+        let file = w.data_dir.path().join(format!("token-{i}"));
+        std::fs::write(&file, format!("{token}\n")).expect("token file");
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
+        let path = file.to_str().expect("utf-8").to_string();
+        let id = format!("runner-{i}");
+        let args = ["--dns-control", "disabled", "--token-path", &path];
+        clients.push(w.client_given(i, &id, None, 1, &args));
+        files.push(file);
+    }
+    clients.push(w.client(5, "runner-5", &token));
+    for i in 1..=5 {
+        assert_reaches(&w, &w.client_ns(i));
+    }
+    let mut transfer = Transfer::start(&w.client_ns(1));
+    transfer.read_for(Duration::from_secs(1));
+
+    let rotate = format!("/v1/actors/{}/tokens/{}/rotate", w.actor_id, w.token_id);
+    let rotation = w.api.post(&rotate, json!({"overlap": "10s"}))["data"].clone();
+    let successor_id = string(&rotation["successor"], "id");
+    let successor_secret = string(&rotation["successor"], "secret");
+    let window_end: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(rotation["rotated"]["expires_at"].clone()).expect("expiry");
+
+    for (n, &index) in clients.iter().enumerate() {
+        w.wait_status(index, "moved to the successor", |s| {
+            s["state"] == "connected"
+                && s["token"]["id"] == successor_id.as_str()
+                && s["token_rotation"]["token_id"] == successor_id.as_str()
+        });
+        let rotation = w.procs[index].status().expect("status")["token_rotation"].clone();
+        if n < 4 {
+            assert_eq!(rotation["persisted"], true, "{rotation}");
+            let written = std::fs::read_to_string(&files[n]).expect("token file");
+            assert_eq!(
+                written.trim(),
+                successor_secret,
+                "the token file holds the successor"
+            );
+            let mode = std::fs::metadata(&files[n]).expect("meta").permissions();
+            assert_eq!(
+                std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+                0o600
+            );
+        } else {
+            assert_eq!(rotation["persisted"], false, "{rotation}");
+            let action = rotation["action_needed"].as_str().unwrap_or_default();
+            assert!(action.contains("POSTERN_TOKEN"), "{action}");
+            assert!(w.procs[index].log().contains("cannot be persisted"));
+        }
+        assert!(
+            !w.procs[index].log().contains(&successor_secret),
+            "the secret is never logged"
+        );
+    }
+    transfer.read_for(Duration::from_secs(1));
+    let moved = w
+        .api
+        .get(&format!("/v1/actors/{}/tokens/{}", w.actor_id, w.token_id));
+    assert_eq!(moved["data"]["clients_moved"], 5, "{moved}");
+
+    // Past the window the old token is refused; the moved clients keep their tunnels.
+    while chrono::Utc::now() < window_end + chrono::Duration::seconds(1) {
+        transfer.read_for(Duration::from_millis(500));
+    }
+    let mut late = w.spawn(
+        "postern-client",
+        &w.client_ns(5),
+        "late",
+        &token,
+        &[
+            "--api-url",
+            "http://10.1.1.2:8080",
+            "--insecure",
+            "--no-tunnel",
+        ],
+    );
+    let deadline = Instant::now() + START;
+    let code = loop {
+        if let Some(status) = late.exited() {
+            break status.code();
+        }
+        assert!(Instant::now() < deadline, "the old token still connects");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, Some(3), "{}", late.log());
+    for i in 1..=5 {
+        assert!(tcp_echo(&w.client_ns(i), TCP_PORT, Duration::from_secs(2)).is_ok());
+    }
+    for &index in &clients {
+        assert!(
+            w.procs[index].exited().is_none(),
+            "{}",
+            w.procs[index].log()
+        );
+    }
+    let total = transfer.finish();
     assert!(total > 100_000, "only {total} bytes went through");
 }
 

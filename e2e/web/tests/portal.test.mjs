@@ -542,6 +542,60 @@ test("a webhook is added with its secret shown once, sent a signed test event, p
   }
 });
 
+test("Rotate on a token's row hands the connected client its successor, shown once", async () => {
+  const created = await fetch(`${base}/v1/actors/${state.actorId}/tokens`, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${apiToken}`, "content-type": "application/json" },
+    body: JSON.stringify({ name: "fleet-key" }),
+  }).then((res) => res.json());
+  const old = created.data.secret;
+  const { ws, message } = await connectClient(old, "e2e-rotating");
+  assert.equal(message.type, "init");
+  const handedOver = new Promise((resolveMessage) => {
+    ws.on("message", (data) => {
+      const next = JSON.parse(data.toString());
+      if (next.type === "token_rotated") resolveMessage(next);
+    });
+  });
+
+  await page.goto(state.actorUrl);
+  const row = page.locator("[data-testid=token-row][data-name=fleet-key]");
+  await row.locator("[data-testid=rotate-token]").click();
+  await page.waitForSelector("[data-testid=token-rotate-form]");
+  await page.selectOption("#overlap", "1h");
+  await shot("rotate-token");
+  await page.click("[data-testid=confirm-rotate]");
+  await page.waitForSelector("[data-testid=token-once]");
+  const successor = await page.inputValue("[data-testid=token-secret]");
+  assert.match(successor, /^postern_client_/);
+  assert.notEqual(successor, old);
+
+  const rotated = await handedOver;
+  assert.equal(rotated.secret, successor, "the connected client got the successor");
+  const windowEnd = Date.parse(rotated.replaced_token_expires_at);
+  assert.ok(Math.abs(windowEnd - Date.now() - 3600_000) < 60_000, "a one-hour window");
+
+  await page.click("[data-testid=token-done]");
+  await page.waitForSelector("[data-testid=token-rotation]");
+  assert.match(await row.locator("[data-testid=token-rotation]").textContent(), /0 clients moved; 1 still on it/);
+  assert.equal(await row.locator("[data-testid=rotate-token]").count(), 0, "rotated once only");
+  const next = page.locator("[data-testid=token-row][data-name^='fleet-key (rotated ']");
+  assert.match(await next.locator("[data-testid=token-status]").textContent(), /Active/);
+
+  ws.terminate();
+  const moved = await connectClient(successor, "e2e-rotating");
+  assert.equal(moved.message.type, "init");
+  for (let i = 0; i < 100; i++) {
+    await page.reload();
+    const text = await row.locator("[data-testid=token-rotation]").textContent();
+    if (/1 client moved/.test(text)) break;
+    assert.ok(i < 99, `never moved: ${text}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  await shot("token-rotated");
+  moved.ws.terminate();
+});
+
 test("the service account is added to a group from the group page", async () => {
   await page.click("[data-testid=nav-groups]");
   await page.click("[data-testid=group-row][data-name=fleet] a");

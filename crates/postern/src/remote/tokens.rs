@@ -138,6 +138,27 @@ enum Manage {
         #[arg(long, value_parser = ["client", "gateway", "api"])]
         kind: Option<String>,
     },
+    /// Rotate a token without downtime: a successor now, the old token until the window ends
+    #[command(after_help = "Examples:\n  \
+        postern tokens rotate --actor <ACTOR_ID> <TOKEN_ID>\n  \
+        postern tokens rotate --actor <ACTOR_ID> <TOKEN_ID> --overlap 1h --json | jq -r .successor.secret\n\n\
+        The successor gets the same guardrails, the name with a \"(rotated DATE)\" suffix and as \
+        long a life as the old token had (within the account's longest lifetime); its secret is \
+        printed last, once. Every client connected with the old token is handed the successor: \
+        it writes it to its token file (0600, same owner) and reconnects with it without \
+        dropping its tunnels. A client started with POSTERN_TOKEN cannot persist it and says so \
+        in its log and status; a client offline during the whole window needs the new token \
+        by hand. `postern tokens list --actor <ACTOR_ID>` shows how many clients moved.")]
+    Rotate {
+        /// Id of the service account or API client
+        #[arg(long)]
+        actor: Uuid,
+        /// Id of the token to rotate
+        token_id: Uuid,
+        /// How long the old token keeps working beside its successor (e.g. 24h, 90m, 7d) [default: 24h]
+        #[arg(long, value_name = "DURATION")]
+        overlap: Option<String>,
+    },
     /// Revoke one token: it stops working at once
     #[command(after_help = "Example:\n  postern tokens revoke --actor <ACTOR_ID> <TOKEN_ID>")]
     Revoke {
@@ -281,6 +302,25 @@ async fn manage(remote: &RemoteOpts, command: Manage) -> anyhow::Result<()> {
         Command::Revoke { actor, token_id } => {
             let path = format!("/v1/actors/{actor}/tokens/{token_id}");
             print_revoked(&client, &path, token_id).await
+        }
+        Command::Rotate {
+            actor,
+            token_id,
+            overlap,
+        } => {
+            let path = format!("/v1/actors/{actor}/tokens/{token_id}/rotate");
+            let body = object(vec![("overlap", overlap.map(Value::String))]);
+            let rotation = client.post(&path, &body).await?;
+            if client.json {
+                return output::print_json(&rotation);
+            }
+            let rotated = &rotation["rotated"];
+            eprintln!(
+                "token {token_id} rotated: it keeps working until {}, while the clients using it \
+                 move to the successor",
+                output::date(rotated, "expires_at", "-")
+            );
+            print_created(&client, &rotation["successor"])
         }
         Command::RevokeAll { actor, yes } => {
             if !yes {
