@@ -109,6 +109,9 @@ pub struct AccountTokensQuery {
     pub include_revoked: Option<bool>,
     /// Also tokens that have expired (left out by default).
     pub include_expired: Option<bool>,
+    /// Also rotated tokens within their overlap window (left out by default: their end is
+    /// planned, their successor carries on).
+    pub include_rotated: Option<bool>,
     /// Items per page: 1 to 500, default 50.
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
@@ -180,6 +183,7 @@ pub(crate) async fn list_account_tokens(
         kind: query.kind.map(TokenKind::from),
         include_revoked: query.include_revoked.unwrap_or(false),
         include_expired: query.include_expired.unwrap_or(false),
+        include_rotated: query.include_rotated.unwrap_or(false),
     };
     let held = state
         .store
@@ -198,7 +202,9 @@ pub(crate) async fn list_account_tokens(
             let expires_in_days = (status.token.expires_at - now).num_days();
             let live = status.token.revoked_at.is_none() && status.token.expires_at > now;
             AccountToken {
-                expiring_soon: live && status.token.expires_at <= now + warning,
+                expiring_soon: live
+                    && status.token.successor_id.is_none()
+                    && status.token.expires_at <= now + warning,
                 expires_in_days,
                 holder_type,
                 holder_name,

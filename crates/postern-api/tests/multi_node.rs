@@ -809,6 +809,61 @@ async fn a_tokens_max_clients_holds_across_nodes() {
     }
 }
 
+/// A token rotated through node A: the client connected to node B is handed the successor
+/// (B reads it from the database), and B cuts the rotated token's session at the end of the
+/// window it heard of from A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_on_one_node_hands_the_successor_to_a_client_on_another() {
+    let Some(node_a) = Portal::start(Backend::Postgres).await else {
+        return;
+    };
+    let url = node_a.postgres_url().await.expect("postgres url");
+    let (_node_b, addr_b, _listener) = second_node(&url).await;
+    let created = node_a
+        .post(
+            "/v1/actors",
+            json!({"type": "service_account", "name": "fleet"}),
+        )
+        .await;
+    let secret = created["token"]["secret"].as_str().unwrap().to_string();
+    let rotate = format!(
+        "/v1/actors/{}/tokens/{}/rotate",
+        created["data"]["id"].as_str().unwrap(),
+        created["token"]["id"].as_str().unwrap()
+    );
+    let mut on_b = client_session(addr_b, &secret, "box-b").await;
+    assert!(matches!(
+        next_message(&mut on_b, Duration::from_secs(5)).await,
+        postern_protocol::PortalToClient::Init(_)
+    ));
+    let (status, rotation) = node_a
+        .call(
+            reqwest::Method::POST,
+            &rotate,
+            Some(json!({"overlap": "2s"})),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{rotation}");
+    let successor = &rotation["data"]["successor"];
+    match next_message(&mut on_b, Duration::from_secs(5)).await {
+        postern_protocol::PortalToClient::TokenRotated {
+            token_id, secret, ..
+        } => {
+            assert_eq!(successor["id"], token_id.to_string());
+            assert_eq!(successor["secret"], secret.expose());
+        }
+        other => panic!("expected the successor, got {other:?}"),
+    }
+    match next_message(&mut on_b, Duration::from_secs(5)).await {
+        postern_protocol::PortalToClient::Disconnect { reason, .. } => {
+            assert_eq!(reason, postern_protocol::DisconnectReason::TokenExpired)
+        }
+        other => panic!("expected the end of the window, got {other:?}"),
+    }
+    let moved = client_session(addr_b, successor["secret"].as_str().unwrap(), "box-b").await;
+    drop(moved);
+}
+
 /// Two nodes sweep at the same moment: a device unseen for longer than the account's
 /// `stale_device_days` is removed once (one audit entry, one node reports it), and both nodes'
 /// lists lose it; a device seen lately stays.

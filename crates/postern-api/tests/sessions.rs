@@ -556,6 +556,14 @@ async fn a_rotated_token_hands_its_successor_over_and_stops_at_the_end_of_its_wi
     assert!(left > chrono::Duration::zero() && left <= chrono::Duration::seconds(3));
     let (status, problem) = portal.call(Method::POST, &rotate, None).await;
     assert_eq!(status, StatusCode::CONFLICT, "rotated twice: {problem}");
+    // Its end is planned: not among the tokens expiring soon unless asked for.
+    let expiring = portal.get("/v1/tokens?expiring=true").await;
+    assert_eq!(expiring["data"], json!([]), "{expiring}");
+    let listed = portal
+        .get("/v1/tokens?expiring=true&include_rotated=true")
+        .await;
+    assert_eq!(listed["data"][0]["id"], rotated["id"], "{listed}");
+    assert_eq!(listed["data"][0]["expiring_soon"], false, "{listed}");
     assert!(problem.to_string().contains(&successor_id), "{problem}");
 
     // The connected client is handed the successor; so is one connecting with the old token

@@ -40,6 +40,8 @@ pub struct TokenFilter {
     pub kind: Option<TokenKind>,
     pub include_revoked: bool,
     pub include_expired: bool,
+    /// Also rotated tokens (their end is planned: the successor carries on).
+    pub include_rotated: bool,
 }
 
 /// A token with its holder.
@@ -185,6 +187,9 @@ impl Store {
         }
         if !filter.include_revoked {
             sql.push_str(" AND t.revoked_at IS NULL");
+        }
+        if !filter.include_rotated {
+            sql.push_str(" AND t.successor_id IS NULL");
         }
         sql.push_str(&format!(" ORDER BY t.id LIMIT {}", page.limit + 1));
         let rows = db::bind_all(sqlx::query(&sql), binds)
@@ -813,8 +818,8 @@ pub(crate) fn token_from_row(row: &AnyRow) -> Result<Token> {
 
 /// The guardrail columns of a `tokens` row.
 impl Store {
-    /// Live tokens (not revoked, not yet expired) expiring before `until`, counted by account
-    /// slug, for the expiry metrics.
+    /// Live tokens (not revoked, not yet expired, not rotated) expiring before `until`,
+    /// counted by account slug, for the expiry metrics.
     pub async fn count_tokens_expiring(
         &self,
         now: DateTime<Utc>,
@@ -823,8 +828,8 @@ impl Store {
         let rows = sqlx::query(
             "SELECT a.slug AS slug, COUNT(t.id) AS expiring FROM tokens t \
              JOIN accounts a ON a.id = t.account_id \
-             WHERE t.revoked_at IS NULL AND t.expires_at > $1 AND t.expires_at <= $2 \
-             GROUP BY a.slug",
+             WHERE t.revoked_at IS NULL AND t.successor_id IS NULL AND t.expires_at > $1 \
+             AND t.expires_at <= $2 GROUP BY a.slug",
         )
         .bind(ts(now))
         .bind(ts(until))

@@ -618,8 +618,9 @@ async fn detail(
                                             (tokens::status_badge(token, now, warning_days))
                                             @if let (Some(moved), false) = (clients_moved.get(&token.id), expired) {
                                                 div.muted.small data-testid="token-rotation" {
-                                                    "Rotated: " (moved) " client" (if *moved == 1 { "" } else { "s" }) " moved; "
-                                                    (token_sessions.get(&token.id).copied().unwrap_or(0)) " still on it"
+                                                    (moved) " client" (if *moved == 1 { "" } else { "s" }) " moved; "
+                                                    (token_sessions.get(&token.id).copied().unwrap_or(0)) " still on it; it stops "
+                                                    (ui::time(token.expires_at))
                                                 }
                                             }
                                         }

@@ -41,14 +41,17 @@ pub async fn warning_days(state: &WebState, account_id: Uuid) -> WebResult<u32> 
         .token_expiry_warning_days)
 }
 
-/// A token's state for its row: Revoked, Expired, "Expires in N days" within the account's
-/// warning period, or Active.
+/// A token's state for its row: Revoked, Expired, Rotated (it ends with its overlap window),
+/// "Expires in N days" within the account's warning period, or Active.
 pub fn status_badge(token: &Token, now: DateTime<Utc>, warning_days: u32) -> Markup {
     if token.revoked_at.is_some() {
         return ui::badge("danger", "Revoked");
     }
     if token.expires_at <= now {
         return ui::badge("muted", "Expired");
+    }
+    if token.successor_id.is_some() {
+        return ui::badge("neutral", "Rotated");
     }
     if token.expires_at <= now + chrono::Duration::days(i64::from(warning_days)) {
         return ui::badge("warn", &expires_in(token.expires_at, now));
@@ -92,6 +95,7 @@ async fn expiring_page(
         kind: None,
         include_revoked: false,
         include_expired: false,
+        include_rotated: false,
     };
     let mut held = state
         .store()

@@ -577,7 +577,8 @@ test("Rotate on a token's row hands the connected client its successor, shown on
 
   await page.click("[data-testid=token-done]");
   await page.waitForSelector("[data-testid=token-rotation]");
-  assert.match(await row.locator("[data-testid=token-rotation]").textContent(), /0 clients moved; 1 still on it/);
+  assert.match(await row.locator("[data-testid=token-rotation]").textContent(), /0 clients moved; 1 still on it; it stops/);
+  assert.match(await row.locator("[data-testid=token-status]").textContent(), /Rotated/);
   assert.equal(await row.locator("[data-testid=rotate-token]").count(), 0, "rotated once only");
   const next = page.locator("[data-testid=token-row][data-name^='fleet-key (rotated ']");
   assert.match(await next.locator("[data-testid=token-status]").textContent(), /Active/);
