@@ -625,6 +625,18 @@ async fn a_rotated_token_hands_its_successor_over_and_stops_at_the_end_of_its_wi
         audit["data"][0]["after"]["successor_id"], successor["id"],
         "{audit}"
     );
+    let moves = portal
+        .get("/v1/audit-events?action=client.move_to_successor")
+        .await;
+    let moves = moves["data"].as_array().unwrap();
+    assert_eq!(
+        moves.len(),
+        1,
+        "runner-a moved, runner-b did not: {moves:?}"
+    );
+    assert_eq!(moves[0]["before"]["token_id"], rotated["id"]);
+    assert_eq!(moves[0]["after"]["token_id"], successor["id"]);
+    assert_eq!(moves[0]["after"]["device_id"], "runner-a");
     // The successor's secret is not kept once the window is over, nor anywhere in plain text.
     portal
         .store

@@ -197,6 +197,14 @@ pub enum StoreOp {
     /// Remove these devices' rows (ephemeral ones that said goodbye), audited, and tell every
     /// node (`Store::remove_devices`); nothing to report back.
     RemoveDevices { ids: Vec<Uuid>, why: String },
+    /// Audit that a client device moved from a rotated token to its successor
+    /// (`Store::record_token_move`); nothing to report back.
+    RecordTokenMove {
+        device: Uuid,
+        device_id: String,
+        from: Uuid,
+        to: Uuid,
+    },
     /// Read the account's stored grants and the gateways on other nodes ([`GrantsLoad`]) again
     /// and call [`AccountSessions::handle_grants_loaded`], or
     /// [`AccountSessions::handle_load_failed`]: other nodes' writes may have been missed.
@@ -1740,6 +1748,16 @@ impl AccountSessions {
         let approved_at = known
             .approved_at
             .or((!principal.guardrails.require_approval).then_some(now));
+        if let (Some(from), Some(rotated_from)) = (known.token_id, principal.rotated_from) {
+            if from == rotated_from {
+                self.store_ops.push_back(StoreOp::RecordTokenMove {
+                    device: id,
+                    device_id: params.id.clone(),
+                    from,
+                    to: principal.token_id,
+                });
+            }
+        }
         if known.approved_at.is_none() && approved_at.is_some() {
             self.store_ops.push_back(StoreOp::ApproveDevices(vec![id]));
         }

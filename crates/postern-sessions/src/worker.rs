@@ -352,6 +352,21 @@ impl Worker {
                         }
                     });
                 }
+                StoreOp::RecordTokenMove {
+                    device,
+                    device_id,
+                    from,
+                    to,
+                } => {
+                    let (store, account_id) = (self.store.clone(), self.core.account_id());
+                    tokio::spawn(async move {
+                        let moved =
+                            store.record_token_move(account_id, device, &device_id, from, to);
+                        if let Err(err) = moved.await {
+                            tracing::warn!(%device_id, error = %err, "could not audit a client's move to a rotated token's successor");
+                        }
+                    });
+                }
                 StoreOp::LoadGrants => match self.load_grants().await {
                     Ok(load) => self.core.handle_grants_loaded(load, Utc::now()),
                     Err(err) => {

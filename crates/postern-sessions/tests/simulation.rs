@@ -822,6 +822,9 @@ impl Sim {
             StoreOp::RemoveDevices { ids, .. } => {
                 self.db.devices.retain(|_, d| !ids.contains(&d.id));
             }
+            StoreOp::RecordTokenMove { from, to, .. } => {
+                assert_eq!(self.db.tokens[&to].rotated_from, Some(from));
+            }
             StoreOp::ApproveDevices(ids) => {
                 let now = self.now;
                 for row in self.db.devices.values_mut() {

@@ -838,6 +838,7 @@ impl World {
                     self.finish_write(node);
                 }
             }
+            StoreOp::RecordTokenMove { .. } => {}
             StoreOp::ApproveDevices(ids) => {
                 for row in self.db.devices.values_mut() {
                     if ids.contains(&row.id) {

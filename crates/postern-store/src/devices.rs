@@ -122,6 +122,34 @@ impl Store {
         );
     }
 
+    /// Audits that a client device moved from a rotated token to its successor
+    /// (`client.move_to_successor`, by the portal).
+    pub async fn record_token_move(
+        &self,
+        account_id: Uuid,
+        device: Uuid,
+        device_id: &str,
+        from: Uuid,
+        to: Uuid,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        audit::record(
+            &mut tx.tx,
+            Entry {
+                account_id: Some(account_id),
+                acting: &Acting::default(),
+                action: "client.move_to_successor",
+                object_type: "client",
+                object_id: Some(device),
+                before: Some(serde_json::json!({ "device_id": device_id, "token_id": from })),
+                after: Some(serde_json::json!({ "device_id": device_id, "token_id": to })),
+                now: Utc::now(),
+            },
+        )
+        .await?;
+        tx.commit().await
+    }
+
     /// Corrects the ids of the client devices whose last session used `token_id`, as read from
     /// the database, by the sightings not yet written.
     pub(crate) fn overlay_pending_sightings(
