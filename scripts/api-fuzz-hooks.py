@@ -29,6 +29,8 @@ FORBIDDEN = [
     ]
 ]
 PORT_RANGE = re.compile(r"(\d+)( *- *)(\d+)")
+DURATION = re.compile(r"^(\d+)(s|m|min|h|d|w|y)$")
+SECONDS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 WINDOW = re.compile(r"^(\s*\S.*?\s+)(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})(\s+)\S+(\s*)$", re.S)
 
 
@@ -100,6 +102,16 @@ def future(value):
     return (now + datetime.timedelta(hours=12)).isoformat().replace("+00:00", "Z")
 
 
+def overlap(value):
+    """A rotation window every account accepts: longer than zero, at most a day (the lowest
+    cap an account may set on token lifetimes, which the fuzzer also changes)."""
+    match = DURATION.match(value) if isinstance(value, str) else None
+    if not match:
+        return value
+    seconds = int(match.group(1)) * SECONDS[match.group(2)]
+    return value if 0 < seconds <= 86400 else "24h"
+
+
 def listed(value):
     return value if isinstance(value, list) else []
 
@@ -128,6 +140,8 @@ def fix_body(path, body):
         fix_conditions(body)
     if "expires_at" in body:
         body["expires_at"] = future(body["expires_at"])
+    if path.endswith("/rotate") and "overlap" in body:
+        body["overlap"] = overlap(body["overlap"])
     token = body.get("token")
     if isinstance(token, dict) and "expires_at" in token:
         token["expires_at"] = future(token["expires_at"])
