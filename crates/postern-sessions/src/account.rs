@@ -424,6 +424,8 @@ struct Session {
     /// Clients: the device waits for an administrator's approval (its token requires one):
     /// it is shown no resource and granted nothing.
     held: bool,
+    /// Clients: it was handed its token's successor (a rotation) and is not told again.
+    successor_offered: bool,
 }
 
 impl Session {
@@ -1488,6 +1490,7 @@ impl AccountSessions {
             requests: Bucket::full(self.config.access_request_burst, now),
             throttle_notice_until: None,
             held,
+            successor_offered: false,
         };
         let slug = self
             .loaded
@@ -2091,7 +2094,11 @@ impl AccountSessions {
         successor: &Successor,
         replaced_expires_at: DateTime<Utc>,
     ) {
-        let sessions = self.client_sessions_of_token(token_id);
+        let sessions: Vec<SessionId> = self
+            .client_sessions_of_token(token_id)
+            .into_iter()
+            .filter(|s| self.clients.get(s).is_some_and(|c| !c.successor_offered))
+            .collect();
         if sessions.is_empty() {
             return;
         }
@@ -2103,6 +2110,9 @@ impl AccountSessions {
         })
         .into();
         for session in sessions {
+            if let Some(client) = self.clients.get_mut(&session) {
+                client.successor_offered = true;
+            }
             self.transmit_text(session, &text);
         }
     }

@@ -1040,6 +1040,12 @@ impl Sim {
                         "{} was handed a successor of another token",
                         client.device_id
                     );
+                    assert_ne!(
+                        client.handed,
+                        Some(*token_id),
+                        "{} was handed the same successor twice in one session",
+                        client.device_id
+                    );
                     client.handed = Some(*token_id);
                 }
                 self.clients[i].state.apply(message);
