@@ -114,13 +114,7 @@ impl Listeners {
         let mut errors = Vec::new();
         for address in addresses {
             let at = SocketAddr::new(*address, port);
-            let bound = async {
-                let udp = UdpSocket::bind(at).await?;
-                // Port 0 (tests): TCP on the port UDP was given.
-                let tcp = TcpListener::bind(udp.local_addr()?).await?;
-                std::io::Result::Ok((udp, tcp))
-            };
-            match bound.await {
+            match bind_pair(at).await {
                 Ok((udp, tcp)) => {
                     listeners.udp.push(Arc::new(udp));
                     listeners.tcp.push(tcp);
@@ -146,6 +140,23 @@ impl Listeners {
             .filter_map(|socket| socket.local_addr().ok())
             .collect()
     }
+}
+
+/// UDP and TCP on `at`. With port 0 (tests) TCP takes the port UDP was given, which another
+/// process may hold for TCP: then both are tried again on another port, a few times.
+async fn bind_pair(at: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+    const TRIES_ON_ANY_PORT: usize = 16;
+    let tries = if at.port() == 0 { TRIES_ON_ANY_PORT } else { 1 };
+    let mut last = None;
+    for _ in 0..tries {
+        let udp = UdpSocket::bind(at).await?;
+        match TcpListener::bind(udp.local_addr()?).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => last = Some(err),
+            Err(err) => return Err(err),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no port could be bound")))
 }
 
 /// Serves queries until the task is dropped.
