@@ -85,6 +85,7 @@ impl TryFrom<TokenRequest> for NewTokenRequest {
                 ephemeral: request.ephemeral.unwrap_or(false),
             },
             rotated_from: None,
+            workload_identity_id: None,
         })
     }
 }
@@ -106,6 +107,7 @@ impl From<GatewayTokenRequest> for NewTokenRequest {
             expires_at: request.expires_at,
             guardrails: TokenGuardrails::default(),
             rotated_from: None,
+            workload_identity_id: None,
         }
     }
 }

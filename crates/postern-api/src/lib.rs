@@ -21,6 +21,7 @@ mod sites;
 mod tls;
 mod tokens;
 mod webhooks;
+mod workload_identity;
 mod ws;
 
 use std::future::Future;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub hub: postern_sessions::Hub,
     /// GitHub's secret-scanning keys, when the portal takes GitHub's leak reports.
     pub github_keys: Option<Arc<GithubKeysFile>>,
+    /// OIDC issuers' keys, for workload identity exchanges.
+    pub issuer_keys: Arc<workload_identity::IssuerKeys>,
 }
 
 impl AppState {
@@ -61,6 +64,7 @@ impl AppState {
             store,
             auth_limiter: Arc::new(AuthRateLimiter::default()),
             github_keys: None,
+            issuer_keys: Arc::new(workload_identity::IssuerKeys::default()),
         }
     }
 }
@@ -110,6 +114,7 @@ pub fn router(state: AppState) -> Router {
         .merge(ws::routes())
         .merge(devices::routes())
         .merge(webhooks::routes())
+        .merge(workload_identity::routes())
         .fallback(error::not_found_fallback)
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)

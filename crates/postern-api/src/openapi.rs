@@ -11,7 +11,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::{
     account, actors, audit, devices, groups, leaks, policies, resources, sites, tokens, webhooks,
-    AppState,
+    workload_identity, AppState,
 };
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -92,6 +92,9 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
         webhooks::list_webhooks, webhooks::create_webhook, webhooks::get_webhook,
         webhooks::update_webhook, webhooks::delete_webhook, webhooks::send_test_event,
         webhooks::list_deliveries,
+        workload_identity::list_workload_identities, workload_identity::create_workload_identity,
+        workload_identity::get_workload_identity, workload_identity::delete_workload_identity,
+        workload_identity::exchange,
     ),
 )]
 struct ApiDoc;
@@ -138,6 +141,7 @@ impl Modify for PathParameters {
                     let name = segment.strip_prefix('{')?.strip_suffix('}')?;
                     let what = match name {
                         "token_id" => "token",
+                        "workload_identity_id" => "workload identity",
                         _ => match segments[index - 1] {
                             "policies" => "policy",
                             collection => collection.trim_end_matches('s'),

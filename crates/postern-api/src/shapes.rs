@@ -32,6 +32,31 @@ pub struct ListMetadata {
 }
 
 impl<T> List<T> {
+    /// One page of a short list read whole (ordered by id): the items after the cursor.
+    pub fn page_of(
+        items: Vec<T>,
+        page: postern_store::Page,
+        id: impl Fn(&T) -> uuid::Uuid,
+    ) -> axum::Json<Self> {
+        let limit = page.limit as usize;
+        let mut items: Vec<T> = items
+            .into_iter()
+            .filter(|item| page.cursor.is_none_or(|cursor| id(item) > cursor))
+            .take(limit + 1)
+            .collect();
+        let next_cursor = (items.len() > limit).then(|| {
+            items.truncate(limit);
+            items.last().map(&id)
+        });
+        Self::from_page(
+            Paged {
+                items,
+                next_cursor: next_cursor.flatten(),
+            },
+            page.limit,
+        )
+    }
+
     pub fn from_page(page: Paged<T>, limit: u32) -> axum::Json<Self> {
         axum::Json(Self {
             data: page.items,

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use postern_domain::webhooks::{Webhook, WebhookDelivery, WebhookEvent};
-use postern_store::{NewWebhook, Paged, WebhookPatch};
+use postern_store::{NewWebhook, WebhookPatch};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -87,22 +87,7 @@ pub(crate) async fn list_webhooks(
     let page = query.page()?;
     // At most 20 per account: one read, paged here.
     let webhooks = state.store.list_webhooks(auth.account_id()).await?;
-    let mut items: Vec<Webhook> = webhooks
-        .into_iter()
-        .filter(|webhook| page.cursor.is_none_or(|cursor| webhook.id > cursor))
-        .take(page.limit as usize + 1)
-        .collect();
-    let next_cursor = (items.len() > page.limit as usize).then(|| {
-        items.truncate(page.limit as usize);
-        items.last().map(|webhook| webhook.id)
-    });
-    Ok(List::from_page(
-        Paged {
-            items,
-            next_cursor: next_cursor.flatten(),
-        },
-        page.limit,
-    ))
+    Ok(List::page_of(webhooks, page, |webhook| webhook.id))
 }
 
 #[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhook,

@@ -41,6 +41,17 @@ const ROUTES: &[(&str, &str)] = &[
     ("delete", "/v1/webhooks/{id}"),
     ("post", "/v1/webhooks/{id}/test"),
     ("get", "/v1/webhooks/{id}/deliveries"),
+    ("get", "/v1/actors/{id}/workload-identities"),
+    ("post", "/v1/actors/{id}/workload-identities"),
+    (
+        "get",
+        "/v1/actors/{id}/workload-identities/{workload_identity_id}",
+    ),
+    (
+        "delete",
+        "/v1/actors/{id}/workload-identities/{workload_identity_id}",
+    ),
+    ("post", "/v1/workload-identity/exchange"),
     ("get", "/v1/groups"),
     ("post", "/v1/groups"),
     ("get", "/v1/groups/{id}"),

@@ -33,7 +33,10 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/postern-client";
     about = "Postern headless client: connects to the portal with a service-account token",
     long_about = "Postern headless client: connects to the portal with a service-account token.\n\n\
         The token is read from the POSTERN_TOKEN environment variable (removed from the \
-        environment at start) or else from --token-path (mode 600 or stricter).\n\n\
+        environment at start) or else from --token-path (mode 600 or stricter). Or, with no \
+        stored secret, the workload's OIDC ID token (--id-token-file, --id-token-command: a CI \
+        job, a Kubernetes service account) is exchanged for short-lived tokens, renewed before \
+        they end.\n\n\
         With the tunnel, names of DNS resources resolve through the client's own resolver \
         (198.18.0.53), which forwards every other name to the servers the system used before; \
         see --dns-control.\n\n\
@@ -45,6 +48,7 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/postern-client";
         postern-client --api-url https://portal.example.com --socks5 1080 --forward 5432=db.internal:5432\n  \
         postern-client --api-url https://portal.example.com --dns-control disabled\n  \
         postern-client --no-tunnel --api-url https://portal.example.com\n  \
+        postern-client --api-url https://portal.example.com --id-token-file /var/run/secrets/tokens/postern\n  \
         postern-client status\n  \
         postern-client restore-dns",
     args_conflicts_with_subcommands = true,
@@ -150,6 +154,50 @@ pub struct RunArgs {
     /// proxies require, for a shared host
     #[arg(long, value_name = "FILE")]
     proxy_credentials: Option<PathBuf>,
+
+    #[command(flatten)]
+    workload: WorkloadArgs,
+}
+
+/// Workload identity: tokens by exchange instead of a stored one.
+#[derive(Args, Clone)]
+struct WorkloadArgs {
+    /// Exchange the OIDC ID token in this file for short-lived client tokens instead of
+    /// holding a token (a workload identity of a service account: no stored secret). The file
+    /// is read again at each renewal, so a platform that replaces it (a Kubernetes projected
+    /// service-account token) keeps it fresh
+    #[arg(
+        long,
+        env = "POSTERN_ID_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "id_token_command"
+    )]
+    id_token_file: Option<PathBuf>,
+
+    /// The same with a command that prints the ID token (run with /bin/sh at each exchange),
+    /// e.g. a CI job's request for one
+    #[arg(long, env = "POSTERN_ID_TOKEN_COMMAND", value_name = "COMMAND")]
+    id_token_command: Option<String>,
+
+    /// The workload identity to exchange under, when the ID token matches several (its id,
+    /// from `postern workload-identities list`)
+    #[arg(long, env = "POSTERN_WORKLOAD_IDENTITY", value_name = "ID")]
+    workload_identity: Option<uuid::Uuid>,
+}
+
+impl WorkloadArgs {
+    fn identity(&self) -> Option<postern_device::workload::WorkloadIdentity> {
+        use postern_device::workload::{IdTokenSource, WorkloadIdentity};
+        let source = match (&self.id_token_file, &self.id_token_command) {
+            (Some(path), _) => IdTokenSource::File(path.clone()),
+            (None, Some(command)) => IdTokenSource::Command(command.clone()),
+            (None, None) => return None,
+        };
+        Some(WorkloadIdentity {
+            source,
+            workload_identity_id: self.workload_identity,
+        })
+    }
 }
 
 impl RunArgs {
@@ -212,6 +260,7 @@ fn run(args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
             endpoint: None,
             ephemeral: args.ephemeral,
             max_partition: args.common.max_partition_time,
+            workload: args.workload.identity(),
         },
         (!args.no_tunnel).then_some(args.mtu),
     );

@@ -24,6 +24,12 @@ const MAX_TOKEN_FILE_BYTES: u64 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error("{0}")]
+    Exchange(crate::workload::ExchangeError),
+    #[error(
+        "both a token ({origin}) and an ID token to exchange ({source_name}) are given: use one"
+    )]
+    TwoTokenSources { origin: String, source_name: String },
     #[error(
         "token file {path} does not exist: write the token there (chmod 600 {path}), point \
          --token-path / POSTERN_TOKEN_PATH at another file, or pass the token in the \
@@ -390,6 +396,9 @@ pub struct DeviceConfig {
     pub max_partition: Option<Duration>,
     /// TLS trusting only `--ca-file`'s certificates; `None`: the public roots.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// With workload identity: what exchanges ID tokens, and the token it got first (renewed
+    /// by the session loop). Taken by [`crate::session::run`].
+    pub exchanged: Option<(crate::workload::Exchanger, crate::workload::ExchangedToken)>,
 }
 
 /// What each binary passes to [`DeviceConfig::load`].
@@ -411,16 +420,12 @@ pub struct DeviceSettings<'a> {
     /// Clients: `--ephemeral`.
     pub ephemeral: bool,
     pub max_partition: Option<Duration>,
+    /// Clients: exchange the workload's ID token for tokens instead of holding one.
+    pub workload: Option<crate::workload::WorkloadIdentity>,
 }
 
 impl DeviceConfig {
     pub fn load(settings: DeviceSettings<'_>) -> Result<Self, ConfigError> {
-        let token = load_token(
-            settings.env_token,
-            settings.token_path,
-            settings.kind,
-            settings.program,
-        )?;
         let portals = settings
             .api_urls
             .iter()
@@ -434,6 +439,36 @@ impl DeviceConfig {
             });
         }
         let tls = settings.ca_file.map(tls_trusting).transpose()?;
+        let (token, exchanged) = match settings.workload {
+            None => {
+                let token = load_token(
+                    settings.env_token,
+                    settings.token_path,
+                    settings.kind,
+                    settings.program,
+                )?;
+                (token, None)
+            }
+            Some(workload) => {
+                if let Some(_secret) = settings.env_token {
+                    return Err(ConfigError::TwoTokenSources {
+                        origin: format!("the {TOKEN_ENV} environment variable"),
+                        source_name: workload.source.to_string(),
+                    });
+                }
+                let exchanger =
+                    crate::workload::Exchanger::new(workload, portals.clone(), tls.clone())?;
+                let first =
+                    crate::workload::first_exchange(&exchanger).map_err(ConfigError::Exchange)?;
+                let token = Token {
+                    secret: SecretString::new(first.secret.expose().to_string()),
+                    id: first.token_id,
+                    origin: format!("an exchange of {}", exchanger.source()),
+                    file: None,
+                };
+                (token, Some((exchanger, first)))
+            }
+        };
         ensure_state_dir(settings.state_dir)?;
         let id = device_id(settings.id, settings.state_dir)?;
         let name = match settings.name {
@@ -456,6 +491,7 @@ impl DeviceConfig {
             params,
             max_partition: settings.max_partition,
             tls,
+            exchanged,
         })
     }
 }

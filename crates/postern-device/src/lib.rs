@@ -12,6 +12,7 @@ pub mod keys;
 pub mod net;
 pub mod session;
 pub mod status;
+pub mod workload;
 
 pub use config::{take_token_from_env, ConfigError, DeviceConfig, DeviceSettings};
 pub use session::{run, shutdown_signal, Outcome, Role};
@@ -32,7 +33,12 @@ pub fn prepare(
     }
     let mut config = DeviceConfig::load(settings).map_err(|err| {
         eprintln!("error: {err}");
-        BAD_CONFIG
+        match err {
+            config::ConfigError::Exchange(workload::ExchangeError::Refused { .. }) => {
+                postern_protocol::connection::exit_code::TOKEN_REJECTED
+            }
+            _ => BAD_CONFIG,
+        }
     })?;
     if tunnel_mtu.is_none() {
         return Ok((config, None));

@@ -19,6 +19,7 @@ use rand::SeedableRng;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::header::{AUTHORIZATION, RETRY_AFTER, USER_AGENT};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, Response};
@@ -32,6 +33,7 @@ use zeroize::Zeroizing;
 
 use crate::config::{replace_token_file, session_url, DeviceConfig};
 use crate::status::{write_status, ConnectionState, Status, TokenRotation};
+use crate::workload::{self, ExchangedToken};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -140,9 +142,21 @@ pub async fn run<R: Role>(
     let mut conn = Connection::new(Instant::now(), config.max_partition);
     let mut rng = StdRng::from_entropy();
     let mut next = Action::Connect;
+    let mut renewals = config.exchanged.take().map(|(exchanger, first)| {
+        let (sender, receiver) = watch::channel(first.clone());
+        tokio::spawn(workload::renew(exchanger, first, sender));
+        receiver
+    });
     loop {
         next = match next {
             Action::Connect => {
+                if let Some(renewed) = renewals
+                    .as_mut()
+                    .filter(|receiver| receiver.has_changed().unwrap_or(false))
+                    .map(|receiver| receiver.borrow_and_update().clone())
+                {
+                    adopt_exchanged(&mut config, renewed, &mut status);
+                }
                 status.set(ConnectionState::Connecting, None);
                 status.write(role);
                 let portal = &config.portals[portals.current];
@@ -180,6 +194,7 @@ pub async fn run<R: Role>(
                         status.write(role);
                         info!(%portal, "connected to the portal");
                         let mut successor = None;
+                        let mut renewed = None;
                         let end = session(
                             ws,
                             &mut conn,
@@ -187,11 +202,18 @@ pub async fn run<R: Role>(
                             &mut status,
                             shutdown.as_mut(),
                             &mut rng,
-                            &mut successor,
+                            Replacements {
+                                successor: &mut successor,
+                                renewals: &mut renewals,
+                                renewed: &mut renewed,
+                            },
                         )
                         .await;
                         if let Some(successor) = successor {
                             adopt_successor(&mut config, successor, &mut status);
+                        }
+                        if let Some(renewed) = renewed {
+                            adopt_exchanged(&mut config, renewed, &mut status);
                         }
                         match end {
                             Some(action @ Action::Reconnect { .. }) => {
@@ -331,10 +353,41 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 
 enum Event {
     Shutdown,
+    Renewed(ExchangedToken),
     Timer,
     Wakeup,
     Outgoing(String),
     Frame(Option<Result<Message, WsError>>),
+}
+
+/// Takes a token exchanged anew for the workload's ID token (it lives only in memory).
+fn adopt_exchanged(config: &mut DeviceConfig, token: ExchangedToken, status: &mut StatusWriter) {
+    if token.token_id == config.token.id {
+        return;
+    }
+    debug!(token = %token.token_id, replaced = %config.token.id, "reconnecting with the renewed token");
+    status.token_id = token.token_id;
+    config.token.id = token.token_id;
+    config.token.secret = token.secret;
+}
+
+/// What may replace the device's token during a session: a successor the portal hands over
+/// (`successor`), or a token the renewal task exchanged (`renewals`, taken into `renewed`).
+struct Replacements<'a> {
+    successor: &'a mut Option<Successor>,
+    renewals: &'a mut Option<watch::Receiver<ExchangedToken>>,
+    renewed: &'a mut Option<ExchangedToken>,
+}
+
+/// The next token the renewal task publishes; never, without one.
+async fn next_renewal(renewals: &mut Option<watch::Receiver<ExchangedToken>>) -> ExchangedToken {
+    let Some(receiver) = renewals else {
+        return std::future::pending().await;
+    };
+    match receiver.changed().await {
+        Ok(()) => receiver.borrow_and_update().clone(),
+        Err(_) => std::future::pending().await,
+    }
 }
 
 /// Takes a successor of the device's token: it is written to the token file (when the token
@@ -401,8 +454,8 @@ fn checked_successor(successor: Successor, current: Uuid) -> Option<Successor> {
 }
 
 /// Runs one open session; returns the next action, or `None` on shutdown. A successor of the
-/// token ends the session (to connect again with it at once) and is put in `successor`.
-#[allow(clippy::too_many_arguments)]
+/// token, or a renewed one, ends the session (to connect again with it at once) and is put in
+/// `replacements`.
 async fn session<R: Role, S: Future<Output = ()>>(
     ws: Ws,
     conn: &mut Connection,
@@ -410,13 +463,19 @@ async fn session<R: Role, S: Future<Output = ()>>(
     status: &mut StatusWriter,
     mut shutdown: Pin<&mut S>,
     rng: &mut StdRng,
-    successor: &mut Option<Successor>,
+    replacements: Replacements<'_>,
 ) -> Option<Action> {
+    let Replacements {
+        successor,
+        renewals,
+        renewed,
+    } = replacements;
     let (mut sink, mut stream) = ws.split();
     loop {
         let wakeup = role.next_wakeup();
         let event = tokio::select! {
             _ = shutdown.as_mut() => Event::Shutdown,
+            token = next_renewal(renewals) => Event::Renewed(token),
             _ = sleep_until_opt(conn.poll_timeout()) => Event::Timer,
             _ = sleep_until_wakeup(wakeup) => Event::Wakeup,
             Some(message) = next_outgoing(role) => {
@@ -441,6 +500,12 @@ async fn session<R: Role, S: Future<Output = ()>>(
                     status.write(role);
                 }
                 continue;
+            }
+            Event::Renewed(token) => {
+                info!(token = %token.token_id, "the token was renewed: reconnecting with it");
+                *renewed = Some(token);
+                close(&mut sink, &mut stream).await;
+                return Some(conn.on_token_replaced(Instant::now()));
             }
             Event::Outgoing(text) => {
                 if let Err(err) = sink.send(Message::text(text)).await {

@@ -11,8 +11,10 @@ pub mod model;
 pub mod rules;
 pub mod validate;
 pub mod webhooks;
+pub mod workload_identity;
 
 pub use events::ChangeEvent;
 pub use keys::{KeyError, PresharedKey, WireGuardKey};
 pub use model::*;
 pub use validate::ValidationError;
+pub use workload_identity::WorkloadIdentity;

@@ -354,6 +354,10 @@ pub struct Token {
     /// When this token was rotated.
     #[serde(default)]
     pub rotated_at: Option<DateTime<Utc>>,
+    /// The trust rule this token was exchanged under (workload identity federation), if any:
+    /// deleting the rule revokes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_identity_id: Option<Uuid>,
 }
 
 /// Limits on one service-account token, for a fleet of machines sharing it.

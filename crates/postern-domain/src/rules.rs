@@ -348,6 +348,7 @@ mod tests {
             rotated_from: None,
             successor_id: None,
             rotated_at: None,
+            workload_identity_id: None,
         }
     }
 

@@ -162,6 +162,7 @@ fn run(mut args: RunArgs, env_token: Option<SecretString>) -> ExitCode {
             endpoint: args.public_endpoint.clone(),
             ephemeral: false,
             max_partition: args.common.max_partition_time,
+            workload: None,
         },
         (!args.no_tunnel).then_some(args.mtu),
     );

@@ -24,6 +24,7 @@ mod token_cache;
 mod tokens;
 mod web_sessions;
 mod webhooks;
+mod workload_identities;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -52,6 +53,7 @@ pub use tokens::{
 };
 pub use web_sessions::WebSession;
 pub use webhooks::{DeliveryOutcome, DueDelivery, NewWebhook, WebhookPatch};
+pub use workload_identities::ExchangedToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -345,6 +347,7 @@ mod tests {
                         expires_at: None,
                         guardrails: Default::default(),
                         rotated_from: None,
+                        workload_identity_id: None,
                     }),
                 },
                 &postern_domain::Acting::local_cli(),
@@ -393,6 +396,7 @@ mod tests {
                 rotated_from: None,
                 successor_id: None,
                 rotated_at: None,
+                workload_identity_id: None,
             },
             secret: postern_token::SecretString::from("postern_client_s3cr3t".to_string()),
         };
@@ -572,6 +576,7 @@ mod tests {
                         expires_at: None,
                         guardrails: Default::default(),
                         rotated_from: None,
+                        workload_identity_id: None,
                     },
                     &acting,
                 )

@@ -28,6 +28,8 @@ pub struct NewTokenRequest {
     pub guardrails: TokenGuardrails,
     /// The token this one replaces (rotation).
     pub rotated_from: Option<Uuid>,
+    /// The trust rule it is exchanged under (workload identity federation).
+    pub workload_identity_id: Option<Uuid>,
 }
 
 /// Which tokens [`Store::list_account_tokens`] lists: every field narrows the result.
@@ -395,6 +397,7 @@ impl Store {
             expires_at: Some(plan.successor_expires_at),
             guardrails: before.guardrails.clone(),
             rotated_from: Some(token_id),
+            workload_identity_id: None,
         };
         let mut tx = self.begin_write().await?;
         let successor = insert_token(
@@ -658,12 +661,13 @@ pub(crate) async fn insert_token(
         rotated_from: request.rotated_from,
         successor_id: None,
         rotated_at: None,
+        workload_identity_id: request.workload_identity_id,
     };
     sqlx::query(
         "INSERT INTO tokens (id, account_id, kind, actor_id, site_id, name, secret_hash, \
          created_at, created_by, expires_at, max_clients, allowed_source_cidrs, \
-         require_approval, ephemeral, rotated_from) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+         require_approval, ephemeral, rotated_from, workload_identity_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
     )
     .bind(id.to_string())
     .bind(account_id.to_string())
@@ -680,6 +684,7 @@ pub(crate) async fn insert_token(
     .bind(i64::from(token.guardrails.require_approval))
     .bind(i64::from(token.guardrails.ephemeral))
     .bind(request.rotated_from.map(|id| id.to_string()))
+    .bind(request.workload_identity_id.map(|id| id.to_string()))
     .execute(&mut *conn)
     .await?;
     audit::record(
@@ -813,6 +818,7 @@ pub(crate) fn token_from_row(row: &AnyRow) -> Result<Token> {
         rotated_from: opt_uuid(row, "rotated_from")?,
         successor_id: opt_uuid(row, "successor_id")?,
         rotated_at: opt_time(row, "rotated_at")?,
+        workload_identity_id: opt_uuid(row, "workload_identity_id")?,
     })
 }
 

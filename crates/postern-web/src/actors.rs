@@ -353,6 +353,7 @@ async fn create_service_account(
             expires_at,
             guardrails: Default::default(),
             rotated_from: None,
+            workload_identity_id: None,
         }),
     };
     let created = state

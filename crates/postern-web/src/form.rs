@@ -341,6 +341,7 @@ impl TokenForm {
                 expires_at,
                 guardrails,
                 rotated_from: None,
+                workload_identity_id: None,
             });
         Ok((form, request))
     }

@@ -276,6 +276,7 @@ async fn create_api_token(
             expires_at,
             guardrails: Default::default(),
             rotated_from: None,
+            workload_identity_id: None,
         }),
     };
     let (actor, created) = store

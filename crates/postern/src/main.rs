@@ -136,6 +136,18 @@ enum Command {
         postern webhooks test <WEBHOOK_ID>\n  \
         postern webhooks deliveries <WEBHOOK_ID>")]
     Webhooks(remote::webhooks::Args),
+
+    /// Workload identities: CI jobs, Kubernetes pods and cloud machines reach resources as a
+    /// service account with their platform's ID token instead of a stored secret
+    #[command(
+        name = "workload-identities",
+        after_help = "Examples:\n  \
+        postern workload-identities create --actor ci-deploy --issuer https://token.actions.githubusercontent.com \\\n    \
+          --audience postern --subject 'repo:acme/deploy:ref:refs/heads/main'\n  \
+        postern workload-identities list --actor ci-deploy\n  \
+        postern workload-identities delete --actor ci-deploy <WORKLOAD_IDENTITY_ID>"
+    )]
+    WorkloadIdentities(remote::workload_identities::Args),
 }
 
 #[derive(clap::Args)]
@@ -202,6 +214,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Clients(args) => remote::clients::run(args).await,
         Command::Audit(args) => remote::audit::run(args).await,
         Command::Webhooks(args) => remote::webhooks::run(args).await,
+        Command::WorkloadIdentities(args) => remote::workload_identities::run(args).await,
     }
 }
 

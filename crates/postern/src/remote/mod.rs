@@ -10,6 +10,7 @@ pub mod service_accounts;
 pub mod sites;
 pub mod tokens;
 pub mod webhooks;
+pub mod workload_identities;
 
 use std::collections::HashMap;
 use std::fmt;
