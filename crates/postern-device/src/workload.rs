@@ -165,6 +165,19 @@ impl Exchanger {
             url: String::new(),
             reason: format!("cannot set up HTTPS for the exchange: {err}"),
         })?;
+        // The portal URLs are kept as the session's ws:// or wss://; the exchange is HTTP.
+        let portals = portals
+            .into_iter()
+            .map(|mut url| {
+                let scheme = if url.scheme() == "wss" {
+                    "https"
+                } else {
+                    "http"
+                };
+                let _ = url.set_scheme(scheme);
+                url
+            })
+            .collect();
         Ok(Self {
             identity,
             portals,

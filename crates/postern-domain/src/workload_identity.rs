@@ -19,8 +19,8 @@ use crate::validate::{self, ValidationError};
 pub const DEFAULT_EXCHANGED_TOKEN_LIFETIME: Duration = Duration::hours(1);
 /// The longest life a rule may give an exchanged token.
 pub const MAX_EXCHANGED_TOKEN_LIFETIME: Duration = Duration::hours(24);
-/// The shortest (a client renews its token before it ends).
-pub const MIN_EXCHANGED_TOKEN_LIFETIME: Duration = Duration::minutes(5);
+/// The shortest (a client renews its token with a third of its life left).
+pub const MIN_EXCHANGED_TOKEN_LIFETIME: Duration = Duration::minutes(1);
 /// The most claim rules one trust rule holds.
 pub const MAX_CLAIM_RULES: usize = 16;
 /// The most trust rules one service account holds.
@@ -89,7 +89,7 @@ pub struct NewWorkloadIdentity {
     pub subject: String,
     #[serde(default)]
     pub claims: BTreeMap<String, String>,
-    /// A duration such as `1h` or `30m` (default 1 h; 5 min to 24 h).
+    /// A duration such as `1h` or `30m` (default 1 h; 1 min to 24 h).
     #[schema(example = "1h")]
     pub token_lifetime: Option<String>,
     /// The issuer's key set (JWKS) for offline sites; otherwise it is fetched through
@@ -233,7 +233,7 @@ pub fn validate(input: NewWorkloadIdentity) -> Result<ValidWorkloadIdentity, Val
     if !(MIN_EXCHANGED_TOKEN_LIFETIME..=MAX_EXCHANGED_TOKEN_LIFETIME).contains(&token_lifetime) {
         return Err(ValidationError::new(
             "token_lifetime",
-            "must be from 5m to 24h",
+            "must be from 1m to 24h",
         ));
     }
     if let Some(jwks) = &input.jwks {
@@ -473,7 +473,7 @@ mod tests {
             "token_lifetime"
         );
         assert_eq!(
-            refused(|i| i.token_lifetime = Some("1m".into())),
+            refused(|i| i.token_lifetime = Some("30s".into())),
             "token_lifetime"
         );
         assert_eq!(

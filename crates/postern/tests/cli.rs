@@ -378,6 +378,92 @@ fn service_account_round_trip() {
     .ok()
     .json();
     assert!(str_of(&again["successor"], "secret").starts_with("postern_client_"));
+
+    // Workload identities: a trust rule for GitHub Actions, listed, refused when it would
+    // trust everyone, deleted.
+    let issuer = "https://token.actions.githubusercontent.com";
+    let created = cli(&[
+        "workload-identities",
+        "create",
+        "--actor",
+        &actor_id,
+        "--issuer",
+        issuer,
+        "--audience",
+        "postern",
+        "--subject",
+        "repo:acme/deploy:ref:refs/heads/main",
+        "--claim",
+        "repository_owner=acme",
+        "--token-lifetime",
+        "30m",
+    ])
+    .ok();
+    assert!(
+        created.stdout.contains("repository_owner=acme"),
+        "{}",
+        created.stdout
+    );
+    assert!(created.stdout.contains("30 min"), "{}", created.stdout);
+    let rules = cli(&[
+        "workload-identities",
+        "list",
+        "--actor",
+        &actor_id,
+        "--json",
+    ])
+    .ok()
+    .json();
+    assert_eq!(rules.as_array().map(Vec::len), Some(1), "{rules}");
+    assert_eq!(str_of(&rules[0], "issuer"), issuer);
+    let table = cli(&["workload-identities", "list", "--actor", &actor_id])
+        .ok()
+        .stdout;
+    assert!(
+        table.contains("repo:acme/deploy:ref:refs/heads/main") && table.contains("never"),
+        "{table}"
+    );
+    cli(&[
+        "workload-identities",
+        "create",
+        "--actor",
+        &actor_id,
+        "--issuer",
+        issuer,
+        "--audience",
+        "postern",
+        "--subject",
+        "*",
+    ])
+    .fails_with(&["subject", "every workload"]);
+    cli(&[
+        "workload-identities",
+        "create",
+        "--actor",
+        &actor_id,
+        "--issuer",
+        issuer,
+        "--audience",
+        "postern",
+        "--subject",
+        "repo:x/*",
+        "--claim",
+        "no-equals-sign",
+    ])
+    .usage_error(&["CLAIM=PATTERN"]);
+    let deleted = cli(&[
+        "workload-identities",
+        "delete",
+        "--actor",
+        &actor_id,
+        str_of(&rules[0], "id"),
+    ])
+    .ok();
+    assert!(
+        deleted.stdout.contains("0 exchanged token(s) revoked"),
+        "{}",
+        deleted.stdout
+    );
     assert_eq!(again["rotated"]["id"], successor_row["id"]);
 
     cli(&["tokens", "revoke-all", "--actor", &actor_id]).fails_with(&["--yes"]);
@@ -897,6 +983,10 @@ fn every_command_has_help_with_an_example() {
         &["webhooks"],
         &["webhooks", "create"],
         &["webhooks", "deliveries"],
+        &["workload-identities"],
+        &["workload-identities", "create"],
+        &["workload-identities", "list"],
+        &["workload-identities", "delete"],
         &["groups", "add-member"],
         &["sites", "gateway-tokens", "create"],
         &["resources", "create"],

@@ -2458,3 +2458,107 @@ impl Crc {
         self.0
     }
 }
+
+/// Workload identity, as a CI job uses it: the service account trusts an issuer (its keys kept
+/// with the rule: no network to the issuer), the job's client holds only an ID token file and
+/// reaches the resource; its token (one minute long) is renewed with a third of its life left,
+/// a transfer through the tunnel carries on across the renewal and past the first token's end,
+/// and a job whose ID token's subject does not match exits 3 naming the subject.
+#[test]
+fn a_ci_job_reaches_the_resource_with_its_id_token_and_renews_without_dropping_a_transfer() {
+    if !can_run() {
+        return;
+    }
+    let mut w = World::new(2);
+    let issuer =
+        postern_workload_identity::test_issuer::TestIssuer::new("https://ci.example", "k1");
+    let rule = w.api.post(
+        &format!("/v1/actors/{}/workload-identities", w.actor_id),
+        json!({
+            "issuer": issuer.issuer, "audience": "postern", "subject": "repo:acme/deploy:*",
+            "claims": {"repository_owner": "acme"}, "token_lifetime": "1m", "jwks": issuer.jwks(),
+        }),
+    )["data"]
+        .clone();
+    let now = chrono::Utc::now().timestamp();
+    let id_token_file = |name: &str, subject: &str| {
+        let mut claims = issuer.claims("postern", subject, now);
+        claims["exp"] = json!(now + 600);
+        let path = w.data_dir.path().join(name);
+        std::fs::write(&path, issuer.sign(&claims)).expect("id token file");
+        path.to_str().expect("utf-8").to_string()
+    };
+    let good = id_token_file("job-token", "repo:acme/deploy:ref:refs/heads/main");
+    let bad = id_token_file("evil-token", "repo:evil/deploy:ref:refs/heads/main");
+
+    let args = ["--dns-control", "disabled", "--id-token-file", &good];
+    let job = w.client_given(1, "ci-job", None, 1, &args);
+    let ns = w.client_ns(1);
+    assert_reaches(&w, &ns);
+    let status = w.procs[job].status().expect("status");
+    let first = string(&status["token"], "id");
+    let exchanged = w
+        .api
+        .get(&format!("/v1/actors/{}/tokens/{first}", w.actor_id));
+    assert_eq!(exchanged["data"]["workload_identity_id"], rule["id"]);
+    let first_end: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(exchanged["data"]["expires_at"].clone()).expect("expiry");
+
+    let mut transfer = Transfer::start(&ns);
+    transfer.read_for(Duration::from_secs(1));
+    // Renewed at about 40 s of its 60.
+    while w.procs[job]
+        .status()
+        .is_some_and(|s| s["token"]["id"] == first.as_str())
+    {
+        assert!(
+            chrono::Utc::now() < first_end,
+            "not renewed before the token ended"
+        );
+        transfer.read_for(Duration::from_millis(500));
+    }
+    w.wait_status(job, "connected with the renewed token", |s| {
+        s["state"] == "connected" && s["token"]["id"] != first.as_str()
+    });
+    let second = string(&w.procs[job].status().expect("status")["token"], "id");
+    let renewal = w.api.get("/v1/audit-events?action=token.exchange")["data"][0].clone();
+    assert_eq!(renewal["object_id"], second.as_str());
+    assert_eq!(renewal["after"]["replaces"], first.as_str(), "{renewal}");
+    // Past the first token's end the job goes on.
+    while chrono::Utc::now() < first_end + chrono::Duration::seconds(2) {
+        transfer.read_for(Duration::from_millis(500));
+    }
+    assert!(w.procs[job].exited().is_none(), "{}", w.procs[job].log());
+    let total = transfer.finish();
+    assert!(total > 100_000, "only {total} bytes went through");
+    let log = w.procs[job].log();
+    let id_token = std::fs::read_to_string(&good).expect("id token");
+    assert!(!log.contains(&id_token), "the ID token is never logged");
+
+    // A job of another repository is refused at start, with the reason.
+    let url = "http://10.1.1.2:8080";
+    let mut evil = w.spawn_with(
+        "postern-client",
+        &w.client_ns(2),
+        "evil-job",
+        None,
+        &[
+            "--api-url",
+            url,
+            "--insecure",
+            "--no-tunnel",
+            "--id-token-file",
+            &bad,
+        ],
+    );
+    let deadline = Instant::now() + START;
+    let code = loop {
+        if let Some(status) = evil.exited() {
+            break status.code();
+        }
+        assert!(Instant::now() < deadline, "the refused job still runs");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, Some(3), "{}", evil.log());
+    assert!(evil.log().contains("repo:evil/deploy"), "{}", evil.log());
+}

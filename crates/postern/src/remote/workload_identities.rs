@@ -45,7 +45,7 @@ enum Command {
         /// Another claim the tokens must carry, CLAIM=PATTERN (repeatable)
         #[arg(long = "claim", value_name = "CLAIM=PATTERN", value_parser = parse_claim)]
         claims: Vec<(String, String)>,
-        /// How long an exchanged token lives, 5m to 24h (default 1h)
+        /// How long an exchanged token lives, 1m to 24h (default 1h)
         #[arg(long, value_name = "DURATION")]
         token_lifetime: Option<String>,
         /// The issuer's key set (JWKS JSON) for a portal that cannot reach the issuer

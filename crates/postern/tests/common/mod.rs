@@ -36,6 +36,22 @@ impl Run {
         self
     }
 
+    /// Refused by the argument parser (exit code 2), saying each of `needles`.
+    #[track_caller]
+    pub fn usage_error(self, needles: &[&str]) -> Self {
+        assert_eq!(
+            self.code,
+            Some(2),
+            "postern {:?}: {}",
+            self.args,
+            self.stderr
+        );
+        for needle in needles {
+            assert!(self.stderr.contains(needle), "{needle:?}: {}", self.stderr);
+        }
+        self
+    }
+
     /// Asserts failure with exit code 1 and a message on stderr containing every `needle`.
     #[track_caller]
     pub fn fails_with(self, needles: &[&str]) -> Self {
