@@ -149,7 +149,8 @@ pub struct AccountToken {
     pub holder_name: String,
     /// Whole days until it expires (0 on its last day; negative once expired).
     pub expires_in_days: i64,
-    /// It expires within the account's warning period and is neither expired nor revoked.
+    /// It expires within the account's warning period and is neither expired, revoked, rotated
+    /// (its successor carries on) nor exchanged for an ID token (its workload renews it).
     pub expiring_soon: bool,
 }
 
@@ -204,6 +205,7 @@ pub(crate) async fn list_account_tokens(
             AccountToken {
                 expiring_soon: live
                     && status.token.successor_id.is_none()
+                    && status.token.workload_identity_id.is_none()
                     && status.token.expires_at <= now + warning,
                 expires_in_days,
                 holder_type,

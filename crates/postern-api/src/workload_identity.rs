@@ -57,13 +57,12 @@ pub(crate) async fn create_workload_identity(
     ApiJson(body): ApiJson<NewWorkloadIdentity>,
 ) -> Result<(StatusCode, Json<Data<WorkloadIdentity>>), ApiError> {
     let actor_id = parse_id("actor", &id)?;
-    if let Some(jwks) = &body.jwks {
-        KeySet::from_value(jwks)
-            .map_err(|err| ApiError::validation("jwks", format!("the key set {err}")))?;
-    }
+    // The service account first: an unknown one is a 404 whatever the body.
+    state.store.get_actor(auth.account_id(), actor_id).await?;
+    let valid = wi::validate_rule(body).map_err(postern_store::StoreError::Validation)?;
     let rule = state
         .store
-        .create_workload_identity(auth.account_id(), actor_id, body, &auth.acting)
+        .create_workload_identity(auth.account_id(), actor_id, valid, &auth.acting)
         .await?;
     Ok((StatusCode::CREATED, Data::new(rule)))
 }

@@ -26,6 +26,7 @@ on_both_backends!(
     deleting_a_workload_identity_revokes_its_tokens,
     an_issuer_that_rotates_its_keys_is_followed_and_offline_keys_work,
     rules_are_checked_when_created,
+    exchanged_tokens_are_not_expiring_and_are_purged_a_week_after_they_end,
 );
 
 /// An OIDC issuer on localhost: discovery and a key set that can be replaced; counts the key
@@ -474,6 +475,78 @@ async fn an_issuer_that_rotates_its_keys_is_followed_and_offline_keys_work(porta
         offline.sign(&offline.claims("postern", "system:serviceaccount:billing:worker", now()));
     let (status, body) = exchange(portal, json!({ "id_token": token })).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+async fn exchanged_tokens_are_not_expiring_and_are_purged_a_week_after_they_end(portal: &Portal) {
+    let issuer = issuer().await;
+    let (actor_id, _) = trusting(portal, &issuer, "ci-deploy").await;
+    let id_token = issuer
+        .signer
+        .sign(&issuer.signer.claims("postern", SUBJECT, now()));
+    let (_, exchanged) = exchange(portal, json!({ "id_token": id_token })).await;
+    let token_id = exchanged["data"]["token_id"].as_str().unwrap().to_string();
+    // A token made by hand that expires tomorrow is expiring; the exchanged one, ending within
+    // the hour by design, is not.
+    let tomorrow = (Utc::now() + chrono::Duration::days(1)).to_rfc3339();
+    portal
+        .post(
+            &format!("/v1/actors/{actor_id}/tokens"),
+            json!({"name": "by hand", "expires_at": tomorrow}),
+        )
+        .await;
+    let all = portal.get("/v1/tokens").await;
+    let row = |id: &str| {
+        all["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|token| token["id"] == id)
+            .cloned()
+            .expect("listed")
+    };
+    assert_eq!(row(&token_id)["expiring_soon"], false);
+    let expiring = portal.get("/v1/tokens?expiring=true").await;
+    let names: Vec<&str> = expiring["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|token| token["name"].as_str())
+        .collect();
+    assert_eq!(names, ["by hand"]);
+
+    // Kept for a week after it ends, then purged (the audit log keeps its record).
+    let purged = portal
+        .store
+        .purge_ended_exchanged_tokens(Utc::now() + chrono::Duration::days(6))
+        .await
+        .unwrap();
+    assert_eq!(purged, 0);
+    let purged = portal
+        .store
+        .purge_ended_exchanged_tokens(Utc::now() + chrono::Duration::days(8))
+        .await
+        .unwrap();
+    assert_eq!(purged, 1);
+    let (status, _) = portal
+        .call(
+            Method::GET,
+            &format!("/v1/actors/{actor_id}/tokens/{token_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let tokens = portal.get(&format!("/v1/actors/{actor_id}/tokens")).await;
+    assert!(
+        tokens["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|token| token["id"] != token_id.as_str() && token["name"] != ""),
+        "only the exchanged token is gone: {tokens}"
+    );
+    assert!(tokens.to_string().contains("by hand"));
+    let audit = portal.get("/v1/audit-events?action=token.exchange").await;
+    assert_eq!(audit["data"][0]["object_id"], token_id.as_str());
 }
 
 async fn rules_are_checked_when_created(portal: &Portal) {

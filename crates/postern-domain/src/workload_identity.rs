@@ -193,7 +193,7 @@ pub fn validate(input: NewWorkloadIdentity) -> Result<ValidWorkloadIdentity, Val
     if subject.matches_everything() {
         return Err(ValidationError::new(
             "subject",
-            "must name something besides `*`: a subject of only wildcards would trust every \
+            "must name something besides *: a subject of only wildcards would trust every \
              workload the issuer signs for (on GitHub, every repository in the world)",
         ));
     }

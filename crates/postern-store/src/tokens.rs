@@ -37,7 +37,8 @@ pub struct NewTokenRequest {
 pub struct TokenFilter {
     /// The instant "expired" and "revoked" are judged at.
     pub now: DateTime<Utc>,
-    /// Only tokens expiring before this instant.
+    /// Only tokens expiring before this instant (and not exchanged for ID tokens: those are
+    /// short-lived by design, their workloads renew them).
     pub expires_before: Option<DateTime<Utc>>,
     pub kind: Option<TokenKind>,
     pub include_revoked: bool,
@@ -189,6 +190,9 @@ impl Store {
         }
         if !filter.include_revoked {
             sql.push_str(" AND t.revoked_at IS NULL");
+        }
+        if filter.expires_before.is_some() {
+            sql.push_str(" AND t.workload_identity_id IS NULL");
         }
         if !filter.include_rotated {
             sql.push_str(" AND t.successor_id IS NULL");
@@ -834,7 +838,8 @@ impl Store {
         let rows = sqlx::query(
             "SELECT a.slug AS slug, COUNT(t.id) AS expiring FROM tokens t \
              JOIN accounts a ON a.id = t.account_id \
-             WHERE t.revoked_at IS NULL AND t.successor_id IS NULL AND t.expires_at > $1 \
+             WHERE t.revoked_at IS NULL AND t.successor_id IS NULL \
+             AND t.workload_identity_id IS NULL AND t.expires_at > $1 \
              AND t.expires_at <= $2 GROUP BY a.slug",
         )
         .bind(ts(now))

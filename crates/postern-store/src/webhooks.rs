@@ -488,8 +488,8 @@ impl Store {
         let rows = sqlx::query(
             "SELECT t.*, (SELECT MIN(n.days_before) FROM token_expiry_notices n \
              WHERE n.token_id = t.id) AS noticed FROM tokens t \
-             WHERE t.revoked_at IS NULL AND t.successor_id IS NULL AND t.expires_at > $1 \
-             AND t.expires_at <= $2 \
+             WHERE t.revoked_at IS NULL AND t.successor_id IS NULL \
+             AND t.workload_identity_id IS NULL AND t.expires_at > $1 AND t.expires_at <= $2 \
              AND EXISTS (SELECT 1 FROM webhooks w WHERE w.account_id = t.account_id AND w.enabled = 1)",
         )
         .bind(ts(now))

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use chrono::Utc;
 use postern_domain::workload_identity::{
-    self, ClaimPattern, MatchedClaims, NewWorkloadIdentity, MAX_WORKLOAD_IDENTITIES_PER_ACTOR,
+    self, ClaimPattern, MatchedClaims, ValidWorkloadIdentity, MAX_WORKLOAD_IDENTITIES_PER_ACTOR,
 };
 use postern_domain::{
     new_id, Acting, ActorType, ChangeEvent, TokenGuardrails, ValidationError, WorkloadIdentity,
@@ -20,6 +20,9 @@ use crate::db::{self, opt_text, opt_time, opt_uuid, text, time, ts};
 use crate::tokens::{insert_token, CreatedToken, NewTokenRequest, TokenHolder};
 use crate::{Result, Store, StoreError};
 
+/// How long a token exchanged for an ID token is listed after it ended.
+pub const EXCHANGED_TOKENS_KEPT_FOR: chrono::Duration = chrono::Duration::days(7);
+
 /// The most rules one exchange considers for an issuer (across accounts).
 const MAX_RULES_PER_ISSUER: i64 = 200;
 
@@ -32,12 +35,13 @@ pub struct ExchangedToken {
 }
 
 impl Store {
-    /// Adds a trust rule to a service account. Audited as `workload_identity.create`.
+    /// Adds a trust rule (checked by `postern_workload_identity::validate_rule`) to a service
+    /// account. Audited as `workload_identity.create`.
     pub async fn create_workload_identity(
         &self,
         account_id: Uuid,
         actor_id: Uuid,
-        new: NewWorkloadIdentity,
+        valid: ValidWorkloadIdentity,
         acting: &Acting,
     ) -> Result<WorkloadIdentity> {
         let actor = self.get_actor(account_id, actor_id).await?;
@@ -51,7 +55,6 @@ impl Store {
                 ),
             )));
         }
-        let valid = workload_identity::validate(new)?;
         let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
         let rule = WorkloadIdentity {
             id: new_id(),
@@ -244,6 +247,21 @@ impl Store {
         };
         self.commit_publishing(tx, events).await?;
         Ok(live.len())
+    }
+
+    /// Deletes the tokens exchanged under a trust rule that ended (expired or revoked) more
+    /// than [`EXCHANGED_TOKENS_KEPT_FOR`] ago, at most a thousand at a time; returns how many.
+    pub async fn purge_ended_exchanged_tokens(&self, now: chrono::DateTime<Utc>) -> Result<u64> {
+        let before = ts(now - EXCHANGED_TOKENS_KEPT_FOR);
+        let done = sqlx::query(
+            "DELETE FROM tokens WHERE id IN (SELECT id FROM tokens \
+             WHERE workload_identity_id IS NOT NULL \
+             AND (expires_at <= $1 OR revoked_at <= $1) LIMIT 1000)",
+        )
+        .bind(before)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected())
     }
 
     /// The trust rules of every account for this issuer (the exchange then checks each), or

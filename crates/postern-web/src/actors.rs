@@ -536,6 +536,12 @@ async fn detail(
         }
         _ => None,
     };
+    let workload_identities = match actor.actor_type {
+        ActorType::ServiceAccount => {
+            Some(crate::workload_identities::section(&state, &admin, &actor).await?)
+        }
+        _ => None,
+    };
     let now = chrono::Utc::now();
     let warning_days = crate::tokens::warning_days(&state, account_id).await?;
     let disabled = actor.is_disabled();
@@ -657,6 +663,7 @@ async fn detail(
                 }
             }
         }
+        @if let Some(section) = workload_identities { (section) }
         @if let Some(clients) = clients { (clients) }
         (ui::confirm_dialog(&admin, &Confirm {
             id: "confirm-disable",

@@ -19,6 +19,7 @@ mod sites;
 mod tokens;
 mod ui;
 mod webhooks;
+mod workload_identities;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,6 +89,7 @@ pub fn router(app: AppState, config: WebConfig) -> Router {
         .merge(policies::routes())
         .merge(audit::routes())
         .merge(webhooks::routes())
+        .merge(workload_identities::routes())
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }

@@ -42,7 +42,8 @@ pub async fn warning_days(state: &WebState, account_id: Uuid) -> WebResult<u32> 
 }
 
 /// A token's state for its row: Revoked, Expired, Rotated (it ends with its overlap window),
-/// "Expires in N days" within the account's warning period, or Active.
+/// Exchanged (short-lived by design: its workload renews it), "Expires in N days" within the
+/// account's warning period, or Active.
 pub fn status_badge(token: &Token, now: DateTime<Utc>, warning_days: u32) -> Markup {
     if token.revoked_at.is_some() {
         return ui::badge("danger", "Revoked");
@@ -52,6 +53,9 @@ pub fn status_badge(token: &Token, now: DateTime<Utc>, warning_days: u32) -> Mar
     }
     if token.successor_id.is_some() {
         return ui::badge("neutral", "Rotated");
+    }
+    if token.workload_identity_id.is_some() {
+        return ui::badge("neutral", "Exchanged");
     }
     if token.expires_at <= now + chrono::Duration::days(i64::from(warning_days)) {
         return ui::badge("warn", &expires_in(token.expires_at, now));

@@ -310,6 +310,21 @@ pub fn verify(
     Ok(claims)
 }
 
+/// Checks a new trust rule: its fields (`postern_domain::workload_identity::validate`) and its
+/// inline key set, if any, which must hold a key that verifies signatures.
+pub fn validate_rule(
+    new: postern_domain::workload_identity::NewWorkloadIdentity,
+) -> Result<postern_domain::workload_identity::ValidWorkloadIdentity, postern_domain::ValidationError>
+{
+    let valid = postern_domain::workload_identity::validate(new)?;
+    if let Some(jwks) = &valid.jwks {
+        KeySet::from_value(jwks).map_err(|err| {
+            postern_domain::ValidationError::new("jwks", format!("the key set {err}"))
+        })?;
+    }
+    Ok(valid)
+}
+
 /// Verifies an ID token against a trust rule (its issuer, audience, subject and claims) with
 /// the issuer's `keys`; returns the claims that matched, for the audit log.
 pub fn check(

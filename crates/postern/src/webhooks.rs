@@ -71,6 +71,15 @@ impl Deliverer {
                     if let Err(err) = self.store.clear_ended_rotations(Utc::now()).await {
                         tracing::warn!(error = %err, "could not clear ended token rotations");
                     }
+                    // And tokens exchanged for ID tokens (one per CI job) a week after they
+                    // ended; the audit log keeps their record.
+                    match self.store.purge_ended_exchanged_tokens(Utc::now()).await {
+                        Ok(0) => {}
+                        Ok(purged) => tracing::debug!(purged, "purged ended exchanged tokens"),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "could not purge ended exchanged tokens")
+                        }
+                    }
                 }
                 if let Err(err) = self.run_once().await {
                     tracing::warn!(error = %err, "webhook deliveries: will try again");

@@ -12,7 +12,7 @@ import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 import WebSocket from "ws";
 import { createServer } from "node:http";
-import { createHmac, timingSafeEqual } from "node:crypto";
+import { createHmac, generateKeyPairSync, sign as cryptoSign, timingSafeEqual } from "node:crypto";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, "../../..");
@@ -597,6 +597,73 @@ test("Rotate on a token's row hands the connected client its successor, shown on
   moved.ws.terminate();
 });
 
+// An ID token as a CI system signs it: ES256 over base64url(header).base64url(claims).
+function signedIdToken(privateKey, claims) {
+  const encode = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
+  const input = `${encode({ alg: "ES256", typ: "JWT", kid: "ci-1" })}.${encode(claims)}`;
+  const signature = cryptoSign("sha256", Buffer.from(input), { key: privateKey, dsaEncoding: "ieee-p1363" });
+  return `${input}.${signature.toString("base64url")}`;
+}
+
+test("a workload identity is added on the service account's page, earns a CI job a token, and its deletion revokes it", async () => {
+  const { publicKey, privateKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
+  const jwks = { keys: [{ ...publicKey.export({ format: "jwk" }), kid: "ci-1", alg: "ES256", use: "sig" }] };
+  const now = Math.floor(Date.now() / 1000);
+  const claims = (sub) => ({
+    iss: "https://ci.example", aud: "postern", sub, iat: now, exp: now + 300, repository_owner: "acme",
+  });
+
+  await page.goto(state.actorUrl);
+  await page.click("[data-testid=add-workload-identity]");
+  await page.waitForSelector("[data-testid=workload-identity-form]");
+  await page.fill("#issuer", "https://ci.example");
+  await page.fill("#subject", "*");
+  await page.click("[data-testid=create-workload-identity]");
+  await page.waitForSelector(".field.invalid #subject");
+  assert.match(await page.textContent("[data-testid=workload-identity-form]"), /every\s+workload/);
+
+  await page.fill("#subject", "repo:acme/deploy:*");
+  await page.fill("#claims", "repository_owner=acme");
+  await page.selectOption("#token_lifetime", "15m");
+  await page.fill("#jwks", JSON.stringify(jwks));
+  await shot("workload-identity-form");
+  await page.click("[data-testid=create-workload-identity]");
+  const row = page.locator("[data-testid=workload-identity-row][data-subject='repo:acme/deploy:*']");
+  await row.waitFor();
+  assert.match(await row.textContent(), /repository_owner=acme/);
+  assert.match(await row.textContent(), /15 min/);
+  assert.match(await row.locator("[data-testid=workload-identity-last-used]").textContent(), /Never/);
+
+  const exchange = (idToken) =>
+    fetch(`${base}/v1/workload-identity/exchange`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ id_token: idToken }),
+    });
+  const refused = await exchange(signedIdToken(privateKey, claims("repo:evil/deploy:ref:refs/heads/main")));
+  assert.equal(refused.status, 401);
+  assert.match((await refused.json()).detail, /repo:evil\/deploy/);
+  const earned = await exchange(signedIdToken(privateKey, claims("repo:acme/deploy:ref:refs/heads/main")));
+  assert.equal(earned.status, 201);
+  const token = (await earned.json()).data;
+  assert.ok(Math.abs(Date.parse(token.expires_at) - Date.now() - 15 * 60_000) < 60_000, "15 minutes");
+  const { ws, message } = await connectClient(token.secret, "e2e-ci-job");
+  assert.equal(message.type, "init", "the exchanged token opens a session");
+  const closed = new Promise((resolveClose) => ws.on("close", resolveClose));
+
+  await page.reload();
+  assert.doesNotMatch(await row.locator("[data-testid=workload-identity-last-used]").textContent(), /Never/);
+  await shot("workload-identities");
+  await row.locator("[data-testid=delete-workload-identity]").click();
+  const dialog = row.locator("dialog");
+  await dialog.waitFor({ state: "visible" });
+  await dialog.locator("[data-testid=confirm-delete-workload-identity]").click();
+  await page.waitForSelector("[data-testid=workload-identities-empty]");
+  await closed;
+  const after = await connectClient(token.secret, "e2e-ci-job");
+  assert.equal(after.status, 401, "its token is revoked");
+});
+
 test("the service account is added to a group from the group page", async () => {
   await page.click("[data-testid=nav-groups]");
   await page.click("[data-testid=group-row][data-name=fleet] a");
@@ -669,7 +736,11 @@ test("the audit log lists the admin's actions, newest first, filterable", async 
   await page.selectOption("[data-testid=filter-action]", "token.revoke");
   await page.waitForURL(/action=token.revoke/);
   const rows = page.locator("[data-testid=audit-row]");
-  assert.equal(await rows.count(), 1);
+  // The token revoked from its row, and the one deleting its workload identity revoked.
+  assert.equal(await rows.count(), 2);
+  for (const action of await rows.evaluateAll((all) => all.map((r) => r.dataset.action))) {
+    assert.equal(action, "token.revoke");
+  }
 });
 
 test("the actors list filters by type and searches by name", async () => {
