@@ -106,7 +106,7 @@ pub(crate) async fn get_workload_identity(
 /// What deleting a trust rule did.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WorkloadIdentityDeleted {
-    /// Live tokens exchanged under the rule, now revoked.
+    /// Tokens exchanged under the rule that were not revoked yet, now revoked.
     pub revoked_tokens: usize,
 }
 

@@ -559,38 +559,10 @@ impl Store {
     ) -> Result<u64> {
         self.check_holder(account_id, holder).await?;
         let (column, holder_id) = holder_column(holder);
-        let now = Utc::now();
         let mut tx = self.begin_write().await?;
-        let ids = active_token_ids(&mut tx.tx, account_id, column, holder_id).await?;
+        let ids = revoke_held_tokens(&mut tx.tx, account_id, column, holder_id, acting).await?;
         if ids.is_empty() {
             return Ok(0);
-        }
-        let sql = format!(
-            "UPDATE tokens SET revoked_at = $1, revoked_by = $2 \
-             WHERE account_id = $3 AND {column} = $4 AND revoked_at IS NULL"
-        );
-        sqlx::query(&sql)
-            .bind(ts(now))
-            .bind(acting.actor_id.map(|id| id.to_string()))
-            .bind(account_id.to_string())
-            .bind(holder_id.to_string())
-            .execute(&mut *tx.tx)
-            .await?;
-        for token_id in &ids {
-            audit::record(
-                &mut tx.tx,
-                Entry {
-                    account_id: Some(account_id),
-                    acting,
-                    action: "token.revoke",
-                    object_type: "token",
-                    object_id: Some(*token_id),
-                    before: None,
-                    after: Some(serde_json::json!({ "id": token_id, "revoked_at": now })),
-                    now,
-                },
-            )
-            .await?;
         }
         self.commit_publishing(
             tx,
@@ -749,6 +721,51 @@ pub(crate) async fn active_token_ids(
         .fetch_all(conn)
         .await?;
     rows.iter().map(|row| db::uuid(row, "id")).collect()
+}
+
+/// Revokes the tokens whose `column` (`actor_id`, `site_id`, `workload_identity_id`) is
+/// `holder_id` and that are not revoked yet, each audited as `token.revoke`, in `conn`'s
+/// transaction; returns their ids (the caller publishes `TokensRevoked` with them).
+pub(crate) async fn revoke_held_tokens(
+    conn: &mut AnyConnection,
+    account_id: Uuid,
+    column: &str,
+    holder_id: Uuid,
+    acting: &Acting,
+) -> Result<Vec<Uuid>> {
+    let now = Utc::now();
+    let ids = active_token_ids(conn, account_id, column, holder_id).await?;
+    if ids.is_empty() {
+        return Ok(ids);
+    }
+    let sql = format!(
+        "UPDATE tokens SET revoked_at = $1, revoked_by = $2 \
+         WHERE account_id = $3 AND {column} = $4 AND revoked_at IS NULL"
+    );
+    sqlx::query(&sql)
+        .bind(ts(now))
+        .bind(acting.actor_id.map(|id| id.to_string()))
+        .bind(account_id.to_string())
+        .bind(holder_id.to_string())
+        .execute(&mut *conn)
+        .await?;
+    for token_id in &ids {
+        audit::record(
+            conn,
+            Entry {
+                account_id: Some(account_id),
+                acting,
+                action: "token.revoke",
+                object_type: "token",
+                object_id: Some(*token_id),
+                before: None,
+                after: Some(serde_json::json!({ "id": token_id, "revoked_at": now })),
+                now,
+            },
+        )
+        .await?;
+    }
+    Ok(ids)
 }
 
 pub(crate) fn holder_column(holder: TokenHolder) -> (&'static str, Uuid) {

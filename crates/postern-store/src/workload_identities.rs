@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::audit::{self, snapshot, Entry};
 use crate::db::{self, opt_text, opt_time, opt_uuid, text, time, ts};
-use crate::tokens::{insert_token, CreatedToken, NewTokenRequest, TokenHolder};
+use crate::tokens::{insert_token, revoke_held_tokens, CreatedToken, NewTokenRequest, TokenHolder};
 use crate::{Result, Store, StoreError};
 
 /// How long a token exchanged for an ID token is listed after it ended.
@@ -174,49 +174,8 @@ impl Store {
         let before = self.get_workload_identity(account_id, actor_id, id).await?;
         let now = Utc::now();
         let mut tx = self.begin_write().await?;
-        let rows = sqlx::query(
-            "SELECT * FROM tokens WHERE account_id = $1 AND workload_identity_id = $2 \
-             AND revoked_at IS NULL AND expires_at > $3",
-        )
-        .bind(account_id.to_string())
-        .bind(id.to_string())
-        .bind(ts(now))
-        .fetch_all(&mut *tx.tx)
-        .await?;
-        let live: Vec<postern_domain::Token> = rows
-            .iter()
-            .map(crate::tokens::token_from_row)
-            .collect::<Result<_>>()?;
-        sqlx::query(
-            "UPDATE tokens SET revoked_at = $1, revoked_by = $2 \
-             WHERE account_id = $3 AND workload_identity_id = $4 AND revoked_at IS NULL \
-             AND expires_at > $1",
-        )
-        .bind(ts(now))
-        .bind(acting.actor_id.map(|id| id.to_string()))
-        .bind(account_id.to_string())
-        .bind(id.to_string())
-        .execute(&mut *tx.tx)
-        .await?;
-        for token in &live {
-            let mut after = token.clone();
-            after.revoked_at = Some(now);
-            after.revoked_by = acting.actor_id;
-            audit::record(
-                &mut tx.tx,
-                Entry {
-                    account_id: Some(account_id),
-                    acting,
-                    action: "token.revoke",
-                    object_type: "token",
-                    object_id: Some(token.id),
-                    before: snapshot(token),
-                    after: snapshot(&after),
-                    now,
-                },
-            )
-            .await?;
-        }
+        let token_ids =
+            revoke_held_tokens(&mut tx.tx, account_id, "workload_identity_id", id, acting).await?;
         sqlx::query("DELETE FROM workload_identities WHERE account_id = $1 AND id = $2")
             .bind(account_id.to_string())
             .bind(id.to_string())
@@ -231,12 +190,12 @@ impl Store {
                 object_type: "workload_identity",
                 object_id: Some(id),
                 before: snapshot(&before),
-                after: Some(serde_json::json!({ "revoked_tokens": live.len() })),
+                after: Some(serde_json::json!({ "revoked_tokens": token_ids.len() })),
                 now,
             },
         )
         .await?;
-        let token_ids: Vec<Uuid> = live.iter().map(|token| token.id).collect();
+        let revoked = token_ids.len();
         let events = if token_ids.is_empty() {
             Vec::new()
         } else {
@@ -246,7 +205,7 @@ impl Store {
             }]
         };
         self.commit_publishing(tx, events).await?;
-        Ok(live.len())
+        Ok(revoked)
     }
 
     /// Deletes the tokens exchanged under a trust rule that ended (expired or revoked) more

@@ -379,25 +379,37 @@ fn service_account_round_trip() {
     .json();
     assert!(str_of(&again["successor"], "secret").starts_with("postern_client_"));
 
+    assert_eq!(again["rotated"]["id"], successor_row["id"]);
+
     // Workload identities: a trust rule for GitHub Actions, listed, refused when it would
     // trust everyone, deleted.
     let issuer = "https://token.actions.githubusercontent.com";
-    let created = cli(&[
-        "workload-identities",
-        "create",
-        "--actor",
-        &actor_id,
-        "--issuer",
-        issuer,
-        "--audience",
-        "postern",
-        "--subject",
-        "repo:acme/deploy:ref:refs/heads/main",
-        "--claim",
-        "repository_owner=acme",
-        "--token-lifetime",
-        "30m",
-    ])
+    let create_rule = |subject: &str, more: &[&str]| {
+        let mut args = vec![
+            "workload-identities",
+            "create",
+            "--actor",
+            &actor_id,
+            "--issuer",
+            issuer,
+            "--audience",
+            "postern",
+            "--subject",
+            subject,
+        ];
+        args.extend_from_slice(more);
+        cli(&args)
+    };
+    let main_branch = "repo:acme/deploy:ref:refs/heads/main";
+    let created = create_rule(
+        main_branch,
+        &[
+            "--claim",
+            "repository_owner=acme",
+            "--token-lifetime",
+            "30m",
+        ],
+    )
     .ok();
     assert!(
         created.stdout.contains("repository_owner=acme"),
@@ -405,58 +417,24 @@ fn service_account_round_trip() {
         created.stdout
     );
     assert!(created.stdout.contains("30 min"), "{}", created.stdout);
-    let rules = cli(&[
-        "workload-identities",
-        "list",
-        "--actor",
-        &actor_id,
-        "--json",
-    ])
-    .ok()
-    .json();
+    let list = ["workload-identities", "list", "--actor", &actor_id];
+    let rules = cli(&[&list[..], &["--json"]].concat()).ok().json();
     assert_eq!(rules.as_array().map(Vec::len), Some(1), "{rules}");
     assert_eq!(str_of(&rules[0], "issuer"), issuer);
-    let table = cli(&["workload-identities", "list", "--actor", &actor_id])
-        .ok()
-        .stdout;
+    let table = cli(&list).ok().stdout;
     assert!(
-        table.contains("repo:acme/deploy:ref:refs/heads/main") && table.contains("never"),
+        table.contains(main_branch) && table.contains("never"),
         "{table}"
     );
-    cli(&[
-        "workload-identities",
-        "create",
-        "--actor",
-        &actor_id,
-        "--issuer",
-        issuer,
-        "--audience",
-        "postern",
-        "--subject",
-        "*",
-    ])
-    .fails_with(&["subject", "every workload"]);
-    cli(&[
-        "workload-identities",
-        "create",
-        "--actor",
-        &actor_id,
-        "--issuer",
-        issuer,
-        "--audience",
-        "postern",
-        "--subject",
-        "repo:x/*",
-        "--claim",
-        "no-equals-sign",
-    ])
-    .usage_error(&["CLAIM=PATTERN"]);
+    create_rule("*", &[]).fails_with(&["subject", "every workload"]);
+    create_rule("repo:x/*", &["--claim", "no-equals-sign"]).usage_error(&["CLAIM=PATTERN"]);
+    let rule_id = str_of(&rules[0], "id");
     let deleted = cli(&[
         "workload-identities",
         "delete",
         "--actor",
         &actor_id,
-        str_of(&rules[0], "id"),
+        rule_id,
     ])
     .ok();
     assert!(
@@ -464,7 +442,6 @@ fn service_account_round_trip() {
         "{}",
         deleted.stdout
     );
-    assert_eq!(again["rotated"]["id"], successor_row["id"]);
 
     cli(&["tokens", "revoke-all", "--actor", &actor_id]).fails_with(&["--yes"]);
     let all = cli(&["tokens", "revoke-all", "--actor", &actor_id, "--yes"]).ok();
