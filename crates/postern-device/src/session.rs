@@ -33,7 +33,7 @@ use zeroize::Zeroizing;
 
 use crate::config::{replace_token_file, session_url, DeviceConfig};
 use crate::status::{write_status, ConnectionState, Status, TokenRotation};
-use crate::workload::{self, ExchangedToken};
+use crate::workload::{self, IdTokenSource, Renewal};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -143,7 +143,13 @@ pub async fn run<R: Role>(
     let mut rng = StdRng::from_entropy();
     let mut next = Action::Connect;
     let mut renewals = config.exchanged.take().map(|(exchanger, first)| {
-        let (sender, receiver) = watch::channel(first.clone());
+        let renewal = Renewal {
+            token: first.clone(),
+            last_error: None,
+        };
+        status.workload_source = Some(exchanger.source().clone());
+        status.workload_identity = Some(renewal.status(exchanger.source()));
+        let (sender, receiver) = watch::channel(renewal);
         tokio::spawn(workload::renew(exchanger, first, sender));
         receiver
     });
@@ -353,7 +359,7 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 
 enum Event {
     Shutdown,
-    Renewed(ExchangedToken),
+    Renewed(Renewal),
     Timer,
     Wakeup,
     Outgoing(String),
@@ -361,7 +367,11 @@ enum Event {
 }
 
 /// Takes a token exchanged anew for the workload's ID token (it lives only in memory).
-fn adopt_exchanged(config: &mut DeviceConfig, token: ExchangedToken, status: &mut StatusWriter) {
+fn adopt_exchanged(config: &mut DeviceConfig, renewal: Renewal, status: &mut StatusWriter) {
+    if let Some(source) = &status.workload_source {
+        status.workload_identity = Some(renewal.status(source));
+    }
+    let token = renewal.token;
     if token.token_id == config.token.id {
         return;
     }
@@ -375,12 +385,12 @@ fn adopt_exchanged(config: &mut DeviceConfig, token: ExchangedToken, status: &mu
 /// (`successor`), or a token the renewal task exchanged (`renewals`, taken into `renewed`).
 struct Replacements<'a> {
     successor: &'a mut Option<Successor>,
-    renewals: &'a mut Option<watch::Receiver<ExchangedToken>>,
-    renewed: &'a mut Option<ExchangedToken>,
+    renewals: &'a mut Option<watch::Receiver<Renewal>>,
+    renewed: &'a mut Option<Renewal>,
 }
 
 /// The next token the renewal task publishes; never, without one.
-async fn next_renewal(renewals: &mut Option<watch::Receiver<ExchangedToken>>) -> ExchangedToken {
+async fn next_renewal(renewals: &mut Option<watch::Receiver<Renewal>>) -> Renewal {
     let Some(receiver) = renewals else {
         return std::future::pending().await;
     };
@@ -501,9 +511,17 @@ async fn session<R: Role, S: Future<Output = ()>>(
                 }
                 continue;
             }
-            Event::Renewed(token) => {
-                info!(token = %token.token_id, "the token was renewed: reconnecting with it");
-                *renewed = Some(token);
+            Event::Renewed(renewal) if renewal.token.token_id == status.token_id => {
+                // A failed renewal: the status says so; the session goes on.
+                if let Some(source) = &status.workload_source {
+                    status.workload_identity = Some(renewal.status(source));
+                }
+                status.write(role);
+                continue;
+            }
+            Event::Renewed(renewal) => {
+                info!(token = %renewal.token.token_id, "the token was renewed: reconnecting with it");
+                *renewed = Some(renewal);
                 close(&mut sink, &mut stream).await;
                 return Some(conn.on_token_replaced(Instant::now()));
             }
@@ -776,6 +794,9 @@ struct StatusWriter {
     last_error: Option<String>,
     exit_code: Option<i32>,
     token_rotation: Option<TokenRotation>,
+    /// With workload identity: where the ID token comes from, and the renewal's state.
+    workload_source: Option<IdTokenSource>,
+    workload_identity: Option<crate::status::WorkloadIdentityStatus>,
     /// The token the device holds now.
     token_id: Uuid,
     warned: bool,
@@ -798,6 +819,8 @@ impl StatusWriter {
             last_error: None,
             exit_code: None,
             token_rotation: None,
+            workload_source: None,
+            workload_identity: None,
             token_id: config.token.id,
             warned: false,
         }
@@ -821,6 +844,7 @@ impl StatusWriter {
             device_name: self.device_name.clone(),
             version: self.version.clone(),
             token_rotation: self.token_rotation.clone(),
+            workload_identity: self.workload_identity.clone(),
             details: role.details(),
         };
         match write_status(&self.state_dir, &status) {

@@ -54,8 +54,25 @@ pub struct Status<T> {
     /// The last time the portal handed this device a successor of its token (a rotation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_rotation: Option<TokenRotation>,
+    /// With workload identity: where the ID token comes from and the exchanged token's renewal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_identity: Option<WorkloadIdentityStatus>,
     #[serde(flatten)]
     pub details: T,
+}
+
+/// The device's token by exchange of its workload's ID token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WorkloadIdentityStatus {
+    /// `the ID token file PATH` or `the ID token command `CMD``.
+    pub source: String,
+    pub token_id: uuid::Uuid,
+    pub token_expires_at: DateTime<Utc>,
+    /// When the next exchange is tried.
+    pub renews_at: DateTime<Utc>,
+    /// Why the last renewal failed, until one succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// A rotation of the device's token, as the device carried it out.
@@ -287,6 +304,17 @@ fn header<T>(program: &str, status: &Status<T>) -> String {
         "  device:       {} ({})\n",
         status.device_name, status.device_id
     ));
+    if let Some(workload) = &status.workload_identity {
+        out.push_str(&format!(
+            "  token:        exchanged for {}, until {}, renewed at {}\n",
+            workload.source,
+            workload.token_expires_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            workload.renews_at.format("%Y-%m-%d %H:%M:%S UTC")
+        ));
+        if let Some(error) = &workload.last_error {
+            out.push_str(&format!("  renewal:      failed: {error}\n"));
+        }
+    }
     out
 }
 
@@ -313,6 +341,7 @@ mod tests {
             device_name: "box".into(),
             version: "0.1.0".into(),
             token_rotation: None,
+            workload_identity: None,
             details: Details {
                 resources: vec!["db".into()],
             },
@@ -378,6 +407,35 @@ mod tests {
             !read_status::<Details>(dir.path(), &program)
                 .unwrap()
                 .running
+        );
+    }
+
+    #[test]
+    fn the_header_says_how_an_exchanged_token_is_renewed() {
+        let mut exchanged = status(1, ConnectionState::Connected);
+        let at = |text: &str| {
+            DateTime::parse_from_rfc3339(text)
+                .unwrap()
+                .with_timezone(&Utc)
+        };
+        exchanged.workload_identity = Some(WorkloadIdentityStatus {
+            source: "the ID token file /run/token".into(),
+            token_id: uuid::Uuid::nil(),
+            token_expires_at: at("2026-12-05T10:00:00Z"),
+            renews_at: at("2026-12-05T09:40:00Z"),
+            last_error: Some("cannot reach the portal".into()),
+        });
+        let text = header("postern-client", &exchanged);
+        assert!(
+            text.contains("exchanged for the ID token file /run/token, until 2026-12-05 10:00:00 UTC, renewed at 2026-12-05 09:40:00 UTC"),
+            "{text}"
+        );
+        assert!(
+            text.contains("renewal:      failed: cannot reach the portal"),
+            "{text}"
+        );
+        assert!(
+            !header("postern-client", &status(1, ConnectionState::Connected)).contains("token:")
         );
     }
 

@@ -359,13 +359,30 @@ pub fn first_exchange(exchanger: &Exchanger) -> Result<ExchangedToken, ExchangeE
     })
 }
 
+/// What the renewal task publishes: the token to use, and how renewing it goes.
+#[derive(Debug, Clone)]
+pub struct Renewal {
+    pub token: ExchangedToken,
+    /// Why the last try failed, until one succeeds.
+    pub last_error: Option<String>,
+}
+
+impl Renewal {
+    pub fn status(&self, source: &IdTokenSource) -> crate::status::WorkloadIdentityStatus {
+        crate::status::WorkloadIdentityStatus {
+            source: source.to_string(),
+            token_id: self.token.token_id,
+            token_expires_at: self.token.expires_at,
+            renews_at: self.token.renew_at,
+            last_error: self.last_error.clone(),
+        }
+    }
+}
+
 /// Keeps the device's token fresh: exchanges again at each token's renewal time (retrying with
-/// backoff while that fails) and publishes each new token. Runs until the receiver is gone.
-pub async fn renew(
-    exchanger: Exchanger,
-    first: ExchangedToken,
-    tokens: watch::Sender<ExchangedToken>,
-) {
+/// backoff while that fails) and publishes each new token, and each failure. Runs until the
+/// receiver is gone.
+pub async fn renew(exchanger: Exchanger, first: ExchangedToken, renewals: watch::Sender<Renewal>) {
     let mut current = first;
     let mut retry = FIRST_RETRY;
     loop {
@@ -374,11 +391,11 @@ pub async fn renew(
             .unwrap_or(Duration::ZERO);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = tokens.closed() => return,
+            _ = renewals.closed() => return,
         }
         // An expired token cannot vouch for the device any more: start afresh.
         let presented = (current.expires_at > Utc::now()).then_some(&current.secret);
-        match exchanger.exchange(presented).await {
+        let renewal = match exchanger.exchange(presented).await {
             Ok(next) => {
                 info!(
                     token = %next.token_id,
@@ -389,8 +406,9 @@ pub async fn renew(
                 );
                 retry = FIRST_RETRY;
                 current = next.clone();
-                if tokens.send(next).is_err() {
-                    return;
+                Renewal {
+                    token: next,
+                    last_error: None,
                 }
             }
             Err(err) => {
@@ -402,7 +420,14 @@ pub async fn renew(
                 current.renew_at = Utc::now()
                     + chrono::Duration::from_std(retry).unwrap_or(chrono::Duration::seconds(5));
                 retry = (retry * 2).min(MAX_RETRY);
+                Renewal {
+                    token: current.clone(),
+                    last_error: Some(err.to_string()),
+                }
             }
+        };
+        if renewals.send(renewal).is_err() {
+            return;
         }
     }
 }

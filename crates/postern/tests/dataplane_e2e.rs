@@ -2497,6 +2497,13 @@ fn a_ci_job_reaches_the_resource_with_its_id_token_and_renews_without_dropping_a
     assert_reaches(&w, &ns);
     let status = w.procs[job].status().expect("status");
     let first = string(&status["token"], "id");
+    let workload = &status["workload_identity"];
+    assert_eq!(workload["token_id"], first.as_str(), "{status}");
+    assert!(
+        string(workload, "source").contains("ID token file"),
+        "{status}"
+    );
+    assert!(workload["renews_at"].as_str() < workload["token_expires_at"].as_str());
     let exchanged = w
         .api
         .get(&format!("/v1/actors/{}/tokens/{first}", w.actor_id));
@@ -2520,7 +2527,17 @@ fn a_ci_job_reaches_the_resource_with_its_id_token_and_renews_without_dropping_a
     w.wait_status(job, "connected with the renewed token", |s| {
         s["state"] == "connected" && s["token"]["id"] != first.as_str()
     });
-    let second = string(&w.procs[job].status().expect("status")["token"], "id");
+    let status = w.procs[job].status().expect("status");
+    let second = string(&status["token"], "id");
+    assert_eq!(
+        status["workload_identity"]["token_id"],
+        second.as_str(),
+        "{status}"
+    );
+    assert!(
+        status["workload_identity"]["last_error"].is_null(),
+        "{status}"
+    );
     let renewal = w.api.get("/v1/audit-events?action=token.exchange")["data"][0].clone();
     assert_eq!(renewal["object_id"], second.as_str());
     assert_eq!(renewal["after"]["replaces"], first.as_str(), "{renewal}");
