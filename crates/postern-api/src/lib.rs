@@ -9,6 +9,7 @@ mod devices;
 mod error;
 mod extract;
 mod groups;
+mod identity_providers;
 mod leaks;
 mod openapi;
 mod policies;
@@ -106,6 +107,7 @@ pub fn router(state: AppState) -> Router {
         .merge(tokens::routes())
         .merge(leaks::routes())
         .merge(groups::routes())
+        .merge(identity_providers::routes())
         .merge(sites::routes())
         .merge(resources::routes())
         .merge(policies::routes())

@@ -10,8 +10,8 @@ use utoipa::openapi::{RefOr, Required};
 use utoipa::{Modify, OpenApi};
 
 use crate::{
-    account, actors, audit, devices, groups, leaks, policies, resources, sites, tokens, webhooks,
-    workload_identity, AppState,
+    account, actors, audit, devices, groups, identity_providers, leaks, policies, resources, sites,
+    tokens, webhooks, workload_identity, AppState,
 };
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -95,6 +95,8 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
         workload_identity::list_workload_identities, workload_identity::create_workload_identity,
         workload_identity::get_workload_identity, workload_identity::delete_workload_identity,
         workload_identity::exchange,
+        identity_providers::list_identity_providers, identity_providers::create_identity_provider,
+        identity_providers::get_identity_provider, identity_providers::delete_identity_provider,
     ),
 )]
 struct ApiDoc;

@@ -6,6 +6,7 @@
 
 pub mod dns;
 pub mod events;
+pub mod identity;
 pub mod keys;
 pub mod model;
 pub mod rules;

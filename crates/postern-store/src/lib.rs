@@ -15,6 +15,7 @@ mod db;
 mod devices;
 mod feed;
 mod groups;
+mod identity_providers;
 mod policies;
 mod presented;
 mod resources;
@@ -44,6 +45,7 @@ pub use authorizations::{
 pub use cluster::{PresenceCount, RemoteGateway, NODE_TIMEOUT};
 pub use devices::{AccessData, BlockedDevice, DeviceClaim, DeviceFilter};
 pub use groups::MembershipChange;
+pub use identity_providers::PendingSignIn;
 pub use policies::{NewPolicy, PolicyPatch};
 pub use presented::{PresentedToken, RevocationCause};
 pub use resources::{NewResource, ResourcePatch};

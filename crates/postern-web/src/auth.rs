@@ -27,7 +27,7 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::error::{WebError, WebResult};
-use crate::form::{FieldErrors, Fields, Post};
+use crate::form::{FieldErrors, Fields};
 use crate::{ui, WebState};
 
 const SESSION_COOKIE: &str = "postern_session";
@@ -65,15 +65,48 @@ impl Admin {
     }
 
     pub fn check_csrf(&self, submitted: &str) -> Result<(), WebError> {
-        let expected = self.session.csrf_token.as_bytes();
-        if submitted.is_empty() || !bool::from(submitted.as_bytes().ct_eq(expected)) {
-            return Err(WebError::Csrf);
-        }
-        Ok(())
+        check_csrf(&self.session, submitted)
     }
 }
 
+/// The form's CSRF token must be the session's (compared in constant time).
+fn check_csrf(session: &WebSession, submitted: &str) -> Result<(), WebError> {
+    let expected = session.csrf_token.as_bytes();
+    if submitted.is_empty() || !bool::from(submitted.as_bytes().ct_eq(expected)) {
+        return Err(WebError::Csrf);
+    }
+    Ok(())
+}
+
 impl FromRequestParts<WebState> for Admin {
+    type Rejection = WebError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &WebState) -> Result<Self, WebError> {
+        let person = Person::from_request_parts(parts, state).await?;
+        // Changing an admin's type ends their admin pages at once; a user has their own page.
+        if person.actor.actor_type != ActorType::Admin {
+            return Err(WebError::NotAdmin);
+        }
+        Ok(Admin {
+            actor: person.actor,
+            session: person.session,
+            source_ip: person.source_ip,
+            seal_key: person.seal_key,
+        })
+    }
+}
+
+/// The signed-in person of a request: an admin or a user (who signed in through an identity
+/// provider).
+#[derive(Debug, Clone)]
+pub struct Person {
+    pub actor: Actor,
+    pub session: WebSession,
+    pub source_ip: Option<IpAddr>,
+    pub seal_key: crate::once::SealKey,
+}
+
+impl FromRequestParts<WebState> for Person {
     type Rejection = WebError;
 
     async fn from_request_parts(parts: &mut Parts, state: &WebState) -> Result<Self, WebError> {
@@ -92,11 +125,13 @@ impl FromRequestParts<WebState> for Admin {
             Err(StoreError::NotFound(_)) => return Err(WebError::SignIn),
             Err(err) => return Err(err.into()),
         };
-        // Disabling an admin (or changing their type) ends their sessions at once.
-        if actor.actor_type != ActorType::Admin || actor.is_disabled() {
+        // Disabling a person (or making them something that never signs in) ends their
+        // sessions at once.
+        let person = matches!(actor.actor_type, ActorType::Admin | ActorType::User);
+        if !person || actor.is_disabled() {
             return Err(WebError::SignIn);
         }
-        Ok(Admin {
+        Ok(Person {
             actor,
             session,
             source_ip: postern_api::source_ip(parts),
@@ -105,7 +140,7 @@ impl FromRequestParts<WebState> for Admin {
     }
 }
 
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(COOKIE)
         .iter()
@@ -117,17 +152,22 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .filter(|value| !value.is_empty())
 }
 
-fn random_hex() -> String {
+pub(crate) fn random_hex() -> String {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     hex::encode(bytes)
 }
 
-fn hash_id(id: &str) -> String {
+pub(crate) fn hash_id(id: &str) -> String {
     hex::encode(Sha256::digest(id.as_bytes()))
 }
 
-fn set_cookie(state: &WebState, name: &str, value: &str, max_age: Option<u64>) -> String {
+pub(crate) fn set_cookie(
+    state: &WebState,
+    name: &str,
+    value: &str,
+    max_age: Option<u64>,
+) -> String {
     let mut cookie = format!("{name}={value}; HttpOnly; SameSite=Strict; Path=/");
     match max_age {
         Some(seconds) => cookie.push_str(&format!("; Max-Age={seconds}")),
@@ -195,6 +235,9 @@ fn failure_window() -> chrono::Duration {
 pub struct LoginQuery {
     #[serde(default)]
     signed_out: Option<String>,
+    /// The account (tenant) whose identity providers the page offers.
+    #[serde(default)]
+    account: Option<String>,
 }
 
 pub async fn login_page(
@@ -202,7 +245,12 @@ pub async fn login_page(
     axum::extract::Query(query): axum::extract::Query<LoginQuery>,
 ) -> Response {
     let notice = query.signed_out.is_some().then_some("You have signed out.");
-    login_response(&state, StatusCode::OK, &LoginForm::default(), notice)
+    let form = LoginForm {
+        account: query.account.unwrap_or_default(),
+        ..LoginForm::default()
+    };
+    let providers = providers_of(&state, &form.account).await;
+    login_response(&state, StatusCode::OK, &form, notice, &providers)
 }
 
 #[derive(Default)]
@@ -212,11 +260,28 @@ struct LoginForm {
     errors: FieldErrors,
 }
 
+/// The identity providers people of the account (`""`: the default one) sign in through.
+async fn providers_of(
+    state: &WebState,
+    slug: &str,
+) -> Vec<postern_domain::identity::IdentityProvider> {
+    let slug = if slug.is_empty() { "default" } else { slug };
+    let Ok(account) = state.store().account_by_slug(slug).await else {
+        return Vec::new();
+    };
+    state
+        .store()
+        .list_identity_providers(account.id)
+        .await
+        .unwrap_or_default()
+}
+
 fn login_response(
     state: &WebState,
     status: StatusCode,
     form: &LoginForm,
     notice: Option<&str>,
+    providers: &[postern_domain::identity::IdentityProvider],
 ) -> Response {
     let csrf = random_hex();
     let account = if form.account.is_empty() {
@@ -232,6 +297,15 @@ fn login_response(
                 @if let Some(notice) = notice { p.notice role="status" { (notice) } }
                 @if let Some(error) = form.errors.get("") {
                     div.alert.alert-error role="alert" data-testid="login-error" { (error) }
+                }
+                @if !providers.is_empty() {
+                    div.providers {
+                        @for provider in providers {
+                            a.btn.btn-block href={ "/auth/oidc/" (provider.id) "/start?account=" (account) }
+                                data-testid="sign-in-provider" data-name=(provider.name) { "Sign in with " (provider.name) }
+                        }
+                    }
+                    p.hint.or { "or with a password" }
                 }
                 form method="post" action="/login" novalidate {
                     input type="hidden" name="_csrf" value=(csrf);
@@ -310,11 +384,13 @@ pub async fn login(
         form.errors.add("password", "Enter your password");
     }
     if !form.errors.is_empty() {
+        let providers = providers_of(&state, &form.account).await;
         return Ok(login_response(
             &state,
             StatusCode::UNPROCESSABLE_ENTITY,
             &form,
             None,
+            &providers,
         ));
     }
     let keys = sign_in_keys(ip, &email);
@@ -376,38 +452,23 @@ pub async fn login(
                 "",
                 "The email or password is not right, or this account may not sign in here.",
             );
+            let providers = providers_of(&state, &form.account).await;
             return Ok(login_response(
                 &state,
                 StatusCode::UNAUTHORIZED,
                 &form,
                 None,
+                &providers,
             ));
         }
     };
     state.store().forget_sign_in_attempt(&keys, now).await?;
-    let id = random_hex();
-    let created_at = Utc::now();
-    let lifetime = chrono::Duration::from_std(state.config.session_lifetime)
-        .unwrap_or_else(|_| chrono::Duration::hours(12));
-    let session = WebSession {
-        id_hash: hash_id(&id),
-        account_id: admin.account_id,
-        actor_id: admin.id,
-        csrf_token: random_hex(),
-        created_at,
-        expires_at: created_at + lifetime,
-        source_ip: Some(ip.to_string()),
-        user_agent: headers
-            .get(USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(|ua| ua.chars().take(255).collect()),
-    };
-    state.store().create_web_session(&session).await?;
+    let lifetime = state.config.session_lifetime;
+    let session_cookie = open_session(&state, &admin, ip, &headers, lifetime).await?;
     tracing::info!(actor_id = %admin.id, source_ip = %ip, "web sign-in");
     let mut response = Redirect::to("/actors").into_response();
-    let max_age = state.config.session_lifetime.as_secs();
     for cookie in [
-        set_cookie(&state, SESSION_COOKIE, &id, Some(max_age)),
+        session_cookie,
         set_cookie(&state, LOGIN_CSRF_COOKIE, "", None),
     ] {
         if let Ok(value) = cookie.parse() {
@@ -417,11 +478,53 @@ pub async fn login(
     Ok(response)
 }
 
-pub async fn logout(State(state): State<WebState>, post: Post) -> WebResult<Response> {
-    let admin = post.admin;
+/// Opens a web session for `actor` lasting `lifetime`; returns the session cookie to set.
+pub(crate) async fn open_session(
+    state: &WebState,
+    actor: &Actor,
+    ip: IpAddr,
+    headers: &HeaderMap,
+    lifetime: Duration,
+) -> WebResult<String> {
+    let id = random_hex();
+    let created_at = Utc::now();
+    let session = WebSession {
+        id_hash: hash_id(&id),
+        account_id: actor.account_id,
+        actor_id: actor.id,
+        csrf_token: random_hex(),
+        created_at,
+        expires_at: created_at
+            + chrono::Duration::from_std(lifetime).unwrap_or_else(|_| chrono::Duration::hours(12)),
+        source_ip: Some(ip.to_string()),
+        user_agent: headers
+            .get(USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.chars().take(255).collect()),
+    };
+    state.store().create_web_session(&session).await?;
+    Ok(set_cookie(
+        state,
+        SESSION_COOKIE,
+        &id,
+        Some(lifetime.as_secs()),
+    ))
+}
+
+pub async fn logout(
+    State(state): State<WebState>,
+    person: Person,
+    Form(fields): Form<Vec<(String, String)>>,
+) -> WebResult<Response> {
+    check_csrf(&person.session, Fields::new(fields).get("_csrf"))?;
+    let acting = Acting {
+        actor_id: Some(person.actor.id),
+        token_id: None,
+        source_ip: person.source_ip.map(|ip| ip.to_string()),
+    };
     state
         .store()
-        .delete_web_session(&admin.session.id_hash, &admin.acting())
+        .delete_web_session(&person.session.id_hash, &acting)
         .await?;
     let mut response = Redirect::to("/login?signed_out=1").into_response();
     if let Ok(value) = set_cookie(&state, SESSION_COOKIE, "", None).parse() {

@@ -11,6 +11,9 @@ pub enum WebError {
     /// No valid session: go and sign in.
     #[error("not signed in")]
     SignIn,
+    /// Signed in, but not as an admin: a person's own page instead.
+    #[error("not an admin")]
+    NotAdmin,
     #[error("{0} not found")]
     NotFound(&'static str),
     /// The form's CSRF token is missing or is not this session's.
@@ -26,6 +29,7 @@ impl IntoResponse for WebError {
     fn into_response(self) -> Response {
         let (status, title, detail) = match &self {
             WebError::SignIn => return Redirect::to("/login").into_response(),
+            WebError::NotAdmin => return Redirect::to("/me").into_response(),
             WebError::NotFound(what) => (
                 StatusCode::NOT_FOUND,
                 "Not found",

@@ -11,6 +11,7 @@ mod clients;
 mod error;
 mod form;
 mod groups;
+mod oidc;
 mod once;
 mod policies;
 mod resources;
@@ -90,6 +91,7 @@ pub fn router(app: AppState, config: WebConfig) -> Router {
         .merge(audit::routes())
         .merge(webhooks::routes())
         .merge(workload_identities::routes())
+        .merge(oidc::routes())
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }

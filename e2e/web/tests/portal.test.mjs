@@ -664,6 +664,135 @@ test("a workload identity is added on the service account's page, earns a CI job
   assert.equal(after.status, 401, "its token is revoked");
 });
 
+// An OpenID provider (npm oidc-provider, with its development sign-in pages: any login, any
+// password) on localhost. `grace` is in the admin group, anyone else in `eng`.
+async function startOpenIdProvider() {
+  const { default: Provider } = await import("oidc-provider");
+  const listener = createServer();
+  await new Promise((resolveListen) => listener.listen(0, "127.0.0.1", resolveListen));
+  const issuer = `http://127.0.0.1:${listener.address().port}`;
+  const oidc = new Provider(issuer, {
+    clients: [{
+      client_id: "postern",
+      client_secret: "postern-client-secret",
+      redirect_uris: [`${base}/auth/oidc/callback`],
+      grant_types: ["authorization_code"],
+      response_types: ["code"],
+    }],
+    async findAccount(_ctx, id) {
+      return {
+        accountId: id,
+        async claims() {
+          return {
+            sub: id, email: `${id}@example.com`, email_verified: true, name: `${id} (IdP)`,
+            groups: id === "grace" ? ["postern-admins", "eng"] : ["eng"],
+          };
+        },
+      };
+    },
+    claims: { openid: ["sub"], email: ["email", "email_verified"], profile: ["name"], groups: ["groups"] },
+    conformIdTokenClaims: false,
+    pkce: { required: () => true },
+    features: { devInteractions: { enabled: true } },
+  });
+  listener.on("request", oidc.callback());
+  return { issuer, close: () => listener.close() };
+}
+
+test("people sign in through an OpenID provider: a user lands on their page, an admin by group on the portal; a forged state and a replayed code are refused", async () => {
+  const idp = await startOpenIdProvider();
+  try {
+    const created = await fetch(`${base}/v1/identity-providers`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${apiToken}`, "content-type": "application/json" },
+      body: JSON.stringify({
+        name: "Acme SSO", issuer: idp.issuer, client_id: "postern", client_secret: "postern-client-secret",
+        scopes: ["email", "profile", "groups"], groups_claim: "groups", admin_groups: ["postern-admins"],
+        session_lifetime: "8h",
+      }),
+    });
+    assert.equal(created.status, 201);
+    const provider = (await created.json()).data;
+    assert.equal(provider.has_client_secret, true);
+    assert.ok(!JSON.stringify(provider).includes("postern-client-secret"), "the secret is never returned");
+
+    // Each person in a browser of their own (the provider keeps its own session).
+    let person;
+    let tab;
+    const callbacks = [];
+    const signIn = async (login) => {
+      await person?.close();
+      person = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+      tab = await person.newPage();
+      tab.setDefaultTimeout(15000);
+      tab.on("request", (request) => {
+        if (request.url().includes("/auth/oidc/callback")) callbacks.push(request.url());
+      });
+      await tab.goto(`${base}/login`);
+      await tab.click("[data-testid=sign-in-provider][data-name='Acme SSO']");
+      await tab.waitForSelector("input[name=login]");
+      const authorize = callbacks.length;
+      await tab.fill("input[name=login]", login);
+      await tab.fill("input[name=password]", "any password");
+      await tab.click("button.login-submit");
+      await tab.click("button.login-submit"); // consent
+      await tab.waitForURL((url) => !url.href.startsWith(idp.issuer) && !url.pathname.startsWith("/auth/"));
+      assert.ok(callbacks.length > authorize, "came back through the callback");
+    };
+
+    // A user: created on first sign-in, in Everyone, on their own page; the admin pages send
+    // them back there.
+    await signIn("linus");
+    assert.match(tab.url(), /\/me$/);
+    assert.equal((await tab.textContent("[data-testid=me-email]")).trim(), "linus@example.com");
+    assert.match(await tab.textContent("[data-testid=me-role]"), /User/);
+    assert.match(await tab.textContent("[data-testid=me-groups]"), /Everyone/);
+    await shot("oidc-user");
+    await tab.goto(`${base}/actors`);
+    assert.match(tab.url(), /\/me$/, "a user does not reach the admin pages");
+    const users = await api("/v1/actors?type=user");
+    const linus = users.data.find((actor) => actor.email === "linus@example.com");
+    assert.ok(linus, "provisioned as a user");
+    await tab.click("[data-testid=sign-out]");
+    await tab.waitForURL(/signed_out/);
+    await tab.goto(`${base}/me`);
+    assert.match(tab.url(), /\/login/, "signed out");
+
+    // A replayed callback is refused: once with this browser's state cookie gone, once with it
+    // put back (the sign-in was taken already).
+    const used = callbacks.at(-1);
+    await tab.goto(used);
+    assert.match(await tab.textContent("[data-testid=sign-in-failed]"), /did not start in this browser/);
+    const usedState = new URL(used).searchParams.get("state");
+    await person.addCookies([{ name: "postern_oidc_state", value: usedState, domain: "127.0.0.1", path: "/auth/oidc" }]);
+    await tab.goto(used);
+    assert.match(await tab.textContent("[data-testid=sign-in-failed]"), /already used/);
+    // A state this browser never sent is refused before anything is looked up.
+    await tab.goto(`${base}/auth/oidc/callback?code=forged&state=forged`);
+    assert.match(await tab.textContent("[data-testid=sign-in-failed]"), /did not start in this browser/);
+
+    // An admin by group: on the portal's pages.
+    await signIn("grace");
+    assert.match(tab.url(), /\/actors$/);
+    const admins = await api("/v1/actors?type=admin");
+    assert.ok(admins.data.some((actor) => actor.email === "grace@example.com"), "provisioned as an admin");
+    await person.close();
+
+    // Deleting the provider leaves people and service accounts be.
+    const before = await api(`/v1/actors/${state.actorId}/tokens`);
+    const deleted = await fetch(`${base}/v1/identity-providers/${provider.id}`, {
+      method: "DELETE",
+      headers: { Authorization: `Bearer ${apiToken}` },
+    });
+    assert.equal(deleted.status, 204);
+    const after = await api(`/v1/actors/${state.actorId}/tokens`);
+    assert.deepEqual(after.data.map((t) => [t.id, t.revoked_at]), before.data.map((t) => [t.id, t.revoked_at]));
+    assert.ok((await api("/v1/actors?type=user")).data.some((actor) => actor.email === "linus@example.com"));
+  } finally {
+    idp.close();
+  }
+});
+
 test("the service account is added to a group from the group page", async () => {
   await page.click("[data-testid=nav-groups]");
   await page.click("[data-testid=group-row][data-name=fleet] a");
