@@ -108,6 +108,85 @@ fn name_patterns(components: &mut Map<String, Value>) {
     }
 }
 
+/// Something besides `*` and whitespace, without control characters: a subject pattern that
+/// does not trust every workload of its issuer.
+fn subject_pattern() -> String {
+    let free = "[^\\u0000-\\u001f\\u007f-\\u009f]*";
+    format!("{free}[^*\\s\\u0000-\\u001f\\u007f-\\u009f]{free}")
+}
+
+/// Printable ASCII without spaces: client ids, secrets, scopes and claim names.
+fn ascii_word(max: usize) -> String {
+    format!("[!-~]{{1,{max}}}")
+}
+
+/// The trust rules' and identity providers' fields: issuers like webhook URLs, subjects that
+/// name something, claim names, durations within their bounds. (What depends on another field —
+/// `admin_groups` needs `groups_claim` — and a key set's contents are in the fuzzer's hooks.)
+fn identity_patterns(components: &mut Map<String, Value>) {
+    let set = |properties: &mut Value, field: &str, pattern: &str| {
+        if let Some(field) = properties.get_mut(field).and_then(Value::as_object_mut) {
+            field.insert("pattern".into(), anchored(pattern));
+        }
+    };
+    if let Some(properties) = components
+        .get_mut("NewWorkloadIdentity")
+        .and_then(|c| c.pointer_mut("/properties"))
+    {
+        set(properties, "issuer", &webhook_url());
+        set(properties, "audience", &display_name());
+        set(properties, "subject", &subject_pattern());
+        set(
+            properties,
+            "token_lifetime",
+            "(?:(?:[1-9]|[1-5][0-9])m|(?:[1-9]|1[0-9]|2[0-4])h)",
+        );
+        if let Some(claims) = properties.get_mut("claims").and_then(Value::as_object_mut) {
+            claims.insert("maxProperties".into(), json!(16));
+            claims.insert(
+                "propertyNames".into(),
+                json!({"pattern": "^[A-Za-z0-9_.:-]{1,64}$"}),
+            );
+            claims.insert(
+                "additionalProperties".into(),
+                json!({"type": "string", "maxLength": 255,
+                       "pattern": anchored("[^\\u0000-\\u001f\\u007f-\\u009f]+")}),
+            );
+        }
+    }
+    if let Some(properties) = components
+        .get_mut("NewIdentityProvider")
+        .and_then(|c| c.pointer_mut("/properties"))
+    {
+        set(properties, "issuer", &webhook_url());
+        set(properties, "client_id", &ascii_word(255));
+        set(properties, "client_secret", &ascii_word(1024));
+        set(properties, "email_claim", &ascii_word(64));
+        set(properties, "groups_claim", &ascii_word(64));
+        set(
+            properties,
+            "session_lifetime",
+            "(?:(?:[5-9]|[1-5][0-9])m|(?:[1-9]|1[0-9]|2[0-4])h|(?:[1-9]|[12][0-9]|30)d)",
+        );
+        if let Some(scopes) = properties.get_mut("scopes").and_then(Value::as_object_mut) {
+            scopes.insert("maxItems".into(), json!(20));
+            scopes.insert(
+                "items".into(),
+                json!({"type": "string", "pattern": anchored(&ascii_word(100))}),
+            );
+        }
+        if let Some(groups) = properties
+            .get_mut("admin_groups")
+            .and_then(Value::as_object_mut)
+        {
+            groups.insert(
+                "items".into(),
+                json!({"type": "string", "maxLength": 255, "pattern": anchored(&display_name())}),
+            );
+        }
+    }
+}
+
 fn anchored(pattern: &str) -> Value {
     json!(format!("^{pattern}$"))
 }
@@ -236,6 +315,7 @@ pub(crate) fn apply(document: &mut Value) {
         return;
     };
     name_patterns(components);
+    identity_patterns(components);
     for component in ["CreateWebhook", "UpdateWebhook"] {
         let Some(properties) = components
             .get_mut(component)

@@ -46,7 +46,8 @@ pub(crate) fn routes() -> Router<AppState> {
 
 #[utoipa::path(post, path = "/v1/actors/{id}/workload-identities", tag = "workload identity",
     request_body = NewWorkloadIdentity,
-    responses((status = 201, body = Data<WorkloadIdentity>), (status = 404, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 201, body = Data<WorkloadIdentity>), (status = 404, body = Problem),
+        (status = 409, description = "The actor is not a service account", body = Problem), (status = 422, body = Problem)))]
 /// Trusts ID tokens from an OIDC issuer for this service account: a token for `audience`
 /// whose subject and claims match is exchanged for a short-lived client token. Audited as
 /// `workload_identity.create`.

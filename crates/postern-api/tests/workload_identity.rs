@@ -590,7 +590,14 @@ async fn rules_are_checked_when_created(portal: &Portal) {
             Some(base.clone()),
         )
         .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("is an API client"),
+        "{body}"
+    );
     let list = portal.get(&path).await;
     assert_eq!(list["data"].as_array().unwrap().len(), 1);
 }

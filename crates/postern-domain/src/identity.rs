@@ -105,10 +105,11 @@ pub fn validate_provider(
     let name = validate::name("name", &new.name)?;
     let issuer = crate::workload_identity::validate_issuer("issuer", &new.issuer)?;
     let client_id = token_like("client_id", &new.client_id, 255)?;
-    let client_secret = match new.client_secret.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(secret) => Some(token_like("client_secret", secret, 1024)?),
-    };
+    let client_secret = new
+        .client_secret
+        .as_deref()
+        .map(|secret| token_like("client_secret", secret, 1024))
+        .transpose()?;
     let scopes = match new.scopes {
         None => vec!["email".to_string(), "profile".to_string()],
         Some(scopes) => scopes
@@ -130,13 +131,11 @@ pub fn validate_provider(
     let groups_claim = new
         .groups_claim
         .as_deref()
-        .filter(|claim| !claim.trim().is_empty())
         .map(|claim| token_like("groups_claim", claim, 64))
         .transpose()?;
     let admin_groups: Vec<String> = new
         .admin_groups
         .iter()
-        .filter(|group| !group.trim().is_empty())
         .map(|group| validate::name("admin_groups", group))
         .collect::<Result<_, _>>()?;
     if !admin_groups.is_empty() && groups_claim.is_none() {

@@ -46,13 +46,10 @@ impl Store {
     ) -> Result<WorkloadIdentity> {
         let actor = self.get_actor(account_id, actor_id).await?;
         if actor.actor_type != ActorType::ServiceAccount {
-            return Err(StoreError::Validation(ValidationError::new(
-                "actor_id",
-                format!(
-                    "workload identities exchange ID tokens for service-account tokens; {} is a {}",
-                    actor.name,
-                    actor.actor_type.described()
-                ),
+            return Err(StoreError::Conflict(format!(
+                "workload identities exchange ID tokens for service-account tokens; {} is {}",
+                actor.name,
+                actor.actor_type.described()
             )));
         }
         let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
