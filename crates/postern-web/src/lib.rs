@@ -11,6 +11,7 @@ mod clients;
 mod error;
 mod form;
 mod groups;
+mod identity_providers;
 mod oidc;
 mod once;
 mod policies;
@@ -92,6 +93,7 @@ pub fn router(app: AppState, config: WebConfig) -> Router {
         .merge(webhooks::routes())
         .merge(workload_identities::routes())
         .merge(oidc::routes())
+        .merge(identity_providers::routes())
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }

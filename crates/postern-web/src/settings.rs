@@ -114,6 +114,11 @@ fn page(admin: &Admin, form: &SettingsForm, saved: bool) -> Response {
                 button.btn.btn-primary type="submit" data-testid="save-settings" { "Save" }
             }
         }
+        section.card {
+            h2.section-title { "Sign-in" }
+            p { "People can sign in through your OpenID Connect provider. "
+                a href="/settings/identity-providers" data-testid="identity-providers-link" { "Identity providers" } }
+        }
     };
     (
         form.errors.status(),

@@ -148,6 +148,16 @@ enum Command {
         postern workload-identities delete --actor ci-deploy <WORKLOAD_IDENTITY_ID>"
     )]
     WorkloadIdentities(remote::workload_identities::Args),
+
+    /// Identity providers: people sign in to the portal through your OpenID Connect provider
+    #[command(
+        name = "identity-providers",
+        after_help = "Examples:\n  \
+        printf '%s' \"$SECRET\" | postern identity-providers create --name 'Acme SSO' --issuer https://acme.okta.com \\\n    \
+          --client-id 0oa1b2c3 --client-secret-stdin --groups-claim groups --admin-group postern-admins\n  \
+        postern identity-providers list"
+    )]
+    IdentityProviders(remote::identity_providers::Args),
 }
 
 #[derive(clap::Args)]
@@ -215,6 +225,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(args) => remote::audit::run(args).await,
         Command::Webhooks(args) => remote::webhooks::run(args).await,
         Command::WorkloadIdentities(args) => remote::workload_identities::run(args).await,
+        Command::IdentityProviders(args) => remote::identity_providers::run(args).await,
     }
 }
 

@@ -443,6 +443,58 @@ fn service_account_round_trip() {
         deleted.stdout
     );
 
+    // Identity providers: the secret from standard input, never printed back.
+    let env = [
+        ("POSTERN_API_URL", portal.url.as_str()),
+        ("POSTERN_API_TOKEN", token.as_str()),
+    ];
+    let created = postern_with_input(
+        &[
+            "identity-providers",
+            "create",
+            "--name",
+            "Acme SSO",
+            "--issuer",
+            "https://acme.okta.example",
+            "--client-id",
+            "0oa1b2c3",
+            "--client-secret-stdin",
+            "--groups-claim",
+            "groups",
+            "--admin-group",
+            "postern-admins",
+        ],
+        &env,
+        Some("s3cret-from-stdin\n"),
+    )
+    .ok();
+    assert!(
+        created.stdout.contains("set (sealed)"),
+        "{}",
+        created.stdout
+    );
+    assert!(!created.stdout.contains("s3cret-from-stdin"));
+    let providers = cli(&["identity-providers", "list", "--json"]).ok().json();
+    assert_eq!(str_of(&providers[0], "name"), "Acme SSO");
+    assert!(!providers.to_string().contains("s3cret"));
+    let table = cli(&["identity-providers", "list"]).ok().stdout;
+    assert!(table.contains("postern-admins"), "{table}");
+    cli(&[
+        "identity-providers",
+        "create",
+        "--name",
+        "x",
+        "--issuer",
+        "https://x.example",
+        "--client-id",
+        "c",
+        "--admin-group",
+        "admins",
+    ])
+    .fails_with(&["admin_groups", "groups_claim"]);
+    let deleted = cli(&["identity-providers", "delete", str_of(&providers[0], "id")]).ok();
+    assert!(deleted.stdout.contains("Deleted identity provider"));
+
     cli(&["tokens", "revoke-all", "--actor", &actor_id]).fails_with(&["--yes"]);
     let all = cli(&["tokens", "revoke-all", "--actor", &actor_id, "--yes"]).ok();
     assert_eq!(
@@ -964,6 +1016,10 @@ fn every_command_has_help_with_an_example() {
         &["workload-identities", "create"],
         &["workload-identities", "list"],
         &["workload-identities", "delete"],
+        &["identity-providers"],
+        &["identity-providers", "create"],
+        &["identity-providers", "list"],
+        &["identity-providers", "delete"],
         &["groups", "add-member"],
         &["sites", "gateway-tokens", "create"],
         &["resources", "create"],

@@ -702,19 +702,30 @@ async function startOpenIdProvider() {
 test("people sign in through an OpenID provider: a user lands on their page, an admin by group on the portal; a forged state and a replayed code are refused", async () => {
   const idp = await startOpenIdProvider();
   try {
-    const created = await fetch(`${base}/v1/identity-providers`, {
-      method: "POST",
-      headers: { Authorization: `Bearer ${apiToken}`, "content-type": "application/json" },
-      body: JSON.stringify({
-        name: "Acme SSO", issuer: idp.issuer, client_id: "postern", client_secret: "postern-client-secret",
-        scopes: ["email", "profile", "groups"], groups_claim: "groups", admin_groups: ["postern-admins"],
-        session_lifetime: "8h",
-      }),
-    });
-    assert.equal(created.status, 201);
-    const provider = (await created.json()).data;
+    // Added from Settings → Identity providers.
+    await page.click("[data-testid=nav-settings]");
+    await page.click("[data-testid=identity-providers-link]");
+    assert.equal(await page.textContent("[data-testid=callback-url]"), `${base}/auth/oidc/callback`);
+    await page.fill("#name", "Acme SSO");
+    await page.fill("#issuer", idp.issuer);
+    await page.fill("#client_id", "postern");
+    await page.fill("#client_secret", "postern-client-secret");
+    await page.fill("#scopes", "email profile groups");
+    await page.fill("#admin_groups", "postern-admins");
+    await page.click("[data-testid=create-identity-provider]");
+    await page.waitForSelector(".field.invalid #admin_groups");
+    assert.match(await page.textContent("[data-testid=identity-provider-form]"), /groups_claim/);
+    await page.fill("#client_secret", "postern-client-secret");
+    await page.fill("#groups_claim", "groups");
+    await page.selectOption("#session_lifetime", "8h");
+    await page.click("[data-testid=create-identity-provider]");
+    await page.waitForSelector("[data-testid=identity-provider-row][data-name='Acme SSO']");
+    assert.ok(!(await page.content()).includes("postern-client-secret"), "the secret is never shown");
+    await shot("identity-providers");
+    const provider = (await api("/v1/identity-providers")).data[0];
     assert.equal(provider.has_client_secret, true);
-    assert.ok(!JSON.stringify(provider).includes("postern-client-secret"), "the secret is never returned");
+    assert.deepEqual(provider.scopes, ["email", "profile", "groups"]);
+    assert.equal(provider.session_lifetime_seconds, 8 * 3600);
 
     // Each person in a browser of their own (the provider keeps its own session).
     let person;
@@ -747,7 +758,7 @@ test("people sign in through an OpenID provider: a user lands on their page, an 
     assert.equal((await tab.textContent("[data-testid=me-email]")).trim(), "linus@example.com");
     assert.match(await tab.textContent("[data-testid=me-role]"), /User/);
     assert.match(await tab.textContent("[data-testid=me-groups]"), /Everyone/);
-    await shot("oidc-user");
+    await tab.screenshot({ path: join(shots, "oidc-user.png"), fullPage: true });
     await tab.goto(`${base}/actors`);
     assert.match(tab.url(), /\/me$/, "a user does not reach the admin pages");
     const users = await api("/v1/actors?type=user");
@@ -780,11 +791,11 @@ test("people sign in through an OpenID provider: a user lands on their page, an 
 
     // Deleting the provider leaves people and service accounts be.
     const before = await api(`/v1/actors/${state.actorId}/tokens`);
-    const deleted = await fetch(`${base}/v1/identity-providers/${provider.id}`, {
-      method: "DELETE",
-      headers: { Authorization: `Bearer ${apiToken}` },
-    });
-    assert.equal(deleted.status, 204);
+    await page.goto(`${base}/settings/identity-providers`);
+    const row = page.locator("[data-testid=identity-provider-row][data-name='Acme SSO']");
+    await row.locator("[data-testid=delete-identity-provider]").click();
+    await row.locator("dialog [data-testid=confirm-delete-identity-provider]").click();
+    await page.waitForSelector("[data-testid=identity-providers-table]", { state: "detached" });
     const after = await api(`/v1/actors/${state.actorId}/tokens`);
     assert.deepEqual(after.data.map((t) => [t.id, t.revoked_at]), before.data.map((t) => [t.id, t.revoked_at]));
     assert.ok((await api("/v1/actors?type=user")).data.some((actor) => actor.email === "linus@example.com"));

@@ -4,6 +4,7 @@ pub mod account;
 pub mod audit;
 pub mod clients;
 pub mod groups;
+pub mod identity_providers;
 pub mod policies;
 pub mod resources;
 pub mod service_accounts;

@@ -1,0 +1,216 @@
+//! Settings → Identity providers: the OpenID Connect providers people sign in through — listed,
+//! added (the client secret is sealed and never shown again), deleted.
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use maud::html;
+use postern_domain::identity::{validate_provider, NewIdentityProvider};
+
+use crate::auth::Admin;
+use crate::error::WebResult;
+use crate::form::{self, FieldErrors, Post};
+use crate::ui::{self, Confirm, Nav};
+use crate::WebState;
+
+pub fn routes() -> Router<WebState> {
+    Router::new()
+        .route("/settings/identity-providers", get(list).post(create))
+        .route("/settings/identity-providers/{id}/delete", post(delete))
+}
+
+#[derive(Default)]
+struct ProviderForm {
+    name: String,
+    issuer: String,
+    client_id: String,
+    scopes: String,
+    groups_claim: String,
+    admin_groups: String,
+    session_lifetime: String,
+    errors: FieldErrors,
+}
+
+const LIFETIMES: [(&str, &str); 5] = [
+    ("12h", "12 hours (default)"),
+    ("1h", "1 hour"),
+    ("8h", "8 hours"),
+    ("1d", "1 day"),
+    ("7d", "7 days"),
+];
+
+async fn list_page(
+    state: &WebState,
+    admin: &Admin,
+    form: &ProviderForm,
+    headers: &HeaderMap,
+) -> WebResult<Response> {
+    let providers = state
+        .store()
+        .list_identity_providers(admin.account_id())
+        .await?;
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("portal.example.com");
+    let scheme = if state.config.secure_cookies {
+        "https"
+    } else {
+        "http"
+    };
+    let callback = format!("{scheme}://{host}{}", crate::oidc::CALLBACK_PATH);
+    let lifetimes: Vec<(String, String)> = LIFETIMES
+        .iter()
+        .map(|(value, label)| (value.to_string(), label.to_string()))
+        .collect();
+    let content = html! {
+        @if providers.is_empty() {
+            (ui::empty_state("No identity providers",
+                "People sign in with a password only. Add your OpenID Connect provider (Okta, Entra ID, Google, Keycloak…) and they sign in through it: their first sign-in creates them, as admins when their group says so. Service accounts never sign in through it.",
+                html! {}))
+        } @else {
+            div.table-wrap {
+                table data-testid="identity-providers-table" {
+                    thead { tr { th { "Name" } th { "Issuer" } th { "Client ID" } th { "Admin groups" } th { "Sessions" } th { span.sr-only { "Actions" } } } }
+                    tbody {
+                        @for provider in &providers {
+                            @let dialog = format!("delete-idp-{}", provider.id);
+                            tr data-testid="identity-provider-row" data-name=(provider.name) {
+                                td data-label="Name" { span.strong { (provider.name) } }
+                                td data-label="Issuer" { (provider.issuer) }
+                                td data-label="Client ID" { code { (provider.client_id) } }
+                                td data-label="Admin groups" { @if provider.admin_groups.is_empty() { span.muted { "None" } } @else { (provider.admin_groups.join(", ")) } }
+                                td data-label="Sessions" { (provider.session_lifetime_seconds / 3600) " h" }
+                                td.actions {
+                                    button.btn.btn-icon.btn-danger-ghost type="button" data-open=(dialog)
+                                        aria-label={ "Delete " (provider.name) } title="Delete" data-testid="delete-identity-provider" { (ui::icon_trash()) }
+                                    (ui::confirm_dialog(admin, &Confirm {
+                                        id: &dialog,
+                                        title: &format!("Delete {}?", provider.name),
+                                        text: "Nobody signs in through it any more, and the portal sessions it opened end. The people it created stay, and service accounts are not touched.",
+                                        action: &format!("/settings/identity-providers/{}/delete", provider.id),
+                                        confirm_label: "Delete",
+                                        testid: "delete-identity-provider",
+                                    }))
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        form.card.form method="post" action="/settings/identity-providers" novalidate data-testid="identity-provider-form" {
+            (ui::csrf(admin))
+            h2.section-title { "Add an identity provider" }
+            p.hint { "Register " code data-testid="callback-url" { (callback) } " as the redirect URI of a web application at the provider, then fill in what it gives you." }
+            (ui::form_error(&form.errors, &["name", "issuer", "client_id", "client_secret", "scopes", "groups_claim", "admin_groups", "session_lifetime"]))
+            (ui::input_field("name", "Name", &form.name, &form.errors, "text", true, None, Some("On the sign-in page: \u{201c}Sign in with NAME\u{201d}.")))
+            (ui::input_field("issuer", "Issuer", &form.issuer, &form.errors, "url", true, None, Some("e.g. https://acme.okta.com — its discovery document names its endpoints and keys.")))
+            (ui::input_field("client_id", "Client ID", &form.client_id, &form.errors, "text", true, None, None))
+            (ui::input_field("client_secret", "Client secret", "", &form.errors, "password", false, Some("off"), Some("Kept sealed; it is never shown again.")))
+            (ui::input_field("scopes", "Scopes", &form.scopes, &form.errors, "text", false, None, Some("Asked for besides openid, separated by spaces; add the one that releases the groups claim if the provider needs it.")))
+            (ui::input_field("groups_claim", "Groups claim", &form.groups_claim, &form.errors, "text", false, None, Some("The ID token claim that lists a person's groups, e.g. groups.")))
+            (ui::input_field("admin_groups", "Admin groups", &form.admin_groups, &form.errors, "text", false, None, Some("Comma-separated: members of these groups are admins; everyone else is a user.")))
+            (ui::select_field("session_lifetime", "Portal sessions last", &lifetimes, &form.session_lifetime, &form.errors, None))
+            div.form-actions {
+                button.btn.btn-primary type="submit" data-testid="create-identity-provider" { (ui::icon_plus()) "Add identity provider" }
+            }
+        }
+    };
+    Ok((
+        form.errors.status(),
+        ui::page(
+            admin,
+            Nav::Settings,
+            "Identity providers",
+            Some(("/settings", "Settings")),
+            html! {},
+            content,
+        ),
+    )
+        .into_response())
+}
+
+async fn list(
+    State(state): State<WebState>,
+    admin: Admin,
+    headers: HeaderMap,
+) -> WebResult<Response> {
+    let form = ProviderForm {
+        session_lifetime: LIFETIMES[0].0.into(),
+        scopes: "email profile".into(),
+        ..ProviderForm::default()
+    };
+    list_page(&state, &admin, &form, &headers).await
+}
+
+async fn create(
+    State(state): State<WebState>,
+    headers: HeaderMap,
+    Post { admin, fields }: Post,
+) -> WebResult<Response> {
+    let mut form = ProviderForm {
+        name: fields.get("name").trim().to_string(),
+        issuer: fields.get("issuer").trim().to_string(),
+        client_id: fields.get("client_id").trim().to_string(),
+        scopes: fields.get("scopes").to_string(),
+        groups_claim: fields.get("groups_claim").trim().to_string(),
+        admin_groups: fields.get("admin_groups").to_string(),
+        session_lifetime: fields.get("session_lifetime").to_string(),
+        errors: FieldErrors::default(),
+    };
+    let optional = |text: &str| (!text.trim().is_empty()).then(|| text.trim().to_string());
+    let new = NewIdentityProvider {
+        name: form.name.clone(),
+        issuer: form.issuer.clone(),
+        client_id: form.client_id.clone(),
+        client_secret: optional(fields.get("client_secret")),
+        scopes: Some(
+            form::split_list(&form.scopes)
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+        ),
+        email_claim: None,
+        groups_claim: optional(&form.groups_claim),
+        admin_groups: form
+            .admin_groups
+            .split(',')
+            .map(str::trim)
+            .filter(|group| !group.is_empty())
+            .map(str::to_string)
+            .collect(),
+        session_lifetime: Some(form.session_lifetime.clone()),
+    };
+    let created = match validate_provider(new) {
+        Ok(valid) => {
+            state
+                .store()
+                .create_identity_provider(admin.account_id(), valid, &admin.acting())
+                .await
+        }
+        Err(err) => Err(err.into()),
+    };
+    match created {
+        Ok(_) => Ok(Redirect::to("/settings/identity-providers").into_response()),
+        Err(err) => {
+            form.errors = FieldErrors::from_store(err, |field| field)?;
+            list_page(&state, &admin, &form, &headers).await
+        }
+    }
+}
+
+async fn delete(
+    State(state): State<WebState>,
+    Path(id): Path<String>,
+    Post { admin, .. }: Post,
+) -> WebResult<Response> {
+    let id = form::parse_path_id(&id, "identity provider")?;
+    state
+        .store()
+        .delete_identity_provider(admin.account_id(), id, &admin.acting())
+        .await?;
+    Ok(Redirect::to("/settings/identity-providers").into_response())
+}

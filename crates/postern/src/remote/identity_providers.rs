@@ -1,0 +1,188 @@
+//! `postern identity-providers`: the OpenID Connect providers people sign in through.
+
+use std::io::Read;
+
+use clap::Subcommand;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::{object, Client, ListQuery, RemoteOpts};
+use crate::output::{self, Table};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    remote: RemoteOpts,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Add a provider people sign in through (register <portal URL>/auth/oidc/callback as its
+    /// redirect URI)
+    #[command(after_help = "Examples:\n  \
+        printf '%s' \"$CLIENT_SECRET\" | postern identity-providers create --name 'Acme SSO' \\\n    \
+          --issuer https://acme.okta.com --client-id 0oa1b2c3 --client-secret-stdin \\\n    \
+          --groups-claim groups --admin-group postern-admins\n  \
+        postern identity-providers create --name Google --issuer https://accounts.google.com \\\n    \
+          --client-id 1234.apps.googleusercontent.com --client-secret-stdin --session-lifetime 8h\n\n\
+        A person's first sign-in creates them: an admin when one of their groups (the --groups-claim\n\
+        claim of the ID token) is an --admin-group, a user otherwise. Service accounts are never\n\
+        created, changed or signed in through a provider. See docs/identity.md.")]
+    Create {
+        /// Shown on the sign-in page: "Sign in with NAME"
+        #[arg(long)]
+        name: String,
+        /// The provider's issuer (its discovery document is <issuer>/.well-known/openid-configuration)
+        #[arg(long)]
+        issuer: String,
+        #[arg(long)]
+        client_id: String,
+        /// Read the client secret from standard input (kept sealed, never shown again)
+        #[arg(long)]
+        client_secret_stdin: bool,
+        /// A scope to ask for besides openid (repeatable; default: email, profile)
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// The ID token claim that holds the email (default: email)
+        #[arg(long)]
+        email_claim: Option<String>,
+        /// The ID token claim that lists the person's groups
+        #[arg(long)]
+        groups_claim: Option<String>,
+        /// A group whose members are admins (repeatable; needs --groups-claim)
+        #[arg(long = "admin-group", value_name = "GROUP")]
+        admin_groups: Vec<String>,
+        /// How long people signed in through it stay signed in, 5m to 30d (default 12h)
+        #[arg(long, value_name = "DURATION")]
+        session_lifetime: Option<String>,
+    },
+    /// List the account's identity providers
+    #[command(after_help = "Example:\n  postern identity-providers list")]
+    List,
+    /// Delete a provider: nobody signs in through it any more and the web sessions it opened
+    /// end; people and service accounts stay
+    #[command(after_help = "Example:\n  postern identity-providers delete <PROVIDER_ID>")]
+    Delete {
+        /// Id of the provider (postern identity-providers list)
+        provider_id: Uuid,
+    },
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let client = Client::new(&args.remote)?;
+    match args.command {
+        Command::Create {
+            name,
+            issuer,
+            client_id,
+            client_secret_stdin,
+            scopes,
+            email_claim,
+            groups_claim,
+            admin_groups,
+            session_lifetime,
+        } => {
+            let secret = if client_secret_stdin {
+                let mut text = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .map_err(|err| anyhow::anyhow!("cannot read the client secret: {err}"))?;
+                let text = text.trim().to_string();
+                anyhow::ensure!(!text.is_empty(), "no client secret on standard input");
+                Some(Value::String(text))
+            } else {
+                None
+            };
+            let body = object(vec![
+                ("name", Some(Value::String(name))),
+                ("issuer", Some(Value::String(issuer))),
+                ("client_id", Some(Value::String(client_id))),
+                ("client_secret", secret),
+                ("scopes", (!scopes.is_empty()).then(|| json!(scopes))),
+                ("email_claim", email_claim.map(Value::String)),
+                ("groups_claim", groups_claim.map(Value::String)),
+                ("admin_groups", Some(json!(admin_groups))),
+                ("session_lifetime", session_lifetime.map(Value::String)),
+            ]);
+            let created = client.post("/v1/identity-providers", &body).await?;
+            if client.json {
+                return output::print_json(&created);
+            }
+            print_provider(&created)
+        }
+        Command::List => {
+            let providers = client
+                .list(ListQuery::new("/v1/identity-providers"))
+                .await?;
+            if client.json {
+                return output::print_json(&Value::Array(providers));
+            }
+            let mut table = Table::new(&["ID", "NAME", "ISSUER", "CLIENT ID", "ADMIN GROUPS"]);
+            for provider in &providers {
+                table.row(vec![
+                    output::text(provider, "id"),
+                    output::text(provider, "name"),
+                    output::text(provider, "issuer"),
+                    output::text(provider, "client_id"),
+                    list_text(&provider["admin_groups"]),
+                ]);
+            }
+            table.print()
+        }
+        Command::Delete { provider_id } => {
+            client
+                .delete(&format!("/v1/identity-providers/{provider_id}"))
+                .await?;
+            if client.json {
+                return output::print_json(&json!({ "deleted": provider_id }));
+            }
+            println!("Deleted identity provider {provider_id}.");
+            Ok(())
+        }
+    }
+}
+
+fn list_text(values: &Value) -> String {
+    let items: Vec<&str> = values
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+fn print_provider(provider: &Value) -> anyhow::Result<()> {
+    let hours = provider["session_lifetime_seconds"].as_u64().unwrap_or(0) / 3600;
+    output::print_fields(&[
+        ("id", output::text(provider, "id")),
+        ("name", output::text(provider, "name")),
+        ("issuer", output::text(provider, "issuer")),
+        ("client id", output::text(provider, "client_id")),
+        (
+            "client secret",
+            if provider["has_client_secret"] == true {
+                "set (sealed)".into()
+            } else {
+                "none".into()
+            },
+        ),
+        (
+            "scopes",
+            format!("openid, {}", list_text(&provider["scopes"])),
+        ),
+        ("groups claim", output::text(provider, "groups_claim")),
+        ("admin groups", list_text(&provider["admin_groups"])),
+        ("session lifetime", format!("{hours} h")),
+        (
+            "redirect URI",
+            "<portal URL>/auth/oidc/callback (register it at the provider)".into(),
+        ),
+    ])
+}
