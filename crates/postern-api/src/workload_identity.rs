@@ -276,6 +276,14 @@ pub(crate) async fn exchange(State(state): State<AppState>, parts: Parts, body: 
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.starts_with("application/x-www-form-urlencoded"));
     let result = run_exchange(&state, &parts, &body, form).await;
+    let outcome = match &result {
+        Ok(token) if token.replaces.is_some() => "renewed",
+        Ok(_) => "issued",
+        Err(ExchangeFailure::Unavailable(_)) => "unavailable",
+        Err(_) => "refused",
+    };
+    metrics::counter!(postern_metrics::WORKLOAD_IDENTITY_EXCHANGES, "outcome" => outcome)
+        .increment(1);
     match (result, form) {
         (Ok(token), false) => (StatusCode::CREATED, Data::new(token)).into_response(),
         (Ok(token), true) => Json(TokenExchangeResponse {

@@ -34,6 +34,8 @@ pub const TOKENS_EXPIRING: &str = "postern_tokens_expiring";
 pub const DEVICES_REMOVED: &str = "postern_devices_removed_total";
 /// Portal: webhook delivery tries (`outcome`: delivered, retry, failed).
 pub const WEBHOOK_DELIVERIES: &str = "postern_webhook_deliveries_total";
+/// Portal: ID tokens presented for exchange (`outcome`: issued, renewed, refused, unavailable).
+pub const WORKLOAD_IDENTITY_EXCHANGES: &str = "postern_workload_identity_exchanges_total";
 
 /// Gateway: packets through the data plane (`direction`: from_clients, to_clients).
 pub const GATEWAY_PACKETS: &str = "postern_gateway_packets_total";
@@ -82,6 +84,10 @@ pub fn describe() {
     describe_counter!(
         WEBHOOK_DELIVERIES,
         "Webhook delivery tries by this node, by outcome"
+    );
+    describe_counter!(
+        WORKLOAD_IDENTITY_EXCHANGES,
+        "ID tokens presented for exchange to this node, by outcome"
     );
     describe_counter!(
         GATEWAY_PACKETS,

@@ -183,6 +183,20 @@ fn the_metrics_follow_sessions_refusals_requests_and_expiring_tokens(backend: Ba
             .collect::<Vec<_>>()
     );
 
+    // An ID token nobody trusts is a refused exchange.
+    let (status, _) = api.call(
+        reqwest::Method::POST,
+        "/v1/workload-identity/exchange",
+        Some(json!({"id_token": "a.b.c"})),
+    );
+    assert_eq!(status, reqwest::StatusCode::UNAUTHORIZED);
+    scrape_until(&metrics, "a refused exchange", |s| {
+        s.sum(
+            "postern_workload_identity_exchanges_total",
+            &[("outcome", "refused")],
+        ) == 1.0
+    });
+
     let leaving = devices.pop().expect("a device");
     leaving.terminate();
     scrape_until(&metrics, "two client sessions after one left", |s| {
