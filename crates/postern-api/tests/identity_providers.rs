@@ -152,6 +152,35 @@ async fn people_are_provisioned_linked_and_follow_their_groups(portal: &Portal) 
         .await
         .unwrap();
     assert_eq!(grace.id.to_string(), existing.as_str().unwrap());
+    // A local admin who also has a password keeps their role whatever the provider's groups
+    // say: a provider cannot lock the account out.
+    let (local, _) = store
+        .create_actor(
+            portal.account_id,
+            postern_store::NewActor {
+                actor_type: ActorType::Admin,
+                name: "Local".into(),
+                email: Some("local@example.com".into()),
+                password_hash: Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),
+                group_ids: vec![],
+                token: None,
+            },
+            &postern_domain::Acting::local_cli(),
+        )
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let signed_in = store
+            .sign_in_person(
+                &provider,
+                &person("00u3", "local@example.com", &["eng"]),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(signed_in.id, local.id);
+        assert_eq!(signed_in.actor_type, ActorType::Admin, "never demoted");
+    }
     // A disabled person is refused.
     portal
         .call(

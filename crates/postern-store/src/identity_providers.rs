@@ -290,8 +290,10 @@ impl Store {
     /// The actor a person signing in through `provider` is: the one the provider's subject
     /// names; else the user or admin with their email (linked from now on); else a new one —
     /// an admin when one of their groups is an admin group, a user otherwise (both in
-    /// `Everyone`). A linked person's type follows their groups at each sign-in. Refused: a
-    /// disabled person, and an email that belongs to a service account or API client.
+    /// `Everyone`). A linked person's type follows their groups at each sign-in, unless they
+    /// also have a password (a local admin is never demoted by a provider, so an account
+    /// cannot lock itself out). Refused: a disabled person, and an email that belongs to a
+    /// service account or API client.
     pub async fn sign_in_person(
         &self,
         provider: &IdentityProvider,
@@ -355,6 +357,18 @@ impl Store {
             )));
         }
         if actor.actor_type == wanted {
+            return Ok(actor);
+        }
+        // Someone who also signs in with a password (a local admin) keeps their role: the
+        // provider's groups manage only the people it brought.
+        let has_password: Option<String> = sqlx::query_scalar(
+            "SELECT password_hash FROM actors WHERE account_id = $1 AND id = $2",
+        )
+        .bind(account_id.to_string())
+        .bind(actor.id.to_string())
+        .fetch_one(self.pool())
+        .await?;
+        if has_password.is_some() {
             return Ok(actor);
         }
         // Their groups changed at the provider: so does what they are here.

@@ -59,6 +59,9 @@ pub(crate) struct WebState {
     pub app: AppState,
     pub config: Arc<WebConfig>,
     pub password_checks: Arc<tokio::sync::Semaphore>,
+    /// Sign-ins started through identity providers, per address: each one stores a pending
+    /// sign-in and asks the provider for its discovery document.
+    pub sign_in_starts: Arc<postern_api::AuthRateLimiter>,
 }
 
 impl WebState {
@@ -73,6 +76,10 @@ pub fn router(app: AppState, config: WebConfig) -> Router {
     let state = WebState {
         app,
         password_checks: Arc::new(tokio::sync::Semaphore::new(config.password_checks.max(1))),
+        sign_in_starts: Arc::new(postern_api::AuthRateLimiter::new(
+            oidc::STARTS_PER_MINUTE,
+            Duration::from_secs(60),
+        )),
         config: Arc::new(config),
     };
     spawn_session_sweeper(state.clone());

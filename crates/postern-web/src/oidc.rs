@@ -37,6 +37,8 @@ const FLOW_COOKIE: &str = "postern_oidc_state";
 /// Where providers send the browser back; register `<portal URL>/auth/oidc/callback`.
 pub const CALLBACK_PATH: &str = "/auth/oidc/callback";
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Sign-ins one address may start in a minute (a person needs a few).
+pub const STARTS_PER_MINUTE: u32 = 30;
 
 pub fn routes() -> Router<WebState> {
     Router::new()
@@ -137,10 +139,18 @@ struct StartQuery {
 /// Leaves for the provider's authorization endpoint.
 async fn start(
     State(state): State<WebState>,
+    ClientAddr(ip): ClientAddr,
     Path(provider_id): Path<String>,
     Query(query): Query<StartQuery>,
     headers: HeaderMap,
 ) -> WebResult<Response> {
+    if state.sign_in_starts.check(ip).is_some() {
+        return Ok(failed(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many sign-ins were started from this address: try again in a minute.",
+        ));
+    }
+    state.sign_in_starts.record_failure(ip);
     let provider_id = crate::form::parse_path_id(&provider_id, "identity provider")?;
     let slug = query.account.as_deref().unwrap_or("default");
     let account = match state.store().account_by_slug(slug).await {
