@@ -22,6 +22,44 @@ pub(crate) fn routes() -> Router<AppState> {
             "/v1/identity-providers/{id}",
             get(get_identity_provider).delete(delete_identity_provider),
         )
+        .route(
+            "/v1/identity-providers/{id}/scim-token",
+            axum::routing::post(create_scim_token),
+        )
+}
+
+/// A provider's SCIM token, in the one answer that carries it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ScimToken {
+    /// The bearer token the directory sends. Shown once; a new one replaces it.
+    pub token: String,
+    /// The SCIM base path under the portal's URL.
+    pub base_path: &'static str,
+}
+
+#[utoipa::path(post, path = "/v1/identity-providers/{id}/scim-token", tag = "identity providers",
+    responses((status = 201, body = Data<ScimToken>), (status = 404, body = Problem)))]
+/// Gives the provider a SCIM token for directory sync (`<portal>/scim/v2`, SCIM 2.0 Users); the
+/// previous one stops working. The directory then creates, changes, deactivates (their
+/// sessions end) and deletes the people it brings — only those. Audited as
+/// `identity_provider.scim_token`.
+pub(crate) async fn create_scim_token(
+    State(state): State<AppState>,
+    auth: Authed,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Data<ScimToken>>), ApiError> {
+    let id = parse_id("identity provider", &id)?;
+    let token = state
+        .store
+        .create_scim_token(auth.account_id(), id, &auth.acting)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Data::new(ScimToken {
+            token,
+            base_path: "/scim/v2",
+        }),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/identity-providers", tag = "identity providers", params(PageQuery),

@@ -16,6 +16,7 @@ mod policies;
 mod rate_limit;
 mod resources;
 mod schema_rules;
+mod scim;
 mod server;
 mod shapes;
 mod sites;
@@ -108,6 +109,7 @@ pub fn router(state: AppState) -> Router {
         .merge(leaks::routes())
         .merge(groups::routes())
         .merge(identity_providers::routes())
+        .merge(scim::routes())
         .merge(sites::routes())
         .merge(resources::routes())
         .merge(policies::routes())

@@ -97,6 +97,7 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
         workload_identity::exchange,
         identity_providers::list_identity_providers, identity_providers::create_identity_provider,
         identity_providers::get_identity_provider, identity_providers::delete_identity_provider,
+        identity_providers::create_scim_token,
     ),
 )]
 struct ApiDoc;

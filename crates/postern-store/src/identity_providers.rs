@@ -439,7 +439,7 @@ impl Store {
     }
 }
 
-fn provider_from_row(row: &AnyRow) -> Result<IdentityProvider> {
+pub(crate) fn provider_from_row(row: &AnyRow) -> Result<IdentityProvider> {
     let lifetime: i64 = sqlx::Row::try_get(row, "session_lifetime_seconds")?;
     Ok(IdentityProvider {
         id: db::uuid(row, "id")?,

@@ -1,0 +1,337 @@
+//! Directory sync over a real portal: SCIM 2.0 requests shaped as Okta and Entra ID send
+//! them provision, find, deactivate, reactivate, rename and delete people — only the people
+//! of the token's identity provider, never a local admin or a service account.
+
+mod common;
+
+use common::Portal;
+use postern_domain::identity::Person;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+on_both_backends!(
+    a_directory_provisions_and_deprovisions_its_people,
+    a_directory_sees_and_touches_only_its_own_people,
+);
+
+async fn provider(portal: &Portal) -> (String, String) {
+    let created = portal
+        .post(
+            "/v1/identity-providers",
+            json!({"name": "Okta", "issuer": "https://acme.okta.example", "client_id": "postern"}),
+        )
+        .await;
+    let id = created["data"]["id"].as_str().unwrap().to_string();
+    let token = portal
+        .post(
+            &format!("/v1/identity-providers/{id}/scim-token"),
+            json!({}),
+        )
+        .await["data"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (id, token)
+}
+
+async fn scim(
+    portal: &Portal,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = portal
+        .http
+        .request(method, format!("{}/scim/v2{path}", portal.base))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/scim+json")
+            .body(body.to_string());
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status();
+    if status != StatusCode::NO_CONTENT {
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/scim+json",
+            "{status}"
+        );
+    }
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn okta_user(email: &str) -> Value {
+    json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+        "userName": email,
+        "name": {"givenName": "Ada", "familyName": "Lovelace"},
+        "emails": [{"primary": true, "value": email, "type": "work"}],
+        "displayName": "Ada Lovelace",
+        "active": true,
+    })
+}
+
+async fn a_directory_provisions_and_deprovisions_its_people(portal: &Portal) {
+    let (provider_id, token) = provider(portal).await;
+    let (status, error) = scim(portal, "postern_scim_nope", Method::GET, "/Users", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        error["schemas"][0],
+        "urn:ietf:params:scim:api:messages:2.0:Error"
+    );
+
+    let (status, config) = scim(portal, &token, Method::GET, "/ServiceProviderConfig", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(config["patch"]["supported"], true);
+
+    // Okta: does the user exist? No: create them.
+    let (status, found) = scim(
+        portal,
+        &token,
+        Method::GET,
+        "/Users?filter=userName%20eq%20%22ada%40example.com%22&startIndex=1&count=100",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(found["totalResults"], 0);
+    let (status, ada) = scim(
+        portal,
+        &token,
+        Method::POST,
+        "/Users",
+        Some(okta_user("ada@example.com")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{ada}");
+    let id = ada["id"].as_str().unwrap().to_string();
+    assert_eq!(ada["userName"], "ada@example.com");
+    assert_eq!(ada["active"], true);
+    let actor = portal.get(&format!("/v1/actors/{id}")).await;
+    assert_eq!(actor["data"]["type"], "user");
+    assert_eq!(actor["data"]["name"], "Ada Lovelace");
+    let (status, again) = scim(
+        portal,
+        &token,
+        Method::POST,
+        "/Users",
+        Some(okta_user("ada@example.com")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(again["scimType"], "uniqueness");
+    let (_, found) = scim(
+        portal,
+        &token,
+        Method::GET,
+        "/Users?filter=userName%20eq%20%22ada%40example.com%22",
+        None,
+    )
+    .await;
+    assert_eq!(found["totalResults"], 1);
+    assert_eq!(found["Resources"][0]["id"], id.as_str());
+    let (status, _) = scim(
+        portal,
+        &token,
+        Method::GET,
+        "/Users?filter=emails%20co%20%22x%22",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // Okta deactivates (a PATCH without a path); the person is disabled at once.
+    let okta_deactivate = json!({
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "replace", "value": {"active": false}}],
+    });
+    let (status, patched) = scim(
+        portal,
+        &token,
+        Method::PATCH,
+        &format!("/Users/{id}"),
+        Some(okta_deactivate),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    assert_eq!(patched["active"], false);
+    let actor = portal.get(&format!("/v1/actors/{id}")).await;
+    assert!(actor["data"]["disabled_at"].is_string(), "{actor}");
+    // Entra ID reactivates (a path and a string boolean), then renames with PUT.
+    let entra_activate = json!({
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "Replace", "path": "active", "value": "True"}],
+    });
+    let (_, patched) = scim(
+        portal,
+        &token,
+        Method::PATCH,
+        &format!("/Users/{id}"),
+        Some(entra_activate),
+    )
+    .await;
+    assert_eq!(patched["active"], true);
+    let mut renamed = okta_user("ada@example.com");
+    renamed["displayName"] = json!("Ada King");
+    let (status, replaced) = scim(
+        portal,
+        &token,
+        Method::PUT,
+        &format!("/Users/{id}"),
+        Some(renamed),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(replaced["displayName"], "Ada King");
+
+    // Signing in through the provider later finds the provisioned person by email.
+    let provider = portal
+        .store
+        .get_identity_provider(portal.account_id, provider_id.parse().unwrap())
+        .await
+        .unwrap();
+    let signed_in = portal
+        .store
+        .sign_in_person(
+            &provider,
+            &Person {
+                subject: "00u1".into(),
+                email: "ada@example.com".into(),
+                name: "Ada".into(),
+                groups: vec![],
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(signed_in.id.to_string(), id);
+
+    // Deprovisioned: gone.
+    let (status, _) = scim(
+        portal,
+        &token,
+        Method::DELETE,
+        &format!("/Users/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = scim(portal, &token, Method::GET, &format!("/Users/{id}"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = portal
+        .call(Method::GET, &format!("/v1/actors/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // A new token replaces the old one.
+    let (_, newer) = provider_token(portal, &provider_id).await;
+    let (status, _) = scim(portal, &token, Method::GET, "/Users", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = scim(portal, &newer, Method::GET, "/Users", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let audit = portal
+        .get("/v1/audit-events?action=identity_provider.scim_token")
+        .await;
+    assert!(
+        !audit.to_string().contains(&newer),
+        "the token is never in the audit log"
+    );
+}
+
+async fn provider_token(portal: &Portal, provider_id: &str) -> (StatusCode, String) {
+    let (status, body) = portal
+        .call(
+            Method::POST,
+            &format!("/v1/identity-providers/{provider_id}/scim-token"),
+            None,
+        )
+        .await;
+    (
+        status,
+        body["data"]["token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    )
+}
+
+async fn a_directory_sees_and_touches_only_its_own_people(portal: &Portal) {
+    let (_, token) = provider(portal).await;
+    let (_, other_token) = provider(portal).await;
+    let sa = portal
+        .post(
+            "/v1/actors",
+            json!({"type": "service_account", "name": "ci", "token": {"name": "t"}}),
+        )
+        .await;
+    let sa_id = sa["data"]["id"].as_str().unwrap().to_string();
+    let admin = portal
+        .post(
+            "/v1/actors",
+            json!({"type": "admin", "name": "Local", "email": "local@example.com"}),
+        )
+        .await;
+    let admin_id = admin["data"]["id"].as_str().unwrap().to_string();
+    let (_, mine) = scim(
+        portal,
+        &token,
+        Method::POST,
+        "/Users",
+        Some(okta_user("mine@example.com")),
+    )
+    .await;
+    let (_, listed) = scim(portal, &token, Method::GET, "/Users", None).await;
+    assert_eq!(listed["totalResults"], 1, "{listed}");
+    assert_eq!(listed["Resources"][0]["id"], mine["id"]);
+    let (_, theirs) = scim(portal, &other_token, Method::GET, "/Users", None).await;
+    assert_eq!(
+        theirs["totalResults"], 0,
+        "another provider's directory sees none of them"
+    );
+    // A local admin's email cannot be taken over.
+    let (status, _) = scim(
+        portal,
+        &token,
+        Method::POST,
+        "/Users",
+        Some(okta_user("local@example.com")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let deactivate = json!({
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "replace", "path": "active", "value": false}],
+    });
+    for id in [&sa_id, &admin_id, mine["id"].as_str().unwrap()] {
+        let as_other = scim(
+            portal,
+            &other_token,
+            Method::PATCH,
+            &format!("/Users/{id}"),
+            Some(deactivate.clone()),
+        )
+        .await;
+        assert_eq!(as_other.0, StatusCode::NOT_FOUND, "{id}");
+    }
+    for id in [&sa_id, &admin_id] {
+        for method in [Method::GET, Method::DELETE] {
+            let (status, _) = scim(portal, &token, method, &format!("/Users/{id}"), None).await;
+            assert_eq!(status, StatusCode::NOT_FOUND);
+        }
+    }
+    let actor = portal.get(&format!("/v1/actors/{sa_id}")).await;
+    assert!(actor["data"]["disabled_at"].is_null());
+    let secret = sa["token"]["secret"].as_str().unwrap();
+    assert!(portal
+        .store
+        .authenticate(
+            secret,
+            postern_token::TokenKind::Client,
+            postern_store::TokenUse::default()
+        )
+        .await
+        .is_ok());
+}

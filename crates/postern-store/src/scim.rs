@@ -1,0 +1,268 @@
+//! Directory sync (SCIM 2.0) of people: a provider's directory creates, changes, deactivates
+//! and deletes the people it brought — never anyone else, never a service account.
+
+use chrono::Utc;
+use postern_domain::identity::IdentityProvider;
+use postern_domain::{validate, Acting, Actor, ActorType};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::actors::{actor_from_row, ActorPatch, NewActor};
+use crate::audit::{self, Entry};
+use crate::db::{self, opt_text, ts};
+use crate::{Result, Store, StoreError};
+
+/// The prefix of a SCIM token; the provider's id follows, then the secret.
+pub const SCIM_TOKEN_PREFIX: &str = "postern_scim_";
+
+/// A person as a directory describes them.
+#[derive(Debug, Clone, Default)]
+pub struct DirectoryPerson {
+    pub email: String,
+    pub name: Option<String>,
+    pub active: bool,
+}
+
+/// What a directory changes; `None` keeps a field.
+#[derive(Debug, Clone, Default)]
+pub struct DirectoryChange {
+    pub email: Option<String>,
+    pub name: Option<String>,
+    pub active: Option<bool>,
+}
+
+fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+impl Store {
+    /// Gives the provider a new SCIM token (the previous one stops working); returns it — the
+    /// only time it is seen. Audited as `identity_provider.scim_token`.
+    pub async fn create_scim_token(
+        &self,
+        account_id: Uuid,
+        provider_id: Uuid,
+        acting: &Acting,
+    ) -> Result<String> {
+        let provider = self.get_identity_provider(account_id, provider_id).await?;
+        let mut secret = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
+        let token = format!(
+            "{SCIM_TOKEN_PREFIX}{}_{}",
+            provider.id.simple(),
+            hex::encode(secret)
+        );
+        let now = Utc::now();
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE identity_providers SET scim_token_hash = $1, updated_at = $2 \
+             WHERE account_id = $3 AND id = $4",
+        )
+        .bind(token_hash(&token))
+        .bind(ts(now))
+        .bind(account_id.to_string())
+        .bind(provider_id.to_string())
+        .execute(&mut *tx.tx)
+        .await?;
+        audit::record(
+            &mut tx.tx,
+            Entry {
+                account_id: Some(account_id),
+                acting,
+                action: "identity_provider.scim_token",
+                object_type: "identity_provider",
+                object_id: Some(provider_id),
+                before: None,
+                after: Some(serde_json::json!({ "scim_token": "created" })),
+                now,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(token)
+    }
+
+    /// The provider a SCIM token belongs to, if it is that provider's current token (compared
+    /// as SHA-256 digests in constant time).
+    pub async fn provider_of_scim_token(&self, token: &str) -> Result<Option<IdentityProvider>> {
+        let Some(rest) = token.strip_prefix(SCIM_TOKEN_PREFIX) else {
+            return Ok(None);
+        };
+        let Some((id, _)) = rest.split_once('_') else {
+            return Ok(None);
+        };
+        let Ok(provider_id) = Uuid::parse_str(id) else {
+            return Ok(None);
+        };
+        let row = sqlx::query("SELECT * FROM identity_providers WHERE id = $1")
+            .bind(provider_id.to_string())
+            .fetch_optional(self.pool())
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let Some(stored) = opt_text(&row, "scim_token_hash")? else {
+            return Ok(None);
+        };
+        let presented = token_hash(token);
+        let same: bool =
+            subtle::ConstantTimeEq::ct_eq(presented.as_bytes(), stored.as_bytes()).into();
+        if !same {
+            return Ok(None);
+        }
+        Ok(Some(crate::identity_providers::provider_from_row(&row)?))
+    }
+
+    /// The people the provider brought, by id, optionally only the one with this email (a
+    /// directory's `userName eq`); a page of them and how many there are.
+    pub async fn directory_people(
+        &self,
+        provider: &IdentityProvider,
+        email: Option<&str>,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(i64, Vec<Actor>)> {
+        let email = email.map(|email| email.trim().to_ascii_lowercase());
+        let filter = if email.is_some() {
+            " AND email = $3"
+        } else {
+            ""
+        };
+        let count_sql = format!(
+            "SELECT COUNT(*) FROM actors WHERE account_id = $1 AND identity_provider_id = $2{filter}"
+        );
+        let mut count = sqlx::query_scalar::<_, i64>(&count_sql)
+            .bind(provider.account_id.to_string())
+            .bind(provider.id.to_string());
+        if let Some(email) = &email {
+            count = count.bind(email.clone());
+        }
+        let total = count.fetch_one(self.pool()).await?;
+        let page_sql = format!(
+            "SELECT * FROM actors WHERE account_id = $1 AND identity_provider_id = $2{filter} \
+             ORDER BY id LIMIT {} OFFSET {}",
+            limit.clamp(0, 1000),
+            offset.max(0)
+        );
+        let mut page = sqlx::query(&page_sql)
+            .bind(provider.account_id.to_string())
+            .bind(provider.id.to_string());
+        if let Some(email) = &email {
+            page = page.bind(email.clone());
+        }
+        let rows = page.fetch_all(self.pool()).await?;
+        let people = rows.iter().map(actor_from_row).collect::<Result<_>>()?;
+        Ok((total, people))
+    }
+
+    /// One person the provider brought.
+    pub async fn directory_person(&self, provider: &IdentityProvider, id: Uuid) -> Result<Actor> {
+        let row = sqlx::query(
+            "SELECT * FROM actors WHERE account_id = $1 AND identity_provider_id = $2 AND id = $3",
+        )
+        .bind(provider.account_id.to_string())
+        .bind(provider.id.to_string())
+        .bind(id.to_string())
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref()
+            .map(actor_from_row)
+            .transpose()?
+            .ok_or(StoreError::NotFound("user"))
+    }
+
+    /// A directory provisions a person: a user brought by this provider (they sign in through
+    /// it later, linked by email). An email already taken is a conflict.
+    pub async fn provision_person(
+        &self,
+        provider: &IdentityProvider,
+        person: DirectoryPerson,
+        acting: &Acting,
+    ) -> Result<Actor> {
+        let email = validate::email("userName", &person.email)?;
+        if self
+            .actor_by_email(provider.account_id, &email)
+            .await?
+            .is_some()
+        {
+            return Err(StoreError::Conflict(format!("{email} exists already")));
+        }
+        let (actor, _) = self
+            .create_actor(
+                provider.account_id,
+                NewActor {
+                    actor_type: ActorType::User,
+                    name: person.name.unwrap_or_else(|| email.clone()),
+                    email: Some(email),
+                    password_hash: None,
+                    group_ids: Vec::new(),
+                    token: None,
+                },
+                acting,
+            )
+            .await?;
+        sqlx::query(
+            "UPDATE actors SET identity_provider_id = $1 WHERE account_id = $2 AND id = $3",
+        )
+        .bind(provider.id.to_string())
+        .bind(provider.account_id.to_string())
+        .bind(actor.id.to_string())
+        .execute(self.pool())
+        .await?;
+        if person.active {
+            return Ok(actor);
+        }
+        self.change_person(
+            provider,
+            actor.id,
+            DirectoryChange {
+                active: Some(false),
+                ..DirectoryChange::default()
+            },
+            acting,
+        )
+        .await
+    }
+
+    /// A directory changes a person: their name, email, or whether they are active (a
+    /// deactivated person is disabled: their sessions end at once).
+    pub async fn change_person(
+        &self,
+        provider: &IdentityProvider,
+        id: Uuid,
+        change: DirectoryChange,
+        acting: &Acting,
+    ) -> Result<Actor> {
+        let before = self.directory_person(provider, id).await?;
+        if let Some(email) = &change.email {
+            let email = validate::email("userName", email)?;
+            if before.email.as_deref() != Some(email.as_str()) {
+                sqlx::query("UPDATE actors SET email = $1, updated_at = $2 WHERE account_id = $3 AND id = $4")
+                    .bind(email)
+                    .bind(ts(Utc::now()))
+                    .bind(provider.account_id.to_string())
+                    .bind(id.to_string())
+                    .execute(self.pool())
+                    .await
+                    .map_err(|err| db::unique_violation(err, || "the email exists already".into()))?;
+            }
+        }
+        let patch = ActorPatch {
+            name: change.name,
+            disabled: change.active.map(|active| !active),
+        };
+        self.update_actor(provider.account_id, id, patch, acting)
+            .await
+    }
+
+    /// A directory deletes a person (their sessions end).
+    pub async fn delete_person(
+        &self,
+        provider: &IdentityProvider,
+        id: Uuid,
+        acting: &Acting,
+    ) -> Result<()> {
+        self.directory_person(provider, id).await?;
+        self.delete_actor(provider.account_id, id, acting).await
+    }
+}
