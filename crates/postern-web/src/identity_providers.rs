@@ -19,6 +19,10 @@ pub fn routes() -> Router<WebState> {
     Router::new()
         .route("/settings/identity-providers", get(list).post(create))
         .route("/settings/identity-providers/{id}/delete", post(delete))
+        .route(
+            "/settings/identity-providers/{id}/scim-token",
+            post(scim_token),
+        )
 }
 
 #[derive(Default)]
@@ -84,6 +88,10 @@ async fn list_page(
                                 td data-label="Admin groups" { @if provider.admin_groups.is_empty() { span.muted { "None" } } @else { (provider.admin_groups.join(", ")) } }
                                 td data-label="Sessions" { (provider.session_lifetime_seconds / 3600) " h" }
                                 td.actions {
+                                    form method="post" action={ "/settings/identity-providers/" (provider.id) "/scim-token" } {
+                                        (ui::csrf(admin))
+                                        button.btn.btn-small type="submit" data-testid="scim-token" title="A token for directory sync (SCIM 2.0); replaces the previous one" { "SCIM token" }
+                                    }
                                     button.btn.btn-icon.btn-danger-ghost type="button" data-open=(dialog)
                                         aria-label={ "Delete " (provider.name) } title="Delete" data-testid="delete-identity-provider" { (ui::icon_trash()) }
                                     (ui::confirm_dialog(admin, &Confirm {
@@ -200,6 +208,64 @@ async fn create(
             list_page(&state, &admin, &form, &headers).await
         }
     }
+}
+
+/// A new SCIM token, shown in this answer only.
+async fn scim_token(
+    State(state): State<WebState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Post { admin, .. }: Post,
+) -> WebResult<Response> {
+    let id = form::parse_path_id(&id, "identity provider")?;
+    let provider = state
+        .store()
+        .get_identity_provider(admin.account_id(), id)
+        .await?;
+    let token = state
+        .store()
+        .create_scim_token(admin.account_id(), id, &admin.acting())
+        .await?;
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("portal.example.com");
+    let scheme = if state.config.secure_cookies {
+        "https"
+    } else {
+        "http"
+    };
+    let content = html! {
+        section.card.token-once data-testid="scim-token-once" {
+            div.alert.alert-warning role="alert" {
+                (ui::icon_warning())
+                div {
+                    strong { "Copy the token now. It will not be shown again." }
+                    p { "Any previous SCIM token of " (provider.name) " has stopped working." }
+                }
+            }
+            dl.facts {
+                div { dt { "SCIM base URL" } dd { code data-testid="scim-base-url" { (scheme) "://" (host) "/scim/v2" } } }
+                div { dt { "Unique identifier" } dd { code { "userName" } " (the email)" } }
+            }
+            label for="scim-token" { "Bearer token" }
+            div.secret-row {
+                input #scim-token.secret type="text" readonly value=(token)
+                    data-testid="scim-token-value" spellcheck="false" autocomplete="off";
+                button.btn.btn-primary type="button" data-copy="#scim-token" { (ui::icon_copy()) span { "Copy" } }
+            }
+            a.btn href="/settings/identity-providers" data-testid="scim-token-done" { "I have stored the token" }
+        }
+    };
+    let page = ui::page(
+        &admin,
+        Nav::Settings,
+        "SCIM token",
+        Some(("/settings/identity-providers", "Identity providers")),
+        html! {},
+        content,
+    );
+    Ok(([(axum::http::header::CACHE_CONTROL, "no-store")], page).into_response())
 }
 
 async fn delete(

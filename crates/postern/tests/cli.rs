@@ -492,6 +492,17 @@ fn service_account_round_trip() {
         "admins",
     ])
     .fails_with(&["admin_groups", "groups_claim"]);
+    let scim = cli(&[
+        "identity-providers",
+        "scim-token",
+        str_of(&providers[0], "id"),
+    ])
+    .ok();
+    assert!(
+        scim.last_line().starts_with("postern_scim_"),
+        "{}",
+        scim.stdout
+    );
     let deleted = cli(&["identity-providers", "delete", str_of(&providers[0], "id")]).ok();
     assert!(deleted.stdout.contains("Deleted identity provider"));
 
@@ -1020,6 +1031,7 @@ fn every_command_has_help_with_an_example() {
         &["identity-providers", "create"],
         &["identity-providers", "list"],
         &["identity-providers", "delete"],
+        &["identity-providers", "scim-token"],
         &["groups", "add-member"],
         &["sites", "gateway-tokens", "create"],
         &["resources", "create"],

@@ -789,13 +789,26 @@ test("people sign in through an OpenID provider: a user lands on their page, an 
     assert.ok(admins.data.some((actor) => actor.email === "grace@example.com"), "provisioned as an admin");
     await person.close();
 
-    // Deleting the provider leaves people and service accounts be.
-    const before = await api(`/v1/actors/${state.actorId}/tokens`);
+    // A SCIM token for the directory, shown once: it sees the two people the provider brought.
     await page.goto(`${base}/settings/identity-providers`);
     const row = page.locator("[data-testid=identity-provider-row][data-name='Acme SSO']");
+    await row.locator("[data-testid=scim-token]").click();
+    const scimToken = await page.inputValue("[data-testid=scim-token-value]");
+    assert.match(scimToken, /^postern_scim_/);
+    assert.equal(await page.textContent("[data-testid=scim-base-url]"), `${base}/scim/v2`);
+    const directory = await fetch(`${base}/scim/v2/Users`, { headers: { Authorization: `Bearer ${scimToken}` } });
+    assert.equal(directory.status, 200);
+    const people = await directory.json();
+    assert.deepEqual(people.Resources.map((user) => user.userName).sort(), ["grace@example.com", "linus@example.com"]);
+    await page.click("[data-testid=scim-token-done]");
+
+    // Deleting the provider leaves people and service accounts be.
+    const before = await api(`/v1/actors/${state.actorId}/tokens`);
     await row.locator("[data-testid=delete-identity-provider]").click();
     await row.locator("dialog [data-testid=confirm-delete-identity-provider]").click();
     await page.waitForSelector("[data-testid=identity-providers-table]", { state: "detached" });
+    const revoked = await fetch(`${base}/scim/v2/Users`, { headers: { Authorization: `Bearer ${scimToken}` } });
+    assert.equal(revoked.status, 401, "the provider's SCIM token is gone with it");
     const after = await api(`/v1/actors/${state.actorId}/tokens`);
     assert.deepEqual(after.data.map((t) => [t.id, t.revoked_at]), before.data.map((t) => [t.id, t.revoked_at]));
     assert.ok((await api("/v1/actors?type=user")).data.some((actor) => actor.email === "linus@example.com"));

@@ -61,6 +61,17 @@ enum Command {
     /// List the account's identity providers
     #[command(after_help = "Example:\n  postern identity-providers list")]
     List,
+    /// A SCIM token for the provider's directory to provision people with (SCIM 2.0 at
+    /// <portal URL>/scim/v2); printed last, once; the previous one stops working
+    #[command(
+        after_help = "Example:\n  postern identity-providers scim-token <PROVIDER_ID> | tail -1\n\n\
+        In Okta: the app's Provisioning tab, SCIM connector base URL https://portal.example.com/scim/v2,\n\
+        unique identifier userName, HTTP Header authentication with this token."
+    )]
+    ScimToken {
+        /// Id of the provider (postern identity-providers list)
+        provider_id: Uuid,
+    },
     /// Delete a provider: nobody signs in through it any more and the web sessions it opened
     /// end; people and service accounts stay
     #[command(after_help = "Example:\n  postern identity-providers delete <PROVIDER_ID>")]
@@ -130,6 +141,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 ]);
             }
             table.print()
+        }
+        Command::ScimToken { provider_id } => {
+            let created = client
+                .post(
+                    &format!("/v1/identity-providers/{provider_id}/scim-token"),
+                    &json!({}),
+                )
+                .await?;
+            if client.json {
+                return output::print_json(&created);
+            }
+            eprintln!(
+                "SCIM base URL: <portal URL>{}; the token (shown once) follows.",
+                created["base_path"].as_str().unwrap_or("/scim/v2")
+            );
+            let Some(token) = created["token"].as_str() else {
+                anyhow::bail!("the portal created no token");
+            };
+            output::print_secret(token)
         }
         Command::Delete { provider_id } => {
             client
