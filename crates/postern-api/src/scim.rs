@@ -1,7 +1,8 @@
-//! SCIM 2.0 (RFC 7643/7644) for people: `/scim/v2/Users` with an identity provider's SCIM
-//! bearer token, so a directory (Okta, Entra ID, …) provisions, changes, deactivates and
-//! deletes the people it brings. It sees and changes only those people — never local admins,
-//! other providers' people or service accounts. Filters: `userName eq "…"`.
+//! SCIM 2.0 (RFC 7643/7644) for people: `/scim/v2/Users` and `/scim/v2/Groups` with an
+//! identity provider's SCIM bearer token, so a directory (Okta, Entra ID, …) provisions,
+//! changes, deactivates and deletes the people it brings and the groups they are in. It sees
+//! and changes only those — never local admins, other providers' people, groups made in the
+//! portal or service accounts. Filters: `userName eq "…"`, `displayName eq "…"`.
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -12,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use postern_domain::identity::IdentityProvider;
-use postern_domain::{Acting, Actor};
-use postern_store::{DirectoryChange, DirectoryPerson, StoreError};
+use postern_domain::{Acting, Actor, Group, Membership};
+use postern_store::{DirectoryChange, DirectoryGroupChange, DirectoryPerson, StoreError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -22,6 +23,7 @@ use crate::client_addr::source_ip;
 use crate::AppState;
 
 const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
+const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
 const LIST_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
 const ERROR_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
 const PATCH_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
@@ -42,6 +44,14 @@ pub(crate) fn routes() -> Router<AppState> {
                 .put(replace_user)
                 .patch(patch_user)
                 .delete(delete_user),
+        )
+        .route("/scim/v2/Groups", get(list_groups).post(create_group))
+        .route(
+            "/scim/v2/Groups/{id}",
+            get(get_group)
+                .put(replace_group)
+                .patch(patch_group)
+                .delete(delete_group),
         )
 }
 
@@ -197,11 +207,16 @@ struct ListQuery {
 
 /// `userName eq "value"` (the attribute name and operator in any case).
 fn user_name_filter(filter: &str) -> Result<String, ScimError> {
+    eq_filter(filter, "userName")
+}
+
+/// `ATTRIBUTE eq "value"`, the one filter directories send to find a resource.
+fn eq_filter(filter: &str, wanted: &str) -> Result<String, ScimError> {
     let invalid = || {
         ScimError::new(
             StatusCode::BAD_REQUEST,
             Some("invalidFilter"),
-            format!("only userName eq \"…\" is supported, not: {filter}"),
+            format!("only {wanted} eq \"…\" is supported, not: {filter}"),
         )
     };
     let mut parts = filter.trim().splitn(3, ' ');
@@ -209,7 +224,7 @@ fn user_name_filter(filter: &str) -> Result<String, ScimError> {
     else {
         return Err(invalid());
     };
-    if !attribute.eq_ignore_ascii_case("userName") || !op.eq_ignore_ascii_case("eq") {
+    if !attribute.eq_ignore_ascii_case(wanted) || !op.eq_ignore_ascii_case("eq") {
         return Err(invalid());
     }
     let value = value
@@ -404,16 +419,7 @@ async fn patch_user(
 ) -> Result<Response, ScimError> {
     let (provider, acting) = directory(&state, &parts).await?;
     let patch = parse_body(&body)?;
-    let schemas_ok = patch["schemas"]
-        .as_array()
-        .is_some_and(|schemas| schemas.iter().any(|schema| schema == PATCH_SCHEMA));
-    let Some(operations) = patch["Operations"].as_array().filter(|_| schemas_ok) else {
-        return Err(ScimError::new(
-            StatusCode::BAD_REQUEST,
-            Some("invalidSyntax"),
-            format!("a PATCH body is a {PATCH_SCHEMA} with Operations"),
-        ));
-    };
+    let operations = patch_operations(&patch)?;
     let mut change = DirectoryChange::default();
     for operation in operations {
         let op = operation["op"]
@@ -452,6 +458,260 @@ async fn delete_user(
         .delete_person(&provider, user_id(&id)?, &acting)
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+fn group_resource(group: &Group, members: &[Membership]) -> Value {
+    let members: Vec<Value> = members
+        .iter()
+        .map(|member| {
+            json!({
+                "value": member.actor_id,
+                "display": member.actor_name,
+                "$ref": format!("/scim/v2/Users/{}", member.actor_id),
+            })
+        })
+        .collect();
+    json!({
+        "schemas": [GROUP_SCHEMA],
+        "id": group.id,
+        "displayName": group.name,
+        "members": members,
+        "meta": {
+            "resourceType": "Group",
+            "created": group.created_at,
+            "lastModified": group.updated_at,
+            "location": format!("/scim/v2/Groups/{}", group.id),
+        },
+    })
+}
+
+/// The user ids of a `members` value: `[{"value": id}, …]`.
+fn member_ids(value: &Value) -> Result<Vec<Uuid>, ScimError> {
+    let items: Vec<&Value> = match value {
+        Value::Array(items) => items.iter().collect(),
+        Value::Object(_) => vec![value],
+        Value::Null => Vec::new(),
+        _ => {
+            return Err(ScimError::new(
+                StatusCode::BAD_REQUEST,
+                Some("invalidValue"),
+                "members is a list of {\"value\": user id}",
+            ))
+        }
+    };
+    items
+        .into_iter()
+        .map(|item| {
+            item["value"]
+                .as_str()
+                .and_then(|id| Uuid::parse_str(id).ok())
+                .ok_or_else(|| {
+                    ScimError::new(
+                        StatusCode::BAD_REQUEST,
+                        Some("invalidValue"),
+                        format!("{item} is not a member reference"),
+                    )
+                })
+        })
+        .collect()
+}
+
+async fn list_groups(
+    State(state): State<AppState>,
+    parts: Parts,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ScimError> {
+    let (provider, _) = directory(&state, &parts).await?;
+    let name = query
+        .filter
+        .as_deref()
+        .map(|filter| eq_filter(filter, "displayName"))
+        .transpose()?;
+    let start = query.start_index.unwrap_or(1).max(1);
+    let count = query.count.unwrap_or(MAX_PAGE).clamp(0, MAX_PAGE);
+    let (total, groups) = state
+        .store
+        .directory_groups(&provider, name.as_deref(), start - 1, count)
+        .await?;
+    let mut resources = Vec::new();
+    for group in &groups {
+        let (_, members) = state.store.directory_group(&provider, group.id).await?;
+        resources.push(group_resource(group, &members));
+    }
+    Ok(scim_json(
+        StatusCode::OK,
+        json!({
+            "schemas": [LIST_SCHEMA],
+            "totalResults": total,
+            "startIndex": start,
+            "itemsPerPage": resources.len(),
+            "Resources": resources,
+        }),
+    ))
+}
+
+fn group_name(group: &Value) -> Result<String, ScimError> {
+    group["displayName"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| {
+            ScimError::new(
+                StatusCode::BAD_REQUEST,
+                Some("invalidValue"),
+                "displayName is required",
+            )
+        })
+}
+
+async fn create_group(
+    State(state): State<AppState>,
+    parts: Parts,
+    body: Bytes,
+) -> Result<Response, ScimError> {
+    let (provider, acting) = directory(&state, &parts).await?;
+    let group = parse_body(&body)?;
+    let name = group_name(&group)?;
+    let members = member_ids(&group["members"])?;
+    let (group, members) = state
+        .store
+        .provision_group(&provider, &name, members, &acting)
+        .await?;
+    Ok(scim_json(
+        StatusCode::CREATED,
+        group_resource(&group, &members),
+    ))
+}
+
+fn group_id(id: &str) -> Result<Uuid, ScimError> {
+    Uuid::parse_str(id).map_err(|_| ScimError::new(StatusCode::NOT_FOUND, None, "no such group"))
+}
+
+async fn get_group(
+    State(state): State<AppState>,
+    parts: Parts,
+    Path(id): Path<String>,
+) -> Result<Response, ScimError> {
+    let (provider, _) = directory(&state, &parts).await?;
+    let (group, members) = state
+        .store
+        .directory_group(&provider, group_id(&id)?)
+        .await?;
+    Ok(scim_json(StatusCode::OK, group_resource(&group, &members)))
+}
+
+async fn replace_group(
+    State(state): State<AppState>,
+    parts: Parts,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ScimError> {
+    let (provider, acting) = directory(&state, &parts).await?;
+    let group = parse_body(&body)?;
+    let change = DirectoryGroupChange {
+        name: Some(group_name(&group)?),
+        members: Some(member_ids(&group["members"])?),
+        ..DirectoryGroupChange::default()
+    };
+    let (group, members) = state
+        .store
+        .change_directory_group(&provider, group_id(&id)?, change, &acting)
+        .await?;
+    Ok(scim_json(StatusCode::OK, group_resource(&group, &members)))
+}
+
+/// `members[value eq "ID"]`: the member a `remove` names in its path.
+fn member_in_path(path: &str) -> Option<Uuid> {
+    let inner = path.strip_prefix("members[")?.strip_suffix(']')?;
+    eq_filter(inner, "value")
+        .ok()
+        .and_then(|id| Uuid::parse_str(&id).ok())
+}
+
+async fn patch_group(
+    State(state): State<AppState>,
+    parts: Parts,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ScimError> {
+    let (provider, acting) = directory(&state, &parts).await?;
+    let patch = parse_body(&body)?;
+    let operations = patch_operations(&patch)?;
+    let mut change = DirectoryGroupChange::default();
+    for operation in operations {
+        let op = operation["op"]
+            .as_str()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let path = operation["path"].as_str().unwrap_or_default();
+        let value = &operation["value"];
+        match (op.as_str(), path.to_ascii_lowercase().as_str()) {
+            ("add", "members") => change.add.extend(member_ids(value)?),
+            ("remove", "members") => change.remove.extend(member_ids(value)?),
+            ("remove", lower) if lower.starts_with("members[") => {
+                let member = member_in_path(path).ok_or_else(|| {
+                    ScimError::new(
+                        StatusCode::BAD_REQUEST,
+                        Some("invalidPath"),
+                        format!("cannot read the member in {path}"),
+                    )
+                })?;
+                change.remove.push(member);
+            }
+            ("replace", "members") => change.members = Some(member_ids(value)?),
+            ("replace", "displayname") => change.name = value.as_str().map(str::to_string),
+            ("replace", "") => {
+                if let Some(name) = value["displayName"].as_str() {
+                    change.name = Some(name.to_string());
+                }
+                if value.get("members").is_some() {
+                    change.members = Some(member_ids(&value["members"])?);
+                }
+            }
+            ("add" | "replace" | "remove", _) => {}
+            (other, _) => {
+                return Err(ScimError::new(
+                    StatusCode::BAD_REQUEST,
+                    Some("invalidSyntax"),
+                    format!("unknown PATCH op '{other}'"),
+                ))
+            }
+        }
+    }
+    let (group, members) = state
+        .store
+        .change_directory_group(&provider, group_id(&id)?, change, &acting)
+        .await?;
+    Ok(scim_json(StatusCode::OK, group_resource(&group, &members)))
+}
+
+async fn delete_group(
+    State(state): State<AppState>,
+    parts: Parts,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ScimError> {
+    let (provider, acting) = directory(&state, &parts).await?;
+    state
+        .store
+        .delete_directory_group(&provider, group_id(&id)?, &acting)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The operations of a PATCH body (`PatchOp` with `Operations`).
+fn patch_operations(patch: &Value) -> Result<&Vec<Value>, ScimError> {
+    let schemas_ok = patch["schemas"]
+        .as_array()
+        .is_some_and(|schemas| schemas.iter().any(|schema| schema == PATCH_SCHEMA));
+    patch["Operations"]
+        .as_array()
+        .filter(|_| schemas_ok)
+        .ok_or_else(|| {
+            ScimError::new(
+                StatusCode::BAD_REQUEST,
+                Some("invalidSyntax"),
+                format!("a PATCH body is a {PATCH_SCHEMA} with Operations"),
+            )
+        })
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 on_both_backends!(
     a_directory_provisions_and_deprovisions_its_people,
     a_directory_sees_and_touches_only_its_own_people,
+    a_directory_syncs_its_groups_which_stay_read_only_here,
 );
 
 async fn provider(portal: &Portal) -> (String, String) {
@@ -334,4 +335,164 @@ async fn a_directory_sees_and_touches_only_its_own_people(portal: &Portal) {
         )
         .await
         .is_ok());
+}
+
+fn patch(operations: Value) -> Value {
+    json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": operations})
+}
+
+async fn a_directory_syncs_its_groups_which_stay_read_only_here(portal: &Portal) {
+    let (_, token) = provider(portal).await;
+    let (_, other_token) = provider(portal).await;
+    let mut people = Vec::new();
+    for email in ["ada@example.com", "bob@example.com", "cy@example.com"] {
+        let (_, user) = scim(
+            portal,
+            &token,
+            Method::POST,
+            "/Users",
+            Some(okta_user(email)),
+        )
+        .await;
+        people.push(user["id"].as_str().unwrap().to_string());
+    }
+    let sa = portal
+        .post(
+            "/v1/actors",
+            json!({"type": "service_account", "name": "ci"}),
+        )
+        .await;
+    let sa_id = sa["data"]["id"].as_str().unwrap().to_string();
+
+    // Okta pushes a group with two members.
+    let (status, group) = scim(
+        portal,
+        &token,
+        Method::POST,
+        "/Groups",
+        Some(json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+            "displayName": "engineering",
+            "members": [{"value": people[0]}, {"value": people[1]}],
+        })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{group}");
+    let id = group["id"].as_str().unwrap().to_string();
+    assert_eq!(group["members"].as_array().unwrap().len(), 2);
+    let listed = portal.get(&format!("/v1/groups/{id}")).await;
+    assert_eq!(listed["data"]["kind"], "directory");
+    let (_, found) = scim(
+        portal,
+        &token,
+        Method::GET,
+        "/Groups?filter=displayName%20eq%20%22engineering%22",
+        None,
+    )
+    .await;
+    assert_eq!(found["totalResults"], 1);
+    let (_, none) = scim(portal, &other_token, Method::GET, "/Groups", None).await;
+    assert_eq!(none["totalResults"], 0, "another directory sees none of it");
+
+    // Members added and removed as Okta and Entra ID do, then renamed.
+    let (status, changed) = scim(
+        portal,
+        &token,
+        Method::PATCH,
+        &format!("/Groups/{id}"),
+        Some(patch(json!([
+            {"op": "add", "path": "members", "value": [{"value": people[2]}]},
+            {"op": "remove", "path": format!("members[value eq \"{}\"]", people[0])},
+        ]))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    let mut members: Vec<String> = changed["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["value"].as_str().unwrap().to_string())
+        .collect();
+    members.sort();
+    let mut expected = vec![people[1].clone(), people[2].clone()];
+    expected.sort();
+    assert_eq!(members, expected);
+    let (_, changed) = scim(
+        portal,
+        &token,
+        Method::PATCH,
+        &format!("/Groups/{id}"),
+        Some(patch(json!([
+            {"op": "Remove", "path": "members", "value": [{"value": people[1]}]},
+            {"op": "Replace", "path": "displayName", "value": "platform"},
+        ]))),
+    )
+    .await;
+    assert_eq!(changed["displayName"], "platform");
+    assert_eq!(changed["members"].as_array().unwrap().len(), 1);
+
+    // A service account is never a member of a synced group, through SCIM or the API; the
+    // group is not renamed, deleted or changed by hand either.
+    let (status, refused) = scim(
+        portal,
+        &token,
+        Method::PATCH,
+        &format!("/Groups/{id}"),
+        Some(patch(
+            json!([{"op": "add", "path": "members", "value": [{"value": sa_id}]}]),
+        )),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    let (status, problem) = portal
+        .call(
+            Method::PATCH,
+            &format!("/v1/groups/{id}/memberships"),
+            Some(json!({"add": [sa_id]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert!(problem["detail"]
+        .as_str()
+        .unwrap()
+        .contains("synced from a directory"));
+    let (status, _) = portal
+        .call(
+            Method::PATCH,
+            &format!("/v1/groups/{id}"),
+            Some(json!({"name": "mine"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, _) = portal
+        .call(Method::DELETE, &format!("/v1/groups/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    // Nor does a directory reach a group made here.
+    let manual = portal.post("/v1/groups", json!({"name": "ops"})).await;
+    let manual_id = manual["data"]["id"].as_str().unwrap();
+    let (status, _) = scim(
+        portal,
+        &token,
+        Method::DELETE,
+        &format!("/Groups/{manual_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Deleted by the directory.
+    let (status, _) = scim(
+        portal,
+        &token,
+        Method::DELETE,
+        &format!("/Groups/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = portal
+        .call(Method::GET, &format!("/v1/groups/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

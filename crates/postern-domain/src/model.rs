@@ -157,6 +157,9 @@ pub enum GroupKind {
     Static,
     /// The built-in `Everyone` group: every user and admin, managed by the portal.
     Everyone,
+    /// Synced from an identity provider's directory (SCIM): its name and members change there;
+    /// it holds that directory's people only, never a service account.
+    Directory,
 }
 
 impl GroupKind {
@@ -164,6 +167,7 @@ impl GroupKind {
         match self {
             GroupKind::Static => "static",
             GroupKind::Everyone => "everyone",
+            GroupKind::Directory => "directory",
         }
     }
 
@@ -171,6 +175,7 @@ impl GroupKind {
         match s {
             "static" => Some(GroupKind::Static),
             "everyone" => Some(GroupKind::Everyone),
+            "directory" => Some(GroupKind::Directory),
             _ => None,
         }
     }

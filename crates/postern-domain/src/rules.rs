@@ -123,13 +123,17 @@ pub fn check_token_holder(actor: &Actor) -> Result<postern_token::TokenKind, Val
 /// Manual membership changes: never on the portal-managed `Everyone` group, and an actor can be
 /// added only once it exists in the same account (the caller resolves ids within the account).
 pub fn check_membership_change(group_kind: GroupKind) -> Result<(), ValidationError> {
-    if group_kind == GroupKind::Everyone {
-        return Err(ValidationError::new(
+    match group_kind {
+        GroupKind::Everyone => Err(ValidationError::new(
             "group_id",
             "the Everyone group is managed by the portal: every user and admin is a member, service accounts never are",
-        ));
+        )),
+        GroupKind::Directory => Err(ValidationError::new(
+            "group_id",
+            "the group is synced from a directory: its members change there (service accounts go in groups made here)",
+        )),
+        GroupKind::Static => Ok(()),
     }
-    Ok(())
 }
 
 /// Groups that a new actor joins automatically.

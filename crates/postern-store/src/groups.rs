@@ -29,26 +29,42 @@ impl Store {
         name: &str,
         acting: &Acting,
     ) -> Result<Group> {
+        self.insert_group(account_id, name, None, acting).await
+    }
+
+    /// A group made here, or (`directory`: an identity provider's id) synced from a directory.
+    pub(crate) async fn insert_group(
+        &self,
+        account_id: Uuid,
+        name: &str,
+        directory: Option<Uuid>,
+        acting: &Acting,
+    ) -> Result<Group> {
         let name = validate::name("name", name)?;
         let now = Utc::now();
         let group = Group {
             id: new_id(),
             account_id,
             name,
-            kind: GroupKind::Static,
+            kind: if directory.is_some() {
+                GroupKind::Directory
+            } else {
+                GroupKind::Static
+            },
             member_count: 0,
             created_at: now,
             updated_at: now,
         };
         let mut tx = self.begin_write().await?;
         sqlx::query(
-            "INSERT INTO actor_groups (id, account_id, name, kind, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO actor_groups (id, account_id, name, kind, identity_provider_id, \
+             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(group.id.to_string())
         .bind(account_id.to_string())
         .bind(group.name.clone())
         .bind(group.kind.as_str())
+        .bind(directory.map(|id| id.to_string()))
         .bind(ts(now))
         .bind(ts(now))
         .execute(&mut *tx.tx)
@@ -120,11 +136,24 @@ impl Store {
         acting: &Acting,
     ) -> Result<Group> {
         let before = self.get_group(account_id, group_id).await?;
-        if before.kind == GroupKind::Everyone {
-            return Err(
-                ValidationError::new("name", "the Everyone group cannot be renamed").into(),
-            );
+        match before.kind {
+            GroupKind::Everyone => {
+                Err(ValidationError::new("name", "the Everyone group cannot be renamed").into())
+            }
+            GroupKind::Directory => Err(StoreError::Conflict(
+                "the group is synced from a directory: rename it there".into(),
+            )),
+            GroupKind::Static => self.write_group_name(before, name, acting).await,
         }
+    }
+
+    pub(crate) async fn write_group_name(
+        &self,
+        before: Group,
+        name: &str,
+        acting: &Acting,
+    ) -> Result<Group> {
+        let (account_id, group_id) = (before.account_id, before.id);
         let mut after = before.clone();
         after.name = validate::name("name", name)?;
         let now = Utc::now();
@@ -173,11 +202,20 @@ impl Store {
         acting: &Acting,
     ) -> Result<()> {
         let before = self.get_group(account_id, group_id).await?;
-        if before.kind == GroupKind::Everyone {
-            return Err(StoreError::Conflict(
+        match before.kind {
+            GroupKind::Everyone => Err(StoreError::Conflict(
                 "the Everyone group is managed by the portal and cannot be deleted".to_string(),
-            ));
+            )),
+            GroupKind::Directory => Err(StoreError::Conflict(
+                "the group is synced from a directory: delete it there".into(),
+            )),
+            GroupKind::Static => self.remove_group(before, acting).await,
         }
+    }
+
+    /// Deletes a group with its memberships and the policies that grant it access.
+    pub(crate) async fn remove_group(&self, before: Group, acting: &Acting) -> Result<()> {
+        let (account_id, group_id) = (before.account_id, before.id);
         let now = Utc::now();
         let mut tx = self.begin_write().await?;
         let policy_ids =
@@ -259,6 +297,18 @@ impl Store {
     ) -> Result<Vec<Membership>> {
         let group = self.get_group(account_id, group_id).await?;
         rules::check_membership_change(group.kind)?;
+        self.write_memberships(account_id, group_id, change, acting)
+            .await
+    }
+
+    /// Adds and removes members (the caller checked who may).
+    pub(crate) async fn write_memberships(
+        &self,
+        account_id: Uuid,
+        group_id: Uuid,
+        change: MembershipChange,
+        acting: &Acting,
+    ) -> Result<Vec<Membership>> {
         for (field, ids) in [("add", &change.add), ("remove", &change.remove)] {
             for actor_id in ids {
                 crate::db::referenced(self.get_actor(account_id, *actor_id).await, field, || {
@@ -392,7 +442,7 @@ fn name_taken(err: sqlx::Error, name: &str) -> StoreError {
     db::unique_violation(err, || format!("a group named '{name}' exists already"))
 }
 
-fn group_from_row(row: &AnyRow) -> Result<Group> {
+pub(crate) fn group_from_row(row: &AnyRow) -> Result<Group> {
     let kind_text = text(row, "kind")?;
     Ok(Group {
         id: db::uuid(row, "id")?,

@@ -3,14 +3,15 @@
 
 use chrono::Utc;
 use postern_domain::identity::IdentityProvider;
-use postern_domain::{validate, Acting, Actor, ActorType};
+use postern_domain::{validate, Acting, Actor, ActorType, Group, Membership, ValidationError};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::actors::{actor_from_row, ActorPatch, NewActor};
 use crate::audit::{self, Entry};
 use crate::db::{self, opt_text, ts};
-use crate::{Result, Store, StoreError};
+use crate::groups::MembershipChange;
+use crate::{Page, Result, Store, StoreError};
 
 /// The prefix of a SCIM token; the provider's id follows, then the secret.
 pub const SCIM_TOKEN_PREFIX: &str = "postern_scim_";
@@ -264,5 +265,185 @@ impl Store {
     ) -> Result<()> {
         self.directory_person(provider, id).await?;
         self.delete_actor(provider.account_id, id, acting).await
+    }
+}
+
+/// What a directory changes of a group; `None` keeps it.
+#[derive(Debug, Clone, Default)]
+pub struct DirectoryGroupChange {
+    pub name: Option<String>,
+    pub add: Vec<Uuid>,
+    pub remove: Vec<Uuid>,
+    /// The whole member list (a `PUT`, or a `replace` of `members`).
+    pub members: Option<Vec<Uuid>>,
+}
+
+impl Store {
+    /// The groups the provider's directory synced, optionally only the one with this name; a
+    /// page of them and how many there are.
+    pub async fn directory_groups(
+        &self,
+        provider: &IdentityProvider,
+        name: Option<&str>,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(i64, Vec<Group>)> {
+        let filter = if name.is_some() {
+            " AND g.name = $3"
+        } else {
+            ""
+        };
+        let count_sql = format!(
+            "SELECT COUNT(*) FROM actor_groups g WHERE g.account_id = $1 \
+             AND g.identity_provider_id = $2{filter}"
+        );
+        let mut count = sqlx::query_scalar::<_, i64>(&count_sql)
+            .bind(provider.account_id.to_string())
+            .bind(provider.id.to_string());
+        if let Some(name) = name {
+            count = count.bind(name.to_string());
+        }
+        let total = count.fetch_one(self.pool()).await?;
+        let page_sql = format!(
+            "SELECT g.*, (SELECT COUNT(*) FROM memberships m WHERE m.group_id = g.id) \
+             AS member_count FROM actor_groups g WHERE g.account_id = $1 \
+             AND g.identity_provider_id = $2{filter} ORDER BY g.id LIMIT {} OFFSET {}",
+            limit.clamp(0, 1000),
+            offset.max(0)
+        );
+        let mut page = sqlx::query(&page_sql)
+            .bind(provider.account_id.to_string())
+            .bind(provider.id.to_string());
+        if let Some(name) = name {
+            page = page.bind(name.to_string());
+        }
+        let rows = page.fetch_all(self.pool()).await?;
+        let groups = rows
+            .iter()
+            .map(crate::groups::group_from_row)
+            .collect::<Result<_>>()?;
+        Ok((total, groups))
+    }
+
+    /// One group the provider's directory synced, with its members.
+    pub async fn directory_group(
+        &self,
+        provider: &IdentityProvider,
+        id: Uuid,
+    ) -> Result<(Group, Vec<Membership>)> {
+        let owner: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT identity_provider_id FROM actor_groups WHERE account_id = $1 AND id = $2",
+        )
+        .bind(provider.account_id.to_string())
+        .bind(id.to_string())
+        .fetch_optional(self.pool())
+        .await?;
+        if owner.flatten().as_deref() != Some(provider.id.to_string().as_str()) {
+            return Err(StoreError::NotFound("group"));
+        }
+        let group = self.get_group(provider.account_id, id).await?;
+        let members = self
+            .list_memberships(
+                provider.account_id,
+                id,
+                Page {
+                    limit: 10_000,
+                    cursor: None,
+                },
+            )
+            .await?
+            .items;
+        Ok((group, members))
+    }
+
+    /// Every member must be a person of this directory.
+    async fn check_directory_members(
+        &self,
+        provider: &IdentityProvider,
+        ids: &[Uuid],
+    ) -> Result<()> {
+        for id in ids {
+            if self.directory_person(provider, *id).await.is_err() {
+                return Err(StoreError::Validation(ValidationError::new(
+                    "members",
+                    format!("{id} is not a person of this directory"),
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A directory syncs a group: kind `directory`, its members people of that directory.
+    pub async fn provision_group(
+        &self,
+        provider: &IdentityProvider,
+        name: &str,
+        members: Vec<Uuid>,
+        acting: &Acting,
+    ) -> Result<(Group, Vec<Membership>)> {
+        self.check_directory_members(provider, &members).await?;
+        let group = self
+            .insert_group(provider.account_id, name, Some(provider.id), acting)
+            .await?;
+        if !members.is_empty() {
+            self.write_memberships(
+                provider.account_id,
+                group.id,
+                MembershipChange {
+                    add: members,
+                    remove: Vec::new(),
+                },
+                acting,
+            )
+            .await?;
+        }
+        self.directory_group(provider, group.id).await
+    }
+
+    /// A directory renames a group or changes its members.
+    pub async fn change_directory_group(
+        &self,
+        provider: &IdentityProvider,
+        id: Uuid,
+        change: DirectoryGroupChange,
+        acting: &Acting,
+    ) -> Result<(Group, Vec<Membership>)> {
+        let (group, current) = self.directory_group(provider, id).await?;
+        let mut add = change.add;
+        let mut remove = change.remove;
+        if let Some(members) = change.members {
+            remove.extend(
+                current
+                    .iter()
+                    .map(|membership| membership.actor_id)
+                    .filter(|actor| !members.contains(actor)),
+            );
+            add.extend(members);
+        }
+        self.check_directory_members(provider, &add).await?;
+        if let Some(name) = change.name.filter(|name| *name != group.name) {
+            self.write_group_name(group, &name, acting).await?;
+        }
+        if !add.is_empty() || !remove.is_empty() {
+            self.write_memberships(
+                provider.account_id,
+                id,
+                MembershipChange { add, remove },
+                acting,
+            )
+            .await?;
+        }
+        self.directory_group(provider, id).await
+    }
+
+    /// A directory deletes a group (with the policies that grant it access).
+    pub async fn delete_directory_group(
+        &self,
+        provider: &IdentityProvider,
+        id: Uuid,
+        acting: &Acting,
+    ) -> Result<()> {
+        let (group, _) = self.directory_group(provider, id).await?;
+        self.remove_group(group, acting).await
     }
 }

@@ -56,8 +56,11 @@ async fn list_page(
                         tr data-testid="group-row" data-name=(group.name) {
                             td data-label="Name" { a.strong href={ "/groups/" (group.id) } { (group.name) } }
                             td data-label="Kind" {
-                                @if group.kind == GroupKind::Everyone { (ui::badge("neutral", "Built-in")) }
-                                @else { (ui::badge("neutral", "Static")) }
+                                @match group.kind {
+                                    GroupKind::Everyone => (ui::badge("neutral", "Built-in")),
+                                    GroupKind::Directory => span title="Synced from a directory (SCIM): read-only here" { (ui::badge("neutral", "Directory")) },
+                                    GroupKind::Static => (ui::badge("neutral", "Static")),
+                                }
                             }
                             td data-label="Members" { (group.member_count) }
                             td data-label="Created" { (ui::time(group.created_at)) }
@@ -145,6 +148,8 @@ async fn detail_page(
                 (ui::input_field("name", "Name", name, errors, "text", true, None, None))
                 button.btn type="submit" data-testid="rename-group" { "Rename" }
             }
+        } @else if group.kind == GroupKind::Directory {
+            div.alert.alert-info data-testid="directory-group" { "This group is synced from your directory (SCIM): its name and members change there. Policies may grant it access; service accounts go in groups made here." }
         } @else {
             div.alert.alert-info { "Everyone is managed by the portal: every user and admin belongs to it, and machines never do." }
         }
