@@ -33,9 +33,9 @@ async fn revocation_on_one_node_reaches_the_others_cache() {
         .await;
     assert!(status.is_success());
 
-    // Well inside the cache's 10 s lifetime, B must refuse the token: only the notification
-    // from node A can have told it.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // Inside the cache's 10 s lifetime, B must refuse the token: only the notification from
+    // node A can have told it. (A bound for a loaded machine, not a timing figure.)
+    let deadline = Instant::now() + Duration::from_secs(8);
     loop {
         match node_b
             .verify_token(&secret, TokenKind::Client, Utc::now())

@@ -50,9 +50,17 @@ fn upstream_answer(request: &[u8]) -> Vec<u8> {
 
 /// An upstream resolver on UDP and TCP of one loopback port.
 async fn upstream() -> SocketAddr {
-    let udp = UdpSocket::bind((LOOPBACK, 0)).await.unwrap();
-    let at = udp.local_addr().unwrap();
-    let tcp = TcpListener::bind(at).await.unwrap();
+    // The port UDP got may be taken for TCP by another test: try another.
+    let mut tries = 0;
+    let (udp, at, tcp) = loop {
+        let udp = UdpSocket::bind((LOOPBACK, 0)).await.unwrap();
+        let at = udp.local_addr().unwrap();
+        match TcpListener::bind(at).await {
+            Ok(tcp) => break (udp, at, tcp),
+            Err(err) if err.kind() == std::io::ErrorKind::AddrInUse && tries < 20 => tries += 1,
+            Err(err) => panic!("upstream on {at}: {err}"),
+        }
+    };
     tokio::spawn(async move {
         let mut buffer = vec![0u8; 4096];
         while let Ok((len, from)) = udp.recv_from(&mut buffer).await {
