@@ -150,7 +150,7 @@ def fix_body(path, body):
         if isinstance(claims, dict):
             for reserved in ("iss", "aud", "sub", "exp", "nbf", "iat", "jti"):
                 claims.pop(reserved, None)
-    if path == "/v1/identity-providers" and listed(body.get("admin_groups")) and not body.get("groups_claim"):
+    if path.startswith("/v1/identity-providers") and listed(body.get("admin_groups")) and not body.get("groups_claim"):
         # Admin groups are read from the groups claim: one is needed with them.
         body["groups_claim"] = "groups"
     token = body.get("token")

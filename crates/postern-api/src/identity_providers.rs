@@ -5,7 +5,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use postern_domain::identity::{validate_provider, IdentityProvider, NewIdentityProvider};
+use postern_domain::identity::{
+    apply_patch, validate_provider, IdentityProvider, IdentityProviderPatch, NewIdentityProvider,
+};
 
 use crate::error::{ApiError, Problem};
 use crate::extract::{parse_id, ApiJson, ApiQuery, Authed, PageQuery};
@@ -20,7 +22,9 @@ pub(crate) fn routes() -> Router<AppState> {
         )
         .route(
             "/v1/identity-providers/{id}",
-            get(get_identity_provider).delete(delete_identity_provider),
+            get(get_identity_provider)
+                .patch(update_identity_provider)
+                .delete(delete_identity_provider),
         )
         .route(
             "/v1/identity-providers/{id}/scim-token",
@@ -111,6 +115,32 @@ pub(crate) async fn get_identity_provider(
         state
             .store
             .get_identity_provider(auth.account_id(), id)
+            .await?,
+    ))
+}
+
+#[utoipa::path(patch, path = "/v1/identity-providers/{id}", tag = "identity providers",
+    request_body = IdentityProviderPatch,
+    responses((status = 200, body = Data<IdentityProvider>), (status = 404, body = Problem), (status = 422, body = Problem)))]
+/// Changes a provider (not its issuer: people are recognized by its subjects). People and
+/// service accounts are not touched; a new session lifetime applies to sign-ins from now on.
+/// Audited as `identity_provider.update`.
+pub(crate) async fn update_identity_provider(
+    State(state): State<AppState>,
+    auth: Authed,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<IdentityProviderPatch>,
+) -> Result<Json<Data<IdentityProvider>>, ApiError> {
+    let id = parse_id("identity provider", &id)?;
+    let before = state
+        .store
+        .get_identity_provider(auth.account_id(), id)
+        .await?;
+    let valid = apply_patch(&before, body).map_err(postern_store::StoreError::Validation)?;
+    Ok(Data::new(
+        state
+            .store
+            .update_identity_provider(auth.account_id(), id, valid, &auth.acting)
             .await?,
     ))
 }

@@ -97,7 +97,7 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
         workload_identity::exchange,
         identity_providers::list_identity_providers, identity_providers::create_identity_provider,
         identity_providers::get_identity_provider, identity_providers::delete_identity_provider,
-        identity_providers::create_scim_token,
+        identity_providers::create_scim_token, identity_providers::update_identity_provider,
     ),
 )]
 struct ApiDoc;

@@ -154,35 +154,40 @@ fn identity_patterns(components: &mut Map<String, Value>) {
             );
         }
     }
-    if let Some(properties) = components
-        .get_mut("NewIdentityProvider")
-        .and_then(|c| c.pointer_mut("/properties"))
-    {
-        set(properties, "issuer", &webhook_url());
-        set(properties, "client_id", &ascii_word(255));
-        set(properties, "client_secret", &ascii_word(1024));
-        set(properties, "email_claim", &ascii_word(64));
-        set(properties, "groups_claim", &ascii_word(64));
-        set(
-            properties,
-            "session_lifetime",
-            "(?:(?:[5-9]|[1-5][0-9])m|(?:[1-9]|1[0-9]|2[0-4])h|(?:[1-9]|[12][0-9]|30)d)",
-        );
-        if let Some(scopes) = properties.get_mut("scopes").and_then(Value::as_object_mut) {
-            scopes.insert("maxItems".into(), json!(20));
-            scopes.insert(
-                "items".into(),
-                json!({"type": "string", "pattern": anchored(&ascii_word(100))}),
-            );
-        }
-        if let Some(groups) = properties
-            .get_mut("admin_groups")
-            .and_then(Value::as_object_mut)
+    for component in ["NewIdentityProvider", "IdentityProviderPatch"] {
+        let Some(properties) = components
+            .get_mut(component)
+            .and_then(|c| c.pointer_mut("/properties"))
+        else {
+            continue;
+        };
         {
-            groups.insert(
+            set(properties, "issuer", &webhook_url());
+            set(properties, "client_id", &ascii_word(255));
+            set(properties, "client_secret", &ascii_word(1024));
+            set(properties, "email_claim", &ascii_word(64));
+            set(properties, "groups_claim", &ascii_word(64));
+            set(
+                properties,
+                "session_lifetime",
+                "(?:(?:[5-9]|[1-5][0-9])m|(?:[1-9]|1[0-9]|2[0-4])h|(?:[1-9]|[12][0-9]|30)d)",
+            );
+            if let Some(scopes) = properties.get_mut("scopes").and_then(Value::as_object_mut) {
+                scopes.insert("maxItems".into(), json!(20));
+                scopes.insert(
+                    "items".into(),
+                    json!({"type": "string", "pattern": anchored(&ascii_word(100))}),
+                );
+            }
+            if let Some(groups) = properties
+                .get_mut("admin_groups")
+                .and_then(Value::as_object_mut)
+            {
+                groups.insert(
                 "items".into(),
                 json!({"type": "string", "maxLength": 255, "pattern": anchored(&display_name())}),
             );
+            }
         }
     }
 }

@@ -225,6 +225,33 @@ async fn service_accounts_are_never_signed_in_or_touched(portal: &Portal) {
         .unwrap();
     assert_ne!(person.id.to_string(), sa_id);
     assert_eq!(person.actor_type, ActorType::Admin);
+    // Changing the provider (its session lifetime, groups, secret): the same.
+    let (status, changed) = portal
+        .call(
+            Method::PATCH,
+            &format!("/v1/identity-providers/{}", created["id"].as_str().unwrap()),
+            Some(json!({"session_lifetime": "1h", "admin_groups": [], "client_secret": "rotated-secret", "name": "Acme"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    assert_eq!(changed["data"]["session_lifetime_seconds"], 3600);
+    assert_eq!(changed["data"]["issuer"], "https://sso.acme.example");
+    assert!(!changed.to_string().contains("rotated-secret"));
+    let secret = portal
+        .store
+        .identity_provider_secret(portal.account_id, provider.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(secret.expose(), "rotated-secret");
+    assert_eq!(
+        portal.get(&format!("/v1/actors/{sa_id}")).await,
+        before_actor
+    );
+    assert_eq!(
+        portal.get(&format!("/v1/actors/{sa_id}/tokens")).await["data"],
+        before["data"]
+    );
     // Deleting the provider: the service account, its token and its sessions stay.
     let (status, _) = portal
         .call(

@@ -56,6 +56,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/identity-providers"),
     ("get", "/v1/identity-providers/{id}"),
     ("delete", "/v1/identity-providers/{id}"),
+    ("patch", "/v1/identity-providers/{id}"),
     ("post", "/v1/identity-providers/{id}/scim-token"),
     ("get", "/v1/groups"),
     ("post", "/v1/groups"),

@@ -167,6 +167,55 @@ pub fn validate_provider(
     })
 }
 
+/// What an update of a provider changes; `None` keeps a field (its issuer stays: people are
+/// recognized by that issuer's subjects).
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityProviderPatch {
+    #[schema(max_length = 255)]
+    pub name: Option<String>,
+    #[schema(max_length = 255)]
+    pub client_id: Option<String>,
+    /// Write-only: replaces the sealed secret.
+    #[schema(max_length = 1024)]
+    pub client_secret: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub email_claim: Option<String>,
+    pub groups_claim: Option<String>,
+    pub admin_groups: Option<Vec<String>>,
+    #[schema(example = "8h")]
+    pub session_lifetime: Option<String>,
+}
+
+/// A provider with a patch applied, checked like a new one.
+pub fn apply_patch(
+    provider: &IdentityProvider,
+    patch: IdentityProviderPatch,
+) -> Result<ValidIdentityProvider, ValidationError> {
+    let lifetime = format!("{}s", provider.session_lifetime_seconds);
+    let mut valid = validate_provider(NewIdentityProvider {
+        name: patch.name.unwrap_or_else(|| provider.name.clone()),
+        issuer: provider.issuer.clone(),
+        client_id: patch
+            .client_id
+            .unwrap_or_else(|| provider.client_id.clone()),
+        client_secret: patch.client_secret,
+        scopes: Some(patch.scopes.unwrap_or_else(|| provider.scopes.clone())),
+        email_claim: Some(
+            patch
+                .email_claim
+                .unwrap_or_else(|| provider.email_claim.clone()),
+        ),
+        groups_claim: patch.groups_claim.or_else(|| provider.groups_claim.clone()),
+        admin_groups: patch
+            .admin_groups
+            .unwrap_or_else(|| provider.admin_groups.clone()),
+        session_lifetime: Some(patch.session_lifetime.unwrap_or(lifetime)),
+    })?;
+    valid.issuer = provider.issuer.clone();
+    Ok(valid)
+}
+
 /// Who a verified ID token says the person is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Person {

@@ -492,6 +492,21 @@ fn service_account_round_trip() {
         "admins",
     ])
     .fails_with(&["admin_groups", "groups_claim"]);
+    let updated = cli(&[
+        "identity-providers",
+        "update",
+        str_of(&providers[0], "id"),
+        "--session-lifetime",
+        "8h",
+        "--no-admin-groups",
+    ])
+    .ok();
+    assert!(updated.stdout.contains("8 h"), "{}", updated.stdout);
+    assert!(
+        !updated.stdout.contains("postern-admins"),
+        "{}",
+        updated.stdout
+    );
     let scim = cli(&[
         "identity-providers",
         "scim-token",
@@ -1032,6 +1047,7 @@ fn every_command_has_help_with_an_example() {
         &["identity-providers", "list"],
         &["identity-providers", "delete"],
         &["identity-providers", "scim-token"],
+        &["identity-providers", "update"],
         &["groups", "add-member"],
         &["sites", "gateway-tokens", "create"],
         &["resources", "create"],

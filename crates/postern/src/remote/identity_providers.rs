@@ -58,6 +58,36 @@ enum Command {
         #[arg(long, value_name = "DURATION")]
         session_lifetime: Option<String>,
     },
+    /// Change a provider (not its issuer); people and service accounts are not touched
+    #[command(after_help = "Examples:\n  \
+        postern identity-providers update <PROVIDER_ID> --session-lifetime 8h --admin-group postern-admins\n  \
+        printf '%s' \"$NEW_SECRET\" | postern identity-providers update <PROVIDER_ID> --client-secret-stdin")]
+    Update {
+        /// Id of the provider (postern identity-providers list)
+        provider_id: Uuid,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        client_id: Option<String>,
+        /// Read a new client secret from standard input
+        #[arg(long)]
+        client_secret_stdin: bool,
+        /// The scopes besides openid (repeatable; replaces the list)
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        #[arg(long)]
+        email_claim: Option<String>,
+        #[arg(long)]
+        groups_claim: Option<String>,
+        /// The admin groups (repeatable; replaces the list)
+        #[arg(long = "admin-group", value_name = "GROUP")]
+        admin_groups: Vec<String>,
+        /// Remove every admin group (nobody is made an admin by group)
+        #[arg(long, conflicts_with = "admin_groups")]
+        no_admin_groups: bool,
+        #[arg(long, value_name = "DURATION")]
+        session_lifetime: Option<String>,
+    },
     /// List the account's identity providers
     #[command(after_help = "Example:\n  postern identity-providers list")]
     List,
@@ -95,17 +125,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             admin_groups,
             session_lifetime,
         } => {
-            let secret = if client_secret_stdin {
-                let mut text = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut text)
-                    .map_err(|err| anyhow::anyhow!("cannot read the client secret: {err}"))?;
-                let text = text.trim().to_string();
-                anyhow::ensure!(!text.is_empty(), "no client secret on standard input");
-                Some(Value::String(text))
-            } else {
-                None
-            };
+            let secret = client_secret_stdin
+                .then(read_secret)
+                .transpose()?
+                .map(Value::String);
             let body = object(vec![
                 ("name", Some(Value::String(name))),
                 ("issuer", Some(Value::String(issuer))),
@@ -122,6 +145,45 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 return output::print_json(&created);
             }
             print_provider(&created)
+        }
+        Command::Update {
+            provider_id,
+            name,
+            client_id,
+            client_secret_stdin,
+            scopes,
+            email_claim,
+            groups_claim,
+            admin_groups,
+            no_admin_groups,
+            session_lifetime,
+        } => {
+            let secret = client_secret_stdin
+                .then(read_secret)
+                .transpose()?
+                .map(Value::String);
+            let admin_groups = if no_admin_groups {
+                Some(json!([]))
+            } else {
+                (!admin_groups.is_empty()).then(|| json!(admin_groups))
+            };
+            let body = object(vec![
+                ("name", name.map(Value::String)),
+                ("client_id", client_id.map(Value::String)),
+                ("client_secret", secret),
+                ("scopes", (!scopes.is_empty()).then(|| json!(scopes))),
+                ("email_claim", email_claim.map(Value::String)),
+                ("groups_claim", groups_claim.map(Value::String)),
+                ("admin_groups", admin_groups),
+                ("session_lifetime", session_lifetime.map(Value::String)),
+            ]);
+            let updated = client
+                .patch(&format!("/v1/identity-providers/{provider_id}"), &body)
+                .await?;
+            if client.json {
+                return output::print_json(&updated);
+            }
+            print_provider(&updated)
         }
         Command::List => {
             let providers = client
@@ -172,6 +234,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The client secret given on standard input.
+fn read_secret() -> anyhow::Result<String> {
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .map_err(|err| anyhow::anyhow!("cannot read the client secret: {err}"))?;
+    let text = text.trim().to_string();
+    anyhow::ensure!(!text.is_empty(), "no client secret on standard input");
+    Ok(text)
 }
 
 fn list_text(values: &Value) -> String {
