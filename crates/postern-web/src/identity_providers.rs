@@ -7,7 +7,9 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use maud::html;
-use postern_domain::identity::{validate_provider, NewIdentityProvider};
+use postern_domain::identity::{
+    apply_patch, validate_provider, IdentityProvider, IdentityProviderPatch, NewIdentityProvider,
+};
 
 use crate::auth::Admin;
 use crate::error::WebResult;
@@ -18,6 +20,10 @@ use crate::WebState;
 pub fn routes() -> Router<WebState> {
     Router::new()
         .route("/settings/identity-providers", get(list).post(create))
+        .route(
+            "/settings/identity-providers/{id}",
+            get(edit_page).post(update),
+        )
         .route("/settings/identity-providers/{id}/delete", post(delete))
         .route(
             "/settings/identity-providers/{id}/scim-token",
@@ -82,7 +88,7 @@ async fn list_page(
                         @for provider in &providers {
                             @let dialog = format!("delete-idp-{}", provider.id);
                             tr data-testid="identity-provider-row" data-name=(provider.name) {
-                                td data-label="Name" { span.strong { (provider.name) } }
+                                td data-label="Name" { a.strong href={ "/settings/identity-providers/" (provider.id) } data-testid="edit-identity-provider" { (provider.name) } }
                                 td data-label="Issuer" { (provider.issuer) }
                                 td data-label="Client ID" { code { (provider.client_id) } }
                                 td data-label="Admin groups" { @if provider.admin_groups.is_empty() { span.muted { "None" } } @else { (provider.admin_groups.join(", ")) } }
@@ -266,6 +272,145 @@ async fn scim_token(
         content,
     );
     Ok(([(axum::http::header::CACHE_CONTROL, "no-store")], page).into_response())
+}
+
+fn edit_form(admin: &Admin, provider: &IdentityProvider, form: &ProviderForm) -> Response {
+    let mut lifetimes: Vec<(String, String)> = LIFETIMES
+        .iter()
+        .map(|(value, label)| (value.to_string(), label.to_string()))
+        .collect();
+    if !lifetimes
+        .iter()
+        .any(|(value, _)| *value == form.session_lifetime)
+    {
+        lifetimes.insert(
+            0,
+            (form.session_lifetime.clone(), form.session_lifetime.clone()),
+        );
+    }
+    let content = html! {
+        form.card.form method="post" action={ "/settings/identity-providers/" (provider.id) } novalidate data-testid="identity-provider-edit" {
+            (ui::csrf(admin))
+            (ui::form_error(&form.errors, &["name", "client_id", "client_secret", "scopes", "groups_claim", "admin_groups", "session_lifetime"]))
+            dl.facts { div { dt { "Issuer" } dd { (provider.issuer) } } }
+            (ui::input_field("name", "Name", &form.name, &form.errors, "text", true, None, None))
+            (ui::input_field("client_id", "Client ID", &form.client_id, &form.errors, "text", true, None, None))
+            (ui::input_field("client_secret", "New client secret", "", &form.errors, "password", false, Some("off"), Some("Leave empty to keep the current one.")))
+            (ui::input_field("scopes", "Scopes", &form.scopes, &form.errors, "text", false, None, None))
+            (ui::input_field("groups_claim", "Groups claim", &form.groups_claim, &form.errors, "text", false, None, None))
+            (ui::input_field("admin_groups", "Admin groups", &form.admin_groups, &form.errors, "text", false, None, Some("Comma-separated.")))
+            (ui::select_field("session_lifetime", "Portal sessions last", &lifetimes, &form.session_lifetime, &form.errors, None))
+            div.form-actions {
+                a.btn href="/settings/identity-providers" { "Cancel" }
+                button.btn.btn-primary type="submit" data-testid="save-identity-provider" { "Save" }
+            }
+        }
+    };
+    (
+        form.errors.status(),
+        ui::page(
+            admin,
+            Nav::Settings,
+            &provider.name,
+            Some(("/settings/identity-providers", "Identity providers")),
+            html! {},
+            content,
+        ),
+    )
+        .into_response()
+}
+
+async fn edit_page(
+    State(state): State<WebState>,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> WebResult<Response> {
+    let id = form::parse_path_id(&id, "identity provider")?;
+    let provider = state
+        .store()
+        .get_identity_provider(admin.account_id(), id)
+        .await?;
+    let form = ProviderForm {
+        name: provider.name.clone(),
+        issuer: provider.issuer.clone(),
+        client_id: provider.client_id.clone(),
+        scopes: provider.scopes.join(" "),
+        groups_claim: provider.groups_claim.clone().unwrap_or_default(),
+        admin_groups: provider.admin_groups.join(", "),
+        session_lifetime: lifetime_text(provider.session_lifetime_seconds),
+        errors: FieldErrors::default(),
+    };
+    Ok(edit_form(&admin, &provider, &form))
+}
+
+/// A session lifetime as the form's durations write it.
+fn lifetime_text(seconds: u32) -> String {
+    match seconds {
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s => format!("{}m", s / 60),
+    }
+}
+
+async fn update(
+    State(state): State<WebState>,
+    Path(id): Path<String>,
+    Post { admin, fields }: Post,
+) -> WebResult<Response> {
+    let id = form::parse_path_id(&id, "identity provider")?;
+    let provider = state
+        .store()
+        .get_identity_provider(admin.account_id(), id)
+        .await?;
+    let mut form = ProviderForm {
+        name: fields.get("name").trim().to_string(),
+        issuer: provider.issuer.clone(),
+        client_id: fields.get("client_id").trim().to_string(),
+        scopes: fields.get("scopes").to_string(),
+        groups_claim: fields.get("groups_claim").trim().to_string(),
+        admin_groups: fields.get("admin_groups").to_string(),
+        session_lifetime: fields.get("session_lifetime").to_string(),
+        errors: FieldErrors::default(),
+    };
+    let optional = |text: &str| (!text.trim().is_empty()).then(|| text.trim().to_string());
+    let patch = IdentityProviderPatch {
+        name: Some(form.name.clone()),
+        client_id: Some(form.client_id.clone()),
+        client_secret: optional(fields.get("client_secret")),
+        scopes: Some(
+            form::split_list(&form.scopes)
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+        ),
+        email_claim: None,
+        groups_claim: optional(&form.groups_claim),
+        admin_groups: Some(
+            form.admin_groups
+                .split(',')
+                .map(str::trim)
+                .filter(|group| !group.is_empty())
+                .map(str::to_string)
+                .collect(),
+        ),
+        session_lifetime: Some(form.session_lifetime.clone()),
+    };
+    let updated = match apply_patch(&provider, patch) {
+        Ok(valid) => {
+            state
+                .store()
+                .update_identity_provider(admin.account_id(), id, valid, &admin.acting())
+                .await
+        }
+        Err(err) => Err(err.into()),
+    };
+    match updated {
+        Ok(_) => Ok(Redirect::to("/settings/identity-providers").into_response()),
+        Err(err) => {
+            form.errors = FieldErrors::from_store(err, |field| field)?;
+            Ok(edit_form(&admin, &provider, &form))
+        }
+    }
 }
 
 async fn delete(

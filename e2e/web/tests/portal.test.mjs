@@ -801,6 +801,14 @@ test("people sign in through an OpenID provider: a user lands on their page, an 
     const people = await directory.json();
     assert.deepEqual(people.Resources.map((user) => user.userName).sort(), ["grace@example.com", "linus@example.com"]);
     await page.click("[data-testid=scim-token-done]");
+    // Edited: a longer session for people signing in from now on; the secret kept.
+    await row.locator("[data-testid=edit-identity-provider]").click();
+    assert.equal(await page.inputValue("#session_lifetime"), "8h");
+    await page.selectOption("#session_lifetime", "1d");
+    await page.click("[data-testid=save-identity-provider]");
+    await page.waitForSelector("[data-testid=identity-provider-row][data-name='Acme SSO']");
+    assert.match(await row.textContent(), /24 h/);
+    assert.equal((await api("/v1/identity-providers")).data[0].has_client_secret, true);
 
     // Deleting the provider leaves people and service accounts be.
     const before = await api(`/v1/actors/${state.actorId}/tokens`);
