@@ -249,16 +249,7 @@ async fn list_users(
         .directory_people(&provider, email.as_deref(), start - 1, count)
         .await?;
     let resources: Vec<Value> = people.iter().map(user_resource).collect();
-    Ok(scim_json(
-        StatusCode::OK,
-        json!({
-            "schemas": [LIST_SCHEMA],
-            "totalResults": total,
-            "startIndex": start,
-            "itemsPerPage": resources.len(),
-            "Resources": resources,
-        }),
-    ))
+    Ok(list_response(total, start, resources))
 }
 
 fn parse_body(body: &Bytes) -> Result<Value, ScimError> {
@@ -422,10 +413,7 @@ async fn patch_user(
     let operations = patch_operations(&patch)?;
     let mut change = DirectoryChange::default();
     for operation in operations {
-        let op = operation["op"]
-            .as_str()
-            .unwrap_or_default()
-            .to_ascii_lowercase();
+        let op = op_name(operation);
         match op.as_str() {
             "replace" | "add" => {
                 patch_value(&mut change, operation["path"].as_str(), &operation["value"])
@@ -538,16 +526,7 @@ async fn list_groups(
         let (_, members) = state.store.directory_group(&provider, group.id).await?;
         resources.push(group_resource(group, &members));
     }
-    Ok(scim_json(
-        StatusCode::OK,
-        json!({
-            "schemas": [LIST_SCHEMA],
-            "totalResults": total,
-            "startIndex": start,
-            "itemsPerPage": resources.len(),
-            "Resources": resources,
-        }),
-    ))
+    Ok(list_response(total, start, resources))
 }
 
 fn group_name(group: &Value) -> Result<String, ScimError> {
@@ -638,10 +617,7 @@ async fn patch_group(
     let operations = patch_operations(&patch)?;
     let mut change = DirectoryGroupChange::default();
     for operation in operations {
-        let op = operation["op"]
-            .as_str()
-            .unwrap_or_default()
-            .to_ascii_lowercase();
+        let op = op_name(operation);
         let path = operation["path"].as_str().unwrap_or_default();
         let value = &operation["value"];
         match (op.as_str(), path.to_ascii_lowercase().as_str()) {
@@ -695,6 +671,28 @@ async fn delete_group(
         .delete_directory_group(&provider, group_id(&id)?, &acting)
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A `ListResponse` of one page.
+fn list_response(total: i64, start: i64, resources: Vec<Value>) -> Response {
+    scim_json(
+        StatusCode::OK,
+        json!({
+            "schemas": [LIST_SCHEMA],
+            "totalResults": total,
+            "startIndex": start,
+            "itemsPerPage": resources.len(),
+            "Resources": resources,
+        }),
+    )
+}
+
+/// A PATCH operation's `op`, in lower case (Entra ID writes `Replace`).
+fn op_name(operation: &Value) -> String {
+    operation["op"]
+        .as_str()
+        .unwrap_or_default()
+        .to_ascii_lowercase()
 }
 
 /// The operations of a PATCH body (`PatchOp` with `Operations`).
