@@ -367,11 +367,12 @@ async fn run_exchange(
     let claimed = wi::peek(&request.id_token).map_err(|err| refused(err.to_string()))?;
     let candidates: Vec<WorkloadIdentity> = state
         .store
-        .workload_identities_for_issuer(&claimed.issuer, request.workload_identity_id)
-        .await?
-        .into_iter()
-        .filter(|rule| claimed.audiences.contains(&rule.audience))
-        .collect();
+        .workload_identities_for_issuer(
+            &claimed.issuer,
+            &claimed.audiences,
+            request.workload_identity_id,
+        )
+        .await?;
     if candidates.is_empty() {
         return Err(refused(format!(
             "no workload identity trusts ID tokens from '{}' for the audience {:?}{}",

@@ -18,8 +18,8 @@ CREATE TABLE workload_identities (
     last_used_at BIGINT
 );
 CREATE INDEX workload_identities_by_actor ON workload_identities (account_id, actor_id, id);
--- The exchange finds the rules that could trust a token by its issuer, across accounts.
-CREATE INDEX workload_identities_by_issuer ON workload_identities (issuer);
+-- The exchange finds the rules that could trust a token by its issuer and audience, across accounts.
+CREATE INDEX workload_identities_by_issuer ON workload_identities (issuer, audience);
 
 -- The trust rule a token was exchanged under (revoked with the rule).
 ALTER TABLE tokens ADD COLUMN workload_identity_id TEXT;

@@ -23,7 +23,7 @@ use crate::{Result, Store, StoreError};
 /// How long a token exchanged for an ID token is listed after it ended.
 pub const EXCHANGED_TOKENS_KEPT_FOR: chrono::Duration = chrono::Duration::days(7);
 
-/// The most rules one exchange considers for an issuer (across accounts).
+/// The most rules one exchange considers for an issuer and audience (across accounts).
 const MAX_RULES_PER_ISSUER: i64 = 200;
 
 /// An exchange: the token the workload gets, and whether it took over from the token the
@@ -220,31 +220,34 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// The trust rules of every account for this issuer (the exchange then checks each), or
-    /// the one named by `id` if it is for this issuer.
+    /// The trust rules of every account for this issuer and one of these audiences (the
+    /// exchange then checks each), or the one named by `id` if it is for them.
     pub async fn workload_identities_for_issuer(
         &self,
         issuer: &str,
+        audiences: &[String],
         id: Option<Uuid>,
     ) -> Result<Vec<WorkloadIdentity>> {
-        let rows = match id {
-            Some(id) => {
-                sqlx::query("SELECT * FROM workload_identities WHERE issuer = $1 AND id = $2")
-                    .bind(issuer.to_string())
-                    .bind(id.to_string())
-                    .fetch_all(self.pool())
-                    .await?
-            }
-            None => {
-                sqlx::query(
-                    "SELECT * FROM workload_identities WHERE issuer = $1 ORDER BY id LIMIT $2",
-                )
-                .bind(issuer.to_string())
-                .bind(MAX_RULES_PER_ISSUER)
-                .fetch_all(self.pool())
-                .await?
-            }
-        };
+        // An ID token names a few audiences; more are not looked at.
+        let audiences: Vec<&String> = audiences.iter().take(10).collect();
+        if audiences.is_empty() {
+            return Ok(Vec::new());
+        }
+        let by_id = if id.is_some() { " AND id = $2" } else { "" };
+        let first = if id.is_some() { 3 } else { 2 };
+        let sql = format!(
+            "SELECT * FROM workload_identities WHERE issuer = $1{by_id} AND audience IN ({}) \
+             ORDER BY id LIMIT {MAX_RULES_PER_ISSUER}",
+            db::placeholders(first, audiences.len())
+        );
+        let mut query = sqlx::query(&sql).bind(issuer.to_string());
+        if let Some(id) = id {
+            query = query.bind(id.to_string());
+        }
+        for audience in audiences {
+            query = query.bind(audience.clone());
+        }
+        let rows = query.fetch_all(self.pool()).await?;
         rows.iter().map(rule_from_row).collect()
     }
 
