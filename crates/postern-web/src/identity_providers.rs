@@ -61,16 +61,11 @@ async fn list_page(
         .store()
         .list_identity_providers(admin.account_id())
         .await?;
-    let host = headers
-        .get(axum::http::header::HOST)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or("portal.example.com");
-    let scheme = if state.config.secure_cookies {
-        "https"
-    } else {
-        "http"
-    };
-    let callback = format!("{scheme}://{host}{}", crate::oidc::CALLBACK_PATH);
+    let callback = format!(
+        "{}{}",
+        crate::oidc::portal_url(state, headers)?,
+        crate::oidc::CALLBACK_PATH
+    );
     let lifetimes: Vec<(String, String)> = LIFETIMES
         .iter()
         .map(|(value, label)| (value.to_string(), label.to_string()))
@@ -232,15 +227,7 @@ async fn scim_token(
         .store()
         .create_scim_token(admin.account_id(), id, &admin.acting())
         .await?;
-    let host = headers
-        .get(axum::http::header::HOST)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or("portal.example.com");
-    let scheme = if state.config.secure_cookies {
-        "https"
-    } else {
-        "http"
-    };
+    let scim_url = format!("{}/scim/v2", crate::oidc::portal_url(&state, &headers)?);
     let content = html! {
         section.card.token-once data-testid="scim-token-once" {
             div.alert.alert-warning role="alert" {
@@ -251,7 +238,7 @@ async fn scim_token(
                 }
             }
             dl.facts {
-                div { dt { "SCIM base URL" } dd { code data-testid="scim-base-url" { (scheme) "://" (host) "/scim/v2" } } }
+                div { dt { "SCIM base URL" } dd { code data-testid="scim-base-url" { (scim_url) } } }
                 div { dt { "Unique identifier" } dd { code { "userName" } " (the email)" } }
             }
             label for="scim-token" { "Bearer token" }

@@ -56,8 +56,9 @@ fn http_client() -> Result<openidconnect::reqwest::Client, WebError> {
         .map_err(|err| WebError::BadRequest(format!("cannot set up HTTPS: {err}")))
 }
 
-/// The portal's own URL as the browser reaches it, for the redirect URI.
-fn redirect_url(state: &WebState, headers: &HeaderMap) -> Result<RedirectUrl, WebError> {
+/// The portal's own URL as the browser reaches it (`https` when its cookies are `Secure`):
+/// the redirect URI providers send people back to, and the SCIM base URL.
+pub(crate) fn portal_url(state: &WebState, headers: &HeaderMap) -> Result<String, WebError> {
     let host = headers
         .get(HOST)
         .and_then(|value| value.to_str().ok())
@@ -68,7 +69,11 @@ fn redirect_url(state: &WebState, headers: &HeaderMap) -> Result<RedirectUrl, We
     } else {
         "http"
     };
-    RedirectUrl::new(format!("{scheme}://{host}{CALLBACK_PATH}"))
+    Ok(format!("{scheme}://{host}"))
+}
+
+fn redirect_url(state: &WebState, headers: &HeaderMap) -> Result<RedirectUrl, WebError> {
+    RedirectUrl::new(format!("{}{CALLBACK_PATH}", portal_url(state, headers)?))
         .map_err(|err| WebError::BadRequest(format!("the portal's URL: {err}")))
 }
 
