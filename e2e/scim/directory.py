@@ -1,7 +1,9 @@
 """A directory provisioning people and groups into Postern with scim2-client (the python-scim
 project's SCIM 2.0 client, which checks every answer against the SCIM schemas): create, find,
 deactivate, reactivate, rename and delete a user; create a group, add and remove members,
-delete it. Exits non-zero on the first thing that is not as SCIM says.
+delete it; then a second client that knows nothing of the server configures itself from its
+discovery endpoints (ResourceTypes, Schemas, ServiceProviderConfig) and reads with the models
+it built. Exits non-zero on the first thing that is not as SCIM says.
 
 Usage: POSTERN_SCIM_URL=http://127.0.0.1:8080/scim/v2 POSTERN_SCIM_TOKEN=postern_scim_... \
        python3 e2e/scim/directory.py
@@ -86,6 +88,19 @@ def main():
         operations=[PatchOperation[Group](op="add", path="members", value=[GroupMember(value=user.id)])]
     )
     check(len(scim.modify(Group, group.id, add).members or []) == 1, "the member added back")
+
+    discovered = SyncSCIMClient(http)
+    discovered.discover()
+    DiscoveredUser = discovered.get_resource_model("User")
+    DiscoveredGroup = discovered.get_resource_model("Group")
+    check(DiscoveredUser is not None and DiscoveredGroup is not None, "discovery describes User and Group")
+    by_name = discovered.query(DiscoveredUser, query_parameters=SearchRequest(filter=f'userName eq "{email}"'))
+    check(
+        by_name.total_results == 1 and by_name.resources[0].display_name == "Grace B. Hopper",
+        "a discovering client reads the user with the published schema",
+    )
+    navy = discovered.query(DiscoveredGroup, group.id)
+    check(len(navy.members or []) == 1, "and the group with its member")
 
     check(scim.delete(Group, group.id) is None, "the group deleted")
     check(scim.delete(User, user.id) is None, "the user deleted")

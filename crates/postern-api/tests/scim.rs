@@ -88,6 +88,51 @@ async fn a_directory_provisions_and_deprovisions_its_people(portal: &Portal) {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(config["patch"]["supported"], true);
 
+    // Discovery: the resource types name the schemas, which are published; both need the token.
+    let (status, _) = scim(portal, "postern_scim_nope", Method::GET, "/Schemas", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, types) = scim(portal, &token, Method::GET, "/ResourceTypes", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(types["totalResults"], 2);
+    for resource_type in types["Resources"].as_array().unwrap() {
+        let schema = resource_type["schema"].as_str().unwrap();
+        let (status, found) = scim(
+            portal,
+            &token,
+            Method::GET,
+            &format!("/Schemas/{schema}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{schema}");
+        assert_eq!(found["id"], schema);
+        let (status, again) = scim(
+            portal,
+            &token,
+            Method::GET,
+            &format!("/ResourceTypes/{}", resource_type["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(&again, resource_type);
+    }
+    let (status, schemas) = scim(portal, &token, Method::GET, "/Schemas", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let user_attributes: Vec<&str> = schemas["Resources"][0]["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|attribute| attribute["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        user_attributes,
+        ["userName", "displayName", "name", "emails", "active"]
+    );
+    let (status, missing) = scim(portal, &token, Method::GET, "/Schemas/urn:nope", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(missing["status"], "404");
+
     // Okta: does the user exist? No: create them.
     let (status, found) = scim(
         portal,

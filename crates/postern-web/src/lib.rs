@@ -42,6 +42,10 @@ pub struct WebConfig {
     pub secure_cookies: bool,
     /// Password checks (argon2id, ~19 MiB each) run at once; sign-ins beyond get 503.
     pub password_checks: usize,
+    /// The URL people reach the portal at (`--public-url`, scheme and host, no trailing
+    /// slash): the OIDC redirect URI and the SCIM base URL are built on it. Without it they
+    /// follow the request's `Host`.
+    pub public_url: Option<String>,
 }
 
 impl Default for WebConfig {
@@ -50,6 +54,7 @@ impl Default for WebConfig {
             session_lifetime: Duration::from_secs(12 * 3600),
             secure_cookies: false,
             password_checks: 4,
+            public_url: None,
         }
     }
 }

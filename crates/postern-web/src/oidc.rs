@@ -59,6 +59,9 @@ fn http_client() -> Result<openidconnect::reqwest::Client, WebError> {
 /// The portal's own URL as the browser reaches it (`https` when its cookies are `Secure`):
 /// the redirect URI providers send people back to, and the SCIM base URL.
 pub(crate) fn portal_url(state: &WebState, headers: &HeaderMap) -> Result<String, WebError> {
+    if let Some(public_url) = &state.config.public_url {
+        return Ok(public_url.clone());
+    }
     let host = headers
         .get(HOST)
         .and_then(|value| value.to_str().ok())

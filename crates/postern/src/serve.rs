@@ -32,7 +32,9 @@ pub struct ServeArgs {
         value_name = "DURATION"
     )]
     web_session_lifetime: String,
-    /// The URL users reach the portal at; https://… marks the session cookie Secure
+    /// The URL people reach the portal at (e.g. https://postern.example.com, behind a proxy):
+    /// the OIDC redirect URI and the SCIM base URL are built on it (else on the request's
+    /// Host); https://… marks the session cookie Secure
     #[arg(long, env = "POSTERN_PUBLIC_URL", value_name = "URL")]
     public_url: Option<String>,
     /// The longest an authorization at a gateway lasts before the portal must renew it (it
@@ -156,16 +158,35 @@ impl ServeArgs {
             .map_err(|err| anyhow!("--web-session-lifetime: {}", err.message))?
             .to_std()
             .context("--web-session-lifetime is out of range")?;
+        let public_url = self.public_url.as_deref().map(public_url).transpose()?;
         Ok(postern_web::WebConfig {
             session_lifetime: lifetime,
             secure_cookies: self.tls_cert.is_some()
-                || self
-                    .public_url
+                || public_url
                     .as_deref()
-                    .is_some_and(|url| url.to_ascii_lowercase().starts_with("https://")),
+                    .is_some_and(|url| url.starts_with("https://")),
+            public_url,
             ..Default::default()
         })
     }
+}
+
+/// `--public-url` as the portal's links are built on it: `http(s)://host[:port][/path]`,
+/// lower-case scheme and host, no trailing slash, no query or fragment.
+fn public_url(value: &str) -> anyhow::Result<String> {
+    let url = reqwest::Url::parse(value)
+        .map_err(|err| anyhow!("--public-url '{value}' is not a URL: {err}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(anyhow!(
+            "--public-url '{value}' must be http:// or https:// with a host, such as https://postern.example.com"
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(anyhow!(
+            "--public-url '{value}' must not carry credentials, a query or a fragment"
+        ));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
 }
 
 impl ServeArgs {
@@ -374,4 +395,31 @@ async fn refresh_gauges(
             .set(0.0);
     }
     *reported = seen;
+}
+
+#[cfg(test)]
+mod public_url_tests {
+    use super::public_url;
+
+    #[test]
+    fn public_urls_are_normalised_and_bad_ones_named() {
+        assert_eq!(
+            public_url("HTTPS://Postern.Example.com/").unwrap(),
+            "https://postern.example.com"
+        );
+        assert_eq!(
+            public_url("https://example.com:8443/postern/").unwrap(),
+            "https://example.com:8443/postern"
+        );
+        for bad in [
+            "postern.example.com",
+            "ftp://example.com",
+            "https://example.com/?a=1",
+            "https://user:pw@example.com",
+            "https://example.com/#x",
+        ] {
+            let err = public_url(bad).unwrap_err().to_string();
+            assert!(err.contains("--public-url"), "{bad}: {err}");
+        }
+    }
 }

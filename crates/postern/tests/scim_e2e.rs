@@ -57,6 +57,10 @@ fn a_scim_client_library_provisions_and_deprovisions_people_and_groups() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("ok: the user is gone"), "{stdout}");
+    assert!(
+        stdout.contains("ok: a discovering client reads the user with the published schema"),
+        "{stdout}"
+    );
     // Everything it did is in the audit log, attributed to the directory.
     let audit = api.get("/v1/audit-events?action=actor.create");
     assert!(

@@ -2,7 +2,10 @@
 //! identity provider's SCIM bearer token, so a directory (Okta, Entra ID, …) provisions,
 //! changes, deactivates and deletes the people it brings and the groups they are in. It sees
 //! and changes only those — never local admins, other providers' people, groups made in the
-//! portal or service accounts. Filters: `userName eq "…"`, `displayName eq "…"`.
+//! portal or service accounts. Filters: `userName eq "…"`, `displayName eq "…"`. Discovery:
+//! `ServiceProviderConfig`, `ResourceTypes`, `Schemas` (`discovery`).
+
+mod discovery;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -37,6 +40,16 @@ pub(crate) fn routes() -> Router<AppState> {
             "/scim/v2/ServiceProviderConfig",
             get(service_provider_config),
         )
+        .route(
+            "/scim/v2/ResourceTypes",
+            get(discovery::list_resource_types),
+        )
+        .route(
+            "/scim/v2/ResourceTypes/{id}",
+            get(discovery::get_resource_type),
+        )
+        .route("/scim/v2/Schemas", get(discovery::list_schemas))
+        .route("/scim/v2/Schemas/{id}", get(discovery::get_schema))
         .route("/scim/v2/Users", get(list_users).post(create_user))
         .route(
             "/scim/v2/Users/{id}",
