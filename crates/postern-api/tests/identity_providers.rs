@@ -16,6 +16,7 @@ on_both_backends!(
     the_client_secret_is_write_only_and_fields_are_checked,
     people_are_provisioned_linked_and_follow_their_groups,
     service_accounts_are_never_signed_in_or_touched,
+    signing_out_at_the_provider_is_set_per_provider_and_keeps_the_id_token_sealed,
 );
 
 async fn provider(portal: &Portal) -> (Value, IdentityProvider) {
@@ -282,4 +283,77 @@ async fn service_accounts_are_never_signed_in_or_touched(portal: &Portal) {
         .call(Method::GET, &format!("/v1/actors/{}", person.id), None)
         .await;
     assert_eq!(status, StatusCode::OK);
+}
+
+async fn signing_out_at_the_provider_is_set_per_provider_and_keeps_the_id_token_sealed(
+    portal: &Portal,
+) {
+    let (created, stored) = provider(portal).await;
+    assert_eq!(created["sign_out_at_provider"], false, "off by default");
+    let path = format!("/v1/identity-providers/{}", stored.id);
+    let (status, on) = portal
+        .call(
+            Method::PATCH,
+            &path,
+            Some(json!({"sign_out_at_provider": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{on}");
+    assert_eq!(on["data"]["sign_out_at_provider"], true);
+    let (_, renamed) = portal
+        .call(Method::PATCH, &path, Some(json!({"name": "Acme"})))
+        .await;
+    assert_eq!(renamed["data"]["sign_out_at_provider"], true, "kept");
+    let (status, refused) = portal
+        .call(
+            Method::PATCH,
+            &path,
+            Some(json!({"sign_out_at_provider": "yes"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+
+    // A web session opened through the provider keeps its ID token (sealed) and hands it back,
+    // with the provider, when it ends — once.
+    let person = portal
+        .store
+        .sign_in_person(&stored, &person("00u9", "kim@acme.example", &[]), None)
+        .await
+        .unwrap();
+    let now = chrono::Utc::now();
+    let session = postern_store::WebSession {
+        id_hash: "ab".repeat(32),
+        account_id: portal.account_id,
+        actor_id: person.id,
+        csrf_token: "csrf".into(),
+        created_at: now,
+        expires_at: now + chrono::Duration::hours(1),
+        source_ip: None,
+        user_agent: None,
+        identity_provider_id: Some(stored.id),
+    };
+    let id_token = postern_token::SecretString::new("eyJhbGciOi.the-id-token.sig".into());
+    portal
+        .store
+        .create_web_session(&session, Some(&id_token))
+        .await
+        .unwrap();
+    let acting = postern_domain::Acting::local_cli();
+    let ended = portal
+        .store
+        .delete_web_session(&session.id_hash, &acting)
+        .await
+        .unwrap()
+        .expect("a session opened through a provider");
+    assert_eq!(ended.provider_id, stored.id);
+    assert_eq!(
+        ended.id_token.as_ref().map(|token| token.expose()),
+        Some("eyJhbGciOi.the-id-token.sig")
+    );
+    assert!(portal
+        .store
+        .delete_web_session(&session.id_hash, &acting)
+        .await
+        .unwrap()
+        .is_none());
 }

@@ -436,6 +436,33 @@ async fn a_directory_syncs_its_groups_which_stay_read_only_here(portal: &Portal)
     )
     .await;
     assert_eq!(found["totalResults"], 1);
+    assert_eq!(
+        found["Resources"][0]["members"].as_array().unwrap().len(),
+        2
+    );
+    // Entra ID looks groups up without their members.
+    let (_, bare) = scim(
+        portal,
+        &token,
+        Method::GET,
+        "/Groups?filter=displayName%20eq%20%22engineering%22&excludedAttributes=members",
+        None,
+    )
+    .await;
+    assert_eq!(bare["Resources"][0]["displayName"], "engineering");
+    assert!(bare["Resources"][0].get("members").is_none(), "{bare}");
+    let (_, bare) = scim(
+        portal,
+        &token,
+        Method::GET,
+        &format!("/Groups/{id}?excludedAttributes=members"),
+        None,
+    )
+    .await;
+    assert!(
+        bare.get("members").is_none() && bare["id"] == id.as_str(),
+        "{bare}"
+    );
     let (_, none) = scim(portal, &other_token, Method::GET, "/Groups", None).await;
     assert_eq!(none["totalResults"], 0, "another directory sees none of it");
 

@@ -40,6 +40,11 @@ pub struct IdentityProvider {
     pub admin_groups: Vec<String>,
     /// How long people signed in through it stay signed in to the portal, in seconds.
     pub session_lifetime_seconds: u32,
+    /// Signing out of the portal also signs the person out at the provider (OpenID Connect
+    /// RP-initiated logout, when its discovery document names an `end_session_endpoint`).
+    /// Off by default: at most providers that ends the person's sessions in every other
+    /// application too.
+    pub sign_out_at_provider: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -68,6 +73,8 @@ pub struct NewIdentityProvider {
     /// A duration such as `12h` or `7d` (default 12 h, at most 30 days).
     #[schema(example = "12h")]
     pub session_lifetime: Option<String>,
+    /// Sign people out at the provider too when they sign out of the portal (default false).
+    pub sign_out_at_provider: Option<bool>,
 }
 
 /// A checked new identity provider.
@@ -82,6 +89,7 @@ pub struct ValidIdentityProvider {
     pub groups_claim: Option<String>,
     pub admin_groups: Vec<String>,
     pub session_lifetime: Duration,
+    pub sign_out_at_provider: bool,
 }
 
 fn token_like(field: &str, value: &str, max: usize) -> Result<String, ValidationError> {
@@ -164,6 +172,7 @@ pub fn validate_provider(
         groups_claim,
         admin_groups,
         session_lifetime,
+        sign_out_at_provider: new.sign_out_at_provider.unwrap_or(false),
     })
 }
 
@@ -185,6 +194,7 @@ pub struct IdentityProviderPatch {
     pub admin_groups: Option<Vec<String>>,
     #[schema(example = "8h")]
     pub session_lifetime: Option<String>,
+    pub sign_out_at_provider: Option<bool>,
 }
 
 /// A provider with a patch applied, checked like a new one.
@@ -211,6 +221,11 @@ pub fn apply_patch(
             .admin_groups
             .unwrap_or_else(|| provider.admin_groups.clone()),
         session_lifetime: Some(patch.session_lifetime.unwrap_or(lifetime)),
+        sign_out_at_provider: Some(
+            patch
+                .sign_out_at_provider
+                .unwrap_or(provider.sign_out_at_provider),
+        ),
     })?;
     valid.issuer = provider.issuer.clone();
     Ok(valid)
@@ -329,6 +344,7 @@ mod tests {
             groups_claim: valid.groups_claim,
             admin_groups: valid.admin_groups,
             session_lifetime_seconds: 43200,
+            sign_out_at_provider: valid.sign_out_at_provider,
             created_at: DateTime::<Utc>::MIN_UTC,
             updated_at: DateTime::<Utc>::MIN_UTC,
         }
@@ -412,5 +428,30 @@ mod tests {
             ),
             Err(PersonRefusal::EmailNotVerified(_))
         ));
+    }
+
+    #[test]
+    fn signing_out_at_the_provider_is_off_until_asked_and_kept_by_other_patches() {
+        let mut provider = provider();
+        assert!(!provider.sign_out_at_provider);
+        let on = apply_patch(
+            &provider,
+            IdentityProviderPatch {
+                sign_out_at_provider: Some(true),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(on.sign_out_at_provider);
+        provider.sign_out_at_provider = true;
+        let renamed = apply_patch(
+            &provider,
+            IdentityProviderPatch {
+                name: Some("Okta EU".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(renamed.sign_out_at_provider, "kept");
     }
 }

@@ -60,6 +60,7 @@ impl Store {
             admin_groups: valid.admin_groups,
             session_lifetime_seconds: u32::try_from(valid.session_lifetime.num_seconds())
                 .unwrap_or(u32::MAX),
+            sign_out_at_provider: valid.sign_out_at_provider,
             created_at: now,
             updated_at: now,
         };
@@ -90,8 +91,8 @@ impl Store {
         sqlx::query(
             "INSERT INTO identity_providers (id, account_id, name, issuer, client_id, \
              client_secret_sealed, scopes, email_claim, groups_claim, admin_groups, \
-             session_lifetime_seconds, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)",
+             session_lifetime_seconds, sign_out_at_provider, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
         )
         .bind(provider.id.to_string())
         .bind(account_id.to_string())
@@ -104,6 +105,7 @@ impl Store {
         .bind(provider.groups_claim.clone())
         .bind(db::to_json(&provider.admin_groups)?)
         .bind(i64::from(provider.session_lifetime_seconds))
+        .bind(i64::from(provider.sign_out_at_provider))
         .bind(ts(now))
         .execute(&mut *tx.tx)
         .await?;
@@ -139,15 +141,15 @@ impl Store {
         account_id: Uuid,
         id: Uuid,
     ) -> Result<IdentityProvider> {
-        let row = sqlx::query("SELECT * FROM identity_providers WHERE account_id = $1 AND id = $2")
-            .bind(account_id.to_string())
-            .bind(id.to_string())
-            .fetch_optional(self.pool())
-            .await?;
-        row.as_ref()
-            .map(provider_from_row)
-            .transpose()?
-            .ok_or(StoreError::NotFound("identity provider"))
+        db::get_in_account(
+            self,
+            "identity_providers",
+            account_id,
+            id,
+            "identity provider",
+            provider_from_row,
+        )
+        .await
     }
 
     /// Changes a provider (a new client secret replaces the sealed one; without one it stays).
@@ -171,6 +173,7 @@ impl Store {
         after.admin_groups = valid.admin_groups;
         after.session_lifetime_seconds =
             u32::try_from(valid.session_lifetime.num_seconds()).unwrap_or(u32::MAX);
+        after.sign_out_at_provider = valid.sign_out_at_provider;
         after.has_client_secret = before.has_client_secret || valid.client_secret.is_some();
         after.updated_at = now;
         let sealed = valid
@@ -183,7 +186,8 @@ impl Store {
             "UPDATE identity_providers SET name = $1, client_id = $2, \
              client_secret_sealed = COALESCE($3, client_secret_sealed), scopes = $4, \
              email_claim = $5, groups_claim = $6, admin_groups = $7, \
-             session_lifetime_seconds = $8, updated_at = $9 WHERE account_id = $10 AND id = $11",
+             session_lifetime_seconds = $8, sign_out_at_provider = $9, updated_at = $10 \
+             WHERE account_id = $11 AND id = $12",
         )
         .bind(after.name.clone())
         .bind(after.client_id.clone())
@@ -193,6 +197,7 @@ impl Store {
         .bind(after.groups_claim.clone())
         .bind(db::to_json(&after.admin_groups)?)
         .bind(i64::from(after.session_lifetime_seconds))
+        .bind(i64::from(after.sign_out_at_provider))
         .bind(ts(now))
         .bind(account_id.to_string())
         .bind(id.to_string())
@@ -507,6 +512,7 @@ impl Store {
 
 pub(crate) fn provider_from_row(row: &AnyRow) -> Result<IdentityProvider> {
     let lifetime: i64 = sqlx::Row::try_get(row, "session_lifetime_seconds")?;
+    let sign_out_at_provider: i64 = sqlx::Row::try_get(row, "sign_out_at_provider")?;
     Ok(IdentityProvider {
         id: db::uuid(row, "id")?,
         account_id: db::uuid(row, "account_id")?,
@@ -519,6 +525,7 @@ pub(crate) fn provider_from_row(row: &AnyRow) -> Result<IdentityProvider> {
         groups_claim: opt_text(row, "groups_claim")?,
         admin_groups: db::json(row, "admin_groups")?,
         session_lifetime_seconds: u32::try_from(lifetime).unwrap_or(u32::MAX),
+        sign_out_at_provider: sign_out_at_provider != 0,
         created_at: time(row, "created_at")?,
         updated_at: time(row, "updated_at")?,
     })

@@ -55,7 +55,7 @@ pub use tokens::{
     CreatedToken, HeldToken, NewTokenRequest, RotatedToken, TokenFilter, TokenHolder, TokenPatch,
     TokenSuccessor,
 };
-pub use web_sessions::WebSession;
+pub use web_sessions::{ProviderSession, WebSession};
 pub use webhooks::{DeliveryOutcome, DueDelivery, NewWebhook, WebhookPatch};
 pub use workload_identities::ExchangedToken;
 
@@ -377,6 +377,7 @@ mod tests {
             expires_at: chrono::Utc::now(),
             source_ip: None,
             user_agent: None,
+            identity_provider_id: None,
         };
         let shown = format!("{session:?}");
         assert!(!shown.contains("csrf-7f3a9c"), "{shown}");

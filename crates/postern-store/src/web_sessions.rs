@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use postern_domain::{Acting, Token};
+use postern_token::SecretString;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
@@ -21,6 +22,15 @@ pub struct WebSession {
     pub expires_at: DateTime<Utc>,
     pub source_ip: Option<String>,
     pub user_agent: Option<String>,
+    /// The identity provider the person signed in through, if any.
+    pub identity_provider_id: Option<Uuid>,
+}
+
+/// What signing a person out at their identity provider needs of the session that ended.
+pub struct ProviderSession {
+    pub provider_id: Uuid,
+    /// The ID token the session was opened with (`id_token_hint`); `None` if it no longer opens.
+    pub id_token: Option<SecretString>,
 }
 
 impl std::fmt::Debug for WebSession {
@@ -34,13 +44,26 @@ impl std::fmt::Debug for WebSession {
             .field("expires_at", &self.expires_at)
             .field("source_ip", &self.source_ip)
             .field("user_agent", &self.user_agent)
+            .field("identity_provider_id", &self.identity_provider_id)
             .finish()
     }
 }
 
 impl Store {
-    /// Stores a new session and records the sign-in in the audit log.
-    pub async fn create_web_session(&self, session: &WebSession) -> Result<()> {
+    /// Stores a new session and records the sign-in in the audit log. A session opened through
+    /// an identity provider keeps the ID token it was opened with, sealed, for signing out there.
+    pub async fn create_web_session(
+        &self,
+        session: &WebSession,
+        id_token: Option<&SecretString>,
+    ) -> Result<()> {
+        let id_token_sealed = id_token
+            .map(|token| {
+                self.inner
+                    .sealer
+                    .seal_text(session.id_hash.as_bytes(), token.expose())
+            })
+            .transpose()?;
         let acting = Acting {
             actor_id: Some(session.actor_id),
             token_id: None,
@@ -49,7 +72,8 @@ impl Store {
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO web_sessions (id_hash, account_id, actor_id, csrf_token, created_at, \
-             expires_at, source_ip, user_agent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             expires_at, source_ip, user_agent, identity_provider_id, id_token_sealed) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(session.id_hash.clone())
         .bind(session.account_id.to_string())
@@ -59,6 +83,8 @@ impl Store {
         .bind(ts(session.expires_at))
         .bind(session.source_ip.clone())
         .bind(session.user_agent.clone())
+        .bind(session.identity_provider_id.map(|id| id.to_string()))
+        .bind(id_token_sealed)
         .execute(&mut *tx.tx)
         .await?;
         audit::record(
@@ -95,16 +121,31 @@ impl Store {
         row.as_ref().map(session_from_row).transpose()
     }
 
-    /// Ends a session (sign-out) and records it in the audit log. Ending an unknown session
-    /// changes nothing.
-    pub async fn delete_web_session(&self, id_hash: &str, acting: &Acting) -> Result<()> {
+    /// Ends a session (sign-out) and records it in the audit log; for a session opened through
+    /// an identity provider, what signing out there needs. Ending an unknown session changes
+    /// nothing.
+    pub async fn delete_web_session(
+        &self,
+        id_hash: &str,
+        acting: &Acting,
+    ) -> Result<Option<ProviderSession>> {
         let row = sqlx::query("SELECT * FROM web_sessions WHERE id_hash = $1")
             .bind(id_hash.to_string())
             .fetch_optional(self.pool())
             .await?;
-        let Some(session) = row.as_ref().map(session_from_row).transpose()? else {
-            return Ok(());
+        let Some(row) = row else {
+            return Ok(None);
         };
+        let session = session_from_row(&row)?;
+        let id_token = opt_text(&row, "id_token_sealed")?
+            .and_then(|sealed| self.inner.sealer.open_text(id_hash.as_bytes(), &sealed))
+            .map(SecretString::from);
+        let provider_session = session
+            .identity_provider_id
+            .map(|provider_id| ProviderSession {
+                provider_id,
+                id_token,
+            });
         let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM web_sessions WHERE id_hash = $1")
             .bind(id_hash.to_string())
@@ -124,7 +165,8 @@ impl Store {
             },
         )
         .await?;
-        tx.commit().await
+        tx.commit().await?;
+        Ok(provider_session)
     }
 
     /// Deletes sessions that expired before `now`; returns how many.
@@ -257,5 +299,6 @@ fn session_from_row(row: &AnyRow) -> Result<WebSession> {
         expires_at: time(row, "expires_at")?,
         source_ip: opt_text(row, "source_ip")?,
         user_agent: opt_text(row, "user_agent")?,
+        identity_provider_id: db::opt_uuid(row, "identity_provider_id")?,
     })
 }

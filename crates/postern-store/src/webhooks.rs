@@ -154,15 +154,15 @@ impl Store {
     }
 
     pub async fn get_webhook(&self, account_id: Uuid, webhook_id: Uuid) -> Result<Webhook> {
-        let row = sqlx::query("SELECT * FROM webhooks WHERE account_id = $1 AND id = $2")
-            .bind(account_id.to_string())
-            .bind(webhook_id.to_string())
-            .fetch_optional(self.pool())
-            .await?;
-        row.as_ref()
-            .map(webhook_from_row)
-            .transpose()?
-            .ok_or(StoreError::NotFound("webhook"))
+        db::get_in_account(
+            self,
+            "webhooks",
+            account_id,
+            webhook_id,
+            "webhook",
+            webhook_from_row,
+        )
+        .await
     }
 
     /// Changes a webhook's URL, description, events or whether it is enabled. Audited as

@@ -21,6 +21,7 @@ use maud::{html, Markup};
 use postern_api::ClientAddr;
 use postern_domain::{Acting, Actor, ActorType};
 use postern_store::{StoreError, WebSession};
+use postern_token::SecretString;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -464,7 +465,7 @@ pub async fn login(
     };
     state.store().forget_sign_in_attempt(&keys, now).await?;
     let lifetime = state.config.session_lifetime;
-    let session_cookie = open_session(&state, &admin, ip, &headers, lifetime).await?;
+    let session_cookie = open_session(&state, &admin, ip, &headers, lifetime, None).await?;
     tracing::info!(actor_id = %admin.id, source_ip = %ip, "web sign-in");
     let mut response = Redirect::to("/actors").into_response();
     for cookie in [
@@ -478,14 +479,17 @@ pub async fn login(
     Ok(response)
 }
 
-/// Opens a web session for `actor` lasting `lifetime`; returns the session cookie to set.
+/// Opens a web session for `actor` lasting `lifetime` (through the identity provider `through`
+/// names, with the ID token to keep for signing out there); returns the session cookie to set.
 pub(crate) async fn open_session(
     state: &WebState,
     actor: &Actor,
     ip: IpAddr,
     headers: &HeaderMap,
     lifetime: Duration,
+    through: Option<(Uuid, Option<SecretString>)>,
 ) -> WebResult<String> {
+    let (identity_provider_id, id_token) = through.unzip();
     let id = random_hex();
     let created_at = Utc::now();
     let session = WebSession {
@@ -501,8 +505,12 @@ pub(crate) async fn open_session(
             .get(USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|ua| ua.chars().take(255).collect()),
+        identity_provider_id,
     };
-    state.store().create_web_session(&session).await?;
+    state
+        .store()
+        .create_web_session(&session, id_token.flatten().as_ref())
+        .await?;
     Ok(set_cookie(
         state,
         SESSION_COOKIE,
@@ -514,6 +522,7 @@ pub(crate) async fn open_session(
 pub async fn logout(
     State(state): State<WebState>,
     person: Person,
+    headers: HeaderMap,
     Form(fields): Form<Vec<(String, String)>>,
 ) -> WebResult<Response> {
     check_csrf(&person.session, Fields::new(fields).get("_csrf"))?;
@@ -522,11 +531,30 @@ pub async fn logout(
         token_id: None,
         source_ip: person.source_ip.map(|ip| ip.to_string()),
     };
-    state
+    let ended = state
         .store()
         .delete_web_session(&person.session.id_hash, &acting)
         .await?;
-    let mut response = Redirect::to("/login?signed_out=1").into_response();
+    let at_provider = match ended {
+        Some(provider_session) => {
+            crate::oidc::provider_sign_out_url(
+                &state,
+                person.actor.account_id,
+                provider_session,
+                &headers,
+            )
+            .await
+        }
+        None => None,
+    };
+    let mut response = match at_provider {
+        Some(url) => crate::oidc::moving_on(
+            "Signed out",
+            html! { "Signing you out at your identity provider too. " },
+            &url,
+        ),
+        None => Redirect::to("/login?signed_out=1").into_response(),
+    };
     if let Ok(value) = set_cookie(&state, SESSION_COOKIE, "", None).parse() {
         response.headers_mut().insert(SET_COOKIE, value);
     }

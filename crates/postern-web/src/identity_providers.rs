@@ -6,7 +6,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use maud::html;
+use maud::{html, Markup};
 use postern_domain::identity::{
     apply_patch, validate_provider, IdentityProvider, IdentityProviderPatch, NewIdentityProvider,
 };
@@ -40,6 +40,7 @@ struct ProviderForm {
     groups_claim: String,
     admin_groups: String,
     session_lifetime: String,
+    sign_out_at_provider: bool,
     errors: FieldErrors,
 }
 
@@ -61,11 +62,9 @@ async fn list_page(
         .store()
         .list_identity_providers(admin.account_id())
         .await?;
-    let callback = format!(
-        "{}{}",
-        crate::oidc::portal_url(state, headers)?,
-        crate::oidc::CALLBACK_PATH
-    );
+    let portal_url = crate::oidc::portal_url(state, headers)?;
+    let callback = format!("{portal_url}{}", crate::oidc::CALLBACK_PATH);
+    let signed_out = signed_out_url(state, headers)?;
     let lifetimes: Vec<(String, String)> = LIFETIMES
         .iter()
         .map(|(value, label)| (value.to_string(), label.to_string()))
@@ -123,6 +122,7 @@ async fn list_page(
             (ui::input_field("groups_claim", "Groups claim", &form.groups_claim, &form.errors, "text", false, None, Some("The ID token claim that lists a person's groups, e.g. groups.")))
             (ui::input_field("admin_groups", "Admin groups", &form.admin_groups, &form.errors, "text", false, None, Some("Comma-separated: members of these groups are admins; everyone else is a user.")))
             (ui::select_field("session_lifetime", "Portal sessions last", &lifetimes, &form.session_lifetime, &form.errors, None))
+            (sign_out_checkbox(form, &signed_out))
             div.form-actions {
                 button.btn.btn-primary type="submit" data-testid="create-identity-provider" { (ui::icon_plus()) "Add identity provider" }
             }
@@ -168,6 +168,7 @@ async fn create(
         groups_claim: fields.get("groups_claim").trim().to_string(),
         admin_groups: fields.get("admin_groups").to_string(),
         session_lifetime: fields.get("session_lifetime").to_string(),
+        sign_out_at_provider: fields.checked("sign_out_at_provider"),
         errors: FieldErrors::default(),
     };
     let optional = |text: &str| (!text.trim().is_empty()).then(|| text.trim().to_string());
@@ -192,6 +193,7 @@ async fn create(
             .map(str::to_string)
             .collect(),
         session_lifetime: Some(form.session_lifetime.clone()),
+        sign_out_at_provider: Some(form.sign_out_at_provider),
     };
     let created = match validate_provider(new) {
         Ok(valid) => {
@@ -261,7 +263,12 @@ async fn scim_token(
     Ok(([(axum::http::header::CACHE_CONTROL, "no-store")], page).into_response())
 }
 
-fn edit_form(admin: &Admin, provider: &IdentityProvider, form: &ProviderForm) -> Response {
+fn edit_form(
+    admin: &Admin,
+    provider: &IdentityProvider,
+    form: &ProviderForm,
+    signed_out: &str,
+) -> Response {
     let mut lifetimes: Vec<(String, String)> = LIFETIMES
         .iter()
         .map(|(value, label)| (value.to_string(), label.to_string()))
@@ -287,6 +294,7 @@ fn edit_form(admin: &Admin, provider: &IdentityProvider, form: &ProviderForm) ->
             (ui::input_field("groups_claim", "Groups claim", &form.groups_claim, &form.errors, "text", false, None, None))
             (ui::input_field("admin_groups", "Admin groups", &form.admin_groups, &form.errors, "text", false, None, Some("Comma-separated.")))
             (ui::select_field("session_lifetime", "Portal sessions last", &lifetimes, &form.session_lifetime, &form.errors, None))
+            (sign_out_checkbox(form, signed_out))
             div.form-actions {
                 a.btn href="/settings/identity-providers" { "Cancel" }
                 button.btn.btn-primary type="submit" data-testid="save-identity-provider" { "Save" }
@@ -311,6 +319,7 @@ async fn edit_page(
     State(state): State<WebState>,
     admin: Admin,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> WebResult<Response> {
     let id = form::parse_path_id(&id, "identity provider")?;
     let provider = state
@@ -325,9 +334,33 @@ async fn edit_page(
         groups_claim: provider.groups_claim.clone().unwrap_or_default(),
         admin_groups: provider.admin_groups.join(", "),
         session_lifetime: lifetime_text(provider.session_lifetime_seconds),
+        sign_out_at_provider: provider.sign_out_at_provider,
         errors: FieldErrors::default(),
     };
-    Ok(edit_form(&admin, &provider, &form))
+    Ok(edit_form(
+        &admin,
+        &provider,
+        &form,
+        &signed_out_url(&state, &headers)?,
+    ))
+}
+
+fn sign_out_checkbox(form: &ProviderForm, signed_out: &str) -> Markup {
+    html! {
+        label.check {
+            input type="checkbox" name="sign_out_at_provider" value="on" checked[form.sign_out_at_provider] data-testid="sign-out-at-provider";
+            span { "Sign out at the provider too: signing out of the portal goes on to the provider's sign-out (at most providers that ends the person's other applications' sessions as well). Register " code { (signed_out) } " as a post-logout redirect URI." }
+        }
+    }
+}
+
+/// The post-logout redirect URI to register at a provider.
+fn signed_out_url(state: &WebState, headers: &HeaderMap) -> WebResult<String> {
+    Ok(format!(
+        "{}{}",
+        crate::oidc::portal_url(state, headers)?,
+        crate::oidc::SIGNED_OUT_PATH
+    ))
 }
 
 /// A session lifetime as the form's durations write it.
@@ -342,6 +375,7 @@ fn lifetime_text(seconds: u32) -> String {
 async fn update(
     State(state): State<WebState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     Post { admin, fields }: Post,
 ) -> WebResult<Response> {
     let id = form::parse_path_id(&id, "identity provider")?;
@@ -357,6 +391,7 @@ async fn update(
         groups_claim: fields.get("groups_claim").trim().to_string(),
         admin_groups: fields.get("admin_groups").to_string(),
         session_lifetime: fields.get("session_lifetime").to_string(),
+        sign_out_at_provider: fields.checked("sign_out_at_provider"),
         errors: FieldErrors::default(),
     };
     let optional = |text: &str| (!text.trim().is_empty()).then(|| text.trim().to_string());
@@ -381,6 +416,7 @@ async fn update(
                 .collect(),
         ),
         session_lifetime: Some(form.session_lifetime.clone()),
+        sign_out_at_provider: Some(form.sign_out_at_provider),
     };
     let updated = match apply_patch(&provider, patch) {
         Ok(valid) => {
@@ -395,7 +431,12 @@ async fn update(
         Ok(_) => Ok(Redirect::to("/settings/identity-providers").into_response()),
         Err(err) => {
             form.errors = FieldErrors::from_store(err, |field| field)?;
-            Ok(edit_form(&admin, &provider, &form))
+            Ok(edit_form(
+                &admin,
+                &provider,
+                &form,
+                &signed_out_url(&state, &headers)?,
+            ))
         }
     }
 }

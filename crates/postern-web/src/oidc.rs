@@ -4,6 +4,8 @@
 //! in the database, taken once when the browser comes back — a wrong state, a replayed
 //! callback or one older than ten minutes is refused. The ID token is verified (signature
 //! against the provider's keys, issuer, audience, expiry, nonce) before its claims are read.
+//! Signing out may go on to the provider's `end_session_endpoint` (RP-initiated logout) when
+//! the provider is set to, with the session's ID token as `id_token_hint`.
 
 use std::time::Duration;
 
@@ -14,16 +16,19 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
 use base64::Engine;
-use maud::html;
+use maud::{html, Markup};
+use openidconnect::core::CoreIdToken;
 use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata};
 use openidconnect::{
-    AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce, PkceCodeChallenge,
-    PkceCodeVerifier, RedirectUrl, Scope,
+    AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl, LogoutRequest, Nonce,
+    PkceCodeChallenge, PkceCodeVerifier, PostLogoutRedirectUrl, ProviderMetadataWithLogout,
+    RedirectUrl, Scope,
 };
 use postern_api::ClientAddr;
 use postern_domain::identity::{person_from_claims, IdentityProvider};
 use postern_domain::ActorType;
-use postern_store::StoreError;
+use postern_store::{ProviderSession, StoreError};
+use postern_token::SecretString;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
@@ -36,6 +41,9 @@ use crate::{ui, WebState};
 const FLOW_COOKIE: &str = "postern_oidc_state";
 /// Where providers send the browser back; register `<portal URL>/auth/oidc/callback`.
 pub const CALLBACK_PATH: &str = "/auth/oidc/callback";
+/// Where providers send the browser after signing a person out there; register
+/// `<portal URL>/auth/oidc/signed-out` as a post-logout redirect URI.
+pub const SIGNED_OUT_PATH: &str = "/auth/oidc/signed-out";
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Sign-ins one address may start in a minute (a person needs a few).
 pub const STARTS_PER_MINUTE: u32 = 30;
@@ -44,7 +52,68 @@ pub fn routes() -> Router<WebState> {
     Router::new()
         .route("/auth/oidc/{provider_id}/start", get(start))
         .route(CALLBACK_PATH, get(callback))
+        .route(
+            SIGNED_OUT_PATH,
+            get(|| async { Redirect::to("/login?signed_out=1") }),
+        )
         .route("/me", get(me))
+}
+
+/// Where the browser goes to be signed out at the provider too, for a session opened through
+/// one that is set to (`sign_out_at_provider`): its `end_session_endpoint` with the session's
+/// ID token as `id_token_hint`, the client id, and back to [`SIGNED_OUT_PATH`]. `None` when
+/// the provider is not set to, is gone, or names no such endpoint — the portal's own session
+/// has ended either way.
+pub(crate) async fn provider_sign_out_url(
+    state: &WebState,
+    account_id: uuid::Uuid,
+    session: ProviderSession,
+    headers: &HeaderMap,
+) -> Option<String> {
+    let provider = state
+        .store()
+        .get_identity_provider(account_id, session.provider_id)
+        .await
+        .ok()
+        .filter(|provider| provider.sign_out_at_provider)?;
+    let ended = async {
+        let issuer = IssuerUrl::new(provider.issuer.clone()).map_err(|err| err.to_string())?;
+        let metadata = ProviderMetadataWithLogout::discover_async(
+            issuer,
+            &http_client().map_err(|err| err.to_string())?,
+        )
+        .await
+        .map_err(|err| format!("cannot read the discovery document: {err}"))?;
+        let endpoint = metadata
+            .additional_metadata()
+            .end_session_endpoint
+            .clone()
+            .ok_or("its discovery document names no end_session_endpoint")?;
+        let back = PostLogoutRedirectUrl::new(format!(
+            "{}{SIGNED_OUT_PATH}",
+            portal_url(state, headers).map_err(|err| err.to_string())?
+        ))
+        .map_err(|err| err.to_string())?;
+        let mut request = LogoutRequest::from(endpoint)
+            .set_client_id(ClientId::new(provider.client_id.clone()))
+            .set_post_logout_redirect_uri(back);
+        let hint = session
+            .id_token
+            .as_ref()
+            .and_then(|token| token.expose().parse::<CoreIdToken>().ok());
+        if let Some(hint) = &hint {
+            request = request.set_id_token_hint(hint);
+        }
+        Ok::<_, String>(request.http_get_url().to_string())
+    }
+    .await;
+    match ended {
+        Ok(url) => Some(url),
+        Err(reason) => {
+            tracing::warn!(provider = %provider.id, %reason, "cannot sign the person out at the identity provider");
+            None
+        }
+    }
 }
 
 fn http_client() -> Result<openidconnect::reqwest::Client, WebError> {
@@ -335,7 +404,19 @@ async fn callback(
         Err(err) => return Err(err.into()),
     };
     let lifetime = Duration::from_secs(u64::from(provider.session_lifetime_seconds));
-    let session = open_session(&state, &actor, ip, &headers, lifetime).await?;
+    // The ID token is kept (sealed) only to be handed back at sign-out.
+    let kept_id_token = provider
+        .sign_out_at_provider
+        .then(|| SecretString::new(id_token.to_string()));
+    let session = open_session(
+        &state,
+        &actor,
+        ip,
+        &headers,
+        lifetime,
+        Some((provider.id, kept_id_token)),
+    )
+    .await?;
     tracing::info!(actor_id = %actor.id, provider = %provider.id, source_ip = %ip, "web sign-in through an identity provider");
     let destination = if actor.actor_type == ActorType::Admin {
         "/actors"
@@ -344,20 +425,12 @@ async fn callback(
     };
     // The session cookie is SameSite=Strict: a redirect that continues the provider's
     // cross-site navigation would not carry it, so the page moves on from this site itself.
-    let body = html! {
-        main.auth {
-            div.auth-card {
-                div.auth-brand { (ui::logo()) span { "Postern" } }
-                h1 { "Signed in" }
-                p { "Welcome, " (actor.name) ". " a href=(destination) data-testid="continue" { "Continue" } }
-            }
-        }
-    };
-    let mut response = ui::bare_page("Signed in", &body).into_response();
+    let mut response = moving_on(
+        "Signed in",
+        html! { "Welcome, " (actor.name) ". " },
+        destination,
+    );
     let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&format!("0;url={destination}")) {
-        headers.insert("refresh", value);
-    }
     for value in [
         session,
         format!("{FLOW_COOKIE}=; HttpOnly; SameSite=Lax; Path=/auth/oidc; Max-Age=0"),
@@ -366,8 +439,30 @@ async fn callback(
             headers.append(SET_COOKIE, value);
         }
     }
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
+}
+
+/// A page that moves the browser on to `destination` by itself (`Refresh`), with a link.
+/// Used where a redirect cannot be: after the provider's cross-site navigation (the session
+/// cookie is `SameSite=Strict`), and from the sign-out form to the provider's sign-out (the
+/// pages' CSP keeps form submissions, redirects included, on this site).
+pub(crate) fn moving_on(title: &str, text: Markup, destination: &str) -> Response {
+    let body = html! {
+        main.auth {
+            div.auth-card {
+                div.auth-brand { (ui::logo()) span { "Postern" } }
+                h1 { (title) }
+                p { (text) a href=(destination) data-testid="continue" { "Continue" } }
+            }
+        }
+    };
+    let mut response = ui::bare_page(title, &body).into_response();
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&format!("0;url={destination}")) {
+        headers.insert("refresh", value);
+    }
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// A person's own page: who they are here, their groups, and how their devices connect.

@@ -499,9 +499,16 @@ fn service_account_round_trip() {
         "--session-lifetime",
         "8h",
         "--no-admin-groups",
+        "--sign-out-at-provider",
+        "true",
     ])
     .ok();
     assert!(updated.stdout.contains("8 h"), "{}", updated.stdout);
+    assert!(
+        updated.stdout.contains("/auth/oidc/signed-out"),
+        "{}",
+        updated.stdout
+    );
     assert!(
         !updated.stdout.contains("postern-admins"),
         "{}",

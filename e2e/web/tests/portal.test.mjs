@@ -676,6 +676,7 @@ async function startOpenIdProvider() {
       client_id: "postern",
       client_secret: "postern-client-secret",
       redirect_uris: [`${base}/auth/oidc/callback`],
+      post_logout_redirect_uris: [`${base}/auth/oidc/signed-out`],
       grant_types: ["authorization_code"],
       response_types: ["code"],
     }],
@@ -805,10 +806,30 @@ test("people sign in through an OpenID provider: a user lands on their page, an 
     await row.locator("[data-testid=edit-identity-provider]").click();
     assert.equal(await page.inputValue("#session_lifetime"), "8h");
     await page.selectOption("#session_lifetime", "1d");
+    assert.equal(await page.isChecked("[data-testid=sign-out-at-provider]"), false, "off by default");
+    assert.match(await page.textContent("[data-testid=identity-provider-edit]"), new RegExp(`${base}/auth/oidc/signed-out`));
+    await page.check("[data-testid=sign-out-at-provider]");
     await page.click("[data-testid=save-identity-provider]");
     await page.waitForSelector("[data-testid=identity-provider-row][data-name='Acme SSO']");
     assert.match(await row.textContent(), /24 h/);
-    assert.equal((await api("/v1/identity-providers")).data[0].has_client_secret, true);
+    const edited = (await api("/v1/identity-providers")).data[0];
+    assert.equal(edited.has_client_secret, true);
+    assert.equal(edited.sign_out_at_provider, true);
+
+    // Signing out now goes on to the provider's sign-out (RP-initiated logout, with the ID
+    // token as the hint), and back: the provider's session has ended too, so the next sign-in
+    // asks for a login again.
+    await signIn("grace");
+    assert.match(tab.url(), /\/actors$/);
+    await tab.click("[data-testid=sign-out]");
+    await tab.waitForURL((url) => url.href.startsWith(`${idp.issuer}/session/end`));
+    await tab.click("button[name=logout][value=yes]");
+    await tab.waitForURL(/\/login\?signed_out=1/);
+    await tab.goto(`${base}/actors`);
+    assert.match(tab.url(), /\/login/, "signed out of the portal");
+    await tab.click("[data-testid=sign-in-provider][data-name='Acme SSO']");
+    await tab.waitForSelector("input[name=login]");
+    await person.close();
 
     // Deleting the provider leaves people and service accounts be.
     const before = await api(`/v1/actors/${state.actorId}/tokens`);

@@ -216,6 +216,34 @@ struct ListQuery {
     #[serde(rename = "startIndex")]
     start_index: Option<i64>,
     count: Option<i64>,
+    attributes: Option<String>,
+    #[serde(rename = "excludedAttributes")]
+    excluded_attributes: Option<String>,
+}
+
+/// `attributes` and `excludedAttributes` (RFC 7644 §3.4.2.5) of a request for one resource.
+#[derive(Deserialize)]
+struct Projection {
+    attributes: Option<String>,
+    #[serde(rename = "excludedAttributes")]
+    excluded_attributes: Option<String>,
+}
+
+/// Whether an answer carries groups' `members`: the one attribute worth leaving out, as Entra ID
+/// asks (`excludedAttributes=members`) when it only looks a group up. Names may be qualified by
+/// the schema URN (`urn:…:Group:members`) or a sub-attribute (`members.value`).
+fn wants_members(attributes: Option<&str>, excluded: Option<&str>) -> bool {
+    let names_members = |list: &str| {
+        list.split(',').any(|name| {
+            let name = name.trim().rsplit(':').next().unwrap_or_default();
+            let name = name.split('.').next().unwrap_or_default();
+            name.eq_ignore_ascii_case("members")
+        })
+    };
+    if excluded.is_some_and(names_members) {
+        return false;
+    }
+    attributes.is_none_or(names_members)
 }
 
 /// `userName eq "value"` (the attribute name and operator in any case).
@@ -461,29 +489,33 @@ async fn delete_user(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn group_resource(group: &Group, members: &[Membership]) -> Value {
-    let members: Vec<Value> = members
-        .iter()
-        .map(|member| {
-            json!({
-                "value": member.actor_id,
-                "display": member.actor_name,
-                "$ref": format!("/scim/v2/Users/{}", member.actor_id),
-            })
-        })
-        .collect();
-    json!({
+/// A Group resource; without `members` when they are left out of the answer.
+fn group_resource(group: &Group, members: Option<&[Membership]>) -> Value {
+    let mut resource = json!({
         "schemas": [GROUP_SCHEMA],
         "id": group.id,
         "displayName": group.name,
-        "members": members,
         "meta": {
             "resourceType": "Group",
             "created": group.created_at,
             "lastModified": group.updated_at,
             "location": format!("/scim/v2/Groups/{}", group.id),
         },
-    })
+    });
+    if let Some(members) = members {
+        let members: Vec<Value> = members
+            .iter()
+            .map(|member| {
+                json!({
+                    "value": member.actor_id,
+                    "display": member.actor_name,
+                    "$ref": format!("/scim/v2/Users/{}", member.actor_id),
+                })
+            })
+            .collect();
+        resource["members"] = json!(members);
+    }
+    resource
 }
 
 /// The user ids of a `members` value: `[{"value": id}, …]`.
@@ -534,10 +566,18 @@ async fn list_groups(
         .store
         .directory_groups(&provider, name.as_deref(), start - 1, count)
         .await?;
+    let with_members = wants_members(
+        query.attributes.as_deref(),
+        query.excluded_attributes.as_deref(),
+    );
     let mut resources = Vec::new();
     for group in &groups {
+        if !with_members {
+            resources.push(group_resource(group, None));
+            continue;
+        }
         let (_, members) = state.store.directory_group(&provider, group.id).await?;
-        resources.push(group_resource(group, &members));
+        resources.push(group_resource(group, Some(&members)));
     }
     Ok(list_response(total, start, resources))
 }
@@ -570,7 +610,7 @@ async fn create_group(
         .await?;
     Ok(scim_json(
         StatusCode::CREATED,
-        group_resource(&group, &members),
+        group_resource(&group, Some(&members)),
     ))
 }
 
@@ -582,13 +622,19 @@ async fn get_group(
     State(state): State<AppState>,
     parts: Parts,
     Path(id): Path<String>,
+    Query(projection): Query<Projection>,
 ) -> Result<Response, ScimError> {
     let (provider, _) = directory(&state, &parts).await?;
     let (group, members) = state
         .store
         .directory_group(&provider, group_id(&id)?)
         .await?;
-    Ok(scim_json(StatusCode::OK, group_resource(&group, &members)))
+    let with_members = wants_members(
+        projection.attributes.as_deref(),
+        projection.excluded_attributes.as_deref(),
+    );
+    let members = with_members.then_some(members.as_slice());
+    Ok(scim_json(StatusCode::OK, group_resource(&group, members)))
 }
 
 async fn replace_group(
@@ -608,7 +654,10 @@ async fn replace_group(
         .store
         .change_directory_group(&provider, group_id(&id)?, change, &acting)
         .await?;
-    Ok(scim_json(StatusCode::OK, group_resource(&group, &members)))
+    Ok(scim_json(
+        StatusCode::OK,
+        group_resource(&group, Some(&members)),
+    ))
 }
 
 /// `members[value eq "ID"]`: the member a `remove` names in its path.
@@ -670,7 +719,10 @@ async fn patch_group(
         .store
         .change_directory_group(&provider, group_id(&id)?, change, &acting)
         .await?;
-    Ok(scim_json(StatusCode::OK, group_resource(&group, &members)))
+    Ok(scim_json(
+        StatusCode::OK,
+        group_resource(&group, Some(&members)),
+    ))
 }
 
 async fn delete_group(
@@ -728,6 +780,20 @@ fn patch_operations(patch: &Value) -> Result<&Vec<Value>, ScimError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn members_are_left_out_when_asked() {
+        assert!(wants_members(None, None));
+        assert!(!wants_members(None, Some("members")));
+        assert!(!wants_members(
+            None,
+            Some("urn:ietf:params:scim:schemas:core:2.0:Group:members")
+        ));
+        assert!(!wants_members(None, Some("displayName, Members")));
+        assert!(wants_members(None, Some("displayName")));
+        assert!(!wants_members(Some("displayName"), None));
+        assert!(wants_members(Some("displayName,members.value"), None));
+    }
 
     #[test]
     fn only_username_eq_filters_are_understood() {

@@ -57,6 +57,11 @@ enum Command {
         /// How long people signed in through it stay signed in, 5m to 30d (default 12h)
         #[arg(long, value_name = "DURATION")]
         session_lifetime: Option<String>,
+        /// Signing out of the portal also signs the person out at the provider (RP-initiated
+        /// logout; at most providers that ends their other applications' sessions too).
+        /// Register <portal URL>/auth/oidc/signed-out as a post-logout redirect URI
+        #[arg(long)]
+        sign_out_at_provider: bool,
     },
     /// Change a provider (not its issuer); people and service accounts are not touched
     #[command(after_help = "Examples:\n  \
@@ -87,6 +92,9 @@ enum Command {
         no_admin_groups: bool,
         #[arg(long, value_name = "DURATION")]
         session_lifetime: Option<String>,
+        /// Whether signing out of the portal also signs the person out at the provider
+        #[arg(long, value_name = "true|false")]
+        sign_out_at_provider: Option<bool>,
     },
     /// List the account's identity providers
     #[command(after_help = "Example:\n  postern identity-providers list")]
@@ -124,6 +132,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             groups_claim,
             admin_groups,
             session_lifetime,
+            sign_out_at_provider,
         } => {
             let secret = client_secret_stdin
                 .then(read_secret)
@@ -139,6 +148,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 ("groups_claim", groups_claim.map(Value::String)),
                 ("admin_groups", Some(json!(admin_groups))),
                 ("session_lifetime", session_lifetime.map(Value::String)),
+                (
+                    "sign_out_at_provider",
+                    Some(Value::Bool(sign_out_at_provider)),
+                ),
             ]);
             let created = client.post("/v1/identity-providers", &body).await?;
             if client.json {
@@ -157,6 +170,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             admin_groups,
             no_admin_groups,
             session_lifetime,
+            sign_out_at_provider,
         } => {
             let secret = client_secret_stdin
                 .then(read_secret)
@@ -176,6 +190,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 ("groups_claim", groups_claim.map(Value::String)),
                 ("admin_groups", admin_groups),
                 ("session_lifetime", session_lifetime.map(Value::String)),
+                (
+                    "sign_out_at_provider",
+                    sign_out_at_provider.map(Value::Bool),
+                ),
             ]);
             let updated = client
                 .patch(&format!("/v1/identity-providers/{provider_id}"), &body)
@@ -283,6 +301,14 @@ fn print_provider(provider: &Value) -> anyhow::Result<()> {
         ("groups claim", output::text(provider, "groups_claim")),
         ("admin groups", list_text(&provider["admin_groups"])),
         ("session lifetime", format!("{hours} h")),
+        (
+            "sign out at provider",
+            if provider["sign_out_at_provider"] == true {
+                "yes (post-logout redirect URI <portal URL>/auth/oidc/signed-out)".into()
+            } else {
+                "no".into()
+            },
+        ),
         (
             "redirect URI",
             "<portal URL>/auth/oidc/callback (register it at the provider)".into(),
