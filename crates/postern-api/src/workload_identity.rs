@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use postern_domain::workload_identity::{MatchedClaims, NewWorkloadIdentity};
 use postern_domain::WorkloadIdentity;
-use postern_store::TokenUse;
+use postern_store::{RuleScope, TokenUse, DEFAULT_ACCOUNT_SLUG, MAX_RULES_CONSIDERED};
 use postern_token::TokenKind;
 use postern_workload_identity::{self as wi, DocumentError, KeySet, Refusal};
 use serde::{Deserialize, Serialize};
@@ -136,8 +136,13 @@ pub struct ExchangeRequest {
     /// The workload's OIDC ID token (a JWT).
     #[schema(max_length = 16384)]
     pub id_token: String,
-    /// The trust rule to use; needed only when the token matches several.
+    /// The trust rule to use; needed only when the token matches several. Named, it may be
+    /// any account's.
     pub workload_identity_id: Option<Uuid>,
+    /// The account whose trust rules are looked at (its slug; default `default`). Ignored
+    /// with `workload_identity_id`.
+    #[schema(max_length = 63, example = "default")]
+    pub account: Option<String>,
     /// The client token the workload holds now, when it renews: the new token takes over
     /// from it (the device keeps its grants).
     pub actor_token: Option<String>,
@@ -151,6 +156,8 @@ struct TokenExchangeForm {
     subject_token_type: String,
     /// The trust rule's id (RFC 8693's `audience`: the token is for this service account).
     audience: Option<String>,
+    /// The account whose trust rules are looked at (its slug), as in JSON.
+    account: Option<String>,
     actor_token: Option<String>,
     actor_token_type: Option<String>,
 }
@@ -188,6 +195,7 @@ struct TokenExchangeResponse {
 struct Exchange {
     id_token: String,
     workload_identity_id: Option<Uuid>,
+    account: Option<String>,
     actor_token: Option<String>,
 }
 
@@ -197,8 +205,9 @@ enum ExchangeFailure {
     Request(String),
     /// The ID token does not earn a token.
     Refused(String),
-    /// The token matches several rules: the caller must name one.
-    Ambiguous(usize),
+    /// The token matches several rules (or the account has too many to look at): the caller
+    /// must name one.
+    Ambiguous(String),
     /// The issuer's keys cannot be had.
     Unavailable(String),
     Api(ApiError),
@@ -221,7 +230,7 @@ impl ExchangeFailure {
         match self {
             Self::Request(detail) => ApiError::bad_request(None, detail),
             Self::Refused(detail) => ApiError::unauthorized(detail),
-            Self::Ambiguous(count) => ApiError::conflict(ambiguous(count)),
+            Self::Ambiguous(detail) => ApiError::conflict(detail),
             Self::Unavailable(detail) => ApiError::unavailable(detail, 10),
             Self::Api(err) => err,
         }
@@ -231,7 +240,7 @@ impl ExchangeFailure {
         let (status, error, description) = match self {
             Self::Request(detail) => (StatusCode::BAD_REQUEST, "invalid_request", detail),
             Self::Refused(detail) => (StatusCode::BAD_REQUEST, "invalid_grant", detail),
-            Self::Ambiguous(count) => (StatusCode::BAD_REQUEST, "invalid_target", ambiguous(count)),
+            Self::Ambiguous(detail) => (StatusCode::BAD_REQUEST, "invalid_target", detail),
             Self::Unavailable(detail) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
@@ -247,12 +256,9 @@ impl ExchangeFailure {
     }
 }
 
-fn ambiguous(count: usize) -> String {
-    format!(
-        "the ID token matches {count} workload identities: name one with workload_identity_id \
-         (postern-client --workload-identity, or `audience` in the form)"
-    )
-}
+/// How to name the rule, said by every refusal that asks for it.
+const NAME_ONE: &str = "name one with workload_identity_id (postern-client --workload-identity, \
+                        or `audience` in the form)";
 
 #[utoipa::path(post, path = "/v1/workload-identity/exchange", tag = "workload identity",
     request_body(content = ExchangeRequest, description = "JSON; or `application/x-www-form-urlencoded` with RFC 8693's `grant_type=urn:ietf:params:oauth:grant-type:token-exchange`, `subject_token`, `subject_token_type=urn:ietf:params:oauth:token-type:id_token` (or `…:jwt`), optional `audience` (the workload identity's id) and `actor_token`, answered as RFC 8693 (`access_token`, `issued_token_type`, `token_type`, `expires_in`) or RFC 6749 errors"),
@@ -309,6 +315,7 @@ fn parse_request(body: &Bytes, form: bool) -> Result<Exchange, ExchangeFailure> 
         return Ok(Exchange {
             id_token: request.id_token,
             workload_identity_id: request.workload_identity_id,
+            account: request.account,
             actor_token: request.actor_token,
         });
     }
@@ -344,6 +351,7 @@ fn parse_request(body: &Bytes, form: bool) -> Result<Exchange, ExchangeFailure> 
     Ok(Exchange {
         id_token: request.subject_token,
         workload_identity_id,
+        account: request.account,
         actor_token: request.actor_token,
     })
 }
@@ -365,24 +373,40 @@ async fn run_exchange(
         ExchangeFailure::Refused(reason)
     };
     let claimed = wi::peek(&request.id_token).map_err(|err| refused(err.to_string()))?;
+    let (scope, looked_at) = match (request.workload_identity_id, &request.account) {
+        (Some(id), _) => (
+            RuleScope::Rule(id),
+            "under the workload identity named".to_string(),
+        ),
+        (None, account) => {
+            let slug = account.as_deref().unwrap_or(DEFAULT_ACCOUNT_SLUG);
+            match state.store.account_by_slug(slug).await {
+                Ok(found) => (
+                    RuleScope::Account(found.id),
+                    format!("in the account '{slug}'"),
+                ),
+                Err(postern_store::StoreError::NotFound(_)) => {
+                    return Err(refused(format!("there is no account '{slug}'")))
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+    };
     let candidates: Vec<WorkloadIdentity> = state
         .store
-        .workload_identities_for_issuer(
-            &claimed.issuer,
-            &claimed.audiences,
-            request.workload_identity_id,
-        )
+        .workload_identities_for_issuer(&claimed.issuer, &claimed.audiences, scope)
         .await?;
     if candidates.is_empty() {
         return Err(refused(format!(
-            "no workload identity trusts ID tokens from '{}' for the audience {:?}{}",
-            claimed.issuer,
-            claimed.audiences,
-            if request.workload_identity_id.is_some() {
-                " under the workload identity named"
-            } else {
-                ""
-            }
+            "no workload identity trusts ID tokens from '{}' for the audience {:?} {looked_at}",
+            claimed.issuer, claimed.audiences,
+        )));
+    }
+    if candidates.len() > MAX_RULES_CONSIDERED {
+        return Err(ExchangeFailure::Ambiguous(format!(
+            "more than {MAX_RULES_CONSIDERED} workload identities {looked_at} trust ID tokens \
+             from '{}' for these audiences: {NAME_ONE}",
+            claimed.issuer
         )));
     }
     let now = Utc::now().timestamp();
@@ -405,7 +429,11 @@ async fn run_exchange(
             return Err(refused(reason));
         }
         1 => matched.remove(0),
-        count => return Err(ExchangeFailure::Ambiguous(count)),
+        count => {
+            return Err(ExchangeFailure::Ambiguous(format!(
+                "the ID token matches {count} workload identities: {NAME_ONE}"
+            )))
+        }
     };
     let replaces = match request.actor_token.as_deref() {
         Some(secret) => current_token(state, secret, &rule, ip).await,

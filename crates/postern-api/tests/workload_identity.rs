@@ -27,6 +27,7 @@ on_both_backends!(
     an_issuer_that_rotates_its_keys_is_followed_and_offline_keys_work,
     rules_are_checked_when_created,
     exchanged_tokens_are_not_expiring_and_are_purged_a_week_after_they_end,
+    another_accounts_rules_are_looked_at_only_when_asked_for,
 );
 
 /// An OIDC issuer on localhost: discovery and a key set that can be replaced; counts the key
@@ -600,4 +601,111 @@ async fn rules_are_checked_when_created(portal: &Portal) {
     );
     let list = portal.get(&path).await;
     assert_eq!(list["data"].as_array().unwrap().len(), 1);
+}
+
+/// `POST path` with `token` (another account's API token); the answer's `data`.
+async fn post_as(portal: &Portal, token: &str, path: &str, body: Value) -> Value {
+    let response = portal
+        .http
+        .post(format!("{}{path}", portal.base))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::CREATED, "POST {path}");
+    response.json::<Value>().await.unwrap()["data"].clone()
+}
+
+async fn another_accounts_rules_are_looked_at_only_when_asked_for(portal: &Portal) {
+    let issuer = issuer().await;
+    let (ours, _) = trusting(portal, &issuer, "ci-deploy").await;
+    // Another tenant trusts every repository's tokens from the same issuer and audience.
+    let other = portal
+        .store
+        .create_account("other", "Other", &postern_domain::Acting::local_cli())
+        .await
+        .unwrap();
+    let other_token = common::api_token(&portal.store, other.id, "other-admin").await;
+    let mut rules = Vec::new();
+    for batch in 0..5 {
+        let actor = post_as(
+            portal,
+            &other_token,
+            "/v1/actors",
+            json!({"type": "service_account", "name": format!("greedy-{batch}")}),
+        )
+        .await;
+        let actor_id = actor["id"].as_str().unwrap().to_string();
+        for n in 0..if batch == 0 { 1 } else { 50 } {
+            let rule = post_as(
+                portal,
+                &other_token,
+                &format!("/v1/actors/{actor_id}/workload-identities"),
+                json!({
+                    "name": format!("all-{n}"),
+                    "issuer": issuer.signer.issuer,
+                    "audience": "postern",
+                    "subject": "repo:*",
+                }),
+            )
+            .await;
+            rules.push((actor_id.clone(), rule["id"].as_str().unwrap().to_string()));
+        }
+        if batch == 0 {
+            let id_token = issuer
+                .signer
+                .sign(&issuer.signer.claims("postern", SUBJECT, now()));
+            // Without an account named, the portal's default account's rules only: ours,
+            // not ambiguous with theirs.
+            let (status, body) = exchange(portal, json!({ "id_token": id_token })).await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            assert_eq!(body["data"]["actor_id"], ours.as_str());
+            let (status, body) = exchange(
+                portal,
+                json!({ "id_token": id_token, "account": "default" }),
+            )
+            .await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            assert_eq!(body["data"]["actor_id"], ours.as_str());
+            // Their account only when the workload asks for it, or names their rule.
+            let (status, body) =
+                exchange(portal, json!({ "id_token": id_token, "account": "other" })).await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            assert_eq!(body["data"]["actor_id"], rules[0].0.as_str());
+            let (status, body) = exchange(
+                portal,
+                json!({ "id_token": id_token, "workload_identity_id": rules[0].1 }),
+            )
+            .await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            assert_eq!(body["data"]["actor_id"], rules[0].0.as_str());
+            let (status, body) =
+                exchange(portal, json!({ "id_token": id_token, "account": "nope" })).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+            assert!(body.to_string().contains("no account 'nope'"), "{body}");
+        }
+    }
+    // 201 rules for the issuer and audience in their account: too many to look at; the
+    // refusal says how to name one, and naming one works.
+    let id_token = issuer
+        .signer
+        .sign(&issuer.signer.claims("postern", SUBJECT, now()));
+    let (status, body) =
+        exchange(portal, json!({ "id_token": id_token, "account": "other" })).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body.to_string().contains("more than 200"), "{body}");
+    assert!(body.to_string().contains("workload_identity_id"), "{body}");
+    let (last_actor, last_rule) = rules.last().unwrap();
+    let (status, body) = exchange(
+        portal,
+        json!({ "id_token": id_token, "workload_identity_id": last_rule }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["data"]["actor_id"], last_actor.as_str());
+    // Ours is still found without naming it.
+    let (status, body) = exchange(portal, json!({ "id_token": id_token })).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["data"]["actor_id"], ours.as_str());
 }

@@ -183,6 +183,16 @@ struct WorkloadArgs {
     /// from `postern workload-identities list`)
     #[arg(long, env = "POSTERN_WORKLOAD_IDENTITY", value_name = "ID")]
     workload_identity: Option<uuid::Uuid>,
+
+    /// The account (its slug) whose workload identities the portal looks at; needed on a
+    /// portal of several accounts unless --workload-identity names the rule
+    #[arg(
+        long = "workload-account",
+        env = "POSTERN_WORKLOAD_ACCOUNT",
+        value_name = "SLUG",
+        default_value = "default"
+    )]
+    workload_account: String,
 }
 
 impl WorkloadArgs {
@@ -196,6 +206,7 @@ impl WorkloadArgs {
         Some(WorkloadIdentity {
             source,
             workload_identity_id: self.workload_identity,
+            account: Some(self.workload_account.clone()),
         })
     }
 }

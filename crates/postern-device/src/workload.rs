@@ -56,6 +56,9 @@ pub struct WorkloadIdentity {
     pub source: IdTokenSource,
     /// The trust rule to use, when the ID token matches several.
     pub workload_identity_id: Option<Uuid>,
+    /// The account whose trust rules the portal looks at (its slug; the portal's default
+    /// account when `None`).
+    pub account: Option<String>,
 }
 
 /// A token the portal issued for the ID token.
@@ -200,6 +203,9 @@ impl Exchanger {
         let mut body = serde_json::json!({ "id_token": id_token.expose() });
         if let Some(id) = self.identity.workload_identity_id {
             body["workload_identity_id"] = serde_json::json!(id);
+        }
+        if let Some(account) = &self.identity.account {
+            body["account"] = serde_json::json!(account);
         }
         if let Some(current) = current {
             body["actor_token"] = serde_json::json!(current.expose());

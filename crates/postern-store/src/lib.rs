@@ -6,6 +6,7 @@
 //! bookkeeping is buffered and flushed in batches.
 
 mod accounts;
+pub use accounts::DEFAULT_ACCOUNT_SLUG;
 mod actors;
 mod audit;
 mod auth;
@@ -57,7 +58,7 @@ pub use tokens::{
 };
 pub use web_sessions::{ProviderSession, WebSession};
 pub use webhooks::{DeliveryOutcome, DueDelivery, NewWebhook, WebhookPatch};
-pub use workload_identities::ExchangedToken;
+pub use workload_identities::{ExchangedToken, RuleScope, MAX_RULES_CONSIDERED};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -23,8 +23,20 @@ use crate::{Result, Store, StoreError};
 /// How long a token exchanged for an ID token is listed after it ended.
 pub const EXCHANGED_TOKENS_KEPT_FOR: chrono::Duration = chrono::Duration::days(7);
 
-/// The most rules one exchange considers for an issuer and audience (across accounts).
-const MAX_RULES_PER_ISSUER: i64 = 200;
+/// The most rules of one account one exchange considers for an issuer and audience; beyond,
+/// the workload names its rule.
+pub const MAX_RULES_CONSIDERED: usize = 200;
+
+/// Which trust rules an exchange looks at: never another account's, unless the workload names
+/// that rule by id — a tenant's rule that matches everyone's tokens must neither make other
+/// tenants' exchanges ambiguous nor take their workloads in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleScope {
+    /// The one rule with this id.
+    Rule(Uuid),
+    /// The rules of this account.
+    Account(Uuid),
+}
 
 /// An exchange: the token the workload gets, and whether it took over from the token the
 /// workload held (a renewal: the portal moves that device's grants to the new one).
@@ -220,30 +232,33 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// The trust rules of every account for this issuer and one of these audiences (the
-    /// exchange then checks each), or the one named by `id` if it is for them.
+    /// The trust rules in `scope` for this issuer and one of these audiences (the exchange
+    /// then checks each): up to [`MAX_RULES_CONSIDERED`] + 1, so that the caller can tell
+    /// there are too many.
     pub async fn workload_identities_for_issuer(
         &self,
         issuer: &str,
         audiences: &[String],
-        id: Option<Uuid>,
+        scope: RuleScope,
     ) -> Result<Vec<WorkloadIdentity>> {
         // An ID token names a few audiences; more are not looked at.
         let audiences: Vec<&String> = audiences.iter().take(10).collect();
         if audiences.is_empty() {
             return Ok(Vec::new());
         }
-        let by_id = if id.is_some() { " AND id = $2" } else { "" };
-        let first = if id.is_some() { 3 } else { 2 };
+        let (scoped_by, scope_id) = match scope {
+            RuleScope::Rule(id) => ("id", id),
+            RuleScope::Account(account_id) => ("account_id", account_id),
+        };
         let sql = format!(
-            "SELECT * FROM workload_identities WHERE issuer = $1{by_id} AND audience IN ({}) \
-             ORDER BY id LIMIT {MAX_RULES_PER_ISSUER}",
-            db::placeholders(first, audiences.len())
+            "SELECT * FROM workload_identities WHERE issuer = $1 AND {scoped_by} = $2 \
+             AND audience IN ({}) ORDER BY id LIMIT {}",
+            db::placeholders(3, audiences.len()),
+            MAX_RULES_CONSIDERED + 1
         );
-        let mut query = sqlx::query(&sql).bind(issuer.to_string());
-        if let Some(id) = id {
-            query = query.bind(id.to_string());
-        }
+        let mut query = sqlx::query(&sql)
+            .bind(issuer.to_string())
+            .bind(scope_id.to_string());
         for audience in audiences {
             query = query.bind(audience.clone());
         }

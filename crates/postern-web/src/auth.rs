@@ -20,7 +20,7 @@ use chrono::Utc;
 use maud::{html, Markup};
 use postern_api::ClientAddr;
 use postern_domain::{Acting, Actor, ActorType};
-use postern_store::{StoreError, WebSession};
+use postern_store::{StoreError, WebSession, DEFAULT_ACCOUNT_SLUG};
 use postern_token::SecretString;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -266,7 +266,11 @@ async fn providers_of(
     state: &WebState,
     slug: &str,
 ) -> Vec<postern_domain::identity::IdentityProvider> {
-    let slug = if slug.is_empty() { "default" } else { slug };
+    let slug = if slug.is_empty() {
+        DEFAULT_ACCOUNT_SLUG
+    } else {
+        slug
+    };
     let Ok(account) = state.store().account_by_slug(slug).await else {
         return Vec::new();
     };
@@ -286,7 +290,7 @@ fn login_response(
 ) -> Response {
     let csrf = random_hex();
     let account = if form.account.is_empty() {
-        "default"
+        DEFAULT_ACCOUNT_SLUG
     } else {
         form.account.as_str()
     };
@@ -370,7 +374,7 @@ pub async fn login(
     }
     let email = fields.get("email").trim().to_ascii_lowercase();
     let account_slug = match fields.get("account").trim() {
-        "" => "default",
+        "" => DEFAULT_ACCOUNT_SLUG,
         slug => slug,
     };
     let mut form = LoginForm {

@@ -27,7 +27,7 @@ use openidconnect::{
 use postern_api::ClientAddr;
 use postern_domain::identity::{person_from_claims, IdentityProvider};
 use postern_domain::ActorType;
-use postern_store::{ProviderSession, StoreError};
+use postern_store::{ProviderSession, StoreError, DEFAULT_ACCOUNT_SLUG};
 use postern_token::SecretString;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
@@ -229,7 +229,7 @@ async fn start(
     }
     state.sign_in_starts.record_failure(ip);
     let provider_id = crate::form::parse_path_id(&provider_id, "identity provider")?;
-    let slug = query.account.as_deref().unwrap_or("default");
+    let slug = query.account.as_deref().unwrap_or(DEFAULT_ACCOUNT_SLUG);
     let account = match state.store().account_by_slug(slug).await {
         Ok(account) => account,
         Err(StoreError::NotFound(_)) => return Err(WebError::NotFound("account")),
