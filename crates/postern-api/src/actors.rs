@@ -235,6 +235,7 @@ pub(crate) async fn update_actor(
     let patch = ActorPatch {
         name: body.name,
         disabled: body.disabled,
+        email: None,
     };
     if auth.principal.actor_id == Some(id) && patch.disabled == Some(true) {
         return Err(ApiError::conflict(

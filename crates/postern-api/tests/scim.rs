@@ -233,6 +233,58 @@ async fn a_directory_provisions_and_deprovisions_its_people(portal: &Portal) {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(replaced["displayName"], "Ada King");
 
+    // A new email: changed and audited with the change, in one step; back again.
+    let new_email = |email: &str| {
+        json!({
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [{"op": "replace", "path": "userName", "value": email}],
+        })
+    };
+    let (status, moved) = scim(
+        portal,
+        &token,
+        Method::PATCH,
+        &format!("/Users/{id}"),
+        Some(new_email("ada.king@example.com")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{moved}");
+    assert_eq!(moved["userName"], "ada.king@example.com");
+    let audit = portal.get("/v1/audit-events?action=actor.update").await;
+    let changed_email = audit["data"].as_array().unwrap().iter().any(|event| {
+        event["object_id"] == id.as_str()
+            && event["before"]["email"] == "ada@example.com"
+            && event["after"]["email"] == "ada.king@example.com"
+    });
+    assert!(changed_email, "{audit}");
+    let (status, _) = scim(
+        portal,
+        &token,
+        Method::POST,
+        "/Users",
+        Some(okta_user("grace@example.com")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, taken) = scim(
+        portal,
+        &token,
+        Method::PATCH,
+        &format!("/Users/{id}"),
+        Some(new_email("grace@example.com")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{taken}");
+    let (status, _) = scim(
+        portal,
+        &token,
+        Method::PATCH,
+        &format!("/Users/{id}"),
+        Some(new_email("ada@example.com")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
     // Signing in through the provider later finds the provisioned person by email.
     let provider = portal
         .store

@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use postern_domain::{new_id, rules, validate, Acting, Actor, ActorType, ChangeEvent};
+use postern_domain::{
+    new_id, rules, validate, Acting, Actor, ActorType, ChangeEvent, ValidationError,
+};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 use uuid::Uuid;
@@ -26,6 +28,14 @@ pub struct NewActor {
     pub token: Option<NewTokenRequest>,
 }
 
+/// The identity provider a person comes from: the provider, and its subject (`sub`) once the
+/// person has signed in through it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ProviderLink<'a> {
+    pub provider_id: Uuid,
+    pub subject: Option<&'a str>,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ActorFilter {
     pub actor_type: Option<ActorType>,
@@ -37,6 +47,8 @@ pub struct ActorFilter {
 pub struct ActorPatch {
     pub name: Option<String>,
     pub disabled: Option<bool>,
+    /// A person's new email (a directory changes it); machines have none.
+    pub email: Option<String>,
 }
 
 impl Store {
@@ -46,6 +58,19 @@ impl Store {
         &self,
         account_id: Uuid,
         new: NewActor,
+        acting: &Acting,
+    ) -> Result<(Actor, Option<CreatedToken>)> {
+        self.create_linked_actor(account_id, new, None, acting)
+            .await
+    }
+
+    /// `create_actor` for a person an identity provider brings (`link`): the link is written
+    /// with the actor, in one transaction, so no person exists that their provider cannot find.
+    pub(crate) async fn create_linked_actor(
+        &self,
+        account_id: Uuid,
+        new: NewActor,
+        link: Option<ProviderLink<'_>>,
         acting: &Acting,
     ) -> Result<(Actor, Option<CreatedToken>)> {
         let name = validate::name("name", &new.name)?;
@@ -84,7 +109,8 @@ impl Store {
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO actors (id, account_id, type, name, email, password_hash, created_at, \
-             updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             updated_at, identity_provider_id, provider_subject) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(actor.id.to_string())
         .bind(account_id.to_string())
@@ -94,11 +120,16 @@ impl Store {
         .bind(new.password_hash)
         .bind(ts(now))
         .bind(ts(now))
+        .bind(link.map(|link| link.provider_id.to_string()))
+        .bind(link.and_then(|link| link.subject.map(str::to_string)))
         .execute(&mut *tx.tx)
         .await
         .map_err(|err| {
-            db::unique_violation(err, || {
-                "an actor with this email exists already".to_string()
+            db::unique_violation(err, || match link.and_then(|link| link.subject) {
+                Some(subject) => {
+                    format!("an actor with this email, or the provider's subject {subject}, exists already")
+                }
+                None => "an actor with this email exists already".to_string(),
             })
         })?;
         for group_id in &group_ids {
@@ -234,6 +265,15 @@ impl Store {
         if let Some(name) = &patch.name {
             after.name = validate::name("name", name)?;
         }
+        if let Some(email) = &patch.email {
+            if !matches!(before.actor_type, ActorType::User | ActorType::Admin) {
+                return Err(StoreError::Validation(ValidationError::new(
+                    "email",
+                    format!("{} has no email", before.actor_type.described()),
+                )));
+            }
+            after.email = Some(validate::email("email", email)?);
+        }
         match patch.disabled {
             Some(true) if before.disabled_at.is_none() => after.disabled_at = Some(now),
             Some(false) => after.disabled_at = None,
@@ -245,16 +285,22 @@ impl Store {
         after.updated_at = now;
         let mut tx = self.begin_write().await?;
         sqlx::query(
-            "UPDATE actors SET name = $1, disabled_at = $2, updated_at = $3 \
-             WHERE account_id = $4 AND id = $5",
+            "UPDATE actors SET name = $1, disabled_at = $2, email = $3, updated_at = $4 \
+             WHERE account_id = $5 AND id = $6",
         )
         .bind(after.name.clone())
         .bind(db::opt_ts(after.disabled_at))
+        .bind(after.email.clone())
         .bind(ts(now))
         .bind(account_id.to_string())
         .bind(actor_id.to_string())
         .execute(&mut *tx.tx)
-        .await?;
+        .await
+        .map_err(|err| {
+            db::unique_violation(err, || {
+                "an actor with this email exists already".to_string()
+            })
+        })?;
         let action = match (before.disabled_at, after.disabled_at) {
             (None, Some(_)) => "actor.disable",
             (Some(_), None) => "actor.enable",

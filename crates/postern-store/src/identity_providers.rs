@@ -10,7 +10,7 @@ use postern_token::SecretString;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
-use crate::actors::{actor_from_row, NewActor};
+use crate::actors::{actor_from_row, NewActor, ProviderLink};
 use crate::audit::{self, snapshot, Entry};
 use crate::db::{self, opt_text, text, time, ts};
 use crate::{Result, Store, StoreError};
@@ -403,7 +403,7 @@ impl Store {
                 }
                 None => {
                     let (actor, _) = self
-                        .create_actor(
+                        .create_linked_actor(
                             account_id,
                             NewActor {
                                 actor_type: wanted,
@@ -413,10 +413,13 @@ impl Store {
                                 group_ids: Vec::new(),
                                 token: None,
                             },
+                            Some(ProviderLink {
+                                provider_id: provider.id,
+                                subject: Some(&person.subject),
+                            }),
                             &acting,
                         )
                         .await?;
-                    self.link_person(&actor, provider, person).await?;
                     return Ok(actor);
                 }
             },

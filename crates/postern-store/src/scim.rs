@@ -7,9 +7,9 @@ use postern_domain::{validate, Acting, Actor, ActorType, Group, Membership, Vali
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::actors::{actor_from_row, ActorPatch, NewActor};
+use crate::actors::{actor_from_row, ActorPatch, NewActor, ProviderLink};
 use crate::audit::{self, Entry};
-use crate::db::{self, opt_text, ts};
+use crate::db::{opt_text, ts};
 use crate::groups::MembershipChange;
 use crate::{Page, Result, Store, StoreError};
 
@@ -189,7 +189,7 @@ impl Store {
             return Err(StoreError::Conflict(format!("{email} exists already")));
         }
         let (actor, _) = self
-            .create_actor(
+            .create_linked_actor(
                 provider.account_id,
                 NewActor {
                     actor_type: ActorType::User,
@@ -199,17 +199,13 @@ impl Store {
                     group_ids: Vec::new(),
                     token: None,
                 },
+                Some(ProviderLink {
+                    provider_id: provider.id,
+                    subject: None,
+                }),
                 acting,
             )
             .await?;
-        sqlx::query(
-            "UPDATE actors SET identity_provider_id = $1 WHERE account_id = $2 AND id = $3",
-        )
-        .bind(provider.id.to_string())
-        .bind(provider.account_id.to_string())
-        .bind(actor.id.to_string())
-        .execute(self.pool())
-        .await?;
         if person.active {
             return Ok(actor);
         }
@@ -234,23 +230,11 @@ impl Store {
         change: DirectoryChange,
         acting: &Acting,
     ) -> Result<Actor> {
-        let before = self.directory_person(provider, id).await?;
-        if let Some(email) = &change.email {
-            let email = validate::email("userName", email)?;
-            if before.email.as_deref() != Some(email.as_str()) {
-                sqlx::query("UPDATE actors SET email = $1, updated_at = $2 WHERE account_id = $3 AND id = $4")
-                    .bind(email)
-                    .bind(ts(Utc::now()))
-                    .bind(provider.account_id.to_string())
-                    .bind(id.to_string())
-                    .execute(self.pool())
-                    .await
-                    .map_err(|err| db::unique_violation(err, || "the email exists already".into()))?;
-            }
-        }
+        self.directory_person(provider, id).await?;
         let patch = ActorPatch {
             name: change.name,
             disabled: change.active.map(|active| !active),
+            email: change.email,
         };
         self.update_actor(provider.account_id, id, patch, acting)
             .await

@@ -897,7 +897,7 @@ async fn update(
     }
     let patch = ActorPatch {
         name: Some(form.name.clone()),
-        disabled: None,
+        ..ActorPatch::default()
     };
     if let Err(err) = state
         .store()
@@ -945,8 +945,8 @@ async fn set_disabled(
         ));
     }
     let patch = ActorPatch {
-        name: None,
         disabled: Some(disabled),
+        ..ActorPatch::default()
     };
     state
         .store()
