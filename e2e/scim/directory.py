@@ -46,12 +46,16 @@ def main():
     user = scim.create(
         User(
             user_name=email,
+            external_id=f"ext-{email}",
             display_name="Grace Hopper",
             emails=[Email(value=email, primary=True)],
             active=True,
         )
     )
     check(isinstance(user, User) and user.id and user.user_name == email, "a user is created")
+    check(user.external_id == f"ext-{email}", "with the directory's externalId")
+    by_external = scim.query(User, query_parameters=SearchRequest(filter=f'externalId eq "ext-{email}"'))
+    check(by_external.total_results == 1 and by_external.resources[0].id == user.id, "found by externalId")
 
     found = scim.query(User, query_parameters=SearchRequest(filter=f'userName eq "{email}"'))
     check(isinstance(found, ListResponse) and found.total_results == 1, "found by userName")

@@ -285,6 +285,57 @@ async fn a_directory_provisions_and_deprovisions_its_people(portal: &Portal) {
     .await;
     assert_eq!(status, StatusCode::OK);
 
+    // Entra ID keeps its own id for a person (externalId): returned as given, searchable,
+    // changed by PATCH.
+    let mut entra = okta_user("alan@example.com");
+    entra["externalId"] = json!("alan.t");
+    let (status, alan) = scim(portal, &token, Method::POST, "/Users", Some(entra)).await;
+    assert_eq!(status, StatusCode::CREATED, "{alan}");
+    assert_eq!(alan["externalId"], "alan.t");
+    let alan_id = alan["id"].as_str().unwrap().to_string();
+    let (_, found) = scim(
+        portal,
+        &token,
+        Method::GET,
+        "/Users?filter=externalId%20eq%20%22alan.t%22",
+        None,
+    )
+    .await;
+    assert_eq!(found["totalResults"], 1, "{found}");
+    assert_eq!(found["Resources"][0]["id"], alan_id.as_str());
+    let (status, patched) = scim(
+        portal,
+        &token,
+        Method::PATCH,
+        &format!("/Users/{alan_id}"),
+        Some(json!({
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [{"op": "Replace", "path": "externalId", "value": "aturing"}],
+        })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    let (_, fetched) = scim(
+        portal,
+        &token,
+        Method::GET,
+        &format!("/Users/{alan_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(fetched["externalId"], "aturing");
+    let (_, none) = scim(
+        portal,
+        &token,
+        Method::GET,
+        "/Users?filter=externalId%20eq%20%22alan.t%22",
+        None,
+    )
+    .await;
+    assert_eq!(none["totalResults"], 0);
+    let (_, without) = scim(portal, &token, Method::GET, &format!("/Users/{id}"), None).await;
+    assert!(without.get("externalId").is_none(), "{without}");
+
     // Signing in through the provider later finds the provisioned person by email.
     let provider = portal
         .store

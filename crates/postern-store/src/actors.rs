@@ -34,6 +34,8 @@ pub struct NewActor {
 pub(crate) struct ProviderLink<'a> {
     pub provider_id: Uuid,
     pub subject: Option<&'a str>,
+    /// The provider's directory's id for the person (SCIM `externalId`).
+    pub external_id: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -109,8 +111,8 @@ impl Store {
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO actors (id, account_id, type, name, email, password_hash, created_at, \
-             updated_at, identity_provider_id, provider_subject) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             updated_at, identity_provider_id, provider_subject, scim_external_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(actor.id.to_string())
         .bind(account_id.to_string())
@@ -122,6 +124,7 @@ impl Store {
         .bind(ts(now))
         .bind(link.map(|link| link.provider_id.to_string()))
         .bind(link.and_then(|link| link.subject.map(str::to_string)))
+        .bind(link.and_then(|link| link.external_id.map(str::to_string)))
         .execute(&mut *tx.tx)
         .await
         .map_err(|err| {

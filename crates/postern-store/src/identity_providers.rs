@@ -416,6 +416,7 @@ impl Store {
                             Some(ProviderLink {
                                 provider_id: provider.id,
                                 subject: Some(&person.subject),
+                                external_id: None,
                             }),
                             &acting,
                         )

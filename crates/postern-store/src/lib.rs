@@ -51,7 +51,10 @@ pub use identity_providers::PendingSignIn;
 pub use policies::{NewPolicy, PolicyPatch};
 pub use presented::{PresentedToken, RevocationCause};
 pub use resources::{NewResource, ResourcePatch};
-pub use scim::{DirectoryChange, DirectoryGroupChange, DirectoryPerson, SCIM_TOKEN_PREFIX};
+pub use scim::{
+    DirectoryChange, DirectoryGroupChange, DirectoryPerson, DirectoryUser, PersonFilter,
+    SCIM_TOKEN_PREFIX,
+};
 pub use tokens::{
     CreatedToken, HeldToken, NewTokenRequest, RotatedToken, TokenFilter, TokenHolder, TokenPatch,
     TokenSuccessor,

@@ -22,6 +22,8 @@ pub struct DirectoryPerson {
     pub email: String,
     pub name: Option<String>,
     pub active: bool,
+    /// The directory's own id for them (SCIM `externalId`).
+    pub external_id: Option<String>,
 }
 
 /// What a directory changes; `None` keeps a field.
@@ -30,6 +32,41 @@ pub struct DirectoryChange {
     pub email: Option<String>,
     pub name: Option<String>,
     pub active: Option<bool>,
+    pub external_id: Option<String>,
+}
+
+/// A person the provider brought, with the directory's id for them.
+#[derive(Debug, Clone)]
+pub struct DirectoryUser {
+    pub actor: Actor,
+    pub external_id: Option<String>,
+}
+
+/// Which of the provider's people a directory looks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PersonFilter {
+    /// `userName eq` (their email).
+    UserName(String),
+    /// `externalId eq`.
+    ExternalId(String),
+}
+
+fn user_from_row(row: &sqlx::any::AnyRow) -> Result<DirectoryUser> {
+    Ok(DirectoryUser {
+        actor: actor_from_row(row)?,
+        external_id: opt_text(row, "scim_external_id")?,
+    })
+}
+
+/// A directory's `externalId`: up to 255 characters, none of them control characters.
+fn external_id(value: &str) -> Result<String> {
+    if value.is_empty() || value.len() > 255 || value.chars().any(char::is_control) {
+        return Err(StoreError::Validation(ValidationError::new(
+            "externalId",
+            "must be 1 to 255 characters, without control characters",
+        )));
+    }
+    Ok(value.to_string())
 }
 
 fn token_hash(token: &str) -> String {
@@ -114,20 +151,23 @@ impl Store {
         Ok(Some(crate::identity_providers::provider_from_row(&row)?))
     }
 
-    /// The people the provider brought, by id, optionally only the one with this email (a
-    /// directory's `userName eq`); a page of them and how many there are.
+    /// The people the provider brought, by id, optionally only those `filter` names; a page
+    /// of them and how many there are.
     pub async fn directory_people(
         &self,
         provider: &IdentityProvider,
-        email: Option<&str>,
+        filter: Option<&PersonFilter>,
         offset: i64,
         limit: i64,
-    ) -> Result<(i64, Vec<Actor>)> {
-        let email = email.map(|email| email.trim().to_ascii_lowercase());
-        let filter = if email.is_some() {
-            " AND email = $3"
-        } else {
-            ""
+    ) -> Result<(i64, Vec<DirectoryUser>)> {
+        let (filter, value) = match filter {
+            None => ("", None),
+            Some(PersonFilter::UserName(email)) => {
+                (" AND email = $3", Some(email.trim().to_ascii_lowercase()))
+            }
+            Some(PersonFilter::ExternalId(id)) => {
+                (" AND scim_external_id = $3", Some(id.to_string()))
+            }
         };
         let count_sql = format!(
             "SELECT COUNT(*) FROM actors WHERE account_id = $1 AND identity_provider_id = $2{filter}"
@@ -135,8 +175,8 @@ impl Store {
         let mut count = sqlx::query_scalar::<_, i64>(&count_sql)
             .bind(provider.account_id.to_string())
             .bind(provider.id.to_string());
-        if let Some(email) = &email {
-            count = count.bind(email.clone());
+        if let Some(value) = &value {
+            count = count.bind(value.clone());
         }
         let total = count.fetch_one(self.pool()).await?;
         let page_sql = format!(
@@ -148,16 +188,20 @@ impl Store {
         let mut page = sqlx::query(&page_sql)
             .bind(provider.account_id.to_string())
             .bind(provider.id.to_string());
-        if let Some(email) = &email {
-            page = page.bind(email.clone());
+        if let Some(value) = &value {
+            page = page.bind(value.clone());
         }
         let rows = page.fetch_all(self.pool()).await?;
-        let people = rows.iter().map(actor_from_row).collect::<Result<_>>()?;
+        let people = rows.iter().map(user_from_row).collect::<Result<_>>()?;
         Ok((total, people))
     }
 
     /// One person the provider brought.
-    pub async fn directory_person(&self, provider: &IdentityProvider, id: Uuid) -> Result<Actor> {
+    pub async fn directory_person(
+        &self,
+        provider: &IdentityProvider,
+        id: Uuid,
+    ) -> Result<DirectoryUser> {
         let row = sqlx::query(
             "SELECT * FROM actors WHERE account_id = $1 AND identity_provider_id = $2 AND id = $3",
         )
@@ -167,7 +211,7 @@ impl Store {
         .fetch_optional(self.pool())
         .await?;
         row.as_ref()
-            .map(actor_from_row)
+            .map(user_from_row)
             .transpose()?
             .ok_or(StoreError::NotFound("user"))
     }
@@ -179,8 +223,9 @@ impl Store {
         provider: &IdentityProvider,
         person: DirectoryPerson,
         acting: &Acting,
-    ) -> Result<Actor> {
+    ) -> Result<DirectoryUser> {
         let email = validate::email("userName", &person.email)?;
+        let external_id = person.external_id.as_deref().map(external_id).transpose()?;
         if self
             .actor_by_email(provider.account_id, &email)
             .await?
@@ -202,12 +247,13 @@ impl Store {
                 Some(ProviderLink {
                     provider_id: provider.id,
                     subject: None,
+                    external_id: external_id.as_deref(),
                 }),
                 acting,
             )
             .await?;
         if person.active {
-            return Ok(actor);
+            return Ok(DirectoryUser { actor, external_id });
         }
         self.change_person(
             provider,
@@ -221,23 +267,47 @@ impl Store {
         .await
     }
 
-    /// A directory changes a person: their name, email, or whether they are active (a
-    /// deactivated person is disabled: their sessions end at once).
+    /// A directory changes a person: their name, email, whether they are active (a
+    /// deactivated person is disabled: their sessions end at once), or its id for them.
     pub async fn change_person(
         &self,
         provider: &IdentityProvider,
         id: Uuid,
         change: DirectoryChange,
         acting: &Acting,
-    ) -> Result<Actor> {
-        self.directory_person(provider, id).await?;
+    ) -> Result<DirectoryUser> {
+        let before = self.directory_person(provider, id).await?;
+        let new_external_id = change
+            .external_id
+            .as_deref()
+            .map(external_id)
+            .transpose()?
+            .filter(|new| before.external_id.as_ref() != Some(new));
         let patch = ActorPatch {
             name: change.name,
             disabled: change.active.map(|active| !active),
             email: change.email,
         };
-        self.update_actor(provider.account_id, id, patch, acting)
-            .await
+        let actor = self
+            .update_actor(provider.account_id, id, patch, acting)
+            .await?;
+        let Some(external_id) = new_external_id else {
+            return Ok(DirectoryUser {
+                actor,
+                external_id: before.external_id,
+            });
+        };
+        // The directory's own bookkeeping, not the person's: kept, not audited.
+        sqlx::query("UPDATE actors SET scim_external_id = $1 WHERE account_id = $2 AND id = $3")
+            .bind(external_id.clone())
+            .bind(provider.account_id.to_string())
+            .bind(id.to_string())
+            .execute(self.pool())
+            .await?;
+        Ok(DirectoryUser {
+            actor,
+            external_id: Some(external_id),
+        })
     }
 
     /// A directory deletes a person (their sessions end).

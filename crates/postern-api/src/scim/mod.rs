@@ -2,7 +2,8 @@
 //! identity provider's SCIM bearer token, so a directory (Okta, Entra ID, …) provisions,
 //! changes, deactivates and deletes the people it brings and the groups they are in. It sees
 //! and changes only those — never local admins, other providers' people, groups made in the
-//! portal or service accounts. Filters: `userName eq "…"`, `displayName eq "…"`. Discovery:
+//! portal or service accounts. Filters: `userName eq "…"`, `externalId eq "…"`,
+//! `displayName eq "…"`. Discovery:
 //! `ServiceProviderConfig`, `ResourceTypes`, `Schemas` (`discovery`).
 
 mod discovery;
@@ -16,8 +17,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use postern_domain::identity::IdentityProvider;
-use postern_domain::{Acting, Actor, Group, Membership};
-use postern_store::{DirectoryChange, DirectoryGroupChange, DirectoryPerson, StoreError};
+use postern_domain::{Acting, Group, Membership};
+use postern_store::{
+    DirectoryChange, DirectoryGroupChange, DirectoryPerson, DirectoryUser, PersonFilter, StoreError,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -169,9 +172,10 @@ async fn directory(
     Ok((provider, acting))
 }
 
-fn user_resource(actor: &Actor) -> Value {
+fn user_resource(user: &DirectoryUser) -> Value {
+    let actor = &user.actor;
     let email = actor.email.clone().unwrap_or_default();
-    json!({
+    let mut resource = json!({
         "schemas": [USER_SCHEMA],
         "id": actor.id,
         "userName": email,
@@ -185,7 +189,11 @@ fn user_resource(actor: &Actor) -> Value {
             "lastModified": actor.updated_at,
             "location": format!("/scim/v2/Users/{}", actor.id),
         },
-    })
+    });
+    if let Some(external_id) = &user.external_id {
+        resource["externalId"] = json!(external_id);
+    }
+    resource
 }
 
 async fn service_provider_config(State(state): State<AppState>, parts: Parts) -> Response {
@@ -246,9 +254,23 @@ fn wants_members(attributes: Option<&str>, excluded: Option<&str>) -> bool {
     attributes.is_none_or(names_members)
 }
 
-/// `userName eq "value"` (the attribute name and operator in any case).
-fn user_name_filter(filter: &str) -> Result<String, ScimError> {
+/// The people a list asks for: `userName eq "…"` or `externalId eq "…"` (the attribute name
+/// and operator in any case).
+fn person_filter(filter: &str) -> Result<PersonFilter, ScimError> {
+    if let Ok(id) = eq_filter(filter, "externalId") {
+        return Ok(PersonFilter::ExternalId(id));
+    }
     eq_filter(filter, "userName")
+        .map(PersonFilter::UserName)
+        .map_err(|_| {
+            ScimError::new(
+                StatusCode::BAD_REQUEST,
+                Some("invalidFilter"),
+                format!(
+                    "only userName eq \"…\" and externalId eq \"…\" are supported, not: {filter}"
+                ),
+            )
+        })
 }
 
 /// `ATTRIBUTE eq "value"`, the one filter directories send to find a resource.
@@ -282,12 +304,12 @@ async fn list_users(
     Query(query): Query<ListQuery>,
 ) -> Result<Response, ScimError> {
     let (provider, _) = directory(&state, &parts).await?;
-    let email = query.filter.as_deref().map(user_name_filter).transpose()?;
+    let filter = query.filter.as_deref().map(person_filter).transpose()?;
     let start = query.start_index.unwrap_or(1).max(1);
     let count = query.count.unwrap_or(MAX_PAGE).clamp(0, MAX_PAGE);
     let (total, people) = state
         .store
-        .directory_people(&provider, email.as_deref(), start - 1, count)
+        .directory_people(&provider, filter.as_ref(), start - 1, count)
         .await?;
     let resources: Vec<Value> = people.iter().map(user_resource).collect();
     Ok(list_response(total, start, resources))
@@ -365,6 +387,7 @@ async fn create_user(
         email,
         name: display_name(&user),
         active: user.get("active").and_then(boolean).unwrap_or(true),
+        external_id: user["externalId"].as_str().map(str::to_string),
     };
     let actor = state
         .store
@@ -402,6 +425,7 @@ async fn replace_user(
         email: user_email(&user),
         name: display_name(&user),
         active: Some(user.get("active").and_then(boolean).unwrap_or(true)),
+        external_id: user["externalId"].as_str().map(str::to_string),
     };
     let actor = state
         .store
@@ -422,6 +446,7 @@ fn patch_value(change: &mut DirectoryChange, path: Option<&str>, value: &Value) 
             }
         }
         Some("active") => change.active = boolean(value),
+        Some("externalid") => change.external_id = value.as_str().map(str::to_string),
         Some("username") => change.email = value.as_str().map(str::to_string),
         Some("displayname") | Some("name.formatted") => {
             change.name = value.as_str().map(str::to_string)
@@ -796,18 +821,22 @@ mod tests {
     }
 
     #[test]
-    fn only_username_eq_filters_are_understood() {
+    fn only_username_and_external_id_eq_filters_are_understood() {
         assert_eq!(
-            user_name_filter(r#"userName eq "ada@example.com""#).ok(),
-            Some("ada@example.com".into())
+            person_filter(r#"userName eq "ada@example.com""#).ok(),
+            Some(PersonFilter::UserName("ada@example.com".into()))
         );
         assert_eq!(
-            user_name_filter(r#"USERNAME EQ "a b@example.com""#).ok(),
-            Some("a b@example.com".into())
+            person_filter(r#"USERNAME EQ "a b@example.com""#).ok(),
+            Some(PersonFilter::UserName("a b@example.com".into()))
         );
-        assert!(user_name_filter(r#"userName co "ada""#).is_err());
-        assert!(user_name_filter(r#"emails eq "x""#).is_err());
-        assert!(user_name_filter("userName eq ada").is_err());
+        assert_eq!(
+            person_filter(r#"externalId eq "ada""#).ok(),
+            Some(PersonFilter::ExternalId("ada".into()))
+        );
+        assert!(person_filter(r#"userName co "ada""#).is_err());
+        assert!(person_filter(r#"emails eq "x""#).is_err());
+        assert!(person_filter("userName eq ada").is_err());
     }
 
     #[test]
