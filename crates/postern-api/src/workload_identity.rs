@@ -261,7 +261,7 @@ const NAME_ONE: &str = "name one with workload_identity_id (postern-client --wor
                         or `audience` in the form)";
 
 #[utoipa::path(post, path = "/v1/workload-identity/exchange", tag = "workload identity",
-    request_body(content = ExchangeRequest, description = "JSON; or `application/x-www-form-urlencoded` with RFC 8693's `grant_type=urn:ietf:params:oauth:grant-type:token-exchange`, `subject_token`, `subject_token_type=urn:ietf:params:oauth:token-type:id_token` (or `…:jwt`), optional `audience` (the workload identity's id) and `actor_token`, answered as RFC 8693 (`access_token`, `issued_token_type`, `token_type`, `expires_in`) or RFC 6749 errors"),
+    request_body(content = ExchangeRequest, description = "JSON; or `application/x-www-form-urlencoded` with RFC 8693's `grant_type=urn:ietf:params:oauth:grant-type:token-exchange`, `subject_token`, `subject_token_type=urn:ietf:params:oauth:token-type:id_token` (or `…:jwt`), optional `audience` (the workload identity's id), `account` (the account's slug) and `actor_token`, answered as RFC 8693 (`access_token`, `issued_token_type`, `token_type`, `expires_in`) or RFC 6749 errors"),
     security(()),
     responses((status = 201, body = Data<ExchangedToken>),
         (status = 400, body = Problem),

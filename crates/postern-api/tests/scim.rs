@@ -521,11 +521,13 @@ async fn a_directory_syncs_its_groups_which_stay_read_only_here(portal: &Portal)
         Some(json!({
             "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
             "displayName": "engineering",
+            "externalId": "8f1c-eng",
             "members": [{"value": people[0]}, {"value": people[1]}],
         })),
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{group}");
+    assert_eq!(group["externalId"], "8f1c-eng");
     let id = group["id"].as_str().unwrap().to_string();
     assert_eq!(group["members"].as_array().unwrap().len(), 2);
     let listed = portal.get(&format!("/v1/groups/{id}")).await;
@@ -553,6 +555,7 @@ async fn a_directory_syncs_its_groups_which_stay_read_only_here(portal: &Portal)
     )
     .await;
     assert_eq!(bare["Resources"][0]["displayName"], "engineering");
+    assert_eq!(bare["Resources"][0]["externalId"], "8f1c-eng");
     assert!(bare["Resources"][0].get("members").is_none(), "{bare}");
     let (_, bare) = scim(
         portal,
@@ -565,6 +568,24 @@ async fn a_directory_syncs_its_groups_which_stay_read_only_here(portal: &Portal)
     assert!(
         bare.get("members").is_none() && bare["id"] == id.as_str(),
         "{bare}"
+    );
+    let (status, moved) = scim(
+        portal,
+        &token,
+        Method::PATCH,
+        &format!("/Groups/{id}"),
+        Some(json!({
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [{"op": "Replace", "path": "externalId", "value": "8f1c-eng-2"}],
+        })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{moved}");
+    assert_eq!(moved["externalId"], "8f1c-eng-2");
+    assert_eq!(
+        moved["members"].as_array().unwrap().len(),
+        2,
+        "members kept"
     );
     let (_, none) = scim(portal, &other_token, Method::GET, "/Groups", None).await;
     assert_eq!(none["totalResults"], 0, "another directory sees none of it");

@@ -19,6 +19,13 @@ pub struct MembershipChange {
     pub remove: Vec<Uuid>,
 }
 
+/// The directory a synced group comes from, and its id for the group (SCIM `externalId`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SyncedFrom<'a> {
+    pub provider_id: Uuid,
+    pub external_id: Option<&'a str>,
+}
+
 const GROUP_COLUMNS: &str =
     "g.*, (SELECT COUNT(*) FROM memberships m WHERE m.group_id = g.id) AS member_count";
 
@@ -37,7 +44,7 @@ impl Store {
         &self,
         account_id: Uuid,
         name: &str,
-        directory: Option<Uuid>,
+        directory: Option<SyncedFrom<'_>>,
         acting: &Acting,
     ) -> Result<Group> {
         let name = validate::name("name", name)?;
@@ -58,13 +65,14 @@ impl Store {
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO actor_groups (id, account_id, name, kind, identity_provider_id, \
-             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             scim_external_id, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(group.id.to_string())
         .bind(account_id.to_string())
         .bind(group.name.clone())
         .bind(group.kind.as_str())
-        .bind(directory.map(|id| id.to_string()))
+        .bind(directory.map(|synced| synced.provider_id.to_string()))
+        .bind(directory.and_then(|synced| synced.external_id.map(str::to_string)))
         .bind(ts(now))
         .bind(ts(now))
         .execute(&mut *tx.tx)

@@ -52,8 +52,8 @@ pub use policies::{NewPolicy, PolicyPatch};
 pub use presented::{PresentedToken, RevocationCause};
 pub use resources::{NewResource, ResourcePatch};
 pub use scim::{
-    DirectoryChange, DirectoryGroupChange, DirectoryPerson, DirectoryUser, PersonFilter,
-    SCIM_TOKEN_PREFIX,
+    DirectoryChange, DirectoryGroup, DirectoryGroupChange, DirectoryPerson, DirectoryUser,
+    PersonFilter, SCIM_TOKEN_PREFIX,
 };
 pub use tokens::{
     CreatedToken, HeldToken, NewTokenRequest, RotatedToken, TokenFilter, TokenHolder, TokenPatch,

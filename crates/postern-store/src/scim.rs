@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::actors::{actor_from_row, ActorPatch, NewActor, ProviderLink};
 use crate::audit::{self, Entry};
 use crate::db::{opt_text, ts};
-use crate::groups::MembershipChange;
+use crate::groups::{MembershipChange, SyncedFrom};
 use crate::{Page, Result, Store, StoreError};
 
 /// The prefix of a SCIM token; the provider's id follows, then the secret.
@@ -330,6 +330,17 @@ pub struct DirectoryGroupChange {
     pub remove: Vec<Uuid>,
     /// The whole member list (a `PUT`, or a `replace` of `members`).
     pub members: Option<Vec<Uuid>>,
+    /// The directory's id for the group (SCIM `externalId`).
+    pub external_id: Option<String>,
+}
+
+/// A group the provider's directory synced: its members (empty in lists) and the directory's
+/// id for it.
+#[derive(Debug, Clone)]
+pub struct DirectoryGroup {
+    pub group: Group,
+    pub members: Vec<Membership>,
+    pub external_id: Option<String>,
 }
 
 impl Store {
@@ -341,7 +352,7 @@ impl Store {
         name: Option<&str>,
         offset: i64,
         limit: i64,
-    ) -> Result<(i64, Vec<Group>)> {
+    ) -> Result<(i64, Vec<DirectoryGroup>)> {
         let filter = if name.is_some() {
             " AND g.name = $3"
         } else {
@@ -374,7 +385,13 @@ impl Store {
         let rows = page.fetch_all(self.pool()).await?;
         let groups = rows
             .iter()
-            .map(crate::groups::group_from_row)
+            .map(|row| {
+                Ok(DirectoryGroup {
+                    group: crate::groups::group_from_row(row)?,
+                    members: Vec::new(),
+                    external_id: opt_text(row, "scim_external_id")?,
+                })
+            })
             .collect::<Result<_>>()?;
         Ok((total, groups))
     }
@@ -384,17 +401,22 @@ impl Store {
         &self,
         provider: &IdentityProvider,
         id: Uuid,
-    ) -> Result<(Group, Vec<Membership>)> {
-        let owner: Option<Option<String>> = sqlx::query_scalar(
-            "SELECT identity_provider_id FROM actor_groups WHERE account_id = $1 AND id = $2",
+    ) -> Result<DirectoryGroup> {
+        let row = sqlx::query(
+            "SELECT identity_provider_id, scim_external_id FROM actor_groups \
+             WHERE account_id = $1 AND id = $2",
         )
         .bind(provider.account_id.to_string())
         .bind(id.to_string())
         .fetch_optional(self.pool())
-        .await?;
-        if owner.flatten().as_deref() != Some(provider.id.to_string().as_str()) {
+        .await?
+        .ok_or(StoreError::NotFound("group"))?;
+        if opt_text(&row, "identity_provider_id")?.as_deref()
+            != Some(provider.id.to_string().as_str())
+        {
             return Err(StoreError::NotFound("group"));
         }
+        let external_id = opt_text(&row, "scim_external_id")?;
         let group = self.get_group(provider.account_id, id).await?;
         let members = self
             .list_memberships(
@@ -407,7 +429,11 @@ impl Store {
             )
             .await?
             .items;
-        Ok((group, members))
+        Ok(DirectoryGroup {
+            group,
+            members,
+            external_id,
+        })
     }
 
     /// Every member must be a person of this directory.
@@ -432,12 +458,18 @@ impl Store {
         &self,
         provider: &IdentityProvider,
         name: &str,
+        external_id: Option<&str>,
         members: Vec<Uuid>,
         acting: &Acting,
-    ) -> Result<(Group, Vec<Membership>)> {
+    ) -> Result<DirectoryGroup> {
         self.check_directory_members(provider, &members).await?;
+        let external_id = external_id.map(self::external_id).transpose()?;
+        let synced = SyncedFrom {
+            provider_id: provider.id,
+            external_id: external_id.as_deref(),
+        };
         let group = self
-            .insert_group(provider.account_id, name, Some(provider.id), acting)
+            .insert_group(provider.account_id, name, Some(synced), acting)
             .await?;
         if !members.is_empty() {
             self.write_memberships(
@@ -461,8 +493,18 @@ impl Store {
         id: Uuid,
         change: DirectoryGroupChange,
         acting: &Acting,
-    ) -> Result<(Group, Vec<Membership>)> {
-        let (group, current) = self.directory_group(provider, id).await?;
+    ) -> Result<DirectoryGroup> {
+        let DirectoryGroup {
+            group,
+            members: current,
+            external_id: current_external_id,
+        } = self.directory_group(provider, id).await?;
+        let new_external_id = change
+            .external_id
+            .as_deref()
+            .map(external_id)
+            .transpose()?
+            .filter(|new| current_external_id.as_ref() != Some(new));
         let mut add = change.add;
         let mut remove = change.remove;
         if let Some(members) = change.members {
@@ -487,6 +529,17 @@ impl Store {
             )
             .await?;
         }
+        if let Some(external_id) = new_external_id {
+            // The directory's own bookkeeping, as for people: kept, not audited.
+            sqlx::query(
+                "UPDATE actor_groups SET scim_external_id = $1 WHERE account_id = $2 AND id = $3",
+            )
+            .bind(external_id)
+            .bind(provider.account_id.to_string())
+            .bind(id.to_string())
+            .execute(self.pool())
+            .await?;
+        }
         self.directory_group(provider, id).await
     }
 
@@ -497,7 +550,7 @@ impl Store {
         id: Uuid,
         acting: &Acting,
     ) -> Result<()> {
-        let (group, _) = self.directory_group(provider, id).await?;
-        self.remove_group(group, acting).await
+        let synced = self.directory_group(provider, id).await?;
+        self.remove_group(synced.group, acting).await
     }
 }

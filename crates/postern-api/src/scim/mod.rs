@@ -17,9 +17,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use postern_domain::identity::IdentityProvider;
-use postern_domain::{Acting, Group, Membership};
+use postern_domain::Acting;
 use postern_store::{
-    DirectoryChange, DirectoryGroupChange, DirectoryPerson, DirectoryUser, PersonFilter, StoreError,
+    DirectoryChange, DirectoryGroup, DirectoryGroupChange, DirectoryPerson, DirectoryUser,
+    PersonFilter, StoreError,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -515,7 +516,8 @@ async fn delete_user(
 }
 
 /// A Group resource; without `members` when they are left out of the answer.
-fn group_resource(group: &Group, members: Option<&[Membership]>) -> Value {
+fn group_resource(synced: &DirectoryGroup, with_members: bool) -> Value {
+    let group = &synced.group;
     let mut resource = json!({
         "schemas": [GROUP_SCHEMA],
         "id": group.id,
@@ -527,8 +529,12 @@ fn group_resource(group: &Group, members: Option<&[Membership]>) -> Value {
             "location": format!("/scim/v2/Groups/{}", group.id),
         },
     });
-    if let Some(members) = members {
-        let members: Vec<Value> = members
+    if let Some(external_id) = &synced.external_id {
+        resource["externalId"] = json!(external_id);
+    }
+    if with_members {
+        let members: Vec<Value> = synced
+            .members
             .iter()
             .map(|member| {
                 json!({
@@ -596,13 +602,16 @@ async fn list_groups(
         query.excluded_attributes.as_deref(),
     );
     let mut resources = Vec::new();
-    for group in &groups {
+    for listed in &groups {
         if !with_members {
-            resources.push(group_resource(group, None));
+            resources.push(group_resource(listed, false));
             continue;
         }
-        let (_, members) = state.store.directory_group(&provider, group.id).await?;
-        resources.push(group_resource(group, Some(&members)));
+        let synced = state
+            .store
+            .directory_group(&provider, listed.group.id)
+            .await?;
+        resources.push(group_resource(&synced, true));
     }
     Ok(list_response(total, start, resources))
 }
@@ -629,13 +638,14 @@ async fn create_group(
     let group = parse_body(&body)?;
     let name = group_name(&group)?;
     let members = member_ids(&group["members"])?;
-    let (group, members) = state
+    let external_id = group["externalId"].as_str();
+    let synced = state
         .store
-        .provision_group(&provider, &name, members, &acting)
+        .provision_group(&provider, &name, external_id, members, &acting)
         .await?;
     Ok(scim_json(
         StatusCode::CREATED,
-        group_resource(&group, Some(&members)),
+        group_resource(&synced, true),
     ))
 }
 
@@ -650,7 +660,7 @@ async fn get_group(
     Query(projection): Query<Projection>,
 ) -> Result<Response, ScimError> {
     let (provider, _) = directory(&state, &parts).await?;
-    let (group, members) = state
+    let synced = state
         .store
         .directory_group(&provider, group_id(&id)?)
         .await?;
@@ -658,8 +668,10 @@ async fn get_group(
         projection.attributes.as_deref(),
         projection.excluded_attributes.as_deref(),
     );
-    let members = with_members.then_some(members.as_slice());
-    Ok(scim_json(StatusCode::OK, group_resource(&group, members)))
+    Ok(scim_json(
+        StatusCode::OK,
+        group_resource(&synced, with_members),
+    ))
 }
 
 async fn replace_group(
@@ -673,16 +685,14 @@ async fn replace_group(
     let change = DirectoryGroupChange {
         name: Some(group_name(&group)?),
         members: Some(member_ids(&group["members"])?),
+        external_id: group["externalId"].as_str().map(str::to_string),
         ..DirectoryGroupChange::default()
     };
-    let (group, members) = state
+    let synced = state
         .store
         .change_directory_group(&provider, group_id(&id)?, change, &acting)
         .await?;
-    Ok(scim_json(
-        StatusCode::OK,
-        group_resource(&group, Some(&members)),
-    ))
+    Ok(scim_json(StatusCode::OK, group_resource(&synced, true)))
 }
 
 /// `members[value eq "ID"]`: the member a `remove` names in its path.
@@ -722,9 +732,15 @@ async fn patch_group(
             }
             ("replace", "members") => change.members = Some(member_ids(value)?),
             ("replace", "displayname") => change.name = value.as_str().map(str::to_string),
+            ("replace" | "add", "externalid") => {
+                change.external_id = value.as_str().map(str::to_string)
+            }
             ("replace", "") => {
                 if let Some(name) = value["displayName"].as_str() {
                     change.name = Some(name.to_string());
+                }
+                if let Some(external_id) = value["externalId"].as_str() {
+                    change.external_id = Some(external_id.to_string());
                 }
                 if value.get("members").is_some() {
                     change.members = Some(member_ids(&value["members"])?);
@@ -740,14 +756,11 @@ async fn patch_group(
             }
         }
     }
-    let (group, members) = state
+    let synced = state
         .store
         .change_directory_group(&provider, group_id(&id)?, change, &acting)
         .await?;
-    Ok(scim_json(
-        StatusCode::OK,
-        group_resource(&group, Some(&members)),
-    ))
+    Ok(scim_json(StatusCode::OK, group_resource(&synced, true)))
 }
 
 async fn delete_group(
