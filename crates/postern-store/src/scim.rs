@@ -416,12 +416,23 @@ impl Store {
         {
             return Err(StoreError::NotFound("group"));
         }
-        let external_id = opt_text(&row, "scim_external_id")?;
-        let group = self.get_group(provider.account_id, id).await?;
-        let members = self
+        let synced = DirectoryGroup {
+            group: self.get_group(provider.account_id, id).await?,
+            members: Vec::new(),
+            external_id: opt_text(&row, "scim_external_id")?,
+        };
+        self.with_directory_members(synced).await
+    }
+
+    /// A synced group (as `directory_groups` lists it) with its members read.
+    pub async fn with_directory_members(
+        &self,
+        mut synced: DirectoryGroup,
+    ) -> Result<DirectoryGroup> {
+        synced.members = self
             .list_memberships(
-                provider.account_id,
-                id,
+                synced.group.account_id,
+                synced.group.id,
                 Page {
                     limit: 10_000,
                     cursor: None,
@@ -429,11 +440,7 @@ impl Store {
             )
             .await?
             .items;
-        Ok(DirectoryGroup {
-            group,
-            members,
-            external_id,
-        })
+        Ok(synced)
     }
 
     /// Every member must be a person of this directory.

@@ -106,6 +106,10 @@ fn group_schema() -> Value {
     })
 }
 
+fn schemas() -> [Value; 2] {
+    [user_schema(), group_schema()]
+}
+
 fn resource_type(name: &str, endpoint: &str, schema: &str, description: &str) -> Value {
     json!({
         "schemas": [RESOURCE_TYPE_SCHEMA],
@@ -135,7 +139,7 @@ pub(super) async fn list_schemas(
     parts: Parts,
 ) -> Result<Response, ScimError> {
     directory(&state, &parts).await?;
-    Ok(list_response(2, 1, vec![user_schema(), group_schema()]))
+    Ok(list_response(2, 1, schemas().into()))
 }
 
 pub(super) async fn get_schema(
@@ -144,7 +148,7 @@ pub(super) async fn get_schema(
     Path(id): Path<String>,
 ) -> Result<Response, ScimError> {
     directory(&state, &parts).await?;
-    [user_schema(), group_schema()]
+    schemas()
         .into_iter()
         .find(|schema| schema["id"] == id.as_str())
         .map(|schema| scim_json(StatusCode::OK, schema))
@@ -180,7 +184,7 @@ mod tests {
     /// characteristics RFC 7643 §7 lists.
     #[test]
     fn the_published_schemas_are_complete_and_coherent() {
-        let schemas = [user_schema(), group_schema()];
+        let schemas = schemas();
         for resource_type in resource_types() {
             assert!(
                 schemas.iter().any(|s| s["id"] == resource_type["schema"]),

@@ -225,17 +225,23 @@ struct ListQuery {
     #[serde(rename = "startIndex")]
     start_index: Option<i64>,
     count: Option<i64>,
-    attributes: Option<String>,
-    #[serde(rename = "excludedAttributes")]
-    excluded_attributes: Option<String>,
 }
 
-/// `attributes` and `excludedAttributes` (RFC 7644 §3.4.2.5) of a request for one resource.
+/// `attributes` and `excludedAttributes` (RFC 7644 §3.4.2.5) of a request.
 #[derive(Deserialize)]
 struct Projection {
     attributes: Option<String>,
     #[serde(rename = "excludedAttributes")]
     excluded_attributes: Option<String>,
+}
+
+impl Projection {
+    fn wants_members(&self) -> bool {
+        wants_members(
+            self.attributes.as_deref(),
+            self.excluded_attributes.as_deref(),
+        )
+    }
 }
 
 /// Whether an answer carries groups' `members`: the one attribute worth leaving out, as Entra ID
@@ -397,8 +403,10 @@ async fn create_user(
     Ok(scim_json(StatusCode::CREATED, user_resource(&actor)))
 }
 
-fn user_id(id: &str) -> Result<Uuid, ScimError> {
-    Uuid::parse_str(id).map_err(|_| ScimError::new(StatusCode::NOT_FOUND, None, "no such user"))
+/// A resource's id from the path; anything else is a resource that is not there.
+fn resource_id(id: &str, what: &str) -> Result<Uuid, ScimError> {
+    Uuid::parse_str(id)
+        .map_err(|_| ScimError::new(StatusCode::NOT_FOUND, None, format!("no such {what}")))
 }
 
 async fn get_user(
@@ -409,7 +417,7 @@ async fn get_user(
     let (provider, _) = directory(&state, &parts).await?;
     let actor = state
         .store
-        .directory_person(&provider, user_id(&id)?)
+        .directory_person(&provider, resource_id(&id, "user")?)
         .await?;
     Ok(scim_json(StatusCode::OK, user_resource(&actor)))
 }
@@ -430,7 +438,7 @@ async fn replace_user(
     };
     let actor = state
         .store
-        .change_person(&provider, user_id(&id)?, change, &acting)
+        .change_person(&provider, resource_id(&id, "user")?, change, &acting)
         .await?;
     Ok(scim_json(StatusCode::OK, user_resource(&actor)))
 }
@@ -497,7 +505,7 @@ async fn patch_user(
     }
     let actor = state
         .store
-        .change_person(&provider, user_id(&id)?, change, &acting)
+        .change_person(&provider, resource_id(&id, "user")?, change, &acting)
         .await?;
     Ok(scim_json(StatusCode::OK, user_resource(&actor)))
 }
@@ -510,7 +518,7 @@ async fn delete_user(
     let (provider, acting) = directory(&state, &parts).await?;
     state
         .store
-        .delete_person(&provider, user_id(&id)?, &acting)
+        .delete_person(&provider, resource_id(&id, "user")?, &acting)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -584,6 +592,7 @@ async fn list_groups(
     State(state): State<AppState>,
     parts: Parts,
     Query(query): Query<ListQuery>,
+    Query(projection): Query<Projection>,
 ) -> Result<Response, ScimError> {
     let (provider, _) = directory(&state, &parts).await?;
     let name = query
@@ -597,21 +606,13 @@ async fn list_groups(
         .store
         .directory_groups(&provider, name.as_deref(), start - 1, count)
         .await?;
-    let with_members = wants_members(
-        query.attributes.as_deref(),
-        query.excluded_attributes.as_deref(),
-    );
+    let with_members = projection.wants_members();
     let mut resources = Vec::new();
-    for listed in &groups {
-        if !with_members {
-            resources.push(group_resource(listed, false));
-            continue;
+    for mut listed in groups {
+        if with_members {
+            listed = state.store.with_directory_members(listed).await?;
         }
-        let synced = state
-            .store
-            .directory_group(&provider, listed.group.id)
-            .await?;
-        resources.push(group_resource(&synced, true));
+        resources.push(group_resource(&listed, with_members));
     }
     Ok(list_response(total, start, resources))
 }
@@ -649,10 +650,6 @@ async fn create_group(
     ))
 }
 
-fn group_id(id: &str) -> Result<Uuid, ScimError> {
-    Uuid::parse_str(id).map_err(|_| ScimError::new(StatusCode::NOT_FOUND, None, "no such group"))
-}
-
 async fn get_group(
     State(state): State<AppState>,
     parts: Parts,
@@ -662,15 +659,11 @@ async fn get_group(
     let (provider, _) = directory(&state, &parts).await?;
     let synced = state
         .store
-        .directory_group(&provider, group_id(&id)?)
+        .directory_group(&provider, resource_id(&id, "group")?)
         .await?;
-    let with_members = wants_members(
-        projection.attributes.as_deref(),
-        projection.excluded_attributes.as_deref(),
-    );
     Ok(scim_json(
         StatusCode::OK,
-        group_resource(&synced, with_members),
+        group_resource(&synced, projection.wants_members()),
     ))
 }
 
@@ -690,7 +683,7 @@ async fn replace_group(
     };
     let synced = state
         .store
-        .change_directory_group(&provider, group_id(&id)?, change, &acting)
+        .change_directory_group(&provider, resource_id(&id, "group")?, change, &acting)
         .await?;
     Ok(scim_json(StatusCode::OK, group_resource(&synced, true)))
 }
@@ -758,7 +751,7 @@ async fn patch_group(
     }
     let synced = state
         .store
-        .change_directory_group(&provider, group_id(&id)?, change, &acting)
+        .change_directory_group(&provider, resource_id(&id, "group")?, change, &acting)
         .await?;
     Ok(scim_json(StatusCode::OK, group_resource(&synced, true)))
 }
@@ -771,7 +764,7 @@ async fn delete_group(
     let (provider, acting) = directory(&state, &parts).await?;
     state
         .store
-        .delete_directory_group(&provider, group_id(&id)?, &acting)
+        .delete_directory_group(&provider, resource_id(&id, "group")?, &acting)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
